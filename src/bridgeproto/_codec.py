@@ -1,0 +1,402 @@
+"""Binary framing: records to bytes and back.
+
+Every frame is::
+
+    magic "BP" | version u8 | type u8 | length u32 | seq u64 | payload | crc32 u32
+
+all integers big-endian, the CRC-32 covering everything before it. The decoder
+is incremental: feed bytes with ``receive_data`` and pull frames with
+``next_frame`` until it says ``NEED_DATA``. ``receive_data(b"")`` means the
+input has ended. A declared length above the limit is refused as soon as the
+16-byte header is in, before any payload is buffered. docs/protocol.md is the
+byte-level spec.
+"""
+
+from __future__ import annotations
+
+import binascii
+import enum
+import struct
+from collections.abc import Callable
+from typing import Literal
+
+import attrs
+
+from ._errors import CorruptFrameError, LocalProtocolError, RemoteProtocolError
+from ._records import (
+    PROTOCOL_VERSION,
+    SEQUENCED,
+    Ack,
+    Data,
+    EndOfBody,
+    GoAway,
+    Headers,
+    Hello,
+    Limits,
+    Ping,
+    Pong,
+    Record,
+    RequestHead,
+    Reset,
+    ResponseHead,
+    Role,
+    Window,
+)
+
+MAGIC = b"BP"
+HEADER = struct.Struct(">2sBBIQ")
+HEADER_SIZE = HEADER.size  # 16
+TRAILER_SIZE = 4
+FRAME_OVERHEAD = HEADER_SIZE + TRAILER_SIZE
+
+_U16 = struct.Struct(">H")
+_U32 = struct.Struct(">I")
+_U64 = struct.Struct(">Q")
+_ID_CODE = struct.Struct(">IH")
+_ID_ID = struct.Struct(">II")
+_STATUS = struct.Struct(">IH")
+_HELLO = struct.Struct(">IB16sIIIII")
+
+
+class FrameType(enum.IntEnum):
+    HELLO = 1
+    REQUEST_HEAD = 2
+    RESPONSE_HEAD = 3
+    DATA = 4
+    END_OF_BODY = 5
+    RESET = 6
+    WINDOW = 7
+    ACK = 8
+    PING = 9
+    PONG = 10
+    GOAWAY = 11
+
+
+class Sentinel(enum.Enum):
+    """Values ``next_frame`` returns when it has no frame to give."""
+
+    NEED_DATA = "NEED_DATA"
+    END_OF_INPUT = "END_OF_INPUT"
+
+    def __repr__(self) -> str:
+        return self.value
+
+
+NEED_DATA: Literal[Sentinel.NEED_DATA] = Sentinel.NEED_DATA
+END_OF_INPUT: Literal[Sentinel.END_OF_INPUT] = Sentinel.END_OF_INPUT
+
+
+@attrs.frozen
+class Frame:
+    """A decoded frame: its sequence number (0 when unsequenced) and record."""
+
+    seq: int
+    record: Record
+
+
+# ---------------------------------------------------------------- encoding
+
+
+def _blob(value: bytes) -> bytes:
+    return _U32.pack(len(value)) + value
+
+
+def _headers_bytes(headers: Headers) -> bytes:
+    parts = [_U32.pack(len(headers))]
+    for name, value in headers:
+        parts += (_U32.pack(len(name)), name, _U32.pack(len(value)), value)
+    return b"".join(parts)
+
+
+def _payload(record: Record) -> tuple[FrameType, bytes]:
+    if isinstance(record, Data):
+        return FrameType.DATA, _U32.pack(record.exchange_id) + record.data
+    if isinstance(record, RequestHead):
+        body = (
+            _U32.pack(record.exchange_id)
+            + _blob(record.method)
+            + _blob(record.target)
+            + _headers_bytes(record.headers)
+        )
+        return FrameType.REQUEST_HEAD, body
+    if isinstance(record, ResponseHead):
+        body = (
+            _STATUS.pack(record.exchange_id, record.status)
+            + _blob(record.reason)
+            + _headers_bytes(record.headers)
+        )
+        return FrameType.RESPONSE_HEAD, body
+    if isinstance(record, EndOfBody):
+        return FrameType.END_OF_BODY, _U32.pack(record.exchange_id)
+    if isinstance(record, Window):
+        return FrameType.WINDOW, _ID_ID.pack(record.exchange_id, record.increment)
+    if isinstance(record, Ack):
+        return FrameType.ACK, _U64.pack(record.seq)
+    if isinstance(record, Reset):
+        return FrameType.RESET, _ID_CODE.pack(
+            record.exchange_id, record.code
+        ) + record.reason.encode()
+    if isinstance(record, GoAway):
+        return FrameType.GOAWAY, _ID_CODE.pack(
+            record.last_exchange_id, record.code
+        ) + record.reason.encode()
+    if isinstance(record, Ping):
+        return FrameType.PING, record.payload
+    if isinstance(record, Pong):
+        return FrameType.PONG, record.payload
+    if isinstance(record, Hello):
+        lim = record.limits
+        body = _HELLO.pack(
+            record.version,
+            record.role,
+            record.session_id,
+            lim.max_frame_size,
+            lim.initial_window,
+            lim.session_window,
+            lim.max_exchanges,
+            lim.max_header_bytes,
+        )
+        return FrameType.HELLO, body
+    raise LocalProtocolError(f"cannot encode {record!r}: not a bridgeproto record")
+
+
+def encode_frame(record: Record, seq: int = 0) -> bytes:
+    """Encode one record as a frame.
+
+    Sequenced records (heads, data, ends, resets, windows, goaway) need a
+    ``seq`` of at least 1; the others must use 0.
+    """
+    sequenced = isinstance(record, SEQUENCED)
+    if sequenced and not 1 <= seq < 2**64:
+        raise LocalProtocolError(f"{type(record).__name__} needs a sequence number >= 1")
+    if not sequenced and seq != 0:
+        raise LocalProtocolError(f"{type(record).__name__} is not sequenced; use seq 0")
+    frame_type, payload = _payload(record)
+    header = HEADER.pack(MAGIC, PROTOCOL_VERSION, frame_type, len(payload), seq)
+    crc = binascii.crc32(payload, binascii.crc32(header))
+    return b"".join((header, payload, _U32.pack(crc)))
+
+
+# ---------------------------------------------------------------- decoding
+
+
+class _Reader:
+    """Walks a payload; every short read is a ``RemoteProtocolError``."""
+
+    def __init__(self, data: bytes, what: str) -> None:
+        self.data = data
+        self.pos = 0
+        self.what = what
+
+    def take(self, n: int) -> bytes:
+        end = self.pos + n
+        if end > len(self.data):
+            raise RemoteProtocolError(
+                f"{self.what} payload ends after {len(self.data)} bytes;"
+                f" a field needs {n} bytes at offset {self.pos}"
+            )
+        chunk = self.data[self.pos : end]
+        self.pos = end
+        return chunk
+
+    def unpack(self, fmt: struct.Struct) -> tuple[int, ...]:
+        return fmt.unpack(self.take(fmt.size))
+
+    def blob(self) -> bytes:
+        (n,) = self.unpack(_U32)
+        return self.take(n)
+
+    def headers(self) -> Headers:
+        (count,) = self.unpack(_U32)
+        # Each header needs at least 8 bytes, so a huge count fails fast.
+        if count * 8 > len(self.data) - self.pos:
+            raise RemoteProtocolError(
+                f"{self.what} declares {count} headers but has only"
+                f" {len(self.data) - self.pos} bytes left"
+            )
+        return tuple((self.blob(), self.blob()) for _ in range(count))
+
+    def rest(self) -> bytes:
+        chunk = self.data[self.pos :]
+        self.pos = len(self.data)
+        return chunk
+
+    def text(self) -> str:
+        try:
+            return self.rest().decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise RemoteProtocolError(f"{self.what} reason is not UTF-8: {exc}") from None
+
+    def done(self) -> None:
+        if self.pos != len(self.data):
+            raise RemoteProtocolError(
+                f"{self.what} payload has {len(self.data) - self.pos} trailing bytes"
+            )
+
+
+def _decode_hello(r: _Reader) -> Record:
+    version, role, session_id, *limits = r.unpack(_HELLO)
+    if role not in (Role.SANDBOX, Role.HOST):
+        raise RemoteProtocolError(f"HELLO names unknown role {role}")
+    return Hello(version, Role(role), bytes(session_id), Limits(*limits))
+
+
+def _decode_request_head(r: _Reader) -> Record:
+    (exchange_id,) = r.unpack(_U32)
+    return RequestHead(exchange_id, r.blob(), r.blob(), r.headers())
+
+
+def _decode_response_head(r: _Reader) -> Record:
+    exchange_id, status = r.unpack(_STATUS)
+    return ResponseHead(exchange_id, status, r.blob(), r.headers())
+
+
+def _decode_data(r: _Reader) -> Record:
+    (exchange_id,) = r.unpack(_U32)
+    return Data(exchange_id, r.rest())
+
+
+def _decode_end(r: _Reader) -> Record:
+    return EndOfBody(*r.unpack(_U32))
+
+
+def _decode_reset(r: _Reader) -> Record:
+    exchange_id, code = r.unpack(_ID_CODE)
+    return Reset(exchange_id, code, r.text())
+
+
+def _decode_window(r: _Reader) -> Record:
+    return Window(*r.unpack(_ID_ID))
+
+
+def _decode_ack(r: _Reader) -> Record:
+    return Ack(*r.unpack(_U64))
+
+
+def _decode_goaway(r: _Reader) -> Record:
+    last_id, code = r.unpack(_ID_CODE)
+    return GoAway(last_id, code, r.text())
+
+
+_DECODERS: dict[FrameType, Callable[[_Reader], Record]] = {
+    FrameType.HELLO: _decode_hello,
+    FrameType.REQUEST_HEAD: _decode_request_head,
+    FrameType.RESPONSE_HEAD: _decode_response_head,
+    FrameType.DATA: _decode_data,
+    FrameType.END_OF_BODY: _decode_end,
+    FrameType.RESET: _decode_reset,
+    FrameType.WINDOW: _decode_window,
+    FrameType.ACK: _decode_ack,
+    FrameType.PING: lambda r: Ping(r.rest()),
+    FrameType.PONG: lambda r: Pong(r.rest()),
+    FrameType.GOAWAY: _decode_goaway,
+}
+
+
+def decode_payload(type_byte: int, version: int, seq: int, payload: bytes) -> Frame:
+    """Turn a frame whose CRC has checked out into a ``Frame``."""
+    try:
+        frame_type = FrameType(type_byte)
+    except ValueError:
+        raise RemoteProtocolError(f"unknown frame type {type_byte}") from None
+    # A hello is readable at any version, so a mismatch can be reported with
+    # both versions named; every other frame must be ours.
+    if version != PROTOCOL_VERSION and frame_type is not FrameType.HELLO:
+        raise RemoteProtocolError(
+            f"{frame_type.name} frame has wire version {version}; this end speaks"
+            f" version {PROTOCOL_VERSION}"
+        )
+    reader = _Reader(payload, frame_type.name)
+    try:
+        record = _DECODERS[frame_type](reader)
+    except LocalProtocolError as exc:
+        raise RemoteProtocolError(f"invalid {frame_type.name} record: {exc}") from None
+    reader.done()
+    sequenced = isinstance(record, SEQUENCED)
+    if sequenced and seq == 0:
+        raise RemoteProtocolError(f"{frame_type.name} frame must carry a sequence number")
+    if not sequenced and seq != 0:
+        raise RemoteProtocolError(f"{frame_type.name} frame must not carry a sequence number")
+    return Frame(seq, record)
+
+
+class FrameDecoder:
+    """Incremental frame decoder with a capped, linear receive buffer.
+
+    After it raises, the decoder is spent and raises the same error again.
+    """
+
+    def __init__(self, max_frame_size: int) -> None:
+        self.max_frame_size = max_frame_size
+        self._buffer = bytearray()
+        self._offset = 0  # stream offset of the first buffered byte
+        self._ended = False
+        self._error: RemoteProtocolError | None = None
+
+    @property
+    def buffered(self) -> int:
+        return len(self._buffer)
+
+    def receive_data(self, data: bytes) -> None:
+        """Add bytes; ``b""`` marks the end of input."""
+        if self._ended:
+            raise LocalProtocolError("receive_data after the end of input was signalled")
+        if data:
+            self._buffer += data
+        else:
+            self._ended = True
+
+    def next_frame(self) -> Frame | Sentinel:
+        if self._error is not None:
+            raise self._error
+        try:
+            return self._next_frame()
+        except RemoteProtocolError as exc:
+            self._error = exc
+            raise
+
+    def _next_frame(self) -> Frame | Sentinel:
+        buf = self._buffer
+        if buf[:2] != MAGIC[: len(buf)]:
+            raise CorruptFrameError(
+                f"bad magic {bytes(buf[:2])!r} at stream offset {self._offset}:"
+                " the bytes are not a bridgeproto frame"
+            )
+        if len(buf) < HEADER_SIZE:
+            return self._short(HEADER_SIZE)
+        _, version, type_byte, length, seq = HEADER.unpack_from(buf)
+        if length > self.max_frame_size:
+            raise CorruptFrameError(
+                f"frame at stream offset {self._offset} declares a {length}-byte payload;"
+                f" the limit is {self.max_frame_size}"
+            )
+        total = HEADER_SIZE + length + TRAILER_SIZE
+        if len(buf) < total:
+            return self._short(total)
+        view = memoryview(buf)
+        (crc,) = _U32.unpack_from(buf, total - TRAILER_SIZE)
+        if binascii.crc32(view[: total - TRAILER_SIZE]) != crc:
+            view.release()
+            raise CorruptFrameError(
+                f"CRC mismatch in the frame at stream offset {self._offset}:"
+                " the frame was damaged in transit"
+            )
+        payload = bytes(view[HEADER_SIZE : total - TRAILER_SIZE])
+        view.release()
+        offset = self._offset
+        del buf[:total]
+        self._offset += total
+        try:
+            return decode_payload(type_byte, version, seq, payload)
+        except RemoteProtocolError as exc:
+            raise RemoteProtocolError(f"{exc} (frame at stream offset {offset})") from None
+
+    def _short(self, needed: int) -> Sentinel:
+        if not self._ended:
+            return NEED_DATA
+        if not self._buffer:
+            return END_OF_INPUT
+        raise CorruptFrameError(
+            f"input ended inside the frame at stream offset {self._offset}:"
+            f" {len(self._buffer)} of at least {needed} bytes arrived"
+        )

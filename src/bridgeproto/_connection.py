@@ -1,0 +1,965 @@
+"""The bridge connection: all protocol state for one side, and nothing else.
+
+One ``Connection`` per side. The sandbox side starts exchanges (odd ids); the
+host side answers them. The object does no I/O and never reads a clock: bytes
+come in through ``receive_data``, go out through ``data_to_send``, and time is
+the ``now`` argument of every call that can start or stop a timer. The caller
+arms a timer for ``next_deadline()`` and calls ``handle_timer(now)`` when it
+fires.
+
+Four kinds of state live here:
+
+* **The session.** HANDSHAKING until the peer's hello checks out, then OPEN,
+  CLOSING once either side has said goaway, and finally CLOSED (drained) or
+  FAILED (a fatal error; every later call says so).
+* **Exchanges.** Each has a request half and a response half, and each half
+  moves through ``_HALF_TRANSITIONS`` below: IDLE, then OPEN after its head,
+  then DONE after its end of body. An input the table does not list is a
+  protocol error for that exchange only: it is reset and the session goes on.
+  An exchange closes when both halves are DONE or when either side resets it.
+  Closed ids are remembered in a bounded map so late frames for them are
+  dropped quietly.
+* **Credit.** Body bytes need credit, per exchange and session-wide. The
+  receiver returns credit (``Window``) as the application reports bytes
+  consumed, so nothing is ever buffered beyond the windows it granted.
+* **Delivery.** Sequenced records get increasing sequence numbers and stay
+  retained until the peer acknowledges them. After the link breaks, the
+  caller reopens it and calls ``resume``: hello and ack go out first, then
+  everything unacknowledged. The receiver drops sequence numbers it has
+  already seen, so every record takes effect exactly once.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections import OrderedDict
+from collections.abc import Iterable
+from typing import Any
+
+import attrs
+
+from ._codec import NEED_DATA, FrameDecoder, Sentinel, encode_frame
+from ._errors import (
+    CorruptFrameError,
+    ErrorCode,
+    LocalProtocolError,
+    RemoteProtocolError,
+)
+from ._events import (
+    CreditAvailable,
+    Event,
+    ExchangeReset,
+    HandshakeComplete,
+    LinkBroken,
+    SessionClosed,
+    SessionFailed,
+)
+from ._records import (
+    MAX_EXCHANGE_ID,
+    MAX_WINDOW,
+    PROTOCOL_VERSION,
+    SESSION_ID_BYTES,
+    Ack,
+    Data,
+    EndOfBody,
+    GoAway,
+    Hello,
+    Limits,
+    Ping,
+    Pong,
+    Record,
+    RequestHead,
+    Reset,
+    ResponseHead,
+    Role,
+    Window,
+)
+
+
+def _optional_positive(_: object, attribute: attrs.Attribute[Any], value: float | None) -> None:
+    if value is not None and not value > 0:
+        raise LocalProtocolError(f"{attribute.name} must be positive or None, got {value!r}")
+
+
+def _positive(_: object, attribute: attrs.Attribute[Any], value: float) -> None:
+    if not value > 0:
+        raise LocalProtocolError(f"{attribute.name} must be positive, got {value!r}")
+
+
+@attrs.frozen
+class Config:
+    """Limits and timers for one side. Times are in seconds; None disables.
+
+    The defaults suit model calls that think for minutes: an exchange may sit
+    idle (no body bytes either way) for 5 minutes and has no total deadline.
+    """
+
+    limits: Limits = attrs.field(factory=Limits)
+    idle_timeout: float | None = attrs.field(default=300.0, validator=_optional_positive)
+    exchange_timeout: float | None = attrs.field(default=None, validator=_optional_positive)
+    handshake_timeout: float = attrs.field(default=30.0, validator=_positive)
+    ping_interval: float | None = attrs.field(default=20.0, validator=_optional_positive)
+    peer_timeout: float | None = attrs.field(default=60.0, validator=_optional_positive)
+    shutdown_grace: float = attrs.field(default=5.0, validator=_positive)
+    max_body_bytes: int | None = attrs.field(default=None)
+    closed_exchange_memory: int = attrs.field(default=1024)
+
+
+class SessionState(enum.Enum):
+    HANDSHAKING = "handshaking"
+    OPEN = "open"
+    CLOSING = "closing"
+    CLOSED = "closed"
+    FAILED = "failed"
+
+
+class Half(enum.Enum):
+    """One direction of an exchange."""
+
+    IDLE = "idle"  # no head yet
+    OPEN = "open"  # head seen, body flowing
+    DONE = "done"  # end of body seen
+
+
+class Input(enum.Enum):
+    HEAD = "head"
+    INFORMATIONAL_HEAD = "1xx head"
+    DATA = "data"
+    END = "end"
+
+
+# (state of a half, what arrives or is sent on it) -> next state of the half.
+# The same table serves both directions and both roles. Anything missing is a
+# protocol error for the exchange.
+_HALF_TRANSITIONS: dict[tuple[Half, Input], Half] = {
+    (Half.IDLE, Input.HEAD): Half.OPEN,
+    (Half.IDLE, Input.INFORMATIONAL_HEAD): Half.IDLE,  # 100 Continue and friends
+    (Half.OPEN, Input.DATA): Half.OPEN,
+    (Half.OPEN, Input.END): Half.DONE,
+}
+
+
+def _input_of(record: Record) -> Input:
+    if isinstance(record, Data):
+        return Input.DATA
+    if isinstance(record, EndOfBody):
+        return Input.END
+    if isinstance(record, ResponseHead) and record.status < 200:
+        return Input.INFORMATIONAL_HEAD
+    return Input.HEAD
+
+
+class _Exchange:
+    """Book-keeping for one exchange in flight."""
+
+    __slots__ = (
+        "deadline",
+        "exchange_id",
+        "last_activity",
+        "received_body",
+        "recv_half",
+        "recv_window",
+        "send_credit",
+        "send_half",
+        "unconsumed",
+        "unreturned",
+    )
+
+    def __init__(self, exchange_id: int, now: float, send_credit: int, recv_window: int) -> None:
+        self.exchange_id = exchange_id
+        self.send_half = Half.IDLE
+        self.recv_half = Half.IDLE
+        self.send_credit = send_credit  # bytes the peer lets us send
+        self.recv_window = recv_window  # bytes we still let the peer send
+        self.unconsumed = 0  # delivered to the application, not yet consumed
+        self.unreturned = 0  # consumed, not yet returned to the peer as credit
+        self.received_body = 0
+        self.last_activity = now
+        self.deadline: float | None = None
+
+
+def _clip(reason: str) -> str:
+    """Reasons we pass on may quote the peer; keep them within the record limit."""
+    return reason if len(reason) <= 300 else reason[:297] + "..."
+
+
+def _reset(exchange_id: int, code: ErrorCode, reason: str) -> Reset:
+    return Reset(exchange_id, code, _clip(reason))
+
+
+class _RemoteExchangeError(Exception):
+    """The peer broke the rules of one exchange; reset it, keep the session."""
+
+    def __init__(self, code: ErrorCode, reason: str) -> None:
+        super().__init__(reason)
+        self.code = code
+        self.reason = reason
+
+
+class _SessionError(Exception):
+    """The peer broke a session-wide rule; the session fails."""
+
+    def __init__(self, code: ErrorCode, reason: str) -> None:
+        super().__init__(reason)
+        self.code = code
+        self.reason = reason
+
+
+class Connection:
+    """The protocol state of one side of a bridge session.
+
+    Call ``start(now)`` first; it queues the hello. Then, in a loop: feed what
+    the transport read to ``receive_data`` and act on the events it returns,
+    write ``data_to_send()`` to the transport, and call ``handle_timer`` when
+    ``next_deadline()`` passes.
+    """
+
+    def __init__(self, role: Role, session_id: bytes, config: Config | None = None) -> None:
+        if not isinstance(session_id, bytes) or len(session_id) != SESSION_ID_BYTES:
+            raise LocalProtocolError(f"session_id must be {SESSION_ID_BYTES} bytes")
+        self.role = Role(role)
+        self.session_id = session_id
+        self.config = config or Config()
+        self.state = SessionState.HANDSHAKING
+        self.peer_limits: Limits | None = None
+        self.failure: SessionFailed | None = None
+
+        self._decoder = FrameDecoder(self.config.limits.max_frame_size)
+        self._link_ok = True
+        self._started = False
+
+        # Delivery: outbound sequencing, retention and inbound dedup.
+        self._next_seq = 1
+        self._retained: OrderedDict[int, bytes] = OrderedDict()
+        self._retained_bytes = 0
+        self._unsent: list[bytes] = []
+        self._control: list[bytes] = []  # unsequenced frames, sent first
+        self._received_seq = 0
+        self._ack_pending = False
+
+        # Exchanges.
+        self._exchanges: dict[int, _Exchange] = {}
+        # Closed ids -> bytes the application may still consume on them.
+        self._closed: OrderedDict[int, int] = OrderedDict()
+        self._next_local_id = 1 if self.role is Role.SANDBOX else 2
+        self._highest_peer_id = 0
+
+        # Session credit.
+        self._send_credit = 0
+        self._recv_window = self.config.limits.session_window
+        self._unreturned = 0
+
+        # Timers.
+        self._handshake_deadline: float | None = None
+        self._last_received = 0.0
+        self._last_ping_sent: float | None = None
+        self._ping_count = 0
+        self._close_deadline: float | None = None
+        self._goaway_sent = False
+        self._peer_goaway: GoAway | None = None
+
+    # ------------------------------------------------------------ properties
+
+    @property
+    def retained_bytes(self) -> int:
+        """Bytes of sent frames kept until the peer acknowledges them."""
+        return self._retained_bytes
+
+    @property
+    def open_exchanges(self) -> list[int]:
+        return list(self._exchanges)
+
+    def send_credit(self, exchange_id: int) -> int:
+        """How many body bytes ``send_data`` accepts now for this exchange."""
+        ex = self._exchange(exchange_id)
+        return min(ex.send_credit, self._send_credit)
+
+    # ------------------------------------------------------------ lifecycle
+
+    def start(self, now: float) -> None:
+        """Queue the hello and arm the handshake timer."""
+        if self._started:
+            raise LocalProtocolError("start() was already called")
+        self._started = True
+        self._last_received = now
+        self._handshake_deadline = now + self.config.handshake_timeout
+        self._queue_control(self._hello())
+
+    def resume(self, now: float) -> None:
+        """Begin a new link for the same session after the old one broke.
+
+        Queues hello and ack, then every record the peer has not
+        acknowledged. Safe to call more than once.
+        """
+        self._check_usable()
+        if not self._started:
+            raise LocalProtocolError("resume() before start(); call start() first")
+        self._decoder = FrameDecoder(self.config.limits.max_frame_size)
+        self._link_ok = True
+        self._control = [encode_frame(self._hello())]
+        self._ack_pending = True
+        self._unsent = list(self._retained.values())
+
+    def close(self, now: float, code: ErrorCode = ErrorCode.NO_ERROR, reason: str = "") -> None:
+        """Start a graceful shutdown: no new exchanges, drain, then close.
+
+        Exchanges still open when ``config.shutdown_grace`` has passed are
+        reset. Calling it again, or after the session ended, does nothing.
+        """
+        if self.state in (SessionState.CLOSED, SessionState.FAILED) or self._goaway_sent:
+            return
+        if not self._started:
+            raise LocalProtocolError("close() before start()")
+        self._send_goaway(now, code, reason)
+
+    # ------------------------------------------------------------ sending
+
+    def start_exchange(
+        self,
+        method: bytes,
+        target: bytes,
+        headers: Iterable[tuple[bytes, bytes]],
+        now: float,
+    ) -> int:
+        """Send a request head on a new exchange and return its id."""
+        self._check_usable()
+        if self.role is not Role.SANDBOX:
+            raise LocalProtocolError("only the sandbox side starts exchanges")
+        peer = self._require_open("start an exchange")
+        if len(self._exchanges) >= peer.max_exchanges:
+            raise LocalProtocolError(
+                f"{len(self._exchanges)} exchanges are in flight and the peer allows"
+                f" {peer.max_exchanges}; wait for one to end",
+                status_hint=503,
+            )
+        if self._next_local_id > MAX_EXCHANGE_ID:
+            raise LocalProtocolError(
+                "exchange ids are exhausted; open a new session", status_hint=503
+            )
+        head = RequestHead(self._next_local_id, method, target, tuple(headers))
+        self._check_head_size(head.head_size, peer)
+        self._next_local_id += 2
+        ex = _Exchange(
+            head.exchange_id, now, peer.initial_window, self.config.limits.initial_window
+        )
+        if self.config.exchange_timeout is not None:
+            ex.deadline = now + self.config.exchange_timeout
+        self._exchanges[head.exchange_id] = ex
+        self._send_on(ex, head, now)
+        return head.exchange_id
+
+    def send_response(
+        self,
+        exchange_id: int,
+        status: int,
+        reason: bytes,
+        headers: Iterable[tuple[bytes, bytes]],
+        now: float,
+    ) -> None:
+        """Send a response head (or a 1xx informational head) for an exchange."""
+        self._check_usable()
+        if self.role is not Role.HOST:
+            raise LocalProtocolError("only the host side sends responses")
+        ex = self._exchange(exchange_id)
+        head = ResponseHead(exchange_id, status, reason, tuple(headers))
+        assert self.peer_limits is not None  # an exchange exists, so the hello came
+        self._check_head_size(head.head_size, self.peer_limits)
+        self._send_on(ex, head, now)
+
+    def send_data(self, exchange_id: int, data: bytes, now: float) -> None:
+        """Send body bytes; at most ``send_credit(exchange_id)`` of them."""
+        self._check_usable()
+        ex = self._exchange(exchange_id)
+        if not data:
+            return
+        credit = min(ex.send_credit, self._send_credit)
+        if len(data) > credit:
+            raise LocalProtocolError(
+                f"sending {len(data)} bytes on exchange {exchange_id} exceeds the"
+                f" {credit} bytes of credit the peer granted; wait for CreditAvailable"
+            )
+        self._advance(ex, ex.send_half, Input.DATA, sending=True)
+        assert self.peer_limits is not None
+        step = self.peer_limits.max_frame_size - 4
+        for start in range(0, len(data), step):
+            self._send_on(ex, Data(exchange_id, data[start : start + step]), now)
+        ex.send_credit -= len(data)
+        self._send_credit -= len(data)
+
+    def send_end(self, exchange_id: int, now: float) -> None:
+        """End this side's body for the exchange."""
+        self._check_usable()
+        self._send_on(self._exchange(exchange_id), EndOfBody(exchange_id), now)
+
+    def reset(self, exchange_id: int, code: ErrorCode, reason: str = "") -> None:
+        """Abandon one exchange. Resetting an exchange that already ended does nothing."""
+        self._check_usable()
+        if exchange_id in self._closed:
+            return
+        ex = self._exchange(exchange_id)
+        self._queue(Reset(exchange_id, code, reason))
+        self._close_exchange(ex, was_reset=True)
+
+    def consume(self, exchange_id: int, nbytes: int) -> None:
+        """Report body bytes the application has passed on, returning credit.
+
+        Every byte delivered in a ``Data`` event should be reported once the
+        application no longer holds it, including after the exchange
+        completes. After an exchange is reset its bytes are released
+        automatically and reports for it are ignored.
+        """
+        self._check_usable()
+        if nbytes < 0:
+            raise LocalProtocolError(f"cannot consume a negative byte count ({nbytes})")
+        ex = self._exchanges.get(exchange_id)
+        if ex is None:
+            remaining = self._closed.get(exchange_id)
+            if remaining is None:
+                raise LocalProtocolError(f"exchange {exchange_id} is unknown")
+            nbytes = min(nbytes, remaining)
+            self._closed[exchange_id] = remaining - nbytes
+            self._return_session_credit(nbytes)
+            return
+        if nbytes > ex.unconsumed:
+            raise LocalProtocolError(
+                f"consume({nbytes}) on exchange {exchange_id}, which has only"
+                f" {ex.unconsumed} unconsumed bytes"
+            )
+        ex.unconsumed -= nbytes
+        ex.unreturned += nbytes
+        if ex.recv_half is Half.OPEN and ex.unreturned >= self.config.limits.initial_window // 2:
+            self._queue(Window(exchange_id, ex.unreturned))
+            ex.recv_window += ex.unreturned
+            ex.unreturned = 0
+        self._return_session_credit(nbytes)
+
+    def ping(self, now: float) -> None:
+        """Send a ping now; any frame back proves the peer alive."""
+        self._check_usable()
+        self._ping_count += 1
+        self._last_ping_sent = now
+        self._queue_control(Ping(self._ping_count.to_bytes(8, "big")))
+
+    # ------------------------------------------------------------ output
+
+    def data_to_send(self) -> bytes:
+        """Bytes to write to the transport now (possibly empty)."""
+        parts = self._control
+        if self._ack_pending:
+            parts.append(encode_frame(Ack(self._received_seq)))
+            self._ack_pending = False
+        parts.extend(self._unsent)
+        self._control = []
+        self._unsent = []
+        return b"".join(parts)
+
+    def next_deadline(self) -> float | None:
+        """When ``handle_timer`` should next be called, or None."""
+        if self.state in (SessionState.CLOSED, SessionState.FAILED) or not self._started:
+            return None
+        candidates = [self._handshake_deadline, self._close_deadline]
+        cfg = self.config
+        if self.state is not SessionState.HANDSHAKING:
+            if cfg.ping_interval is not None:
+                candidates.append(self._next_ping_due())
+            if cfg.peer_timeout is not None:
+                candidates.append(self._last_received + cfg.peer_timeout)
+        for ex in self._exchanges.values():
+            candidates.append(ex.deadline)
+            if cfg.idle_timeout is not None:
+                candidates.append(ex.last_activity + cfg.idle_timeout)
+        return min((c for c in candidates if c is not None), default=None)
+
+    def handle_timer(self, now: float) -> list[Event]:
+        """Fire every timer due at ``now``; returns what happened."""
+        events: list[Event] = []
+        if self.state in (SessionState.CLOSED, SessionState.FAILED) or not self._started:
+            return events
+        cfg = self.config
+        opened = self.state is not SessionState.HANDSHAKING
+        if self._handshake_deadline is not None and now >= self._handshake_deadline:
+            self._fail(
+                events,
+                ErrorCode.PEER_UNRESPONSIVE,
+                f"no hello from the peer within {cfg.handshake_timeout:g} s;"
+                " is the other side running and connected?",
+                by_peer=False,
+            )
+            return events
+        if (
+            opened
+            and cfg.peer_timeout is not None
+            and now >= self._last_received + cfg.peer_timeout
+        ):
+            self._fail(
+                events,
+                ErrorCode.PEER_UNRESPONSIVE,
+                f"nothing heard from the peer for {cfg.peer_timeout:g} s;"
+                " it is gone or the link is down",
+                by_peer=False,
+            )
+            return events
+        if self._close_deadline is not None and now >= self._close_deadline:
+            for ex in list(self._exchanges.values()):
+                self._local_reset(
+                    events,
+                    ex,
+                    ErrorCode.SHUTTING_DOWN,
+                    "the session's shutdown grace period ran out",
+                )
+            self.state = SessionState.CLOSED
+            events.append(SessionClosed(forced=True))
+            return events
+        for ex in list(self._exchanges.values()):
+            if ex.deadline is not None and now >= ex.deadline:
+                self._local_reset(
+                    events,
+                    ex,
+                    ErrorCode.DEADLINE_EXCEEDED,
+                    f"exchange took longer than {cfg.exchange_timeout:g} s",
+                )
+            elif cfg.idle_timeout is not None and now >= ex.last_activity + cfg.idle_timeout:
+                self._local_reset(
+                    events,
+                    ex,
+                    ErrorCode.IDLE_TIMEOUT,
+                    f"no activity on the exchange for {cfg.idle_timeout:g} s",
+                )
+        if opened and cfg.ping_interval is not None and now >= self._next_ping_due():
+            self.ping(now)
+        self._check_drained(events)
+        return events
+
+    # ------------------------------------------------------------ input
+
+    def receive_data(self, data: bytes, now: float) -> list[Event]:
+        """Process bytes read from the transport; returns the events they caused.
+
+        ``b""`` means the transport reached end of input. Remote faults do not
+        raise: they come back as ``ExchangeReset``, ``LinkBroken`` or
+        ``SessionFailed`` events, after every event that preceded them.
+        """
+        self._check_usable()
+        if not self._started:
+            raise LocalProtocolError("receive_data() before start()")
+        events: list[Event] = []
+        if not self._link_ok or self.state is SessionState.CLOSED:
+            return events
+        self._decoder.receive_data(data)
+        while self._link_is_up():
+            try:
+                frame = self._decoder.next_frame()
+            except CorruptFrameError as exc:
+                self._break_link(events, str(exc))
+                break
+            except RemoteProtocolError as exc:
+                self._fail(events, ErrorCode.PROTOCOL_ERROR, str(exc), by_peer=False)
+                break
+            if isinstance(frame, Sentinel):
+                if frame is not NEED_DATA:
+                    self._break_link(events, "the peer closed the link")
+                break
+            self._last_received = now
+            try:
+                self._receive_frame(frame.seq, frame.record, now, events)
+            except _SessionError as exc:
+                self._fail(events, exc.code, exc.reason, by_peer=False)
+        self._check_drained(events)
+        return events
+
+    def _receive_frame(self, seq: int, record: Record, now: float, events: list[Event]) -> None:
+        if isinstance(record, Hello):
+            self._receive_hello(record, now, events)
+            return
+        if self.peer_limits is None:
+            raise _SessionError(
+                ErrorCode.PROTOCOL_ERROR,
+                f"{type(record).__name__} arrived before HELLO; a session opens with HELLO",
+            )
+        if isinstance(record, Ack):
+            self._receive_ack(record.seq)
+        elif isinstance(record, Ping):
+            self._queue_control(Pong(record.payload))
+        elif isinstance(record, Pong):
+            pass  # any frame proves liveness; _last_received was updated
+        elif seq <= self._received_seq:
+            self._ack_pending = True  # a resend: the peer missed our ack
+        elif seq != self._received_seq + 1:
+            self._break_link(
+                events,
+                f"frames were lost: expected sequence number {self._received_seq + 1}, got {seq}",
+            )
+        else:
+            self._received_seq = seq
+            self._ack_pending = True
+            self._receive_sequenced(record, now, events)
+
+    def _receive_hello(self, hello: Hello, now: float, events: list[Event]) -> None:
+        if hello.version != PROTOCOL_VERSION:
+            raise _SessionError(
+                ErrorCode.PROTOCOL_ERROR,
+                f"the peer speaks bridgeproto wire version {hello.version} and this side"
+                f" speaks version {PROTOCOL_VERSION}; run the same bridgeproto release on"
+                " both sides",
+            )
+        if hello.role is not self.role.peer:
+            raise _SessionError(
+                ErrorCode.PROTOCOL_ERROR,
+                f"both sides claim the {self.role.name.lower()} role; one must be the"
+                f" {self.role.peer.name.lower()} side",
+            )
+        if hello.session_id != self.session_id:
+            raise _SessionError(
+                ErrorCode.PROTOCOL_ERROR,
+                f"session id mismatch: the peer has {hello.session_id.hex()}, this side"
+                f" {self.session_id.hex()}; the peer restarted or belongs to another bridge",
+            )
+        if self.peer_limits is None:
+            self.peer_limits = hello.limits
+            self._send_credit = hello.limits.session_window
+            self._handshake_deadline = None
+            if self.state is SessionState.HANDSHAKING:
+                self.state = SessionState.OPEN
+            events.append(HandshakeComplete(hello))
+        else:
+            # The peer reopened the link: what we sent since its last ack may
+            # be lost, so send it again (duplicates are dropped by seq).
+            self._unsent = list(self._retained.values())
+
+    def _receive_ack(self, seq: int) -> None:
+        if seq >= self._next_seq:
+            raise _SessionError(
+                ErrorCode.PROTOCOL_ERROR,
+                f"the peer acknowledged sequence number {seq}, but only"
+                f" {self._next_seq - 1} were sent",
+            )
+        while self._retained:
+            first = next(iter(self._retained))
+            if first > seq:
+                break
+            self._retained_bytes -= len(self._retained.pop(first))
+
+    def _receive_sequenced(self, record: Record, now: float, events: list[Event]) -> None:
+        if isinstance(record, Window):
+            self._receive_window(record, events)
+            return
+        if isinstance(record, GoAway):
+            self._receive_goaway(record, now, events)
+            return
+        assert isinstance(record, (RequestHead, ResponseHead, Data, EndOfBody, Reset))
+        if isinstance(record, Data):
+            self._take_session_window(len(record.data))
+        ex = self._exchanges.get(record.exchange_id) or self._admit(record, now)
+        if ex is None:
+            if isinstance(record, Data):  # nobody will consume these bytes
+                self._return_session_credit(len(record.data))
+            return
+        try:
+            self._receive_on(ex, record, now, events)
+        except _RemoteExchangeError as exc:
+            self._local_reset(events, ex, exc.code, exc.reason)
+
+    def _admit(
+        self, record: RequestHead | ResponseHead | Data | EndOfBody | Reset, now: float
+    ) -> _Exchange | None:
+        """Open the exchange a record starts, or return None to drop the record."""
+        exchange_id = record.exchange_id
+        if exchange_id in self._closed:
+            return None  # a late frame for an exchange that has ended
+        ours = exchange_id % 2 == self._next_local_id % 2
+        if ours or self.role is Role.SANDBOX:
+            if ours and exchange_id < self._next_local_id:
+                return None  # ended so long ago that it was forgotten
+            if not isinstance(record, Reset):
+                reason = (
+                    f"exchange {exchange_id} was never opened"
+                    if ours
+                    else "host-originated exchanges are not part of wire version 1"
+                )
+                self._queue(_reset(exchange_id, ErrorCode.PROTOCOL_ERROR, reason))
+            return None
+        if exchange_id <= self._highest_peer_id:
+            return None  # ended so long ago that it was forgotten
+        if not isinstance(record, RequestHead):
+            if not isinstance(record, Reset):
+                self._refuse(
+                    exchange_id,
+                    ErrorCode.PROTOCOL_ERROR,
+                    f"{type(record).__name__} for exchange {exchange_id},"
+                    " which has no request head",
+                )
+            return None
+        self._highest_peer_id = exchange_id
+        limits = self.config.limits
+        if self._goaway_sent or self.state is not SessionState.OPEN:
+            self._refuse(
+                exchange_id,
+                ErrorCode.REFUSED,
+                "the host side is shutting down; the request was not processed",
+            )
+        elif len(self._exchanges) >= limits.max_exchanges:
+            self._refuse(
+                exchange_id,
+                ErrorCode.TOO_MANY_EXCHANGES,
+                f"{limits.max_exchanges} exchanges are already in flight",
+            )
+        elif record.head_size > limits.max_header_bytes:
+            self._refuse(
+                exchange_id,
+                ErrorCode.HEADERS_TOO_LARGE,
+                f"request head is {record.head_size} bytes; the limit is {limits.max_header_bytes}",
+            )
+        else:
+            assert self.peer_limits is not None
+            ex = _Exchange(exchange_id, now, self.peer_limits.initial_window, limits.initial_window)
+            if self.config.exchange_timeout is not None:
+                ex.deadline = now + self.config.exchange_timeout
+            self._exchanges[exchange_id] = ex
+            return ex
+        return None
+
+    def _receive_on(self, ex: _Exchange, record: Record, now: float, events: list[Event]) -> None:
+        ex.last_activity = now
+        if isinstance(record, Reset):
+            self._close_exchange(ex, was_reset=True)
+            events.append(ExchangeReset(ex.exchange_id, record.code, record.reason, by_peer=True))
+            return
+        expected_head = RequestHead if self.role is Role.HOST else ResponseHead
+        if isinstance(record, (RequestHead, ResponseHead)) and not isinstance(
+            record, expected_head
+        ):
+            raise _RemoteExchangeError(
+                ErrorCode.PROTOCOL_ERROR,
+                f"{type(record).__name__} is never sent to the {self.role.name.lower()} side",
+            )
+        if (
+            isinstance(record, ResponseHead)
+            and record.head_size > self.config.limits.max_header_bytes
+        ):
+            raise _RemoteExchangeError(
+                ErrorCode.HEADERS_TOO_LARGE,
+                f"response head is {record.head_size} bytes; the limit is"
+                f" {self.config.limits.max_header_bytes}",
+            )
+        ex.recv_half = self._advance(ex, ex.recv_half, _input_of(record), sending=False)
+        if isinstance(record, Data):
+            size = len(record.data)
+            if size > ex.recv_window:
+                raise _RemoteExchangeError(
+                    ErrorCode.FLOW_CONTROL_ERROR,
+                    f"{size} body bytes arrived with only {ex.recv_window} bytes of credit",
+                )
+            ex.recv_window -= size
+            ex.unconsumed += size
+            ex.received_body += size
+            limit = self.config.max_body_bytes
+            if limit is not None and ex.received_body > limit:
+                raise _RemoteExchangeError(
+                    ErrorCode.BODY_TOO_LARGE, f"body is larger than the limit of {limit} bytes"
+                )
+        events.append(record)  # type: ignore[arg-type]
+        if ex.send_half is Half.DONE and ex.recv_half is Half.DONE:
+            self._close_exchange(ex, was_reset=False)
+
+    def _receive_window(self, window: Window, events: list[Event]) -> None:
+        if window.exchange_id == 0:
+            if self._send_credit + window.increment > MAX_WINDOW:
+                raise _SessionError(
+                    ErrorCode.FLOW_CONTROL_ERROR, "session credit would exceed 2**32-1 bytes"
+                )
+            self._send_credit += window.increment
+            events.append(CreditAvailable(0))
+            return
+        ex = self._exchanges.get(window.exchange_id)
+        if ex is None:
+            return  # credit for an exchange that has ended
+        if ex.send_credit + window.increment > MAX_WINDOW:
+            self._local_reset(
+                events,
+                ex,
+                ErrorCode.FLOW_CONTROL_ERROR,
+                "the peer granted more than 2**32-1 bytes of credit",
+            )
+            return
+        ex.send_credit += window.increment
+        events.append(CreditAvailable(ex.exchange_id))
+
+    def _receive_goaway(self, goaway: GoAway, now: float, events: list[Event]) -> None:
+        if goaway.code is not ErrorCode.NO_ERROR:
+            self._fail(
+                events, goaway.code, f"the peer ended the session: {goaway.reason}", by_peer=True
+            )
+            return
+        self._peer_goaway = goaway
+        for ex in list(self._exchanges.values()):
+            if ex.exchange_id % 2 == self._next_local_id % 2 and (
+                ex.exchange_id > goaway.last_exchange_id
+            ):
+                self._close_exchange(ex, was_reset=True)
+                events.append(
+                    ExchangeReset(
+                        ex.exchange_id,
+                        ErrorCode.REFUSED,
+                        "the peer is shutting down and did not process this exchange; retry it",
+                        by_peer=True,
+                    )
+                )
+        events.append(goaway)
+        if not self._goaway_sent:
+            self._send_goaway(now, ErrorCode.NO_ERROR, "")
+
+    # ------------------------------------------------------------ helpers
+
+    def _hello(self) -> Hello:
+        return Hello(PROTOCOL_VERSION, self.role, self.session_id, self.config.limits)
+
+    def _check_usable(self) -> None:
+        if self.failure is not None:
+            raise LocalProtocolError(
+                f"the session failed earlier ({self.failure.code.name}: {self.failure.reason});"
+                " start a new one"
+            )
+
+    def _require_open(self, action: str) -> Limits:
+        if self.state is SessionState.HANDSHAKING or self.peer_limits is None:
+            raise LocalProtocolError(f"cannot {action} before the handshake completes")
+        if self.state is not SessionState.OPEN or self._goaway_sent or self._peer_goaway:
+            raise LocalProtocolError(
+                f"cannot {action}: the session is {self.state.value}", status_hint=503
+            )
+        return self.peer_limits
+
+    def _check_head_size(self, size: int, peer: Limits) -> None:
+        if size > peer.max_header_bytes:
+            raise LocalProtocolError(
+                f"the head is {size} bytes; the peer accepts at most {peer.max_header_bytes}",
+                status_hint=431,
+            )
+
+    def _exchange(self, exchange_id: int) -> _Exchange:
+        ex = self._exchanges.get(exchange_id)
+        if ex is not None:
+            return ex
+        if exchange_id in self._closed:
+            raise LocalProtocolError(f"exchange {exchange_id} has already ended")
+        raise LocalProtocolError(f"exchange {exchange_id} does not exist")
+
+    def _advance(self, ex: _Exchange, half: Half, what: Input, *, sending: bool) -> Half:
+        new = _HALF_TRANSITIONS.get((half, what))
+        direction = "send" if sending else "receive"
+        if new is None:
+            message = (
+                f"exchange {ex.exchange_id}: cannot {direction} {what.value} while its"
+                f" {direction} half is {half.value}"
+            )
+            if sending:
+                raise LocalProtocolError(message)
+            raise _RemoteExchangeError(ErrorCode.PROTOCOL_ERROR, message)
+        return new
+
+    def _send_on(self, ex: _Exchange, record: Record, now: float) -> None:
+        """Send a head, data or end on an exchange, moving its send half."""
+        new = self._advance(ex, ex.send_half, _input_of(record), sending=True)
+        ex.send_half = new
+        ex.last_activity = now
+        self._queue(record)
+        if ex.send_half is Half.DONE and ex.recv_half is Half.DONE:
+            self._close_exchange(ex, was_reset=False)
+
+    def _queue(self, record: Record) -> None:
+        frame = encode_frame(record, self._next_seq)
+        self._retained[self._next_seq] = frame
+        self._retained_bytes += len(frame)
+        self._next_seq += 1
+        self._unsent.append(frame)
+
+    def _queue_control(self, record: Record) -> None:
+        self._control.append(encode_frame(record))
+
+    def _refuse(self, exchange_id: int, code: ErrorCode, reason: str) -> None:
+        self._queue(_reset(exchange_id, code, reason))
+        self._remember_closed(exchange_id, 0)
+
+    def _local_reset(
+        self, events: list[Event], ex: _Exchange, code: ErrorCode, reason: str
+    ) -> None:
+        """End an exchange from this side: tell the peer and the application."""
+        self._queue(_reset(ex.exchange_id, code, reason))
+        self._close_exchange(ex, was_reset=True)
+        events.append(ExchangeReset(ex.exchange_id, code, reason, by_peer=False))
+
+    def _close_exchange(self, ex: _Exchange, *, was_reset: bool) -> None:
+        del self._exchanges[ex.exchange_id]
+        if was_reset:
+            # The application drops a reset exchange's bytes, so release them.
+            self._return_session_credit(ex.unconsumed)
+            self._remember_closed(ex.exchange_id, 0)
+        else:
+            self._remember_closed(ex.exchange_id, ex.unconsumed)
+
+    def _remember_closed(self, exchange_id: int, unconsumed: int) -> None:
+        self._closed[exchange_id] = unconsumed
+        while len(self._closed) > self.config.closed_exchange_memory:
+            _, forgotten = self._closed.popitem(last=False)
+            self._return_session_credit(forgotten)
+
+    def _take_session_window(self, size: int) -> None:
+        if size > self._recv_window:
+            raise _SessionError(
+                ErrorCode.FLOW_CONTROL_ERROR,
+                f"{size} body bytes arrived with only {self._recv_window} bytes of session"
+                " credit left",
+            )
+        self._recv_window -= size
+
+    def _return_session_credit(self, nbytes: int) -> None:
+        self._unreturned += nbytes
+        if self._unreturned and self._unreturned >= self.config.limits.session_window // 2:
+            self._queue(Window(0, self._unreturned))
+            self._recv_window += self._unreturned
+            self._unreturned = 0
+
+    def _next_ping_due(self) -> float:
+        assert self.config.ping_interval is not None
+        last = self._last_received
+        if self._last_ping_sent is not None and self._last_ping_sent > last:
+            last = self._last_ping_sent
+        return last + self.config.ping_interval
+
+    def _send_goaway(self, now: float, code: ErrorCode, reason: str) -> None:
+        self._queue(GoAway(self._highest_peer_id, code, reason))
+        self._goaway_sent = True
+        if self.state in (SessionState.OPEN, SessionState.HANDSHAKING):
+            self.state = SessionState.CLOSING
+        self._close_deadline = now + self.config.shutdown_grace
+
+    def _check_drained(self, events: list[Event]) -> None:
+        if (
+            self.state is SessionState.CLOSING
+            and self._goaway_sent
+            and self._peer_goaway is not None
+            and not self._exchanges
+            and not self._retained
+        ):
+            self.state = SessionState.CLOSED
+            events.append(SessionClosed(forced=False))
+
+    def _link_is_up(self) -> bool:
+        return self._link_ok and self.state is not SessionState.FAILED
+
+    def _break_link(self, events: list[Event], reason: str) -> None:
+        self._link_ok = False
+        events.append(LinkBroken(reason))
+
+    def _fail(self, events: list[Event], code: ErrorCode, reason: str, *, by_peer: bool) -> None:
+        if self.state is SessionState.FAILED:
+            return
+        for ex in list(self._exchanges.values()):
+            self._close_exchange(ex, was_reset=True)
+            events.append(ExchangeReset(ex.exchange_id, code, reason, by_peer=by_peer))
+        if not by_peer:
+            # Best effort: tell the peer why, so it need not wait for a timeout.
+            self._queue(GoAway(self._highest_peer_id, code, _clip(reason)))
+        self.state = SessionState.FAILED
+        self.failure = SessionFailed(code, reason, by_peer)
+        events.append(self.failure)
