@@ -35,6 +35,7 @@ from ._events import (
 )
 from ._records import (
     PROTOCOL_VERSION,
+    SEQUENCED,
     SESSION_ID_BYTES,
     Ack,
     Data,
@@ -61,6 +62,7 @@ __all__ = [
     "FRAME_OVERHEAD",
     "NEED_DATA",
     "PROTOCOL_VERSION",
+    "SEQUENCED",
     "SESSION_ID_BYTES",
     "Ack",
     "ArmorDecoder",

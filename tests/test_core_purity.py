@@ -1,0 +1,43 @@
+"""The core does no I/O and reads no clock: nothing in its import graph may."""
+
+from __future__ import annotations
+
+import ast
+import pathlib
+import subprocess
+import sys
+
+import bridgeproto
+
+FORBIDDEN = {"asyncio", "anyio", "socket", "subprocess", "threading", "time", "os", "selectors",
+             "trio", "io", "datetime", "random", "select", "signal", "multiprocessing"}
+CORE = pathlib.Path(bridgeproto.__file__).parent
+
+
+def test_core_sources_import_nothing_forbidden() -> None:
+    offenders = []
+    for path in sorted(CORE.glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names = [node.module]
+            else:
+                continue
+            offenders += [f"{path.name}: {n}" for n in names if n.split(".")[0] in FORBIDDEN]
+    assert offenders == []
+
+
+def test_importing_the_core_loads_no_io_module() -> None:
+    # A fresh interpreter, so what other tests imported does not count. The
+    # interpreter loads a few of these (os, io) at start-up and attrs loads
+    # threading, so compare what is loaded before and after the core itself.
+    probe = (
+        "import sys, attrs; before = set(sys.modules); import bridgeproto; "
+        "print(' '.join(sorted(set(sys.modules) - before)))"
+    )
+    loaded = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True
+    ).stdout.split()
+    assert {m.split(".")[0] for m in loaded} & FORBIDDEN == set()
+    assert "bridgeproto._connection" in loaded  # the probe did see the core load
