@@ -523,7 +523,12 @@ def test_graceful_shutdown_drains_then_closes() -> None:
     assert pair.take(s)[-1] == bp.SessionClosed(forced=False)
     assert pair.take(h)[-1] == bp.SessionClosed(forced=False)
     assert s.state is h.state is bp.SessionState.CLOSED
-    assert s.next_deadline() is None and s.receive_data(b"junk", 1.0) == []
+    assert s.next_deadline() is None
+    # A closed side still reads, so it can acknowledge and refuse late arrivals.
+    late = RawPeer(bp.Role.SANDBOX)
+    late.seq = 100  # past everything the host has seen
+    assert h.receive_data(late.frame(bp.RequestHead(101, b"GET", b"/late"), seq=4), 1.0) == []
+    assert b"shutting down" in h.data_to_send()
 
 
 def test_exchanges_the_peer_never_took_are_refused_at_goaway() -> None:

@@ -103,6 +103,9 @@ class Config:
     shutdown_grace: float = attrs.field(default=5.0, validator=_positive)
     max_body_bytes: int | None = attrs.field(default=None)
     closed_exchange_memory: int = attrs.field(default=1024)
+    # New exchanges wait while this many sent bytes are unacknowledged, so a
+    # peer that stops acknowledging cannot make this side hold more.
+    max_retained_bytes: int = attrs.field(default=32 << 20)
 
 
 class SessionState(enum.Enum):
@@ -332,6 +335,12 @@ class Connection:
                 f" {peer.max_exchanges}; wait for one to end",
                 status_hint=503,
             )
+        if self._retained_bytes >= self.config.max_retained_bytes:
+            raise LocalProtocolError(
+                f"{self._retained_bytes} sent bytes await the peer's acknowledgement;"
+                " wait for the link to catch up",
+                status_hint=503,
+            )
         if self._next_local_id > MAX_EXCHANGE_ID:
             raise LocalProtocolError(
                 "exchange ids are exhausted; open a new session", status_hint=503
@@ -415,7 +424,9 @@ class Connection:
         if ex is None:
             remaining = self._closed.get(exchange_id)
             if remaining is None:
-                raise LocalProtocolError(f"exchange {exchange_id} is unknown")
+                if not self._existed(exchange_id):
+                    raise LocalProtocolError(f"exchange {exchange_id} is unknown")
+                return  # forgotten; its bytes were released when it was
             nbytes = min(nbytes, remaining)
             self._closed[exchange_id] = remaining - nbytes
             self._return_session_credit(nbytes)
@@ -543,7 +554,7 @@ class Connection:
         if not self._started:
             raise LocalProtocolError("receive_data() before start()")
         events: list[Event] = []
-        if not self._link_ok or self.state is SessionState.CLOSED:
+        if not self._link_ok:
             return events
         self._decoder.receive_data(data)
         while self._link_is_up():
@@ -835,6 +846,12 @@ class Connection:
                 f"the head is {size} bytes; the peer accepts at most {peer.max_header_bytes}",
                 status_hint=431,
             )
+
+    def _existed(self, exchange_id: int) -> bool:
+        """Whether the id was ever opened, by either side."""
+        if exchange_id % 2 == self._next_local_id % 2:
+            return 0 < exchange_id < self._next_local_id
+        return 0 < exchange_id <= self._highest_peer_id
 
     def _exchange(self, exchange_id: int) -> _Exchange:
         ex = self._exchanges.get(exchange_id)
