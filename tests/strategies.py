@@ -52,6 +52,7 @@ records: st.SearchStrategy[bp.Record] = st.one_of(
     st.builds(bp.GoAway, st.integers(0, 2**32 - 1), codes, reasons),
 )
 
+
 @st.composite
 def frames(draw: st.DrawFn) -> bp.Frame:
     record = draw(records)

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import pytest
-from pair import SID, Pair, RawPeer, connected
 
 import bridgeproto as bp
+from pair import SID, Pair, RawPeer, connected
 
 HEADERS = [(b"content-type", b"application/json")]
 
@@ -15,7 +15,9 @@ def kinds(events: list[bp.Event]) -> list[str]:
 
 
 def body(events: list[bp.Event], exchange_id: int) -> bytes:
-    return b"".join(e.data for e in events if isinstance(e, bp.Data) and e.exchange_id == exchange_id)
+    return b"".join(
+        e.data for e in events if isinstance(e, bp.Data) and e.exchange_id == exchange_id
+    )
 
 
 def complete_exchange(pair: Pair, request: bytes, response: bytes) -> int:
@@ -59,7 +61,7 @@ def test_version_mismatch_names_both_versions_and_tells_the_peer() -> None:
     decoder.receive_data(conn.data_to_send())
     records = [f.record for f in iter(decoder.next_frame, bp.NEED_DATA)]  # type: ignore[union-attr]
     assert isinstance(records[-1], bp.GoAway) and records[-1].code is bp.ErrorCode.PROTOCOL_ERROR
-    with pytest.raises(bp.LocalProtocolError, match="session failed earlier .*version 2"):
+    with pytest.raises(bp.LocalProtocolError, match=r"session failed earlier .*version 2"):
         conn.receive_data(b"", 1.0)
     assert conn.next_deadline() is None and conn.handle_timer(100.0) == []
 
@@ -71,7 +73,9 @@ def test_version_mismatch_names_both_versions_and_tells_the_peer() -> None:
         (bp.Role.SANDBOX, bytes(16), "session id mismatch"),
     ],
 )
-def test_wrong_peer_fails_the_handshake(peer_role: bp.Role, session_id: bytes, message: str) -> None:
+def test_wrong_peer_fails_the_handshake(
+    peer_role: bp.Role, session_id: bytes, message: str
+) -> None:
     conn = bp.Connection(bp.Role.HOST, SID)
     conn.start(0.0)
     (failed,) = conn.receive_data(RawPeer(peer_role).hello(session_id=session_id), 0.0)
@@ -109,7 +113,10 @@ def test_handshake_timeout() -> None:
     assert conn.next_deadline() == 15.0
     assert conn.handle_timer(14.9) == []
     (failed,) = conn.handle_timer(15.0)
-    assert isinstance(failed, bp.SessionFailed) and "no hello from the peer within 5 s" in failed.reason
+    assert (
+        isinstance(failed, bp.SessionFailed)
+        and "no hello from the peer within 5 s" in failed.reason
+    )
 
 
 # ------------------------------------------------------------------ exchanges
@@ -206,8 +213,11 @@ def test_misuse_of_the_api_is_a_local_error() -> None:
     with pytest.raises(bp.LocalProtocolError, match="session_id must be 16 bytes"):
         bp.Connection(bp.Role.HOST, b"short")
     fresh = bp.Connection(bp.Role.HOST, SID)
-    for call in (lambda: fresh.resume(0.0), lambda: fresh.close(0.0),
-                 lambda: fresh.receive_data(b"", 0.0)):
+    for call in (
+        lambda: fresh.resume(0.0),
+        lambda: fresh.close(0.0),
+        lambda: fresh.receive_data(b"", 0.0),
+    ):
         with pytest.raises(bp.LocalProtocolError, match="before start"):
             call()
     pair.pump()
@@ -229,7 +239,9 @@ def test_peer_breaking_one_exchange_resets_only_that_exchange() -> None:
     assert "cannot receive data while its receive half is done" in reset.reason
     assert conn.open_exchanges == [1] and conn.state is bp.SessionState.OPEN
     # Anything more for the reset exchange is dropped quietly.
-    assert conn.receive_data(peer.frame(bp.Data(3, b"more")) + peer.frame(bp.EndOfBody(3)), 1.0) == []
+    assert (
+        conn.receive_data(peer.frame(bp.Data(3, b"more")) + peer.frame(bp.EndOfBody(3)), 1.0) == []
+    )
 
 
 @pytest.mark.parametrize(
@@ -358,7 +370,9 @@ def test_sending_more_than_granted_by_a_broken_peer_is_caught() -> None:
         peer.frame(bp.RequestHead(1, b"POST", b"/")) + peer.frame(bp.Data(1, b"x" * 11)), 0.0
     )
     assert events[-1] == bp.ExchangeReset(
-        1, bp.ErrorCode.FLOW_CONTROL_ERROR, "11 body bytes arrived with only 10 bytes of credit",
+        1,
+        bp.ErrorCode.FLOW_CONTROL_ERROR,
+        "11 body bytes arrived with only 10 bytes of credit",
         by_peer=False,
     )
     # The session window is shared: going past it fails the whole session.

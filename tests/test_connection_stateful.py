@@ -13,17 +13,26 @@ from hypothesis import event as note
 from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
-from pair import SID
 
 import bridgeproto as bp
+from pair import SID
 
 LIMITS = bp.Limits(
-    max_frame_size=2048, initial_window=300, session_window=700, max_exchanges=8,
+    max_frame_size=2048,
+    initial_window=300,
+    session_window=700,
+    max_exchanges=8,
     max_header_bytes=512,
 )
 CONFIG = bp.Config(
-    limits=LIMITS, idle_timeout=40, exchange_timeout=None, ping_interval=15,
-    peer_timeout=None, shutdown_grace=30, closed_exchange_memory=8, max_retained_bytes=4096,
+    limits=LIMITS,
+    idle_timeout=40,
+    exchange_timeout=None,
+    ping_interval=15,
+    peer_timeout=None,
+    shutdown_grace=30,
+    closed_exchange_memory=8,
+    max_retained_bytes=4096,
 )
 # What a side may hold in unacknowledged frames: the cap on starting
 # exchanges, plus the body bytes its credit allows, plus room for the small

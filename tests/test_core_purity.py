@@ -9,8 +9,23 @@ import sys
 
 import bridgeproto
 
-FORBIDDEN = {"asyncio", "anyio", "socket", "subprocess", "threading", "time", "os", "selectors",
-             "trio", "io", "datetime", "random", "select", "signal", "multiprocessing"}
+FORBIDDEN = {
+    "asyncio",
+    "anyio",
+    "socket",
+    "subprocess",
+    "threading",
+    "time",
+    "os",
+    "selectors",
+    "trio",
+    "io",
+    "datetime",
+    "random",
+    "select",
+    "signal",
+    "multiprocessing",
+}
 CORE = pathlib.Path(bridgeproto.__file__).parent
 
 

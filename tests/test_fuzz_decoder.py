@@ -61,14 +61,23 @@ def test_decoders_survive_any_input(data: bytes) -> None:
     fuzz_one_input(data)
 
 
-@given(st.lists(st.sampled_from([
-    bp.encode_frame(bp.RequestHead(1, b"GET", b"/"), 1),
-    bp.encode_frame(bp.Data(1, b"abc"), 2),
-    bp.encode_frame(bp.EndOfBody(1), 3),
-    bp.encode_frame(bp.Ack(0)),
-    bp.encode_frame(bp.Ping(b"x")),
-    HELLO,
-]), max_size=6), st.binary(max_size=40), st.integers(0, 200))
+@given(
+    st.lists(
+        st.sampled_from(
+            [
+                bp.encode_frame(bp.RequestHead(1, b"GET", b"/"), 1),
+                bp.encode_frame(bp.Data(1, b"abc"), 2),
+                bp.encode_frame(bp.EndOfBody(1), 3),
+                bp.encode_frame(bp.Ack(0)),
+                bp.encode_frame(bp.Ping(b"x")),
+                HELLO,
+            ]
+        ),
+        max_size=6,
+    ),
+    st.binary(max_size=40),
+    st.integers(0, 200),
+)
 def test_decoders_survive_valid_frames_with_damage(
     frames: list[bytes], junk: bytes, where: int
 ) -> None:

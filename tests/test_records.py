@@ -26,7 +26,11 @@ INVALID: list[tuple[str, Any, str]] = [
     ("header LF", lambda: bp.RequestHead(1, b"GET", b"/", [(b"a", b"x\ny")]), "CR, LF or NUL"),
     ("header NUL", lambda: bp.ResponseHead(1, 200, b"", [(b"a", b"\0")]), "CR, LF or NUL"),
     ("header str", lambda: bp.RequestHead(1, b"GET", b"/", [("a", "b")]), "must be bytes"),
-    ("header shape", lambda: bp.RequestHead(1, b"GET", b"/", [(b"a",)]), "must be a .name, value. pair"),
+    (
+        "header shape",
+        lambda: bp.RequestHead(1, b"GET", b"/", [(b"a",)]),
+        "must be a .name, value. pair",
+    ),
     ("reset code", lambda: bp.Reset(1, 999), "unknown error code 999"),
     ("reason long", lambda: bp.Reset(1, 0, "x" * 1025), "longer than 1024 bytes"),
     ("reason type", lambda: bp.GoAway(0, 0, b"x"), "reason must be str"),
