@@ -1,0 +1,93 @@
+"""docs/protocol.md and the code must say the same thing."""
+
+from __future__ import annotations
+
+import binascii
+import pathlib
+import re
+
+import bridgeproto as bp
+
+SEQUENCED_NAMES = {
+    "REQUEST_HEAD",
+    "RESPONSE_HEAD",
+    "DATA",
+    "END_OF_BODY",
+    "RESET",
+    "WINDOW",
+    "GOAWAY",
+}
+DOCS = pathlib.Path(__file__).parent.parent / "docs"
+PROTOCOL = (DOCS / "protocol.md").read_text()
+
+
+def table_rows(header_start: str) -> list[list[str]]:
+    """Body rows of the markdown table whose header row starts with ``header_start``."""
+    lines = PROTOCOL.splitlines()
+    first = next(i for i, line in enumerate(lines) if line.startswith(header_start))
+    rows = []
+    for line in lines[first + 1 :]:
+        if not line.startswith("|"):
+            break
+        if not set(line) <= set("|-: "):
+            rows.append([cell.strip() for cell in line.strip("|").split("|")])
+    return rows
+
+
+def test_frame_type_table_matches_the_code() -> None:
+    documented = {int(r[0]): (r[1], r[2] == "yes") for r in table_rows("| type | name")}
+    sequenced = {t for t in bp.FrameType if t.name in SEQUENCED_NAMES}
+    assert documented == {t.value: (t.name, t in sequenced) for t in bp.FrameType}
+    # and the record classes agree on which are sequenced
+    assert {cls.__name__ for cls in bp.SEQUENCED} == {
+        "RequestHead",
+        "ResponseHead",
+        "Data",
+        "EndOfBody",
+        "Reset",
+        "Window",
+        "GoAway",
+    }
+
+
+def test_error_code_table_matches_the_code() -> None:
+    rows = table_rows("| code | name | HTTP |")
+    assert {int(r[0]): (r[1], int(r[2])) for r in rows} == {
+        c.value: (c.name, c.http_status) for c in bp.ErrorCode
+    }
+
+
+def test_worked_examples_are_right() -> None:
+    assert binascii.crc32(b"123456789") == 0xCBF43926
+    assert "`0xCBF43926`" in PROTOCOL
+    ack = bp.encode_frame(bp.Ack(7))
+    example = PROTOCOL[PROTOCOL.index("### Example") :].split("```")[1]
+    hex_parts = [line.split("   ")[0] for line in example.strip().splitlines()]
+    hex_parts = [p for p in hex_parts if re.fullmatch(r"[0-9a-f ]+", p)]
+    assert bytes.fromhex("".join(hex_parts)) == ack[:24]
+    assert "`BP1:00000000:00000000:\\n`" in PROTOCOL
+    assert bp.armor(b"") == "BP1:00000000:00000000:\n"
+
+
+def test_limits_defaults_match_the_core_docs() -> None:
+    core = (DOCS / "core.md").read_text()
+    limits = bp.Limits()
+    assert limits.max_frame_size == 1 << 20 and "1 MiB frames" in core
+    assert limits.initial_window == 4 << 20 and "4 MiB per-exchange" in core
+    assert limits.session_window == 16 << 20 and "16 MiB session" in core
+    assert limits.max_exchanges == 256 and "256 exchanges" in core
+    assert limits.max_header_bytes == 64 << 10 and "64 KiB heads" in core
+    config = bp.Config()
+    for field, shown, value in [
+        ("idle_timeout", "300 s", 300),
+        ("exchange_timeout", "None", None),
+        ("handshake_timeout", "30 s", 30),
+        ("ping_interval", "20 s", 20),
+        ("peer_timeout", "60 s", 60),
+        ("shutdown_grace", "5 s", 5),
+        ("max_body_bytes", "None", None),
+        ("closed_exchange_memory", "1024", 1024),
+        ("max_retained_bytes", "32 MiB", 32 << 20),
+    ]:
+        assert f"| `{field}` | {shown} |" in core
+        assert getattr(config, field) == value, field
