@@ -662,3 +662,49 @@ def test_resume_only_on_one_side_is_enough() -> None:
     h.resume(0.0)  # the host's hello makes the sandbox resend
     pair.pump()
     assert pair.take(h) == [bp.RequestHead(xid, b"GET", b"/")]
+
+
+def test_config_values_are_checked() -> None:
+    with pytest.raises(bp.LocalProtocolError, match="idle_timeout must be positive or None"):
+        bp.Config(idle_timeout=0)
+    with pytest.raises(bp.LocalProtocolError, match="shutdown_grace must be positive"):
+        bp.Config(shutdown_grace=-1)
+
+
+def test_a_peer_that_stops_acknowledging_cannot_make_this_side_hold_more() -> None:
+    pair = Pair(sandbox=bp.Config(max_retained_bytes=200))
+    s = pair.sandbox
+    while s.retained_bytes < 200:
+        s.start_exchange(b"GET", b"/" + b"x" * 50, [], 0.0)
+    with pytest.raises(bp.LocalProtocolError, match="await the peer's acknowledgement") as err:
+        s.start_exchange(b"GET", b"/", [], 0.0)
+    assert err.value.status_hint == 503
+    pair.pump()  # acknowledgements arrive: room again
+    assert s.retained_bytes == 0
+    s.start_exchange(b"GET", b"/", [], 0.0)
+
+
+def test_consume_after_a_closed_exchange_was_forgotten_is_ignored() -> None:
+    pair = Pair(sandbox=bp.Config(closed_exchange_memory=1))
+    s, h = pair.sandbox, pair.host
+    first = complete_exchange(pair, b"", b"")
+    xid = s.start_exchange(b"GET", b"/", [], 0.0)
+    s.send_end(xid, 0.0)
+    pair.pump()
+    h.send_response(xid, 200, b"", [], 0.0)
+    h.send_data(xid, b"held by the application", 0.0)
+    h.send_end(xid, 0.0)
+    pair.pump()
+    complete_exchange(pair, b"", b"")  # pushes `xid` out of the closed-id memory
+    s.consume(xid, 23)  # released already; nothing to do, nothing raised
+    s.consume(first, 0)
+    with pytest.raises(bp.LocalProtocolError, match="exchange 99 is unknown"):
+        s.consume(99, 1)
+
+
+def test_exchange_ids_run_out_cleanly() -> None:
+    pair = Pair()
+    pair.sandbox._next_local_id = 2**32 - 1  # the last odd id
+    pair.sandbox.start_exchange(b"GET", b"/", [], 0.0)
+    with pytest.raises(bp.LocalProtocolError, match="exchange ids are exhausted"):
+        pair.sandbox.start_exchange(b"GET", b"/", [], 0.0)
