@@ -333,6 +333,13 @@ def test_body_limit_resets_with_413() -> None:
     reset = pair.take(pair.sandbox)[-1]
     assert isinstance(reset, bp.ExchangeReset) and reset.code is bp.ErrorCode.BODY_TOO_LARGE
     assert reset.code.http_status == 413 and reset.by_peer
+    # The same limit refuses sending a body that is too large.
+    limited = Pair(sandbox=bp.Config(max_body_bytes=10))
+    xid = limited.sandbox.start_exchange(b"POST", b"/", [], 0.0)
+    limited.sandbox.send_data(xid, b"x" * 10, 0.0)
+    with pytest.raises(bp.LocalProtocolError, match="would exceed max_body_bytes") as err:
+        limited.sandbox.send_data(xid, b"x", 0.0)
+    assert err.value.status_hint == 413
 
 
 # ------------------------------------------------------------------ flow control

@@ -101,7 +101,7 @@ class Config:
     ping_interval: float | None = attrs.field(default=20.0, validator=_optional_positive)
     peer_timeout: float | None = attrs.field(default=60.0, validator=_optional_positive)
     shutdown_grace: float = attrs.field(default=5.0, validator=_positive)
-    max_body_bytes: int | None = attrs.field(default=None)
+    max_body_bytes: int | None = attrs.field(default=None)  # each way, sent or received
     closed_exchange_memory: int = attrs.field(default=1024)
     # New exchanges wait while this many sent bytes are unacknowledged, so a
     # peer that stops acknowledging cannot make this side hold more.
@@ -161,6 +161,7 @@ class _Exchange:
         "last_activity",
         "received_body",
         "recv_half",
+        "sent_body",
         "recv_window",
         "send_credit",
         "send_half",
@@ -177,6 +178,7 @@ class _Exchange:
         self.unconsumed = 0  # delivered to the application, not yet consumed
         self.unreturned = 0  # consumed, not yet returned to the peer as credit
         self.received_body = 0
+        self.sent_body = 0
         self.last_activity = now
         self.deadline: float | None = None
 
@@ -388,6 +390,13 @@ class Connection:
                 f" {credit} bytes of credit the peer granted; wait for CreditAvailable"
             )
         self._advance(ex, ex.send_half, Input.DATA, sending=True)
+        limit = self.config.max_body_bytes
+        if limit is not None and ex.sent_body + len(data) > limit:
+            raise LocalProtocolError(
+                f"the body on exchange {exchange_id} would exceed max_body_bytes ({limit})",
+                status_hint=413,
+            )
+        ex.sent_body += len(data)
         assert self.peer_limits is not None
         step = self.peer_limits.max_frame_size - 4
         for start in range(0, len(data), step):
