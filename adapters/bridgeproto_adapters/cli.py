@@ -8,9 +8,12 @@ other in memory, and every frame is printed as it crosses.
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import sys
 from collections.abc import Sequence
+
+import anyio
 
 import bridgeproto as bp
 
@@ -66,14 +69,72 @@ def demo() -> int:
     return 0
 
 
+def _listen_address(text: str) -> tuple[str, int]:
+    host, _, port = text.rpartition(":")
+    if not host or not port.isdigit():
+        raise argparse.ArgumentTypeError(f"{text!r} is not HOST:PORT (e.g. 127.0.0.1:13131)")
+    return host, int(port)
+
+
+def sandbox_side(args: argparse.Namespace) -> int:
+    """Run the sandbox side over this process's stdin and stdout."""
+    from .sandbox_side import run_sandbox_side
+    from .streams import FdStream
+
+    try:
+        session_id = bytes.fromhex(args.session)
+        if len(session_id) != bp.SESSION_ID_BYTES:
+            raise ValueError
+    except ValueError:
+        print(
+            f"bridgeproto: --session must be {bp.SESSION_ID_BYTES * 2} hex digits", file=sys.stderr
+        )
+        return 2
+    policy = bp.HttpPolicy(allowed_prefixes=args.allow or ["/"])
+    config = bp.Config(idle_timeout=args.idle_timeout, exchange_timeout=args.timeout)
+    listen: str | tuple[str, int] = args.unix or args.listen
+    try:
+        anyio.run(
+            functools.partial(
+                run_sandbox_side,
+                FdStream.stdio(),
+                session_id,
+                listen=listen,
+                policy=policy,
+                config=config,
+            )
+        )
+    except OSError as exc:
+        print(f"bridgeproto: the sandbox side cannot listen on {listen}: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="bridgeproto", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("demo", help="carry one streamed exchange through the core, in memory")
+    side = commands.add_parser(
+        "sandbox-side",
+        help="run the sandbox side over stdin/stdout (started by the host side, not by hand)",
+    )
+    side.add_argument("--session", required=True, help="the session id, in hex")
+    side.add_argument(
+        "--listen",
+        type=_listen_address,
+        default=("127.0.0.1", 13131),
+        help="HOST:PORT for agents (default 127.0.0.1:13131)",
+    )
+    side.add_argument("--unix", help="listen on this Unix socket path instead")
+    side.add_argument("--allow", action="append", help="an allowed path prefix (repeatable)")
+    side.add_argument("--idle-timeout", type=float, default=300.0, help="seconds (default 300)")
+    side.add_argument("--timeout", type=float, default=None, help="total seconds per exchange")
     args = parser.parse_args(argv)
     if args.command == "demo":
         return demo()
-    return 2  # unreachable: argparse rejects unknown commands
+    return sandbox_side(args)
 
 
 if __name__ == "__main__":

@@ -161,10 +161,10 @@ class _Exchange:
         "last_activity",
         "received_body",
         "recv_half",
-        "sent_body",
         "recv_window",
         "send_credit",
         "send_half",
+        "sent_body",
         "unconsumed",
         "unreturned",
     )
@@ -274,6 +274,10 @@ class Connection:
     def open_exchanges(self) -> list[int]:
         return list(self._exchanges)
 
+    def is_open(self, exchange_id: int) -> bool:
+        """Whether the exchange is still in flight."""
+        return exchange_id in self._exchanges
+
     def send_credit(self, exchange_id: int) -> int:
         """How many body bytes ``send_data`` accepts now for this exchange."""
         ex = self._exchange(exchange_id)
@@ -316,6 +320,17 @@ class Connection:
         if not self._started:
             raise LocalProtocolError("close() before start()")
         self._send_goaway(now, code, reason)
+
+    def abort(self, reason: str, code: ErrorCode = ErrorCode.PEER_UNRESPONSIVE) -> list[Event]:
+        """End the session now because the link is gone for good.
+
+        Every open exchange gets an ``ExchangeReset``, then ``SessionFailed``.
+        Aborting a session that already ended does nothing.
+        """
+        events: list[Event] = []
+        if self.state not in (SessionState.CLOSED, SessionState.FAILED):
+            self._fail(events, code, reason, by_peer=False)
+        return events
 
     # ------------------------------------------------------------ sending
 

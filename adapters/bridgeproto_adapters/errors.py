@@ -1,0 +1,32 @@
+"""The adapters' own exceptions; transport errors are mapped to these in one
+place per adapter, so callers never see a backend's exception types."""
+
+from __future__ import annotations
+
+import bridgeproto as bp
+
+
+class BridgeError(Exception):
+    """Base of every error the adapters raise."""
+
+
+class SessionEnded(BridgeError):
+    """The bridge session is over (closed, failed or its link is gone)."""
+
+
+class ExchangeAborted(BridgeError):
+    """The exchange was reset; ``code`` says why."""
+
+    def __init__(self, code: bp.ErrorCode, reason: str) -> None:
+        super().__init__(f"{code.name}: {reason}")
+        self.code = code
+        self.reason = reason
+
+
+class UpstreamError(BridgeError):
+    """The upstream could not be reached or broke the response."""
+
+    def __init__(self, code: bp.ErrorCode, reason: str) -> None:
+        super().__init__(reason)
+        self.code = code
+        self.reason = reason

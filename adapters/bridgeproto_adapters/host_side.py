@@ -1,0 +1,296 @@
+"""The host side: answer the sandbox's exchanges by forwarding them upstream.
+
+Each request head the sandbox sends is checked again (the sandbox is not
+trusted), cleaned, given the upstream's Host and credentials, and sent over a
+pooled keep-alive connection. Bodies stream both ways as they arrive. Upstream
+failures are mapped to reset codes in ``_forward``'s one ``except`` block:
+no connection means ``UPSTREAM_UNREACHABLE`` (502), no response head in time
+``UPSTREAM_TIMEOUT`` (504), a broken response ``UPSTREAM_FAILED`` (502).
+"""
+
+from __future__ import annotations
+
+import errno
+import socket
+
+import anyio
+import anyio.abc
+import attrs
+import h11
+
+import bridgeproto as bp
+
+from .errors import ExchangeAborted, UpstreamError
+from .session import Exchange, Session
+
+_READ_SIZE = 256 << 10
+_UPSTREAM_IO_ERRORS = (
+    OSError,
+    anyio.EndOfStream,
+    anyio.BrokenResourceError,
+    anyio.ClosedResourceError,
+    h11.RemoteProtocolError,
+    h11.LocalProtocolError,
+)
+
+
+@attrs.frozen
+class HostOptions:
+    """How the host side reaches its upstream.
+
+    ``connect_timeout`` bounds opening a connection; ``response_timeout``
+    bounds the wait for the response head (None: the exchange's own idle
+    timeout applies); ``max_idle_connections`` caps the keep-alive pool.
+    """
+
+    connect_timeout: float = 10.0
+    response_timeout: float | None = None
+    max_idle_connections: int = 32
+
+
+class UpstreamConnection:
+    """One HTTP/1.1 client connection to the upstream."""
+
+    def __init__(self, stream: anyio.abc.SocketStream) -> None:
+        self.stream = stream
+        self.h11 = h11.Connection(h11.CLIENT)
+
+    async def send(self, event: h11.Event) -> None:
+        data = self.h11.send(event)
+        if data:
+            await self.stream.send(data)
+
+    async def next_event(self) -> h11.Event:
+        while True:
+            event = self.h11.next_event()
+            if event is not h11.NEED_DATA:
+                return event  # type: ignore[return-value]
+            try:
+                data = await self.stream.receive(_READ_SIZE)
+            except anyio.EndOfStream:
+                data = b""
+            self.h11.receive_data(data)
+
+    def reusable(self) -> bool:
+        if self.h11.our_state is h11.DONE and self.h11.their_state is h11.DONE:
+            self.h11.start_next_cycle()
+            return True
+        return False
+
+    def still_open(self) -> bool:
+        """An idle connection the server has not closed (checked without waiting)."""
+        raw = self.stream.extra(anyio.abc.SocketAttribute.raw_socket)
+        try:
+            # A duplicate of the descriptor: event loops wrap theirs in objects
+            # that cannot peek.
+            with socket.fromfd(raw.fileno(), raw.family, raw.type) as sock:
+                return sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) != b""
+        except BlockingIOError:
+            return True
+        except OSError:
+            return False
+
+
+class UpstreamPool:
+    """Keep-alive connections to one upstream: reused, never shared at once."""
+
+    def __init__(self, host: str, port: int, options: HostOptions) -> None:
+        self.host = host
+        self.port = port
+        self.options = options
+        self._idle: list[UpstreamConnection] = []
+        self.connections_opened = 0
+
+    async def acquire(self) -> UpstreamConnection:
+        while self._idle:
+            conn = self._idle.pop()
+            if conn.still_open():
+                return conn
+            await conn.stream.aclose()
+        try:
+            with anyio.fail_after(self.options.connect_timeout):
+                stream = await anyio.connect_tcp(self.host, self.port)
+        except TimeoutError:
+            raise UpstreamError(
+                bp.ErrorCode.UPSTREAM_UNREACHABLE,
+                f"connecting to the upstream {self.host}:{self.port} took longer than"
+                f" {self.options.connect_timeout:g} s",
+            ) from None
+        except OSError as exc:
+            raise UpstreamError(
+                bp.ErrorCode.UPSTREAM_UNREACHABLE,
+                f"cannot connect to the upstream {self.host}:{self.port}:"
+                f" {errno.errorcode.get(exc.errno or 0, '')} {exc.strerror or exc}".strip(),
+            ) from None
+        self.connections_opened += 1
+        return UpstreamConnection(stream)
+
+    async def release(self, conn: UpstreamConnection, reusable: bool) -> None:
+        if reusable and len(self._idle) < self.options.max_idle_connections:
+            self._idle.append(conn)
+        else:
+            with anyio.CancelScope(shield=True):
+                await conn.stream.aclose()
+
+    async def aclose(self) -> None:
+        idle, self._idle = self._idle, []
+        with anyio.CancelScope(shield=True):
+            for conn in idle:
+                await conn.stream.aclose()
+
+
+class HostSide:
+    """Forwards every exchange of a session to one upstream.
+
+    Use ``handle`` as the session's ``on_request``.
+    """
+
+    def __init__(self, upstream: bp.Upstream, options: HostOptions | None = None) -> None:
+        self.upstream = upstream
+        self.options = options or HostOptions()
+        self.pool = UpstreamPool(upstream.host, upstream.port, self.options)
+
+    async def handle(self, exchange: Exchange, head: bp.RequestHead) -> None:
+        request = bp.upstream_request(head, self.upstream)
+        if isinstance(request, bp.Refusal):
+            code = bp.ErrorCode.FORBIDDEN if request.status == 403 else bp.ErrorCode.BAD_REQUEST
+            exchange.reset(code, request.message)
+            return
+        await self._forward(exchange, request)
+
+    async def _forward(self, exchange: Exchange, request: h11.Request) -> None:
+        try:
+            conn = await self.pool.acquire()
+        except UpstreamError as exc:
+            exchange.reset(exc.code, exc.reason)
+            return
+        errors: list[Exception] = []  # child tasks report here, never raise
+        head_sent = reusable = False
+        try:
+            await conn.send(request)
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(self._upload, exchange, conn, tg.cancel_scope, errors)
+                try:
+                    head_sent = await self._download(exchange, conn)
+                except (*_UPSTREAM_IO_ERRORS, TimeoutError, ExchangeAborted) as exc:
+                    errors.append(exc)
+                    tg.cancel_scope.cancel()
+                reusable = not errors and conn.reusable()
+        except _UPSTREAM_IO_ERRORS as exc:  # sending the request head
+            errors.append(exc)
+        finally:
+            await self.pool.release(conn, reusable)
+        if errors:
+            exchange.reset(*self._reset_for(errors[0], head_sent))
+
+    def _reset_for(self, error: Exception, head_sent: bool) -> tuple[bp.ErrorCode, str]:
+        """The one place upstream failures become reset codes."""
+        if isinstance(error, ExchangeAborted):
+            return error.code, error.reason
+        if isinstance(error, TimeoutError):
+            return (
+                bp.ErrorCode.UPSTREAM_TIMEOUT,
+                f"no response head from the upstream within {self.options.response_timeout:g} s",
+            )
+        refused = isinstance(error, (OSError, anyio.BrokenResourceError, anyio.EndOfStream))
+        if not head_sent and refused:
+            return (
+                bp.ErrorCode.UPSTREAM_FAILED,
+                f"the upstream closed the connection before answering: {error!r}",
+            )
+        return bp.ErrorCode.UPSTREAM_FAILED, f"the upstream broke the response: {error!r}"
+
+    async def _upload(
+        self,
+        exchange: Exchange,
+        conn: UpstreamConnection,
+        scope: anyio.CancelScope,
+        errors: list[Exception],
+    ) -> None:
+        """The request body, bridge to upstream; a reset from the sandbox cancels all."""
+        try:
+            async for event in exchange.events:
+                if isinstance(event, bp.Data):
+                    await conn.send(h11.Data(data=event.data))
+                    exchange.consume(len(event.data))
+                elif isinstance(event, bp.EndOfBody):
+                    await conn.send(h11.EndOfMessage())
+                elif isinstance(event, bp.ExchangeReset):
+                    errors.append(ExchangeAborted(event.code, event.reason))
+                    scope.cancel()  # stop reading the upstream; its connection closes
+                    return
+        except _UPSTREAM_IO_ERRORS as exc:
+            errors.append(exc)
+            scope.cancel()
+
+    async def _download(self, exchange: Exchange, conn: UpstreamConnection) -> bool:
+        """The response, upstream to bridge. Returns True once its head was sent."""
+        with anyio.fail_after(self.options.response_timeout):
+            event = await conn.next_event()
+            while isinstance(event, h11.InformationalResponse):
+                if event.status_code != 101:
+                    exchange.send_response(_head(exchange.id, event))
+                event = await conn.next_event()
+        if not isinstance(event, h11.Response):
+            raise h11.RemoteProtocolError(f"expected a response head, got {event!r}")
+        exchange.send_response(_head(exchange.id, event))
+        while True:
+            event = await conn.next_event()
+            if isinstance(event, h11.Data):
+                await exchange.send_data(bytes(event.data))
+            elif isinstance(event, h11.EndOfMessage):
+                exchange.end()
+                return True
+            else:
+                raise h11.RemoteProtocolError(f"the upstream closed mid-response ({event!r})")
+
+    async def aclose(self) -> None:
+        await self.pool.aclose()
+
+
+def _head(exchange_id: int, response: h11.Response | h11.InformationalResponse) -> bp.ResponseHead:
+    return bp.ResponseHead(
+        exchange_id,
+        response.status_code,
+        bytes(response.reason),
+        bp.clean_headers(response.headers.raw_items()),
+    )
+
+
+async def run_host_side(
+    stream: anyio.abc.ByteStream,
+    session_id: bytes,
+    upstream: bp.Upstream,
+    *,
+    config: bp.Config | None = None,
+    options: HostOptions | None = None,
+    task_status: anyio.abc.TaskStatus[Session] = anyio.TASK_STATUS_IGNORED,
+) -> None:
+    """Run the host side of a session until it ends.
+
+    With ``task_group.start``, returns the ``Session`` once the handshake has
+    completed (so the sandbox side is listening).
+    """
+    host = HostSide(upstream, options)
+    session = Session(bp.Connection(bp.Role.HOST, session_id, config), stream, host.handle)
+    try:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(session.run)
+            with anyio.fail_after(session.conn.config.handshake_timeout + 1):
+                await _ready_or_finished(session)
+            if session.failure is not None:
+                raise UpstreamError(bp.ErrorCode.PEER_UNRESPONSIVE, session.failure.reason)
+            task_status.started(session)
+    finally:
+        await host.aclose()
+
+
+async def _ready_or_finished(session: Session) -> None:
+    async with anyio.create_task_group() as tg:
+
+        async def wait(event: anyio.Event) -> None:
+            await event.wait()
+            tg.cancel_scope.cancel()
+
+        tg.start_soon(wait, session.ready)
+        tg.start_soon(wait, session.finished)

@@ -1,0 +1,357 @@
+"""A bridge session over any anyio byte stream.
+
+``Session`` owns one core ``Connection`` and three tasks: a reader that feeds
+the stream's bytes to the core, a writer that sends what the core queued, and
+a timer that fires at the core's next deadline. It makes no protocol
+decisions; it moves bytes, arms the timer and hands each exchange's events to
+whoever handles the exchange.
+
+The writer is its own task so that reading never waits on writing: two sides
+that both have a lot to send still drain each other.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Awaitable, Callable, Iterable
+
+import anyio
+import anyio.abc
+from anyio.streams.memory import MemoryObjectSendStream
+
+import bridgeproto as bp
+
+from .errors import ExchangeAborted, SessionEnded
+
+ExchangeEvent = bp.ResponseHead | bp.RequestHead | bp.Data | bp.EndOfBody | bp.ExchangeReset
+RequestHandler = Callable[["Exchange", bp.RequestHead], Awaitable[None]]
+
+logger = logging.getLogger("bridgeproto")
+_FINAL_FLUSH_SECONDS = 2.0
+_TRANSPORT_ERRORS = (
+    anyio.EndOfStream,
+    anyio.BrokenResourceError,
+    anyio.ClosedResourceError,
+    OSError,
+)
+
+
+class Exchange:
+    """One exchange, as the code that carries it sees it.
+
+    Receive the peer's records from ``events``; send with ``send_data`` (which
+    waits for credit) and ``end``; report what you passed on with
+    ``consume``; always ``close`` when done (it resets an exchange still in
+    flight).
+    """
+
+    def __init__(self, session: Session, exchange_id: int) -> None:
+        self.id = exchange_id
+        self._session = session
+        self._send: MemoryObjectSendStream[ExchangeEvent]
+        # Unbounded is safe: the core's credit bounds how much can arrive.
+        self._send, self.events = anyio.create_memory_object_stream[ExchangeEvent](math.inf)
+        self._credit = anyio.Event()
+        self.reset_event: bp.ExchangeReset | None = None
+
+    @property
+    def conn(self) -> bp.Connection:
+        return self._session.conn
+
+    async def send_data(self, data: bytes) -> None:
+        """Send body bytes, waiting for credit as often as needed."""
+        view = memoryview(data)
+        while view:
+            credit = self._credit_now()
+            if credit == 0:
+                self._credit = anyio.Event()
+                if self._credit_now() == 0:
+                    await self._credit.wait()
+                continue
+            chunk, view = bytes(view[:credit]), view[credit:]
+            self.conn.send_data(self.id, chunk, self._session.now())
+            self._session.kick()
+            await self._session.writer_caught_up()
+
+    def _credit_now(self) -> int:
+        self._check_alive()
+        return self.conn.send_credit(self.id)
+
+    def _check_alive(self) -> None:
+        if not self.conn.is_open(self.id):
+            reset = self.reset_event
+            if reset is not None:
+                raise ExchangeAborted(reset.code, reset.reason)
+            raise ExchangeAborted(bp.ErrorCode.CANCELLED, "the exchange has ended")
+        self._session.check_usable()
+
+    def send_response(self, head: bp.ResponseHead) -> None:
+        self._check_alive()
+        self.conn.send_response(
+            self.id, head.status, head.reason, head.headers, self._session.now()
+        )
+        self._session.kick()
+
+    def end(self) -> None:
+        self._check_alive()
+        self.conn.send_end(self.id, self._session.now())
+        self._session.after(self)
+
+    def consume(self, nbytes: int) -> None:
+        if self._session.usable:
+            self.conn.consume(self.id, nbytes)
+            self._session.kick()
+
+    def reset(self, code: bp.ErrorCode, reason: str = "") -> None:
+        if self._session.usable and self.conn.is_open(self.id):
+            self.conn.reset(self.id, code, reason)
+            self._session.kick()
+        self._session.after(self)
+
+    def close(self) -> None:
+        """Done with the exchange: reset it if it is still in flight."""
+        self.reset(bp.ErrorCode.CANCELLED, "the exchange was abandoned")
+        self._session.forget(self)
+
+    def _deliver(self, event: ExchangeEvent) -> None:
+        if isinstance(event, bp.ExchangeReset):
+            self.reset_event = event
+        self._send.send_nowait(event)
+        self._credit.set()
+
+
+class Session:
+    """Runs a core ``Connection`` over a byte stream.
+
+    ``on_request`` is called in a task of its own for every request head the
+    peer sends (host side). ``run`` returns when the session has closed or
+    failed; ``ready`` is set once the handshake completes.
+    """
+
+    def __init__(
+        self,
+        conn: bp.Connection,
+        stream: anyio.abc.ByteStream,
+        on_request: RequestHandler | None = None,
+    ) -> None:
+        self.conn = conn
+        self.stream = stream
+        self.on_request = on_request
+        self.ready = anyio.Event()
+        self.finished = anyio.Event()
+        self.failure: bp.SessionFailed | None = None
+        self.draining = False
+        self._exchanges: dict[int, Exchange] = {}
+        self._wake_writer = anyio.Event()
+        self._wake_timer = anyio.Event()
+        self._flushed = anyio.Event()  # replaced after every flush
+        self._writer_done = anyio.Event()
+        self._task_group: anyio.abc.TaskGroup | None = None
+
+    # ---------------------------------------------------------------- API
+
+    @staticmethod
+    def now() -> float:
+        return anyio.current_time()
+
+    @property
+    def usable(self) -> bool:
+        return self.conn.failure is None
+
+    def check_usable(self) -> None:
+        if self.conn.failure is not None:
+            raise SessionEnded(self.conn.failure.reason)
+
+    async def open_exchange(
+        self, method: bytes, target: bytes, headers: Iterable[tuple[bytes, bytes]]
+    ) -> Exchange:
+        """Start an exchange (sandbox side); raises ``LocalProtocolError`` when
+        the core refuses (its ``status_hint`` says why) or ``SessionEnded``."""
+        self.check_usable()
+        exchange_id = self.conn.start_exchange(method, target, headers, self.now())
+        exchange = Exchange(self, exchange_id)
+        self._exchanges[exchange_id] = exchange
+        self.kick()
+        return exchange
+
+    def kick(self) -> None:
+        """The core may have something to send or a new deadline."""
+        self._wake_writer.set()
+        self._wake_timer.set()
+
+    async def writer_caught_up(self) -> None:
+        """Wait until the writer has handed what is queued now to the stream.
+
+        Senders call this after each chunk, so a slow stream slows them down
+        instead of letting bytes pile up in memory.
+        """
+        if not self._writer_done.is_set():
+            flushed = self._flushed
+            self.kick()
+            await flushed.wait()
+
+    def after(self, exchange: Exchange) -> None:
+        """Close the exchange's event stream once the core says it is over."""
+        self.kick()
+        if not self.conn.is_open(exchange.id):
+            exchange._send.close()
+
+    def forget(self, exchange: Exchange) -> None:
+        self._exchanges.pop(exchange.id, None)
+        exchange._send.close()
+        # Bytes delivered but never read still hold credit: give it back.
+        while True:
+            try:
+                event = exchange.events.receive_nowait()
+            except (anyio.WouldBlock, anyio.EndOfStream, anyio.ClosedResourceError):
+                break
+            if isinstance(event, bp.Data):
+                exchange.consume(len(event.data))
+
+    async def close(self, code: bp.ErrorCode = bp.ErrorCode.NO_ERROR, reason: str = "") -> None:
+        """Graceful shutdown: goaway, drain within the grace period, close."""
+        if self.usable:
+            self.conn.close(self.now(), code, reason)
+            self.kick()
+        grace = self.conn.config.shutdown_grace
+        with anyio.move_on_after(grace + 1.0):
+            await self.finished.wait()
+        if not self.finished.is_set():  # the core's own grace timer did not end it
+            self._dispatch(self.conn.abort("the session did not drain in time"))
+
+    # ---------------------------------------------------------------- running
+
+    async def run(self) -> None:
+        self.conn.start(self.now())
+        try:
+            async with anyio.create_task_group() as tg:
+                self._task_group = tg
+                tg.start_soon(self._reader)
+                tg.start_soon(self._writer)
+                tg.start_soon(self._timer)
+                self.kick()
+                await self.finished.wait()
+                # Let the writer send the final acknowledgements and resets,
+                # but never wait long on a peer that stopped reading.
+                with anyio.move_on_after(_FINAL_FLUSH_SECONDS):
+                    await self._writer_done.wait()
+                tg.cancel_scope.cancel()
+        finally:
+            self._end_all("the session ended")
+            with anyio.CancelScope(shield=True):
+                await self.stream.aclose()
+
+    async def _reader(self) -> None:
+        while not self.finished.is_set():
+            try:
+                data = await self.stream.receive()
+            except _TRANSPORT_ERRORS:
+                data = b""
+            if self.conn.failure is not None:
+                return
+            self._dispatch(self.conn.receive_data(data, self.now()))
+            if not data:
+                return
+
+    async def _writer(self) -> None:
+        while True:
+            await self._wake_writer.wait()
+            self._wake_writer = anyio.Event()
+            await self._flush()
+            flushed, self._flushed = self._flushed, anyio.Event()
+            flushed.set()
+            if self.finished.is_set():
+                self._writer_done.set()
+                return
+
+    async def _flush(self) -> None:
+        data = self.conn.data_to_send()
+        if not data:
+            return
+        try:
+            await self.stream.send(data)
+        except _TRANSPORT_ERRORS as exc:
+            self._dispatch(self.conn.abort(f"the link failed while sending: {exc!r}"))
+
+    async def _timer(self) -> None:
+        while True:
+            self._wake_timer = anyio.Event()
+            deadline = self.conn.next_deadline()
+            if deadline is None:
+                await self._wake_timer.wait()
+                continue
+            delay = deadline - self.now()
+            if delay > 0:
+                with anyio.move_on_after(delay):
+                    await self._wake_timer.wait()
+                continue
+            self._dispatch(self.conn.handle_timer(self.now()))
+
+    def _dispatch(self, events: list[bp.Event]) -> None:
+        for event in events:
+            if isinstance(
+                event, (bp.RequestHead, bp.ResponseHead, bp.Data, bp.EndOfBody, bp.ExchangeReset)
+            ):
+                self._to_exchange(event)
+            elif isinstance(event, bp.CreditAvailable):
+                targets = (
+                    self._exchanges.values()
+                    if event.exchange_id == 0
+                    else [self._exchanges[event.exchange_id]]
+                    if event.exchange_id in self._exchanges
+                    else []
+                )
+                for exchange in targets:
+                    exchange._credit.set()
+            elif isinstance(event, bp.HandshakeComplete):
+                self.ready.set()
+            elif isinstance(event, bp.GoAway):
+                self.draining = True
+            elif isinstance(event, bp.LinkBroken):
+                # A byte stream cannot be reopened from here: the session ends.
+                self._dispatch(self.conn.abort(f"the link broke: {event.reason}"))
+            elif isinstance(event, bp.SessionFailed):
+                self.failure = event
+                self.finished.set()
+            elif isinstance(event, bp.SessionClosed):
+                self.finished.set()
+        self.kick()
+
+    def _to_exchange(self, event: ExchangeEvent) -> None:
+        if isinstance(event, bp.RequestHead):
+            exchange = Exchange(self, event.exchange_id)
+            self._exchanges[event.exchange_id] = exchange
+            if self.on_request is None or self._task_group is None:
+                exchange.reset(bp.ErrorCode.REFUSED, "this side does not take requests")
+                self.forget(exchange)
+                return
+            self._task_group.start_soon(self._handle_request, exchange, event)
+            return
+        maybe = self._exchanges.get(event.exchange_id)
+        if maybe is None:
+            if isinstance(event, bp.Data):  # its handler is gone: release the credit
+                self.conn.consume(event.exchange_id, len(event.data))
+            return
+        maybe._deliver(event)
+        self.after(maybe)
+
+    async def _handle_request(self, exchange: Exchange, head: bp.RequestHead) -> None:
+        assert self.on_request is not None
+        try:
+            await self.on_request(exchange, head)
+        except Exception as exc:  # a bug in a handler must not end the session
+            logger.exception("handling exchange %d failed", exchange.id)
+            exchange.reset(bp.ErrorCode.INTERNAL_ERROR, f"the host side failed: {exc!r}")
+        finally:
+            exchange.close()
+
+    def _end_all(self, reason: str) -> None:
+        if not self.conn.failure and self.conn.state is not bp.SessionState.CLOSED:
+            self._dispatch(self.conn.abort(reason))
+        for exchange in list(self._exchanges.values()):
+            exchange._send.close()
+            exchange._credit.set()
+        self.finished.set()
+        self._writer_done.set()
+        self._flushed.set()

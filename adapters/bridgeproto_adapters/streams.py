@@ -1,0 +1,106 @@
+"""Byte streams a session can run over, besides sockets.
+
+- ``memory_stream_pair()``: two connected in-memory streams (tests, embedding
+  both sides in one process).
+- ``FdStream``: a pair of file descriptors, such as this process's stdin and
+  stdout when the host side started it (the live-process transport).
+- ``process_stream(process)``: the host's view of such a process.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+import anyio
+import anyio.abc
+import anyio.lowlevel
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+from anyio.streams.stapled import StapledByteStream
+
+_READ_SIZE = 256 << 10
+
+
+class MemoryByteStream(anyio.abc.ByteStream):
+    """One end of an in-memory byte pipe."""
+
+    def __init__(
+        self, send: MemoryObjectSendStream[bytes], receive: MemoryObjectReceiveStream[bytes]
+    ) -> None:
+        self._send = send
+        self._receive = receive
+
+    async def send(self, item: bytes) -> None:
+        await self._send.send(item)
+
+    async def receive(self, max_bytes: int = 65536) -> bytes:
+        return await self._receive.receive()
+
+    async def send_eof(self) -> None:
+        await self._send.aclose()
+
+    async def aclose(self) -> None:
+        await self._send.aclose()
+        await self._receive.aclose()
+
+
+def memory_stream_pair(buffer: float = math.inf) -> tuple[MemoryByteStream, MemoryByteStream]:
+    a_send, b_receive = anyio.create_memory_object_stream[bytes](buffer)
+    b_send, a_receive = anyio.create_memory_object_stream[bytes](buffer)
+    return MemoryByteStream(a_send, a_receive), MemoryByteStream(b_send, b_receive)
+
+
+class FdStream(anyio.abc.ByteStream):
+    """A byte stream over two non-blocking file descriptors (pipes)."""
+
+    def __init__(self, read_fd: int, write_fd: int) -> None:
+        self.read_fd = read_fd
+        self.write_fd = write_fd
+        os.set_blocking(read_fd, False)
+        os.set_blocking(write_fd, False)
+        self._closed = False
+
+    @classmethod
+    def stdio(cls) -> FdStream:
+        return cls(0, 1)
+
+    async def receive(self, max_bytes: int = _READ_SIZE) -> bytes:
+        while True:
+            if self._closed:
+                raise anyio.ClosedResourceError
+            try:
+                data = os.read(self.read_fd, max_bytes)
+            except BlockingIOError:
+                await anyio.wait_readable(self.read_fd)
+                continue
+            if not data:
+                raise anyio.EndOfStream
+            return data
+
+    async def send(self, item: bytes) -> None:
+        view = memoryview(item)
+        while view:
+            if self._closed:
+                raise anyio.ClosedResourceError
+            try:
+                written = os.write(self.write_fd, view)
+            except BlockingIOError:
+                await anyio.wait_writable(self.write_fd)
+                continue
+            except BrokenPipeError:
+                raise anyio.BrokenResourceError from None
+            view = view[written:]
+        await anyio.lowlevel.checkpoint()
+
+    async def send_eof(self) -> None:
+        pass  # the protocol's goaway ends a session; EOF is never needed
+
+    async def aclose(self) -> None:
+        self._closed = True
+        await anyio.lowlevel.checkpoint()
+
+
+def process_stream(process: anyio.abc.Process) -> anyio.abc.ByteStream:
+    """The host's byte stream to a process started with stdin and stdout piped."""
+    assert process.stdin is not None and process.stdout is not None
+    return StapledByteStream(process.stdin, process.stdout)

@@ -1,0 +1,380 @@
+"""HTTP/1.1 on both ends of the bridge, on h11, without I/O.
+
+``AgentConnection`` is the sandbox side's view of one agent connection: it
+parses the agent's requests into what the bridge carries, refuses what the
+bridge must not carry (answering in the sandbox, without touching the host),
+and renders the host's answers back into HTTP/1.1 bytes.
+
+``UpstreamRequestBuilder`` is the host side's view: it checks a request head
+again (the sandbox is not trusted), cleans its headers, adds the upstream's
+Host and credentials, and builds the h11 request for the upstream.
+
+Header hygiene is the same both ways: hop-by-hop headers never cross, except
+that the body framing (Content-Length, or Transfer-Encoding: chunked when the
+length is unknown) is carried as it is, so the far side frames the body the
+same way.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterable
+
+import attrs
+import h11
+
+from ._errors import ErrorCode
+from ._records import Headers, RequestHead, ResponseHead
+
+BRIDGE_ERROR_HEADER = b"x-bridge-error"
+VIA = (b"via", b"1.1 bridgeproto")
+
+_HOP_BY_HOP = frozenset(
+    {
+        b"connection",
+        b"keep-alive",
+        b"proxy-connection",
+        b"proxy-authenticate",
+        b"proxy-authorization",
+        b"te",
+        b"trailer",
+        b"transfer-encoding",
+        b"upgrade",
+        b"host",
+        b"expect",  # the sandbox side answers 100-continue itself
+    }
+)
+# Dot segments, encoded separators and backslashes could walk a path out of
+# its allowed prefix at the upstream, so such paths are refused outright.
+_UNSAFE_PATH = re.compile(rb"(^|/)\.\.?(/|$)|%2e|%2f|%5c|\\", re.IGNORECASE)
+
+
+@attrs.frozen
+class Refusal:
+    """A request the bridge will not carry, and the answer the agent gets."""
+
+    status: int
+    cause: str  # the X-Bridge-Error value: a short kebab-case name
+    message: str
+
+
+def _prefixes(items: Iterable[str | bytes]) -> tuple[bytes, ...]:
+    return tuple(i.encode("ascii") if isinstance(i, str) else i for i in items)
+
+
+@attrs.frozen
+class HttpPolicy:
+    """What the sandbox side lets through; the host side checks it again.
+
+    ``allowed_prefixes`` are path prefixes the target must start with (a
+    prefix matches itself and anything below it: ``/a/b`` allows ``/a/b`` and
+    ``/a/b/c`` but not ``/a/bc``).
+    """
+
+    allowed_prefixes: tuple[bytes, ...] = attrs.field(default=(b"/",), converter=_prefixes)
+    max_header_bytes: int = 64 << 10
+    max_body_bytes: int | None = None
+
+    @allowed_prefixes.validator
+    def _check(self, _: attrs.Attribute[tuple[bytes, ...]], value: tuple[bytes, ...]) -> None:
+        for prefix in value:
+            if not prefix.startswith(b"/"):
+                raise ValueError(f"allowed prefix {prefix!r} must start with '/'")
+
+
+def check_target(method: bytes, target: bytes, policy: HttpPolicy) -> Refusal | None:
+    """Whether the bridge may carry a request for ``target``; None means yes."""
+    if method == b"CONNECT":
+        return Refusal(
+            405,
+            "connect-refused",
+            "CONNECT is refused: the bridge only forwards requests to its configured upstream",
+        )
+    if target == b"*" and method == b"OPTIONS":
+        target = b"/"
+    if not target.startswith(b"/"):
+        return Refusal(
+            400,
+            "absolute-target-refused",
+            f"the target {target[:100]!r} is not a path:"
+            " the bridge forwards only to its configured upstream, so send origin-form"
+            " targets such as /v1/models",
+        )
+    path = target.split(b"?", 1)[0].split(b"#", 1)[0]
+    if _UNSAFE_PATH.search(path):
+        return Refusal(
+            400,
+            "unsafe-path",
+            f"the path {path[:100]!r} has dot segments or encoded separators; send it normalised",
+        )
+    for prefix in policy.allowed_prefixes:
+        base = prefix.rstrip(b"/")
+        if path == base or path.startswith(base + b"/"):
+            return None
+    allowed = ", ".join(p.decode("ascii", "replace") for p in policy.allowed_prefixes)
+    return Refusal(
+        403,
+        "path-not-allowed",
+        f"the path {path[:100].decode('ascii', 'replace')} is"
+        f" outside what this bridge allows ({allowed})",
+    )
+
+
+def clean_headers(headers: Iterable[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+    """Drop hop-by-hop headers (and those ``Connection`` names); keep framing.
+
+    Names come out lower-case. Content-Length is kept; a chunked
+    Transfer-Encoding becomes the marker ``transfer-encoding: chunked``.
+    """
+    items = [(name.lower(), value) for name, value in headers]
+    named = {
+        token.strip().lower()
+        for name, value in items
+        if name == b"connection"
+        for token in value.split(b",")
+    }
+    out: list[tuple[bytes, bytes]] = []
+    chunked = False
+    for name, value in items:
+        if name == b"transfer-encoding":
+            chunked = chunked or b"chunked" in value.lower()
+        elif name not in _HOP_BY_HOP and name not in named:
+            out.append((name, value))
+    if chunked:
+        out = [(n, v) for n, v in out if n != b"content-length"]
+        out.append((b"transfer-encoding", b"chunked"))
+    return out
+
+
+def error_response(
+    status: int, cause: str, message: str
+) -> tuple[list[tuple[bytes, bytes]], bytes]:
+    """Headers and JSON body of an answer the bridge itself gives the agent.
+
+    The body follows the OpenAI error shape, which most agent SDKs read.
+    """
+    body = json.dumps(
+        {"error": {"message": message, "type": "bridge_error", "code": cause}}
+    ).encode()
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(body)).encode()),
+        (BRIDGE_ERROR_HEADER, cause.encode()),
+        VIA,
+    ]
+    return headers, body
+
+
+def cause_of(code: ErrorCode) -> str:
+    """The X-Bridge-Error name for a reset code."""
+    return code.name.lower().replace("_", "-")
+
+
+# ---------------------------------------------------------------- sandbox side
+
+
+@attrs.frozen
+class AgentRequest:
+    """A request head the bridge should carry; ``interim`` goes to the agent first."""
+
+    method: bytes
+    target: bytes
+    headers: Headers
+    interim: bytes  # a 100 Continue to write when the agent waits for one
+
+
+@attrs.frozen
+class AgentBody:
+    data: bytes
+
+
+@attrs.frozen
+class AgentEnd:
+    pass
+
+
+@attrs.frozen
+class AgentRefused:
+    """Write ``reply`` to the agent, then close the connection.
+
+    ``reply`` is None when a response had already started: then the
+    connection must be aborted instead.
+    """
+
+    refusal: Refusal
+    reply: bytes | None
+
+
+@attrs.frozen
+class AgentClosed:
+    """The agent closed its side of the connection."""
+
+
+AgentEvent = AgentRequest | AgentBody | AgentEnd | AgentRefused | AgentClosed
+
+
+class AgentConnection:
+    """One agent connection on the sandbox side, as h11 sees it.
+
+    Feed the agent's bytes to ``receive_data`` and pull ``next_event`` until it
+    returns None (more bytes needed, or the current request is complete and
+    its response not yet sent). Render the answer with the ``respond_*``
+    methods, then ``next_cycle`` for keep-alive.
+    """
+
+    def __init__(self, policy: HttpPolicy) -> None:
+        self.policy = policy
+        self._h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=policy.max_header_bytes)
+        self._body_bytes = 0
+        self._method = b""
+        self.response_started = False
+
+    def receive_data(self, data: bytes) -> None:
+        """Bytes from the agent; ``b""`` when it closed its side."""
+        self._h11.receive_data(data)
+
+    def next_event(self) -> AgentEvent | None:
+        try:
+            event = self._h11.next_event()
+        except h11.RemoteProtocolError as exc:
+            status = exc.error_status_hint
+            cause = "headers-too-large" if status == 431 else "bad-request"
+            return self._refuse(Refusal(status, cause, f"malformed HTTP request: {exc}"))
+        if event is h11.NEED_DATA or event is h11.PAUSED:
+            return None
+        if isinstance(event, h11.Request):
+            return self._request(event)
+        if isinstance(event, h11.Data):
+            self._body_bytes += len(event.data)
+            limit = self.policy.max_body_bytes
+            if limit is not None and self._body_bytes > limit:
+                return self._refuse(_body_too_large(limit))
+            return AgentBody(bytes(event.data))
+        if isinstance(event, h11.EndOfMessage):
+            return AgentEnd()
+        assert isinstance(event, h11.ConnectionClosed)
+        return AgentClosed()
+
+    def _request(self, request: h11.Request) -> AgentEvent:
+        self._method = request.method
+        self._body_bytes = 0
+        refusal = check_target(request.method, request.target, self.policy)
+        length = _content_length(request.headers)
+        limit = self.policy.max_body_bytes
+        if refusal is None and limit is not None and length is not None and length > limit:
+            refusal = _body_too_large(limit)
+        if refusal is not None:
+            return self._refuse(refusal)
+        interim = b""
+        if self._h11.they_are_waiting_for_100_continue:
+            interim = self._h11.send(h11.InformationalResponse(status_code=100, headers=[]))
+        headers = tuple(clean_headers(request.headers.raw_items()))
+        return AgentRequest(request.method, request.target, headers, interim)
+
+    def _refuse(self, refusal: Refusal) -> AgentRefused:
+        if self.response_started:
+            self._h11.send_failed()
+            return AgentRefused(refusal, None)
+        return AgentRefused(
+            refusal, self.reply_error(refusal.status, refusal.cause, refusal.message)
+        )
+
+    def respond_head(self, head: ResponseHead) -> bytes:
+        headers = [*clean_headers(head.headers), VIA]
+        if head.status < 200:
+            if head.status == 101:
+                return b""  # protocol switches cannot cross the bridge
+            return self._h11.send(
+                h11.InformationalResponse(status_code=head.status, headers=headers)
+            )
+        self.response_started = True
+        return self._h11.send(
+            h11.Response(status_code=head.status, headers=headers, reason=head.reason)
+        )
+
+    def respond_data(self, data: bytes) -> bytes:
+        return self._h11.send(h11.Data(data=data)) or b""
+
+    def respond_end(self) -> bytes:
+        return self._h11.send(h11.EndOfMessage()) or b""
+
+    def reply_error(self, status: int, cause: str, message: str) -> bytes:
+        """A complete error response; the connection closes after it."""
+        headers, body = error_response(status, cause, message)
+        headers.append((b"connection", b"close"))
+        self.response_started = True
+        out = self._h11.send(h11.Response(status_code=status, headers=headers))
+        if self._method != b"HEAD":
+            out += self._h11.send(h11.Data(data=body)) or b""
+        return out + (self._h11.send(h11.EndOfMessage()) or b"")
+
+    def respond_failure(self, code: ErrorCode, reason: str) -> bytes | None:
+        """The answer for an exchange the bridge could not complete.
+
+        Before the response head went out this is a JSON error response; after
+        it, None: the caller must abort the connection so the agent sees an
+        error rather than a body that looks complete.
+        """
+        if self.response_started:
+            self._h11.send_failed()
+            return None
+        return self.reply_error(code.http_status, cause_of(code), reason)
+
+    def next_cycle(self) -> bool:
+        """Get ready for the next request; False when the connection must close."""
+        if self._h11.our_state is h11.DONE and self._h11.their_state is h11.DONE:
+            self._h11.start_next_cycle()
+            self.response_started = False
+            return True
+        return False
+
+    @property
+    def request_complete(self) -> bool:
+        return self._h11.their_state is not h11.SEND_BODY
+
+
+def _body_too_large(limit: int) -> Refusal:
+    return Refusal(413, "body-too-large", f"the request body is larger than {limit} bytes")
+
+
+def _content_length(headers: Iterable[tuple[bytes, bytes]]) -> int | None:
+    for name, value in headers:
+        if name == b"content-length":
+            return int(value)
+    return None
+
+
+# ---------------------------------------------------------------- host side
+
+
+@attrs.frozen
+class Upstream:
+    """Where the host side forwards, and what it adds on the way.
+
+    ``added_headers`` (credentials, typically) replace any header of the same
+    name the agent sent; the sandbox never needs the real values.
+    """
+
+    host: str
+    port: int
+    policy: HttpPolicy = attrs.field(factory=HttpPolicy)
+    added_headers: tuple[tuple[bytes, bytes], ...] = ()
+
+    @property
+    def host_header(self) -> bytes:
+        return f"{self.host}:{self.port}".encode("idna")
+
+
+def upstream_request(head: RequestHead, upstream: Upstream) -> h11.Request | Refusal:
+    """The h11 request for a head the sandbox sent, or why it is refused."""
+    refusal = check_target(head.method, head.target, upstream.policy)
+    if refusal is not None:
+        return refusal
+    replaced = {name.lower() for name, _ in upstream.added_headers}
+    headers = [(n, v) for n, v in clean_headers(head.headers) if n not in replaced]
+    headers = [(b"host", upstream.host_header), *headers, *upstream.added_headers, VIA]
+    try:
+        return h11.Request(method=head.method, target=head.target, headers=headers)
+    except h11.LocalProtocolError as exc:
+        return Refusal(400, "bad-request", f"the request cannot be sent upstream: {exc}")

@@ -1,0 +1,83 @@
+"""A whole bridge in a test: a real upstream, the host side, the sandbox side
+listening on a real loopback port, and a transport between the two sides:
+an in-memory pair, or a real subprocess's stdin and stdout."""
+
+from __future__ import annotations
+
+import functools
+import os
+import socket
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import anyio
+import attrs
+from bridgeproto_adapters.host_side import HostOptions, run_host_side
+from bridgeproto_adapters.sandbox_side import run_sandbox_side
+from bridgeproto_adapters.session import Session
+from bridgeproto_adapters.streams import memory_stream_pair, process_stream
+from upstream import Upstream, running_upstream
+
+import bridgeproto as bp
+
+
+@attrs.define
+class Bridge:
+    url: str  # where agents connect, inside the sandbox
+    upstream: Upstream
+    session: Session  # the host side's session
+    process: anyio.abc.Process | None = None
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@asynccontextmanager
+async def bridge(
+    *,
+    transport: str = "memory",
+    policy: bp.HttpPolicy | None = None,
+    sandbox_config: bp.Config | None = None,
+    host_config: bp.Config | None = None,
+    options: HostOptions | None = None,
+    added_headers: tuple[tuple[bytes, bytes], ...] = (),
+) -> AsyncIterator[Bridge]:
+    async with running_upstream() as upstream:
+        session_id = os.urandom(bp.SESSION_ID_BYTES)
+        target = bp.Upstream("127.0.0.1", upstream.port, policy or bp.HttpPolicy(), added_headers)
+        async with anyio.create_task_group() as tg:
+            process = None
+            if transport == "memory":
+                sandbox_stream, host_stream = memory_stream_pair()
+                host, port = await tg.start(
+                    functools.partial(
+                        run_sandbox_side, sandbox_stream, session_id, listen=("127.0.0.1", 0),
+                        policy=policy, config=sandbox_config,
+                    )
+                )
+            else:
+                port = free_port()
+                prefixes = (policy or bp.HttpPolicy()).allowed_prefixes
+                command = [
+                    sys.executable, "-m", "bridgeproto_adapters", "sandbox-side",
+                    "--session", session_id.hex(), "--listen", f"127.0.0.1:{port}",
+                    *[arg for p in prefixes for arg in ("--allow", p.decode())],
+                ]
+                process = await anyio.open_process(command, stderr=None)
+                host_stream = process_stream(process)
+                host = "127.0.0.1"
+            session = await tg.start(
+                functools.partial(
+                    run_host_side, host_stream, session_id, target, config=host_config,
+                    options=options,
+                )
+            )
+            yield Bridge(f"http://{host}:{port}", upstream, session, process)
+            with anyio.fail_after(15):
+                await session.close()
+                if process is not None:
+                    await process.wait()
