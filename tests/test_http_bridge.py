@@ -23,3 +23,9 @@ async def test_json_round_trip() -> None:
         assert response.json() == {"ok": True}
         echo = (await client.post("/echo", content=b"hello")).json()
         assert echo["method"] == "POST" and echo["body_size"] == 5
+
+
+async def test_over_a_real_subprocess() -> None:
+    async with bridge(transport="process") as b, httpx.AsyncClient(base_url=b.url) as client:
+        response = await client.get("/json")
+        assert response.json() == {"ok": True}

@@ -117,8 +117,20 @@ class Exchange:
     def _deliver(self, event: ExchangeEvent) -> None:
         if isinstance(event, bp.ExchangeReset):
             self.reset_event = event
-        self._send.send_nowait(event)
+        try:
+            self._send.send_nowait(event)
+        except (anyio.ClosedResourceError, anyio.BrokenResourceError):
+            if isinstance(event, bp.Data):  # nobody will read it: release the credit
+                self.consume(len(event.data))
         self._credit.set()
+        # The core has already processed the whole batch, so "not open" may
+        # be true before this event's successors are delivered: close only
+        # on the event that ends the exchange.
+        ended = isinstance(event, bp.ExchangeReset) or (
+            isinstance(event, bp.EndOfBody) and not self.conn.is_open(self.id)
+        )
+        if ended:
+            self._send.close()
 
 
 class Session:
@@ -334,7 +346,6 @@ class Session:
                 self.conn.consume(event.exchange_id, len(event.data))
             return
         maybe._deliver(event)
-        self.after(maybe)
 
     async def _handle_request(self, exchange: Exchange, head: bp.RequestHead) -> None:
         assert self.on_request is not None
