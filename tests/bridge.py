@@ -81,3 +81,4 @@ async def bridge(
                 await session.close()
                 if process is not None:
                     await process.wait()
+                    await process.aclose()

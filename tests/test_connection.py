@@ -715,3 +715,17 @@ def test_exchange_ids_run_out_cleanly() -> None:
     pair.sandbox.start_exchange(b"GET", b"/", [], 0.0)
     with pytest.raises(bp.LocalProtocolError, match="exchange ids are exhausted"):
         pair.sandbox.start_exchange(b"GET", b"/", [], 0.0)
+
+
+def test_data_to_send_in_pieces() -> None:
+    pair = Pair()
+    xid = pair.sandbox.start_exchange(b"POST", b"/", [], 0.0)
+    for _ in range(10):
+        pair.sandbox.send_data(xid, b"x" * 1000, 0.0)
+    pieces = []
+    while piece := pair.sandbox.data_to_send(max_bytes=2500):
+        pieces.append(piece)
+    assert len(pieces) == 4  # head + 2 data, then 3 data at a time (whole frames only)
+    assert all(len(p) < 2500 + 1100 for p in pieces)
+    events = [e for piece in pieces for e in pair.host.receive_data(piece, 0.0)]
+    assert body(events, xid) == b"x" * 10_000

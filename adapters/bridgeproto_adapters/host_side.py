@@ -125,12 +125,20 @@ class UpstreamPool:
         self.connections_opened += 1
         return UpstreamConnection(stream)
 
-    async def release(self, conn: UpstreamConnection, reusable: bool) -> None:
-        if reusable and len(self._idle) < self.options.max_idle_connections:
+    def keep(self, conn: UpstreamConnection) -> bool:
+        """Put a connection whose exchange completed back in the pool.
+
+        Synchronous on purpose: the agent's next request may be on its way
+        already, and it should find this connection idle.
+        """
+        if conn.reusable() and len(self._idle) < self.options.max_idle_connections:
             self._idle.append(conn)
-        else:
-            with anyio.CancelScope(shield=True):
-                await conn.stream.aclose()
+            return True
+        return False
+
+    async def discard(self, conn: UpstreamConnection) -> None:
+        with anyio.CancelScope(shield=True):
+            await conn.stream.aclose()
 
     async def aclose(self) -> None:
         idle, self._idle = self._idle, []
@@ -165,21 +173,26 @@ class HostSide:
             exchange.reset(exc.code, exc.reason)
             return
         errors: list[Exception] = []  # child tasks report here, never raise
-        head_sent = reusable = False
+        head_sent = kept = False
         try:
             await conn.send(request)
+            if not _has_body(request):
+                await conn.send(h11.EndOfMessage())  # ready for reuse as soon as answered
             async with anyio.create_task_group() as tg:
                 tg.start_soon(self._upload, exchange, conn, tg.cancel_scope, errors)
                 try:
                     head_sent = await self._download(exchange, conn)
                 except (*_UPSTREAM_IO_ERRORS, TimeoutError, ExchangeAborted) as exc:
                     errors.append(exc)
-                    tg.cancel_scope.cancel()
-                reusable = not errors and conn.reusable()
+                else:
+                    kept = not errors and self.pool.keep(conn)
+                # The response is complete or failed: the upload has nothing left to do.
+                tg.cancel_scope.cancel()
         except _UPSTREAM_IO_ERRORS as exc:  # sending the request head
             errors.append(exc)
         finally:
-            await self.pool.release(conn, reusable)
+            if not kept:
+                await self.pool.discard(conn)
         if errors:
             exchange.reset(*self._reset_for(errors[0], head_sent))
 
@@ -213,7 +226,7 @@ class HostSide:
                 if isinstance(event, bp.Data):
                     await conn.send(h11.Data(data=event.data))
                     exchange.consume(len(event.data))
-                elif isinstance(event, bp.EndOfBody):
+                elif isinstance(event, bp.EndOfBody) and conn.h11.our_state is h11.SEND_BODY:
                     await conn.send(h11.EndOfMessage())
                 elif isinstance(event, bp.ExchangeReset):
                     errors.append(ExchangeAborted(event.code, event.reason))
@@ -246,6 +259,13 @@ class HostSide:
 
     async def aclose(self) -> None:
         await self.pool.aclose()
+
+
+def _has_body(request: h11.Request) -> bool:
+    for name, value in request.headers:
+        if name == b"transfer-encoding" or (name == b"content-length" and value != b"0"):
+            return True
+    return False
 
 
 def _head(exchange_id: int, response: h11.Response | h11.InformationalResponse) -> bp.ResponseHead:

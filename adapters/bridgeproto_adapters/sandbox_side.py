@@ -41,6 +41,7 @@ class SandboxSide:
         self.policy = policy or bp.HttpPolicy()
 
     async def handle_agent(self, stream: anyio.abc.ByteStream) -> None:
+        _stop_eager_reading(stream)
         agent = bp.AgentConnection(self.policy)
         async with stream:
             try:
@@ -158,6 +159,20 @@ class SandboxSide:
         except (*_AGENT_IO_ERRORS, h11.LocalProtocolError):
             exchange.reset(bp.ErrorCode.CANCELLED, "the agent closed its connection")
             return False
+
+
+def _stop_eager_reading(stream: anyio.abc.ByteStream) -> None:
+    """Make an accepted asyncio socket read only when asked to.
+
+    anyio's asyncio backend starts accepted connections with reading on, and
+    turns it off only after a receive that had to wait. An agent that uploads
+    faster than the bridge's credit allows would then be buffered whole in
+    memory. Pausing up front restores the backpressure (trio needs nothing).
+    """
+    transport = getattr(stream, "_transport", None)
+    pause = getattr(transport, "pause_reading", None)
+    if pause is not None and transport is not None and not transport.is_closing():
+        pause()
 
 
 async def _read_event(agent: bp.AgentConnection, stream: anyio.abc.ByteStream) -> bp.AgentEvent:

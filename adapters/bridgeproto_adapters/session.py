@@ -29,6 +29,7 @@ RequestHandler = Callable[["Exchange", bp.RequestHead], Awaitable[None]]
 
 logger = logging.getLogger("bridgeproto")
 _FINAL_FLUSH_SECONDS = 2.0
+_WRITE_SIZE = 256 << 10
 _TRANSPORT_ERRORS = (
     anyio.EndOfStream,
     anyio.BrokenResourceError,
@@ -278,13 +279,13 @@ class Session:
                 return
 
     async def _flush(self) -> None:
-        data = self.conn.data_to_send()
-        if not data:
-            return
-        try:
-            await self.stream.send(data)
-        except _TRANSPORT_ERRORS as exc:
-            self._dispatch(self.conn.abort(f"the link failed while sending: {exc!r}"))
+        # In pieces, so a large backlog is never copied into one buffer.
+        while data := self.conn.data_to_send(_WRITE_SIZE):
+            try:
+                await self.stream.send(data)
+            except _TRANSPORT_ERRORS as exc:
+                self._dispatch(self.conn.abort(f"the link failed while sending: {exc!r}"))
+                return
 
     async def _timer(self) -> None:
         while True:

@@ -18,7 +18,7 @@ import anyio.lowlevel
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 from anyio.streams.stapled import StapledByteStream
 
-_READ_SIZE = 256 << 10
+_READ_SIZE = 64 << 10  # a pipe holds 64 KiB; larger reads only fragment the heap
 
 
 class MemoryByteStream(anyio.abc.ByteStream):

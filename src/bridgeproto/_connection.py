@@ -32,7 +32,7 @@ Four kinds of state live here:
 from __future__ import annotations
 
 import enum
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Iterable
 from typing import Any
 
@@ -237,7 +237,7 @@ class Connection:
         self._next_seq = 1
         self._retained: OrderedDict[int, bytes] = OrderedDict()
         self._retained_bytes = 0
-        self._unsent: list[bytes] = []
+        self._unsent: deque[bytes] = deque()
         self._control: list[bytes] = []  # unsequenced frames, sent first
         self._received_seq = 0
         self._ack_pending = False
@@ -307,7 +307,7 @@ class Connection:
         self._link_ok = True
         self._control = [encode_frame(self._hello())]
         self._ack_pending = True
-        self._unsent = list(self._retained.values())
+        self._unsent = deque(self._retained.values())
 
     def close(self, now: float, code: ErrorCode = ErrorCode.NO_ERROR, reason: str = "") -> None:
         """Start a graceful shutdown: no new exchanges, drain, then close.
@@ -477,15 +477,28 @@ class Connection:
 
     # ------------------------------------------------------------ output
 
-    def data_to_send(self) -> bytes:
-        """Bytes to write to the transport now (possibly empty)."""
+    def data_to_send(self, max_bytes: int | None = None) -> bytes:
+        """Bytes to write to the transport now (possibly empty).
+
+        With ``max_bytes``, stop adding whole frames once that many are
+        taken (at least one frame is), so a writer can send a large backlog
+        in pieces instead of copying it all into one buffer; call again for
+        the rest.
+        """
         parts = self._control
         if self._ack_pending:
             parts.append(encode_frame(Ack(self._received_seq)))
             self._ack_pending = False
-        parts.extend(self._unsent)
         self._control = []
-        self._unsent = []
+        if max_bytes is None:
+            parts.extend(self._unsent)
+            self._unsent.clear()
+        else:
+            taken = sum(len(p) for p in parts)
+            while self._unsent and (taken < max_bytes or not parts):
+                frame = self._unsent.popleft()
+                parts.append(frame)
+                taken += len(frame)
         return b"".join(parts)
 
     def next_deadline(self) -> float | None:
@@ -659,7 +672,7 @@ class Connection:
         else:
             # The peer reopened the link: what we sent since its last ack may
             # be lost, so send it again (duplicates are dropped by seq).
-            self._unsent = list(self._retained.values())
+            self._unsent = deque(self._retained.values())
 
     def _receive_ack(self, seq: int) -> None:
         if seq >= self._next_seq:
