@@ -13,13 +13,13 @@ from contextlib import asynccontextmanager
 
 import anyio
 import attrs
+
+import bridgeproto as bp
 from bridgeproto_adapters.host_side import HostOptions, run_host_side
 from bridgeproto_adapters.sandbox_side import run_sandbox_side
 from bridgeproto_adapters.session import Session
 from bridgeproto_adapters.streams import memory_stream_pair, process_stream
 from upstream import Upstream, running_upstream
-
-import bridgeproto as bp
 
 
 @attrs.define
@@ -45,26 +45,39 @@ async def bridge(
     host_config: bp.Config | None = None,
     options: HostOptions | None = None,
     added_headers: tuple[tuple[bytes, bytes], ...] = (),
+    upstream_port: int | None = None,
 ) -> AsyncIterator[Bridge]:
+    """``upstream_port`` sends the host side somewhere other than the test upstream."""
     async with running_upstream() as upstream:
         session_id = os.urandom(bp.SESSION_ID_BYTES)
-        target = bp.Upstream("127.0.0.1", upstream.port, policy or bp.HttpPolicy(), added_headers)
+        port = upstream_port or upstream.port
+        target = bp.Upstream("127.0.0.1", port, policy or bp.HttpPolicy(), added_headers)
         async with anyio.create_task_group() as tg:
             process = None
             if transport == "memory":
                 sandbox_stream, host_stream = memory_stream_pair()
                 host, port = await tg.start(
                     functools.partial(
-                        run_sandbox_side, sandbox_stream, session_id, listen=("127.0.0.1", 0),
-                        policy=policy, config=sandbox_config,
+                        run_sandbox_side,
+                        sandbox_stream,
+                        session_id,
+                        listen=("127.0.0.1", 0),
+                        policy=policy,
+                        config=sandbox_config,
                     )
                 )
             else:
                 port = free_port()
                 prefixes = (policy or bp.HttpPolicy()).allowed_prefixes
                 command = [
-                    sys.executable, "-m", "bridgeproto_adapters", "sandbox-side",
-                    "--session", session_id.hex(), "--listen", f"127.0.0.1:{port}",
+                    sys.executable,
+                    "-m",
+                    "bridgeproto_adapters",
+                    "sandbox-side",
+                    "--session",
+                    session_id.hex(),
+                    "--listen",
+                    f"127.0.0.1:{port}",
                     *[arg for p in prefixes for arg in ("--allow", p.decode())],
                 ]
                 process = await anyio.open_process(command, stderr=None)
@@ -72,7 +85,11 @@ async def bridge(
                 host = "127.0.0.1"
             session = await tg.start(
                 functools.partial(
-                    run_host_side, host_stream, session_id, target, config=host_config,
+                    run_host_side,
+                    host_stream,
+                    session_id,
+                    target,
+                    config=host_config,
                     options=options,
                 )
             )

@@ -4,6 +4,7 @@ and on trio."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -13,11 +14,11 @@ from collections.abc import AsyncIterator
 import anyio
 import httpx
 import pytest
+
+import bridgeproto as bp
 from bridge import bridge, free_port
 from bridgeproto_adapters.host_side import HostOptions
 from upstream import pattern_bytes
-
-import bridgeproto as bp
 
 pytestmark = pytest.mark.anyio
 ALL_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
@@ -54,7 +55,9 @@ async def raw_exchange(url: str, data: bytes, *, until: bytes = b"") -> bytes:
 async def test_every_method(transport: str) -> None:
     async with bridge(transport=transport) as b, httpx.AsyncClient(base_url=b.url) as client:
         for method in ALL_METHODS:
-            response = await client.request(method, "/echo", content=b"x" if method in {"POST", "PUT", "PATCH"} else None)
+            response = await client.request(
+                method, "/echo", content=b"x" if method in {"POST", "PUT", "PATCH"} else None
+            )
             assert response.status_code == 200, method
             if method == "HEAD":
                 assert response.content == b""
@@ -78,7 +81,9 @@ async def test_content_length_and_chunked_request_bodies(transport: str) -> None
         streamed = (await client.post("/echo", content=chunks())).json()
         expected = b"".join(b"part %d;" % i for i in range(5))
         assert streamed["body_sha256"] == hashlib.sha256(expected).hexdigest()
-        assert ["transfer-encoding", "chunked"] in [[n.lower(), v.lower()] for n, v in streamed["headers"]]
+        assert ["transfer-encoding", "chunked"] in [
+            [n.lower(), v.lower()] for n, v in streamed["headers"]
+        ]
 
 
 async def test_chunked_and_streamed_responses() -> None:
@@ -113,7 +118,9 @@ async def test_keep_alive_and_pipelining_on_one_agent_connection() -> None:
         request = b"GET /json HTTP/1.1\r\nHost: x\r\n\r\n"
         answer = await raw_exchange(b.url, request * 3, until=b'{"ok": true}' * 1)
         while answer.count(b'{"ok": true}') < 3:
-            answer = await raw_exchange(b.url, request * 3 + b"GET /json HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            answer = await raw_exchange(
+                b.url, request * 3 + b"GET /json HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+            )
         assert answer.count(b"HTTP/1.1 200 ") >= 3
 
 
@@ -150,8 +157,12 @@ async def test_sse_events_arrive_one_by_one_with_keepalives(transport: str) -> N
                     if line.startswith("data: ") and len(seen) < 6:
                         await b.upstream.sse_gate_send.send(None)
         assert seen == [
-            ": keepalive", "data: event 0", ": keepalive", "data: event 1",
-            ": keepalive", "data: event 2",
+            ": keepalive",
+            "data: event 0",
+            ": keepalive",
+            "data: event 1",
+            ": keepalive",
+            "data: event 2",
         ]
 
 
@@ -169,12 +180,18 @@ async def test_64_mib_each_way_with_bounded_memory() -> None:
         for _ in range(size // len(block)):
             yield block
 
-    async with bridge(transport="process") as b, httpx.AsyncClient(base_url=b.url, timeout=60) as client:
+    async with (
+        bridge(transport="process") as b,
+        httpx.AsyncClient(base_url=b.url, timeout=60) as client,
+    ):
         assert b.process is not None
         before = await read_peak_rss_kib(b.process.pid)
         sent = (await client.post("/echo", content=upload())).json()
         assert sent["body_size"] == size
-        assert sent["body_sha256"] == hashlib.sha256(pattern_bytes(256 << 10) * (size // (256 << 10))).hexdigest()
+        assert (
+            sent["body_sha256"]
+            == hashlib.sha256(pattern_bytes(256 << 10) * (size // (256 << 10))).hexdigest()
+        )
         digest, received = hashlib.sha256(), 0
         async with client.stream("GET", f"/bytes?size={size}") as response:
             async for chunk in response.aiter_raw():
@@ -218,9 +235,7 @@ async def test_openai_sdk_chat_completions(transport: str) -> None:
 
 
 async def test_upstream_down_is_502() -> None:
-    async with bridge() as b, httpx.AsyncClient(base_url=b.url) as client:
-        b.session.on_request.__self__.upstream = bp.Upstream("127.0.0.1", free_port())  # type: ignore[union-attr]
-        b.session.on_request.__self__.pool.port = b.session.on_request.__self__.upstream.port  # type: ignore[union-attr]
+    async with bridge(upstream_port=free_port()) as b, httpx.AsyncClient(base_url=b.url) as client:
         response = await client.get("/json")
         assert response.status_code == 502
         assert response.headers["x-bridge-error"] == "upstream-unreachable"
@@ -288,13 +303,14 @@ async def test_connect_timeout_is_502() -> None:
     for _ in range(8):
         filler = socket.socket()
         filler.setblocking(False)
-        try:
+        with contextlib.suppress(BlockingIOError):
             filler.connect(blocked.getsockname())
-        except BlockingIOError:
-            pass
         fillers.append(filler)
     try:
-        async with bridge(options=HostOptions(connect_timeout=0.3)) as b, httpx.AsyncClient(base_url=b.url) as client:
+        async with (
+            bridge(options=HostOptions(connect_timeout=0.3)) as b,
+            httpx.AsyncClient(base_url=b.url) as client,
+        ):
             host_side = b.session.on_request.__self__  # type: ignore[union-attr]
             host_side.pool.port = blocked.getsockname()[1]
             response = await client.get("/json")
@@ -310,15 +326,33 @@ async def test_connect_timeout_is_502() -> None:
 
 
 async def test_refusals_are_answered_in_the_sandbox() -> None:
-    policy = bp.HttpPolicy(allowed_prefixes=["/rollout/k1"], max_header_bytes=8192, max_body_bytes=1000)
+    policy = bp.HttpPolicy(
+        allowed_prefixes=["/rollout/k1"], max_header_bytes=8192, max_body_bytes=1000
+    )
     async with bridge(policy=policy) as b:
         cases = [
-            (b"GET http://other.example/ HTTP/1.1\r\nHost: other.example\r\n\r\n", 400, b"absolute-target-refused"),
-            (b"CONNECT other.example:443 HTTP/1.1\r\nHost: other.example\r\n\r\n", 405, b"connect-refused"),
+            (
+                b"GET http://other.example/ HTTP/1.1\r\nHost: other.example\r\n\r\n",
+                400,
+                b"absolute-target-refused",
+            ),
+            (
+                b"CONNECT other.example:443 HTTP/1.1\r\nHost: other.example\r\n\r\n",
+                405,
+                b"connect-refused",
+            ),
             (b"GET /rollout/k2/v1/models HTTP/1.1\r\nHost: x\r\n\r\n", 403, b"path-not-allowed"),
             (b"GET /rollout/k1/../k2/v1 HTTP/1.1\r\nHost: x\r\n\r\n", 400, b"unsafe-path"),
-            (b"GET /rollout/k1/json HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 9000 + b"\r\n\r\n", 431, b"headers-too-large"),
-            (b"POST /rollout/k1/echo HTTP/1.1\r\nHost: x\r\nContent-Length: 5000\r\n\r\n", 413, b"body-too-large"),
+            (
+                b"GET /rollout/k1/json HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 9000 + b"\r\n\r\n",
+                431,
+                b"headers-too-large",
+            ),
+            (
+                b"POST /rollout/k1/echo HTTP/1.1\r\nHost: x\r\nContent-Length: 5000\r\n\r\n",
+                413,
+                b"body-too-large",
+            ),
             (b"GARBAGE\r\n\r\n", 400, b"bad-request"),
         ]
         for request, status, cause in cases:
@@ -328,6 +362,7 @@ async def test_refusals_are_answered_in_the_sandbox() -> None:
             body = json.loads(answer.split(b"\r\n\r\n", 1)[1])
             assert body["error"]["code"] == cause.decode() and body["error"]["message"]
         assert b.upstream.requests == []  # none of it reached the host
+
         # A chunked body that grows past the limit is stopped too.
         async def big() -> AsyncIterator[bytes]:
             for _ in range(20):
@@ -342,7 +377,10 @@ async def test_refusals_are_answered_in_the_sandbox() -> None:
 
 async def test_header_hygiene_and_credentials_stay_on_the_host(transport: str) -> None:
     secret = (b"authorization", b"Bearer real-secret")
-    async with bridge(transport=transport, added_headers=(secret,)) as b, httpx.AsyncClient(base_url=b.url) as client:
+    async with (
+        bridge(transport=transport, added_headers=(secret,)) as b,
+        httpx.AsyncClient(base_url=b.url) as client,
+    ):
         response = await client.get(
             "/echo",
             headers={
@@ -365,8 +403,8 @@ async def test_header_hygiene_and_credentials_stay_on_the_host(transport: str) -
 
 
 async def test_unix_socket_listener(tmp_path: object) -> None:
-    from bridgeproto_adapters.sandbox_side import run_sandbox_side
     from bridgeproto_adapters.host_side import run_host_side
+    from bridgeproto_adapters.sandbox_side import run_sandbox_side
     from bridgeproto_adapters.streams import memory_stream_pair
     from upstream import running_upstream
 
@@ -374,7 +412,11 @@ async def test_unix_socket_listener(tmp_path: object) -> None:
     session_id = os.urandom(16)
     async with running_upstream() as upstream, anyio.create_task_group() as tg:
         a, c = memory_stream_pair()
-        await tg.start(lambda task_status: run_sandbox_side(a, session_id, listen=path, task_status=task_status))
+        await tg.start(
+            lambda task_status: run_sandbox_side(
+                a, session_id, listen=path, task_status=task_status
+            )
+        )
         session = await tg.start(
             lambda task_status: run_host_side(
                 c, session_id, bp.Upstream("127.0.0.1", upstream.port), task_status=task_status
@@ -392,7 +434,10 @@ async def test_unix_socket_listener(tmp_path: object) -> None:
 async def test_shutdown_with_requests_in_flight_is_bounded(transport: str) -> None:
     config = bp.Config(shutdown_grace=0.5)
     fds_before = len(os.listdir("/proc/self/fd"))
-    async with bridge(transport=transport, host_config=config) as b, httpx.AsyncClient(base_url=b.url) as client:
+    async with (
+        bridge(transport=transport, host_config=config) as b,
+        httpx.AsyncClient(base_url=b.url) as client,
+    ):
         results: list[httpx.Response | Exception] = []
 
         async def waiting() -> None:

@@ -19,6 +19,7 @@ Routes (any prefix before them is ignored, so tests can use allowlisted paths):
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
@@ -121,7 +122,9 @@ class Upstream:
             await reply(int(url.path.rsplit("/", 1)[1]), b"")
         elif route == "/bytes":
             total = int(query.get("size", "0"))
-            await send(h11.Response(status_code=200, headers=[(b"content-length", str(total).encode())]))
+            await send(
+                h11.Response(status_code=200, headers=[(b"content-length", str(total).encode())])
+            )
             sent = 0
             while sent < total:
                 chunk = PATTERN[: min(len(PATTERN), total - sent)]
@@ -145,10 +148,8 @@ class Upstream:
             await send(h11.EndOfMessage())
         elif route == "/hang":
             self.hang_started.set()
-            try:
+            with contextlib.suppress(anyio.EndOfStream, anyio.BrokenResourceError, OSError):
                 await stream.receive()  # the client never sends more; returns on close
-            except (anyio.EndOfStream, anyio.BrokenResourceError, OSError):
-                pass
             self.hang_closed.set()
             raise anyio.EndOfStream
         elif route == "/forever":
@@ -167,9 +168,22 @@ class Upstream:
         elif route == "/chat":
             await self._chat(send, reply, json.loads(bytes(small) or b"{}"))
         elif route == "/models":
-            await reply(200, json.dumps({"object": "list", "data": [
-                {"id": "test-model", "object": "model", "created": 0, "owned_by": "tests"}
-            ]}).encode())
+            await reply(
+                200,
+                json.dumps(
+                    {
+                        "object": "list",
+                        "data": [
+                            {
+                                "id": "test-model",
+                                "object": "model",
+                                "created": 0,
+                                "owned_by": "tests",
+                            }
+                        ],
+                    }
+                ).encode(),
+            )
         else:
             await reply(404, b'{"error": "no such route"}')
 
@@ -177,17 +191,31 @@ class Upstream:
         words = ["Hello", ",", " world", "!"]
         base = {"id": "chatcmpl-1", "created": 0, "model": body.get("model", "test-model")}
         if not body.get("stream"):
-            await reply(200, json.dumps({
-                **base, "object": "chat.completion",
-                "choices": [{"index": 0, "finish_reason": "stop",
-                             "message": {"role": "assistant", "content": "".join(words)}}],
-                "usage": {"prompt_tokens": 1, "completion_tokens": 4, "total_tokens": 5},
-            }).encode())
+            await reply(
+                200,
+                json.dumps(
+                    {
+                        **base,
+                        "object": "chat.completion",
+                        "choices": [
+                            {
+                                "index": 0,
+                                "finish_reason": "stop",
+                                "message": {"role": "assistant", "content": "".join(words)},
+                            }
+                        ],
+                        "usage": {"prompt_tokens": 1, "completion_tokens": 4, "total_tokens": 5},
+                    }
+                ).encode(),
+            )
             return
         await send(h11.Response(status_code=200, headers=[(b"content-type", b"text/event-stream")]))
         for word in words:
-            chunk = {**base, "object": "chat.completion.chunk",
-                     "choices": [{"index": 0, "delta": {"content": word}, "finish_reason": None}]}
+            chunk = {
+                **base,
+                "object": "chat.completion.chunk",
+                "choices": [{"index": 0, "delta": {"content": word}, "finish_reason": None}],
+            }
             await send(h11.Data(data=b": keepalive\n\n"))
             await send(h11.Data(data=b"data: " + json.dumps(chunk).encode() + b"\n\n"))
         await send(h11.Data(data=b"data: [DONE]\n\n"))

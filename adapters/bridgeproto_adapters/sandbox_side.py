@@ -21,6 +21,7 @@ from .errors import ExchangeAborted, SessionEnded
 from .session import Exchange, Session
 
 DEFAULT_LISTEN = ("127.0.0.1", 13131)
+_ANSWER_GRACE_SECONDS = 2.0
 _AGENT_IO_ERRORS = (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError)
 _CAUSE_BY_STATUS = {431: "headers-too-large", 413: "body-too-large"}
 
@@ -33,28 +34,83 @@ class _Outcome:
     reply: bytes | None = None
 
 
+class _Agent:
+    """One agent connection: its HTTP state and its bytes.
+
+    A single task (``pump``) reads the socket for the whole connection and
+    hands chunks over one at a time, so reading still stops when the bridge
+    has no credit, and no read on the socket is ever cancelled (anyio's
+    asyncio Unix sockets cannot take that).
+    """
+
+    def __init__(self, http: bp.AgentConnection, stream: anyio.abc.ByteStream) -> None:
+        self.http = http
+        self.stream = stream
+        self._send, self.chunks = anyio.create_memory_object_stream[bytes](0)
+
+    async def pump(self) -> None:
+        async with self._send:
+            while True:
+                try:
+                    data = await self.stream.receive()
+                except (anyio.EndOfStream, *_AGENT_IO_ERRORS):
+                    data = b""
+                try:
+                    await self._send.send(data)
+                except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+                    return
+                if not data:
+                    return
+
+    async def next_event(self) -> bp.AgentEvent:
+        while True:
+            event = self.http.next_event()
+            if event is not None:
+                return event
+            try:
+                data = await self.chunks.receive()
+            except anyio.EndOfStream:
+                data = b""
+            self.http.receive_data(data)
+
+    async def close(self) -> None:
+        self.chunks.close()  # a pump waiting to hand over a chunk stops
+        await self.stream.aclose()  # a pump waiting on the socket wakes and stops
+
+
 class SandboxSide:
     """Serves agent connections for one session."""
 
     def __init__(self, session: Session, policy: bp.HttpPolicy | None = None) -> None:
         self.session = session
         self.policy = policy or bp.HttpPolicy()
+        self._active = 0  # exchanges being carried
+        self._idle = anyio.Event()
+
+    async def until_idle(self) -> None:
+        """Wait until no exchange is being answered."""
+        while self._active:
+            self._idle = anyio.Event()
+            await self._idle.wait()
 
     async def handle_agent(self, stream: anyio.abc.ByteStream) -> None:
         _stop_eager_reading(stream)
-        agent = bp.AgentConnection(self.policy)
-        async with stream:
+        agent = _Agent(bp.AgentConnection(self.policy), stream)
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(agent.pump)
             try:
-                while await self._one_request(agent, stream) and agent.next_cycle():
+                while await self._one_request(agent) and agent.http.next_cycle():
                     pass
             except (*_AGENT_IO_ERRORS, h11.LocalProtocolError):
                 pass  # the agent went away or the connection is unusable: close it
+            finally:
+                await agent.close()
 
-    async def _one_request(self, agent: bp.AgentConnection, stream: anyio.abc.ByteStream) -> bool:
-        event = await _read_event(agent, stream)
+    async def _one_request(self, agent: _Agent) -> bool:
+        event = await agent.next_event()
         if isinstance(event, bp.AgentRefused):
             if event.reply is not None:
-                await stream.send(event.reply)
+                await agent.stream.send(event.reply)
             return False
         if not isinstance(event, bp.AgentRequest):
             return False  # the agent closed the connection between requests
@@ -63,48 +119,50 @@ class SandboxSide:
         except bp.LocalProtocolError as exc:
             status = exc.status_hint or 503
             cause = _CAUSE_BY_STATUS.get(status, "bridge-busy")
-            await stream.send(agent.reply_error(status, cause, str(exc)))
+            await agent.stream.send(agent.http.reply_error(status, cause, str(exc)))
             return False
         except SessionEnded as exc:
-            await stream.send(agent.reply_error(502, "bridge-down", f"the bridge is down: {exc}"))
+            await agent.stream.send(
+                agent.http.reply_error(502, "bridge-down", f"the bridge is down: {exc}")
+            )
             return False
+        self._active += 1
         try:
             if event.interim:
-                await stream.send(event.interim)
-            return await self._carry(agent, stream, exchange)
+                await agent.stream.send(event.interim)
+            return await self._carry(agent, exchange)
         finally:
             exchange.close()
+            self._active -= 1
+            self._idle.set()
 
     async def _open(self, request: bp.AgentRequest) -> Exchange:
         with anyio.move_on_after(self.session.conn.config.handshake_timeout):
             await self.session.ready.wait()
         return await self.session.open_exchange(request.method, request.target, request.headers)
 
-    async def _carry(
-        self, agent: bp.AgentConnection, stream: anyio.abc.ByteStream, exchange: Exchange
-    ) -> bool:
+    async def _carry(self, agent: _Agent, exchange: Exchange) -> bool:
         outcome = _Outcome()
         complete = False
         async with anyio.create_task_group() as tg:
-            tg.start_soon(self._upload, agent, stream, exchange, tg.cancel_scope, outcome)
-            complete = await self._download(agent, stream, exchange)
+            tg.start_soon(self._upload, agent, exchange, tg.cancel_scope, outcome)
+            complete = await self._download(agent, exchange)
             tg.cancel_scope.cancel()
         if outcome.reply is not None:
-            await stream.send(outcome.reply)
+            await agent.stream.send(outcome.reply)
             return False
         return complete and not outcome.abort
 
     async def _upload(
         self,
-        agent: bp.AgentConnection,
-        stream: anyio.abc.ByteStream,
+        agent: _Agent,
         exchange: Exchange,
         scope: anyio.CancelScope,
         outcome: _Outcome,
     ) -> None:
         try:
             while True:
-                event = await _read_event(agent, stream)
+                event = await agent.next_event()
                 if isinstance(event, bp.AgentBody):
                     await exchange.send_data(event.data)
                 elif isinstance(event, bp.AgentEnd):
@@ -124,8 +182,10 @@ class SandboxSide:
                 else:
                     raise anyio.EndOfStream
             # The request is in; an agent that hangs up now cancels the exchange.
-            data = await stream.receive()
-            agent.receive_data(data)  # a pipelined request, kept for the next cycle
+            data = await agent.chunks.receive()
+            if not data:
+                raise anyio.EndOfStream
+            agent.http.receive_data(data)  # a pipelined request, kept for the next cycle
         except (anyio.EndOfStream, *_AGENT_IO_ERRORS):
             exchange.reset(bp.ErrorCode.CANCELLED, "the agent closed its connection")
             outcome.abort = True
@@ -133,28 +193,28 @@ class SandboxSide:
         except ExchangeAborted:
             pass  # the answer task sees the reset and answers it
 
-    async def _download(
-        self, agent: bp.AgentConnection, stream: anyio.abc.ByteStream, exchange: Exchange
-    ) -> bool:
+    async def _download(self, agent: _Agent, exchange: Exchange) -> bool:
         """Stream the answer to the agent; True when it completed."""
         try:
             async for event in exchange.events:
                 if isinstance(event, bp.ResponseHead):
-                    await stream.send(agent.respond_head(event))
+                    await agent.stream.send(agent.http.respond_head(event))
                 elif isinstance(event, bp.Data):
-                    await stream.send(agent.respond_data(event.data))
+                    await agent.stream.send(agent.http.respond_data(event.data))
                     exchange.consume(len(event.data))
                 elif isinstance(event, bp.EndOfBody):
-                    await stream.send(agent.respond_end())
+                    await agent.stream.send(agent.http.respond_end())
                     return True
                 elif isinstance(event, bp.ExchangeReset):
-                    reply = agent.respond_failure(event.code, event.reason)
+                    reply = agent.http.respond_failure(event.code, event.reason)
                     if reply is not None:
-                        await stream.send(reply)
+                        await agent.stream.send(reply)
                     return False
-            reply = agent.respond_failure(bp.ErrorCode.PEER_UNRESPONSIVE, "the bridge went down")
+            reply = agent.http.respond_failure(
+                bp.ErrorCode.PEER_UNRESPONSIVE, "the bridge went down"
+            )
             if reply is not None:
-                await stream.send(reply)
+                await agent.stream.send(reply)
             return False
         except (*_AGENT_IO_ERRORS, h11.LocalProtocolError):
             exchange.reset(bp.ErrorCode.CANCELLED, "the agent closed its connection")
@@ -173,18 +233,6 @@ def _stop_eager_reading(stream: anyio.abc.ByteStream) -> None:
     pause = getattr(transport, "pause_reading", None)
     if pause is not None and transport is not None and not transport.is_closing():
         pause()
-
-
-async def _read_event(agent: bp.AgentConnection, stream: anyio.abc.ByteStream) -> bp.AgentEvent:
-    while True:
-        event = agent.next_event()
-        if event is not None:
-            return event
-        try:
-            data = await stream.receive()
-        except anyio.EndOfStream:
-            data = b""
-        agent.receive_data(data)
 
 
 Listen = tuple[str, int] | str  # (host, port) or a Unix socket path
@@ -227,4 +275,7 @@ async def run_sandbox_side(
         tg.start_soon(listener.serve, side.handle_agent)
         task_status.started(listener_address(listener))
         await session.finished.wait()
+        # Every exchange has ended; let their agents get the answer first.
+        with anyio.move_on_after(_ANSWER_GRACE_SECONDS):
+            await side.until_idle()
         tg.cancel_scope.cancel()

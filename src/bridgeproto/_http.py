@@ -260,6 +260,18 @@ class AgentConnection:
         self._method = request.method
         self._body_bytes = 0
         refusal = check_target(request.method, request.target, self.policy)
+        # h11 bounds only heads that arrive in pieces; a whole one is checked here.
+        size = (
+            len(request.method)
+            + len(request.target)
+            + sum(len(name) + len(value) + 4 for name, value in request.headers)
+        )
+        if refusal is None and size > self.policy.max_header_bytes:
+            refusal = Refusal(
+                431,
+                "headers-too-large",
+                f"the request head is {size} bytes; the limit is {self.policy.max_header_bytes}",
+            )
         length = _content_length(request.headers)
         limit = self.policy.max_body_bytes
         if refusal is None and limit is not None and length is not None and length > limit:
