@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator
 
 import anyio
 import httpx
+import openai
 import pytest
 
 import bridgeproto as bp
@@ -209,7 +210,6 @@ async def test_64_mib_each_way_with_bounded_memory() -> None:
 
 
 async def test_openai_sdk_chat_completions(transport: str) -> None:
-    openai = pytest.importorskip("openai")
     async with bridge(transport=transport) as b:
         client = openai.OpenAI(base_url=b.url + "/v1", api_key="placeholder", max_retries=0)
 
