@@ -91,3 +91,36 @@ def test_limits_defaults_match_the_core_docs() -> None:
     ]:
         assert f"| `{field}` | {shown} |" in core
         assert getattr(config, field) == value, field
+
+
+def test_the_embedding_example_in_the_adapter_docs_runs() -> None:
+    """Run docs/adapters.md's first example against the test upstream, with an
+    agent request where the example has its ``...``."""
+    import anyio
+    import httpx
+
+    from upstream import running_upstream
+
+    text = (DOCS / "adapters.md").read_text()
+    example = text.split("```python\n", 1)[1].split("```", 1)[0]
+    assert "anyio.run(main)" in example and "\n        ...\n" in example
+
+    async def scenario() -> None:
+        async with running_upstream() as upstream:
+            code = example.replace("anyio.run(main)", "")
+            code = code.replace("        8000,", f"        {upstream.port},")
+            code = code.replace('("127.0.0.1", 13131)', '("127.0.0.1", 0)')
+            code = code.replace(
+                "\n        ...\n",
+                "\n        async with httpx.AsyncClient() as client:\n"
+                "            url = f'http://{address[0]}:{address[1]}/rollout/abc/echo'\n"
+                "            seen.append((await client.get(url)).json())\n",
+            )
+            namespace: dict[str, object] = {"httpx": httpx, "seen": []}
+            exec(compile(code, "docs/adapters.md", "exec"), namespace)
+            await namespace["main"]()  # type: ignore[operator]
+            (echo,) = namespace["seen"]  # type: ignore[misc]
+            headers = {n.lower(): v for n, v in echo["headers"]}
+            assert headers["authorization"] == "Bearer the-real-key"
+
+    anyio.run(scenario)
