@@ -91,7 +91,7 @@ def sandbox_side(args: argparse.Namespace) -> int:
         )
         return 2
     policy = bp.HttpPolicy(allowed_prefixes=args.allow or ["/"])
-    config = bp.Config(idle_timeout=args.idle_timeout, exchange_timeout=args.timeout)
+    config = bp.Config(idle_timeout=args.idle_timeout or None, exchange_timeout=args.timeout)
     listen: str | tuple[str, int] = args.unix or args.listen
     try:
         anyio.run(

@@ -21,7 +21,7 @@ import h11
 import bridgeproto as bp
 
 from .errors import ExchangeAborted, UpstreamError
-from .session import Exchange, Session
+from .session import Exchange, Session, Tracer
 
 _READ_SIZE = 256 << 10
 _UPSTREAM_IO_ERRORS = (
@@ -284,6 +284,7 @@ async def run_host_side(
     *,
     config: bp.Config | None = None,
     options: HostOptions | None = None,
+    tracer: Tracer | None = None,
     task_status: anyio.abc.TaskStatus[Session] = anyio.TASK_STATUS_IGNORED,
 ) -> None:
     """Run the host side of a session until it ends.
@@ -292,7 +293,7 @@ async def run_host_side(
     completed (so the sandbox side is listening).
     """
     host = HostSide(upstream, options)
-    session = Session(bp.Connection(bp.Role.HOST, session_id, config), stream, host.handle)
+    session = Session(bp.Connection(bp.Role.HOST, session_id, config), stream, host.handle, tracer)
     try:
         async with anyio.create_task_group() as tg:
             tg.start_soon(session.run)

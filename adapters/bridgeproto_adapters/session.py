@@ -14,10 +14,12 @@ from __future__ import annotations
 
 import logging
 import math
+from collections import deque
 from collections.abc import Awaitable, Callable, Iterable
 
 import anyio
 import anyio.abc
+import attrs
 from anyio.streams.memory import MemoryObjectSendStream
 
 import bridgeproto as bp
@@ -72,6 +74,7 @@ class Exchange:
                 continue
             chunk, view = bytes(view[:credit]), view[credit:]
             self.conn.send_data(self.id, chunk, self._session.now())
+            self._session.stats.body_bytes_sent += len(chunk)
             self._session.kick()
             await self._session.writer_caught_up()
 
@@ -134,6 +137,37 @@ class Exchange:
             self._send.close()
 
 
+@attrs.define
+class SessionStats:
+    """What crossed the session, for the summary line."""
+
+    exchanges: int = 0
+    body_bytes_sent: int = 0
+    body_bytes_received: int = 0
+    # Seconds from a frame being written to its acknowledgement arriving:
+    # the time the bridge adds to an exchange, once each way.
+    round_trips: list[float] = attrs.field(factory=list)
+
+    def summary(self, role: bp.Role = bp.Role.HOST) -> str:
+        """One line: exchanges, body bytes each way, added latency."""
+        trips = sorted(self.round_trips)
+        if trips:
+            median = trips[len(trips) // 2] * 1000
+            p99 = trips[min(len(trips) - 1, int(len(trips) * 0.99))] * 1000
+            latency = f"added latency median {median:.2f} ms, p99 {p99:.2f} ms"
+        else:
+            latency = "added latency not measured yet"
+        up, down = self.body_bytes_received, self.body_bytes_sent
+        if role is bp.Role.SANDBOX:
+            up, down = down, up
+        return (
+            f"bridgeproto: {self.exchanges} exchanges, {up} bytes up, {down} bytes down, {latency}"
+        )
+
+
+Tracer = Callable[[str, bytes], None]  # (direction ">" or "<", bytes)
+
+
 class Session:
     """Runs a core ``Connection`` over a byte stream.
 
@@ -147,8 +181,12 @@ class Session:
         conn: bp.Connection,
         stream: anyio.abc.ByteStream,
         on_request: RequestHandler | None = None,
+        tracer: Tracer | None = None,
     ) -> None:
         self.conn = conn
+        self.tracer = tracer
+        self.stats = SessionStats()
+        self._unacked: deque[tuple[float, int]] = deque()  # (written at, highest seq)
         self.stream = stream
         self.on_request = on_request
         self.ready = anyio.Event()
@@ -183,6 +221,7 @@ class Session:
         the core refuses (its ``status_hint`` says why) or ``SessionEnded``."""
         self.check_usable()
         exchange_id = self.conn.start_exchange(method, target, headers, self.now())
+        self.stats.exchanges += 1
         exchange = Exchange(self, exchange_id)
         self._exchanges[exchange_id] = exchange
         self.kick()
@@ -263,7 +302,10 @@ class Session:
                 data = b""
             if self.conn.failure is not None:
                 return
+            if self.tracer is not None and data:
+                self.tracer("<", data)
             self._dispatch(self.conn.receive_data(data, self.now()))
+            self._sample_round_trips()
             if not data:
                 return
 
@@ -281,11 +323,23 @@ class Session:
     async def _flush(self) -> None:
         # In pieces, so a large backlog is never copied into one buffer.
         while data := self.conn.data_to_send(_WRITE_SIZE):
+            if self.tracer is not None:
+                self.tracer(">", data)
+            seq = self.conn.sent_seq
+            if seq and (not self._unacked or self._unacked[-1][1] < seq):
+                self._unacked.append((self.now(), seq))
             try:
                 await self.stream.send(data)
             except _TRANSPORT_ERRORS as exc:
                 self._dispatch(self.conn.abort(f"the link failed while sending: {exc!r}"))
                 return
+
+    def _sample_round_trips(self) -> None:
+        acked, now = self.conn.acked_seq, self.now()
+        while self._unacked and self._unacked[0][1] <= acked:
+            written, _ = self._unacked.popleft()
+            if len(self.stats.round_trips) < 100_000:
+                self.stats.round_trips.append(now - written)
 
     async def _timer(self) -> None:
         while True:
@@ -332,7 +386,10 @@ class Session:
         self.kick()
 
     def _to_exchange(self, event: ExchangeEvent) -> None:
+        if isinstance(event, bp.Data):
+            self.stats.body_bytes_received += len(event.data)
         if isinstance(event, bp.RequestHead):
+            self.stats.exchanges += 1
             exchange = Exchange(self, event.exchange_id)
             self._exchanges[event.exchange_id] = exchange
             if self.on_request is None or self._task_group is None:

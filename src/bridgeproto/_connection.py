@@ -240,6 +240,7 @@ class Connection:
         self._unsent: deque[bytes] = deque()
         self._control: list[bytes] = []  # unsequenced frames, sent first
         self._received_seq = 0
+        self._acked_seq = 0
         self._ack_pending = False
 
         # Exchanges.
@@ -273,6 +274,16 @@ class Connection:
     @property
     def open_exchanges(self) -> list[int]:
         return list(self._exchanges)
+
+    @property
+    def sent_seq(self) -> int:
+        """The highest sequence number queued so far (0 before any)."""
+        return self._next_seq - 1
+
+    @property
+    def acked_seq(self) -> int:
+        """The highest sequence number the peer has acknowledged."""
+        return self._acked_seq
 
     def is_open(self, exchange_id: int) -> bool:
         """Whether the exchange is still in flight."""
@@ -686,6 +697,7 @@ class Connection:
             if first > seq:
                 break
             self._retained_bytes -= len(self._retained.pop(first))
+        self._acked_seq = max(self._acked_seq, seq)
 
     def _receive_sequenced(self, record: Record, now: float, events: list[Event]) -> None:
         if isinstance(record, Window):

@@ -1,0 +1,518 @@
+"""Ways into a sandbox: run a command, read and write files, start a live process.
+
+``SandboxClient`` is the small interface every backend implements; the
+conformance checks in ``conformance.py`` hold each one to it. Backends:
+
+- ``BwrapSandbox``: an offline sandbox with bubblewrap. Every command runs in
+  one network namespace that has only loopback; the host's filesystem is
+  visible read-only, with a private writable ``/tmp`` and work directory.
+- ``UnshareSandbox``: the same network isolation with util-linux ``unshare``
+  and ``nsenter`` (the filesystem stays writable: it has no bubblewrap).
+- ``LocalSandbox``: no isolation at all, only when asked for by name.
+- ``CommandPrefixSandbox``: anything reached through an ``exec -i``-style
+  prefix (``docker exec -i ID``, ``kubectl exec -i POD --``, ``ssh HOST``).
+- ``HarnessSandbox``: a harness client with ``execute_command``,
+  ``read_file`` and ``upload_bytes`` coroutines (no live process).
+
+Backend failures become the errors below in each backend's ``_run_host``
+(or the harness wrapper's one ``except``), so callers see only these.
+"""
+
+from __future__ import annotations
+
+import abc
+import base64
+import os
+import shlex
+import shutil
+import tempfile
+from collections.abc import Mapping, Sequence
+from typing import Any, Protocol
+
+import anyio
+import anyio.abc
+import attrs
+from anyio.streams.stapled import StapledByteStream
+
+from .errors import BridgeError
+
+Command = Sequence[str] | str  # an argv list, or a shell string run with sh -c
+
+
+class SandboxError(BridgeError):
+    """A sandbox operation failed; the message says what and how to fix it."""
+
+
+class SandboxUnavailable(SandboxError):
+    """The backend cannot run on this machine (a tool is missing, no permission)."""
+
+
+class CommandTimeout(SandboxError):
+    """A command did not finish within its timeout."""
+
+
+class NotSupported(SandboxError):
+    """The backend cannot do this (for example, no live processes)."""
+
+
+@attrs.frozen
+class CommandResult:
+    exit_code: int
+    stdout: bytes
+    stderr: bytes
+
+
+class LiveProcess:
+    """A process in the sandbox whose stdin and stdout are a byte stream."""
+
+    def __init__(self, process: anyio.abc.Process) -> None:
+        self._process = process
+        assert process.stdin is not None and process.stdout is not None
+        self.stream: anyio.abc.ByteStream = StapledByteStream(process.stdin, process.stdout)
+
+    @property
+    def returncode(self) -> int | None:
+        return self._process.returncode
+
+    async def wait(self) -> int:
+        return await self._process.wait()
+
+    async def stop(self, grace: float = 2.0) -> int:
+        """Terminate (then kill after ``grace`` seconds); idempotent."""
+        if self._process.returncode is None:
+            self._process.terminate()
+            with anyio.move_on_after(grace):
+                await self._process.wait()
+            if self._process.returncode is None:
+                self._process.kill()
+        code = await self._process.wait()
+        with anyio.CancelScope(shield=True):
+            await self._process.aclose()
+        return code
+
+
+class SandboxClient(Protocol):
+    """What the bridge needs from a sandbox."""
+
+    name: str
+
+    async def run(
+        self,
+        command: Command,
+        *,
+        env: Mapping[str, str] | None = None,
+        cwd: str | None = None,
+        stdin: bytes | None = None,
+        timeout: float | None = None,
+    ) -> CommandResult: ...
+
+    async def write_file(self, path: str, data: bytes) -> None: ...
+
+    async def read_file(self, path: str) -> bytes: ...
+
+    async def open_process(
+        self, command: Sequence[str], *, env: Mapping[str, str] | None = None
+    ) -> LiveProcess:
+        """Start a live process; raises ``NotSupported`` where the sandbox cannot."""
+        ...
+
+    async def aclose(self) -> None: ...
+
+
+def _argv(command: Command) -> list[str]:
+    return ["sh", "-c", command] if isinstance(command, str) else list(command)
+
+
+def _env_argv(env: Mapping[str, str] | None) -> list[str]:
+    """``env -i`` with exactly these variables: nothing of the host leaks in."""
+    variables = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), **(env or {})}
+    return ["env", "-i", *[f"{k}={v}" for k, v in variables.items()]]
+
+
+class HostCommandSandbox(abc.ABC):
+    """A sandbox entered by running a host command (bwrap, nsenter, a prefix).
+
+    Subclasses say how to wrap an argv (``wrap``) and where files live.
+    """
+
+    name = "sandbox"
+    workdir = "/tmp"
+
+    @abc.abstractmethod
+    def wrap(self, argv: list[str], cwd: str | None) -> list[str]:
+        """The host argv that runs ``argv`` inside the sandbox."""
+
+    def command_line(
+        self, command: Command, *, env: Mapping[str, str] | None = None, cwd: str | None = None
+    ) -> list[str]:
+        return self.wrap([*_env_argv(env), *_argv(command)], cwd)
+
+    async def run(
+        self,
+        command: Command,
+        *,
+        env: Mapping[str, str] | None = None,
+        cwd: str | None = None,
+        stdin: bytes | None = None,
+        timeout: float | None = None,
+    ) -> CommandResult:
+        argv = self.command_line(command, env=env, cwd=cwd)
+        try:
+            with anyio.fail_after(timeout):
+                result = await anyio.run_process(argv, input=stdin, check=False)
+        except TimeoutError:
+            raise CommandTimeout(
+                f"{self.name}: {_short(command)} did not finish within {timeout:g} s"
+            ) from None
+        except OSError as exc:
+            raise SandboxUnavailable(f"{self.name}: cannot start {argv[0]}: {exc}") from None
+        return CommandResult(result.returncode, result.stdout, result.stderr)
+
+    async def write_file(self, path: str, data: bytes) -> None:
+        directory = os.path.dirname(path) or "/"
+        script = f"mkdir -p {shlex.quote(directory)} && cat > {shlex.quote(path)}"
+        result = await self.run(script, stdin=data)
+        if result.exit_code != 0:
+            raise SandboxError(f"{self.name}: cannot write {path}: {_text(result.stderr)}")
+
+    async def read_file(self, path: str) -> bytes:
+        result = await self.run(["cat", path])
+        if result.exit_code != 0:
+            raise SandboxError(f"{self.name}: cannot read {path}: {_text(result.stderr)}")
+        return result.stdout
+
+    async def open_process(
+        self, command: Sequence[str], *, env: Mapping[str, str] | None = None
+    ) -> LiveProcess:
+        argv = self.command_line(list(command), env=env)
+        try:
+            process = await anyio.open_process(argv, stderr=None)
+        except OSError as exc:
+            raise SandboxUnavailable(f"{self.name}: cannot start {argv[0]}: {exc}") from None
+        return LiveProcess(process)
+
+    async def aclose(self) -> None:  # noqa: B027 - most backends hold nothing
+        """Release what the sandbox holds."""
+
+
+def _text(data: bytes) -> str:
+    return data.decode(errors="replace").strip()
+
+
+def _short(command: Command) -> str:
+    text = command if isinstance(command, str) else shlex.join(command)
+    return text if len(text) < 80 else text[:77] + "..."
+
+
+class _NamespaceHolder:
+    """A sleeping process that keeps an offline network namespace alive."""
+
+    def __init__(self, process: anyio.abc.Process, pid: int) -> None:
+        self.process = process
+        self.pid = pid
+
+    async def aclose(self) -> None:
+        if self.process.returncode is None:
+            self.process.kill()
+        with anyio.CancelScope(shield=True):
+            await self.process.wait()
+            await self.process.aclose()
+
+
+async def _start_holder(argv: list[str], what: str) -> _NamespaceHolder:
+    """Start ``argv`` (which prints the namespace's pid, then sleeps)."""
+    try:
+        process = await anyio.open_process(argv)
+    except OSError as exc:
+        raise SandboxUnavailable(f"{what}: cannot start {argv[0]}: {exc}") from None
+    assert process.stdout is not None
+    line = b""
+    with anyio.move_on_after(10):
+        while not line.endswith(b"\n"):
+            try:
+                line += await process.stdout.receive(64)
+            except anyio.EndOfStream:
+                break
+    if not line.strip().isdigit():
+        stderr = b""
+        if process.stderr is not None:
+            with anyio.move_on_after(1):
+                stderr = await process.stderr.receive()
+        process.kill()
+        await process.aclose()
+        raise SandboxUnavailable(
+            f"{what}: could not create an offline network namespace"
+            f" ({stderr.decode(errors='replace').strip() or 'no output'})"
+        )
+    return _NamespaceHolder(process, int(line))
+
+
+class BwrapSandbox(HostCommandSandbox):
+    """An offline sandbox made with bubblewrap (Debian package ``bubblewrap``).
+
+    Create it with ``await BwrapSandbox.create()``. One sleeping process owns
+    the network namespace (loopback only); every command enters it with
+    ``nsenter`` and runs under its own bwrap: the host filesystem read-only,
+    a private writable ``/tmp`` and work directory (``/tmp`` here) that
+    persist for the sandbox's life.
+    """
+
+    name = "bwrap"
+
+    def __init__(self, holder: _NamespaceHolder, root: str) -> None:
+        self._holder = holder
+        self._root = root
+        self._tmp = os.path.join(root, "tmp")
+
+    @classmethod
+    async def create(cls) -> BwrapSandbox:
+        if shutil.which("bwrap") is None:
+            raise SandboxUnavailable(
+                "bwrap is not installed; install the bubblewrap package"
+                " (apt-get install bubblewrap) or use --sandbox unshare"
+            )
+        root = tempfile.mkdtemp(prefix="bridgeproto-sandbox-")
+        os.mkdir(os.path.join(root, "tmp"))
+        holder = await _start_holder(
+            [
+                "bwrap",
+                "--unshare-net",
+                "--die-with-parent",
+                "--ro-bind",
+                "/",
+                "/",
+                "--dev",
+                "/dev",
+                "--proc",
+                "/proc",
+                "--",
+                "sh",
+                "-c",
+                "echo $$; exec sleep infinity",
+            ],
+            "bwrap",
+        )
+        # The pid printed inside is in bwrap's own pid view only when it
+        # unshares pids; it does not, so it is the host pid.
+        return cls(holder, root)
+
+    def wrap(self, argv: list[str], cwd: str | None) -> list[str]:
+        return [
+            *_nsenter(self._holder.pid),
+            "bwrap",
+            "--die-with-parent",
+            "--ro-bind",
+            "/",
+            "/",
+            "--dev",
+            "/dev",
+            "--proc",
+            "/proc",
+            "--bind",
+            self._tmp,
+            "/tmp",
+            "--chdir",
+            cwd or self.workdir,
+            "--",
+            *argv,
+        ]
+
+    async def aclose(self) -> None:
+        await self._holder.aclose()
+        shutil.rmtree(self._root, ignore_errors=True)
+
+
+def _nsenter(pid: int) -> list[str]:
+    user = [] if os.geteuid() == 0 else ["--user", "--preserve-credentials"]
+    return ["nsenter", f"--target={pid}", "--net", *user, "--"]
+
+
+class UnshareSandbox(HostCommandSandbox):
+    """The same offline network guarantee with util-linux, for machines without bwrap.
+
+    The filesystem is the host's (writable); ``/tmp`` is private to the sandbox.
+    """
+
+    name = "unshare"
+
+    def __init__(self, holder: _NamespaceHolder, root: str) -> None:
+        self._holder = holder
+        self._root = root
+        self._tmp = os.path.join(root, "tmp")
+
+    @classmethod
+    async def create(cls) -> UnshareSandbox:
+        for tool in ("unshare", "nsenter"):
+            if shutil.which(tool) is None:
+                raise SandboxUnavailable(f"{tool} is not installed; install util-linux")
+        root = tempfile.mkdtemp(prefix="bridgeproto-sandbox-")
+        os.mkdir(os.path.join(root, "tmp"))
+        user = [] if os.geteuid() == 0 else ["--map-root-user"]
+        holder = await _start_holder(
+            [
+                "unshare",
+                "--net",
+                *user,
+                "--",
+                "sh",
+                "-c",
+                "(ip link set lo up 2>/dev/null || true); echo $$; exec sleep infinity",
+            ],
+            "unshare",
+        )
+        return cls(holder, root)
+
+    def wrap(self, argv: list[str], cwd: str | None) -> list[str]:
+        mount = (
+            f"mount --bind {shlex.quote(self._tmp)} /tmp && cd {shlex.quote(cwd or self.workdir)}"
+            ' && exec "$@"'
+        )
+        return [
+            *_nsenter(self._holder.pid),
+            "unshare",
+            "--mount",
+            "--propagation",
+            "private",
+            "--",
+            "sh",
+            "-c",
+            mount,
+            "sh",
+            *argv,
+        ]
+
+    async def aclose(self) -> None:
+        await self._holder.aclose()
+        shutil.rmtree(self._root, ignore_errors=True)
+
+
+class LocalSandbox(HostCommandSandbox):
+    """No isolation: commands run on the host as they are. Only by name."""
+
+    name = "local (no isolation)"
+
+    def __init__(self, workdir: str | None = None) -> None:
+        self.workdir = workdir or tempfile.mkdtemp(prefix="bridgeproto-local-")
+
+    def wrap(self, argv: list[str], cwd: str | None) -> list[str]:
+        return ["sh", "-c", 'cd "$0" && exec "$@"', cwd or self.workdir, *argv]
+
+
+class CommandPrefixSandbox(HostCommandSandbox):
+    """Any sandbox reached through an ``exec -i``-style command prefix."""
+
+    def __init__(self, prefix: Sequence[str], workdir: str = "/tmp") -> None:
+        if not prefix:
+            raise ValueError(
+                "the command prefix is empty; give e.g. ['docker', 'exec', '-i', 'ID']"
+            )
+        self.prefix = list(prefix)
+        self.workdir = workdir
+        self.name = f"prefix {shlex.join(self.prefix)}"
+
+    def wrap(self, argv: list[str], cwd: str | None) -> list[str]:
+        return [*self.prefix, "sh", "-c", 'cd "$0" && exec "$@"', cwd or self.workdir, *argv]
+
+
+class HarnessClient(Protocol):
+    """The shape of harness sandbox clients this project wraps."""
+
+    async def execute_command(self, sandbox_id: str, command: str, timeout: Any = ...) -> Any: ...
+
+    async def read_file(self, sandbox_id: str, file_path: str) -> Any: ...
+
+    async def upload_bytes(
+        self, sandbox_id: str, file_path: str, file_bytes: bytes, filename: str
+    ) -> Any: ...
+
+
+class HarnessSandbox:
+    """Wraps a harness client (``execute_command`` / ``read_file`` / ``upload_bytes``).
+
+    Commands become one shell string; stdin travels base64-encoded inside it,
+    since such clients take no input stream. No live process: the mailbox
+    transport serves these.
+    """
+
+    def __init__(self, client: HarnessClient, sandbox_id: str, workdir: str = "/tmp") -> None:
+        self.client = client
+        self.sandbox_id = sandbox_id
+        self.workdir = workdir
+        self.name = f"harness sandbox {sandbox_id}"
+
+    async def run(
+        self,
+        command: Command,
+        *,
+        env: Mapping[str, str] | None = None,
+        cwd: str | None = None,
+        stdin: bytes | None = None,
+        timeout: float | None = None,
+    ) -> CommandResult:
+        line = shlex.join(["cd", cwd or self.workdir]) + " && "
+        if env:
+            line += shlex.join(["export", *[f"{k}={v}" for k, v in env.items()]]) + " && "
+        body = command if isinstance(command, str) else shlex.join(command)
+        if stdin is not None:
+            encoded = base64.b64encode(stdin).decode()
+            line += f"printf %s {encoded} | base64 -d | ( {body} )"
+        else:
+            line += f"( {body} )"
+        result = await self._call(
+            "execute_command", self.sandbox_id, line, timeout=timeout if timeout else 60
+        )
+        return CommandResult(
+            int(getattr(result, "exit_code", 0) or 0),
+            _as_bytes(getattr(result, "stdout", b"")),
+            _as_bytes(getattr(result, "stderr", b"")),
+        )
+
+    async def write_file(self, path: str, data: bytes) -> None:
+        await self._call("upload_bytes", self.sandbox_id, path, data, os.path.basename(path))
+
+    async def read_file(self, path: str) -> bytes:
+        result = await self._call("read_file", self.sandbox_id, path)
+        return _as_bytes(getattr(result, "content", result))
+
+    async def open_process(
+        self, command: Sequence[str], *, env: Mapping[str, str] | None = None
+    ) -> LiveProcess:
+        raise NotSupported(f"{self.name} has no live processes; use the mailbox transport")
+
+    async def aclose(self) -> None:
+        pass
+
+    async def _call(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        """The one place a harness client's own exceptions become ours."""
+        try:
+            return await getattr(self.client, method)(*args, **kwargs)
+        except TimeoutError:
+            raise CommandTimeout(f"{self.name}: {method} timed out") from None
+        except Exception as exc:
+            raise SandboxError(f"{self.name}: {method} failed: {exc!r}") from exc
+
+
+def _as_bytes(value: Any) -> bytes:
+    if value is None:
+        return b""
+    if isinstance(value, bytes):
+        return value
+    if isinstance(value, str):
+        return value.encode("utf-8", "surrogateescape")
+    raise SandboxError(f"expected str or bytes from the harness client, got {type(value).__name__}")
+
+
+async def open_sandbox(kind: str = "auto") -> tuple[HostCommandSandbox, str]:
+    """Create a sandbox of ``kind`` (auto, bwrap, unshare, local); returns it
+    with a note for the user about what was picked."""
+    if kind == "auto":
+        if shutil.which("bwrap"):
+            return await BwrapSandbox.create(), "sandbox: bwrap (offline)"
+        return await UnshareSandbox.create(), "sandbox: unshare (offline; bwrap not found)"
+    if kind == "bwrap":
+        return await BwrapSandbox.create(), "sandbox: bwrap (offline)"
+    if kind == "unshare":
+        return await UnshareSandbox.create(), "sandbox: unshare (offline)"
+    if kind == "local":
+        return LocalSandbox(), "sandbox: local -- NO ISOLATION: the command can reach the network"
+    raise SandboxUnavailable(f"unknown sandbox {kind!r}; choose auto, bwrap, unshare or local")
