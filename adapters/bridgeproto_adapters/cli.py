@@ -1,79 +1,186 @@
 """The ``bridgeproto`` command.
 
-Until the sandbox adapters exist, ``bridgeproto demo`` shows the core at work:
-a sandbox-side and a host-side connection carry one streamed exchange to each
-other in memory, and every frame is printed as it crosses.
+    bridgeproto run --upstream URL [options] -- CMD [ARG...]
+    bridgeproto demo
+    bridgeproto decode TRACE
+    bridgeproto sandbox-side --session HEX ...   (started by the host side)
+
+Every failure to start prints one line naming the cause and the fix and
+exits 2; otherwise ``run`` exits with the command's own status.
 """
 
 from __future__ import annotations
 
 import argparse
 import functools
-import os
 import sys
+import time
 from collections.abc import Sequence
+from typing import NoReturn, TextIO
 
 import anyio
 
 import bridgeproto as bp
 
+from .errors import BridgeError
 
-def _cross(label: str, sender: bp.Connection, receiver: bp.Connection, now: float) -> None:
-    data = sender.data_to_send()
-    decoder = bp.FrameDecoder(1 << 24)
-    decoder.receive_data(data)
-    while isinstance(frame := decoder.next_frame(), bp.Frame):
-        print(f"  {label} seq={frame.seq:<3} {_describe(frame.record)}")
-    for event in receiver.receive_data(data, now):
-        if isinstance(event, bp.Data):
-            print(f"      -> delivered {event.data.decode()!r}")
+EXIT_START_FAILED = 2
 
 
-def _describe(record: bp.Record) -> str:
-    if isinstance(record, bp.Data):
-        return f"Data(exchange {record.exchange_id}, {len(record.data)} bytes)"
-    if isinstance(record, bp.Hello):
-        return f"Hello(version {record.version}, {record.role.name.lower()} side)"
-    return repr(record)
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_START_FAILED, f"bridgeproto: {message} (see {self.prog} --help)\n")
 
 
-def demo() -> int:
-    session_id = os.urandom(bp.SESSION_ID_BYTES)
-    sandbox = bp.Connection(bp.Role.SANDBOX, session_id)
-    host = bp.Connection(bp.Role.HOST, session_id)
-    now = 0.0
-    sandbox.start(now)
-    host.start(now)
-    print("handshake:")
-    _cross("sandbox -> host", sandbox, host, now)
-    _cross("host -> sandbox", host, sandbox, now)
-    print("a streamed chat completion:")
-    xid = sandbox.start_exchange(
-        b"POST", b"/v1/chat/completions", [(b"content-type", b"application/json")], now
-    )
-    sandbox.send_data(xid, b'{"stream": true}', now)
-    sandbox.send_end(xid, now)
-    _cross("sandbox -> host", sandbox, host, now)
-    host.send_response(xid, 200, b"OK", [(b"content-type", b"text/event-stream")], now)
-    for token in ("Hello", ",", " world"):
-        host.send_data(xid, f"data: {token}\n\n".encode(), now)
-        _cross("host -> sandbox", host, sandbox, now)
-    host.send_end(xid, now)
-    _cross("host -> sandbox", host, sandbox, now)
-    print("shutdown:")
-    sandbox.close(now)
-    _cross("sandbox -> host", sandbox, host, now)
-    _cross("host -> sandbox", host, sandbox, now)
-    _cross("sandbox -> host", sandbox, host, now)
-    print(f"sandbox side {sandbox.state.value}, host side {host.state.value}")
-    return 0
+def _fail(message: str) -> int:
+    print(f"bridgeproto: {message}", file=sys.stderr)
+    return EXIT_START_FAILED
 
 
 def _listen_address(text: str) -> tuple[str, int]:
     host, _, port = text.rpartition(":")
-    if not host or not port.isdigit():
+    if not host or not port.isdigit() or not 0 <= int(port) < 65536:
         raise argparse.ArgumentTypeError(f"{text!r} is not HOST:PORT (e.g. 127.0.0.1:13131)")
     return host, int(port)
+
+
+def _header(text: str) -> tuple[bytes, bytes]:
+    name, sep, value = text.partition(":")
+    try:
+        header = bp.RequestHead(1, b"GET", b"/", [(name.strip().encode(), value.strip().encode())])
+    except (bp.LocalProtocolError, UnicodeEncodeError):
+        header = None
+    if not sep or header is None:
+        raise argparse.ArgumentTypeError(f"{text!r} is not 'Name: value'")
+    return header.headers[0][0].lower(), header.headers[0][1]
+
+
+def _seconds(text: str) -> float:
+    value = float(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be a positive number of seconds")
+    return value
+
+
+# ---------------------------------------------------------------- run
+
+
+class TraceWriter:
+    """Records every frame crossing the bridge: time, direction, armored bytes."""
+
+    def __init__(self, file: TextIO) -> None:
+        self.file = file
+        self.start = time.monotonic()
+
+    def __call__(self, direction: str, data: bytes) -> None:
+        self.file.write(f"{time.monotonic() - self.start:.6f} {direction} {bp.armor(data)}")
+
+
+async def _upstream_reachable(url: str) -> str | None:
+    from .launch import parse_upstream
+
+    host, port, _ = parse_upstream(url)
+    try:
+        with anyio.fail_after(5):
+            stream = await anyio.connect_tcp(host, port)
+        await stream.aclose()
+    except (OSError, TimeoutError) as exc:
+        return f"cannot reach the upstream {host}:{port} ({exc}); is it running?"
+    return None
+
+
+async def _run(args: argparse.Namespace) -> int:
+    from .launch import open_bridge
+    from .sandboxes import open_sandbox
+
+    if args.transport == "mailbox":
+        return _fail("the mailbox transport is not yet available; use --transport stream")
+    unreachable = await _upstream_reachable(args.upstream)
+    if unreachable:
+        return _fail(unreachable)
+    sandbox, note = await open_sandbox(args.sandbox)
+    print(f"bridgeproto: {note}", file=sys.stderr)
+    config = bp.Config(idle_timeout=args.idle_timeout, exchange_timeout=args.timeout)
+    trace = open(args.trace, "w") if args.trace else None  # noqa: SIM115 - closed below
+    try:
+        async with open_bridge(
+            sandbox, args.upstream, headers=args.header, listen=args.listen, config=config,
+            tracer=TraceWriter(trace) if trace else None,
+        ) as bridge:  # fmt: skip
+            argv = sandbox.command_line(args.command, env=bridge.env)
+            async with anyio.create_task_group() as tg:
+                if args.verbose:
+                    tg.start_soon(_live_summary, bridge.session)
+                result = await anyio.run_process(argv, stdout=None, stderr=None, check=False)
+                tg.cancel_scope.cancel()
+        print(bridge.session.stats.summary(), file=sys.stderr)
+        return result.returncode
+    finally:
+        if trace:
+            trace.close()
+        await sandbox.aclose()
+
+
+async def _live_summary(session: object) -> None:
+    while True:
+        await anyio.sleep(5)
+        print(session.stats.summary(), file=sys.stderr)  # type: ignore[attr-defined]
+
+
+def run(args: argparse.Namespace) -> int:
+    if not args.command:
+        return _fail(
+            "no command given; put it after --, e.g. bridgeproto run --upstream URL -- curl ..."
+        )
+    try:
+        return anyio.run(_run, args)
+    except BridgeError as exc:
+        return _fail(str(exc))
+    except KeyboardInterrupt:
+        return 130
+
+
+# ---------------------------------------------------------------- decode
+
+
+def _describe(record: bp.Record) -> str:
+    if isinstance(record, bp.Data):
+        preview = record.data[:24]
+        more = "..." if len(record.data) > 24 else ""
+        return f"Data(exchange {record.exchange_id}, {len(record.data)} bytes: {preview!r}{more})"
+    if isinstance(record, bp.Hello):
+        return f"Hello(version {record.version}, {record.role.name.lower()} side, {record.limits})"
+    if isinstance(record, (bp.RequestHead, bp.ResponseHead)):
+        text = repr(record)
+        return text if len(text) < 200 else text[:197] + "..."
+    return repr(record)
+
+
+def decode(args: argparse.Namespace) -> int:
+    decoders = {">": bp.FrameDecoder(2**32 - 1), "<": bp.FrameDecoder(2**32 - 1)}
+    try:
+        with open(args.trace) as file:
+            lines = file.read().splitlines()
+    except OSError as exc:
+        return _fail(f"cannot read {args.trace}: {exc.strerror}")
+    for number, line in enumerate(lines, 1):
+        try:
+            stamp, direction, armored = line.split(" ", 2)
+            unarmor = bp.ArmorDecoder(2**32 - 1)
+            unarmor.receive_data(armored + "\n")
+            batch = unarmor.next_batch()
+            assert isinstance(batch, bytes) and direction in decoders
+            decoder = decoders[direction]
+            decoder.receive_data(batch)
+            while isinstance(frame := decoder.next_frame(), bp.Frame):
+                arrow = "host <- sandbox" if direction == "<" else "host -> sandbox"
+                print(f"{float(stamp):10.6f} {arrow} seq={frame.seq:<5} {_describe(frame.record)}")
+        except (ValueError, AssertionError, bp.ProtocolError) as exc:
+            return _fail(f"{args.trace}:{number} is not a bridgeproto trace line ({exc})")
+    return 0
+
+
+# ---------------------------------------------------------------- sandbox side
 
 
 def sandbox_side(args: argparse.Namespace) -> int:
@@ -86,54 +193,104 @@ def sandbox_side(args: argparse.Namespace) -> int:
         if len(session_id) != bp.SESSION_ID_BYTES:
             raise ValueError
     except ValueError:
-        print(
-            f"bridgeproto: --session must be {bp.SESSION_ID_BYTES * 2} hex digits", file=sys.stderr
-        )
-        return 2
+        return _fail(f"--session must be {bp.SESSION_ID_BYTES * 2} hex digits")
     policy = bp.HttpPolicy(allowed_prefixes=args.allow or ["/"])
     config = bp.Config(idle_timeout=args.idle_timeout or None, exchange_timeout=args.timeout)
     listen: str | tuple[str, int] = args.unix or args.listen
     try:
         anyio.run(
             functools.partial(
-                run_sandbox_side,
-                FdStream.stdio(),
-                session_id,
-                listen=listen,
-                policy=policy,
+                run_sandbox_side, FdStream.stdio(), session_id, listen=listen, policy=policy,
                 config=config,
             )
-        )
+        )  # fmt: skip
     except OSError as exc:
-        print(f"bridgeproto: the sandbox side cannot listen on {listen}: {exc}", file=sys.stderr)
-        return 2
+        return _fail(f"the sandbox side cannot listen on {listen}: {exc.strerror or exc}")
     except KeyboardInterrupt:
         return 130
     return 0
 
 
+# ---------------------------------------------------------------- main
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="bridgeproto", description=__doc__)
-    commands = parser.add_subparsers(dest="command", required=True)
-    commands.add_parser("demo", help="carry one streamed exchange through the core, in memory")
-    side = commands.add_parser(
-        "sandbox-side",
-        help="run the sandbox side over stdin/stdout (started by the host side, not by hand)",
+    parser = _Parser(
+        prog="bridgeproto",
+        description="Carry HTTP between an offline sandbox and services on its host.",
     )
-    side.add_argument("--session", required=True, help="the session id, in hex")
-    side.add_argument(
+    commands = parser.add_subparsers(dest="command_name", required=True, parser_class=_Parser)
+
+    run_p = commands.add_parser(
+        "run", help="run a command in an offline sandbox with the bridge up",
+        description="Run CMD in an offline sandbox. Inside, BRIDGEPROTO_URL, OPENAI_BASE_URL and"
+        " ANTHROPIC_BASE_URL point at the bridge, and the API keys are placeholders; --header"
+        " values are added on the host side only.",
+    )  # fmt: skip
+    run_p.add_argument("--upstream", required=True, help="the one upstream, http://HOST:PORT/PATH")
+    run_p.add_argument(
+        "--sandbox",
+        choices=["auto", "bwrap", "unshare", "local"],
+        default="auto",
+        help="auto picks bwrap, else unshare; local has no isolation",
+    )
+    run_p.add_argument("--transport", choices=["stream", "mailbox"], default="stream")
+    run_p.add_argument(
         "--listen",
         type=_listen_address,
         default=("127.0.0.1", 13131),
-        help="HOST:PORT for agents (default 127.0.0.1:13131)",
+        help="where the bridge listens inside the sandbox (default 127.0.0.1:13131)",
     )
+    run_p.add_argument(
+        "--header",
+        type=_header,
+        action="append",
+        default=[],
+        help="'Name: value' added to every forwarded request, on the host side",
+    )
+    run_p.add_argument(
+        "--idle-timeout",
+        type=_seconds,
+        default=300.0,
+        help="seconds an exchange may go without bytes either way (default 300)",
+    )
+    run_p.add_argument(
+        "--timeout", type=_seconds, default=None, help="total seconds per exchange (default: none)"
+    )
+    run_p.add_argument("--trace", help="record every frame to this file (read it with decode)")
+    run_p.add_argument("-v", "--verbose", action="store_true", help="print the summary live")
+    run_p.add_argument("command", nargs=argparse.REMAINDER, help="-- CMD [ARG...]")
+
+    demo_p = commands.add_parser("demo", help="the whole bridge end to end, with nothing else")
+    demo_p.add_argument("--sandbox", choices=["auto", "bwrap", "unshare", "local"], default="auto")
+
+    decode_p = commands.add_parser("decode", help="print a --trace file, one line per frame")
+    decode_p.add_argument("trace")
+
+    side = commands.add_parser(
+        "sandbox-side", help="run the sandbox side over stdin/stdout (the host starts it)"
+    )
+    side.add_argument("--session", required=True, help="the session id, in hex")
+    side.add_argument("--listen", type=_listen_address, default=("127.0.0.1", 13131))
     side.add_argument("--unix", help="listen on this Unix socket path instead")
     side.add_argument("--allow", action="append", help="an allowed path prefix (repeatable)")
-    side.add_argument("--idle-timeout", type=float, default=300.0, help="seconds (default 300)")
+    side.add_argument("--idle-timeout", type=float, default=300.0, help="seconds; 0 disables")
     side.add_argument("--timeout", type=float, default=None, help="total seconds per exchange")
+
     args = parser.parse_args(argv)
-    if args.command == "demo":
-        return demo()
+    if args.command_name == "run":
+        if args.command and args.command[0] == "--":
+            args.command = args.command[1:]
+        return run(args)
+    if args.command_name == "demo":
+        from .demo import run_demo
+
+        try:
+            return anyio.run(run_demo, args.sandbox)
+        except BridgeError as exc:
+            return _fail(str(exc))
+    if args.command_name == "decode":
+        return decode(args)
     return sandbox_side(args)
 
 

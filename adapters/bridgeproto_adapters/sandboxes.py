@@ -25,6 +25,7 @@ import base64
 import os
 import shlex
 import shutil
+import subprocess
 import tempfile
 from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
@@ -159,7 +160,12 @@ class HostCommandSandbox(abc.ABC):
         argv = self.command_line(command, env=env, cwd=cwd)
         try:
             with anyio.fail_after(timeout):
-                result = await anyio.run_process(argv, input=stdin, check=False)
+                result = await anyio.run_process(
+                    argv,
+                    input=stdin,
+                    stdin=subprocess.DEVNULL if stdin is None else None,
+                    check=False,
+                )
         except TimeoutError:
             raise CommandTimeout(
                 f"{self.name}: {_short(command)} did not finish within {timeout:g} s"
