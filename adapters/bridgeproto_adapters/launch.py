@@ -85,12 +85,14 @@ def parse_upstream(url: str) -> tuple[str, int, str]:
     return parts.hostname, parts.port or 80, parts.path.rstrip("/")
 
 
-async def check_python(sandbox: SandboxClient, python: str = "python3") -> str:
+async def check_python(
+    sandbox: SandboxClient, python: str = "python3", env: Mapping[str, str] | None = None
+) -> str:
     """The sandbox's Python version, or a ``BridgeStartError`` saying how to get one."""
     probe = "import sys; print('%d.%d' % sys.version_info[:2])"
     fix = f"install python3 ({MIN_PYTHON[0]}.{MIN_PYTHON[1]} or newer) in the image or in setup"
     try:
-        result = await sandbox.run([python, "-c", probe], timeout=30)
+        result = await sandbox.run([python, "-c", probe], env=env, timeout=30)
     except SandboxError as exc:
         raise BridgeStartError(f"cannot run {python} in the sandbox ({exc}); {fix}") from None
     found = result.stdout.decode(errors="replace").strip()
@@ -116,19 +118,21 @@ async def open_bridge(
     config: bp.Config | None = None,
     options: HostOptions | None = None,
     python: str = "python3",
+    env: Mapping[str, str] | None = None,
     tracer: Tracer | None = None,
 ) -> AsyncIterator[Bridge]:
     """Run a bridge into ``sandbox`` forwarding to ``upstream_url``.
 
     ``headers`` are added on the host side to every forwarded request (the
     upstream's credentials); they never enter the sandbox. The path allowlist
-    defaults to the upstream URL's path.
+    defaults to the upstream URL's path. ``env`` is the environment the
+    sandbox side runs with (its PATH decides which ``python`` is found).
     """
     host, port, path = parse_upstream(upstream_url)
     policy = bp.HttpPolicy(allowed_prefixes=allowed_prefixes or [path or "/"])
     upstream = bp.Upstream(host, port, policy, tuple(headers))
     config = config or bp.Config()
-    await check_python(sandbox, python)
+    await check_python(sandbox, python, env)
 
     archive = build_zipapp()
     remote = f"/tmp/{archive.name}"
@@ -145,7 +149,7 @@ async def open_bridge(
     ]  # fmt: skip
     if config.exchange_timeout:
         command += ["--timeout", str(config.exchange_timeout)]
-    process = await sandbox.open_process(command)
+    process = await sandbox.open_process(command, env=env)
     url = f"http://{listen[0]}:{listen[1]}{path}"
     bridge: Bridge | None = None
     try:

@@ -492,9 +492,10 @@ class HarnessSandbox:
         """The one place a harness client's own exceptions become ours."""
         try:
             return await getattr(self.client, method)(*args, **kwargs)
-        except TimeoutError:
-            raise CommandTimeout(f"{self.name}: {method} timed out") from None
         except Exception as exc:
+            # Clients name their timeouts differently; all of them mean this.
+            if isinstance(exc, TimeoutError) or "timeout" in type(exc).__name__.lower():
+                raise CommandTimeout(f"{self.name}: {method} timed out ({exc})") from None
             raise SandboxError(f"{self.name}: {method} failed: {exc!r}") from exc
 
 

@@ -1,0 +1,264 @@
+"""Sandbox clients: the conformance suite for every backend, the offline
+guarantee, and bridges into real offline sandboxes."""
+
+from __future__ import annotations
+
+import base64
+import os
+import subprocess
+from collections.abc import AsyncIterator
+from typing import Any
+
+import anyio
+import attrs
+import httpx
+import pytest
+from bridgeproto_adapters import packaging
+from bridgeproto_adapters.conformance import check_sandbox_client
+from bridgeproto_adapters.launch import BridgeStartError, open_bridge
+from bridgeproto_adapters.sandboxes import (
+    CommandPrefixSandbox,
+    HarnessSandbox,
+    LocalSandbox,
+    SandboxError,
+    UnshareSandbox,
+)
+from sandbox_kinds import make_sandbox
+from upstream import running_upstream
+
+pytestmark = pytest.mark.anyio
+OFFLINE = ["bwrap", "unshare"]
+SECRET = b"Bearer real-secret-for-tests"
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+async def interfaces(sandbox: Any) -> list[str]:
+    """Network interfaces seen inside, from /proc/net/dev."""
+    probe = await sandbox.run(["cat", "/proc/net/dev"])
+    return [line.split(":")[0].strip() for line in probe.stdout.decode().splitlines()[2:]]
+
+
+# ------------------------------------------------------------------ conformance
+
+
+@pytest.mark.parametrize("kind", ["local", *OFFLINE])
+async def test_conformance(kind: str) -> None:
+    async with make_sandbox(kind) as sandbox:
+        await check_sandbox_client(sandbox)
+
+
+async def test_conformance_of_a_command_prefix_into_an_offline_namespace() -> None:
+    # The namespace is made here, the way `docker exec -i` reaches a container.
+    async with make_sandbox("unshare") as netns:
+        prefix = ["nsenter", f"--target={netns._holder.pid}", "--net", "--"]  # type: ignore[attr-defined]
+        sandbox = CommandPrefixSandbox(prefix)
+        await check_sandbox_client(sandbox)
+        assert await interfaces(sandbox) == ["lo"]  # really inside the offline namespace
+
+
+@attrs.define
+class _Result:
+    exit_code: int
+    stdout: str
+    stderr: str
+
+
+@attrs.define
+class _Content:
+    content: str
+
+
+class FakeHarnessClient:
+    """A harness-style client over real processes, answering as such clients do:
+    ``str`` output, and ``read_file`` results with ``.content``."""
+
+    def __init__(self, sandbox: LocalSandbox) -> None:
+        self.sandbox = sandbox
+        self.calls: list[str] = []
+
+    async def execute_command(self, sandbox_id: str, command: str, timeout: Any = None) -> _Result:
+        self.calls.append("execute_command")
+        result = await self.sandbox.run(command, timeout=timeout)
+        return _Result(result.exit_code, result.stdout.decode("latin-1"), result.stderr.decode())
+
+    async def read_file(self, sandbox_id: str, file_path: str) -> _Content:
+        self.calls.append("read_file")
+        data = await self.sandbox.read_file(file_path)
+        return _Content(data.decode("latin-1"))
+
+    async def upload_bytes(
+        self, sandbox_id: str, file_path: str, file_bytes: bytes, filename: str
+    ) -> None:
+        self.calls.append("upload_bytes")
+        await self.sandbox.write_file(file_path, file_bytes)
+
+
+class _Latin1Harness(HarnessSandbox):
+    # The fake answers bytes as latin-1 text, so decode them the same way.
+    async def read_file(self, path: str) -> bytes:
+        result = await self._call("read_file", self.sandbox_id, path)
+        return str(result.content).encode("latin-1")
+
+
+async def test_conformance_of_the_harness_wrapper() -> None:
+    client = FakeHarnessClient(LocalSandbox())
+    sandbox = _Latin1Harness(client, "sb-1")
+    await check_sandbox_client(sandbox, live_process=False)
+    assert {"execute_command", "read_file", "upload_bytes"} <= set(client.calls)
+
+
+async def test_harness_errors_are_mapped() -> None:
+    class Broken:
+        async def execute_command(self, *args: Any, **kwargs: Any) -> Any:
+            raise RuntimeError("the provider is down")
+
+    sandbox = HarnessSandbox(Broken(), "sb-2")  # type: ignore[arg-type]
+    with pytest.raises(SandboxError, match="execute_command failed: RuntimeError"):
+        await sandbox.run(["true"])
+
+
+async def test_harness_read_file_accepts_str_bytes_and_content() -> None:
+    for answer in ("text", b"text", _Content("text")):
+
+        class Client:
+            async def read_file(self, sandbox_id: str, file_path: str) -> Any:
+                return answer
+
+        assert await HarnessSandbox(Client(), "x").read_file("/f") == b"text"  # type: ignore[arg-type]
+
+
+# ------------------------------------------------------------------ offline
+
+
+@pytest.mark.parametrize("kind", OFFLINE)
+async def test_offline_sandboxes_cannot_reach_the_host(kind: str) -> None:
+    async with running_upstream() as upstream, make_sandbox(kind) as sandbox:
+        script = (
+            "import socket, sys\n"
+            f"try:\n    socket.create_connection(('127.0.0.1', {upstream.port}), timeout=3)\n"
+            "except OSError as e:\n    print('unreachable', e.errno)\nelse:\n    print('REACHABLE')\n"
+        )
+        result = await sandbox.run(["python3", "-c", script])
+        assert result.stdout.startswith(b"unreachable"), result
+        assert upstream.connections == 0
+        assert await interfaces(sandbox) == ["lo"]
+
+
+async def test_bwrap_sees_the_host_read_only_with_a_private_tmp() -> None:
+    async with make_sandbox("bwrap") as sandbox:
+        denied = await sandbox.run(["sh", "-c", "echo x > /etc/bridgeproto-test"])
+        assert denied.exit_code != 0 and b"Read-only" in denied.stderr
+        await sandbox.run(["sh", "-c", "echo inside > /tmp/private"])
+        assert not os.path.exists("/tmp/private")  # the host's /tmp is untouched
+        assert await sandbox.read_file("/tmp/private") == b"inside\n"
+
+
+# ------------------------------------------------------------------ bridges
+
+
+@pytest.mark.parametrize("kind", OFFLINE)
+async def test_bridge_into_an_offline_sandbox(kind: str) -> None:
+    client_script = (
+        "import json, os, socket, urllib.request\n"
+        "answer = json.load(urllib.request.urlopen(os.environ['BRIDGEPROTO_URL'] + '/echo'))\n"
+        "print(answer['method'], answer['target'])\n"
+        "for name, value in answer['headers']:\n"
+        "    if name.lower() == 'authorization': print('upstream saw', value)\n"
+    )
+    async with running_upstream() as upstream, make_sandbox(kind) as sandbox:
+        url = f"{upstream.url}/rollout/k1"
+        async with open_bridge(sandbox, url, headers=[(b"authorization", SECRET)]) as bridge:
+            assert bridge.url == "http://127.0.0.1:13131/rollout/k1"
+            # Started next, the command finds the listener ready.
+            env = {**bridge.env, "OPENAI_API_KEY": bridge.env["OPENAI_API_KEY"]}
+            result = await sandbox.run(["python3", "-c", client_script], env=env)
+            assert result.stdout.splitlines() == [
+                b"GET /rollout/k1/echo",
+                b"upstream saw " + SECRET,
+            ], result
+            # What the sandbox holds: placeholders, never the secret.
+            inside = await sandbox.run(
+                "env; grep -rl 'real-secret' /tmp 2>/dev/null; echo done", env=bridge.env
+            )
+            assert b"OPENAI_API_KEY=bridgeproto-placeholder-key" in inside.stdout
+            assert b"ANTHROPIC_BASE_URL=http://127.0.0.1:13131/rollout/k1" in inside.stdout
+            assert b"OPENAI_BASE_URL=http://127.0.0.1:13131/rollout/k1/v1" in inside.stdout
+            assert b"real-secret" not in inside.stdout.replace(b"grep -rl", b"")
+            assert inside.stdout.endswith(b"done\n")
+            # Another rollout's routes are refused inside the sandbox.
+            other = await sandbox.run(
+                ["python3", "-c",
+                 "import urllib.request, urllib.error\n"
+                 "try: urllib.request.urlopen('http://127.0.0.1:13131/rollout/k2/echo')\n"
+                 "except urllib.error.HTTPError as e: print(e.code, e.headers['x-bridge-error'])"],
+            )  # fmt: skip
+            assert other.stdout.strip() == b"403 path-not-allowed"
+        assert bridge.session.stats.exchanges == 1  # the refusal never reached the host
+
+
+async def test_python_missing_or_too_old_is_a_clear_error() -> None:
+    async with running_upstream() as upstream, make_sandbox("bwrap") as sandbox:
+        with pytest.raises(BridgeStartError, match=r"no working python3 on its PATH; install"):
+            async with open_bridge(sandbox, upstream.url, env={"PATH": "/nonexistent"}):
+                pass
+        await sandbox.write_file("/tmp/oldpy/python3", b"#!/bin/sh\necho 3.8\n")
+        await sandbox.run(["chmod", "+x", "/tmp/oldpy/python3"])
+        with pytest.raises(BridgeStartError, match=r"has Python 3.8, and the sandbox side needs 3.10"):
+            async with open_bridge(sandbox, upstream.url, env={"PATH": "/tmp/oldpy:/usr/bin:/bin"}):
+                pass
+
+
+async def test_the_sandbox_side_is_uploaded_once_per_sandbox() -> None:
+    writes: list[str] = []
+
+    class Counting(LocalSandbox):
+        async def write_file(self, path: str, data: bytes) -> None:
+            writes.append(path)
+            await super().write_file(path, data)
+
+    async with running_upstream() as upstream:
+        sandbox = Counting()
+        # Each sandbox has its own /tmp in real backends; here, a fresh name.
+        first = packaging.build_zipapp()
+        assert packaging.build_zipapp() == first  # cached by content hash
+        for _ in range(2):
+            async with open_bridge(sandbox, upstream.url, listen=("127.0.0.1", 0)) as bridge:
+                assert bridge.session.ready.is_set()
+        assert writes.count(f"/tmp/{first.name}") <= 1
+
+
+async def test_stop_with_requests_in_flight_is_bounded_and_retryable() -> None:
+    async with running_upstream() as upstream, make_sandbox("bwrap") as sandbox:
+        config_grace = 1.0
+        import bridgeproto as bp
+
+        async with open_bridge(
+            sandbox, upstream.url, config=bp.Config(shutdown_grace=config_grace)
+        ) as bridge:
+            waiting = await sandbox.open_process(
+                ["python3", "-c",
+                 "import urllib.request, urllib.error\n"
+                 "try: urllib.request.urlopen('http://127.0.0.1:13131/hang', timeout=30)\n"
+                 "except urllib.error.HTTPError as e: print(e.code, e.headers['x-bridge-error'])"],
+            )  # fmt: skip
+            with anyio.fail_after(10):
+                await upstream.hang_started.wait()
+            started = anyio.current_time()
+            with anyio.fail_after(config_grace + 6):
+                await bridge.stop()
+            await bridge.stop()  # a second stop does nothing
+            elapsed = anyio.current_time() - started
+            output = b""
+            with anyio.fail_after(10):
+                while True:
+                    try:
+                        output += await waiting.stream.receive()
+                    except anyio.EndOfStream:
+                        break
+            await waiting.stop()
+        assert elapsed < config_grace + 6
+        assert output.strip() == b"503 shutting-down"
