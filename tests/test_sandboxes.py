@@ -207,7 +207,9 @@ async def test_python_missing_or_too_old_is_a_clear_error() -> None:
                 pass
         await sandbox.write_file("/tmp/oldpy/python3", b"#!/bin/sh\necho 3.8\n")
         await sandbox.run(["chmod", "+x", "/tmp/oldpy/python3"])
-        with pytest.raises(BridgeStartError, match=r"has Python 3.8, and the sandbox side needs 3.10"):
+        with pytest.raises(
+            BridgeStartError, match=r"has Python 3.8, and the sandbox side needs 3.10"
+        ):
             async with open_bridge(sandbox, upstream.url, env={"PATH": "/tmp/oldpy:/usr/bin:/bin"}):
                 pass
 

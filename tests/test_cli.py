@@ -1,0 +1,172 @@
+"""The bridgeproto command, run as a user would: a real process each time."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import anyio
+import pytest
+from bridge import free_port
+from sandbox_kinds import need_bwrap
+from upstream import running_upstream
+
+BRIDGEPROTO = [sys.executable, "-m", "bridgeproto_adapters"]
+
+
+def bridgeproto(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*BRIDGEPROTO, *args], capture_output=True, text=True, timeout=timeout,
+        env={**os.environ, **(env or {})},
+    )  # fmt: skip
+
+
+@contextmanager
+def upstream_in_thread() -> Iterator[str]:
+    """The test upstream on a thread of its own, so a CLI process can use it."""
+    ready = threading.Event()
+    stop = threading.Event()
+    url: list[str] = []
+
+    async def serve() -> None:
+        async with running_upstream() as upstream:
+            url.append(upstream.url)
+            ready.set()
+            while not stop.is_set():
+                await anyio.sleep(0.05)
+
+    thread = threading.Thread(target=anyio.run, args=(serve,), daemon=True)
+    thread.start()
+    ready.wait(10)
+    try:
+        yield url[0]
+    finally:
+        stop.set()
+        thread.join(10)
+
+
+def one_line(stderr: str) -> str:
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, stderr
+    return lines[0]
+
+
+def test_run_passes_the_exit_status_and_streams_output_through() -> None:
+    need_bwrap()
+    script = (
+        "import json, os, urllib.request\n"
+        "seen = json.load(urllib.request.urlopen(os.environ['BRIDGEPROTO_URL'] + '/echo'))\n"
+        "print([v for n, v in seen['headers'] if n == 'authorization'])\n"
+        "print('key inside:', os.environ['OPENAI_API_KEY'])\n"
+        "raise SystemExit(7)\n"
+    )
+    with upstream_in_thread() as url:
+        result = bridgeproto(
+            "run", "--upstream", url + "/rollout/k", "--header", "Authorization: Bearer hush",
+            "--", "python3", "-c", script,
+        )  # fmt: skip
+    assert result.returncode == 7, result.stderr
+    assert result.stdout.splitlines() == [
+        "['Bearer hush']",
+        "key inside: bridgeproto-placeholder-key",
+    ]
+    assert "bridgeproto: sandbox: bwrap (offline)" in result.stderr
+    assert "bridgeproto: 1 exchanges" in result.stderr and "added latency median" in result.stderr
+
+
+def test_trace_and_decode(tmp_path: object) -> None:
+    need_bwrap()
+    trace = os.path.join(str(tmp_path), "trace.txt")
+    with upstream_in_thread() as url:
+        result = bridgeproto(
+            "run", "--upstream", url, "--trace", trace, "--",
+            "python3", "-c", "import os, urllib.request; urllib.request.urlopen(os.environ['BRIDGEPROTO_URL'] + '/json').read()",
+        )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    decoded = bridgeproto("decode", trace)
+    assert decoded.returncode == 0, decoded.stderr
+    lines = decoded.stdout.splitlines()
+    assert any("host -> sandbox seq=0     Hello(version 1, host side" in line for line in lines)
+    assert any(
+        "host <- sandbox" in line
+        and "RequestHead(exchange_id=1, method=b'GET', target=b'/json'" in line
+        for line in lines
+    )
+    assert any("Data(exchange 1, 12 bytes: b'{\"ok\": true}')" in line for line in lines)
+    assert any("GoAway" in line for line in lines)
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "message"),
+    [
+        (
+            ["run", "--upstream", "http://127.0.0.1:1", "--listen", "nonsense", "--", "true"],
+            {},
+            "is not HOST:PORT",
+        ),
+        (
+            ["run", "--upstream", "http://127.0.0.1:1", "--header", "no colon", "--", "true"],
+            {},
+            "is not 'Name: value'",
+        ),
+        (["run", "--upstream", "ftp://x/", "--", "true"], {}, "is not an http:// URL"),
+        (
+            ["run", "--upstream", "http://127.0.0.1:{port}/", "--", "true"],
+            {},
+            "cannot reach the upstream 127.0.0.1:",
+        ),
+        (
+            ["run", "--upstream", "http://127.0.0.1:1", "--transport", "mailbox", "--", "true"],
+            {},
+            "mailbox transport is not yet available",
+        ),
+        (["run", "--upstream", "http://127.0.0.1:1"], {}, "no command given"),
+        (
+            ["run", "--upstream", "UP", "--sandbox", "bwrap", "--", "true"],
+            {"PATH": "/nonexistent"},
+            "bwrap is not installed; install the bubblewrap package",
+        ),
+        (["decode", "/nonexistent/trace"], {}, "cannot read /nonexistent/trace"),
+        (["frobnicate"], {}, "invalid choice"),
+    ],
+)
+def test_failures_are_one_clear_line_and_exit_2(
+    args: list[str], env: dict[str, str], message: str
+) -> None:
+    port = str(free_port())
+    with upstream_in_thread() as url:
+        args = [a.replace("{port}", port).replace("UP", url) for a in args]
+        if "PATH" in env:  # keep the interpreter reachable without the PATH
+            result = subprocess.run(
+                [*BRIDGEPROTO, *args], capture_output=True, text=True, timeout=60,
+                env={**os.environ, **env},
+            )  # fmt: skip
+        else:
+            result = bridgeproto(*args)
+    assert result.returncode == 2, result
+    assert message in one_line(result.stderr)
+
+
+@pytest.mark.parametrize("command", [[], ["run"], ["demo"], ["decode"], ["sandbox-side"]])
+def test_help_for_every_command(command: list[str]) -> None:
+    result = bridgeproto(*command, "--help")
+    assert result.returncode == 0 and "usage: bridgeproto" in result.stdout
+
+
+def test_demo() -> None:
+    if shutil.which("bwrap") is None:
+        need_bwrap()
+    result = bridgeproto("demo", timeout=120)
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert "Hello from the host, one token at a time." in out
+    assert "is unreachable directly" in out and "NOT offline" not in out
+    assert "sandbox: bwrap (offline)" in out
+    assert "bridgeproto: 1 exchanges" in result.stderr
