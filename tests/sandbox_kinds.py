@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import pytest
+
 from bridgeproto_adapters.sandboxes import (
     BwrapSandbox,
     HostCommandSandbox,

@@ -12,11 +12,13 @@ from contextlib import contextmanager
 
 import anyio
 import pytest
+
 from bridge import free_port
 from sandbox_kinds import need_bwrap
 from upstream import running_upstream
 
 BRIDGEPROTO = [sys.executable, "-m", "bridgeproto_adapters"]
+FETCH_JSON = "import os, urllib.request as u; u.urlopen(os.environ['BRIDGEPROTO_URL'] + '/json')"
 
 
 def bridgeproto(
@@ -87,7 +89,7 @@ def test_trace_and_decode(tmp_path: object) -> None:
     with upstream_in_thread() as url:
         result = bridgeproto(
             "run", "--upstream", url, "--trace", trace, "--",
-            "python3", "-c", "import os, urllib.request; urllib.request.urlopen(os.environ['BRIDGEPROTO_URL'] + '/json').read()",
+            "python3", "-c", FETCH_JSON,
         )  # fmt: skip
     assert result.returncode == 0, result.stderr
     decoded = bridgeproto("decode", trace)

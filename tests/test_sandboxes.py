@@ -3,27 +3,24 @@ guarantee, and bridges into real offline sandboxes."""
 
 from __future__ import annotations
 
-import base64
 import os
-import subprocess
-from collections.abc import AsyncIterator
 from typing import Any
 
 import anyio
 import attrs
-import httpx
 import pytest
+
 from bridgeproto_adapters import packaging
 from bridgeproto_adapters.conformance import check_sandbox_client
 from bridgeproto_adapters.launch import BridgeStartError, open_bridge
 from bridgeproto_adapters.sandboxes import (
+    BwrapSandbox,
     CommandPrefixSandbox,
     HarnessSandbox,
     LocalSandbox,
     SandboxError,
-    UnshareSandbox,
 )
-from sandbox_kinds import make_sandbox
+from sandbox_kinds import make_sandbox, need_bwrap
 from upstream import running_upstream
 
 pytestmark = pytest.mark.anyio
@@ -122,13 +119,15 @@ async def test_harness_errors_are_mapped() -> None:
 
 
 async def test_harness_read_file_accepts_str_bytes_and_content() -> None:
-    for answer in ("text", b"text", _Content("text")):
+    class Client:
+        answer: Any = None
 
-        class Client:
-            async def read_file(self, sandbox_id: str, file_path: str) -> Any:
-                return answer
+        async def read_file(self, sandbox_id: str, file_path: str) -> Any:
+            return self.answer
 
-        assert await HarnessSandbox(Client(), "x").read_file("/f") == b"text"  # type: ignore[arg-type]
+    client = Client()
+    for client.answer in ("text", b"text", _Content("text")):
+        assert await HarnessSandbox(client, "x").read_file("/f") == b"text"  # type: ignore[arg-type]
 
 
 # ------------------------------------------------------------------ offline
@@ -140,7 +139,8 @@ async def test_offline_sandboxes_cannot_reach_the_host(kind: str) -> None:
         script = (
             "import socket, sys\n"
             f"try:\n    socket.create_connection(('127.0.0.1', {upstream.port}), timeout=3)\n"
-            "except OSError as e:\n    print('unreachable', e.errno)\nelse:\n    print('REACHABLE')\n"
+            "except OSError as e:\n    print('unreachable', e.errno)\n"
+            "else:\n    print('REACHABLE')\n"
         )
         result = await sandbox.run(["python3", "-c", script])
         assert result.stdout.startswith(b"unreachable"), result
@@ -181,14 +181,14 @@ async def test_bridge_into_an_offline_sandbox(kind: str) -> None:
                 b"upstream saw " + SECRET,
             ], result
             # What the sandbox holds: placeholders, never the secret.
-            inside = await sandbox.run(
-                "env; grep -rl 'real-secret' /tmp 2>/dev/null; echo done", env=bridge.env
-            )
+            inside = await sandbox.run(["env"], env=bridge.env)
             assert b"OPENAI_API_KEY=bridgeproto-placeholder-key" in inside.stdout
             assert b"ANTHROPIC_BASE_URL=http://127.0.0.1:13131/rollout/k1" in inside.stdout
             assert b"OPENAI_BASE_URL=http://127.0.0.1:13131/rollout/k1/v1" in inside.stdout
-            assert b"real-secret" not in inside.stdout.replace(b"grep -rl", b"")
-            assert inside.stdout.endswith(b"done\n")
+            assert b"real-secret" not in inside.stdout
+            written = await sandbox.run("ls /tmp/bridgeproto-*.pyz && grep -rl real-secret /tmp")
+            assert b".pyz" in written.stdout  # the bridge's files are there, and
+            assert written.exit_code == 1  # none of them holds the secret
             # Another rollout's routes are refused inside the sandbox.
             other = await sandbox.run(
                 ["python3", "-c",
@@ -215,22 +215,47 @@ async def test_python_missing_or_too_old_is_a_clear_error() -> None:
 
 
 async def test_the_sandbox_side_is_uploaded_once_per_sandbox() -> None:
+    need_bwrap()
     writes: list[str] = []
 
-    class Counting(LocalSandbox):
+    class Counting(BwrapSandbox):
         async def write_file(self, path: str, data: bytes) -> None:
             writes.append(path)
             await super().write_file(path, data)
 
+    archive = packaging.build_zipapp()
+    assert packaging.build_zipapp() == archive  # cached by content hash
     async with running_upstream() as upstream:
-        sandbox = Counting()
-        # Each sandbox has its own /tmp in real backends; here, a fresh name.
-        first = packaging.build_zipapp()
-        assert packaging.build_zipapp() == first  # cached by content hash
-        for _ in range(2):
-            async with open_bridge(sandbox, upstream.url, listen=("127.0.0.1", 0)) as bridge:
-                assert bridge.session.ready.is_set()
-        assert writes.count(f"/tmp/{first.name}") <= 1
+        plain = await BwrapSandbox.create()
+        sandbox = Counting(plain._holder, plain._root)
+        try:
+            for _ in range(2):
+                async with open_bridge(sandbox, upstream.url) as bridge:
+                    assert bridge.session.ready.is_set()
+        finally:
+            await sandbox.aclose()
+    assert writes == [f"/tmp/{archive.name}"]
+
+
+async def test_a_failed_stop_can_be_retried() -> None:
+    async with (
+        running_upstream() as upstream,
+        make_sandbox("bwrap") as sandbox,
+        open_bridge(sandbox, upstream.url) as bridge,
+    ):
+        real_stop, failures = bridge.process.stop, []
+
+        async def flaky_stop(grace: float = 2.0) -> int:
+            if not failures:
+                failures.append(1)
+                raise OSError("the provider dropped the call")
+            return await real_stop(grace)
+
+        bridge.process.stop = flaky_stop  # type: ignore[method-assign]
+        with pytest.raises(OSError):
+            await bridge.stop()
+        await bridge.stop()  # the retry finishes the job
+        assert bridge.process.returncode is not None
 
 
 async def test_stop_with_requests_in_flight_is_bounded_and_retryable() -> None:

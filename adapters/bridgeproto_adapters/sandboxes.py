@@ -259,11 +259,12 @@ class BwrapSandbox(HostCommandSandbox):
     Create it with ``await BwrapSandbox.create()``. One sleeping process owns
     the network namespace (loopback only); every command enters it with
     ``nsenter`` and runs under its own bwrap: the host filesystem read-only,
-    a private writable ``/tmp`` and work directory (``/tmp`` here) that
-    persist for the sandbox's life.
+    a private writable ``/tmp``, and the work directory ``/tmp/work`` where
+    commands start; both persist for the sandbox's life.
     """
 
     name = "bwrap"
+    workdir = "/tmp/work"
 
     def __init__(self, holder: _NamespaceHolder, root: str) -> None:
         self._holder = holder
@@ -277,8 +278,7 @@ class BwrapSandbox(HostCommandSandbox):
                 "bwrap is not installed; install the bubblewrap package"
                 " (apt-get install bubblewrap) or use --sandbox unshare"
             )
-        root = tempfile.mkdtemp(prefix="bridgeproto-sandbox-")
-        os.mkdir(os.path.join(root, "tmp"))
+        root = _private_tmp()
         holder = await _start_holder(
             [
                 "bwrap",
@@ -328,6 +328,13 @@ class BwrapSandbox(HostCommandSandbox):
         shutil.rmtree(self._root, ignore_errors=True)
 
 
+def _private_tmp() -> str:
+    """A host directory to be the sandbox's /tmp, with its work directory."""
+    root = tempfile.mkdtemp(prefix="bridgeproto-sandbox-")
+    os.makedirs(os.path.join(root, "tmp", "work"))
+    return root
+
+
 def _nsenter(pid: int) -> list[str]:
     user = [] if os.geteuid() == 0 else ["--user", "--preserve-credentials"]
     return ["nsenter", f"--target={pid}", "--net", *user, "--"]
@@ -336,10 +343,12 @@ def _nsenter(pid: int) -> list[str]:
 class UnshareSandbox(HostCommandSandbox):
     """The same offline network guarantee with util-linux, for machines without bwrap.
 
-    The filesystem is the host's (writable); ``/tmp`` is private to the sandbox.
+    The filesystem is the host's (writable); ``/tmp`` is private to the
+    sandbox and commands start in ``/tmp/work``.
     """
 
     name = "unshare"
+    workdir = "/tmp/work"
 
     def __init__(self, holder: _NamespaceHolder, root: str) -> None:
         self._holder = holder
@@ -351,8 +360,7 @@ class UnshareSandbox(HostCommandSandbox):
         for tool in ("unshare", "nsenter"):
             if shutil.which(tool) is None:
                 raise SandboxUnavailable(f"{tool} is not installed; install util-linux")
-        root = tempfile.mkdtemp(prefix="bridgeproto-sandbox-")
-        os.mkdir(os.path.join(root, "tmp"))
+        root = _private_tmp()
         user = [] if os.geteuid() == 0 else ["--map-root-user"]
         holder = await _start_holder(
             [
