@@ -60,8 +60,10 @@ def one_line(stderr: str) -> str:
     return lines[0]
 
 
-def test_run_passes_the_exit_status_and_streams_output_through() -> None:
-    need_bwrap()
+@pytest.mark.parametrize("kind", ["bwrap", "unshare"])
+def test_run_passes_the_exit_status_and_streams_output_through(kind: str) -> None:
+    if kind == "bwrap":
+        need_bwrap()
     script = (
         "import json, os, urllib.request\n"
         "seen = json.load(urllib.request.urlopen(os.environ['BRIDGEPROTO_URL'] + '/echo'))\n"
@@ -72,14 +74,14 @@ def test_run_passes_the_exit_status_and_streams_output_through() -> None:
     with upstream_in_thread() as url:
         result = bridgeproto(
             "run", "--upstream", url + "/rollout/k", "--header", "Authorization: Bearer hush",
-            "--", "python3", "-c", script,
+            "--sandbox", kind, "--", "python3", "-c", script,
         )  # fmt: skip
     assert result.returncode == 7, result.stderr
     assert result.stdout.splitlines() == [
         "['Bearer hush']",
         "key inside: bridgeproto-placeholder-key",
     ]
-    assert "bridgeproto: sandbox: bwrap (offline)" in result.stderr
+    assert f"bridgeproto: sandbox: {kind} (offline)" in result.stderr
     assert "bridgeproto: 1 exchanges" in result.stderr and "added latency median" in result.stderr
 
 
@@ -172,3 +174,24 @@ def test_demo() -> None:
     assert "is unreachable directly" in out and "NOT offline" not in out
     assert "sandbox: bwrap (offline)" in out
     assert "bridgeproto: 1 exchanges" in result.stderr
+
+
+def test_verbose_prints_the_summary_while_running() -> None:
+    from bridgeproto_adapters.cli import _live_summary
+    from bridgeproto_adapters.session import SessionStats
+
+    class Session:
+        stats = SessionStats(exchanges=3)
+
+    async def scenario() -> None:
+        with anyio.move_on_after(0.35):
+            await _live_summary(Session(), interval=0.1)
+
+    import contextlib
+    import io
+
+    captured = io.StringIO()
+    with contextlib.redirect_stderr(captured):
+        anyio.run(scenario)
+    lines = captured.getvalue().splitlines()
+    assert len(lines) >= 2 and all(line.startswith("bridgeproto: 3 exchanges") for line in lines)

@@ -200,8 +200,9 @@ async def test_bridge_into_an_offline_sandbox(kind: str) -> None:
         assert bridge.session.stats.exchanges == 1  # the refusal never reached the host
 
 
-async def test_python_missing_or_too_old_is_a_clear_error() -> None:
-    async with running_upstream() as upstream, make_sandbox("bwrap") as sandbox:
+@pytest.mark.parametrize("kind", OFFLINE)
+async def test_python_missing_or_too_old_is_a_clear_error(kind: str) -> None:
+    async with running_upstream() as upstream, make_sandbox(kind) as sandbox:
         with pytest.raises(BridgeStartError, match=r"no working python3 on its PATH; install"):
             async with open_bridge(sandbox, upstream.url, env={"PATH": "/nonexistent"}):
                 pass
@@ -258,8 +259,9 @@ async def test_a_failed_stop_can_be_retried() -> None:
         assert bridge.process.returncode is not None
 
 
-async def test_stop_with_requests_in_flight_is_bounded_and_retryable() -> None:
-    async with running_upstream() as upstream, make_sandbox("bwrap") as sandbox:
+@pytest.mark.parametrize("kind", OFFLINE)
+async def test_stop_with_requests_in_flight_is_bounded(kind: str) -> None:
+    async with running_upstream() as upstream, make_sandbox(kind) as sandbox:
         config_grace = 1.0
         import bridgeproto as bp
 

@@ -16,7 +16,7 @@ import functools
 import sys
 import time
 from collections.abc import Sequence
-from typing import NoReturn, TextIO
+from typing import Any, NoReturn, TextIO
 
 import anyio
 
@@ -121,10 +121,10 @@ async def _run(args: argparse.Namespace) -> int:
         await sandbox.aclose()
 
 
-async def _live_summary(session: object) -> None:
+async def _live_summary(session: Any, interval: float = 5.0) -> None:
     while True:
-        await anyio.sleep(5)
-        print(session.stats.summary(), file=sys.stderr)  # type: ignore[attr-defined]
+        await anyio.sleep(interval)
+        print(session.stats.summary(), file=sys.stderr)
 
 
 def run(args: argparse.Namespace) -> int:
