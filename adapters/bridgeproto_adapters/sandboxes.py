@@ -28,7 +28,7 @@ import shutil
 import subprocess
 import tempfile
 from collections.abc import Mapping, Sequence
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import anyio
 import anyio.abc
@@ -253,18 +253,22 @@ async def _start_holder(argv: list[str], what: str) -> _NamespaceHolder:
     return _NamespaceHolder(process, int(line))
 
 
-class BwrapSandbox(HostCommandSandbox):
-    """An offline sandbox made with bubblewrap (Debian package ``bubblewrap``).
+_Sandbox = TypeVar("_Sandbox", bound="_OfflineSandbox")
 
-    Create it with ``await BwrapSandbox.create()``. One sleeping process owns
-    the network namespace (loopback only); every command enters it with
-    ``nsenter`` and runs under its own bwrap: the host filesystem read-only,
-    a private writable ``/tmp``, and the work directory ``/tmp/work`` where
-    commands start; both persist for the sandbox's life.
+
+class _OfflineSandbox(HostCommandSandbox):
+    """Shared by the offline backends: a namespace holder and a private /tmp.
+
+    One sleeping process owns a network namespace with only loopback; every
+    command enters it with ``nsenter``, so all of them (the sandbox side
+    included) share that loopback and nothing else. The host directory behind
+    ``/tmp`` (with the work directory ``/tmp/work``) lives as long as the
+    sandbox.
     """
 
-    name = "bwrap"
     workdir = "/tmp/work"
+    tools: tuple[str, ...] = ()
+    missing_tool_fix = ""
 
     def __init__(self, holder: _NamespaceHolder, root: str) -> None:
         self._holder = holder
@@ -272,67 +276,27 @@ class BwrapSandbox(HostCommandSandbox):
         self._tmp = os.path.join(root, "tmp")
 
     @classmethod
-    async def create(cls) -> BwrapSandbox:
-        if shutil.which("bwrap") is None:
-            raise SandboxUnavailable(
-                "bwrap is not installed; install the bubblewrap package"
-                " (apt-get install bubblewrap) or use --sandbox unshare"
-            )
-        root = _private_tmp()
-        holder = await _start_holder(
-            [
-                "bwrap",
-                "--unshare-net",
-                "--die-with-parent",
-                "--ro-bind",
-                "/",
-                "/",
-                "--dev",
-                "/dev",
-                "--proc",
-                "/proc",
-                "--",
-                "sh",
-                "-c",
-                "echo $$; exec sleep infinity",
-            ],
-            "bwrap",
-        )
-        # The pid printed inside is in bwrap's own pid view only when it
-        # unshares pids; it does not, so it is the host pid.
-        return cls(holder, root)
+    @abc.abstractmethod
+    def holder_argv(cls) -> list[str]:
+        """A command that makes the namespace, prints its pid and sleeps."""
 
-    def wrap(self, argv: list[str], cwd: str | None) -> list[str]:
-        return [
-            *_nsenter(self._holder.pid),
-            "bwrap",
-            "--die-with-parent",
-            "--ro-bind",
-            "/",
-            "/",
-            "--dev",
-            "/dev",
-            "--proc",
-            "/proc",
-            "--bind",
-            self._tmp,
-            "/tmp",
-            "--chdir",
-            cwd or self.workdir,
-            "--",
-            *argv,
-        ]
+    @classmethod
+    async def create(cls: type[_Sandbox]) -> _Sandbox:
+        for tool in cls.tools:
+            if shutil.which(tool) is None:
+                raise SandboxUnavailable(f"{tool} is not installed; {cls.missing_tool_fix}")
+        root = tempfile.mkdtemp(prefix="bridgeproto-sandbox-")
+        os.makedirs(os.path.join(root, "tmp", "work"))
+        try:
+            holder = await _start_holder(cls.holder_argv(), cls.name)
+        except BaseException:
+            shutil.rmtree(root, ignore_errors=True)
+            raise
+        return cls(holder, root)
 
     async def aclose(self) -> None:
         await self._holder.aclose()
         shutil.rmtree(self._root, ignore_errors=True)
-
-
-def _private_tmp() -> str:
-    """A host directory to be the sandbox's /tmp, with its work directory."""
-    root = tempfile.mkdtemp(prefix="bridgeproto-sandbox-")
-    os.makedirs(os.path.join(root, "tmp", "work"))
-    return root
 
 
 def _nsenter(pid: int) -> list[str]:
@@ -340,64 +304,64 @@ def _nsenter(pid: int) -> list[str]:
     return ["nsenter", f"--target={pid}", "--net", *user, "--"]
 
 
-class UnshareSandbox(HostCommandSandbox):
-    """The same offline network guarantee with util-linux, for machines without bwrap.
+class BwrapSandbox(_OfflineSandbox):
+    """An offline sandbox with bubblewrap: create with ``await BwrapSandbox.create()``.
 
-    The filesystem is the host's (writable); ``/tmp`` is private to the
-    sandbox and commands start in ``/tmp/work``.
+    Each command runs under its own bwrap with the host filesystem read-only
+    and the sandbox's private ``/tmp`` bound writable.
     """
 
-    name = "unshare"
-    workdir = "/tmp/work"
-
-    def __init__(self, holder: _NamespaceHolder, root: str) -> None:
-        self._holder = holder
-        self._root = root
-        self._tmp = os.path.join(root, "tmp")
+    name = "bwrap"
+    tools = ("bwrap", "nsenter")
+    missing_tool_fix = (
+        "install the bubblewrap package (apt-get install bubblewrap) or use --sandbox unshare"
+    )
+    _VIEW = ("--die-with-parent", "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc")
 
     @classmethod
-    async def create(cls) -> UnshareSandbox:
-        for tool in ("unshare", "nsenter"):
-            if shutil.which(tool) is None:
-                raise SandboxUnavailable(f"{tool} is not installed; install util-linux")
-        root = _private_tmp()
-        user = [] if os.geteuid() == 0 else ["--map-root-user"]
-        holder = await _start_holder(
-            [
-                "unshare",
-                "--net",
-                *user,
-                "--",
-                "sh",
-                "-c",
-                "(ip link set lo up 2>/dev/null || true); echo $$; exec sleep infinity",
-            ],
-            "unshare",
-        )
-        return cls(holder, root)
-
-    def wrap(self, argv: list[str], cwd: str | None) -> list[str]:
-        mount = (
-            f"mount --bind {shlex.quote(self._tmp)} /tmp && cd {shlex.quote(cwd or self.workdir)}"
-            ' && exec "$@"'
-        )
+    def holder_argv(cls) -> list[str]:
+        # bwrap shares the host's pid namespace here, so $$ is the host pid.
         return [
-            *_nsenter(self._holder.pid),
-            "unshare",
-            "--mount",
-            "--propagation",
-            "private",
+            "bwrap",
+            "--unshare-net",
+            *cls._VIEW,
             "--",
             "sh",
             "-c",
-            mount,
-            "sh",
-            *argv,
+            "echo $$; exec sleep infinity",
         ]
 
-    async def aclose(self) -> None:
-        await self._holder.aclose()
-        shutil.rmtree(self._root, ignore_errors=True)
+    def wrap(self, argv: list[str], cwd: str | None) -> list[str]:
+        return [
+            *_nsenter(self._holder.pid), "bwrap", *self._VIEW, "--bind", self._tmp, "/tmp",
+            "--chdir", cwd or self.workdir, "--", *argv,
+        ]  # fmt: skip
+
+
+class UnshareSandbox(_OfflineSandbox):
+    """The same offline network guarantee with util-linux, for machines without bwrap.
+
+    The filesystem is the host's and stays writable; only ``/tmp`` is private.
+    """
+
+    name = "unshare"
+    tools = ("unshare", "nsenter")
+    missing_tool_fix = "install util-linux"
+
+    @classmethod
+    def holder_argv(cls) -> list[str]:
+        user = [] if os.geteuid() == 0 else ["--map-root-user"]
+        script = "(ip link set lo up 2>/dev/null || true); echo $$; exec sleep infinity"
+        return ["unshare", "--net", *user, "--", "sh", "-c", script]
+
+    def wrap(self, argv: list[str], cwd: str | None) -> list[str]:
+        into = (
+            f"mount --bind {shlex.quote(self._tmp)} /tmp && cd {shlex.quote(cwd or self.workdir)}"
+        )
+        return [
+            *_nsenter(self._holder.pid), "unshare", "--mount", "--propagation", "private", "--",
+            "sh", "-c", into + ' && exec "$@"', "sh", *argv,
+        ]  # fmt: skip
 
 
 class LocalSandbox(HostCommandSandbox):
