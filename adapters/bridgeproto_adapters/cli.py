@@ -180,6 +180,35 @@ def decode(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---------------------------------------------------------------- bench
+
+
+def bench(args: argparse.Namespace) -> int:
+    import attrs
+
+    from .bench import report, runner
+
+    if args.plot:
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            return _fail("--plot needs matplotlib: pip install 'bridgeproto[bench]'")
+    sizes = runner.QUICK if args.quick else runner.FULL
+    if args.bridges is not None:
+        sizes = attrs.evolve(sizes, bridges=args.bridges)
+    bench_run = runner.Bench(sizes, args.sandbox, lambda line: print(line, file=sys.stderr))
+    try:
+        results = anyio.run(bench_run.run)
+    except BridgeError as exc:
+        return _fail(str(exc))
+    print(report.table(results))
+    if args.json:
+        report.write_json(results, args.json)
+    if args.plot:
+        report.plot(results, args.plot)
+    return 0
+
+
 # ---------------------------------------------------------------- sandbox side
 
 
@@ -264,6 +293,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     demo_p = commands.add_parser("demo", help="the whole bridge end to end, with nothing else")
     demo_p.add_argument("--sandbox", choices=["auto", "bwrap", "unshare", "local"], default="auto")
 
+    bench_p = commands.add_parser(
+        "bench", help="measure direct, bridged and a polling baseline side by side"
+    )
+    bench_p.add_argument("--quick", action="store_true", help="every scenario, small (< 30 s)")
+    bench_p.add_argument("--json", help="write every figure and the machine to this file")
+    bench_p.add_argument("--plot", help="write latency and streaming plots to this PNG")
+    bench_p.add_argument("--bridges", type=int, help="bridges for the scale scenario")
+    bench_p.add_argument("--sandbox", choices=["auto", "bwrap", "unshare"], default="auto")
+
     decode_p = commands.add_parser("decode", help="print a --trace file, one line per frame")
     decode_p.add_argument("trace")
 
@@ -291,6 +329,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _fail(str(exc))
     if args.command_name == "decode":
         return decode(args)
+    if args.command_name == "bench":
+        return bench(args)
     return sandbox_side(args)
 
 

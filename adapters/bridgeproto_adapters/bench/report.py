@@ -1,0 +1,192 @@
+"""The benchmark's output: a table for people, JSON for machines, a plot."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from .runner import SYSTEMS
+
+
+def _row(cells: list[str], widths: list[int]) -> str:
+    return "  ".join(
+        cell.rjust(width) if i else cell.ljust(width)
+        for i, (cell, width) in enumerate(zip(cells, widths, strict=True))
+    )
+
+
+def _block(title: str, header: list[str], rows: list[list[str]]) -> str:
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    lines = [title, _row(header, widths), _row(["-" * w for w in widths], widths)]
+    lines += [_row(r, widths) for r in rows]
+    return "\n".join(lines)
+
+
+def _ms(seconds: float | None) -> str:
+    return "-" if seconds is None else f"{seconds * 1000:.2f}"
+
+
+def table(results: dict[str, Any]) -> str:
+    s = results["scenarios"]
+    blocks = []
+    if "latency" in s:
+        direct = s["latency"]["direct"]["seconds"]["median"]
+        rows = []
+        for system in SYSTEMS:
+            lat = s["latency"][system]["seconds"]
+            added = lat["median"] - direct
+            rows.append(
+                [
+                    system,
+                    _ms(lat["median"]),
+                    _ms(lat["p99"]),
+                    _ms(added),
+                    f"{lat['median'] / direct:.1f}x",
+                ]
+            )
+        blocks.append(
+            _block(
+                "latency: small JSON POSTs, one after another",
+                ["system", "median ms", "p99 ms", "added ms", "vs direct"],
+                rows,
+            )
+        )
+    if "streaming" in s:
+        rows = []
+        for system in SYSTEMS:
+            st = s["streaming"][system]
+            delay = st["event_delay_seconds"]
+            rows.append(
+                [system, _ms(st["first_event_seconds"]), _ms(delay["median"]), _ms(delay["p99"])]
+            )
+        blocks.append(
+            _block(
+                "streaming: SSE events written 20 ms apart",
+                ["system", "first event ms", "delay median ms", "delay p99 ms"],
+                rows,
+            )
+        )
+    if "throughput" in s:
+        levels = list(s["throughput"]["direct"])
+        rows = []
+        for system in SYSTEMS:
+            tp = s["throughput"][system]
+            cells = [f"{tp[c]['requests_per_second']:.0f}" for c in levels]
+            top = levels[-1]
+            ratio = (
+                tp[top]["requests_per_second"]
+                / s["throughput"]["direct"][top]["requests_per_second"]
+            )
+            rows.append([system, *cells, f"{ratio:.0%}"])
+        blocks.append(
+            _block(
+                "throughput: requests per second by concurrent clients",
+                ["system", *[f"{c} clients" for c in levels], f"vs direct @{levels[-1]}"],
+                rows,
+            )
+        )
+    if "bulk" in s:
+        rows = []
+        for system in SYSTEMS:
+            b = s["bulk"][system]
+            side = [b[d]["sandbox_side_peak_rss_mib"] for d in ("upload", "download")]
+            rows.append(
+                [
+                    system,
+                    f"{b['bytes'] >> 20}",
+                    f"{b['upload']['mb_per_second']:.0f}",
+                    f"{b['download']['mb_per_second']:.0f}",
+                    f"{max(b[d]['host_peak_rss_mib'] for d in ('upload', 'download')):.0f}",
+                    "-" if side[0] is None else f"{max(side):.0f}",
+                ]
+            )
+        blocks.append(
+            _block(
+                "bulk: one upload and one download",
+                ["system", "MiB", "up MB/s", "down MB/s", "host peak MiB", "sandbox side peak MiB"],
+                rows,
+            )
+        )
+    if "cost" in s:
+        rows = []
+        for system in SYSTEMS[1:]:
+            c = s["cost"][system]
+            rows.append(
+                [
+                    system,
+                    f"{c['host_cpu_seconds_per_1000']:.2f}",
+                    f"{c['sandbox_cpu_seconds_per_1000']:.2f}",
+                    f"{c['calls_per_request']:.2f}",
+                    f"{c['calls_per_idle_minute']:.0f}",
+                    f"{c['host_idle_cpu_percent']:.1f}",
+                ]
+            )
+        blocks.append(
+            _block(
+                "cost: CPU per 1000 requests and control-plane calls",
+                [
+                    "system",
+                    "host CPU s",
+                    "sandbox CPU s",
+                    "calls/request",
+                    "calls/idle min",
+                    "host idle CPU %",
+                ],
+                rows,
+            )
+        )
+    if "scale" in s:
+        sc = s["scale"]["bridgeproto"]
+        rows = [
+            [
+                f"{sc['bridges_held']} of {sc['bridges_wanted']}",
+                f"{sc['start_seconds']:.1f}",
+                f"{sc['host_rss_mib_per_bridge']:.2f}",
+                f"{sc['host_idle_cpu_percent']:.2f}",
+                f"{sc['requests_ok']}",
+            ]
+        ]
+        blocks.append(
+            _block(
+                "scale: bridges held by one host process",
+                ["bridges", "start s", "host MiB/bridge", "idle CPU %", "requests ok"],
+                rows,
+            )
+        )
+        if sc["limit_reason"]:
+            blocks.append(f"  ({sc['limit_reason']})")
+    machine = results["machine"]
+    head = (
+        f"bridgeproto bench on {machine['cpus']} CPUs ({machine['cpu_model']}), "
+        f"{machine['memory_gib']} GiB, Linux {machine['kernel']}, Python {machine['python']}; "
+        f"{results.get('sandbox', '')}"
+    )
+    return "\n\n".join([head, *blocks]) + "\n"
+
+
+def write_json(results: dict[str, Any], path: str) -> None:
+    with open(path, "w") as file:
+        json.dump(results, file, indent=1)
+
+
+def plot(results: dict[str, Any], path: str) -> None:
+    import matplotlib  # an optional extra: pip install 'bridgeproto[bench]'
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    s = results["scenarios"]
+    figure, (left, right) = plt.subplots(1, 2, figsize=(11, 4.5))
+    for axis, scenario, title in (
+        (left, "latency", "latency per request (ms)"),
+        (right, "streaming", "SSE event delay (ms)"),
+    ):
+        data = [[v * 1000 for v in s[scenario][system]["raw"]] for system in SYSTEMS]
+        axis.boxplot(data, showfliers=True)
+        axis.set_xticks(range(1, len(SYSTEMS) + 1), SYSTEMS)
+        axis.set_yscale("log")
+        axis.set_title(title)
+        axis.grid(axis="y", alpha=0.3)
+    figure.suptitle("bridgeproto: direct, bridged, polling baseline (log scale)")
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)

@@ -1,0 +1,395 @@
+"""Runs the benchmark scenarios: direct, bridged and polling, side by side.
+
+One upstream process serves all three. The same agent (``agent.py``, standard
+library only) measures every scenario: on the host for direct, inside an
+offline sandbox for the bridge and for the polling baseline. Control-plane
+calls are counted on the sandbox client the bridge or the baseline uses; the
+agent's own calls are the benchmark's, not theirs, and are not counted.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import pathlib
+import platform
+import resource
+import statistics
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import anyio
+import anyio.abc
+import attrs
+
+from ..launch import Bridge, open_bridge
+from ..sandboxes import CommandResult, HostCommandSandbox, LiveProcess, open_sandbox
+from .polling import PollingBaseline
+
+AGENT_SOURCE = (pathlib.Path(__file__).parent / "agent.py").read_text()
+SYSTEMS = ("direct", "bridgeproto", "polling")
+POLL_PORT = 13132
+MiB = 1 << 20
+
+
+@attrs.frozen
+class Sizes:
+    latency_requests: int
+    stream_events: int
+    stream_gap: float
+    concurrencies: tuple[int, ...]
+    throughput_seconds: float
+    bulk_bytes: int
+    polling_bulk_bytes: int
+    cost_requests: int
+    polling_cost_requests: int
+    idle_seconds: float
+    bridges: int
+    scale_idle_seconds: float
+
+
+FULL = Sizes(300, 50, 0.02, (1, 8, 32, 64), 3.0, 256 * MiB, 256 * MiB, 1000, 100, 20.0, 256, 30.0)
+QUICK = Sizes(20, 10, 0.02, (1, 8), 0.5, 4 * MiB, 1 * MiB, 50, 5, 1.0, 2, 1.0)
+
+
+class CountingSandbox(HostCommandSandbox):
+    """Counts the control-plane calls made through it."""
+
+    def __init__(self, inner: HostCommandSandbox) -> None:
+        self.inner = inner
+        self.name = inner.name
+        self.workdir = inner.workdir
+        self.calls = 0
+
+    def wrap(self, argv: list[str], cwd: str | None) -> list[str]:
+        return self.inner.wrap(argv, cwd)
+
+    async def run(self, *args: Any, **kwargs: Any) -> CommandResult:
+        self.calls += 1
+        return await self.inner.run(*args, **kwargs)
+
+    async def read_file(self, path: str) -> bytes:
+        self.calls += 1
+        return await self.inner.read_file(path)
+
+    async def write_file(self, path: str, data: bytes) -> None:
+        self.calls += 1
+        await self.inner.write_file(path, data)
+
+    async def open_process(
+        self, command: Sequence[str], *, env: Mapping[str, str] | None = None
+    ) -> LiveProcess:
+        self.calls += 1
+        return await self.inner.open_process(command, env=env)
+
+
+# ---------------------------------------------------------------- process facts
+
+
+def cpu_seconds(pid: int | str = "self") -> float:
+    fields = pathlib.Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    ticks = int(fields[11]) + int(fields[12])  # utime, stime
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def rss_kib(pid: int | str = "self", field: str = "VmRSS") -> int:
+    for line in pathlib.Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    return 0
+
+
+def reset_peak_rss(pid: int | str = "self") -> None:
+    # Older kernels refuse; the peak is then since the process started.
+    with contextlib.suppress(OSError):
+        pathlib.Path(f"/proc/{pid}/clear_refs").write_text("5")
+
+
+def find_pid(marker: str) -> int | None:
+    """The pid of the Python process whose arguments contain ``marker``.
+
+    The sandboxes share the host's pid namespace, so their processes are
+    visible here; the wrappers around them (nsenter, bwrap) are skipped.
+    """
+    for entry in pathlib.Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if os.path.basename(argv[0]).startswith(b"python") and marker.encode() in argv:
+            return int(entry.name)
+    return None
+
+
+def describe_machine() -> dict[str, Any]:
+    model = ""
+    try:
+        for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {
+        "cpus": os.cpu_count(),
+        "cpu_model": model,
+        "memory_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "when": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+    }
+
+
+def summarize(values: Sequence[float]) -> dict[str, float]:
+    ordered = sorted(values)
+    return {
+        "median": statistics.median(ordered),
+        "p99": ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))],
+        "n": len(ordered),
+    }
+
+
+# ---------------------------------------------------------------- the run
+
+
+class Bench:
+    def __init__(self, sizes: Sizes, sandbox_kind: str, say: Any) -> None:
+        self.sizes = sizes
+        self.sandbox_kind = sandbox_kind
+        self.say = say
+        self.results: dict[str, Any] = {"machine": describe_machine(), "scenarios": {}}
+        self.upstream_port = 0
+        self.bridge: Bridge | None = None
+        self.bridge_box: CountingSandbox | None = None
+        self.poll_box: CountingSandbox | None = None
+        self.polling: PollingBaseline | None = None
+        self.sandbox_side_pid: int | None = None
+        self.poll_server_pid: int | None = None
+
+    # -- plumbing
+
+    def url(self, system: str) -> str:
+        if system == "direct":
+            return f"http://127.0.0.1:{self.upstream_port}/bench"
+        if system == "bridgeproto":
+            assert self.bridge is not None
+            return self.bridge.url
+        return f"http://127.0.0.1:{POLL_PORT}/bench"
+
+    async def agent(self, system: str, scenario: str, **args: Any) -> dict[str, Any]:
+        """Run the agent for one scenario where that system's agent lives."""
+        payload = json.dumps({"scenario": scenario, "url": self.url(system), **args})
+        if system == "direct":
+            result = await anyio.run_process(
+                [sys.executable, "-c", AGENT_SOURCE, payload], check=False
+            )
+            code, out, err = result.returncode, result.stdout, result.stderr
+        else:
+            box = self.bridge_box if system == "bridgeproto" else self.poll_box
+            assert box is not None
+            done = await box.inner.run(["python3", "-c", AGENT_SOURCE, payload])
+            code, out, err = done.exit_code, done.stdout, done.stderr
+        if code != 0:
+            raise RuntimeError(f"{system} {scenario} agent failed: {err.decode()[-500:]}")
+        answer: dict[str, Any] = json.loads(out)
+        return answer
+
+    async def with_polling(self, system: str, scenario: str, **args: Any) -> dict[str, Any]:
+        """The polling host loop runs only while the polling system is measured."""
+        if system != "polling":
+            return await self.agent(system, scenario, **args)
+        assert self.polling is not None
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(self.polling.run)
+            try:
+                answer = await self.agent(system, scenario, **args)
+            finally:
+                tg.cancel_scope.cancel()
+        return answer
+
+    def record(self, scenario: str, system: str, figures: dict[str, Any]) -> None:
+        self.results["scenarios"].setdefault(scenario, {})[system] = figures
+
+    # -- scenarios
+
+    async def latency(self) -> None:
+        for system in SYSTEMS:
+            raw = await self.with_polling(system, "latency", n=self.sizes.latency_requests)
+            self.record(
+                "latency", system, {"seconds": summarize(raw["seconds"]), "raw": raw["seconds"]}
+            )
+
+    async def streaming(self) -> None:
+        for system in SYSTEMS:
+            raw = await self.with_polling(
+                system, "stream", n=self.sizes.stream_events, gap=self.sizes.stream_gap
+            )
+            self.record("streaming", system, {
+                "first_event_seconds": raw["first_event"],
+                "event_delay_seconds": summarize(raw["delays"]),
+                "raw": raw["delays"],
+            })  # fmt: skip
+
+    async def throughput(self) -> None:
+        for system in SYSTEMS:
+            figures = {}
+            for concurrency in self.sizes.concurrencies:
+                raw = await self.with_polling(
+                    system, "throughput", concurrency=concurrency,
+                    duration=self.sizes.throughput_seconds,
+                )  # fmt: skip
+                figures[str(concurrency)] = {
+                    "requests_per_second": raw["requests"] / raw["seconds"],
+                    "errors": raw["errors"],
+                }
+            self.record("throughput", system, figures)
+
+    async def bulk(self) -> None:
+        for system in SYSTEMS:
+            size = self.sizes.polling_bulk_bytes if system == "polling" else self.sizes.bulk_bytes
+            side = self.sandbox_side_pid if system == "bridgeproto" else self.poll_server_pid
+            figures: dict[str, Any] = {"bytes": size}
+            for direction in ("upload", "download"):
+                reset_peak_rss()
+                if side:
+                    reset_peak_rss(side)
+                raw = await self.with_polling(system, direction, size=size)
+                figures[direction] = {
+                    "mb_per_second": size / raw["seconds"] / 1e6,
+                    "host_peak_rss_mib": rss_kib("self", "VmHWM") / 1024,
+                    "sandbox_side_peak_rss_mib": rss_kib(side, "VmHWM") / 1024 if side else None,
+                }
+            self.record("bulk", system, figures)
+
+    async def cost(self) -> None:
+        for system in SYSTEMS:
+            box = {"bridgeproto": self.bridge_box, "polling": self.poll_box}.get(system)
+            side = self.sandbox_side_pid if system == "bridgeproto" else self.poll_server_pid
+            n = (
+                self.sizes.polling_cost_requests
+                if system == "polling"
+                else self.sizes.cost_requests
+            )
+            host0, side0 = cpu_seconds(), cpu_seconds(side) if side else 0.0
+            calls0 = box.calls if box else 0
+            await self.with_polling(system, "requests", n=n)
+            host1, side1 = cpu_seconds(), cpu_seconds(side) if side else 0.0
+            figures: dict[str, Any] = {"requests": n}
+            if system != "direct":
+                assert box is not None
+                figures["host_cpu_seconds_per_1000"] = (host1 - host0) * 1000 / n
+                figures["sandbox_cpu_seconds_per_1000"] = (side1 - side0) * 1000 / n
+                figures["calls_per_request"] = (box.calls - calls0) / n
+                idle0, idle_cpu0 = box.calls, cpu_seconds()
+                if system == "polling":
+                    assert self.polling is not None
+                    async with anyio.create_task_group() as tg:
+                        tg.start_soon(self.polling.run)
+                        await anyio.sleep(self.sizes.idle_seconds)
+                        tg.cancel_scope.cancel()
+                else:
+                    await anyio.sleep(self.sizes.idle_seconds)
+                seconds = self.sizes.idle_seconds
+                figures["calls_per_idle_minute"] = (box.calls - idle0) * 60 / seconds
+                figures["host_idle_cpu_percent"] = (cpu_seconds() - idle_cpu0) * 100 / seconds
+            self.record("cost", system, figures)
+
+    async def scale(self) -> None:
+        wanted = self.sizes.bridges
+        held: list[tuple[HostCommandSandbox, Any, Bridge]] = []
+        reason = ""
+        rss0 = rss_kib()
+        started = time.perf_counter()
+        upstream = f"http://127.0.0.1:{self.upstream_port}/bench"
+        try:
+            for index in range(wanted):
+                try:
+                    sandbox, _ = await open_sandbox(self.sandbox_kind)
+                    context = open_bridge(sandbox, upstream)
+                    bridge = await context.__aenter__()
+                except Exception as exc:  # the machine's limit: say which
+                    reason = f"stopped at {index} bridges: {exc!r}"
+                    break
+                held.append((sandbox, context, bridge))
+            count = len(held)
+            rss1 = rss_kib()
+            cpu0 = cpu_seconds()
+            await anyio.sleep(self.sizes.scale_idle_seconds)
+            idle_cpu = (cpu_seconds() - cpu0) * 100 / self.sizes.scale_idle_seconds
+            ok = 0
+            limiter = anyio.CapacityLimiter(8)
+
+            async def one(sandbox: HostCommandSandbox, bridge: Bridge) -> None:
+                nonlocal ok
+                async with limiter:
+                    payload = json.dumps({"scenario": "requests", "url": bridge.url, "n": 1})
+                    done = await sandbox.run(["python3", "-c", AGENT_SOURCE, payload])
+                    ok += done.exit_code == 0
+
+            async with anyio.create_task_group() as tg:
+                for sandbox, _, bridge in held:
+                    tg.start_soon(one, sandbox, bridge)
+            self.record("scale", "bridgeproto", {
+                "bridges_wanted": wanted,
+                "bridges_held": count,
+                "limit_reason": reason,
+                "start_seconds": time.perf_counter() - started,
+                "host_rss_mib_per_bridge": (rss1 - rss0) / 1024 / max(count, 1),
+                "host_idle_cpu_percent": idle_cpu,
+                "requests_ok": ok,
+            })  # fmt: skip
+        finally:
+            for sandbox, context, _ in reversed(held):
+                await context.__aexit__(None, None, None)
+                await sandbox.aclose()
+
+    # -- the whole run
+
+    async def run(self) -> dict[str, Any]:
+        _raise_file_limit()
+        upstream = await anyio.open_process(
+            [sys.executable, "-m", "bridgeproto_adapters.bench.upstream"]
+        )
+        try:
+            assert upstream.stdout is not None
+            self.upstream_port = int((await upstream.stdout.receive()).split()[0])
+            bridge_sandbox, note = await open_sandbox(self.sandbox_kind)
+            poll_sandbox, _ = await open_sandbox(self.sandbox_kind)
+            self.say(f"bench: {note}; upstream on 127.0.0.1:{self.upstream_port}")
+            self.results["sandbox"] = note
+            self.bridge_box = CountingSandbox(bridge_sandbox)
+            self.poll_box = CountingSandbox(poll_sandbox)
+            self.polling = PollingBaseline(self.poll_box, "127.0.0.1", self.upstream_port)
+            try:
+                await self.polling.start(POLL_PORT)
+                self.poll_server_pid = find_pid(str(POLL_PORT))
+                target = f"http://127.0.0.1:{self.upstream_port}/bench"
+                async with open_bridge(self.bridge_box, target) as bridge:
+                    self.bridge = bridge
+                    self.sandbox_side_pid = find_pid(bridge.session.conn.session_id.hex())
+                    for scenario in (self.latency, self.streaming, self.throughput, self.bulk,
+                                     self.cost):  # fmt: skip
+                        self.say(f"bench: {scenario.__name__} ...")
+                        await scenario()
+                self.say("bench: scale ...")
+                await self.scale()
+            finally:
+                await self.polling.aclose()
+                await bridge_sandbox.aclose()
+                await poll_sandbox.aclose()
+        finally:
+            upstream.terminate()
+            await upstream.wait()
+            await upstream.aclose()
+        return self.results
+
+
+def _raise_file_limit() -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))

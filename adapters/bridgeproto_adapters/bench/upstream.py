@@ -1,0 +1,104 @@
+"""The benchmark's upstream: a real HTTP/1.1 server on loopback, in its own process.
+
+Routes: POST or GET /json (a small JSON answer), GET /sse?n=N&gap=S (N events
+S seconds apart, each carrying the wall-clock time it was written), POST
+/sink (reads the body, answers its size), GET /source?size=N (N bytes).
+Run as ``python -m bridgeproto_adapters.bench.upstream``; it prints its port.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from urllib.parse import parse_qs, urlsplit
+
+import anyio
+import anyio.abc
+import h11
+
+BLOCK = bytes(range(256)) * 1024  # 256 KiB
+Send = Callable[[h11.Event], Awaitable[None]]
+
+
+async def _serve(stream: anyio.abc.SocketStream) -> None:
+    conn = h11.Connection(h11.SERVER)
+
+    async def next_event() -> h11.Event:
+        while True:
+            event = conn.next_event()
+            if event is not h11.NEED_DATA:
+                return event  # type: ignore[return-value]
+            try:
+                conn.receive_data(await stream.receive(1 << 20))
+            except (anyio.EndOfStream, anyio.BrokenResourceError):
+                conn.receive_data(b"")
+
+    async def send(event: h11.Event) -> None:
+        data = conn.send(event)
+        if data:
+            await stream.send(data)
+
+    async with stream:
+        try:
+            while True:
+                request = await next_event()
+                if not isinstance(request, h11.Request):
+                    return
+                received = 0
+                while not isinstance(event := await next_event(), h11.EndOfMessage):
+                    if isinstance(event, h11.Data):
+                        received += len(event.data)
+                    elif isinstance(event, h11.ConnectionClosed):
+                        return
+                await _answer(request, received, send)
+                if conn.our_state is not h11.DONE or conn.their_state is not h11.DONE:
+                    return
+                conn.start_next_cycle()
+        except (anyio.BrokenResourceError, OSError, h11.ProtocolError):
+            return
+
+
+async def _answer(request: h11.Request, received: int, send: Send) -> None:
+    url = urlsplit(request.target.decode())
+    query = {k: v[0] for k, v in parse_qs(url.query).items()}
+    path = url.path.rsplit("/", 1)[-1]
+    if path == "sse":
+        await send(h11.Response(status_code=200, headers=[(b"content-type", b"text/event-stream")]))
+        gap = float(query.get("gap", "0.02"))
+        for i in range(int(query.get("n", "50"))):
+            if i:
+                await anyio.sleep(gap)
+            event = json.dumps({"i": i, "written": time.time()}).encode()
+            await send(h11.Data(data=b"data: " + event + b"\n\n"))
+        await send(h11.EndOfMessage())
+        return
+    if path == "source":
+        size = int(query.get("size", "0"))
+        await send(h11.Response(status_code=200, headers=[(b"content-length", b"%d" % size)]))
+        while size > 0:
+            chunk = BLOCK[: min(size, len(BLOCK))]
+            await send(h11.Data(data=chunk))
+            size -= len(chunk)
+        await send(h11.EndOfMessage())
+        return
+    body = json.dumps({"ok": True, "received": received}).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))]
+    await send(h11.Response(status_code=200, headers=headers))
+    await send(h11.Data(data=body))
+    await send(h11.EndOfMessage())
+
+
+async def main() -> None:
+    listener = await anyio.create_tcp_listener(local_host="127.0.0.1", local_port=0, backlog=1024)
+    print(listener.extra(anyio.abc.SocketAttribute.local_port), flush=True)
+    async with listener:
+        await listener.serve(_serve)
+
+
+if __name__ == "__main__":
+    try:
+        anyio.run(main)
+    except KeyboardInterrupt:
+        sys.exit(0)

@@ -1,0 +1,49 @@
+"""bridgeproto bench keeps working: the quick run produces every figure.
+
+Speeds are reported by the benchmark, never asserted here.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+from sandbox_kinds import need_bwrap
+
+
+def test_quick_bench_produces_every_figure(tmp_path: object) -> None:
+    need_bwrap()
+    out = os.path.join(str(tmp_path), "bench.json")
+    result = subprocess.run(
+        [sys.executable, "-m", "bridgeproto_adapters", "bench", "--quick", "--json", out],
+        capture_output=True, text=True, timeout=180,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    with open(out) as file:
+        figures = json.load(file)
+    scenarios = figures["scenarios"]
+    systems = {"direct", "bridgeproto", "polling"}
+    for name in ("latency", "streaming", "throughput", "bulk", "cost"):
+        present = set(scenarios[name])
+        assert present == systems, (name, present)
+    for system in systems:
+        assert scenarios["latency"][system]["seconds"]["n"] == 20
+        assert len(scenarios["streaming"][system]["raw"]) == 10
+        assert set(scenarios["throughput"][system]) == {"1", "8"}
+        for level in scenarios["throughput"][system].values():
+            assert level["requests_per_second"] > 0 and not level["errors"]
+        for direction in ("upload", "download"):
+            assert scenarios["bulk"][system][direction]["mb_per_second"] > 0
+    for system in ("bridgeproto", "polling"):
+        cost = scenarios["cost"][system]
+        assert {"host_cpu_seconds_per_1000", "sandbox_cpu_seconds_per_1000",
+                "calls_per_request", "calls_per_idle_minute"} <= set(cost)  # fmt: skip
+        side = scenarios["bulk"][system]["upload"]["sandbox_side_peak_rss_mib"]
+        assert side is not None and side > 5  # the real sandbox-side process was found
+    assert scenarios["cost"]["polling"]["calls_per_request"] >= 3
+    scale = scenarios["scale"]["bridgeproto"]
+    assert scale["bridges_held"] == scale["requests_ok"] == 2
+    assert "latency: small JSON POSTs" in result.stdout
+    assert "scale: bridges held by one host process" in result.stdout
