@@ -24,6 +24,7 @@ from .errors import ExchangeAborted, UpstreamError
 from .session import Exchange, Session, Tracer
 
 _READ_SIZE = 256 << 10
+_REQUEST_TAIL_SECONDS = 5.0
 _UPSTREAM_IO_ERRORS = (
     OSError,
     anyio.EndOfStream,
@@ -174,17 +175,24 @@ class HostSide:
             return
         errors: list[Exception] = []  # child tasks report here, never raise
         head_sent = kept = False
+        request_sent = anyio.Event()
         try:
             await conn.send(request)
             if not _has_body(request):
-                await conn.send(h11.EndOfMessage())  # ready for reuse as soon as answered
+                await conn.send(h11.EndOfMessage())
+                request_sent.set()
             async with anyio.create_task_group() as tg:
-                tg.start_soon(self._upload, exchange, conn, tg.cancel_scope, errors)
+                tg.start_soon(self._upload, exchange, conn, tg.cancel_scope, errors, request_sent)
                 try:
                     head_sent = await self._download(exchange, conn)
                 except (*_UPSTREAM_IO_ERRORS, TimeoutError, ExchangeAborted) as exc:
                     errors.append(exc)
                 else:
+                    # An upstream that knows the body's length may answer
+                    # before the bridge's end-of-body is through; the
+                    # connection can be reused once it is.
+                    with anyio.move_on_after(_REQUEST_TAIL_SECONDS):
+                        await request_sent.wait()
                     kept = not errors and self.pool.keep(conn)
                 # The response is complete or failed: the upload has nothing left to do.
                 tg.cancel_scope.cancel()
@@ -205,13 +213,9 @@ class HostSide:
                 bp.ErrorCode.UPSTREAM_TIMEOUT,
                 f"no response head from the upstream within {self.options.response_timeout:g} s",
             )
-        refused = isinstance(error, (OSError, anyio.BrokenResourceError, anyio.EndOfStream))
-        if not head_sent and refused:
-            return (
-                bp.ErrorCode.UPSTREAM_FAILED,
-                f"the upstream closed the connection before answering: {error!r}",
-            )
-        return bp.ErrorCode.UPSTREAM_FAILED, f"the upstream broke the response: {error!r}"
+        if head_sent:
+            return bp.ErrorCode.UPSTREAM_FAILED, f"the upstream broke the response: {error!r}"
+        return bp.ErrorCode.UPSTREAM_FAILED, f"the upstream failed before answering: {error!r}"
 
     async def _upload(
         self,
@@ -219,6 +223,7 @@ class HostSide:
         conn: UpstreamConnection,
         scope: anyio.CancelScope,
         errors: list[Exception],
+        request_sent: anyio.Event,
     ) -> None:
         """The request body, bridge to upstream; a reset from the sandbox cancels all."""
         try:
@@ -228,6 +233,7 @@ class HostSide:
                     exchange.consume(len(event.data))
                 elif isinstance(event, bp.EndOfBody) and conn.h11.our_state is h11.SEND_BODY:
                     await conn.send(h11.EndOfMessage())
+                    request_sent.set()
                 elif isinstance(event, bp.ExchangeReset):
                     errors.append(ExchangeAborted(event.code, event.reason))
                     scope.cancel()  # stop reading the upstream; its connection closes

@@ -10,6 +10,8 @@ hangs up, aborts the connection and resets the exchange.
 
 from __future__ import annotations
 
+import contextlib
+
 import anyio
 import anyio.abc
 import attrs
@@ -22,6 +24,8 @@ from .session import Exchange, Session
 
 DEFAULT_LISTEN = ("127.0.0.1", 13131)
 _ANSWER_GRACE_SECONDS = 2.0
+_REQUEST_TAIL_SECONDS = 5.0
+_LINGER_SECONDS = 2.0
 _AGENT_IO_ERRORS = (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError)
 _CAUSE_BY_STATUS = {431: "headers-too-large", 413: "body-too-large"}
 
@@ -32,6 +36,7 @@ class _Outcome:
 
     abort: bool = False
     reply: bytes | None = None
+    request_read: anyio.Event = attrs.field(factory=anyio.Event)
 
 
 class _Agent:
@@ -73,6 +78,21 @@ class _Agent:
                 data = b""
             self.http.receive_data(data)
 
+    async def refuse(self, reply: bytes) -> None:
+        """Answer and close, letting the agent read the answer.
+
+        An agent may still be sending the request we refused; closing a
+        socket with unread input resets it, and the agent would see the
+        reset instead of our answer. So: answer, stop writing, and drain
+        what it still sends, for a bounded time.
+        """
+        await self.stream.send(reply)
+        with contextlib.suppress(*_AGENT_IO_ERRORS, anyio.EndOfStream):
+            await self.stream.send_eof()
+            with anyio.move_on_after(_LINGER_SECONDS):
+                while await self.chunks.receive():
+                    pass
+
     async def close(self) -> None:
         self.chunks.close()  # a pump waiting to hand over a chunk stops
         await self.stream.aclose()  # a pump waiting on the socket wakes and stops
@@ -110,7 +130,7 @@ class SandboxSide:
         event = await agent.next_event()
         if isinstance(event, bp.AgentRefused):
             if event.reply is not None:
-                await agent.stream.send(event.reply)
+                await agent.refuse(event.reply)
             return False
         if not isinstance(event, bp.AgentRequest):
             return False  # the agent closed the connection between requests
@@ -147,9 +167,15 @@ class SandboxSide:
         async with anyio.create_task_group() as tg:
             tg.start_soon(self._upload, agent, exchange, tg.cancel_scope, outcome)
             complete = await self._download(agent, exchange)
+            if complete:
+                # The upstream may answer before the agent's last request
+                # bytes were read here (it knows the length); read them, so
+                # the connection can serve the next request.
+                with anyio.move_on_after(_REQUEST_TAIL_SECONDS):
+                    await outcome.request_read.wait()
             tg.cancel_scope.cancel()
         if outcome.reply is not None:
-            await agent.stream.send(outcome.reply)
+            await agent.refuse(outcome.reply)
             return False
         return complete and not outcome.abort
 
@@ -166,6 +192,7 @@ class SandboxSide:
                 if isinstance(event, bp.AgentBody):
                     await exchange.send_data(event.data)
                 elif isinstance(event, bp.AgentEnd):
+                    outcome.request_read.set()
                     exchange.end()
                     break
                 elif isinstance(event, bp.AgentRefused):

@@ -196,6 +196,7 @@ class Session:
         self._exchanges: dict[int, Exchange] = {}
         self._wake_writer = anyio.Event()
         self._wake_timer = anyio.Event()
+        self._armed_deadline: float | None = None
         self._flushed = anyio.Event()  # replaced after every flush
         self._writer_done = anyio.Event()
         self._task_group: anyio.abc.TaskGroup | None = None
@@ -230,15 +231,21 @@ class Session:
     def kick(self) -> None:
         """The core may have something to send or a new deadline."""
         self._wake_writer.set()
-        self._wake_timer.set()
+        # Deadlines mostly move later (activity pushes them back), and the
+        # timer re-reads them when it fires; wake it early only when needed.
+        deadline = self.conn.next_deadline()
+        armed = self._armed_deadline
+        if deadline is not None and (armed is None or deadline < armed):
+            self._wake_timer.set()
 
     async def writer_caught_up(self) -> None:
         """Wait until the writer has handed what is queued now to the stream.
 
         Senders call this after each chunk, so a slow stream slows them down
-        instead of letting bytes pile up in memory.
+        instead of letting bytes pile up in memory. Below one write's worth
+        it returns at once: small bodies go out with whatever follows them.
         """
-        if not self._writer_done.is_set():
+        if self.conn.unsent_bytes > _WRITE_SIZE and not self._writer_done.is_set():
             flushed = self._flushed
             self.kick()
             await flushed.wait()
@@ -344,7 +351,7 @@ class Session:
     async def _timer(self) -> None:
         while True:
             self._wake_timer = anyio.Event()
-            deadline = self.conn.next_deadline()
+            deadline = self._armed_deadline = self.conn.next_deadline()
             if deadline is None:
                 await self._wake_timer.wait()
                 continue

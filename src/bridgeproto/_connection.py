@@ -276,6 +276,11 @@ class Connection:
         return list(self._exchanges)
 
     @property
+    def unsent_bytes(self) -> int:
+        """Bytes queued that ``data_to_send`` has not handed out yet."""
+        return sum(map(len, self._unsent)) + sum(map(len, self._control))
+
+    @property
     def sent_seq(self) -> int:
         """The highest sequence number queued so far (0 before any)."""
         return self._next_seq - 1
