@@ -11,7 +11,7 @@ no connection means ``UPSTREAM_UNREACHABLE`` (502), no response head in time
 from __future__ import annotations
 
 import errno
-import socket
+import select
 
 import anyio
 import anyio.abc
@@ -55,6 +55,7 @@ class UpstreamConnection:
     def __init__(self, stream: anyio.abc.SocketStream) -> None:
         self.stream = stream
         self.h11 = h11.Connection(h11.CLIENT)
+        self._fd = stream.extra(anyio.abc.SocketAttribute.raw_socket).fileno()
 
     async def send(self, event: h11.Event) -> None:
         data = self.h11.send(event)
@@ -79,17 +80,13 @@ class UpstreamConnection:
         return False
 
     def still_open(self) -> bool:
-        """An idle connection the server has not closed (checked without waiting)."""
-        raw = self.stream.extra(anyio.abc.SocketAttribute.raw_socket)
-        try:
-            # A duplicate of the descriptor: event loops wrap theirs in objects
-            # that cannot peek.
-            with socket.fromfd(raw.fileno(), raw.family, raw.type) as sock:
-                return sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) != b""
-        except BlockingIOError:
-            return True
-        except OSError:
-            return False
+        """An idle connection the server has not closed (checked without waiting).
+
+        Idle, nothing should be readable: readable means the server closed
+        it (or sent something unasked), and either way it is not reusable.
+        """
+        readable, _, _ = select.select([self._fd], [], [], 0)
+        return not readable
 
 
 class UpstreamPool:

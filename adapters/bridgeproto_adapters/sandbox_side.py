@@ -221,28 +221,42 @@ class SandboxSide:
             pass  # the answer task sees the reset and answers it
 
     async def _download(self, agent: _Agent, exchange: Exchange) -> bool:
-        """Stream the answer to the agent; True when it completed."""
+        """Stream the answer to the agent; True when it completed.
+
+        Events that are already waiting go out in one write.
+        """
+        http = agent.http
         try:
-            async for event in exchange.events:
-                if isinstance(event, bp.ResponseHead):
-                    await agent.stream.send(agent.http.respond_head(event))
-                elif isinstance(event, bp.Data):
-                    await agent.stream.send(agent.http.respond_data(event.data))
-                    exchange.consume(len(event.data))
-                elif isinstance(event, bp.EndOfBody):
-                    await agent.stream.send(agent.http.respond_end())
-                    return True
-                elif isinstance(event, bp.ExchangeReset):
-                    reply = agent.http.respond_failure(event.code, event.reason)
-                    if reply is not None:
-                        await agent.stream.send(reply)
-                    return False
-            reply = agent.http.respond_failure(
-                bp.ErrorCode.PEER_UNRESPONSIVE, "the bridge went down"
-            )
-            if reply is not None:
-                await agent.stream.send(reply)
-            return False
+            while True:
+                try:
+                    events = [await exchange.events.receive()]
+                except anyio.EndOfStream:
+                    events = [bp.ExchangeReset(exchange.id, bp.ErrorCode.PEER_UNRESPONSIVE,
+                                               "the bridge went down", by_peer=False)]  # fmt: skip
+                with contextlib.suppress(anyio.WouldBlock, anyio.EndOfStream):
+                    while len(events) < 64:
+                        events.append(exchange.events.receive_nowait())
+                out, done, consumed = [], None, 0
+                for event in events:
+                    if isinstance(event, bp.ResponseHead):
+                        out.append(http.respond_head(event))
+                    elif isinstance(event, bp.Data):
+                        out.append(http.respond_data(event.data))
+                        consumed += len(event.data)
+                    elif isinstance(event, bp.EndOfBody):
+                        out.append(http.respond_end())
+                        done = True
+                    elif isinstance(event, bp.ExchangeReset):
+                        reply = http.respond_failure(event.code, event.reason)
+                        out.append(reply or b"")
+                        done = False
+                    if done is not None:
+                        break
+                await agent.stream.send(b"".join(out))
+                if consumed:
+                    exchange.consume(consumed)
+                if done is not None:
+                    return done
         except (*_AGENT_IO_ERRORS, h11.LocalProtocolError):
             exchange.reset(bp.ErrorCode.CANCELLED, "the agent closed its connection")
             return False

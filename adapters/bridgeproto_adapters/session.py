@@ -19,6 +19,7 @@ from collections.abc import Awaitable, Callable, Iterable
 
 import anyio
 import anyio.abc
+import anyio.lowlevel
 import attrs
 from anyio.streams.memory import MemoryObjectSendStream
 
@@ -319,6 +320,9 @@ class Session:
     async def _writer(self) -> None:
         while True:
             await self._wake_writer.wait()
+            # Let the tasks that are ready queue their frames too, so that a
+            # request's head, body and end leave in one write.
+            await anyio.lowlevel.checkpoint()
             self._wake_writer = anyio.Event()
             await self._flush()
             flushed, self._flushed = self._flushed, anyio.Event()
