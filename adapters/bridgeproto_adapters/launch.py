@@ -9,6 +9,7 @@ sandbox; it changes nothing of the caller's.
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
@@ -156,7 +157,15 @@ async def open_bridge(
         async with anyio.create_task_group() as tg:
             try:
                 session = await tg.start(
-                    _host_side, process.stream, session_id, upstream, config, options, tracer
+                    functools.partial(
+                        run_host_side,
+                        process.stream,
+                        session_id,
+                        upstream,
+                        config=config,
+                        options=options,
+                        tracer=tracer,
+                    )
                 )
             except (BridgeError, TimeoutError) as exc:
                 raise BridgeStartError(
@@ -170,19 +179,3 @@ async def open_bridge(
     finally:
         if bridge is None:
             await process.stop()
-
-
-async def _host_side(
-    stream: anyio.abc.ByteStream,
-    session_id: bytes,
-    upstream: bp.Upstream,
-    config: bp.Config,
-    options: HostOptions | None,
-    tracer: Tracer | None,
-    *,
-    task_status: anyio.abc.TaskStatus[Session] = anyio.TASK_STATUS_IGNORED,
-) -> None:
-    await run_host_side(
-        stream, session_id, upstream, config=config, options=options, tracer=tracer,
-        task_status=task_status,
-    )  # fmt: skip
