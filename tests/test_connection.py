@@ -729,3 +729,27 @@ def test_data_to_send_in_pieces() -> None:
     assert all(len(p) < 2500 + 1100 for p in pieces)
     events = [e for piece in pieces for e in pair.host.receive_data(piece, 0.0)]
     assert body(events, xid) == b"x" * 10_000
+
+
+def test_abort_ends_everything_once() -> None:
+    pair = Pair()
+    xid = pair.sandbox.start_exchange(b"GET", b"/", [], 0.0)
+    assert pair.sandbox.is_open(xid)
+    events = pair.sandbox.abort("the transport is gone")
+    assert kinds(events) == ["ExchangeReset", "SessionFailed"]
+    assert events[0] == bp.ExchangeReset(
+        xid, bp.ErrorCode.PEER_UNRESPONSIVE, "the transport is gone", by_peer=False
+    )
+    assert not pair.sandbox.is_open(xid)
+    assert pair.sandbox.abort("again") == []  # already over
+
+
+def test_sequence_and_acknowledgement_counters() -> None:
+    pair = Pair()
+    s = pair.sandbox
+    assert (s.sent_seq, s.acked_seq, s.unsent_bytes) == (0, 0, 0)
+    xid = s.start_exchange(b"GET", b"/", [], 0.0)
+    s.send_end(xid, 0.0)
+    assert s.sent_seq == 2 and s.unsent_bytes > 0
+    pair.pump()
+    assert s.acked_seq == 2 and s.unsent_bytes == 0
