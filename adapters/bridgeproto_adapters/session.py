@@ -198,7 +198,8 @@ class Session:
         self._wake_writer = anyio.Event()
         self._wake_timer = anyio.Event()
         self._armed_deadline: float | None = None
-        self._flushed = anyio.Event()  # replaced after every flush
+        # Set after the next flush; made only when a sender waits for one.
+        self._flushed: anyio.Event | None = None
         self._writer_done = anyio.Event()
         self._task_group: anyio.abc.TaskGroup | None = None
 
@@ -247,6 +248,8 @@ class Session:
         it returns at once: small bodies go out with whatever follows them.
         """
         if self.conn.unsent_bytes > _WRITE_SIZE and not self._writer_done.is_set():
+            if self._flushed is None:
+                self._flushed = anyio.Event()
             flushed = self._flushed
             self.kick()
             await flushed.wait()
@@ -325,8 +328,9 @@ class Session:
             await anyio.lowlevel.checkpoint()
             self._wake_writer = anyio.Event()
             await self._flush()
-            flushed, self._flushed = self._flushed, anyio.Event()
-            flushed.set()
+            flushed, self._flushed = self._flushed, None
+            if flushed is not None:
+                flushed.set()
             if self.finished.is_set():
                 self._writer_done.set()
                 return
@@ -434,4 +438,5 @@ class Session:
             exchange._credit.set()
         self.finished.set()
         self._writer_done.set()
-        self._flushed.set()
+        if self._flushed is not None:
+            self._flushed.set()
