@@ -193,7 +193,6 @@ class Session:
         self.ready = anyio.Event()
         self.finished = anyio.Event()
         self.failure: bp.SessionFailed | None = None
-        self.draining = False
         self._exchanges: dict[int, Exchange] = {}
         self._wake_writer = anyio.Event()
         self._wake_timer = anyio.Event()
@@ -388,8 +387,6 @@ class Session:
                     exchange._credit.set()
             elif isinstance(event, bp.HandshakeComplete):
                 self.ready.set()
-            elif isinstance(event, bp.GoAway):
-                self.draining = True
             elif isinstance(event, bp.LinkBroken):
                 # A byte stream cannot be reopened from here: the session ends.
                 self._dispatch(self.conn.abort(f"the link broke: {event.reason}"))
