@@ -159,8 +159,7 @@ class HostSide:
     async def handle(self, exchange: Exchange, head: bp.RequestHead) -> None:
         request = bp.upstream_request(head, self.upstream)
         if isinstance(request, bp.Refusal):
-            code = bp.ErrorCode.FORBIDDEN if request.status == 403 else bp.ErrorCode.BAD_REQUEST
-            exchange.reset(code, request.message)
+            exchange.reset(request.code, request.message)
             return
         await self._forward(exchange, request)
 

@@ -196,12 +196,7 @@ class SandboxSide:
                     exchange.end()
                     break
                 elif isinstance(event, bp.AgentRefused):
-                    code = (
-                        bp.ErrorCode.BODY_TOO_LARGE
-                        if event.refusal.status == 413
-                        else bp.ErrorCode.BAD_REQUEST
-                    )
-                    exchange.reset(code, event.refusal.message)
+                    exchange.reset(event.refusal.code, event.refusal.message)
                     outcome.reply = event.reply
                     outcome.abort = event.reply is None
                     scope.cancel()

@@ -729,12 +729,10 @@ class Connection:
     ) -> _Exchange | None:
         """Open the exchange a record starts, or return None to drop the record."""
         exchange_id = record.exchange_id
-        if exchange_id in self._closed:
-            return None  # a late frame for an exchange that has ended
+        if exchange_id in self._closed or self._existed(exchange_id):
+            return None  # a late frame for an exchange that has ended (maybe long ago)
         ours = exchange_id % 2 == self._next_local_id % 2
         if ours or self.role is Role.SANDBOX:
-            if ours and exchange_id < self._next_local_id:
-                return None  # ended so long ago that it was forgotten
             if not isinstance(record, Reset):
                 reason = (
                     f"exchange {exchange_id} was never opened"
@@ -743,8 +741,6 @@ class Connection:
                 )
                 self._queue(_reset(exchange_id, ErrorCode.PROTOCOL_ERROR, reason))
             return None
-        if exchange_id <= self._highest_peer_id:
-            return None  # ended so long ago that it was forgotten
         if not isinstance(record, RequestHead):
             if not isinstance(record, Reset):
                 self._refuse(

@@ -5,7 +5,7 @@ parses the agent's requests into what the bridge carries, refuses what the
 bridge must not carry (answering in the sandbox, without touching the host),
 and renders the host's answers back into HTTP/1.1 bytes.
 
-``UpstreamRequestBuilder`` is the host side's view: it checks a request head
+``upstream_request`` is the host side's view: it checks a request head
 again (the sandbox is not trusted), cleans its headers, adds the upstream's
 Host and credentials, and builds the h11 request for the upstream.
 
@@ -57,6 +57,18 @@ class Refusal:
     status: int
     cause: str  # the X-Bridge-Error value: a short kebab-case name
     message: str
+
+    @property
+    def code(self) -> ErrorCode:
+        """The reset code that carries this refusal across the bridge."""
+        return _CODE_BY_STATUS.get(self.status, ErrorCode.BAD_REQUEST)
+
+
+_CODE_BY_STATUS = {
+    403: ErrorCode.FORBIDDEN,
+    413: ErrorCode.BODY_TOO_LARGE,
+    431: ErrorCode.HEADERS_TOO_LARGE,
+}
 
 
 def _prefixes(items: Iterable[str | bytes]) -> tuple[bytes, ...]:
@@ -285,12 +297,7 @@ class AgentConnection:
         return AgentRequest(request.method, request.target, headers, interim)
 
     def _refuse(self, refusal: Refusal) -> AgentRefused:
-        if self.response_started:
-            self._h11.send_failed()
-            return AgentRefused(refusal, None)
-        return AgentRefused(
-            refusal, self.reply_error(refusal.status, refusal.cause, refusal.message)
-        )
+        return AgentRefused(refusal, self._answer(refusal.status, refusal.cause, refusal.message))
 
     def respond_head(self, head: ResponseHead) -> bytes:
         headers = [*clean_headers(head.headers), VIA]
@@ -328,10 +335,14 @@ class AgentConnection:
         it, None: the caller must abort the connection so the agent sees an
         error rather than a body that looks complete.
         """
+        return self._answer(code.http_status, cause_of(code), reason)
+
+    def _answer(self, status: int, cause: str, message: str) -> bytes | None:
+        """An error answer, or None (abort) once a response has started."""
         if self.response_started:
             self._h11.send_failed()
             return None
-        return self.reply_error(code.http_status, cause_of(code), reason)
+        return self.reply_error(status, cause, message)
 
     def next_cycle(self) -> bool:
         """Get ready for the next request; False when the connection must close."""
@@ -340,10 +351,6 @@ class AgentConnection:
             self.response_started = False
             return True
         return False
-
-    @property
-    def request_complete(self) -> bool:
-        return self._h11.their_state is not h11.SEND_BODY
 
 
 def _body_too_large(limit: int) -> Refusal:
