@@ -20,7 +20,7 @@ import h11
 
 import bridgeproto as bp
 
-from .errors import ExchangeAborted, UpstreamError
+from .errors import ExchangeAborted, SessionEnded, UpstreamError
 from .session import Exchange, Session, Tracer
 
 _READ_SIZE = 256 << 10
@@ -170,7 +170,7 @@ class HostSide:
             exchange.reset(exc.code, exc.reason)
             return
         errors: list[Exception] = []  # child tasks report here, never raise
-        head_sent = kept = False
+        kept = False
         request_sent = anyio.Event()
         try:
             await conn.send(request)
@@ -180,7 +180,7 @@ class HostSide:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(self._upload, exchange, conn, tg.cancel_scope, errors, request_sent)
                 try:
-                    head_sent = await self._download(exchange, conn)
+                    await self._download(exchange, conn)
                 except (*_UPSTREAM_IO_ERRORS, TimeoutError, ExchangeAborted) as exc:
                     errors.append(exc)
                 else:
@@ -198,7 +198,7 @@ class HostSide:
             if not kept:
                 await self.pool.discard(conn)
         if errors:
-            exchange.reset(*self._reset_for(errors[0], head_sent))
+            exchange.reset(*self._reset_for(errors[0], exchange.head_sent))
 
     def _reset_for(self, error: Exception, head_sent: bool) -> tuple[bp.ErrorCode, str]:
         """The one place upstream failures become reset codes."""
@@ -238,8 +238,8 @@ class HostSide:
             errors.append(exc)
             scope.cancel()
 
-    async def _download(self, exchange: Exchange, conn: UpstreamConnection) -> bool:
-        """The response, upstream to bridge. Returns True once its head was sent."""
+    async def _download(self, exchange: Exchange, conn: UpstreamConnection) -> None:
+        """The whole response, upstream to bridge."""
         with anyio.fail_after(self.options.response_timeout):
             event = await conn.next_event()
             while isinstance(event, h11.InformationalResponse):
@@ -255,7 +255,7 @@ class HostSide:
                 await exchange.send_data(bytes(event.data))
             elif isinstance(event, h11.EndOfMessage):
                 exchange.end()
-                return True
+                return
             else:
                 raise h11.RemoteProtocolError(f"the upstream closed mid-response ({event!r})")
 
@@ -302,7 +302,7 @@ async def run_host_side(
             with anyio.fail_after(session.conn.config.handshake_timeout + 1):
                 await _ready_or_finished(session)
             if session.failure is not None:
-                raise UpstreamError(bp.ErrorCode.PEER_UNRESPONSIVE, session.failure.reason)
+                raise SessionEnded(session.failure.reason)
             task_status.started(session)
     finally:
         await host.aclose()

@@ -136,15 +136,13 @@ class SandboxSide:
             return False  # the agent closed the connection between requests
         try:
             exchange = await self._open(event)
-        except bp.LocalProtocolError as exc:
-            status = exc.status_hint or 503
-            cause = _CAUSE_BY_STATUS.get(status, "bridge-busy")
-            await agent.stream.send(agent.http.reply_error(status, cause, str(exc)))
-            return False
-        except SessionEnded as exc:
-            await agent.stream.send(
-                agent.http.reply_error(502, "bridge-down", f"the bridge is down: {exc}")
-            )
+        except (bp.LocalProtocolError, SessionEnded) as exc:
+            if isinstance(exc, SessionEnded):
+                status, cause, message = 502, "bridge-down", f"the bridge is down: {exc}"
+            else:
+                status = exc.status_hint or 503
+                cause, message = _CAUSE_BY_STATUS.get(status, "bridge-busy"), str(exc)
+            await agent.stream.send(agent.http.reply_error(status, cause, message))
             return False
         self._active += 1
         try:
@@ -226,8 +224,10 @@ class SandboxSide:
                 try:
                     events = [await exchange.events.receive()]
                 except anyio.EndOfStream:
-                    events = [bp.ExchangeReset(exchange.id, bp.ErrorCode.PEER_UNRESPONSIVE,
-                                               "the bridge went down", by_peer=False)]  # fmt: skip
+                    gone = bp.ExchangeReset(
+                        exchange.id, bp.ErrorCode.PEER_UNRESPONSIVE, "the bridge went down", False
+                    )
+                    events = [gone]
                 with contextlib.suppress(anyio.WouldBlock, anyio.EndOfStream):
                     while len(events) < 64:
                         events.append(exchange.events.receive_nowait())

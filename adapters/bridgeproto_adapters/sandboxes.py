@@ -205,8 +205,13 @@ def _text(data: bytes) -> str:
     return data.decode(errors="replace").strip()
 
 
+def _shell(command: Command) -> str:
+    """The command as one shell string."""
+    return command if isinstance(command, str) else shlex.join(command)
+
+
 def _short(command: Command) -> str:
-    text = command if isinstance(command, str) else shlex.join(command)
+    text = _shell(command)
     return text if len(text) < 80 else text[:77] + "..."
 
 
@@ -430,7 +435,7 @@ class HarnessSandbox:
         line = shlex.join(["cd", cwd or self.workdir]) + " && "
         if env:
             line += shlex.join(["export", *[f"{k}={v}" for k, v in env.items()]]) + " && "
-        body = command if isinstance(command, str) else shlex.join(command)
+        body = _shell(command)
         if stdin is not None:
             encoded = base64.b64encode(stdin).decode()
             line += f"printf %s {encoded} | base64 -d | ( {body} )"

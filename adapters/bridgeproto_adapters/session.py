@@ -58,6 +58,7 @@ class Exchange:
         self._send, self.events = anyio.create_memory_object_stream[ExchangeEvent](math.inf)
         self._credit = anyio.Event()
         self.reset_event: bp.ExchangeReset | None = None
+        self.head_sent = False  # a final (not 1xx) response head went out
 
     @property
     def conn(self) -> bp.Connection:
@@ -96,6 +97,7 @@ class Exchange:
         self.conn.send_response(
             self.id, head.status, head.reason, head.headers, self._session.now()
         )
+        self.head_sent = self.head_sent or head.status >= 200
         self._session.kick()
 
     def end(self) -> None:
@@ -376,14 +378,12 @@ class Session:
             ):
                 self._to_exchange(event)
             elif isinstance(event, bp.CreditAvailable):
-                targets = (
-                    self._exchanges.values()
-                    if event.exchange_id == 0
-                    else [self._exchanges[event.exchange_id]]
-                    if event.exchange_id in self._exchanges
-                    else []
-                )
-                for exchange in targets:
+                if event.exchange_id == 0:  # session-wide: every sender may go on
+                    waiting = list(self._exchanges.values())
+                else:
+                    one = self._exchanges.get(event.exchange_id)
+                    waiting = [one] if one is not None else []
+                for exchange in waiting:
                     exchange._credit.set()
             elif isinstance(event, bp.HandshakeComplete):
                 self.ready.set()
@@ -428,8 +428,7 @@ class Session:
             exchange.close()
 
     def _end_all(self, reason: str) -> None:
-        if not self.conn.failure and self.conn.state is not bp.SessionState.CLOSED:
-            self._dispatch(self.conn.abort(reason))
+        self._dispatch(self.conn.abort(reason))  # does nothing if the session already ended
         for exchange in list(self._exchanges.values()):
             exchange._send.close()
             exchange._credit.set()
