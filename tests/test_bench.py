@@ -42,6 +42,7 @@ def test_quick_bench_produces_every_figure(tmp_path: object) -> None:
                 "calls_per_request", "calls_per_idle_minute"} <= set(cost)  # fmt: skip
         side = scenarios["bulk"][system]["upload"]["sandbox_side_peak_rss_mib"]
         assert side is not None and side > 5  # the real sandbox-side process was found
+    assert scenarios["bulk"]["direct"]["upload"]["sandbox_side_peak_rss_mib"] is None  # no sandbox
     assert scenarios["cost"]["polling"]["calls_per_request"] >= 3
     scale = scenarios["scale"]["bridgeproto"]
     assert scale["bridges_held"] == scale["requests_ok"] == 2

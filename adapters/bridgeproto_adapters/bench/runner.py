@@ -18,7 +18,7 @@ import resource
 import statistics
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any
 
 import anyio
@@ -190,7 +190,7 @@ class Bench:
             )
             code, out, err = result.returncode, result.stdout, result.stderr
         else:
-            box = self.bridge_box if system == "bridgeproto" else self.poll_box
+            box, _ = self.sandbox_of(system)
             assert box is not None
             done = await box.inner.run(["python3", "-c", AGENT_SOURCE, payload])
             code, out, err = done.exit_code, done.stdout, done.stderr
@@ -199,18 +199,31 @@ class Bench:
         answer: dict[str, Any] = json.loads(out)
         return answer
 
-    async def with_polling(self, system: str, scenario: str, **args: Any) -> dict[str, Any]:
+    def sandbox_of(self, system: str) -> tuple[CountingSandbox | None, int | None]:
+        """The counted sandbox client and the sandbox-side pid of a system (direct: none)."""
+        if system == "bridgeproto":
+            return self.bridge_box, self.sandbox_side_pid
+        if system == "polling":
+            return self.poll_box, self.poll_server_pid
+        return None, None
+
+    @contextlib.asynccontextmanager
+    async def running(self, system: str) -> AsyncIterator[None]:
         """The polling host loop runs only while the polling system is measured."""
         if system != "polling":
-            return await self.agent(system, scenario, **args)
+            yield
+            return
         assert self.polling is not None
         async with anyio.create_task_group() as tg:
             tg.start_soon(self.polling.run)
             try:
-                answer = await self.agent(system, scenario, **args)
+                yield
             finally:
                 tg.cancel_scope.cancel()
-        return answer
+
+    async def with_polling(self, system: str, scenario: str, **args: Any) -> dict[str, Any]:
+        async with self.running(system):
+            return await self.agent(system, scenario, **args)
 
     def record(self, scenario: str, system: str, figures: dict[str, Any]) -> None:
         self.results["scenarios"].setdefault(scenario, {})[system] = figures
@@ -252,7 +265,7 @@ class Bench:
     async def bulk(self) -> None:
         for system in SYSTEMS:
             size = self.sizes.polling_bulk_bytes if system == "polling" else self.sizes.bulk_bytes
-            side = self.sandbox_side_pid if system == "bridgeproto" else self.poll_server_pid
+            _, side = self.sandbox_of(system)
             figures: dict[str, Any] = {"bytes": size}
             for direction in ("upload", "download"):
                 reset_peak_rss()
@@ -268,8 +281,7 @@ class Bench:
 
     async def cost(self) -> None:
         for system in SYSTEMS:
-            box = {"bridgeproto": self.bridge_box, "polling": self.poll_box}.get(system)
-            side = self.sandbox_side_pid if system == "bridgeproto" else self.poll_server_pid
+            box, side = self.sandbox_of(system)
             n = (
                 self.sizes.polling_cost_requests
                 if system == "polling"
@@ -286,13 +298,7 @@ class Bench:
                 figures["sandbox_cpu_seconds_per_1000"] = (side1 - side0) * 1000 / n
                 figures["calls_per_request"] = (box.calls - calls0) / n
                 idle0, idle_cpu0 = box.calls, cpu_seconds()
-                if system == "polling":
-                    assert self.polling is not None
-                    async with anyio.create_task_group() as tg:
-                        tg.start_soon(self.polling.run)
-                        await anyio.sleep(self.sizes.idle_seconds)
-                        tg.cancel_scope.cancel()
-                else:
+                async with self.running(system):
                     await anyio.sleep(self.sizes.idle_seconds)
                 seconds = self.sizes.idle_seconds
                 figures["calls_per_idle_minute"] = (box.calls - idle0) * 60 / seconds
