@@ -8,6 +8,7 @@ Only pure-Python packages go in; the sandbox needs nothing but Python 3.10+.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.util
 import io
@@ -37,8 +38,13 @@ def _sources(name: str) -> list[tuple[str, pathlib.Path]]:
     )
 
 
-def zipapp_bytes() -> tuple[bytes, str]:
-    """The archive and its content hash (hex)."""
+@functools.cache
+def _contents() -> tuple[list[tuple[str, bytes]], str]:
+    """Every file of the archive (name, bytes) and their content hash (hex).
+
+    Read once per process: the installed code does not change under it, and
+    a harness may open hundreds of bridges.
+    """
     files: list[tuple[str, pathlib.Path]] = []
     for name in PACKAGES:
         files += _sources(name)
@@ -46,27 +52,26 @@ def zipapp_bytes() -> tuple[bytes, str]:
         if importlib.util.find_spec(name) is not None:
             files += _sources(name)
     digest = hashlib.sha256(MAIN)
-    contents = []
+    contents = [("__main__.py", MAIN)]
     for arcname, path in files:
         data = path.read_bytes()
         digest.update(arcname.encode() + b"\0" + data)
         contents.append((arcname, data))
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
-        archive.writestr("__main__.py", MAIN)
-        for arcname, data in contents:
-            archive.writestr(arcname, data)
-    return buffer.getvalue(), digest.hexdigest()[:16]
+    return contents, digest.hexdigest()[:16]
 
 
 def build_zipapp(cache_dir: str | None = None) -> pathlib.Path:
     """Build (or reuse) the archive in ``cache_dir``; returns its path."""
-    data, digest = zipapp_bytes()
+    contents, digest = _contents()
     directory = pathlib.Path(cache_dir or os.path.join(tempfile.gettempdir(), "bridgeproto-cache"))
     directory.mkdir(parents=True, exist_ok=True)
     target = directory / f"bridgeproto-{digest}.pyz"
-    if not target.exists():
+    if not target.exists():  # compress only what is not cached yet
+        buffer = io.BytesIO()
+        with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+            for arcname, data in contents:
+                archive.writestr(arcname, data)
         partial = target.with_suffix(".partial")
-        partial.write_bytes(data)
+        partial.write_bytes(buffer.getvalue())
         partial.replace(target)
     return target
