@@ -10,6 +10,7 @@ import json
 import os
 import socket
 from collections.abc import AsyncIterator
+from typing import Any
 
 import anyio
 import httpx
@@ -270,28 +271,22 @@ async def test_agent_hanging_up_mid_stream_cancels_the_upstream(transport: str) 
             await b.upstream.forever_closed.wait()
 
 
-async def test_idle_timeout_is_504() -> None:
-    config = bp.Config(idle_timeout=0.3)
-    async with bridge(host_config=config) as b, httpx.AsyncClient(base_url=b.url) as client:
+@pytest.mark.parametrize(
+    ("settings", "cause"),
+    [
+        ({"host_config": bp.Config(idle_timeout=0.3)}, "idle-timeout"),
+        ({"sandbox_config": bp.Config(exchange_timeout=0.3)}, "deadline-exceeded"),
+        ({"options": HostOptions(response_timeout=0.3)}, "upstream-timeout"),
+    ],
+    ids=["idle", "total deadline", "response head"],
+)
+async def test_timeouts_before_the_response_head_are_504(
+    settings: dict[str, Any], cause: str
+) -> None:
+    async with bridge(**settings) as b, httpx.AsyncClient(base_url=b.url) as client:
         response = await client.get("/hang")
         assert response.status_code == 504
-        assert response.headers["x-bridge-error"] == "idle-timeout"
-
-
-async def test_total_deadline_is_504() -> None:
-    config = bp.Config(exchange_timeout=0.3)
-    async with bridge(sandbox_config=config) as b, httpx.AsyncClient(base_url=b.url) as client:
-        response = await client.get("/hang")
-        assert response.status_code == 504
-        assert response.headers["x-bridge-error"] == "deadline-exceeded"
-
-
-async def test_response_timeout_is_504() -> None:
-    options = HostOptions(response_timeout=0.3)
-    async with bridge(options=options) as b, httpx.AsyncClient(base_url=b.url) as client:
-        response = await client.get("/hang")
-        assert response.status_code == 504
-        assert response.headers["x-bridge-error"] == "upstream-timeout"
+        assert response.headers["x-bridge-error"] == cause
 
 
 async def test_connect_timeout_is_502() -> None:
