@@ -9,12 +9,8 @@ from contextlib import asynccontextmanager
 
 import pytest
 
-from bridgeproto_adapters.sandboxes import (
-    BwrapSandbox,
-    HostCommandSandbox,
-    LocalSandbox,
-    UnshareSandbox,
-)
+from bridgeproto_adapters.offline import BwrapSandbox, UnshareSandbox
+from bridgeproto_adapters.sandboxes import HostCommandSandbox, LocalSandbox
 
 REQUIRE_BWRAP = os.environ.get("BRIDGEPROTO_REQUIRE_BWRAP") == "1"
 

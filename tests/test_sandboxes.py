@@ -13,8 +13,8 @@ import pytest
 from bridgeproto_adapters import packaging
 from bridgeproto_adapters.conformance import check_sandbox_client
 from bridgeproto_adapters.launch import BridgeStartError, open_bridge
+from bridgeproto_adapters.offline import BwrapSandbox
 from bridgeproto_adapters.sandboxes import (
-    BwrapSandbox,
     CommandPrefixSandbox,
     HarnessSandbox,
     LocalSandbox,
@@ -51,7 +51,7 @@ async def test_conformance(kind: str) -> None:
 async def test_conformance_of_a_command_prefix_into_an_offline_namespace() -> None:
     # The namespace is made here, the way `docker exec -i` reaches a container.
     async with make_sandbox("unshare") as netns:
-        prefix = ["nsenter", f"--target={netns._holder.pid}", "--net", "--"]  # type: ignore[attr-defined]
+        prefix = ["nsenter", f"--target={netns.holder_pid}", "--net", "--"]  # type: ignore[attr-defined]
         sandbox = CommandPrefixSandbox(prefix)
         await check_sandbox_client(sandbox)
         assert await interfaces(sandbox) == ["lo"]  # really inside the offline namespace
@@ -228,7 +228,7 @@ async def test_the_sandbox_side_is_uploaded_once_per_sandbox() -> None:
     assert packaging.build_zipapp() == archive  # cached by content hash
     async with running_upstream() as upstream:
         plain = await BwrapSandbox.create()
-        sandbox = Counting(plain._holder, plain._root)
+        sandbox = Counting(plain._holder, plain._root, plain.view)
         try:
             for _ in range(2):
                 async with open_bridge(sandbox, upstream.url) as bridge:

@@ -91,7 +91,7 @@ async def _upstream_reachable(url: str) -> str | None:
 
 async def _run(args: argparse.Namespace) -> int:
     from .launch import open_bridge
-    from .sandboxes import open_sandbox
+    from .offline import open_sandbox
 
     if args.transport == "mailbox":
         return _fail("the mailbox transport is not yet available; use --transport stream")

@@ -3,11 +3,8 @@
 ``SandboxClient`` is the small interface every backend implements; the
 conformance checks in ``conformance.py`` hold each one to it. Backends:
 
-- ``BwrapSandbox``: an offline sandbox with bubblewrap. Every command runs in
-  one network namespace that has only loopback; the host's filesystem is
-  visible read-only, with a private writable ``/tmp`` and work directory.
-- ``UnshareSandbox``: the same network isolation with util-linux ``unshare``
-  and ``nsenter`` (the filesystem stays writable: it has no bubblewrap).
+- ``BwrapSandbox`` and ``UnshareSandbox`` (in ``offline.py``): offline
+  sandboxes on this machine that hold against the code inside them.
 - ``LocalSandbox``: no isolation at all, only when asked for by name.
 - ``CommandPrefixSandbox``: anything reached through an ``exec -i``-style
   prefix (``docker exec -i ID``, ``kubectl exec -i POD --``, ``ssh HOST``).
@@ -24,11 +21,10 @@ import abc
 import base64
 import os
 import shlex
-import shutil
 import subprocess
 import tempfile
 from collections.abc import Mapping, Sequence
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol
 
 import anyio
 import anyio.abc
@@ -215,160 +211,6 @@ def _short(command: Command) -> str:
     return text if len(text) < 80 else text[:77] + "..."
 
 
-class _NamespaceHolder:
-    """A sleeping process that keeps an offline network namespace alive."""
-
-    def __init__(self, process: anyio.abc.Process, pid: int) -> None:
-        self.process = process
-        self.pid = pid
-
-    async def aclose(self) -> None:
-        if self.process.returncode is None:
-            self.process.kill()
-        with anyio.CancelScope(shield=True):
-            await self.process.wait()
-            await self.process.aclose()
-
-
-async def _start_holder(argv: list[str], what: str) -> _NamespaceHolder:
-    """Start ``argv`` (which prints the namespace's pid, then sleeps)."""
-    try:
-        process = await anyio.open_process(argv)
-    except OSError as exc:
-        raise SandboxUnavailable(f"{what}: cannot start {argv[0]}: {exc}") from None
-    assert process.stdout is not None
-    line = b""
-    with anyio.move_on_after(10):
-        while not line.endswith(b"\n"):
-            try:
-                line += await process.stdout.receive(64)
-            except anyio.EndOfStream:
-                break
-    if not line.strip().isdigit():
-        stderr = b""
-        if process.stderr is not None:
-            with anyio.move_on_after(1):
-                stderr = await process.stderr.receive()
-        process.kill()
-        await process.aclose()
-        raise SandboxUnavailable(
-            f"{what}: could not create an offline network namespace"
-            f" ({stderr.decode(errors='replace').strip() or 'no output'})"
-        )
-    return _NamespaceHolder(process, int(line))
-
-
-_Sandbox = TypeVar("_Sandbox", bound="_OfflineSandbox")
-
-
-class _OfflineSandbox(HostCommandSandbox):
-    """Shared by the offline backends: a namespace holder and a private /tmp.
-
-    One sleeping process owns a network namespace with only loopback; every
-    command enters it with ``nsenter``, so all of them (the sandbox side
-    included) share that loopback and nothing else. The host directory behind
-    ``/tmp`` (with the work directory ``/tmp/work``) lives as long as the
-    sandbox.
-    """
-
-    workdir = "/tmp/work"
-    tools: tuple[str, ...] = ()
-    missing_tool_fix = ""
-
-    def __init__(self, holder: _NamespaceHolder, root: str) -> None:
-        self._holder = holder
-        self._root = root
-        self._tmp = os.path.join(root, "tmp")
-
-    @classmethod
-    @abc.abstractmethod
-    def holder_argv(cls) -> list[str]:
-        """A command that makes the namespace, prints its pid and sleeps."""
-
-    @classmethod
-    async def create(cls: type[_Sandbox]) -> _Sandbox:
-        for tool in cls.tools:
-            if shutil.which(tool) is None:
-                raise SandboxUnavailable(f"{tool} is not installed; {cls.missing_tool_fix}")
-        root = tempfile.mkdtemp(prefix="bridgeproto-sandbox-")
-        os.makedirs(os.path.join(root, "tmp", "work"))
-        try:
-            holder = await _start_holder(cls.holder_argv(), cls.name)
-        except BaseException:
-            shutil.rmtree(root, ignore_errors=True)
-            raise
-        return cls(holder, root)
-
-    async def aclose(self) -> None:
-        await self._holder.aclose()
-        shutil.rmtree(self._root, ignore_errors=True)
-
-
-def _nsenter(pid: int) -> list[str]:
-    user = [] if os.geteuid() == 0 else ["--user", "--preserve-credentials"]
-    return ["nsenter", f"--target={pid}", "--net", *user, "--"]
-
-
-class BwrapSandbox(_OfflineSandbox):
-    """An offline sandbox with bubblewrap: create with ``await BwrapSandbox.create()``.
-
-    Each command runs under its own bwrap with the host filesystem read-only
-    and the sandbox's private ``/tmp`` bound writable.
-    """
-
-    name = "bwrap"
-    tools = ("bwrap", "nsenter")
-    missing_tool_fix = (
-        "install the bubblewrap package (apt-get install bubblewrap) or use --sandbox unshare"
-    )
-    _VIEW = ("--die-with-parent", "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc")
-
-    @classmethod
-    def holder_argv(cls) -> list[str]:
-        # bwrap shares the host's pid namespace here, so $$ is the host pid.
-        return [
-            "bwrap",
-            "--unshare-net",
-            *cls._VIEW,
-            "--",
-            "sh",
-            "-c",
-            "echo $$; exec sleep infinity",
-        ]
-
-    def wrap(self, argv: list[str], cwd: str | None) -> list[str]:
-        return [
-            *_nsenter(self._holder.pid), "bwrap", *self._VIEW, "--bind", self._tmp, "/tmp",
-            "--chdir", cwd or self.workdir, "--", *argv,
-        ]  # fmt: skip
-
-
-class UnshareSandbox(_OfflineSandbox):
-    """The same offline network guarantee with util-linux, for machines without bwrap.
-
-    The filesystem is the host's and stays writable; only ``/tmp`` is private.
-    """
-
-    name = "unshare"
-    tools = ("unshare", "nsenter")
-    missing_tool_fix = "install util-linux"
-
-    @classmethod
-    def holder_argv(cls) -> list[str]:
-        user = [] if os.geteuid() == 0 else ["--map-root-user"]
-        script = "(ip link set lo up 2>/dev/null || true); echo $$; exec sleep infinity"
-        return ["unshare", "--net", *user, "--", "sh", "-c", script]
-
-    def wrap(self, argv: list[str], cwd: str | None) -> list[str]:
-        into = (
-            f"mount --bind {shlex.quote(self._tmp)} /tmp && cd {shlex.quote(cwd or self.workdir)}"
-        )
-        return [
-            *_nsenter(self._holder.pid), "unshare", "--mount", "--propagation", "private", "--",
-            "sh", "-c", into + ' && exec "$@"', "sh", *argv,
-        ]  # fmt: skip
-
-
 class LocalSandbox(HostCommandSandbox):
     """No isolation: commands run on the host as they are. Only by name."""
 
@@ -484,19 +326,3 @@ def _as_bytes(value: Any) -> bytes:
     if isinstance(value, str):
         return value.encode("utf-8", "surrogateescape")
     raise SandboxError(f"expected str or bytes from the harness client, got {type(value).__name__}")
-
-
-async def open_sandbox(kind: str = "auto") -> tuple[HostCommandSandbox, str]:
-    """Create a sandbox of ``kind`` (auto, bwrap, unshare, local); returns it
-    with a note for the user about what was picked."""
-    if kind == "auto":
-        if shutil.which("bwrap"):
-            return await BwrapSandbox.create(), "sandbox: bwrap (offline)"
-        return await UnshareSandbox.create(), "sandbox: unshare (offline; bwrap not found)"
-    if kind == "bwrap":
-        return await BwrapSandbox.create(), "sandbox: bwrap (offline)"
-    if kind == "unshare":
-        return await UnshareSandbox.create(), "sandbox: unshare (offline)"
-    if kind == "local":
-        return LocalSandbox(), "sandbox: local -- NO ISOLATION: the command can reach the network"
-    raise SandboxUnavailable(f"unknown sandbox {kind!r}; choose auto, bwrap, unshare or local")

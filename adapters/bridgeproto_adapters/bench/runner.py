@@ -26,7 +26,8 @@ import anyio.abc
 import attrs
 
 from ..launch import Bridge, open_bridge
-from ..sandboxes import CommandResult, HostCommandSandbox, LiveProcess, open_sandbox
+from ..offline import open_sandbox
+from ..sandboxes import CommandResult, HostCommandSandbox, LiveProcess
 from .polling import PollingBaseline
 
 AGENT_SOURCE = (pathlib.Path(__file__).parent / "agent.py").read_text()

@@ -1,0 +1,332 @@
+"""Offline sandboxes on this machine: bubblewrap, or util-linux ``unshare``.
+
+The command inside is untrusted (an agent under RL may be adversarial, and is
+root when the user is). So each sandbox is built as a jail, not a network
+filter:
+
+- One **holder** process owns the sandbox's namespaces: network (only
+  loopback), pid (its own ``/proc``; the holder is its init, so when the
+  holder dies every process inside dies with it), ipc, uts and mount, with a
+  minimal filesystem view: the system directories read-only, a private
+  ``/tmp`` (work directory ``/tmp/work``), empty ``/run``, ``/var/tmp`` and
+  ``/dev/shm``, a handful of device nodes, and only the host paths exposed on
+  purpose (``ro``/``rw``). The holder dies with its owner.
+- Every command **enters all of those namespaces** with ``nsenter`` (so the
+  sandbox side and the agent share one loopback and one ``/proc``), then
+  drops every privilege with ``setpriv`` before anything of the caller runs:
+  no capabilities (effective, permitted, inheritable, ambient and bounding
+  set all empty), ``no_new_privs``, a new session (no terminal to inject
+  keystrokes into). When the host user is root, commands also become
+  ``nobody`` (uid 65534), so host files readable only by root stay
+  unreadable; an unprivileged host user keeps its uid inside a user
+  namespace.
+
+The two backends differ only in how the holder builds the view: bubblewrap
+from its options, ``unshare`` from a short shell script of mounts ending in
+``pivot_root``.
+"""
+
+from __future__ import annotations
+
+import abc
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Mapping, Sequence
+from typing import TypeVar
+
+import anyio
+import anyio.abc
+
+from .sandboxes import (
+    Command,
+    HostCommandSandbox,
+    LocalSandbox,
+    SandboxUnavailable,
+)
+
+# Host directories every sandbox sees read-only (the ones this machine has).
+SYSTEM_PATHS = ("/usr", "/etc", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
+# The uid commands run as when the host user is root.
+SANDBOX_UID = 65534
+DEVICES = ("null", "zero", "full", "random", "urandom", "tty")
+
+
+def _system_view() -> list[tuple[str, str, str]]:
+    """(kind, source, target) steps: ``ro`` binds and ``symlink``s, as on the host."""
+    steps = []
+    for path in SYSTEM_PATHS:
+        if os.path.islink(path):
+            steps.append(("symlink", os.readlink(path), path))
+        elif os.path.isdir(path):
+            steps.append(("ro", path, path))
+    return steps
+
+
+def exposures(ro: Sequence[str] = (), rw: Sequence[str] = ()) -> list[tuple[str, str, str]]:
+    """The host paths to show inside at the same place, checked and resolved."""
+    steps = []
+    for kind, paths in (("ro", ro), ("rw", rw)):
+        for path in paths:
+            real = os.path.realpath(path)
+            if not os.path.exists(real):
+                raise SandboxUnavailable(f"cannot expose {path!r} to the sandbox: no such path")
+            if real == "/":
+                raise SandboxUnavailable(
+                    "exposing / would show the whole host to the sandbox; expose the"
+                    " directories the command needs instead"
+                )
+            steps.append((kind, real, real))
+    return steps
+
+
+class _Holder:
+    """The process that owns the sandbox's namespaces; ``pid`` is its host pid."""
+
+    def __init__(self, process: anyio.abc.Process, pid: int) -> None:
+        self.process = process
+        self.pid = pid
+
+    async def aclose(self) -> None:
+        if self.process.returncode is None:
+            self.process.kill()
+        with anyio.CancelScope(shield=True):
+            await self.process.wait()
+            await self.process.aclose()
+
+
+async def _start_holder(argv: list[str], what: str, info: tuple[int, int] | None) -> _Holder:
+    """Start ``argv``, which prints ``ready`` once the sandbox is built, after
+    ``{"child-pid": N}`` (on stdout, or on the pipe ``info``: read end, write end)."""
+    try:
+        process = await anyio.open_process(argv, pass_fds=() if info is None else info[1:])
+    except OSError as exc:
+        raise SandboxUnavailable(f"{what}: cannot start {argv[0]}: {exc}") from None
+    assert process.stdout is not None and process.stderr is not None
+    output = b""
+    with anyio.move_on_after(10):
+        while not output.endswith(b"ready\n"):
+            try:
+                output += await process.stdout.receive()
+            except anyio.EndOfStream:
+                break
+    if output.endswith(b"ready\n"):
+        pid_json = output.removesuffix(b"ready\n") if info is None else _read_ready(info[0])
+        with contextlib.suppress(ValueError, KeyError, TypeError):
+            return _Holder(process, int(json.loads(pid_json)["child-pid"]))
+    if process.returncode is None:
+        process.kill()
+    stderr = b""
+    with anyio.move_on_after(2):
+        async for chunk in process.stderr:
+            stderr += chunk
+    await process.aclose()
+    raise SandboxUnavailable(
+        f"{what}: could not build the sandbox"
+        f" ({stderr.decode(errors='replace').strip() or 'no output'})"
+    )
+
+
+def _read_ready(fd: int) -> bytes:
+    """What is waiting in a pipe (written before the holder said ready)."""
+    os.set_blocking(fd, False)
+    try:
+        return os.read(fd, 1 << 16)
+    except BlockingIOError:
+        return b""
+
+
+_Sandbox = TypeVar("_Sandbox", bound="_OfflineSandbox")
+
+
+class _OfflineSandbox(HostCommandSandbox):
+    """What both offline backends share: the holder, the host directory behind
+    ``/tmp``, and how a command enters the sandbox."""
+
+    workdir = "/tmp/work"
+    tools: tuple[str, ...] = ("nsenter", "setpriv", "setsid")
+    missing_tool_fix = "install util-linux"
+    info_pipe = False  # does the holder report its pid on a pipe of its own?
+
+    def __init__(self, holder: _Holder, root: str, view: list[tuple[str, str, str]]) -> None:
+        self._holder = holder
+        self._root = root
+        self.view = view
+
+    @property
+    def holder_pid(self) -> int:
+        """The host pid of a process inside (for ``nsenter`` from outside)."""
+        return self._holder.pid
+
+    @classmethod
+    @abc.abstractmethod
+    def holder_argv(cls, root: str, view: list[tuple[str, str, str]], info_fd: int) -> list[str]:
+        """A command that builds the sandbox, reports the host pid of a process
+        inside as JSON (on ``info_fd`` with ``info_pipe``, else on stdout), says
+        ``ready`` on stdout and sleeps."""
+
+    @classmethod
+    async def create(
+        cls: type[_Sandbox], *, ro: Sequence[str] = (), rw: Sequence[str] = ()
+    ) -> _Sandbox:
+        """Build a sandbox. ``ro``/``rw``: host paths to show inside at the same
+        place, read-only or writable (by default none: only the system view)."""
+        for tool in cls.tools:
+            if shutil.which(tool) is None:
+                raise SandboxUnavailable(f"{tool} is not installed; {cls.missing_tool_fix}")
+        view = [*_system_view(), *exposures(ro, rw)]
+        root = tempfile.mkdtemp(prefix="bridgeproto-sandbox-")
+        try:
+            for directory in ("tmp/work", "rootfs"):
+                os.makedirs(os.path.join(root, directory))
+            if os.geteuid() == 0:  # the sandbox's user must own its /tmp
+                for directory in ("tmp", "tmp/work"):
+                    os.chown(os.path.join(root, directory), SANDBOX_UID, SANDBOX_UID)
+            info = os.pipe() if cls.info_pipe else None
+            try:
+                argv = cls.holder_argv(root, view, info[1] if info else -1)
+                holder = await _start_holder(argv, cls.name, info)
+            finally:
+                for fd in info or ():
+                    os.close(fd)
+        except BaseException:
+            shutil.rmtree(root, ignore_errors=True)
+            raise
+        return cls(holder, root, view)
+
+    def command_line(
+        self, command: Command, *, env: Mapping[str, str] | None = None, cwd: str | None = None
+    ) -> list[str]:
+        # The host's HOME does not exist inside; the work directory does.
+        return super().command_line(command, env={"HOME": self.workdir, **(env or {})}, cwd=cwd)
+
+    def wrap(self, argv: list[str], cwd: str | None) -> list[str]:
+        if os.geteuid() == 0:
+            user = [f"--reuid={SANDBOX_UID}", f"--regid={SANDBOX_UID}", "--clear-groups"]
+            namespaces = []
+        else:  # the holder made a user namespace; enter it first, keeping our uid
+            user = []
+            namespaces = ["--user", "--preserve-credentials"]
+        return [
+            "nsenter", f"--target={self._holder.pid}", *namespaces,
+            "--net", "--pid", "--ipc", "--uts", "--mount", "--root", "--",
+            "setpriv", *user, "--nnp", "--inh-caps=-all", "--bounding-set=-all", "--",
+            "setsid", "--wait", "--",
+            "sh", "-c", 'cd "$0" && exec "$@"', cwd or self.workdir, *argv,
+        ]  # fmt: skip
+
+    async def aclose(self) -> None:
+        await self._holder.aclose()
+        shutil.rmtree(self._root, ignore_errors=True)
+
+
+class BwrapSandbox(_OfflineSandbox):
+    """An offline sandbox built by bubblewrap: ``await BwrapSandbox.create()``."""
+
+    name = "bwrap"
+    tools = ("bwrap", *_OfflineSandbox.tools)
+    missing_tool_fix = (
+        "install the bubblewrap package (apt-get install bubblewrap) or use --sandbox unshare"
+    )
+
+    info_pipe = True
+
+    @classmethod
+    def holder_argv(cls, root: str, view: list[tuple[str, str, str]], info_fd: int) -> list[str]:
+        binds = {"ro": "--ro-bind", "rw": "--bind", "symlink": "--symlink"}
+        mounts = [arg for kind, source, target in view for arg in (binds[kind], source, target)]
+        return [
+            # pdeathsig: bwrap's own process dies with its owner too (its
+            # --die-with-parent only ties the sandbox to bwrap).
+            "setpriv", "--pdeathsig", "KILL", "--",
+            "bwrap", "--die-with-parent", "--new-session",
+            "--unshare-net", "--unshare-pid", "--unshare-ipc", "--unshare-uts",
+            "--unshare-cgroup-try", "--hostname", "bridgeproto",
+            "--dev", "/dev", "--tmpfs", "/dev/shm", "--proc", "/proc",
+            "--tmpfs", "/run", "--symlink", "../run", "/var/run", "--tmpfs", "/var/tmp",
+            # the private /tmp first, so a path exposed under /tmp shows through it
+            "--bind", os.path.join(root, "tmp"), "/tmp", *mounts,
+            "--remount-ro", "/", "--cap-drop", "ALL", "--info-fd", str(info_fd),
+            "--", "sh", "-c", "echo ready; exec sleep infinity",
+        ]  # fmt: skip
+
+
+# Run by the holder of an UnshareSandbox, in its new namespaces, before
+# anything of the sandbox's runs. Arguments: ROOT TMP, then (kind, source,
+# target) triples. It prints the holder's host pid (read from the host's /proc
+# before the view replaces it), then ``ready``.
+_UNSHARE_VIEW = r"""
+set -eu
+read -r pid rest < /proc/self/stat
+R=$1/rootfs T=$2; shift 2
+ip link set lo up
+mount -t tmpfs -o mode=755 bridgeproto "$R"
+mkdir -p "$R/dev/shm" "$R/proc" "$R/tmp" "$R/run" "$R/var/tmp"
+for n in null zero full random urandom tty; do
+    touch "$R/dev/$n"; mount --bind "/dev/$n" "$R/dev/$n"
+done
+for n in fd:/proc/self/fd stdin:/proc/self/fd/0 stdout:/proc/self/fd/1 stderr:/proc/self/fd/2; do
+    ln -s "${n#*:}" "$R/dev/${n%%:*}"
+done
+mount -t tmpfs -o mode=1777 shm "$R/dev/shm"
+mount -t proc proc "$R/proc"
+mount -t tmpfs -o mode=755 run "$R/run"
+ln -s ../run "$R/var/run"
+mount -t tmpfs -o mode=1777 vartmp "$R/var/tmp"
+mount --bind "$T" "$R/tmp"
+while [ $# -gt 0 ]; do
+    kind=$1 source=$2 target=$R$3; shift 3
+    if [ "$kind" = symlink ]; then ln -s "$source" "$target"; continue; fi
+    if [ -d "$source" ]; then mkdir -p "$target"; else mkdir -p "${target%/*}"; touch "$target"; fi
+    mount --bind "$source" "$target"
+    if [ "$kind" = ro ]; then mount -o remount,bind,ro "$target"; fi
+done
+cd "$R"; mkdir .old; pivot_root . .old; umount -l /.old; rmdir /.old
+mount -o remount,bind,ro /
+hostname bridgeproto
+echo "{\"child-pid\": $pid}"
+echo ready
+exec sleep infinity
+"""
+
+
+class UnshareSandbox(_OfflineSandbox):
+    """The same sandbox built with util-linux alone, for machines without bwrap."""
+
+    name = "unshare"
+    tools = ("unshare", "pivot_root", "mount", "ip", *_OfflineSandbox.tools)
+    missing_tool_fix = "install util-linux and iproute2"
+
+    @classmethod
+    def holder_argv(cls, root: str, view: list[tuple[str, str, str]], info_fd: int) -> list[str]:
+        user = [] if os.geteuid() == 0 else ["--map-root-user"]
+        return [
+            # pdeathsig: the holder dies with its owner, and --kill-child takes
+            # the pid namespace's init (and so everything inside) with it.
+            "setpriv", "--pdeathsig", "KILL", "--",
+            "unshare", "--net", "--pid", "--fork", "--ipc", "--uts", "--mount",
+            "--propagation", "private", "--kill-child", *user, "--",
+            "sh", "-c", _UNSHARE_VIEW, "sh", root, os.path.join(root, "tmp"),
+            *[part for step in view for part in step],
+        ]  # fmt: skip
+
+
+async def open_sandbox(
+    kind: str = "auto", *, ro: Sequence[str] = (), rw: Sequence[str] = ()
+) -> tuple[HostCommandSandbox, str]:
+    """Create a sandbox of ``kind`` (auto, bwrap, unshare, local) exposing
+    ``ro``/``rw``; returns it with a note for the user about what was picked."""
+    if kind == "auto":
+        if shutil.which("bwrap"):
+            return await BwrapSandbox.create(ro=ro, rw=rw), "sandbox: bwrap (offline)"
+        sandbox = await UnshareSandbox.create(ro=ro, rw=rw)
+        return sandbox, "sandbox: unshare (offline; bwrap not found)"
+    if kind == "bwrap":
+        return await BwrapSandbox.create(ro=ro, rw=rw), "sandbox: bwrap (offline)"
+    if kind == "unshare":
+        return await UnshareSandbox.create(ro=ro, rw=rw), "sandbox: unshare (offline)"
+    if kind == "local":
+        return LocalSandbox(), "sandbox: local -- NO ISOLATION: the command can reach the network"
+    raise SandboxUnavailable(f"unknown sandbox {kind!r}; choose auto, bwrap, unshare or local")
