@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import argparse
 import functools
+import os
 import sys
+import tempfile
 import time
 from collections.abc import Sequence
 from typing import Any, NoReturn, TextIO
@@ -53,6 +55,30 @@ def _header(text: str) -> tuple[bytes, bytes]:
     if not sep or header is None:
         raise argparse.ArgumentTypeError(f"{text!r} is not 'Name: value'")
     return header.headers[0][0].lower(), header.headers[0][1]
+
+
+def read_header_file(path: str) -> list[tuple[bytes, bytes]]:
+    """``Name: value`` lines (blank lines and ``#`` comments skipped).
+
+    The recommended way to give credentials: they never appear in a command
+    line, where any user of the host could read them.
+    """
+    try:
+        with open(path) as file:
+            lines = file.read().splitlines()
+    except OSError as exc:
+        raise BridgeError(f"cannot read the header file {path}: {exc.strerror}") from None
+    headers = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        try:
+            headers.append(_header(line))
+        except argparse.ArgumentTypeError:
+            raise BridgeError(
+                f"{path}:{number} is not a 'Name: value' header line"
+            ) from None  # the line itself may be a secret: never echo it
+    return headers
 
 
 def _seconds(text: str) -> float:
@@ -95,19 +121,25 @@ async def _run(args: argparse.Namespace) -> int:
 
     if args.transport == "mailbox":
         return _fail("the mailbox transport is not yet available; use --transport stream")
+    headers = list(args.header)
+    for path in args.header_file:
+        _refuse_if_exposed(path, "--header-file", args.ro + args.rw)
+        headers += read_header_file(path)
+    if args.trace:
+        _refuse_if_exposed(args.trace, "--trace", args.ro + args.rw)
     unreachable = await _upstream_reachable(args.upstream)
     if unreachable:
         return _fail(unreachable)
-    sandbox, note = await open_sandbox(args.sandbox)
+    sandbox, note = await open_sandbox(args.sandbox, ro=args.ro, rw=args.rw)
     print(f"bridgeproto: {note}", file=sys.stderr)
     config = bp.Config(idle_timeout=args.idle_timeout, exchange_timeout=args.timeout)
-    trace = open(args.trace, "w") if args.trace else None  # noqa: SIM115 - closed below
+    trace = _private_file(args.trace) if args.trace else None
     try:
         async with open_bridge(
-            sandbox, args.upstream, headers=args.header, listen=args.listen, config=config,
+            sandbox, args.upstream, headers=headers, listen=args.listen, config=config,
             tracer=TraceWriter(trace) if trace else None,
         ) as bridge:  # fmt: skip
-            argv = sandbox.command_line(args.command, env=bridge.env)
+            argv = sandbox.command_line(args.command, env=bridge.env, cwd=args.cwd)
             async with anyio.create_task_group() as tg:
                 if args.verbose:
                     tg.start_soon(_live_summary, bridge.session)
@@ -119,6 +151,47 @@ async def _run(args: argparse.Namespace) -> int:
         if trace:
             trace.close()
         await sandbox.aclose()
+
+
+def _exposed_cwd(args: argparse.Namespace) -> None:
+    """Show the current directory read-only and run the command there, as
+    the user expects of ``run -- python3 my_agent.py``; unless told not to, or
+    it would show the whole host or the host's shared temp directory."""
+    cwd = os.path.realpath(os.getcwd())
+    args.cwd = None
+    if args.hide_cwd:
+        return
+    shared = os.path.realpath(tempfile.gettempdir())
+    if cwd == "/" or shared == cwd or shared.startswith(cwd + "/"):
+        print(
+            f"bridgeproto: the current directory {cwd} is not shown to the sandbox (it holds"
+            " the host's shared files); use --ro PATH for what the command needs",
+            file=sys.stderr,
+        )
+        return
+    if args.sandbox != "local":
+        args.ro.append(cwd)
+    args.cwd = cwd
+
+
+def _refuse_if_exposed(path: str, option: str, exposed: Sequence[str]) -> None:
+    """Host-only files (credentials, the trace) must not lie where the sandbox reads."""
+    real = os.path.realpath(path)
+    for shown in exposed:
+        root = os.path.realpath(shown)
+        if real == root or real.startswith(root.rstrip("/") + "/"):
+            raise BridgeError(
+                f"{option} {path} lies in {root}, which the sandbox can read; keep it"
+                " elsewhere (or pass --hide-cwd)"
+            )
+
+
+def _private_file(path: str) -> TextIO:
+    """A new file only this user can read."""
+    try:
+        return os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w")
+    except OSError as exc:
+        raise BridgeError(f"cannot write {path}: {exc.strerror}") from None
 
 
 async def _live_summary(session: Any, interval: float = 5.0) -> None:
@@ -133,6 +206,7 @@ def run(args: argparse.Namespace) -> int:
             "no command given; put it after --, e.g. bridgeproto run --upstream URL -- curl ..."
         )
     try:
+        _exposed_cwd(args)
         return anyio.run(_run, args)
     except BridgeError as exc:
         return _fail(str(exc))
@@ -253,8 +327,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     run_p = commands.add_parser(
         "run", help="run a command in an offline sandbox with the bridge up",
         description="Run CMD in an offline sandbox. Inside, BRIDGEPROTO_URL, OPENAI_BASE_URL and"
-        " ANTHROPIC_BASE_URL point at the bridge, and the API keys are placeholders; --header"
-        " values are added on the host side only.",
+        " ANTHROPIC_BASE_URL point at the bridge, and the API keys are placeholders; the"
+        " upstream's credentials (--header-file) are added on the host side only. CMD runs in"
+        " the current directory, shown read-only, with the system directories and a private"
+        " /tmp; nothing else of the host is visible. See docs/security.md.",
     )  # fmt: skip
     run_p.add_argument("--upstream", required=True, help="the one upstream, http://HOST:PORT/PATH")
     run_p.add_argument(
@@ -271,11 +347,39 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="where the bridge listens inside the sandbox (default 127.0.0.1:13131)",
     )
     run_p.add_argument(
+        "--header-file",
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="'Name: value' lines added to every forwarded request, on the host side; the way"
+        " to pass credentials (e.g. --header-file <(printf 'Authorization: Bearer %%s' \"$KEY\"))",
+    )
+    run_p.add_argument(
         "--header",
         type=_header,
         action="append",
         default=[],
-        help="'Name: value' added to every forwarded request, on the host side",
+        help="one 'Name: value' header, like --header-file; it shows in the host's process"
+        " list, so never use it for a secret",
+    )
+    run_p.add_argument(
+        "--ro",
+        action="append",
+        default=[],
+        metavar="PATH",
+        help="show a host path read-only inside, at the same place (repeatable)",
+    )
+    run_p.add_argument(
+        "--rw",
+        action="append",
+        default=[],
+        metavar="PATH",
+        help="show a host path writable inside, at the same place (repeatable)",
+    )
+    run_p.add_argument(
+        "--hide-cwd",
+        action="store_true",
+        help="do not show the current directory; CMD then runs in /tmp/work",
     )
     run_p.add_argument(
         "--idle-timeout",

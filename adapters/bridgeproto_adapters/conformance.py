@@ -8,11 +8,31 @@ Adapter authors run them against their own client::
 Each check raises ``AssertionError`` naming what the client got wrong.
 Pass ``live_process=False`` for clients without live processes: they must
 then raise ``NotSupported`` from ``open_process``.
+
+``check_offline_isolation(client)`` holds a sandbox to the offline bar from
+inside, as untrusted code would try it, and returns a report of what held::
+
+    report = await check_offline_isolation(MyClient(...))
+    assert report.held, report
 """
 
 from __future__ import annotations
 
+import contextlib
+import itertools
+import json
+import os
+import pkgutil
+import secrets
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+from collections.abc import Sequence
+
 import anyio
+import attrs
 
 from .sandboxes import CommandTimeout, NotSupported, SandboxClient, SandboxError
 
@@ -83,3 +103,160 @@ async def check_sandbox_client(client: SandboxClient, *, live_process: bool = Tr
     await check_timeout(client)
     await check_files(client)
     await check_live_process(client, live_process)
+
+
+# ------------------------------------------------------------------ isolation
+
+
+@attrs.frozen
+class Finding:
+    """One property of an offline sandbox, as the probe inside found it."""
+
+    name: str
+    held: bool
+    detail: str
+
+
+@attrs.frozen
+class IsolationReport:
+    sandbox: str
+    findings: list[Finding]
+
+    @property
+    def holes(self) -> list[Finding]:
+        return [finding for finding in self.findings if not finding.held]
+
+    @property
+    def held(self) -> bool:
+        return not self.holes
+
+    def __str__(self) -> str:
+        lines = [f"isolation of {self.sandbox}:"]
+        for finding in self.findings:
+            lines.append(
+                f"  {'held' if finding.held else 'HOLE'}  {finding.name}: {finding.detail}"
+            )
+        return "\n".join(lines)
+
+
+def _host_addresses() -> list[str]:
+    """This host's own IPv4 addresses (from the kernel's local routes)."""
+    found = {"127.0.0.1"}
+    try:
+        with open("/proc/net/fib_trie") as file:
+            lines = file.read().splitlines()
+    except OSError:
+        return sorted(found)
+    for previous, line in itertools.pairwise(lines):
+        if line.strip() == "/32 host LOCAL":
+            found.add(previous.split()[-1])
+    return sorted(found)
+
+
+def _unix_listener(directory: str, name: str) -> socket.socket | None:
+    try:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        path = os.path.join(directory, name)
+        sock.bind(path)
+        os.chmod(path, 0o777)  # only the sandbox may stand in the way, not permissions
+        sock.listen(8)
+        sock.setblocking(False)
+        return sock
+    except OSError:
+        return None
+
+
+def _accepted(sock: socket.socket) -> int:
+    count = 0
+    while True:
+        try:
+            sock.accept()[0].close()
+        except OSError:
+            return count
+        count += 1
+
+
+async def check_offline_isolation(
+    client: SandboxClient, *, python: str = "python3", forbidden: Sequence[str] = ()
+) -> IsolationReport:
+    """Attack ``client`` from inside as untrusted code would, and report each property.
+
+    On the host it opens a TCP listener on every local address, a UDP socket,
+    Unix sockets under ``/run``, ``/var/tmp`` and the temp directory, a file
+    and a sleeping process with a marker secret in its argv and environment.
+    Then a probe inside (``python``, standard library only) tries to reach or
+    read each, to join another network namespace, to mount, to change the
+    network configuration, and to write in system directories and in
+    ``forbidden`` (for example the paths exposed read-only). Nothing is
+    asserted: the report says what held.
+    """
+    marker = f"bridgeproto-isolation-marker-{secrets.token_hex(8)}"
+    name = f"bridgeproto-check-{secrets.token_hex(4)}.sock"
+    workdir = tempfile.mkdtemp(prefix="bridgeproto-check-")
+    os.chmod(workdir, 0o755)
+    tcp = socket.create_server(("0.0.0.0", 0), backlog=64)
+    udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    udp.bind(("0.0.0.0", 0))
+    tcp.setblocking(False)
+    udp.setblocking(False)
+    unix = [
+        (os.path.join(d, name), sock)
+        for d in ("/run", "/var/tmp", workdir)
+        if (sock := _unix_listener(d, name)) is not None
+    ]
+    secret_file = os.path.join(workdir, "secret")
+    with open(secret_file, "w") as file:
+        file.write(marker)
+    os.chmod(secret_file, 0o644)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import time; time.sleep(600)", marker],
+        env={"BRIDGEPROTO_CHECK_SECRET": marker},
+        stdin=subprocess.DEVNULL,
+    )
+    addresses = _host_addresses()
+    targets = {
+        "marker": marker,
+        "tcp": [[address, tcp.getsockname()[1]] for address in addresses],
+        "udp": [[address, udp.getsockname()[1]] for address in addresses],
+        "unix": [path for path, _ in unix],
+        "file": secret_file,
+        "forbidden": list(forbidden),
+    }
+    try:
+        # get_data: the probe's source even from inside a zipapp
+        probe = pkgutil.get_data(__name__.rpartition(".")[0], "isolation_probe.py") or b""
+        result = await client.run(
+            [python, "-c", probe.decode()], stdin=json.dumps(targets).encode(), timeout=120
+        )
+        try:
+            found = json.loads(result.stdout)
+        except ValueError:
+            raise SandboxError(
+                f"the isolation probe did not run in {client.name} (exit {result.exit_code}:"
+                f" {result.stderr.decode(errors='replace').strip()[-500:]}); it needs {python}"
+            ) from None
+        datagrams = 0
+        with contextlib.suppress(OSError):
+            while udp.recv(1024) == marker.encode():
+                datagrams += 1
+        found["no UDP to the host"] = [
+            datagrams == 0,
+            f"{datagrams} datagrams arrived" if datagrams else "none arrived",
+        ]
+        accepted = _accepted(tcp)
+        if accepted and found["no TCP to the host"][0]:
+            found["no TCP to the host"] = [False, f"{accepted} connections arrived"]
+        reached = [path for path, sock in unix if _accepted(sock)]
+        if reached:
+            found["no host Unix socket is reachable"] = [False, f"reached {', '.join(reached)}"]
+    finally:
+        holder.kill()
+        holder.wait()
+        for closing in (tcp, udp, *(sock for _, sock in unix)):
+            closing.close()
+        for path, _ in unix:
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+        shutil.rmtree(workdir, ignore_errors=True)
+    findings = [Finding(key, bool(value[0]), str(value[1])) for key, value in found.items()]
+    return IsolationReport(client.name, findings)

@@ -18,8 +18,8 @@ filter:
   set all empty), ``no_new_privs``, a new session (no terminal to inject
   keystrokes into). When the host user is root, commands also become
   ``nobody`` (uid 65534), so host files readable only by root stay
-  unreadable; an unprivileged host user keeps its uid inside a user
-  namespace.
+  unreadable; an unprivileged host user is root of a user namespace that
+  maps only its own uid (so it owns nothing more inside than outside).
 
 The two backends differ only in how the holder builds the view: bubblewrap
 from its options, ``unshare`` from a short shell script of mounts ending in
@@ -51,17 +51,23 @@ from .sandboxes import (
 SYSTEM_PATHS = ("/usr", "/etc", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
 # The uid commands run as when the host user is root.
 SANDBOX_UID = 65534
+# Device nodes one by one (bwrap's --dev would make a nested user namespace
+# for an unprivileged user, which nsenter cannot join).
 DEVICES = ("null", "zero", "full", "random", "urandom", "tty")
+DEVICE_LINKS = {"fd": "/proc/self/fd", "stdin": "/proc/self/fd/0", "stdout": "/proc/self/fd/1",
+                "stderr": "/proc/self/fd/2"}  # fmt: skip
 
 
 def _system_view() -> list[tuple[str, str, str]]:
-    """(kind, source, target) steps: ``ro`` binds and ``symlink``s, as on the host."""
+    """(kind, source, target) steps: ``ro`` binds, ``dev`` nodes and ``symlink``s."""
     steps = []
     for path in SYSTEM_PATHS:
         if os.path.islink(path):
             steps.append(("symlink", os.readlink(path), path))
         elif os.path.isdir(path):
             steps.append(("ro", path, path))
+    steps += [("dev", f"/dev/{name}", f"/dev/{name}") for name in DEVICES]
+    steps += [("symlink", target, f"/dev/{name}") for name, target in DEVICE_LINKS.items()]
     return steps
 
 
@@ -78,6 +84,11 @@ def exposures(ro: Sequence[str] = (), rw: Sequence[str] = ()) -> list[tuple[str,
                     "exposing / would show the whole host to the sandbox; expose the"
                     " directories the command needs instead"
                 )
+            # Parents made open to all (bwrap would make them 0700).
+            parents = [os.path.dirname(real)]
+            while parents[-1] != "/":
+                parents.append(os.path.dirname(parents[-1]))
+            steps += [("dir", "", p) for p in reversed(parents) if p not in ("/", "/tmp")]
             steps.append((kind, real, real))
     return steps
 
@@ -206,8 +217,8 @@ class _OfflineSandbox(HostCommandSandbox):
         if os.geteuid() == 0:
             user = [f"--reuid={SANDBOX_UID}", f"--regid={SANDBOX_UID}", "--clear-groups"]
             namespaces = []
-        else:  # the holder made a user namespace; enter it first, keeping our uid
-            user = []
+        else:  # the host user is root of the holder's user namespace: entering it
+            user = []  # keeps the capabilities there until setpriv drops them
             namespaces = ["--user", "--preserve-credentials"]
         return [
             "nsenter", f"--target={self._holder.pid}", *namespaces,
@@ -235,16 +246,27 @@ class BwrapSandbox(_OfflineSandbox):
 
     @classmethod
     def holder_argv(cls, root: str, view: list[tuple[str, str, str]], info_fd: int) -> list[str]:
-        binds = {"ro": "--ro-bind", "rw": "--bind", "symlink": "--symlink"}
-        mounts = [arg for kind, source, target in view for arg in (binds[kind], source, target)]
+        # An unprivileged user is root of a user namespace (mapped to itself),
+        # as with unshare --map-root-user.
+        user = [] if os.geteuid() == 0 else ["--unshare-user", "--uid", "0", "--gid", "0"]
+        binds = {"ro": "--ro-bind", "rw": "--bind", "dev": "--dev-bind", "symlink": "--symlink"}
+        mounts = [
+            arg
+            for kind, source, target in view
+            for arg in (
+                ("--perms", "0755", "--dir", target)
+                if kind == "dir"
+                else (binds[kind], source, target)
+            )
+        ]
         return [
             # pdeathsig: bwrap's own process dies with its owner too (its
             # --die-with-parent only ties the sandbox to bwrap).
             "setpriv", "--pdeathsig", "KILL", "--",
             "bwrap", "--die-with-parent", "--new-session",
             "--unshare-net", "--unshare-pid", "--unshare-ipc", "--unshare-uts",
-            "--unshare-cgroup-try", "--hostname", "bridgeproto",
-            "--dev", "/dev", "--tmpfs", "/dev/shm", "--proc", "/proc",
+            "--unshare-cgroup-try", "--hostname", "bridgeproto", *user,
+            "--tmpfs", "/dev/shm", "--proc", "/proc",
             "--tmpfs", "/run", "--symlink", "../run", "/var/run", "--tmpfs", "/var/tmp",
             # the private /tmp first, so a path exposed under /tmp shows through it
             "--bind", os.path.join(root, "tmp"), "/tmp", *mounts,
@@ -264,12 +286,6 @@ R=$1/rootfs T=$2; shift 2
 ip link set lo up
 mount -t tmpfs -o mode=755 bridgeproto "$R"
 mkdir -p "$R/dev/shm" "$R/proc" "$R/tmp" "$R/run" "$R/var/tmp"
-for n in null zero full random urandom tty; do
-    touch "$R/dev/$n"; mount --bind "/dev/$n" "$R/dev/$n"
-done
-for n in fd:/proc/self/fd stdin:/proc/self/fd/0 stdout:/proc/self/fd/1 stderr:/proc/self/fd/2; do
-    ln -s "${n#*:}" "$R/dev/${n%%:*}"
-done
 mount -t tmpfs -o mode=1777 shm "$R/dev/shm"
 mount -t proc proc "$R/proc"
 mount -t tmpfs -o mode=755 run "$R/run"
@@ -279,6 +295,7 @@ mount --bind "$T" "$R/tmp"
 while [ $# -gt 0 ]; do
     kind=$1 source=$2 target=$R$3; shift 3
     if [ "$kind" = symlink ]; then ln -s "$source" "$target"; continue; fi
+    if [ "$kind" = dir ]; then mkdir -p -m 755 "$target"; continue; fi
     if [ -d "$source" ]; then mkdir -p "$target"; else mkdir -p "${target%/*}"; touch "$target"; fi
     mount --bind "$source" "$target"
     if [ "$kind" = ro ]; then mount -o remount,bind,ro "$target"; fi

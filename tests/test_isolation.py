@@ -1,0 +1,384 @@
+"""The offline sandboxes, attacked from inside as untrusted code would: the
+shipped isolation check, as root and as an unprivileged user, death with the
+owner, terminal injection, exposed paths, and secrets kept out of argv."""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import json
+import os
+import pathlib
+import pwd
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import termios
+import time
+from collections.abc import Iterator
+
+import anyio
+import pytest
+
+from bridgeproto_adapters import packaging
+from bridgeproto_adapters.conformance import check_offline_isolation
+from bridgeproto_adapters.offline import BwrapSandbox, UnshareSandbox
+from bridgeproto_adapters.sandboxes import LocalSandbox, SandboxUnavailable
+from sandbox_kinds import make_sandbox, need_bwrap
+from test_cli import BRIDGEPROTO, upstream_in_thread
+
+OFFLINE = ["bwrap", "unshare"]
+TEST_USER = "bridgeproto-test"
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("kind", OFFLINE)
+async def test_offline_sandboxes_hold_against_the_code_inside(kind: str) -> None:
+    exposed = tempfile.mkdtemp()
+    cls = BwrapSandbox if kind == "bwrap" else UnshareSandbox
+    if kind == "bwrap":
+        need_bwrap()
+    sandbox = await cls.create(ro=[exposed])
+    try:
+        report = await check_offline_isolation(sandbox, forbidden=[exposed])
+    finally:
+        await sandbox.aclose()
+        os.rmdir(exposed)
+    assert report.held, report
+    assert len(report.findings) == 13
+
+
+@pytest.mark.anyio
+async def test_the_check_finds_every_hole_of_a_sandbox_without_isolation() -> None:
+    report = await check_offline_isolation(LocalSandbox())
+    holes = {finding.name for finding in report.holes}
+    assert {
+        "only loopback",
+        "no TCP to the host",
+        "no UDP to the host",
+        "no host process is visible",
+        "host command lines are unreadable",
+        "host environments are unreadable",
+        "no host Unix socket is reachable",
+        "host files are unreadable",
+    } <= holes, report
+    if os.geteuid() == 0:  # and what root can do that nobody should
+        assert {
+            "no capabilities, no_new_privs",
+            "cannot mount",
+            "cannot change network configuration",
+            "cannot write outside the allowed paths",
+        } <= holes, report
+    assert "HOLE  no TCP to the host: connected to 127.0.0.1:" in str(report)
+
+
+# ------------------------------------------------------------------ unprivileged
+
+
+def _unprivileged_user() -> str:
+    """A user without privileges, made here when the tests run as root."""
+    if os.geteuid() != 0:
+        return pwd.getpwuid(os.geteuid()).pw_name
+    try:
+        pwd.getpwnam(TEST_USER)
+    except KeyError:
+        if shutil.which("useradd") is None:
+            pytest.skip("useradd is missing: cannot make an unprivileged user")
+        subprocess.run(["useradd", "--system", "--no-create-home", TEST_USER], check=True)
+    return TEST_USER
+
+
+@pytest.mark.parametrize("kind", OFFLINE)
+def test_offline_sandboxes_hold_for_an_unprivileged_user(kind: str, tmp_path: object) -> None:
+    if kind == "bwrap":
+        need_bwrap()
+    with open("/proc/sys/user/max_user_namespaces") as limit:
+        user_namespaces = int(limit.read())
+    if user_namespaces == 0:
+        pytest.skip("user namespaces are off on this machine (user.max_user_namespaces = 0)")
+    python = "/usr/bin/python3"
+    probe = subprocess.run([python, "-c", "import sys; print(sys.version_info >= (3, 10))"],
+                           capture_output=True, text=True)  # fmt: skip
+    if probe.stdout.strip() != "True":
+        pytest.skip(f"{python} (3.10+) is needed to run the host side as another user")
+    user = _unprivileged_user()
+    # The sandbox side's archive carries everything the host side needs too.
+    shared = tempfile.mkdtemp(prefix="bridgeproto-unprivileged-")
+    os.chmod(shared, 0o755)
+    archive = shutil.copy(packaging.build_zipapp(), shared)
+    os.chmod(archive, 0o644)
+    script = (
+        "import json, sys\n"
+        f"sys.path.insert(0, {archive!r})\n"
+        "import anyio\n"
+        "from bridgeproto_adapters.offline import BwrapSandbox, UnshareSandbox\n"
+        "from bridgeproto_adapters.conformance import check_offline_isolation\n"
+        "async def main():\n"
+        f"    sandbox = await {'BwrapSandbox' if kind == 'bwrap' else 'UnshareSandbox'}.create()\n"
+        "    try:\n"
+        "        report = await check_offline_isolation(sandbox)\n"
+        "    finally:\n"
+        "        await sandbox.aclose()\n"
+        "    print(json.dumps([[f.name, f.held, f.detail] for f in report.findings]))\n"
+        "anyio.run(main)\n"
+    )
+    setpriv = [] if os.geteuid() != 0 else ["setpriv", f"--reuid={user}", f"--regid={user}",
+                                            "--clear-groups", "--"]  # fmt: skip
+    try:
+        result = subprocess.run(
+            [*setpriv, python, "-c", script], capture_output=True, text=True, timeout=120,
+            env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "HOME": shared, "TMPDIR": shared},
+            cwd=shared,
+        )  # fmt: skip
+    finally:
+        shutil.rmtree(shared, ignore_errors=True)
+    if "could not build the sandbox" in result.stderr and "ermission" in result.stderr:
+        pytest.skip(f"unprivileged user namespaces are refused here: {result.stderr[-300:]}")
+    assert result.returncode == 0, result.stderr
+    findings = json.loads(result.stdout)
+    assert [(name, detail) for name, held, detail in findings if not held] == [], findings
+    capabilities = dict((name, detail) for name, _, detail in findings)
+    assert "CapEff 0000000000000000" in capabilities["no capabilities, no_new_privs"]
+
+
+# ------------------------------------------------------------------ lifetime
+
+
+def _pid_namespace(pid: int) -> str | None:
+    try:
+        return os.readlink(f"/proc/{pid}/ns/pid")
+    except OSError:  # gone, or a zombie
+        return None
+
+
+def _inside(namespace: str) -> list[int]:
+    return [
+        int(name) for name in os.listdir("/proc")
+        if name.isdigit() and _pid_namespace(int(name)) == namespace
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize("kind", OFFLINE)
+def test_everything_inside_dies_with_the_sandbox_owner(kind: str) -> None:
+    if kind == "bwrap":
+        need_bwrap()
+    owner_script = (
+        "import anyio, sys\n"
+        "from bridgeproto_adapters.offline import BwrapSandbox, UnshareSandbox\n"
+        "async def main():\n"
+        f"    sandbox = await {'BwrapSandbox' if kind == 'bwrap' else 'UnshareSandbox'}.create()\n"
+        "    await sandbox.open_process(['sh', '-c', 'sleep 1000 & sleep 1000'])\n"
+        "    await sandbox.run(['true'])\n"
+        "    print(sandbox.holder_pid, flush=True)\n"
+        "    await anyio.sleep(1000)\n"
+        "anyio.run(main)\n"
+    )
+    owner = subprocess.Popen([sys.executable, "-c", owner_script], stdout=subprocess.PIPE)
+    try:
+        assert owner.stdout is not None
+        holder = int(owner.stdout.readline())
+        namespace = _pid_namespace(holder)
+        assert namespace is not None
+        deadline = time.monotonic() + 10
+        while len(_inside(namespace)) < 4 and time.monotonic() < deadline:
+            time.sleep(0.05)  # the two sleeps start after the owner's print
+        assert len(_inside(namespace)) >= 4  # init or holder, sh, and two sleeps
+    finally:
+        owner.kill()
+        owner.wait()
+    deadline = time.monotonic() + 10
+    while _inside(namespace) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert _inside(namespace) == [], "processes of the sandbox outlived its owner"
+
+
+@pytest.mark.parametrize("kind", OFFLINE)
+def test_the_command_cannot_type_into_the_terminal_it_was_started_from(kind: str) -> None:
+    if kind == "bwrap":
+        need_bwrap()
+    inject = (
+        "import fcntl, sys, termios\n"
+        "try:\n"
+        "    for c in b'echo pwned\\n': fcntl.ioctl(0, termios.TIOCSTI, bytes([c]))\n"
+        "    print('INJECTED', file=sys.stderr)\n"
+        "except OSError as e:\n"
+        "    print('refused', e.errno, file=sys.stderr)\n"
+    )
+
+    async def scenario() -> tuple[int, str, bytes]:
+        async with make_sandbox(kind) as sandbox:
+            argv = sandbox.command_line(["python3", "-c", inject])
+            _, terminal = os.openpty()
+
+            def take_terminal() -> None:  # as a shell in that terminal would be
+                fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+
+            result = subprocess.run(
+                argv, stdin=terminal, stdout=terminal, stderr=subprocess.PIPE, text=True,
+                start_new_session=True, preexec_fn=take_terminal, timeout=60,
+            )  # fmt: skip
+            os.set_blocking(terminal, False)
+            try:
+                typed = os.read(terminal, 1024)
+            except BlockingIOError:
+                typed = b""
+            os.close(terminal)
+            return result.returncode, result.stderr, typed
+
+    _, stderr, typed = anyio.run(scenario)
+    assert stderr.startswith("refused"), stderr
+    assert int(stderr.split()[1]) in (errno.EPERM, errno.EIO, errno.ENOTTY)
+    assert typed == b""  # nothing waits in the terminal's input
+
+
+# ------------------------------------------------------------------ exposed paths
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("kind", OFFLINE)
+async def test_exposed_paths_are_read_only_or_writable_as_asked(kind: str) -> None:
+    if kind == "bwrap":
+        need_bwrap()
+    read_only, writable, sibling = tempfile.mkdtemp(), tempfile.mkdtemp(), tempfile.mkdtemp()
+    for directory in (read_only, writable):
+        os.chmod(directory, 0o777)  # the sandbox's user is not this one when root
+        with open(os.path.join(directory, "note"), "w") as file:
+            file.write("from the host")
+    cls = BwrapSandbox if kind == "bwrap" else UnshareSandbox
+    sandbox = await cls.create(ro=[read_only], rw=[writable])
+    try:
+        seen = await sandbox.run(["cat", f"{read_only}/note", f"{writable}/note"])
+        assert seen.stdout == b"from the hostfrom the host"
+        denied = await sandbox.run(["sh", "-c", f"echo x > {read_only}/new"])
+        assert denied.exit_code != 0 and b"Read-only" in denied.stderr
+        allowed = await sandbox.run(["sh", "-c", f"echo x > {writable}/new"], cwd=writable)
+        assert allowed.exit_code == 0, allowed
+        assert pathlib.Path(writable, "new").read_text() == "x\n"
+        # Of the host's temp directory, only what was exposed shows.
+        listing = (await sandbox.run(["ls", os.path.dirname(read_only)])).stdout.split()
+        assert {os.path.basename(p).encode() for p in (read_only, writable)} <= set(listing)
+        assert os.path.basename(sibling).encode() not in listing
+    finally:
+        await sandbox.aclose()
+        for directory in (read_only, writable, sibling):
+            shutil.rmtree(directory)
+
+
+@pytest.mark.anyio
+async def test_exposing_a_missing_path_or_the_whole_host_is_refused() -> None:
+    with pytest.raises(SandboxUnavailable, match="no such path"):
+        await UnshareSandbox.create(ro=["/nonexistent/bridgeproto"])
+    with pytest.raises(SandboxUnavailable, match="would show the whole host"):
+        await UnshareSandbox.create(rw=["/"])
+
+
+# ------------------------------------------------------------------ secrets
+
+
+def _command_lines() -> Iterator[bytes]:
+    for name in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{name}/cmdline", "rb") as file:
+                yield file.read()
+        except OSError:
+            continue
+
+
+def test_credentials_from_a_header_file_appear_in_no_command_line(tmp_path: object) -> None:
+    need_bwrap()
+    secret = "Bearer sk-never-in-argv-4242"
+    private, workspace = tempfile.mkdtemp(), tempfile.mkdtemp()
+    os.chmod(workspace, 0o755)  # the command runs here, as nobody when we are root
+    header_file = os.path.join(private, "headers")
+    with open(header_file, "w") as file:
+        file.write(f"# the upstream's key\nAuthorization: {secret}\n")
+    os.chmod(header_file, 0o600)
+    agent = (
+        "import json, os, sys, urllib.request\n"
+        "mine = [open(f'/proc/{p}/cmdline', 'rb').read() for p in os.listdir('/proc')"
+        " if p.isdigit()]\n"
+        "needle = b'never-in' + b'-argv'  # spelled apart: this script is an argv too\n"
+        "print('inside sees it' if any(needle in c for c in mine) else 'hidden')\n"
+        "seen = json.load(urllib.request.urlopen(os.environ['BRIDGEPROTO_URL'] + '/echo'))\n"
+        "print([v for n, v in seen['headers'] if n == 'authorization'][0])\n"
+        "print('ready', flush=True)\n"
+        "sys.stdin.readline()\n"
+    )
+    with upstream_in_thread() as url:
+        run = subprocess.Popen(
+            [*BRIDGEPROTO, "run", "--upstream", url, "--header-file", header_file,
+             "--sandbox", "bwrap", "--", "python3", "-c", agent],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            cwd=workspace,
+        )  # fmt: skip
+        assert run.stdout is not None and run.stdin is not None
+        lines = [run.stdout.readline() for _ in range(3)]
+        # While the bridge and the command run, no process on the host shows it.
+        leaked = [line for line in _command_lines() if b"never-in-argv" in line]
+        _, stderr = run.communicate("done\n", timeout=30)
+    shutil.rmtree(private)
+    shutil.rmtree(workspace)
+    assert lines == ["hidden\n", f"{secret}\n", "ready\n"], stderr
+    assert leaked == []
+    assert run.returncode == 0
+
+
+def test_a_header_file_the_sandbox_could_read_is_refused(tmp_path: object) -> None:
+    shown = tempfile.mkdtemp()
+    header_file = os.path.join(shown, "headers")
+    with open(header_file, "w") as file:
+        file.write("Authorization: Bearer sk-do-not-show\nnot a header line\n")
+    try:
+        exposed = subprocess.run(
+            [*BRIDGEPROTO, "run", "--upstream", "http://127.0.0.1:9/", "--header-file",
+             header_file, "--", "true"],
+            capture_output=True, text=True, cwd=shown, timeout=60,
+        )  # fmt: skip
+        hidden = subprocess.run(
+            [*BRIDGEPROTO, "run", "--upstream", "http://127.0.0.1:9/", "--hide-cwd",
+             "--header-file", header_file, "--", "true"],
+            capture_output=True, text=True, cwd=shown, timeout=60,
+        )  # fmt: skip
+    finally:
+        shutil.rmtree(shown)
+    assert exposed.returncode == 2
+    assert f"--header-file {header_file} lies in {shown}, which the sandbox can read" in (
+        exposed.stderr
+    )
+    assert hidden.returncode == 2
+    assert f"{header_file}:2 is not a 'Name: value' header line" in hidden.stderr
+    assert "sk-do-not-show" not in exposed.stderr + hidden.stderr
+
+
+def test_run_stops_with_its_sandbox_when_killed() -> None:
+    """SIGKILL of ``bridgeproto run`` itself: the sandbox goes with it."""
+    need_bwrap()
+    with upstream_in_thread() as url:
+        run = subprocess.Popen(
+            [*BRIDGEPROTO, "run", "--upstream", url, "--hide-cwd", "--sandbox", "bwrap", "--",
+             "sh", "-c", "echo started; exec sleep 1000"],
+            stdout=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        assert run.stdout is not None
+        assert run.stdout.readline() == "started\n"
+        sleepers = [
+            int(name) for name in os.listdir("/proc")
+            if name.isdigit() and _cmdline(int(name)) == b"sleep\x001000\x00"
+        ]  # fmt: skip
+        assert sleepers
+        run.send_signal(signal.SIGKILL)
+        run.wait()
+        deadline = time.monotonic() + 10
+        while any(_cmdline(pid) for pid in sleepers) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not any(_cmdline(pid) for pid in sleepers)
+
+
+def _cmdline(pid: int) -> bytes:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as file:
+            return file.read()
+    except OSError:
+        return b""
