@@ -382,3 +382,17 @@ def _cmdline(pid: int) -> bytes:
             return file.read()
     except OSError:
         return b""
+
+
+def test_docs_security_names_what_the_code_does() -> None:
+    from bridgeproto_adapters import isolation_probe, offline
+
+    text = (pathlib.Path(__file__).parent.parent / "docs" / "security.md").read_text()
+    for directory in isolation_probe.WRITE_TARGETS:
+        if directory not in ("/", "/usr/local/bin"):
+            assert f"`{directory}`" in text, directory
+    for device in offline.DEVICES:
+        assert f"`{device}`" in text or f"`/dev/{device}`" in text, device
+    assert f"`nobody` ({offline.SANDBOX_UID})" in text
+    for tool in offline.UnshareSandbox.tools:
+        assert f"`{tool}`" in text, tool

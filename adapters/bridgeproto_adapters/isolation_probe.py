@@ -149,7 +149,8 @@ def capabilities() -> tuple[bool, str]:
     status = dict(
         line.split(":\t", 1) for line in (_read("/proc/self/status") or b"").decode().splitlines()
     )
-    fields = {name: status.get(name, "?").strip() for name in ("CapEff", "CapPrm", "CapBnd")}
+    names = ("CapEff", "CapPrm", "CapInh", "CapAmb", "CapBnd")
+    fields = {name: status.get(name, "?").strip() for name in names}
     nnp = status.get("NoNewPrivs", "?").strip()
     held = all(value == "0" * 16 for value in fields.values()) and nnp == "1"
     if os.getuid() != 0:
