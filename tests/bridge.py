@@ -16,7 +16,7 @@ import attrs
 
 import bridgeproto as bp
 from bridgeproto_adapters.host_side import HostOptions, run_host_side
-from bridgeproto_adapters.sandbox_side import run_sandbox_side
+from bridgeproto_adapters.sandbox_side import AgentLimits, run_sandbox_side
 from bridgeproto_adapters.session import Session
 from bridgeproto_adapters.streams import memory_stream_pair, process_stream
 from upstream import Upstream, running_upstream
@@ -46,6 +46,7 @@ async def bridge(
     options: HostOptions | None = None,
     added_headers: tuple[tuple[bytes, bytes], ...] = (),
     upstream_port: int | None = None,
+    limits: AgentLimits | None = None,
 ) -> AsyncIterator[Bridge]:
     """``upstream_port`` sends the host side somewhere other than the test upstream."""
     async with running_upstream() as upstream:
@@ -64,6 +65,7 @@ async def bridge(
                         listen=("127.0.0.1", 0),
                         policy=policy,
                         config=sandbox_config,
+                        limits=limits,
                     )
                 )
             else:

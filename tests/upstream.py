@@ -13,6 +13,7 @@ Routes (any prefix before them is ignored, so tests can use allowlisted paths):
     /hang               never answers; sets ``hang_closed`` when the client leaves
     /forever            a head, then a chunk now and then until the client leaves
     /break              a head and part of the body, then the connection drops
+    /close              reads the request, then closes without answering
     /v1/chat/completions  OpenAI-compatible, streamed or not
     /v1/models          OpenAI-compatible model list
 """
@@ -161,6 +162,8 @@ class Upstream:
             except (anyio.BrokenResourceError, OSError):
                 self.forever_closed.set()
                 raise
+        elif route == "/close":
+            raise anyio.EndOfStream  # closes without a word
         elif route == "/break":
             await send(h11.Response(status_code=200, headers=[(b"content-length", b"1000")]))
             await send(h11.Data(data=b"partial"))

@@ -6,6 +6,12 @@ while the connection's task streams the answer back. Whatever ends first
 decides: a complete response keeps the connection alive; a reset before the
 response head becomes a JSON error answer; a reset after it, or an agent that
 hangs up, aborts the connection and resets the exchange.
+
+Agents are bounded before they cost the bridge anything (``AgentLimits``): a
+request head must arrive within ``head_timeout``, at most
+``max_pending_connections`` connections may wait for one, and requests beyond
+the session's exchange limit queue (``max_queued``, ``queue_timeout``)
+instead of being refused.
 """
 
 from __future__ import annotations
@@ -28,6 +34,27 @@ _REQUEST_TAIL_SECONDS = 5.0
 _LINGER_SECONDS = 2.0
 _AGENT_IO_ERRORS = (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError)
 _CAUSE_BY_STATUS = {431: "headers-too-large", 413: "body-too-large"}
+
+
+@attrs.frozen
+class AgentLimits:
+    """What agent connections may cost the sandbox side before they are refused.
+
+    ``head_timeout``: seconds from a connection being ready for a request
+    (accepted, or its previous answer sent) to the whole request head; a
+    connection that sent nothing is closed quietly, one that sent part of a
+    head gets 408 ``request-timeout``. ``max_pending_connections``:
+    connections waiting for a request head at once; more get 503
+    ``too-many-connections``. ``max_queued`` requests wait for a free
+    exchange when the session's limit is reached, each for at most
+    ``queue_timeout`` seconds; past either bound the answer is 503
+    ``bridge-busy``.
+    """
+
+    head_timeout: float = 60.0
+    max_pending_connections: int = 1024
+    max_queued: int = 4096
+    queue_timeout: float = 120.0
 
 
 @attrs.define
@@ -101,10 +128,18 @@ class _Agent:
 class SandboxSide:
     """Serves agent connections for one session."""
 
-    def __init__(self, session: Session, policy: bp.HttpPolicy | None = None) -> None:
+    def __init__(
+        self,
+        session: Session,
+        policy: bp.HttpPolicy | None = None,
+        limits: AgentLimits | None = None,
+    ) -> None:
         self.session = session
         self.policy = policy or bp.HttpPolicy()
+        self.limits = limits or AgentLimits()
         self._active = 0  # exchanges being carried
+        self._pending = 0  # connections waiting for a request head
+        self._queued = 0  # requests waiting for a free exchange
         self._idle = anyio.Event()
 
     async def until_idle(self) -> None:
@@ -116,6 +151,18 @@ class SandboxSide:
     async def handle_agent(self, stream: anyio.abc.ByteStream) -> None:
         _stop_eager_reading(stream)
         agent = _Agent(bp.AgentConnection(self.policy), stream)
+        if self._pending >= self.limits.max_pending_connections:
+            with contextlib.suppress(*_AGENT_IO_ERRORS):
+                await stream.send(
+                    agent.http.reply_error(
+                        503,
+                        "too-many-connections",
+                        f"{self._pending} connections are waiting to send a request; the"
+                        f" limit is {self.limits.max_pending_connections}",
+                    )
+                )
+            await stream.aclose()
+            return
         async with anyio.create_task_group() as tg:
             tg.start_soon(agent.pump)
             try:
@@ -126,8 +173,25 @@ class SandboxSide:
             finally:
                 await agent.close()
 
+    async def _next_head(self, agent: _Agent) -> bp.AgentEvent | None:
+        """The next request (or refusal) within the head timeout; None: close."""
+        self._pending += 1
+        try:
+            with anyio.move_on_after(self.limits.head_timeout):
+                return await agent.next_event()
+        finally:
+            self._pending -= 1
+        if agent.http.request_started:
+            timeout = self.limits.head_timeout
+            await agent.refuse(
+                agent.http.reply_error(
+                    408, "request-timeout", f"no complete request head within {timeout:g} s"
+                )
+            )
+        return None  # an idle connection is closed quietly
+
     async def _one_request(self, agent: _Agent) -> bool:
-        event = await agent.next_event()
+        event = await self._next_head(agent)
         if isinstance(event, bp.AgentRefused):
             if event.reply is not None:
                 await agent.refuse(event.reply)
@@ -137,12 +201,7 @@ class SandboxSide:
         try:
             exchange = await self._open(event)
         except (bp.LocalProtocolError, SessionEnded) as exc:
-            if isinstance(exc, SessionEnded):
-                status, cause, message = 502, "bridge-down", f"the bridge is down: {exc}"
-            else:
-                status = exc.status_hint or 503
-                cause, message = _CAUSE_BY_STATUS.get(status, "bridge-busy"), str(exc)
-            await agent.stream.send(agent.http.reply_error(status, cause, message))
+            await agent.stream.send(agent.http.reply_error(*self._refusal_for(exc)))
             return False
         self._active += 1
         try:
@@ -154,10 +213,41 @@ class SandboxSide:
             self._active -= 1
             self._idle.set()
 
+    def _refusal_for(self, error: bp.LocalProtocolError | SessionEnded) -> tuple[int, str, str]:
+        """Status, X-Bridge-Error and message for a request the session did not take."""
+        if isinstance(error, SessionEnded) or not self.session.usable:
+            return 502, "bridge-down", f"the bridge is down: {error}"
+        status = error.status_hint or 503
+        if status == 503 and self.session.conn.state is not bp.SessionState.OPEN:
+            return 503, "shutting-down", str(error)
+        return status, _CAUSE_BY_STATUS.get(status, "bridge-busy"), str(error)
+
     async def _open(self, request: bp.AgentRequest) -> Exchange:
         with anyio.move_on_after(self.session.conn.config.handshake_timeout):
             await self.session.ready.wait()
+        if self.session.must_queue():
+            await self._queue_for_exchange()
         return await self.session.open_exchange(request.method, request.target, request.headers)
+
+    async def _queue_for_exchange(self) -> None:
+        limits = self.limits
+        if self._queued >= limits.max_queued:
+            raise bp.LocalProtocolError(
+                f"{self._queued} requests already wait for a free exchange (the limit is"
+                f" {limits.max_queued}); retry later",
+                status_hint=503,
+            )
+        self._queued += 1
+        try:
+            with anyio.fail_after(limits.queue_timeout):
+                await self.session.wait_for_exchange_slot()
+        except TimeoutError:
+            raise bp.LocalProtocolError(
+                f"no exchange came free within {limits.queue_timeout:g} s; retry later",
+                status_hint=503,
+            ) from None
+        finally:
+            self._queued -= 1
 
     async def _carry(self, agent: _Agent, exchange: Exchange) -> bool:
         outcome = _Outcome()
@@ -242,7 +332,12 @@ class SandboxSide:
                         out.append(http.respond_end())
                         done = True
                     elif isinstance(event, bp.ExchangeReset):
-                        reply = http.respond_failure(event.code, event.reason)
+                        if self.session.usable:
+                            reply = http.respond_failure(event.code, event.reason)
+                        else:  # the whole session is gone, not just this exchange
+                            reply = http.answer_error(
+                                502, "bridge-down", f"the bridge is down: {event.reason}"
+                            )
                         out.append(reply or b"")
                         done = False
                     if done is not None:
@@ -295,6 +390,7 @@ async def run_sandbox_side(
     listen: Listen = DEFAULT_LISTEN,
     policy: bp.HttpPolicy | None = None,
     config: bp.Config | None = None,
+    limits: AgentLimits | None = None,
     task_status: anyio.abc.TaskStatus[Listen] = anyio.TASK_STATUS_IGNORED,
 ) -> None:
     """Run the sandbox side of a session until it ends.
@@ -305,7 +401,7 @@ async def run_sandbox_side(
     """
     listener = await open_listener(listen)
     session = Session(bp.Connection(bp.Role.SANDBOX, session_id, config), stream)
-    side = SandboxSide(session, policy)
+    side = SandboxSide(session, policy, limits)
     async with listener, anyio.create_task_group() as tg:
         tg.start_soon(session.run)
         tg.start_soon(listener.serve, side.handle_agent)

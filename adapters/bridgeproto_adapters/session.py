@@ -203,6 +203,8 @@ class Session:
         self._flushed: anyio.Event | None = None
         self._writer_done = anyio.Event()
         self._task_group: anyio.abc.TaskGroup | None = None
+        # Senders waiting for the core to take a new exchange, first come first served.
+        self._slot_waiters: deque[anyio.Event] = deque()
 
     # ---------------------------------------------------------------- API
 
@@ -230,6 +232,34 @@ class Session:
         self._exchanges[exchange_id] = exchange
         self.kick()
         return exchange
+
+    def must_queue(self) -> bool:
+        """Whether a new exchange must wait its turn (the core is full, or
+        others already wait)."""
+        return bool(self._slot_waiters) or (self.usable and self.conn.exchanges_full)
+
+    async def wait_for_exchange_slot(self) -> None:
+        """Wait, in arrival order, until the core takes a new exchange (or the
+        session ends: ``open_exchange`` then says so)."""
+        turn = anyio.Event()
+        self._slot_waiters.append(turn)
+        try:
+            while True:
+                await turn.wait()
+                if not self.usable or not self.conn.exchanges_full:
+                    return  # the caller opens its exchange before anything else runs
+                turn = anyio.Event()  # woken too early: wait again, first in line
+                self._slot_waiters.appendleft(turn)
+        except BaseException:  # cancelled, or timed out
+            if turn.is_set():
+                self._wake_slot_waiter()  # the slot we leave goes to the next in line
+            else:
+                self._slot_waiters.remove(turn)
+            raise
+
+    def _wake_slot_waiter(self) -> None:
+        if self._slot_waiters and (not self.usable or not self.conn.exchanges_full):
+            self._slot_waiters.popleft().set()
 
     def kick(self) -> None:
         """The core may have something to send or a new deadline."""
@@ -264,6 +294,7 @@ class Session:
     def forget(self, exchange: Exchange) -> None:
         self._exchanges.pop(exchange.id, None)
         exchange._send.close()
+        self._wake_slot_waiter()
         # Bytes delivered but never read still hold credit: give it back.
         while True:
             try:
@@ -395,6 +426,7 @@ class Session:
                 self.finished.set()
             elif isinstance(event, bp.SessionClosed):
                 self.finished.set()
+        self._wake_slot_waiter()  # acknowledgements may have made room
         self.kick()
 
     def _to_exchange(self, event: ExchangeEvent) -> None:
@@ -436,3 +468,5 @@ class Session:
         self._writer_done.set()
         if self._flushed is not None:
             self._flushed.set()
+        while self._slot_waiters:
+            self._slot_waiters.popleft().set()

@@ -103,9 +103,11 @@ class Config:
     shutdown_grace: float = attrs.field(default=5.0, validator=_positive)
     max_body_bytes: int | None = attrs.field(default=None)  # each way, sent or received
     closed_exchange_memory: int = attrs.field(default=1024)
-    # New exchanges wait while this many sent bytes are unacknowledged, so a
-    # peer that stops acknowledging cannot make this side hold more.
+    # New exchanges wait while this many sent bytes are unacknowledged, and
+    # the session fails past ``max_unacknowledged_bytes`` (a peer that keeps
+    # talking but never acknowledges would otherwise pin this side's memory).
     max_retained_bytes: int = attrs.field(default=32 << 20)
+    max_unacknowledged_bytes: int = attrs.field(default=64 << 20)
 
 
 class SessionState(enum.Enum):
@@ -289,6 +291,16 @@ class Connection:
     def acked_seq(self) -> int:
         """The highest sequence number the peer has acknowledged."""
         return self._acked_seq
+
+    @property
+    def exchanges_full(self) -> bool:
+        """Whether ``start_exchange`` would refuse for now only: the peer's
+        exchange limit is reached, or too many sent bytes await acknowledgement."""
+        peer = self.peer_limits
+        return peer is not None and (
+            len(self._exchanges) >= peer.max_exchanges
+            or self._retained_bytes >= self.config.max_retained_bytes
+        )
 
     def is_open(self, exchange_id: int) -> bool:
         """Whether the exchange is still in flight."""
@@ -591,6 +603,7 @@ class Connection:
                 )
         if opened and cfg.ping_interval is not None and now >= self._next_ping_due():
             self.ping(now)
+        self._check_retention(events)
         self._check_drained(events)
         return events
 
@@ -628,6 +641,7 @@ class Connection:
                 self._receive_frame(frame.seq, frame.record, now, events)
             except _SessionError as exc:
                 self._fail(events, exc.code, exc.reason, by_peer=False)
+        self._check_retention(events)
         self._check_drained(events)
         return events
 
@@ -1010,6 +1024,21 @@ class Connection:
         ):
             self.state = SessionState.CLOSED
             events.append(SessionClosed(forced=False))
+
+    def _check_retention(self, events: list[Event]) -> None:
+        limit = self.config.max_unacknowledged_bytes
+        if self._retained_bytes > limit and self.state is not SessionState.FAILED:
+            self._fail(
+                events,
+                ErrorCode.PEER_UNRESPONSIVE,
+                f"the peer has left {self._retained_bytes} sent bytes unacknowledged (the"
+                f" limit is {limit}); it is not reading its link, or it is not a bridgeproto"
+                " peer",
+                by_peer=False,
+            )
+            # What it never acknowledged will never be resent: let it go.
+            self._retained.clear()
+            self._retained_bytes = 0
 
     def _link_is_up(self) -> bool:
         return self._link_ok and self.state is not SessionState.FAILED

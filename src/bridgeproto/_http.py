@@ -28,6 +28,7 @@ from ._errors import ErrorCode
 from ._records import Headers, RequestHead, ResponseHead
 
 BRIDGE_ERROR_HEADER = b"x-bridge-error"
+MAX_CHUNK_SIZE = 1 << 63
 VIA = (b"via", b"1.1 bridgeproto")
 
 _HOP_BY_HOP = frozenset(
@@ -45,9 +46,13 @@ _HOP_BY_HOP = frozenset(
         b"expect",  # the sandbox side answers 100-continue itself
     }
 )
-# Dot segments, encoded separators and backslashes could walk a path out of
-# its allowed prefix at the upstream, so such paths are refused outright.
-_UNSAFE_PATH = re.compile(rb"(^|/)\.\.?(/|$)|%2e|%2f|%5c|\\", re.IGNORECASE)
+# Framing is never hop-by-hop: ``Connection: content-length`` must not strip
+# the header that says where the body ends.
+_FRAMING = frozenset({b"content-length", b"transfer-encoding"})
+# Headers upstreams behind proxies trust to say who is asking and for what;
+# an agent must not choose them (``Upstream.pass_routing_headers`` allows).
+_ROUTING = frozenset({b"forwarded", b"x-real-ip", b"x-original-url", b"x-rewrite-url"})
+_PERCENT = re.compile(rb"%([0-9A-Fa-f]{2})?")
 
 
 @attrs.frozen
@@ -113,12 +118,11 @@ def check_target(method: bytes, target: bytes, policy: HttpPolicy) -> Refusal | 
             " the bridge forwards only to its configured upstream, so send origin-form"
             " targets such as /v1/models",
         )
-    path = target.split(b"?", 1)[0].split(b"#", 1)[0]
-    if _UNSAFE_PATH.search(path):
+    path = target.split(b"?", 1)[0]
+    problem = _path_problem(target, path)
+    if problem:
         return Refusal(
-            400,
-            "unsafe-path",
-            f"the path {path[:100]!r} has dot segments or encoded separators; send it normalised",
+            400, "unsafe-path", f"the path {path[:100]!r} {problem}; send a plain, normalised path"
         )
     for prefix in policy.allowed_prefixes:
         base = prefix.rstrip(b"/")
@@ -133,6 +137,42 @@ def check_target(method: bytes, target: bytes, policy: HttpPolicy) -> Refusal | 
     )
 
 
+def _path_problem(target: bytes, path: bytes) -> str | None:
+    """Why a path could mean something else to the upstream than to the
+    allowlist, or None. Anything an upstream might decode or normalise into
+    another path (a second round of percent-decoding, ``%u`` escapes, overlong
+    UTF-8, ``..;`` segments, backslashes) is refused rather than guessed at.
+    """
+    if b"#" in target:
+        return "has a fragment ('#' is not allowed in a request target)"
+    if b"\\" in path:
+        return "has a backslash"
+    decoded = bytearray()
+    position = 0
+    for match in _PERCENT.finditer(path):
+        if match.group(1) is None:
+            return "has a '%' that is not followed by two hex digits (%u escapes included)"
+        decoded += path[position : match.start()] + bytes([int(match.group(1), 16)])
+        position = match.end()
+    decoded += path[position:]
+    if any(byte < 0x20 or byte == 0x7F for byte in decoded):
+        return "has control characters"
+    if b"%" in decoded:
+        return "is percent-encoded twice (%25)"
+    if b"\\" in decoded:
+        return "has an encoded backslash"
+    if len(decoded.split(b"/")) != len(path.split(b"/")):
+        return "has an encoded '/'"
+    try:
+        decoded.decode("utf-8")
+    except UnicodeDecodeError:
+        return "is not valid UTF-8 once decoded (overlong forms included)"
+    for segment in bytes(decoded).split(b"/"):
+        if segment.split(b";", 1)[0] in (b".", b".."):
+            return "has dot segments"
+    return None
+
+
 def clean_headers(headers: Iterable[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
     """Drop hop-by-hop headers (and those ``Connection`` names); keep framing.
 
@@ -145,7 +185,7 @@ def clean_headers(headers: Iterable[tuple[bytes, bytes]]) -> list[tuple[bytes, b
         for name, value in items
         if name == b"connection"
         for token in value.split(b",")
-    }
+    } - _FRAMING
     out: list[tuple[bytes, bytes]] = []
     chunked = False
     for name, value in items:
@@ -253,6 +293,9 @@ class AgentConnection:
             status = exc.error_status_hint
             cause = "headers-too-large" if status == 431 else "bad-request"
             return self._refuse(Refusal(status, cause, f"malformed HTTP request: {exc}"))
+        refusal = self._chunk_refusal()
+        if refusal is not None:
+            return self._refuse(refusal)
         if event is h11.NEED_DATA or event is h11.PAUSED:
             return None
         if isinstance(event, h11.Request):
@@ -268,10 +311,43 @@ class AgentConnection:
         assert isinstance(event, h11.ConnectionClosed)
         return AgentClosed()
 
+    def _chunk_refusal(self) -> Refusal | None:
+        """A chunk size no body could have (h11 takes up to 20 hex digits,
+        and would wait forever for 2**64 bytes), or one past the body limit."""
+        declared = getattr(getattr(self._h11, "_reader", None), "_bytes_in_chunk", 0)
+        limit = self.policy.max_body_bytes
+        if limit is not None and self._body_bytes + declared > limit:
+            return _body_too_large(limit)
+        if declared >= MAX_CHUNK_SIZE:
+            return Refusal(
+                400,
+                "bad-request",
+                f"malformed HTTP request: a chunk of {declared} bytes (the largest accepted is"
+                f" {MAX_CHUNK_SIZE - 1})",
+            )
+        return None
+
     def _request(self, request: h11.Request) -> AgentEvent:
         self._method = request.method
         self._body_bytes = 0
+        if request.http_version not in (b"1.0", b"1.1"):
+            return self._refuse(
+                Refusal(
+                    505,
+                    "bad-request",
+                    f"HTTP/{request.http_version.decode()} is not supported: the bridge speaks"
+                    " HTTP/1.1",
+                )
+            )
         refusal = check_target(request.method, request.target, self.policy)
+        names = {name for name, _ in request.headers}
+        if refusal is None and {b"content-length", b"transfer-encoding"} <= names:
+            refusal = Refusal(
+                400,
+                "bad-request",
+                "the request has both Content-Length and Transfer-Encoding (a way to smuggle"
+                " requests); send one of them",
+            )
         # h11 bounds only heads that arrive in pieces; a whole one is checked here.
         size = (
             len(request.method)
@@ -297,7 +373,9 @@ class AgentConnection:
         return AgentRequest(request.method, request.target, headers, interim)
 
     def _refuse(self, refusal: Refusal) -> AgentRefused:
-        return AgentRefused(refusal, self._answer(refusal.status, refusal.cause, refusal.message))
+        return AgentRefused(
+            refusal, self.answer_error(refusal.status, refusal.cause, refusal.message)
+        )
 
     def respond_head(self, head: ResponseHead) -> bytes:
         headers = [*clean_headers(head.headers), VIA]
@@ -328,6 +406,11 @@ class AgentConnection:
             out += self._h11.send(h11.Data(data=body)) or b""
         return out + (self._h11.send(h11.EndOfMessage()) or b"")
 
+    @property
+    def request_started(self) -> bool:
+        """Whether any byte of the next request has arrived."""
+        return bool(self._h11.trailing_data[0]) or self._h11.their_state is not h11.IDLE
+
     def respond_failure(self, code: ErrorCode, reason: str) -> bytes | None:
         """The answer for an exchange the bridge could not complete.
 
@@ -335,9 +418,9 @@ class AgentConnection:
         it, None: the caller must abort the connection so the agent sees an
         error rather than a body that looks complete.
         """
-        return self._answer(code.http_status, cause_of(code), reason)
+        return self.answer_error(code.http_status, cause_of(code), reason)
 
-    def _answer(self, status: int, cause: str, message: str) -> bytes | None:
+    def answer_error(self, status: int, cause: str, message: str) -> bytes | None:
         """An error answer, or None (abort) once a response has started."""
         if self.response_started:
             self._h11.send_failed()
@@ -379,10 +462,17 @@ class Upstream:
     port: int
     policy: HttpPolicy = attrs.field(factory=HttpPolicy)
     added_headers: tuple[tuple[bytes, bytes], ...] = ()
+    # Forwarded, X-Forwarded-*, X-Real-IP, X-Original-URL and X-Rewrite-URL
+    # from the agent are dropped unless this is set.
+    pass_routing_headers: bool = False
 
     @property
     def host_header(self) -> bytes:
         return f"{self.host}:{self.port}".encode("idna")
+
+
+def _is_routing(name: bytes) -> bool:
+    return name in _ROUTING or name.startswith(b"x-forwarded-")
 
 
 def upstream_request(head: RequestHead, upstream: Upstream) -> h11.Request | Refusal:
@@ -391,7 +481,11 @@ def upstream_request(head: RequestHead, upstream: Upstream) -> h11.Request | Ref
     if refusal is not None:
         return refusal
     replaced = {name.lower() for name, _ in upstream.added_headers}
-    headers = [(n, v) for n, v in clean_headers(head.headers) if n not in replaced]
+    headers = [
+        (n, v)
+        for n, v in clean_headers(head.headers)
+        if n not in replaced and (upstream.pass_routing_headers or not _is_routing(n))
+    ]
     headers = [(b"host", upstream.host_header), *headers, *upstream.added_headers, VIA]
     try:
         return h11.Request(method=head.method, target=head.target, headers=headers)
