@@ -177,7 +177,7 @@ def test_demo() -> None:
 
 
 def test_verbose_prints_the_summary_while_running() -> None:
-    from bridgeproto_adapters.cli import _live_summary
+    from bridgeproto_adapters.run import _live_summary
     from bridgeproto_adapters.session import SessionStats
 
     class Session:
@@ -185,7 +185,7 @@ def test_verbose_prints_the_summary_while_running() -> None:
 
     async def scenario() -> None:
         with anyio.move_on_after(0.35):
-            await _live_summary(Session(), interval=0.1)
+            await _live_summary(Session(), interval=0.1)  # type: ignore[arg-type]
 
     import contextlib
     import io

@@ -171,14 +171,15 @@ def test_everything_inside_dies_with_the_sandbox_owner(kind: str) -> None:
         f"    sandbox = await {'BwrapSandbox' if kind == 'bwrap' else 'UnshareSandbox'}.create()\n"
         "    await sandbox.open_process(['sh', '-c', 'sleep 1000 & sleep 1000'])\n"
         "    await sandbox.run(['true'])\n"
-        "    print(sandbox.holder_pid, flush=True)\n"
+        "    print(sandbox.holder_pid, sandbox._root, flush=True)\n"
         "    await anyio.sleep(1000)\n"
         "anyio.run(main)\n"
     )
     owner = subprocess.Popen([sys.executable, "-c", owner_script], stdout=subprocess.PIPE)
     try:
         assert owner.stdout is not None
-        holder = int(owner.stdout.readline())
+        pid, root = owner.stdout.readline().split()
+        holder = int(pid)
         namespace = _pid_namespace(holder)
         assert namespace is not None
         deadline = time.monotonic() + 10
@@ -192,6 +193,15 @@ def test_everything_inside_dies_with_the_sandbox_owner(kind: str) -> None:
     while _inside(namespace) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert _inside(namespace) == [], "processes of the sandbox outlived its owner"
+    # Its directory is left behind, and the next sandbox made here sweeps it.
+    assert os.path.isdir(root)
+    anyio.run(_make_and_close, kind)
+    assert not os.path.exists(root)
+
+
+async def _make_and_close(kind: str) -> None:
+    async with make_sandbox(kind):
+        pass
 
 
 @pytest.mark.parametrize("kind", OFFLINE)

@@ -6,19 +6,17 @@
     bridgeproto sandbox-side --session HEX ...   (started by the host side)
 
 Every failure to start prints one line naming the cause and the fix and
-exits 2; otherwise ``run`` exits with the command's own status.
+exits 2; otherwise ``run`` exits as ``run.py`` describes (the command's own
+status, 128 + the signal that stopped it, or 3 when the bridge went down).
 """
 
 from __future__ import annotations
 
 import argparse
 import functools
-import os
 import sys
-import tempfile
-import time
 from collections.abc import Sequence
-from typing import Any, NoReturn, TextIO
+from typing import NoReturn
 
 import anyio
 
@@ -46,7 +44,8 @@ def _listen_address(text: str) -> tuple[str, int]:
     return host, int(port)
 
 
-def _header(text: str) -> tuple[bytes, bytes]:
+def parse_header(text: str) -> tuple[bytes, bytes]:
+    """``Name: value`` as the bridge will send it; ``ArgumentTypeError`` if it cannot be."""
     name, sep, value = text.partition(":")
     try:
         header = bp.RequestHead(1, b"GET", b"/", [(name.strip().encode(), value.strip().encode())])
@@ -55,30 +54,6 @@ def _header(text: str) -> tuple[bytes, bytes]:
     if not sep or header is None:
         raise argparse.ArgumentTypeError(f"{text!r} is not 'Name: value'")
     return header.headers[0][0].lower(), header.headers[0][1]
-
-
-def read_header_file(path: str) -> list[tuple[bytes, bytes]]:
-    """``Name: value`` lines (blank lines and ``#`` comments skipped).
-
-    The recommended way to give credentials: they never appear in a command
-    line, where any user of the host could read them.
-    """
-    try:
-        with open(path) as file:
-            lines = file.read().splitlines()
-    except OSError as exc:
-        raise BridgeError(f"cannot read the header file {path}: {exc.strerror}") from None
-    headers = []
-    for number, line in enumerate(lines, 1):
-        if not line.strip() or line.lstrip().startswith("#"):
-            continue
-        try:
-            headers.append(_header(line))
-        except argparse.ArgumentTypeError:
-            raise BridgeError(
-                f"{path}:{number} is not a 'Name: value' header line"
-            ) from None  # the line itself may be a secret: never echo it
-    return headers
 
 
 def _seconds(text: str) -> float:
@@ -91,126 +66,18 @@ def _seconds(text: str) -> float:
 # ---------------------------------------------------------------- run
 
 
-class TraceWriter:
-    """Records every frame crossing the bridge: time, direction, armored bytes."""
-
-    def __init__(self, file: TextIO) -> None:
-        self.file = file
-        self.start = time.monotonic()
-
-    def __call__(self, direction: str, data: bytes) -> None:
-        self.file.write(f"{time.monotonic() - self.start:.6f} {direction} {bp.armor(data)}")
-
-
-async def _upstream_reachable(url: str) -> str | None:
-    from .launch import parse_upstream
-
-    host, port, _ = parse_upstream(url)
-    try:
-        with anyio.fail_after(5):
-            stream = await anyio.connect_tcp(host, port)
-        await stream.aclose()
-    except (OSError, TimeoutError) as exc:
-        return f"cannot reach the upstream {host}:{port} ({exc}); is it running?"
-    return None
-
-
-async def _run(args: argparse.Namespace) -> int:
-    from .launch import open_bridge
-    from .offline import open_sandbox
-
-    if args.transport == "mailbox":
-        return _fail("the mailbox transport is not yet available; use --transport stream")
-    headers = list(args.header)
-    for path in args.header_file:
-        _refuse_if_exposed(path, "--header-file", args.ro + args.rw)
-        headers += read_header_file(path)
-    if args.trace:
-        _refuse_if_exposed(args.trace, "--trace", args.ro + args.rw)
-    unreachable = await _upstream_reachable(args.upstream)
-    if unreachable:
-        return _fail(unreachable)
-    sandbox, note = await open_sandbox(args.sandbox, ro=args.ro, rw=args.rw)
-    print(f"bridgeproto: {note}", file=sys.stderr)
-    config = bp.Config(idle_timeout=args.idle_timeout, exchange_timeout=args.timeout)
-    trace = _private_file(args.trace) if args.trace else None
-    try:
-        async with open_bridge(
-            sandbox, args.upstream, headers=headers, listen=args.listen, config=config,
-            tracer=TraceWriter(trace) if trace else None,
-        ) as bridge:  # fmt: skip
-            argv = sandbox.command_line(args.command, env=bridge.env, cwd=args.cwd)
-            async with anyio.create_task_group() as tg:
-                if args.verbose:
-                    tg.start_soon(_live_summary, bridge.session)
-                result = await anyio.run_process(argv, stdout=None, stderr=None, check=False)
-                tg.cancel_scope.cancel()
-        print(bridge.session.stats.summary(), file=sys.stderr)
-        return result.returncode
-    finally:
-        if trace:
-            trace.close()
-        await sandbox.aclose()
-
-
-def _exposed_cwd(args: argparse.Namespace) -> None:
-    """Show the current directory read-only and run the command there, as
-    the user expects of ``run -- python3 my_agent.py``; unless told not to, or
-    it would show the whole host or the host's shared temp directory."""
-    cwd = os.path.realpath(os.getcwd())
-    args.cwd = None
-    if args.hide_cwd:
-        return
-    shared = os.path.realpath(tempfile.gettempdir())
-    if cwd == "/" or shared == cwd or shared.startswith(cwd + "/"):
-        print(
-            f"bridgeproto: the current directory {cwd} is not shown to the sandbox (it holds"
-            " the host's shared files); use --ro PATH for what the command needs",
-            file=sys.stderr,
-        )
-        return
-    if args.sandbox != "local":
-        args.ro.append(cwd)
-    args.cwd = cwd
-
-
-def _refuse_if_exposed(path: str, option: str, exposed: Sequence[str]) -> None:
-    """Host-only files (credentials, the trace) must not lie where the sandbox reads."""
-    real = os.path.realpath(path)
-    for shown in exposed:
-        root = os.path.realpath(shown)
-        if real == root or real.startswith(root.rstrip("/") + "/"):
-            raise BridgeError(
-                f"{option} {path} lies in {root}, which the sandbox can read; keep it"
-                " elsewhere (or pass --hide-cwd)"
-            )
-
-
-def _private_file(path: str) -> TextIO:
-    """A new file only this user can read."""
-    try:
-        return os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w")
-    except OSError as exc:
-        raise BridgeError(f"cannot write {path}: {exc.strerror}") from None
-
-
-async def _live_summary(session: Any, interval: float = 5.0) -> None:
-    while True:
-        await anyio.sleep(interval)
-        print(session.stats.summary(), file=sys.stderr)
-
-
 def run(args: argparse.Namespace) -> int:
+    from .run import run_command
+
     if not args.command:
         return _fail(
             "no command given; put it after --, e.g. bridgeproto run --upstream URL -- curl ..."
         )
     try:
-        _exposed_cwd(args)
-        return anyio.run(_run, args)
+        return anyio.run(run_command, args)
     except BridgeError as exc:
         return _fail(str(exc))
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # before the signal handlers were in place
         return 130
 
 
@@ -356,7 +223,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     run_p.add_argument(
         "--header",
-        type=_header,
+        type=parse_header,
         action="append",
         default=[],
         help="one 'Name: value' header, like --header-file; it shows in the host's process"
@@ -389,6 +256,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     run_p.add_argument(
         "--timeout", type=_seconds, default=None, help="total seconds per exchange (default: none)"
+    )
+    run_p.add_argument(
+        "--grace",
+        type=_seconds,
+        default=5.0,
+        help="seconds to drain exchanges in flight when stopping (default 5)",
     )
     run_p.add_argument("--trace", help="record every frame to this file (read it with decode)")
     run_p.add_argument("-v", "--verbose", action="store_true", help="print the summary live")

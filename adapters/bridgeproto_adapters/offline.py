@@ -93,6 +93,36 @@ def exposures(ro: Sequence[str] = (), rw: Sequence[str] = ()) -> list[tuple[str,
     return steps
 
 
+ROOT_PREFIX = "bridgeproto-sandbox-"
+
+
+def _process_identity(pid: int) -> str:
+    """A pid with its start time, so a reused pid is not taken for its predecessor."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return f"{pid} {stat.read().rpartition(')')[2].split()[19]}"
+    except OSError:
+        return ""
+
+
+def _sweep_stale_roots() -> None:
+    """Remove the directories of sandboxes whose owner died without cleaning up
+    (killed with SIGKILL, say): their processes died with it, their files not."""
+    base = tempfile.gettempdir()
+    for name in os.listdir(base):
+        path = os.path.join(base, name)
+        try:
+            if not name.startswith(ROOT_PREFIX) or os.stat(path).st_uid != os.geteuid():
+                continue
+            with open(os.path.join(path, "owner")) as owner:
+                identity = owner.read()
+        except OSError:
+            continue  # not ours, or still being made
+        pid = identity.partition(" ")[0]
+        if pid.isdigit() and _process_identity(int(pid)) != identity:
+            shutil.rmtree(path, ignore_errors=True)
+
+
 class _Holder:
     """The process that owns the sandbox's namespaces; ``pid`` is its host pid."""
 
@@ -188,8 +218,11 @@ class _OfflineSandbox(HostCommandSandbox):
             if shutil.which(tool) is None:
                 raise SandboxUnavailable(f"{tool} is not installed; {cls.missing_tool_fix}")
         view = [*_system_view(), *exposures(ro, rw)]
-        root = tempfile.mkdtemp(prefix="bridgeproto-sandbox-")
+        _sweep_stale_roots()
+        root = tempfile.mkdtemp(prefix=ROOT_PREFIX)
         try:
+            with open(os.path.join(root, "owner"), "w") as owner:
+                owner.write(_process_identity(os.getpid()))
             for directory in ("tmp/work", "rootfs"):
                 os.makedirs(os.path.join(root, directory))
             if os.geteuid() == 0:  # the sandbox's user must own its /tmp
@@ -227,6 +260,11 @@ class _OfflineSandbox(HostCommandSandbox):
             "setsid", "--wait", "--",
             "sh", "-c", 'cd "$0" && exec "$@"', cwd or self.workdir, *argv,
         ]  # fmt: skip
+
+    def kill(self) -> None:
+        """Kill everything inside at once: the holder is the pid namespace's init."""
+        if self._holder.process.returncode is None:
+            self._holder.process.kill()
 
     async def aclose(self) -> None:
         await self._holder.aclose()

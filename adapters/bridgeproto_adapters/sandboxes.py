@@ -196,6 +196,9 @@ class HostCommandSandbox(abc.ABC):
     async def aclose(self) -> None:  # noqa: B027 - most backends hold nothing
         """Release what the sandbox holds."""
 
+    def kill(self) -> None:  # noqa: B027 - most backends hold nothing to kill
+        """Kill everything running in the sandbox now, where the backend can."""
+
 
 def _text(data: bytes) -> str:
     return data.decode(errors="replace").strip()

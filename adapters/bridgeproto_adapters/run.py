@@ -1,0 +1,309 @@
+"""``bridgeproto run``: a command in an offline sandbox, with the bridge up.
+
+Every way a run can end, and what it does:
+
+- **The command exits.** The bridge drains and stops; ``run`` exits with the
+  command's status.
+- **SIGINT or SIGTERM.** The bridge takes no new requests and drains those in
+  flight within the grace period (agents get their answers, or 503
+  ``shutting-down``); then the command and everything else in the sandbox is
+  stopped. Exit 130 or 143.
+- **A second signal.** The sandbox is killed at once, which ends the bridge
+  too; same exit status.
+- **The bridge goes down** (the sandbox side died, its link broke): one line
+  on stderr says why; the command has the grace period to finish on its own,
+  then it is stopped and ``run`` exits 3.
+
+However it ends, everything the run made (the sandbox and its directory) is
+removed before ``run`` exits.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import signal
+import sys
+import tempfile
+import time
+from collections.abc import AsyncIterator, Sequence
+from typing import TextIO
+
+import anyio
+import anyio.abc
+
+import bridgeproto as bp
+
+from .cli import parse_header
+from .errors import BridgeError
+from .launch import Bridge, open_bridge, parse_upstream
+from .offline import open_sandbox
+from .sandboxes import HostCommandSandbox
+from .session import Session
+
+EXIT_BRIDGE_DOWN = 3
+
+
+def say(message: str) -> None:
+    print(f"bridgeproto: {message}", file=sys.stderr, flush=True)
+
+
+class TraceWriter:
+    """Records every frame crossing the bridge: time, direction, armored bytes."""
+
+    def __init__(self, file: TextIO) -> None:
+        self.file = file
+        self.start = time.monotonic()
+
+    def __call__(self, direction: str, data: bytes) -> None:
+        self.file.write(f"{time.monotonic() - self.start:.6f} {direction} {bp.armor(data)}")
+
+
+def read_header_file(path: str) -> list[tuple[bytes, bytes]]:
+    """``Name: value`` lines (blank lines and ``#`` comments skipped).
+
+    The recommended way to give credentials: they never appear in a command
+    line, where any user of the host could read them.
+    """
+    try:
+        with open(path) as file:
+            lines = file.read().splitlines()
+    except OSError as exc:
+        raise BridgeError(f"cannot read the header file {path}: {exc.strerror}") from None
+    headers = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        try:
+            headers.append(parse_header(line))
+        except argparse.ArgumentTypeError:
+            raise BridgeError(
+                f"{path}:{number} is not a 'Name: value' header line"
+            ) from None  # the line itself may be a secret: never echo it
+    return headers
+
+
+def expose_cwd(args: argparse.Namespace) -> None:
+    """Show the current directory read-only and run the command there, as
+    the user expects of ``run -- python3 my_agent.py``; unless told not to, or
+    it would show the whole host or the host's shared temp directory."""
+    cwd = os.path.realpath(os.getcwd())
+    args.cwd = None
+    if args.hide_cwd:
+        return
+    shared = os.path.realpath(tempfile.gettempdir())
+    if cwd == "/" or shared == cwd or shared.startswith(cwd + "/"):
+        say(
+            f"the current directory {cwd} is not shown to the sandbox (it holds the host's"
+            " shared files); use --ro PATH for what the command needs"
+        )
+        return
+    if args.sandbox != "local":
+        args.ro.append(cwd)
+    args.cwd = cwd
+
+
+def refuse_if_exposed(path: str, option: str, exposed: Sequence[str]) -> None:
+    """Host-only files (credentials, the trace) must not lie where the sandbox reads."""
+    real = os.path.realpath(path)
+    for shown in exposed:
+        root = os.path.realpath(shown)
+        if real == root or real.startswith(root.rstrip("/") + "/"):
+            raise BridgeError(
+                f"{option} {path} lies in {root}, which the sandbox can read; keep it"
+                " elsewhere (or pass --hide-cwd)"
+            )
+
+
+def _private_file(path: str) -> TextIO:
+    """A new file only this user can read."""
+    try:
+        return os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w")
+    except OSError as exc:
+        raise BridgeError(f"cannot write {path}: {exc.strerror}") from None
+
+
+async def upstream_reachable(url: str) -> str | None:
+    host, port, _ = parse_upstream(url)
+    try:
+        with anyio.fail_after(5):
+            stream = await anyio.connect_tcp(host, port)
+        await stream.aclose()
+    except (OSError, TimeoutError) as exc:
+        return f"cannot reach the upstream {host}:{port} ({exc}); is it running?"
+    return None
+
+
+async def first_set(*events: anyio.Event) -> int:
+    """Wait until one of ``events`` is set; returns its index."""
+    winner: list[int] = []
+    async with anyio.create_task_group() as tg:
+
+        async def wait(index: int) -> None:
+            await events[index].wait()
+            winner.append(index)
+            tg.cancel_scope.cancel()
+
+        for index in range(len(events)):
+            tg.start_soon(wait, index)
+    return winner[0]
+
+
+async def run_command(args: argparse.Namespace) -> int:
+    """Check what can be checked before anything starts, then run."""
+    if args.transport == "mailbox":
+        raise BridgeError("the mailbox transport is not yet available; use --transport stream")
+    expose_cwd(args)
+    headers = list(args.header)
+    for path in args.header_file:
+        refuse_if_exposed(path, "--header-file", args.ro + args.rw)
+        headers += read_header_file(path)
+    if args.trace:
+        refuse_if_exposed(args.trace, "--trace", args.ro + args.rw)
+    unreachable = await upstream_reachable(args.upstream)
+    if unreachable:
+        raise BridgeError(unreachable)
+    return await Run(args, headers).main()
+
+
+class Run:
+    """One ``bridgeproto run``; ``main`` returns the exit status."""
+
+    def __init__(self, args: argparse.Namespace, headers: list[tuple[bytes, bytes]]) -> None:
+        self.args = args
+        self.headers = headers
+        self.signal: int | None = None  # the first signal that asked us to stop
+        self.stop_requested = anyio.Event()
+        self.hard_stop = anyio.CancelScope()  # cancelled when stopping at once
+        self.sandbox: HostCommandSandbox | None = None
+        self.command: anyio.abc.Process | None = None
+
+    async def main(self) -> int:
+        code: int | None = None
+        error: BridgeError | None = None  # raised after the task group, not inside it
+        with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(self._watch_signals, signals)
+                try:
+                    with self.hard_stop:
+                        code = await self._run()
+                except BridgeError as exc:
+                    error = exc
+                finally:
+                    with anyio.CancelScope(shield=True):
+                        await self._stop_command()
+                        if self.sandbox is not None:
+                            await self.sandbox.aclose()
+                    tg.cancel_scope.cancel()
+        if error is not None:
+            raise error
+        if self.signal is not None:
+            return 128 + self.signal
+        assert code is not None
+        return code
+
+    async def _watch_signals(self, signals: AsyncIterator[int]) -> None:
+        async for signum in signals:
+            name = signal.Signals(signum).name
+            if self.signal is None:
+                self.signal = signum
+                if self.command is None:  # still starting: nothing to drain
+                    say(f"{name}: stopping")
+                    self.hard_stop.cancel()
+                else:
+                    say(f"{name}: draining the exchanges in flight; a second signal stops at once")
+                    self.stop_requested.set()
+            else:
+                say(f"{name}: stopping at once")
+                self.hard_stop.cancel()
+                if self.sandbox is not None:
+                    self.sandbox.kill()  # everything inside; the bridge ends with it
+                self._signal_command(signal.SIGKILL)
+
+    async def _run(self) -> int:
+        args = self.args
+        self.sandbox, note = await open_sandbox(args.sandbox, ro=args.ro, rw=args.rw)
+        say(note)
+        config = bp.Config(
+            idle_timeout=args.idle_timeout,
+            exchange_timeout=args.timeout,
+            shutdown_grace=args.grace,
+        )
+        trace = _private_file(args.trace) if args.trace else None
+        try:
+            async with open_bridge(
+                self.sandbox, args.upstream, headers=self.headers, listen=args.listen,
+                config=config, tracer=TraceWriter(trace) if trace else None,
+            ) as bridge:  # fmt: skip
+                argv = self.sandbox.command_line(args.command, env=bridge.env, cwd=args.cwd)
+                # A session of its own: the terminal's signals come to us, not to it.
+                self.command = await anyio.open_process(
+                    argv, stdin=None, stdout=None, stderr=None, start_new_session=True
+                )
+                code = await self._supervise(bridge, self.command)
+            print(bridge.session.stats.summary(), file=sys.stderr)
+            return code
+        finally:
+            if trace:
+                trace.close()
+
+    async def _supervise(self, bridge: Bridge, command: anyio.abc.Process) -> int:
+        exited = anyio.Event()
+        async with anyio.create_task_group() as tg:
+
+            async def wait_for_command() -> None:
+                await command.wait()
+                exited.set()
+
+            tg.start_soon(wait_for_command)
+            if self.args.verbose:
+                tg.start_soon(_live_summary, bridge.session)
+            which = await first_set(exited, self.stop_requested, bridge.session.finished)
+            if which == 1:  # a signal: drain (a second signal cancels this)
+                await bridge.session.close()
+            elif which == 2 and not exited.is_set():
+                say(f"the bridge went down: {await _why_down(bridge)}")
+                with anyio.move_on_after(self.args.grace):
+                    await exited.wait()
+            tg.cancel_scope.cancel()
+        if exited.is_set():
+            assert command.returncode is not None
+            return command.returncode
+        return EXIT_BRIDGE_DOWN
+
+    def _signal_command(self, signum: int) -> None:
+        if self.command is not None and self.command.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.command.pid, signum)
+
+    async def _stop_command(self) -> None:
+        """Stop the command's host process group (a sandbox's own processes die with it)."""
+        command = self.command
+        if command is None:
+            return
+        self._signal_command(signal.SIGTERM)
+        with anyio.move_on_after(2):
+            await command.wait()
+        self._signal_command(signal.SIGKILL)
+        await command.wait()
+        await command.aclose()
+
+
+async def _why_down(bridge: Bridge) -> str:
+    failure = bridge.session.failure
+    reason = failure.reason if failure is not None else "the sandbox side ended the session"
+    with anyio.move_on_after(1):
+        await bridge.process.wait()
+    code = bridge.process.returncode
+    if code is not None and code < 0:
+        reason += f"; the sandbox side was killed by {signal.Signals(-code).name}"
+    elif code is not None:
+        reason += f"; the sandbox side exited with status {code}"
+    return reason
+
+
+async def _live_summary(session: Session, interval: float = 5.0) -> None:
+    while True:
+        await anyio.sleep(interval)
+        print(session.stats.summary(), file=sys.stderr)

@@ -1,0 +1,264 @@
+"""``bridgeproto run`` as an operator meets it: signals with exchanges in
+flight, the sandbox side killed under it, timeouts from the command line, and
+a burst of agents through a real offline sandbox."""
+
+from __future__ import annotations
+
+import glob
+import os
+import signal
+import subprocess
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import anyio
+import pytest
+
+from bridgeproto_adapters import offline
+from bridgeproto_adapters.launch import open_bridge
+from sandbox_kinds import make_sandbox, need_bwrap
+from test_cli import BRIDGEPROTO
+from upstream import Upstream, running_upstream
+
+HANG = (
+    "import os, sys, urllib.request, urllib.error\n"
+    "print('started', flush=True)\n"
+    "try:\n"
+    "    urllib.request.urlopen(os.environ['BRIDGEPROTO_URL'] + '/hang', timeout=60)\n"
+    "except urllib.error.HTTPError as e:\n"
+    "    print(e.code, e.headers['x-bridge-error'], flush=True)\n"
+    "except Exception as e:\n"
+    "    print('failed', type(e).__name__, flush=True)\n"
+    "if len(sys.argv) > 1:\n"
+    "    import time; time.sleep(float(sys.argv[1]))\n"
+)
+
+
+@contextmanager
+def upstream_thread() -> Iterator[Upstream]:
+    """The test upstream on a thread of its own, for a ``bridgeproto`` process to use."""
+    ready, stop = threading.Event(), threading.Event()
+    found: list[Upstream] = []
+
+    async def serve() -> None:
+        async with running_upstream() as upstream:
+            found.append(upstream)
+            ready.set()
+            while not stop.is_set():
+                await anyio.sleep(0.02)
+
+    thread = threading.Thread(target=anyio.run, args=(serve,), daemon=True)
+    thread.start()
+    ready.wait(10)
+    try:
+        yield found[0]
+    finally:
+        stop.set()
+        thread.join(10)
+
+
+class Running:
+    """A ``bridgeproto run`` process whose output is read as it comes; use it
+    in ``with`` so that a failing test does not leave it running."""
+
+    def __init__(self, *args: str) -> None:
+        self.process = subprocess.Popen(
+            [*BRIDGEPROTO, "run", *args],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        self.stdout: list[str] = []
+        self.stderr: list[str] = []
+        for stream, lines in ((self.process.stdout, self.stdout), (self.process.stderr,
+                                                                   self.stderr)):  # fmt: skip
+            threading.Thread(target=self._read, args=(stream, lines), daemon=True).start()
+
+    @staticmethod
+    def _read(stream: object, lines: list[str]) -> None:
+        for line in stream:  # type: ignore[attr-defined]
+            lines.append(line.rstrip("\n"))
+
+    def wait_for(self, lines: list[str], text: str, timeout: float = 30) -> None:
+        deadline = time.monotonic() + timeout
+        while not any(text in line for line in lines):
+            assert time.monotonic() < deadline, (text, self.stdout, self.stderr)
+            assert self.process.poll() is None, (text, self.stdout, self.stderr)
+            time.sleep(0.02)
+
+    def __enter__(self) -> Running:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+
+    def finish(self, timeout: float = 30) -> int:
+        code = self.process.wait(timeout)
+        time.sleep(0.1)  # the reader threads take the last lines
+        return code
+
+
+def hanging_run(url: str, *options: str, stay: str | None = "60") -> Running:
+    """``run`` of an agent that makes one request to /hang and prints how it
+    ended, then stays ``stay`` seconds (so it does not finish on its own)."""
+    argv = ["python3", "-c", HANG, *([stay] if stay else [])]
+    return Running("--upstream", url, "--sandbox", "bwrap", "--hide-cwd", *options, "--", *argv)
+
+
+def wait_until(condition: object, timeout: float = 10) -> bool:
+    deadline = time.monotonic() + timeout
+    while not condition():  # type: ignore[operator]
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+    return True
+
+
+def sandbox_dirs() -> set[str]:
+    return set(glob.glob(os.path.join(tempfile.gettempdir(), "bridgeproto-sandbox-*")))
+
+
+# ------------------------------------------------------------------ signals
+
+
+@pytest.mark.parametrize(("signum", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_a_signal_drains_answers_cleans_up_and_exits_128_plus_it(signum: int, code: int) -> None:
+    need_bwrap()
+    before = sandbox_dirs()
+    with upstream_thread() as upstream, hanging_run(upstream.url, "--grace", "1") as run:
+        assert wait_until(upstream.hang_started.is_set, 30), run.stderr
+        started = time.monotonic()
+        run.process.send_signal(signum)
+        assert run.finish() == code, run.stderr
+        elapsed = time.monotonic() - started
+        assert wait_until(upstream.hang_closed.is_set), "the upstream request was never cancelled"
+    assert elapsed < 1 + 6, elapsed  # the grace, plus stopping
+    assert "503 shutting-down" in run.stdout, (run.stdout, run.stderr)  # answered, not cut
+    assert any("draining the exchanges in flight" in line for line in run.stderr)
+    assert sandbox_dirs() <= before  # everything the run made is gone
+
+
+def test_a_second_ctrl_c_stops_at_once_and_still_cleans_up() -> None:
+    need_bwrap()
+    before = sandbox_dirs()
+    with upstream_thread() as upstream, hanging_run(upstream.url, "--grace", "60") as run:
+        assert wait_until(upstream.hang_started.is_set, 30), run.stderr
+        run.process.send_signal(signal.SIGINT)
+        run.wait_for(run.stderr, "a second signal stops at once")
+        started = time.monotonic()
+        run.process.send_signal(signal.SIGINT)
+        assert run.finish() == 130, run.stderr
+        elapsed = time.monotonic() - started
+    assert elapsed < 10, elapsed  # not the 60 s grace
+    assert any("stopping at once" in line for line in run.stderr)
+    assert sandbox_dirs() <= before
+
+
+def test_the_sandbox_side_killed_is_reported_and_the_run_fails() -> None:
+    need_bwrap()
+    with upstream_thread() as upstream, hanging_run(upstream.url, "--grace", "1") as run:
+        assert wait_until(upstream.hang_started.is_set, 30), run.stderr
+        sides = [
+            int(pid) for pid in os.listdir("/proc")
+            if pid.isdigit() and b"sandbox-side" in _cmdline(pid)
+            and os.path.basename(_cmdline(pid).split(b"\0")[0]).startswith(b"python")
+        ]  # fmt: skip
+        assert len(sides) == 1, sides
+        started = time.monotonic()
+        os.kill(sides[0], signal.SIGKILL)
+        assert run.finish() == 3, (run.stdout, run.stderr)
+        elapsed = time.monotonic() - started
+    down = [line for line in run.stderr if "the bridge went down" in line]
+    assert len(down) == 1 and "killed by SIGKILL" in down[0], run.stderr
+    # The agent in flight saw an error at once, not a hang (a process that
+    # holds the connection is gone, so no answer can come from it).
+    assert any(line.startswith("failed ") for line in run.stdout), run.stdout
+    assert elapsed < 1 + 6, elapsed
+
+
+def _cmdline(pid: str) -> bytes:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as file:
+            return file.read()
+    except OSError:
+        return b""
+
+
+# ------------------------------------------------------------------ options
+
+
+@pytest.mark.parametrize(
+    ("option", "cause"),
+    [
+        (["--idle-timeout", "0.5"], "504 idle-timeout"),
+        (["--timeout", "0.5"], "504 deadline-exceeded"),
+    ],
+)
+def test_timeouts_from_the_command_line(option: list[str], cause: str) -> None:
+    need_bwrap()
+    with upstream_thread() as upstream, hanging_run(upstream.url, *option, stay=None) as run:
+        assert run.finish() == 0, run.stderr
+    assert cause in run.stdout, (run.stdout, run.stderr)
+
+
+@pytest.mark.anyio
+async def test_auto_picks_bwrap_and_falls_back_to_unshare(monkeypatch: pytest.MonkeyPatch) -> None:
+    need_bwrap()
+    sandbox, note = await offline.open_sandbox("auto")
+    await sandbox.aclose()
+    assert isinstance(sandbox, offline.BwrapSandbox) and note == "sandbox: bwrap (offline)"
+    real_which = offline.shutil.which
+    monkeypatch.setattr(
+        offline.shutil, "which", lambda name: None if name == "bwrap" else real_which(name)
+    )
+    sandbox, note = await offline.open_sandbox("auto")
+    await sandbox.aclose()
+    assert isinstance(sandbox, offline.UnshareSandbox)
+    assert note == "sandbox: unshare (offline; bwrap not found)"
+
+
+@pytest.mark.anyio
+async def test_open_bridge_leaves_the_callers_environment_alone() -> None:
+    before = dict(os.environ)
+    async with running_upstream() as upstream, make_sandbox("unshare") as sandbox:
+        async with open_bridge(sandbox, f"{upstream.url}/rollout/k") as bridge:
+            assert dict(os.environ) == before
+            assert bridge.env["OPENAI_BASE_URL"] == "http://127.0.0.1:13131/rollout/k/v1"
+        assert dict(os.environ) == before
+
+
+# ------------------------------------------------------------------ burst
+
+BURST = """
+import asyncio, os, sys
+from urllib.parse import urlsplit
+url = urlsplit(os.environ['BRIDGEPROTO_URL'])
+async def one():
+    reader, writer = await asyncio.open_connection(url.hostname, url.port)
+    request = f'GET {url.path}/json HTTP/1.1\\r\\nHost: x\\r\\nConnection: close\\r\\n\\r\\n'
+    writer.write(request.encode())
+    answer = await reader.read()
+    writer.close()
+    return answer.split(b' ', 2)[1]
+async def main():
+    statuses = await asyncio.gather(*[one() for _ in range(int(sys.argv[1]))],
+                                    return_exceptions=True)
+    print(sorted(set(map(str, statuses))), sum(s == b'200' for s in statuses))
+asyncio.run(main())
+"""
+
+
+@pytest.mark.anyio
+async def test_a_burst_of_1000_agents_is_served_completely() -> None:
+    need_bwrap()
+    async with (
+        running_upstream() as upstream,
+        make_sandbox("bwrap") as sandbox,
+        open_bridge(sandbox, f"{upstream.url}/rollout/k") as bridge,
+    ):
+        with anyio.fail_after(60):
+            result = await sandbox.run(["python3", "-c", BURST, "1000"], env=bridge.env)
+    assert result.stdout.decode().split()[-1] == "1000", result
