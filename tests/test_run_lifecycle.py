@@ -242,11 +242,13 @@ async def one():
     writer.write(request.encode())
     answer = await reader.read()
     writer.close()
-    return answer.split(b' ', 2)[1]
+    return answer
 async def main():
-    statuses = await asyncio.gather(*[one() for _ in range(int(sys.argv[1]))],
-                                    return_exceptions=True)
-    print(sorted(set(map(str, statuses))), sum(s == b'200' for s in statuses))
+    answers = await asyncio.gather(*[one() for _ in range(int(sys.argv[1]))],
+                                   return_exceptions=True)
+    failed = [a for a in answers if not (isinstance(a, bytes) and a.startswith(b'HTTP/1.1 200'))]
+    print(repr(failed[:3])[:2000], file=sys.stderr)
+    print(len(answers) - len(failed))
 asyncio.run(main())
 """
 

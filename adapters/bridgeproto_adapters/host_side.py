@@ -124,11 +124,8 @@ class UpstreamPool:
         return UpstreamConnection(stream)
 
     def keep(self, conn: UpstreamConnection) -> bool:
-        """Put a connection whose exchange completed back in the pool.
-
-        Synchronous on purpose: the agent's next request may be on its way
-        already, and it should find this connection idle.
-        """
+        """Put a connection whose exchange completed back in the pool, once
+        nothing of that exchange can touch it any more."""
         if conn.reusable() and len(self._idle) < self.options.max_idle_connections:
             self._idle.append(conn)
             return True
@@ -170,7 +167,7 @@ class HostSide:
             exchange.reset(exc.code, exc.reason)
             return
         errors: list[Exception] = []  # child tasks report here, never raise
-        kept = False
+        completed = kept = False
         request_sent = anyio.Event()
         try:
             await conn.send(request)
@@ -189,9 +186,13 @@ class HostSide:
                     # connection can be reused once it is.
                     with anyio.move_on_after(_REQUEST_TAIL_SECONDS):
                         await request_sent.wait()
-                    kept = not errors and self.pool.keep(conn)
+                    completed = True
                 # The response is complete or failed: the upload has nothing left to do.
                 tg.cancel_scope.cancel()
+            # Back to the pool only now: until the upload task has ended, it may
+            # still act on this connection (a cancelled task runs on to its next
+            # checkpoint), and the connection would already be another exchange's.
+            kept = completed and not errors and self.pool.keep(conn)
         except _UPSTREAM_IO_ERRORS as exc:  # sending the request head
             errors.append(exc)
         finally:
