@@ -141,3 +141,18 @@ def test_any_damage_to_an_armored_batch_is_detected(batch: bytes, data: st.DataO
     # A base64 alphabet has spare bits in its last character; changing only
     # those leaves the batch intact, which is the one acceptable outcome.
     assert result == [batch]
+
+
+def test_base64_must_be_canonical() -> None:
+    """Padding bits must be zero: "QR==" decodes to b"A" in lenient decoders, but
+    only "QQ==" spells it, as strict decoders (and this one) insist."""
+    crc = f"{binascii.crc32(b'A'):08x}"
+    good, sloppy = f"BP1:00000001:{crc}:QQ==\n", f"BP1:00000001:{crc}:QR==\n"
+    assert bp.armor(b"A") == good
+    decoder = bp.ArmorDecoder(1024)
+    decoder.receive_data(good)
+    assert decoder.next_batch() == b"A"
+    decoder = bp.ArmorDecoder(1024)
+    decoder.receive_data(sloppy)
+    with pytest.raises(bp.RemoteProtocolError, match="not canonical base64"):
+        decoder.next_batch()

@@ -169,7 +169,13 @@ BAD_FRAMES = [
         "wrong version",
         frame_bytes(8, bytes(8), version=2),
         bp.RemoteProtocolError,
-        "ACK frame has wire version 2; this end speaks version 1",
+        "a frame of type 8 has wire version 2; this end speaks version 1",
+    ),
+    (  # the version is checked before the type, as the spec orders
+        "wrong version, unknown type",
+        frame_bytes(99, b"", version=2),
+        bp.RemoteProtocolError,
+        "a frame of type 99 has wire version 2",
     ),
     ("short payload", frame_bytes(8, bytes(4)), bp.RemoteProtocolError, "ACK payload ends"),
     (
@@ -241,10 +247,21 @@ def test_bad_frames_raise_remote_errors_naming_the_cause(
     assert got == [bp.Frame(0, bp.Ack(5))]
 
 
-def test_hello_is_readable_at_any_wire_version() -> None:
-    wire = frame_bytes(1, struct.pack(">IB16sIIIII", 7, 1, SID, 2048, 1, 1, 1, 0), version=7)
+def test_hello_is_readable_whatever_the_frame_version_byte_says() -> None:
+    wire = frame_bytes(1, struct.pack(">IB16sIIIII", 1, 1, SID, 2048, 1, 1, 1, 0), version=7)
     assert decode_all(wire)[0].record == bp.Hello(
-        7, bp.Role.SANDBOX, SID, bp.Limits(2048, 1, 1, 1, 0)
+        1, bp.Role.SANDBOX, SID, bp.Limits(2048, 1, 1, 1, 0)
+    )
+
+
+def test_a_hello_of_another_version_is_a_version_mismatch_whatever_follows() -> None:
+    # A later version may lay out the rest differently: an unknown role, limits
+    # this version would refuse, fields it does not know. Only the version is read.
+    future = struct.pack(">IB16sIIIII", 2, 9, SID, 10, 0, 0, 0, 99) + b"new fields"
+    with pytest.raises(bp.RemoteProtocolError) as raised:
+        decode_all(frame_bytes(1, future, version=2))
+    assert "the peer speaks bridgeproto wire version 2 and this side speaks version 1" in str(
+        raised.value
     )
 
 

@@ -397,6 +397,14 @@ def test_oversized_credit_grants_are_refused() -> None:
     assert isinstance(events[0], bp.ExchangeReset)
     assert events[0].code is bp.ErrorCode.FLOW_CONTROL_ERROR
     assert conn.receive_data(peer.frame(bp.Window(xid, 5)), 0.0) == []  # ended: ignored
+    conn.data_to_send()
+    # ... but a WINDOW for an id never opened is answered with a RESET.
+    assert conn.receive_data(peer.frame(bp.Window(xid + 100, 5)), 0.0) == []
+    answered = _records(conn.data_to_send())
+    assert [r for r in answered if isinstance(r, bp.Reset)] == [
+        bp.Reset(xid + 100, bp.ErrorCode.PROTOCOL_ERROR,
+                 f"WINDOW for exchange {xid + 100}, which was never opened")
+    ]  # fmt: skip
     events = conn.receive_data(peer.frame(bp.Window(0, 2**32 - 1)), 0.0)
     assert isinstance(events[-1], bp.SessionFailed)
 
@@ -753,3 +761,22 @@ def test_sequence_and_acknowledgement_counters() -> None:
     assert s.sent_seq == 2 and s.unsent_bytes > 0
     pair.pump()
     assert s.acked_seq == 2 and s.unsent_bytes == 0
+
+
+def _records(data: bytes) -> list[bp.Record]:
+    decoder = bp.FrameDecoder(1 << 20)
+    decoder.receive_data(data)
+    return [f.record for f in iter(decoder.next_frame, bp.NEED_DATA)]  # type: ignore[union-attr]
+
+
+def test_ack_zero_is_always_valid() -> None:
+    """Resuming sends ACK 0 when nothing arrived yet: never an ACK of an unsent number."""
+    conn = bp.Connection(bp.Role.HOST, SID)
+    conn.start(0.0)
+    peer = RawPeer(bp.Role.SANDBOX)
+    conn.receive_data(peer.hello(), 0.0)
+    assert conn.sent_seq == 0
+    assert conn.receive_data(peer.frame(bp.Ack(0)), 0.0) == []
+    assert conn.failure is None
+    events = conn.receive_data(peer.frame(bp.Ack(1)), 0.0)  # one never sent
+    assert isinstance(events[-1], bp.SessionFailed) and "only 0 were sent" in events[-1].reason

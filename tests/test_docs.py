@@ -64,7 +64,14 @@ def test_worked_examples_are_right() -> None:
     example = PROTOCOL[PROTOCOL.index("### Example") :].split("```")[1]
     hex_parts = [line.split("   ")[0] for line in example.strip().splitlines()]
     hex_parts = [p for p in hex_parts if re.fullmatch(r"[0-9a-f ]+", p)]
-    assert bytes.fromhex("".join(hex_parts)) == ack[:24]
+    assert bytes.fromhex("".join(hex_parts)) == ack  # the CRC included
+    # Every hex dump in the spec is a whole frame with a right CRC.
+    for block in PROTOCOL.split("```")[1::2]:
+        rows = [" ".join(line.split("   ")[0].split()) for line in block.strip().splitlines()]
+        dump = [r for r in rows if re.fullmatch(r"(?:[0-9a-f]{2} ){3,}[0-9a-f]{2}", r)]
+        if dump:
+            frame = bytes.fromhex("".join(dump))
+            assert binascii.crc32(frame[:-4]) == int.from_bytes(frame[-4:], "big")
     assert "`BP1:00000000:00000000:\\n`" in PROTOCOL
     assert bp.armor(b"") == "BP1:00000000:00000000:\n"
 

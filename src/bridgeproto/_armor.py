@@ -115,10 +115,20 @@ class ArmorDecoder:
             return self._short(newline + 1)
         if buf[newline] != "\n":
             raise self._corrupt("armored batch does not end where its length says")
+        text = buf[start + _HEAD_CHARS : b64_end]
         try:
-            batch = base64.b64decode(buf[start + _HEAD_CHARS : b64_end], validate=True)
+            batch = base64.b64decode(text, validate=True)
+            # Strict, as RFC 4648 section 3.5 allows decoders to be: the padding
+            # bits of the last quantum must be zero, so each batch has one spelling.
+            canonical = (
+                not text or base64.b64encode(base64.b64decode(text[-4:])) == text[-4:].encode()
+            )
         except (binascii.Error, ValueError):
             raise self._corrupt("armored batch is not valid base64") from None
+        if not canonical:
+            raise self._corrupt(
+                "armored batch is not canonical base64 (its padding bits are not zero)"
+            )
         if len(batch) != length or binascii.crc32(batch) != int(crc_hex, 16):
             raise self._corrupt("armored batch fails its CRC check: damaged in transit")
         self._pos = newline + 1

@@ -234,7 +234,20 @@ class _Reader:
             )
 
 
+def version_mismatch(peer_version: int) -> str:
+    """What both sides say when their wire versions differ."""
+    return (
+        f"the peer speaks bridgeproto wire version {peer_version} and this side speaks"
+        f" version {PROTOCOL_VERSION}; run the same bridgeproto release on both sides"
+    )
+
+
 def _decode_hello(r: _Reader) -> Record:
+    # Only the version is frozen across versions: read it first, and nothing
+    # else of a hello that is not ours (its layout may have changed).
+    (version,) = _U32.unpack_from(r.data, 0) if len(r.data) >= 4 else (PROTOCOL_VERSION,)
+    if version != PROTOCOL_VERSION:
+        raise RemoteProtocolError(version_mismatch(version))
     version, role, session_id, *limits = r.unpack(_HELLO)
     if role not in (Role.SANDBOX, Role.HOST):
         raise RemoteProtocolError(f"HELLO names unknown role {role}")
@@ -295,17 +308,17 @@ _DECODERS: dict[FrameType, Callable[[_Reader], Record]] = {
 
 def decode_payload(type_byte: int, version: int, seq: int, payload: bytes) -> Frame:
     """Turn a frame whose CRC has checked out into a ``Frame``."""
+    # The version first (a hello is read at any version, so that a mismatch
+    # is reported with both versions named), then the type.
+    if version != PROTOCOL_VERSION and type_byte != FrameType.HELLO:
+        raise RemoteProtocolError(
+            f"a frame of type {type_byte} has wire version {version}; this end speaks"
+            f" version {PROTOCOL_VERSION}"
+        )
     try:
         frame_type = FrameType(type_byte)
     except ValueError:
         raise RemoteProtocolError(f"unknown frame type {type_byte}") from None
-    # A hello is readable at any version, so a mismatch can be reported with
-    # both versions named; every other frame must be ours.
-    if version != PROTOCOL_VERSION and frame_type is not FrameType.HELLO:
-        raise RemoteProtocolError(
-            f"{frame_type.name} frame has wire version {version}; this end speaks"
-            f" version {PROTOCOL_VERSION}"
-        )
     reader = _Reader(payload, frame_type.name)
     try:
         record = _DECODERS[frame_type](reader)

@@ -673,13 +673,7 @@ class Connection:
             self._receive_sequenced(record, now, events)
 
     def _receive_hello(self, hello: Hello, now: float, events: list[Event]) -> None:
-        if hello.version != PROTOCOL_VERSION:
-            raise _SessionError(
-                ErrorCode.PROTOCOL_ERROR,
-                f"the peer speaks bridgeproto wire version {hello.version} and this side"
-                f" speaks version {PROTOCOL_VERSION}; run the same bridgeproto release on"
-                " both sides",
-            )
+        # (A hello of another wire version never gets here: the decoder refuses it.)
         if hello.role is not self.role.peer:
             raise _SessionError(
                 ErrorCode.PROTOCOL_ERROR,
@@ -847,7 +841,16 @@ class Connection:
             return
         ex = self._exchanges.get(window.exchange_id)
         if ex is None:
-            return  # credit for an exchange that has ended
+            exchange_id = window.exchange_id
+            if exchange_id not in self._closed and not self._existed(exchange_id):
+                self._queue(
+                    _reset(
+                        exchange_id,
+                        ErrorCode.PROTOCOL_ERROR,
+                        f"WINDOW for exchange {exchange_id}, which was never opened",
+                    )
+                )
+            return  # (credit for an exchange that has ended is ignored)
         if ex.send_credit + window.increment > MAX_WINDOW:
             self._local_reset(
                 events,
