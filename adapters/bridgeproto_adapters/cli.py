@@ -189,6 +189,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         prog="bridgeproto",
         description="Carry HTTP between an offline sandbox and services on its host.",
     )
+    parser.add_argument(
+        "--version",
+        action="version",
+        version=f"bridgeproto {bp.__version__} (wire protocol version {bp.PROTOCOL_VERSION})",
+    )
     commands = parser.add_subparsers(dest="command_name", required=True, parser_class=_Parser)
 
     run_p = commands.add_parser(
@@ -262,6 +267,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         type=_seconds,
         default=5.0,
         help="seconds to drain exchanges in flight when stopping (default 5)",
+    )
+    run_p.add_argument(
+        "--python",
+        default="python3",
+        help="the sandbox's Python 3.10+ for the sandbox side (default python3 on its PATH)",
     )
     run_p.add_argument("--trace", help="record every frame to this file (read it with decode)")
     run_p.add_argument("-v", "--verbose", action="store_true", help="print the summary live")

@@ -234,7 +234,7 @@ class Run:
         try:
             async with open_bridge(
                 self.sandbox, args.upstream, headers=self.headers, listen=args.listen,
-                config=config, tracer=TraceWriter(trace) if trace else None,
+                config=config, python=args.python, tracer=TraceWriter(trace) if trace else None,
             ) as bridge:  # fmt: skip
                 argv = self.sandbox.command_line(args.command, env=bridge.env, cwd=args.cwd)
                 # A session of its own: the terminal's signals come to us, not to it.

@@ -164,8 +164,13 @@ class SessionStats:
         if role is bp.Role.SANDBOX:
             up, down = down, up
         return (
-            f"bridgeproto: {self.exchanges} exchanges, {up} bytes up, {down} bytes down, {latency}"
+            f"bridgeproto: {_count(self.exchanges, 'exchange')}, {up} bytes up, {down} bytes"
+            f" down, {latency}"
         )
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
 
 Tracer = Callable[[str, bytes], None]  # (direction ">" or "<", bytes)

@@ -1,0 +1,82 @@
+"""The package as an index and a user see it: the wheel's metadata, the
+version on the command line, and the sandbox side on another Python than
+the host's."""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import shutil
+import subprocess
+import sys
+import zipfile
+
+import pytest
+
+import bridgeproto as bp
+from test_cli import BRIDGEPROTO
+from test_run_lifecycle import upstream_thread
+
+ROOT = pathlib.Path(__file__).parent.parent
+PYENV = pathlib.Path("/root/.pyenv/versions")
+
+
+def test_the_wheel_has_the_metadata_an_index_shows(tmp_path: pathlib.Path) -> None:
+    build = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "-v", "--no-deps", "-w", str(tmp_path), str(ROOT)],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert build.returncode == 0, build.stdout[-3000:] + build.stderr[-3000:]
+    log = (build.stdout + build.stderr).lower()
+    assert "is deprecated" not in log and "deprecationwarning" not in log
+    (wheel,) = tmp_path.glob("bridgeproto-*.whl")
+    with zipfile.ZipFile(wheel) as archive:
+        names = archive.namelist()
+        metadata = archive.read(next(n for n in names if n.endswith("/METADATA"))).decode()
+    assert f"Version: {bp.__version__}" in metadata
+    assert "License-Expression: MIT" in metadata and "License-File: LICENSE" in metadata
+    for minor in (10, 11, 12, 13):
+        assert f"Classifier: Programming Language :: Python :: 3.{minor}" in metadata
+    assert "Classifier: Typing :: Typed" in metadata
+    assert "bridgeproto/py.typed" in names and "bridgeproto_adapters/py.typed" in names
+    assert any(name.endswith("licenses/LICENSE") for name in names)
+
+
+def test_version_names_the_package_and_the_wire_protocol() -> None:
+    result = subprocess.run([*BRIDGEPROTO, "--version"], capture_output=True, text=True)
+    assert result.returncode == 0
+    assert result.stdout.strip() == (
+        f"bridgeproto {bp.__version__} (wire protocol version {bp.PROTOCOL_VERSION})"
+    )
+
+
+def test_python_m_bridgeproto_points_at_the_command() -> None:
+    result = subprocess.run([sys.executable, "-m", "bridgeproto"], capture_output=True, text=True)
+    assert result.returncode == 2
+    assert "python -m bridgeproto_adapters" in result.stderr
+
+
+def test_host_and_sandbox_on_different_python_versions() -> None:
+    """A 3.13 host runs ``bridgeproto run`` into a sandbox whose Python is 3.10."""
+    host = next(iter(sorted(PYENV.glob("3.13.*/bin/python3.13"))), None)
+    sandbox_python = next(iter(sorted(PYENV.glob("3.10.*/bin/python3.10"))), None)
+    if host is None or sandbox_python is None or shutil.which("bwrap") is None:
+        pytest.skip("needs Python 3.13 and 3.10 under /root/.pyenv/versions, and bwrap")
+    prefix = str(sandbox_python.parent.parent)
+    # The host's pure-Python dependencies, from this environment's site-packages.
+    site = next(p for p in sys.path if p.endswith("site-packages"))
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(ROOT / "adapters"), site]),
+    }
+    agent = "import sys, os, urllib.request as u; u.urlopen(os.environ['BRIDGEPROTO_URL'] + '/json'); print(sys.version_info[:2])"  # noqa: E501
+    with upstream_thread() as upstream:
+        result = subprocess.run(
+            [str(host), "-m", "bridgeproto_adapters", "run", "--upstream", upstream.url,
+             "--sandbox", "bwrap", "--hide-cwd", "--ro", prefix, "--python", str(sandbox_python),
+             "--", str(sandbox_python), "-c", agent],
+            capture_output=True, text=True, timeout=120, env=env,
+        )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "(3, 10)"
+    assert "1 exchange," in result.stderr  # and the summary speaks of one in the singular
