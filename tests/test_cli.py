@@ -82,7 +82,7 @@ def test_run_passes_the_exit_status_and_streams_output_through(kind: str) -> Non
         "key inside: bridgeproto-placeholder-key",
     ]
     assert f"bridgeproto: sandbox: {kind} (offline)" in result.stderr
-    assert "bridgeproto: 1 exchanges" in result.stderr and "added latency median" in result.stderr
+    assert "bridgeproto: 1 exchange," in result.stderr and "added latency median" in result.stderr
 
 
 def test_trace_and_decode(tmp_path: object) -> None:
@@ -173,7 +173,7 @@ def test_demo() -> None:
     assert "Hello from the host, one token at a time." in out
     assert "is unreachable directly" in out and "NOT offline" not in out
     assert "sandbox: bwrap (offline)" in out
-    assert "bridgeproto: 1 exchanges" in result.stderr
+    assert "bridgeproto: 1 exchange," in result.stderr
 
 
 def test_verbose_prints_the_summary_while_running() -> None:
