@@ -21,7 +21,7 @@ import h11
 import bridgeproto as bp
 
 from .errors import ExchangeAborted, SessionEnded, UpstreamError
-from .session import Exchange, Session, Tracer
+from .session import Exchange, Session, Tracer, first_of
 
 _READ_SIZE = 256 << 10
 _REQUEST_TAIL_SECONDS = 5.0
@@ -301,20 +301,9 @@ async def run_host_side(
         async with anyio.create_task_group() as tg:
             tg.start_soon(session.run)
             with anyio.fail_after(session.conn.config.handshake_timeout + 1):
-                await _ready_or_finished(session)
+                await first_of(session.ready, session.finished)
             if session.failure is not None:
                 raise SessionEnded(session.failure.reason)
             task_status.started(session)
     finally:
         await host.aclose()
-
-
-async def _ready_or_finished(session: Session) -> None:
-    async with anyio.create_task_group() as tg:
-
-        async def wait(event: anyio.Event) -> None:
-            await event.wait()
-            tg.cancel_scope.cancel()
-
-        tg.start_soon(wait, session.ready)
-        tg.start_soon(wait, session.finished)

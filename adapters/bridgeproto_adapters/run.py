@@ -40,7 +40,7 @@ from .errors import BridgeError
 from .launch import Bridge, open_bridge, parse_upstream
 from .offline import open_sandbox
 from .sandboxes import HostCommandSandbox
-from .session import Session
+from .session import Session, first_of
 
 EXIT_BRIDGE_DOWN = 3
 
@@ -133,21 +133,6 @@ async def upstream_reachable(url: str) -> str | None:
     except (OSError, TimeoutError) as exc:
         return f"cannot reach the upstream {host}:{port} ({exc}); is it running?"
     return None
-
-
-async def first_set(*events: anyio.Event) -> int:
-    """Wait until one of ``events`` is set; returns its index."""
-    winner: list[int] = []
-    async with anyio.create_task_group() as tg:
-
-        async def wait(index: int) -> None:
-            await events[index].wait()
-            winner.append(index)
-            tg.cancel_scope.cancel()
-
-        for index in range(len(events)):
-            tg.start_soon(wait, index)
-    return winner[0]
 
 
 async def run_command(args: argparse.Namespace) -> int:
@@ -259,7 +244,7 @@ class Run:
             tg.start_soon(wait_for_command)
             if self.args.verbose:
                 tg.start_soon(_live_summary, bridge.session)
-            which = await first_set(exited, self.stop_requested, bridge.session.finished)
+            which = await first_of(exited, self.stop_requested, bridge.session.finished)
             if which == 1:  # a signal: drain (a second signal cancels this)
                 await bridge.session.close()
             elif which == 2 and not exited.is_set():

@@ -1,10 +1,16 @@
-"""A bridge session over any anyio byte stream.
+"""A bridge session over channels that may break and be replaced.
 
-``Session`` owns one core ``Connection`` and three tasks: a reader that feeds
-the stream's bytes to the core, a writer that sends what the core queued, and
-a timer that fires at the core's next deadline. It makes no protocol
-decisions; it moves bytes, arms the timer and hands each exchange's events to
-whoever handles the exchange.
+``Session`` owns one core ``Connection``, a timer task that fires at the
+core's next deadline, and for the channel in use a reader (feeding its bytes
+to the core) and a writer (sending what the core queued). It makes no
+protocol decisions; it moves bytes, arms the timer and hands each exchange's
+events to whoever handles the exchange.
+
+When the channel breaks (its stream ends or fails, or the core reports the
+link damaged), the session takes the next one from its ``Channels`` and the
+core resumes there: what the peer did not acknowledge is sent again, and the
+exchanges go on. If no channel comes within ``resume_timeout``, the session
+fails, and so does every exchange in flight.
 
 The writer is its own task so that reading never waits on writing: two sides
 that both have a lot to send still drain each other.
@@ -12,6 +18,7 @@ that both have a lot to send still drain each other.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 from collections import deque
@@ -26,12 +33,15 @@ from anyio.streams.memory import MemoryObjectSendStream
 import bridgeproto as bp
 
 from .errors import ExchangeAborted, SessionEnded
+from .transports import Channels, NoChannel, OneChannel
 
 ExchangeEvent = bp.ResponseHead | bp.RequestHead | bp.Data | bp.EndOfBody | bp.ExchangeReset
 RequestHandler = Callable[["Exchange", bp.RequestHead], Awaitable[None]]
 
 logger = logging.getLogger("bridgeproto")
 _FINAL_FLUSH_SECONDS = 2.0
+RESUME_TIMEOUT = 30.0
+_RETRY_SECONDS = (0.05, 0.1, 0.2, 0.5, 1.0)  # waits between failed attempts to open a channel
 _WRITE_SIZE = 256 << 10
 _TRANSPORT_ERRORS = (
     anyio.EndOfStream,
@@ -145,6 +155,7 @@ class SessionStats:
     """What crossed the session, for the summary line."""
 
     exchanges: int = 0
+    reconnects: int = 0  # channels after the first
     body_bytes_sent: int = 0
     body_bytes_received: int = 0
     # Seconds from a frame being written to its acknowledgement arriving:
@@ -163,9 +174,10 @@ class SessionStats:
         up, down = self.body_bytes_received, self.body_bytes_sent
         if role is bp.Role.SANDBOX:
             up, down = down, up
+        reconnects = f", {_count(self.reconnects, 'reconnect')}" if self.reconnects else ""
         return (
             f"bridgeproto: {_count(self.exchanges, 'exchange')}, {up} bytes up, {down} bytes"
-            f" down, {latency}"
+            f" down{reconnects}, {latency}"
         )
 
 
@@ -177,25 +189,37 @@ Tracer = Callable[[str, bytes], None]  # (direction ">" or "<", bytes)
 
 
 class Session:
-    """Runs a core ``Connection`` over a byte stream.
+    """Runs a core ``Connection`` over the channels ``channels`` gives (or
+    over one byte stream, which then ends the session when it breaks).
 
     ``on_request`` is called in a task of its own for every request head the
     peer sends (host side). ``run`` returns when the session has closed or
-    failed; ``ready`` is set once the handshake completes.
+    failed; ``ready`` is set once the handshake completes. ``on_channel``, if
+    given, hears of every channel change (for ``-v``).
     """
 
     def __init__(
         self,
         conn: bp.Connection,
-        stream: anyio.abc.ByteStream,
+        channels: Channels | anyio.abc.ByteStream,
         on_request: RequestHandler | None = None,
         tracer: Tracer | None = None,
+        *,
+        resume_timeout: float = RESUME_TIMEOUT,
+        on_channel: Callable[[str], None] | None = None,
     ) -> None:
         self.conn = conn
         self.tracer = tracer
         self.stats = SessionStats()
         self._unacked: deque[tuple[float, int]] = deque()  # (written at, highest seq)
-        self.stream = stream
+        if isinstance(channels, anyio.abc.ByteStream):
+            channels = OneChannel(channels)
+        self.channels = channels
+        self.resume_timeout = resume_timeout
+        self.on_channel = on_channel
+        self.stream: anyio.abc.ByteStream | None = None  # the channel in use
+        self._channel_broke = anyio.Event()
+        self._broke_because = ""
         self.on_request = on_request
         self.ready = anyio.Event()
         self.finished = anyio.Event()
@@ -327,9 +351,8 @@ class Session:
         try:
             async with anyio.create_task_group() as tg:
                 self._task_group = tg
-                tg.start_soon(self._reader)
-                tg.start_soon(self._writer)
                 tg.start_soon(self._timer)
+                tg.start_soon(self._channels)
                 self.kick()
                 await self.finished.wait()
                 # Let the writer send the final acknowledgements and resets,
@@ -340,31 +363,94 @@ class Session:
         finally:
             self._end_all("the session ended")
             with anyio.CancelScope(shield=True):
-                await self.stream.aclose()
+                if self.stream is not None:
+                    await self.stream.aclose()
 
-    async def _reader(self) -> None:
+    async def _channels(self) -> None:
+        """Run on one channel after another until the session ends."""
+        first = True
         while not self.finished.is_set():
+            stream = await self._open_channel(first)
+            if stream is None:
+                return
+            if not first:
+                self.stats.reconnects += 1
+                self.conn.resume(self.now())
+                self._say(f"channel {self.stats.reconnects + 1} is up; the session resumes")
+            first = False
+            self.stream = stream
+            self._channel_broke = anyio.Event()
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(self._reader, stream)
+                tg.start_soon(self._writer, stream)
+                await anyio.lowlevel.checkpoint()
+                await first_of(self._channel_broke, self.finished)
+                if self.finished.is_set():
+                    # The writer sends the last frames; the reader has nothing to do.
+                    with anyio.move_on_after(_FINAL_FLUSH_SECONDS):
+                        await self._writer_done.wait()
+                tg.cancel_scope.cancel()
+            if not self.finished.is_set():
+                with anyio.CancelScope(shield=True):
+                    await stream.aclose()
+                self.stream = None
+
+    async def _open_channel(self, first: bool) -> anyio.abc.ByteStream | None:
+        """The next channel, trying until the resume deadline; None if none came
+        (the session has then failed)."""
+        reason = "no channel was offered"
+        with anyio.move_on_after(None if first else self.resume_timeout):
+            for attempt in itertools.count():
+                try:
+                    return await self.channels.next_channel()
+                except NoChannel as exc:
+                    reason = str(exc)
+                    if exc.final:
+                        break
+                except (OSError, *_TRANSPORT_ERRORS) as exc:
+                    reason = f"{exc!r}"
+                self._say(f"opening a channel failed ({reason}); trying again")
+                await anyio.sleep(_RETRY_SECONDS[min(attempt, len(_RETRY_SECONDS) - 1)])
+        if not first:
+            reason = f"the channel broke ({self._broke_because}), and {reason}"
+            if not reason.endswith("another channel"):
+                reason += f" within {self.resume_timeout:g} s"
+        self._dispatch(self.conn.abort(reason))
+        return None
+
+    def _say(self, message: str) -> None:
+        if self.on_channel is not None:
+            self.on_channel(message)
+
+    def _break_channel(self, reason: str) -> None:
+        if not self._channel_broke.is_set():
+            self._broke_because = reason
+            self._say(f"the channel broke: {reason}")
+            self._channel_broke.set()
+
+    async def _reader(self, stream: anyio.abc.ByteStream) -> None:
+        while True:
             try:
-                data = await self.stream.receive()
-            except _TRANSPORT_ERRORS:
-                data = b""
+                data = await stream.receive()
+            except _TRANSPORT_ERRORS as exc:
+                self._break_channel(f"reading failed: {exc!r}")
+                return
+            if self.tracer is not None:
+                self.tracer("<", data)
             if self.conn.failure is not None:
                 return
-            if self.tracer is not None and data:
-                self.tracer("<", data)
             self._dispatch(self.conn.receive_data(data, self.now()))
             self._sample_round_trips()
-            if not data:
-                return
 
-    async def _writer(self) -> None:
+    async def _writer(self, stream: anyio.abc.ByteStream) -> None:
         while True:
             await self._wake_writer.wait()
             # Let the tasks that are ready queue their frames too, so that a
             # request's head, body and end leave in one write.
             await anyio.lowlevel.checkpoint()
             self._wake_writer = anyio.Event()
-            await self._flush()
+            if not await self._flush(stream):
+                return
             flushed, self._flushed = self._flushed, None
             if flushed is not None:
                 flushed.set()
@@ -372,7 +458,8 @@ class Session:
                 self._writer_done.set()
                 return
 
-    async def _flush(self) -> None:
+    async def _flush(self, stream: anyio.abc.ByteStream) -> bool:
+        """Send what the core has queued; False when the channel failed."""
         # In pieces, so a large backlog is never copied into one buffer.
         while data := self.conn.data_to_send(_WRITE_SIZE):
             if self.tracer is not None:
@@ -381,10 +468,11 @@ class Session:
             if seq and (not self._unacked or self._unacked[-1][1] < seq):
                 self._unacked.append((self.now(), seq))
             try:
-                await self.stream.send(data)
+                await stream.send(data)
             except _TRANSPORT_ERRORS as exc:
-                self._dispatch(self.conn.abort(f"the link failed while sending: {exc!r}"))
-                return
+                self._break_channel(f"writing failed: {exc!r}")
+                return False
+        return True
 
     def _sample_round_trips(self) -> None:
         acked, now = self.conn.acked_seq, self.now()
@@ -424,8 +512,7 @@ class Session:
             elif isinstance(event, bp.HandshakeComplete):
                 self.ready.set()
             elif isinstance(event, bp.LinkBroken):
-                # A byte stream cannot be reopened from here: the session ends.
-                self._dispatch(self.conn.abort(f"the link broke: {event.reason}"))
+                self._break_channel(event.reason)
             elif isinstance(event, bp.SessionFailed):
                 self.failure = event
                 self.finished.set()
@@ -475,3 +562,18 @@ class Session:
             self._flushed.set()
         while self._slot_waiters:
             self._slot_waiters.popleft().set()
+
+
+async def first_of(*events: anyio.Event) -> int:
+    """Wait until one of ``events`` is set; returns its index."""
+    winner: list[int] = []
+    async with anyio.create_task_group() as tg:
+
+        async def wait(index: int) -> None:
+            await events[index].wait()
+            winner.append(index)
+            tg.cancel_scope.cancel()
+
+        for index in range(len(events)):
+            tg.start_soon(wait, index)
+    return winner[0]

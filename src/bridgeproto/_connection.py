@@ -540,6 +540,7 @@ class Connection:
                 candidates.append(self._next_ping_due())
             if cfg.peer_timeout is not None:
                 candidates.append(self._last_received + cfg.peer_timeout)
+            candidates.append(self._stall_deadline())
         for ex in self._exchanges.values():
             candidates.append(ex.deadline)
             if cfg.idle_timeout is not None:
@@ -601,6 +602,15 @@ class Connection:
                     ErrorCode.IDLE_TIMEOUT,
                     f"no activity on the exchange for {cfg.idle_timeout:g} s",
                 )
+        stall = self._stall_deadline()
+        if stall is not None and now >= stall:
+            assert cfg.ping_interval is not None
+            self._break_link(
+                events,
+                f"part of a frame has waited {cfg.ping_interval:g} s for the rest:"
+                " bytes were lost or damaged on the link",
+            )
+            return events
         if opened and cfg.ping_interval is not None and now >= self._next_ping_due():
             self.ping(now)
         self._check_retention(events)
@@ -1042,6 +1052,14 @@ class Connection:
             # What it never acknowledged will never be resent: let it go.
             self._retained.clear()
             self._retained_bytes = 0
+
+    def _stall_deadline(self) -> float | None:
+        """When a part of a frame the link holds is given up as lost: a live
+        peer answers our pings within ``ping_interval``, so the rest is not coming."""
+        interval = self.config.ping_interval
+        if interval is None or not self._link_ok or not self._decoder.buffered:
+            return None
+        return self._last_received + interval
 
     def _link_is_up(self) -> bool:
         return self._link_ok and self.state is not SessionState.FAILED
