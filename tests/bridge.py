@@ -1,6 +1,7 @@
 """A whole bridge in a test: a real upstream, the host side, the sandbox side
 listening on a real loopback port, and a transport between the two sides:
-an in-memory pair, or a real subprocess's stdin and stdout."""
+an in-memory pair, in-memory channels that can be cut or damaged and
+replaced, or a real subprocess's stdin and stdout."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from bridgeproto_adapters.host_side import HostOptions, run_host_side
 from bridgeproto_adapters.sandbox_side import AgentLimits, run_sandbox_side
 from bridgeproto_adapters.session import Session
 from bridgeproto_adapters.streams import memory_stream_pair, process_stream
+from bridgeproto_adapters.transports import Channels, MemoryConnector, Wrap, memory_channels
 from upstream import Upstream, running_upstream
 
 
@@ -28,6 +30,7 @@ class Bridge:
     upstream: Upstream
     session: Session  # the host side's session
     process: anyio.abc.Process | None = None
+    connector: MemoryConnector | None = None  # with transport="channels"
 
 
 def free_port() -> int:
@@ -47,6 +50,8 @@ async def bridge(
     added_headers: tuple[tuple[bytes, bytes], ...] = (),
     upstream_port: int | None = None,
     limits: AgentLimits | None = None,
+    wrap: Wrap | None = None,
+    resume_timeout: float = 30.0,
 ) -> AsyncIterator[Bridge]:
     """``upstream_port`` sends the host side somewhere other than the test upstream."""
     async with running_upstream() as upstream:
@@ -54,18 +59,25 @@ async def bridge(
         port = upstream_port or upstream.port
         target = bp.Upstream("127.0.0.1", port, policy or bp.HttpPolicy(), added_headers)
         async with anyio.create_task_group() as tg:
-            process = None
-            if transport == "memory":
-                sandbox_stream, host_stream = memory_stream_pair()
+            process = connector = None
+            host_channels: Channels | anyio.abc.ByteStream
+            if transport in ("memory", "channels"):
+                sandbox_channels: Channels | anyio.abc.ByteStream
+                if transport == "memory":
+                    sandbox_channels, host_channels = memory_stream_pair()
+                else:
+                    connector, sandbox_channels = memory_channels(wrap)
+                    host_channels = connector
                 host, port = await tg.start(
                     functools.partial(
                         run_sandbox_side,
-                        sandbox_stream,
+                        sandbox_channels,
                         session_id,
                         listen=("127.0.0.1", 0),
                         policy=policy,
                         config=sandbox_config,
                         limits=limits,
+                        resume_timeout=resume_timeout,
                     )
                 )
             else:
@@ -83,19 +95,20 @@ async def bridge(
                     *[arg for p in prefixes for arg in ("--allow", p.decode())],
                 ]
                 process = await anyio.open_process(command, stderr=None)
-                host_stream = process_stream(process)
+                host_channels = process_stream(process)
                 host = "127.0.0.1"
             session = await tg.start(
                 functools.partial(
                     run_host_side,
-                    host_stream,
+                    host_channels,
                     session_id,
                     target,
                     config=host_config,
                     options=options,
+                    resume_timeout=resume_timeout,
                 )
             )
-            yield Bridge(f"http://{host}:{port}", upstream, session, process)
+            yield Bridge(f"http://{host}:{port}", upstream, session, process, connector)
             with anyio.fail_after(15):
                 await session.close()
                 if process is not None:

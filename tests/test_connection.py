@@ -780,3 +780,26 @@ def test_ack_zero_is_always_valid() -> None:
     assert conn.failure is None
     events = conn.receive_data(peer.frame(bp.Ack(1)), 0.0)  # one never sent
     assert isinstance(events[-1], bp.SessionFailed) and "only 0 were sent" in events[-1].reason
+
+
+def test_a_frame_whose_rest_never_comes_breaks_the_link_not_the_session() -> None:
+    """Part of a frame, then nothing for ``ping_interval`` (a live peer would
+    have answered a ping by then): bytes were lost, so the link is given up."""
+    config = bp.Config(ping_interval=2.0)
+    for handshake_done in (False, True):
+        conn = bp.Connection(bp.Role.HOST, SID, config)
+        conn.start(0.0)
+        peer = RawPeer(bp.Role.SANDBOX)
+        if handshake_done:
+            conn.receive_data(peer.hello(), 0.0)
+            partial = peer.frame(bp.RequestHead(1, b"GET", b"/"))[:-3]
+        else:
+            partial = peer.hello()[:-3]
+        assert conn.receive_data(partial, 0.5) == []
+        assert conn.next_deadline() == 2.0  # counted from the last whole frame (or the start)
+        assert conn.handle_timer(1.9) == []
+        (broken,) = [e for e in conn.handle_timer(2.0) if isinstance(e, bp.LinkBroken)]
+        assert "waited 2 s for the rest" in broken.reason
+        assert conn.failure is None  # the session lives on, to resume
+        conn.resume(2.1)  # a new link, with nothing half-received on it
+        assert not any(isinstance(e, bp.LinkBroken) for e in conn.handle_timer(2.2))

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import errno
 import select
+from collections.abc import Callable
 
 import anyio
 import anyio.abc
@@ -21,7 +22,8 @@ import h11
 import bridgeproto as bp
 
 from .errors import ExchangeAborted, SessionEnded, UpstreamError
-from .session import Exchange, Session, Tracer, first_of
+from .session import RESUME_TIMEOUT, Exchange, Session, Tracer, first_of
+from .transports import Channels
 
 _READ_SIZE = 256 << 10
 _REQUEST_TAIL_SECONDS = 5.0
@@ -281,13 +283,15 @@ def _head(exchange_id: int, response: h11.Response | h11.InformationalResponse) 
 
 
 async def run_host_side(
-    stream: anyio.abc.ByteStream,
+    channels: Channels | anyio.abc.ByteStream,
     session_id: bytes,
     upstream: bp.Upstream,
     *,
     config: bp.Config | None = None,
     options: HostOptions | None = None,
     tracer: Tracer | None = None,
+    resume_timeout: float = RESUME_TIMEOUT,
+    on_channel: Callable[[str], None] | None = None,
     task_status: anyio.abc.TaskStatus[Session] = anyio.TASK_STATUS_IGNORED,
 ) -> None:
     """Run the host side of a session until it ends.
@@ -296,7 +300,10 @@ async def run_host_side(
     completed (so the sandbox side is listening).
     """
     host = HostSide(upstream, options)
-    session = Session(bp.Connection(bp.Role.HOST, session_id, config), stream, host.handle, tracer)
+    conn = bp.Connection(bp.Role.HOST, session_id, config)
+    session = Session(
+        conn, channels, host.handle, tracer, resume_timeout=resume_timeout, on_channel=on_channel
+    )
     try:
         async with anyio.create_task_group() as tg:
             tg.start_soon(session.run)

@@ -26,7 +26,8 @@ import h11
 import bridgeproto as bp
 
 from .errors import ExchangeAborted, SessionEnded
-from .session import Exchange, Session
+from .session import RESUME_TIMEOUT, Exchange, Session
+from .transports import Channels
 
 DEFAULT_LISTEN = ("127.0.0.1", 13131)
 _ANSWER_GRACE_SECONDS = 2.0
@@ -384,13 +385,14 @@ def listener_address(listener: anyio.abc.Listener[anyio.abc.SocketStream]) -> Li
 
 
 async def run_sandbox_side(
-    stream: anyio.abc.ByteStream,
+    channels: Channels | anyio.abc.ByteStream,
     session_id: bytes,
     *,
     listen: Listen = DEFAULT_LISTEN,
     policy: bp.HttpPolicy | None = None,
     config: bp.Config | None = None,
     limits: AgentLimits | None = None,
+    resume_timeout: float = RESUME_TIMEOUT,
     task_status: anyio.abc.TaskStatus[Listen] = anyio.TASK_STATUS_IGNORED,
 ) -> None:
     """Run the sandbox side of a session until it ends.
@@ -400,7 +402,8 @@ async def run_sandbox_side(
     ``task_group.start`` it returns the bound address.
     """
     listener = await open_listener(listen)
-    session = Session(bp.Connection(bp.Role.SANDBOX, session_id, config), stream)
+    conn = bp.Connection(bp.Role.SANDBOX, session_id, config)
+    session = Session(conn, channels, resume_timeout=resume_timeout)
     side = SandboxSide(session, policy, limits)
     async with listener, anyio.create_task_group() as tg:
         tg.start_soon(session.run)

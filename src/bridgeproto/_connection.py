@@ -533,14 +533,13 @@ class Connection:
         """When ``handle_timer`` should next be called, or None."""
         if self.state in (SessionState.CLOSED, SessionState.FAILED) or not self._started:
             return None
-        candidates = [self._handshake_deadline, self._close_deadline]
+        candidates = [self._handshake_deadline, self._close_deadline, self._stall_deadline()]
         cfg = self.config
         if self.state is not SessionState.HANDSHAKING:
             if cfg.ping_interval is not None:
                 candidates.append(self._next_ping_due())
             if cfg.peer_timeout is not None:
                 candidates.append(self._last_received + cfg.peer_timeout)
-            candidates.append(self._stall_deadline())
         for ex in self._exchanges.values():
             candidates.append(ex.deadline)
             if cfg.idle_timeout is not None:

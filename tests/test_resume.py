@@ -1,0 +1,246 @@
+"""Channels that break: cut, damaged or refused, over in-memory channels
+between the real sandbox side and the real host side. Every exchange in flight
+must come through whole and exactly once, and agents must notice nothing but
+a pause; when no channel comes back, they must get a clear answer."""
+
+from __future__ import annotations
+
+import hashlib
+import random
+from typing import Any
+
+import anyio
+import anyio.abc
+import httpx
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import bridgeproto as bp
+from bridge import bridge
+from upstream import pattern_bytes
+
+pytestmark = pytest.mark.anyio
+MiB = 1 << 20
+# Pings often, so a channel that lost bytes in the middle of a frame is given
+# up quickly; the peer is not given up for much longer.
+QUICK = bp.Config(ping_interval=0.2, peer_timeout=20)
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+class Flaky(anyio.abc.ByteStream):
+    """The host's end of one channel, which a ``Plan`` may cut or damage."""
+
+    def __init__(self, inner: anyio.abc.ByteStream, plan: Plan) -> None:
+        self.inner = inner
+        self.plan = plan
+        self.moved = 0
+        self.cut_at, self.damage = plan.next_channel()
+
+    async def _count(self, data: bytes) -> None:
+        self.moved += len(data)
+        if self.cut_at is not None and self.moved >= self.cut_at:
+            self.plan.cuts += 1
+            await self.inner.aclose()  # the channel dies, as a killed process's pipes do
+
+    async def send(self, item: bytes) -> None:
+        if self.damage is not None and len(item) > 8:
+            item, self.damage = self.plan.damaged(item, self.damage), None
+        await self.inner.send(item)
+        await self._count(item)
+
+    async def receive(self, max_bytes: int = 65536) -> bytes:
+        data = await self.inner.receive(max_bytes)
+        await self._count(data)
+        return data
+
+    async def send_eof(self) -> None:
+        await self.inner.send_eof()
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+class Plan:
+    """What happens to each new channel: cut after some bytes, or one damaged
+    write (a flipped, dropped or doubled byte), for the first ``channels`` ones."""
+
+    def __init__(self, seed: int, *, cuts: int = 0, damage: str | None = None) -> None:
+        self.random = random.Random(seed)
+        self.cuts_left = cuts
+        self.damage_kind = damage
+        self.cuts = 0
+
+    def next_channel(self) -> tuple[int | None, str | None]:
+        if self.damage_kind is not None:
+            damage, self.damage_kind = self.damage_kind, None
+            return None, damage
+        if self.cuts_left:
+            self.cuts_left -= 1
+            return self.random.randrange(1, 4 * MiB), None
+        return None, None
+
+    def damaged(self, data: bytes, kind: str) -> bytes:
+        at = self.random.randrange(len(data))
+        if kind == "flip":
+            return data[:at] + bytes([data[at] ^ (1 << self.random.randrange(8))]) + data[at + 1 :]
+        if kind == "drop":
+            return data[:at] + data[at + 1 :]
+        return data[:at] + data[at : at + 1] + data[at:]  # doubled
+
+
+async def test_exchanges_survive_channels_cut_at_random() -> None:
+    plan = Plan(7, cuts=10)
+    async with (
+        bridge(transport="channels", wrap=lambda s: Flaky(s, plan),
+               host_config=QUICK, sandbox_config=QUICK) as b,
+        httpx.AsyncClient(base_url=b.url, timeout=120, limits=httpx.Limits(max_connections=100))
+        as client,
+    ):  # fmt: skip
+        results: dict[str, Any] = {}
+        upload = pattern_bytes(64 * MiB)
+
+        async def up() -> None:
+            results["up"] = (await client.post("/echo", content=upload)).json()
+
+        async def down() -> None:
+            response = await client.get(f"/bytes?size={64 * MiB}")
+            results["down"] = hashlib.sha256(response.content).hexdigest()
+
+        async def sse() -> None:
+            events = []
+            async with client.stream("GET", "/sse?n=20&gated=1") as response:
+                b.upstream.sse_gate_send.send_nowait(None)
+                async for line in response.aiter_lines():
+                    if line.startswith("data: "):
+                        events.append(line)
+                        b.upstream.sse_gate_send.send_nowait(None)  # the next only now
+            results["sse"] = events
+
+        async def post(i: int) -> None:
+            answer = await client.post("/echo", content=f"post {i}".encode())
+            results[f"post {i}"] = answer.json()["body_sha256"]
+
+        async with anyio.create_task_group() as tg:
+            for job in (up, down, sse):
+                tg.start_soon(job)
+            for i in range(50):
+                tg.start_soon(post, i)
+    assert plan.cuts == 10 and b.connector is not None and b.connector.opened == 11
+    assert results["up"]["body_sha256"] == hashlib.sha256(upload).hexdigest()
+    assert results["down"] == hashlib.sha256(pattern_bytes(64 * MiB)).hexdigest()
+    assert results["sse"] == [f"data: event {i}" for i in range(20)]
+    for i in range(50):
+        assert results[f"post {i}"] == hashlib.sha256(f"post {i}".encode()).hexdigest()
+    posts = [r for r in b.upstream.requests if r["method"] == "POST" and r["body_size"] < 100]
+    assert len(posts) == 50  # each reached the upstream exactly once
+    assert b.session.stats.reconnects == 10
+
+
+async def test_damaged_channels_lose_nothing() -> None:
+    """100 trials, each with one flipped, dropped or doubled byte in one write."""
+    lost = wrong = 0
+    for trial in range(100):
+        plan = Plan(trial, damage=("flip", "drop", "double")[trial % 3])
+        with anyio.fail_after(30):  # no hang
+            async with (
+                bridge(transport="channels", wrap=lambda s, p=plan: Flaky(s, p),
+                       host_config=QUICK, sandbox_config=QUICK) as b,
+                httpx.AsyncClient(base_url=b.url, timeout=20) as client,
+            ):  # fmt: skip
+                body = random.Random(trial).randbytes(random.Random(trial).randrange(1, 200_000))
+                for _ in range(3):
+                    try:
+                        answer = await client.post("/echo", content=body)
+                    except httpx.HTTPError:
+                        lost += 1
+                        continue
+                    if answer.json().get("body_sha256") != hashlib.sha256(body).hexdigest():
+                        wrong += 1
+                assert b.session.failure is None
+    assert (lost, wrong) == (0, 0)
+
+
+async def test_no_channel_within_the_resume_deadline_is_502_bridge_down() -> None:
+    class Refusing:
+        def __init__(self, inner: Any) -> None:
+            self.inner, self.calls = inner, 0
+
+        async def next_channel(self) -> anyio.abc.ByteStream:
+            self.calls += 1
+            if self.calls > 1:
+                raise OSError("the provider refuses the call")
+            return await self.inner.next_channel()  # type: ignore[no-any-return]
+
+    async with (
+        bridge(transport="channels", resume_timeout=0.5) as b,
+        httpx.AsyncClient(base_url=b.url, timeout=30) as client,
+    ):
+        assert b.connector is not None
+        b.session.channels = refusing = Refusing(b.connector)
+        refusing.calls = 1
+        answers: list[httpx.Response] = []
+
+        async def waiting() -> None:
+            answers.append(await client.get("/hang"))
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(waiting)
+            await b.upstream.hang_started.wait()
+            assert b.connector.current is not None
+            await b.connector.current.aclose()  # the channel dies for good
+        (answer,) = answers
+        assert answer.status_code == 502 and answer.headers["x-bridge-error"] == "bridge-down"
+        assert b.session.failure is not None
+        assert "within 0.5 s" in b.session.failure.reason
+        assert "the provider refuses the call" in b.session.failure.reason
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    st.lists(
+        st.tuples(st.sampled_from(["post", "get", "cut"]), st.integers(0, 300_000)),
+        min_size=1,
+        max_size=12,
+    )
+)
+def test_any_sequence_of_requests_and_cuts(steps: list[tuple[str, int]]) -> None:
+    """Requests, one after another or overlapping, with the channel cut between
+    or during them: every answer whole, every POST upstream exactly once."""
+
+    async def scenario() -> None:
+        async with (
+            bridge(transport="channels", host_config=QUICK, sandbox_config=QUICK) as b,
+            httpx.AsyncClient(base_url=b.url, timeout=60) as client,
+            anyio.create_task_group() as tg,
+        ):
+            assert b.connector is not None
+            sent: list[bytes] = []
+
+            async def post(body: bytes) -> None:
+                answer = await client.post("/echo", content=body)
+                assert answer.json()["body_sha256"] == hashlib.sha256(body).hexdigest()
+
+            async def get(size: int) -> None:
+                answer = await client.get(f"/bytes?size={size}")
+                assert answer.content == pattern_bytes(size)
+
+            for index, (kind, size) in enumerate(steps):
+                if kind == "cut":
+                    if b.connector.current is not None:
+                        await b.connector.current.aclose()
+                elif kind == "post":
+                    body = index.to_bytes(4, "big") * (size // 4 + 1)
+                    sent.append(body)
+                    tg.start_soon(post, body)
+                else:
+                    tg.start_soon(get, size)
+                await anyio.sleep(0.01 * (size % 3))  # overlap some, not all
+        posts = [r["body_sha256"] for r in b.upstream.requests if r["method"] == "POST"]
+        assert sorted(posts) == sorted(hashlib.sha256(body).hexdigest() for body in sent)
+
+    anyio.run(scenario)
