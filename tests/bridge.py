@@ -19,6 +19,7 @@ import bridgeproto as bp
 from bridgeproto_adapters.host_side import HostOptions, run_host_side
 from bridgeproto_adapters.sandbox_side import AgentLimits, run_sandbox_side
 from bridgeproto_adapters.session import Session
+from bridgeproto_adapters.settings import SandboxSettings
 from bridgeproto_adapters.streams import memory_stream_pair, process_stream
 from bridgeproto_adapters.transports import Channels, MemoryConnector, Wrap, memory_channels
 from upstream import Upstream, running_upstream
@@ -82,18 +83,16 @@ async def bridge(
                 )
             else:
                 port = free_port()
-                prefixes = (policy or bp.HttpPolicy()).allowed_prefixes
+                settings = SandboxSettings(
+                    config=sandbox_config or bp.Config(),
+                    policy=policy or bp.HttpPolicy(),
+                    limits=limits or AgentLimits(),
+                    listen=("127.0.0.1", port),
+                )
                 command = [
-                    sys.executable,
-                    "-m",
-                    "bridgeproto_adapters",
-                    "sandbox-side",
-                    "--session",
-                    session_id.hex(),
-                    "--listen",
-                    f"127.0.0.1:{port}",
-                    *[arg for p in prefixes for arg in ("--allow", p.decode())],
-                ]
+                    sys.executable, "-m", "bridgeproto_adapters", "sandbox-side",
+                    "--session", session_id.hex(), "--settings", settings.to_json(),
+                ]  # fmt: skip
                 process = await anyio.open_process(command, stderr=None)
                 host_channels = process_stream(process)
                 host = "127.0.0.1"

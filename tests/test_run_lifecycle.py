@@ -157,13 +157,13 @@ def test_a_second_ctrl_c_stops_at_once_and_still_cleans_up() -> None:
     assert sandbox_dirs() <= before
 
 
-def test_the_sandbox_side_killed_is_reported_and_the_run_fails() -> None:
+def test_the_sandbox_side_daemon_killed_is_reported_and_the_run_fails() -> None:
     need_bwrap()
     with upstream_thread() as upstream, hanging_run(upstream.url, "--grace", "1") as run:
         assert wait_until(upstream.hang_started.is_set, 30), run.stderr
         sides = [
             int(pid) for pid in os.listdir("/proc")
-            if pid.isdigit() and b"sandbox-side" in _cmdline(pid)
+            if pid.isdigit() and b"--daemon" in _cmdline(pid)
             and os.path.basename(_cmdline(pid).split(b"\0")[0]).startswith(b"python")
         ]  # fmt: skip
         assert len(sides) == 1, sides
@@ -172,11 +172,40 @@ def test_the_sandbox_side_killed_is_reported_and_the_run_fails() -> None:
         assert run.finish() == 3, (run.stdout, run.stderr)
         elapsed = time.monotonic() - started
     down = [line for line in run.stderr if "the bridge went down" in line]
-    assert len(down) == 1 and "killed by SIGKILL" in down[0], run.stderr
+    assert len(down) == 1 and "the sandbox side is not running" in down[0], run.stderr
     # The agent in flight saw an error at once, not a hang (a process that
     # holds the connection is gone, so no answer can come from it).
     assert any(line.startswith("failed ") for line in run.stdout), run.stdout
     assert elapsed < 1 + 6, elapsed
+
+
+SLOW = (
+    "import os, urllib.request\n"
+    "print('started', flush=True)\n"
+    "body = urllib.request.urlopen(os.environ['BRIDGEPROTO_URL'] + '/slow?n=40').read()\n"
+    "print(body.count(b'chunk'), 'chunks', flush=True)\n"
+)
+
+
+def test_killing_the_channel_process_costs_a_pause_not_the_exchange() -> None:
+    need_bwrap()
+    with upstream_thread() as upstream, Running(
+        "--upstream", upstream.url, "--sandbox", "bwrap", "--hide-cwd", "-v",
+        "--", "python3", "-c", SLOW,
+    ) as run:  # fmt: skip
+        run.wait_for(run.stdout, "started")
+        for _ in range(3):
+            relays = [
+                int(pid) for pid in os.listdir("/proc")
+                if pid.isdigit() and _cmdline(pid).split(b"\0")[2:3] == [b"channel"]
+            ]  # fmt: skip
+            assert len(relays) == 1, relays
+            os.kill(relays[0], signal.SIGKILL)
+            assert wait_until(lambda r=relays[0]: not _cmdline(str(r)))
+            time.sleep(0.3)  # let the next channel come up and carry a few chunks
+        assert run.finish() == 0, run.stderr
+    assert "40 chunks" in run.stdout, (run.stdout, run.stderr)
+    assert any("3 reconnects" in line for line in run.stderr), run.stderr
 
 
 def _cmdline(pid: str) -> bytes:

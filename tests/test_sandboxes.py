@@ -238,25 +238,30 @@ async def test_the_sandbox_side_is_uploaded_once_per_sandbox() -> None:
     assert writes == [f"/tmp/{archive.name}"]
 
 
-async def test_a_failed_stop_can_be_retried() -> None:
+async def test_a_failed_stop_can_be_retried_and_leaves_nothing_running() -> None:
     async with (
         running_upstream() as upstream,
         make_sandbox("bwrap") as sandbox,
         open_bridge(sandbox, upstream.url) as bridge,
     ):
-        real_stop, failures = bridge.process.stop, []
+        real_close, failures = bridge.channels.aclose, []
 
-        async def flaky_stop(grace: float = 2.0) -> int:
+        async def flaky_close() -> None:
             if not failures:
                 failures.append(1)
                 raise OSError("the provider dropped the call")
-            return await real_stop(grace)
+            await real_close()
 
-        bridge.process.stop = flaky_stop  # type: ignore[method-assign]
+        bridge.channels.aclose = flaky_close  # type: ignore[method-assign]
         with pytest.raises(OSError):
             await bridge.stop()
         await bridge.stop()  # the retry finishes the job
-        assert bridge.process.returncode is not None
+        assert bridge.channels.current is not None
+        assert bridge.channels.current.process.returncode is not None
+        left = await sandbox.run(["sh", "-c", "ls /tmp; ps -eo stat=,args="])
+        assert b"bridgeproto-" + bridge.session.conn.session_id.hex().encode() not in left.stdout
+        running = [line for line in left.stdout.decode().splitlines() if "python" in line]
+        assert all(line.startswith("Z") for line in running), left.stdout  # nothing but zombies
 
 
 @pytest.mark.parametrize("kind", OFFLINE)

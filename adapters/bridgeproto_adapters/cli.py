@@ -3,7 +3,8 @@
     bridgeproto run --upstream URL [options] -- CMD [ARG...]
     bridgeproto demo
     bridgeproto decode TRACE
-    bridgeproto sandbox-side --session HEX ...   (started by the host side)
+    bridgeproto sandbox-side --session HEX --settings JSON [--daemon]
+    bridgeproto channel --session HEX            (both started by the host side)
 
 Every failure to start prints one line naming the cause and the fix and
 exits 2; otherwise ``run`` exits as ``run.py`` describes (the command's own
@@ -154,8 +155,10 @@ def bench(args: argparse.Namespace) -> int:
 
 
 def sandbox_side(args: argparse.Namespace) -> int:
-    """Run the sandbox side over this process's stdin and stdout."""
+    """Run the sandbox side: over this process's stdin and stdout, or as a
+    daemon that takes channels on its private socket (``--daemon``)."""
     from .sandbox_side import run_sandbox_side
+    from .settings import SandboxSettings
     from .streams import FdStream
 
     try:
@@ -164,18 +167,23 @@ def sandbox_side(args: argparse.Namespace) -> int:
             raise ValueError
     except ValueError:
         return _fail(f"--session must be {bp.SESSION_ID_BYTES * 2} hex digits")
-    policy = bp.HttpPolicy(allowed_prefixes=args.allow or ["/"])
-    config = bp.Config(idle_timeout=args.idle_timeout or None, exchange_timeout=args.timeout)
-    listen: str | tuple[str, int] = args.unix or args.listen
+    try:
+        settings = SandboxSettings.from_json(args.settings) if args.settings else SandboxSettings()
+    except ValueError as exc:
+        return _fail(str(exc))
+    if args.daemon:
+        from .daemon import start
+
+        return start(session_id, settings)
     try:
         anyio.run(
             functools.partial(
-                run_sandbox_side, FdStream.stdio(), session_id, listen=listen, policy=policy,
-                config=config,
+                run_sandbox_side, FdStream.stdio(), session_id, listen=settings.listen,
+                policy=settings.policy, config=settings.config, limits=settings.limits,
             )
         )  # fmt: skip
     except OSError as exc:
-        return _fail(f"the sandbox side cannot listen on {listen}: {exc.strerror or exc}")
+        return _fail(f"the sandbox side cannot listen on {settings.listen}: {exc.strerror or exc}")
     except KeyboardInterrupt:
         return 130
     return 0
@@ -293,14 +301,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     decode_p.add_argument("trace")
 
     side = commands.add_parser(
-        "sandbox-side", help="run the sandbox side over stdin/stdout (the host starts it)"
+        "sandbox-side", help="run the sandbox side (the host starts it in the sandbox)"
     )
     side.add_argument("--session", required=True, help="the session id, in hex")
-    side.add_argument("--listen", type=_listen_address, default=("127.0.0.1", 13131))
-    side.add_argument("--unix", help="listen on this Unix socket path instead")
-    side.add_argument("--allow", action="append", help="an allowed path prefix (repeatable)")
-    side.add_argument("--idle-timeout", type=float, default=300.0, help="seconds; 0 disables")
-    side.add_argument("--timeout", type=float, default=None, help="total seconds per exchange")
+    side.add_argument("--settings", help="the settings record the host made (JSON)")
+    side.add_argument(
+        "--daemon", action="store_true", help="detach, and take channels on the private socket"
+    )
+    commands.add_parser(
+        "channel", help="relay stdin/stdout to the sandbox side's socket (the host starts it)"
+    ).add_argument("--session", required=True, help="the session id, in hex")
 
     args = parser.parse_args(argv)
     if args.command_name == "run":
@@ -318,6 +328,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return decode(args)
     if args.command_name == "bench":
         return bench(args)
+    if args.command_name == "channel":
+        from .relay import main as relay_main
+
+        return relay_main(["--session", args.session])
     return sandbox_side(args)
 
 

@@ -1,8 +1,10 @@
 """Start a bridge into a sandbox, and stop it.
 
 ``open_bridge`` checks the sandbox's Python, uploads the sandbox side (once
-per sandbox), starts it as a live process, and returns only when the
-handshake is done, which means its listener already accepts connections. It
+per sandbox), starts it there as a daemon, opens the first channel (a relay
+process whose stdio this side holds) and returns only when the handshake is
+done, which means the daemon's listener already accepts connections. When a
+channel breaks, the session opens another and resumes (``transports``). It
 yields a ``Bridge`` with the URL and environment to give commands in the
 sandbox; it changes nothing of the caller's.
 """
@@ -11,7 +13,8 @@ from __future__ import annotations
 
 import functools
 import os
-from collections.abc import AsyncIterator, Mapping, Sequence
+import shlex
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from urllib.parse import urlsplit
 
@@ -24,8 +27,12 @@ import bridgeproto as bp
 from .errors import BridgeError
 from .host_side import HostOptions, run_host_side
 from .packaging import build_zipapp
-from .sandboxes import LiveProcess, SandboxClient, SandboxError
-from .session import Session, Tracer
+from .relay import channel_dir
+from .sandbox_side import AgentLimits
+from .sandboxes import SandboxClient, SandboxError
+from .session import RESUME_TIMEOUT, Session, Tracer
+from .settings import SandboxSettings
+from .transports.live import ProcessChannels
 
 PLACEHOLDER_KEY = "bridgeproto-placeholder-key"
 MIN_PYTHON = (3, 10)
@@ -42,14 +49,17 @@ class Bridge:
     url: str  # e.g. http://127.0.0.1:13131/rollout/abc
     env: Mapping[str, str]  # for commands run in the sandbox
     session: Session
-    process: LiveProcess
+    sandbox: SandboxClient
+    channels: ProcessChannels
     _stopped: bool = False
 
     async def stop(self, grace: float | None = None) -> None:
         """Shut the bridge down within a bounded time; safe to call again.
 
-        Each step is idempotent, so a stop interrupted by an error can be
-        retried and finishes the job.
+        Goaway and drain (at most the grace period), then the channel process
+        is stopped and the daemon is given a few seconds to answer its agents
+        and exit before it is killed. Each step is idempotent, so a stop
+        interrupted by an error can be retried and finishes the job.
         """
         if self._stopped:
             return
@@ -58,10 +68,20 @@ class Bridge:
             if not self.session.finished.is_set():
                 with anyio.move_on_after(grace + 2):
                     await self.session.close()
-            with anyio.move_on_after(2):
-                await self.process.wait()
-            await self.process.stop()
+            await self.channels.aclose()
+            await _reap_daemon(self.sandbox, self.session.conn.session_id)
         self._stopped = True
+
+
+async def _reap_daemon(sandbox: SandboxClient, session_id: bytes) -> None:
+    """Give the sandbox side 5 s to answer its agents and exit, then kill it."""
+    directory = shlex.quote(channel_dir(session_id))
+    script = (
+        f"p=$(cat {directory}/pid 2>/dev/null) || exit 0;"
+        " for i in $(seq 50); do kill -0 $p 2>/dev/null || exit 0; sleep 0.1; done;"
+        f" kill -9 $p; rm -rf {directory}"
+    )
+    await sandbox.run(["sh", "-c", script], timeout=15)
 
 
 def sandbox_env(url: str) -> dict[str, str]:
@@ -121,6 +141,9 @@ async def open_bridge(
     python: str = "python3",
     env: Mapping[str, str] | None = None,
     tracer: Tracer | None = None,
+    limits: AgentLimits | None = None,
+    resume_timeout: float = RESUME_TIMEOUT,
+    on_channel: Callable[[str], None] | None = None,
 ) -> AsyncIterator[Bridge]:
     """Run a bridge into ``sandbox`` forwarding to ``upstream_url``.
 
@@ -128,6 +151,9 @@ async def open_bridge(
     upstream's credentials); they never enter the sandbox. The path allowlist
     defaults to the upstream URL's path. ``env`` is the environment the
     sandbox side runs with (its PATH decides which ``python`` is found).
+    ``limits`` bounds what agents may cost the sandbox side; ``resume_timeout``
+    how long a broken channel may take to come back; ``on_channel`` hears of
+    every channel that breaks or comes up.
     """
     host, port, path = parse_upstream(upstream_url)
     policy = bp.HttpPolicy(allowed_prefixes=allowed_prefixes or [path or "/"])
@@ -142,15 +168,18 @@ async def open_bridge(
         await sandbox.write_file(remote, archive.read_bytes())
 
     session_id = os.urandom(bp.SESSION_ID_BYTES)
-    command = [
-        python, remote, "sandbox-side", "--session", session_id.hex(),
-        "--listen", f"{listen[0]}:{listen[1]}",
-        "--idle-timeout", str(config.idle_timeout or 0),
-        *[arg for prefix in policy.allowed_prefixes for arg in ("--allow", prefix.decode())],
+    settings = SandboxSettings(config, policy, limits or AgentLimits(), listen, resume_timeout)
+    start = [
+        python, remote, "sandbox-side", "--daemon", "--session", session_id.hex(),
+        "--settings", settings.to_json(),
     ]  # fmt: skip
-    if config.exchange_timeout:
-        command += ["--timeout", str(config.exchange_timeout)]
-    process = await sandbox.open_process(command, env=env)
+    started = await sandbox.run(start, env=env, timeout=config.handshake_timeout)
+    if started.exit_code != 0 or started.stdout.strip() != b"ready":
+        said = (started.stderr or started.stdout).decode(errors="replace").strip()
+        raise BridgeStartError(f"the sandbox side did not start: {said or 'no word from it'}")
+    channels = ProcessChannels(
+        sandbox, [python, remote, "channel", "--session", session_id.hex()], env
+    )
     url = f"http://{listen[0]}:{listen[1]}{path}"
     bridge: Bridge | None = None
     try:
@@ -158,24 +187,20 @@ async def open_bridge(
             try:
                 session = await tg.start(
                     functools.partial(
-                        run_host_side,
-                        process.stream,
-                        session_id,
-                        upstream,
-                        config=config,
-                        options=options,
-                        tracer=tracer,
+                        run_host_side, channels, session_id, upstream, config=config,
+                        options=options, tracer=tracer, resume_timeout=resume_timeout,
+                        on_channel=on_channel,
                     )
-                )
+                )  # fmt: skip
             except (BridgeError, TimeoutError) as exc:
-                raise BridgeStartError(
-                    f"the sandbox side did not start ({exc}); its error output is above"
-                ) from None
-            bridge = Bridge(url, sandbox_env(url), session, process)
+                raise BridgeStartError(f"the sandbox side did not answer ({exc})") from None
+            bridge = Bridge(url, sandbox_env(url), session, sandbox, channels)
             try:
                 yield bridge
             finally:
                 await bridge.stop()
     finally:
-        if bridge is None:
-            await process.stop()
+        if bridge is None:  # it never started: leave nothing behind
+            with anyio.CancelScope(shield=True):
+                await channels.aclose()
+                await _reap_daemon(sandbox, session_id)

@@ -20,7 +20,14 @@ import zipfile
 # The sandbox side's import closure. Optional ones are skipped when absent.
 PACKAGES = ("bridgeproto", "bridgeproto_adapters", "h11", "anyio", "attr", "attrs", "idna")
 OPTIONAL = ("sniffio", "typing_extensions", "exceptiongroup")
-MAIN = b"import sys\nfrom bridgeproto_adapters.cli import main\nsys.exit(main())\n"
+# The channel relay is started for every channel: it skips the command line's imports.
+MAIN = b"""import sys
+if sys.argv[1:2] == ["channel"]:
+    from bridgeproto_adapters.relay import main
+    sys.exit(main(sys.argv[2:]))
+from bridgeproto_adapters.cli import main
+sys.exit(main())
+"""
 
 
 def _sources(name: str) -> list[tuple[str, pathlib.Path]]:

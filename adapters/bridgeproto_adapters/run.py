@@ -220,6 +220,7 @@ class Run:
             async with open_bridge(
                 self.sandbox, args.upstream, headers=self.headers, listen=args.listen,
                 config=config, python=args.python, tracer=TraceWriter(trace) if trace else None,
+                on_channel=say if args.verbose else None,
             ) as bridge:  # fmt: skip
                 argv = self.sandbox.command_line(args.command, env=bridge.env, cwd=args.cwd)
                 # A session of its own: the terminal's signals come to us, not to it.
@@ -248,7 +249,9 @@ class Run:
             if which == 1:  # a signal: drain (a second signal cancels this)
                 await bridge.session.close()
             elif which == 2 and not exited.is_set():
-                say(f"the bridge went down: {await _why_down(bridge)}")
+                failure = bridge.session.failure
+                why = failure.reason if failure else "the sandbox side ended the session"
+                say(f"the bridge went down: {why}")
                 with anyio.move_on_after(self.args.grace):
                     await exited.wait()
             tg.cancel_scope.cancel()
@@ -273,19 +276,6 @@ class Run:
         self._signal_command(signal.SIGKILL)
         await command.wait()
         await command.aclose()
-
-
-async def _why_down(bridge: Bridge) -> str:
-    failure = bridge.session.failure
-    reason = failure.reason if failure is not None else "the sandbox side ended the session"
-    with anyio.move_on_after(1):
-        await bridge.process.wait()
-    code = bridge.process.returncode
-    if code is not None and code < 0:
-        reason += f"; the sandbox side was killed by {signal.Signals(-code).name}"
-    elif code is not None:
-        reason += f"; the sandbox side exited with status {code}"
-    return reason
 
 
 async def _live_summary(session: Session, interval: float = 5.0) -> None:

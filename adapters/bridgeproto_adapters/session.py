@@ -398,23 +398,23 @@ class Session:
     async def _open_channel(self, first: bool) -> anyio.abc.ByteStream | None:
         """The next channel, trying until the resume deadline; None if none came
         (the session has then failed)."""
-        reason = "no channel was offered"
-        with anyio.move_on_after(None if first else self.resume_timeout):
+        reason = f"no channel came within {self.resume_timeout:g} s"
+        with anyio.move_on_after(self.resume_timeout):
             for attempt in itertools.count():
                 try:
                     return await self.channels.next_channel()
                 except NoChannel as exc:
-                    reason = str(exc)
                     if exc.final:
+                        reason = str(exc)
                         break
+                    failed = str(exc)
                 except (OSError, *_TRANSPORT_ERRORS) as exc:
-                    reason = f"{exc!r}"
-                self._say(f"opening a channel failed ({reason}); trying again")
+                    failed = f"{exc!r}"
+                reason = f"no channel came within {self.resume_timeout:g} s (last: {failed})"
+                self._say(f"opening a channel failed ({failed}); trying again")
                 await anyio.sleep(_RETRY_SECONDS[min(attempt, len(_RETRY_SECONDS) - 1)])
         if not first:
             reason = f"the channel broke ({self._broke_because}), and {reason}"
-            if not reason.endswith("another channel"):
-                reason += f" within {self.resume_timeout:g} s"
         self._dispatch(self.conn.abort(reason))
         return None
 

@@ -1,0 +1,129 @@
+"""The sandbox side as a daemon, for the live-stream transport.
+
+``bridgeproto sandbox-side --daemon`` starts the sandbox side detached from
+the command that starts it (a new session, its output to a log in its
+private directory), so it outlives every channel. The starting command
+returns once the daemon listens for agents and for channels: it prints
+``ready``, or the reason it could not start and exits 2.
+
+The daemon ends when its session does (the host closed it, or no channel
+came back within the resume deadline), and removes its directory.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import os
+import shutil
+import signal
+import sys
+from collections.abc import Callable
+
+import anyio
+import anyio.abc
+
+from .relay import channel_dir, channel_socket
+from .sandbox_side import run_sandbox_side
+from .settings import SandboxSettings
+from .transports import Acceptor
+from .transports.live import accept_channels
+
+
+def start(session_id: bytes, settings: SandboxSettings) -> int:
+    """Start the daemon and report how that went; the exit status of the starter."""
+    directory = channel_dir(session_id)
+    problem = _claim(directory)
+    if problem:
+        print(f"bridgeproto: {problem}", file=sys.stderr)
+        return 2
+    read_end, write_end = os.pipe()
+    if os.fork():
+        os.close(write_end)
+        with os.fdopen(read_end, "rb") as word:
+            said = word.read().decode(errors="replace")  # until the daemon closes its end
+        if said == "ready\n":
+            print("ready", flush=True)
+            return 0
+        print(f"bridgeproto: the sandbox side did not start: {said.strip()}", file=sys.stderr)
+        return 2
+    os.close(read_end)
+    os.setsid()
+    if os.fork():
+        os._exit(0)  # the daemon is the grandchild: no terminal can ever be its own
+    status = 1
+    try:
+        _detach(directory)
+
+        def ready() -> None:
+            os.write(write_end, b"ready\n")
+            os.close(write_end)
+
+        anyio.run(functools.partial(_serve, session_id, settings, ready))
+        status = 0
+    except BaseException as exc:
+        with contextlib.suppress(OSError):
+            os.write(write_end, f"{exc!r}".encode())
+        print(f"bridgeproto: the sandbox side failed: {exc!r}", file=sys.stderr)
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+        os._exit(status)
+
+
+def _claim(directory: str) -> str | None:
+    """Make the private directory; None, or why it cannot be had."""
+    try:
+        os.mkdir(directory, 0o700)
+        return None
+    except FileExistsError:
+        pass
+    pid = _pid_in(directory)
+    if pid is not None:
+        return f"a sandbox side already runs for this session (pid {pid})"
+    shutil.rmtree(directory, ignore_errors=True)  # left by one that died
+    try:
+        os.mkdir(directory, 0o700)
+    except OSError as exc:
+        return f"cannot make {directory}: {exc.strerror}"
+    return None
+
+
+def _pid_in(directory: str) -> int | None:
+    """The pid of a live daemon that wrote ``directory``, if any."""
+    try:
+        with open(os.path.join(directory, "pid")) as file:
+            pid = int(file.read())
+        os.kill(pid, 0)
+    except (OSError, ValueError):
+        return None
+    return pid
+
+
+def _detach(directory: str) -> None:
+    log = os.open(os.path.join(directory, "log"), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    null = os.open(os.devnull, os.O_RDWR)
+    os.dup2(null, 0)
+    os.dup2(log, 1)
+    os.dup2(log, 2)
+    os.close(null)
+    os.close(log)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    with open(os.path.join(directory, "pid"), "w") as file:
+        file.write(str(os.getpid()))
+
+
+async def _serve(session_id: bytes, settings: SandboxSettings, ready: Callable[[], None]) -> None:
+    acceptor = Acceptor()
+    async with anyio.create_task_group() as tg:
+        await tg.start(accept_channels, acceptor, channel_socket(session_id))
+
+        async def sandbox_side(*, task_status: anyio.abc.TaskStatus[object]) -> None:
+            await run_sandbox_side(
+                acceptor, session_id, listen=settings.listen, policy=settings.policy,
+                config=settings.config, limits=settings.limits,
+                resume_timeout=settings.resume_timeout, task_status=task_status,
+            )  # fmt: skip
+            tg.cancel_scope.cancel()  # the session is over: stop taking channels
+
+        await tg.start(sandbox_side)
+        ready()
