@@ -6,7 +6,10 @@ a pause; when no channel comes back, they must get a clear answer."""
 from __future__ import annotations
 
 import hashlib
+import json
+import os
 import random
+import signal
 from typing import Any
 
 import anyio
@@ -18,7 +21,9 @@ from hypothesis import strategies as st
 
 import bridgeproto as bp
 from bridge import bridge
-from upstream import pattern_bytes
+from bridgeproto_adapters.launch import open_bridge
+from sandbox_kinds import make_sandbox, need_bwrap
+from upstream import pattern_bytes, running_upstream
 
 pytestmark = pytest.mark.anyio
 MiB = 1 << 20
@@ -244,3 +249,114 @@ def test_any_sequence_of_requests_and_cuts(steps: list[tuple[str, int]]) -> None
         assert sorted(posts) == sorted(hashlib.sha256(body).hexdigest() for body in sent)
 
     anyio.run(scenario)
+
+
+# ------------------------------------------------------------------ real channel processes
+
+AGENT = """
+import hashlib, http.client, json, os, sys, threading
+from urllib.parse import urlsplit
+url = urlsplit(os.environ['BRIDGEPROTO_URL'])
+results, MiB = {}, 1 << 20
+PATTERN = bytes(range(256)) * 256
+
+def call(method, path, body=None):
+    conn = http.client.HTTPConnection(url.hostname, url.port, timeout=120)
+    conn.request(method, url.path + path, body=body)
+    return conn, conn.getresponse()
+
+def up():
+    body = (PATTERN * (64 * MiB // len(PATTERN)))
+    _, answer = call('POST', '/echo', body)
+    results['up'] = json.loads(answer.read())['body_sha256'] == hashlib.sha256(body).hexdigest()
+
+def down():
+    _, answer = call('GET', f'/bytes?size={64 * MiB}')
+    results['down'] = hashlib.sha256(answer.read()).hexdigest()
+
+def sse():
+    _, answer = call('GET', '/sse?n=20&gated=1')
+    call('GET', '/gate')[1].read()
+    events = []
+    for line in answer:
+        if line.startswith(b'data: '):
+            events.append(line.strip().decode())
+            call('GET', '/gate')[1].read()  # the next event only now
+    results['sse'] = events
+
+def post(i):
+    _, answer = call('POST', '/echo', f'post {i}'.encode())
+    results[f'post {i}'] = json.loads(answer.read())['body_sha256']
+
+threads = [threading.Thread(target=f) for f in (up, down, sse)]
+threads += [threading.Thread(target=post, args=(i,)) for i in range(50)]
+for t in threads: t.start()
+for t in threads: t.join()
+print(json.dumps(results))
+"""
+
+
+@pytest.mark.parametrize("kills", [10])
+async def test_killing_channel_processes_loses_nothing(kills: int) -> None:
+    """The relay processes of a real offline sandbox, killed at random moments
+    during bulk transfers both ways, a paced SSE stream and 50 POSTs."""
+    need_bwrap()
+    chance = random.Random(11)
+    async with (
+        running_upstream() as upstream,
+        make_sandbox("bwrap") as sandbox,
+        open_bridge(sandbox, f"{upstream.url}/rollout/k") as bridge,
+    ):
+        agent = await sandbox.open_process(["python3", "-c", AGENT], env=bridge.env)
+        killed = 0
+        with anyio.fail_after(120):
+            while killed < kills:
+                await anyio.sleep(chance.uniform(0.05, 0.4))
+                current = bridge.channels.current
+                if current is None or current.process.returncode is not None:
+                    continue
+                pid = current.process._process.pid  # the host's end: nsenter
+                for child in _descendants(pid):
+                    if _argv(child)[2:3] == [b"channel"]:
+                        os.kill(child, signal.SIGKILL)
+                        killed += 1
+            output = b""
+            while True:
+                try:
+                    output += await agent.stream.receive()
+                except anyio.EndOfStream:
+                    break
+        await agent.stop()
+        reconnects = bridge.session.stats.reconnects
+    results = json.loads(output)
+    assert results["up"] is True
+    assert results["down"] == hashlib.sha256(pattern_bytes(64 * MiB)).hexdigest()
+    assert results["sse"] == [f"data: event {i}" for i in range(20)]
+    for i in range(50):
+        assert results[f"post {i}"] == hashlib.sha256(f"post {i}".encode()).hexdigest()
+    posts = [r for r in upstream.requests if r["method"] == "POST" and r["body_size"] < 100]
+    assert len(posts) == 50  # each exactly once
+    assert reconnects >= kills
+
+
+def _descendants(pid: int) -> list[int]:
+    found, todo = [], [pid]
+    while todo:
+        parent = todo.pop()
+        for task in os.listdir(f"/proc/{parent}/task") if os.path.isdir(f"/proc/{parent}") else []:
+            try:
+                with open(f"/proc/{parent}/task/{task}/children") as file:
+                    children = [int(c) for c in file.read().split()]
+            except OSError:
+                continue
+            found += children
+            todo += children
+    return found
+
+
+def _argv(pid: int) -> list[bytes]:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as file:
+            return file.read().split(b"\0")
+    except OSError:
+        return []

@@ -5,6 +5,7 @@ a burst of agents through a real offline sandbox."""
 from __future__ import annotations
 
 import glob
+import json
 import os
 import signal
 import subprocess
@@ -206,6 +207,66 @@ def test_killing_the_channel_process_costs_a_pause_not_the_exchange() -> None:
         assert run.finish() == 0, run.stderr
     assert "40 chunks" in run.stdout, (run.stdout, run.stderr)
     assert any("3 reconnects" in line for line in run.stderr), run.stderr
+
+
+SETTINGS_PROBE = (
+    "import glob, os, urllib.request, urllib.error\n"
+    "try:\n"
+    "    urllib.request.urlopen(os.environ['BRIDGEPROTO_URL'] + '/echo', data=b'x' * 5000)\n"
+    "except urllib.error.HTTPError as e:\n"
+    "    print(e.code, e.headers['x-bridge-error'])\n"
+    "(log,) = glob.glob('/tmp/bridgeproto-*/log')\n"
+    "print(open(log).read().split('settings ', 1)[1].splitlines()[0])\n"
+)
+
+
+def test_the_settings_given_to_run_reach_the_sandbox_side() -> None:
+    need_bwrap()
+    with upstream_thread() as upstream, Running(
+        "--upstream", upstream.url, "--sandbox", "bwrap", "--hide-cwd", "--max-body", "1000",
+        "--idle-timeout", "7", "--timeout", "9", "--grace", "2", "--resume-timeout", "11",
+        "--", "python3", "-c", SETTINGS_PROBE,
+    ) as run:  # fmt: skip
+        assert run.finish() == 0, run.stderr
+    assert run.stdout[0] == "413 body-too-large"  # refused inside the sandbox, so:
+    assert any("0 exchanges" in line for line in run.stderr), run.stderr  # the host saw none
+    settings = json.loads(run.stdout[1])
+    assert settings["config"]["max_body_bytes"] == settings["policy"]["max_body_bytes"] == 1000
+    assert settings["config"]["idle_timeout"] == 7 and settings["config"]["exchange_timeout"] == 9
+    assert settings["config"]["shutdown_grace"] == 2 and settings["resume_timeout"] == 11
+
+
+SABOTAGE = (
+    "import glob, os, signal, urllib.request, urllib.error, time\n"
+    "for path in glob.glob('/tmp/bridgeproto-*.pyz'):\n"
+    "    os.remove(path)  # no channel can start any more\n"
+    "for pid in filter(str.isdigit, os.listdir('/proc')):\n"
+    "    argv = open(f'/proc/{pid}/cmdline', 'rb').read().split(b'\\0')\n"
+    "    if argv[2:3] == [b'channel']:\n"
+    "        os.kill(int(pid), signal.SIGKILL)\n"
+    "try:\n"
+    "    urllib.request.urlopen(os.environ['BRIDGEPROTO_URL'] + '/hang', timeout=60)\n"
+    "except urllib.error.HTTPError as e:\n"
+    "    print(e.code, e.headers['x-bridge-error'], flush=True)\n"
+    "time.sleep(60)\n"
+)
+
+
+def test_no_channel_back_within_the_deadline_is_502_and_exit_3() -> None:
+    need_bwrap()
+    before = sandbox_dirs()
+    with upstream_thread() as upstream, Running(
+        "--upstream", upstream.url, "--sandbox", "bwrap", "--hide-cwd", "--resume-timeout", "2",
+        "--grace", "1", "--", "python3", "-c", SABOTAGE,
+    ) as run:  # fmt: skip
+        started = time.monotonic()
+        assert run.finish() == 3, (run.stdout, run.stderr)
+        elapsed = time.monotonic() - started
+    assert run.stdout == ["502 bridge-down"], (run.stdout, run.stderr)
+    down = [line for line in run.stderr if "the bridge went down" in line]
+    assert len(down) == 1 and "no channel came within 2 s" in down[0], run.stderr
+    assert elapsed < 30, elapsed
+    assert sandbox_dirs() <= before
 
 
 def _cmdline(pid: str) -> bytes:

@@ -6,6 +6,7 @@ Routes (any prefix before them is ignored, so tests can use allowlisted paths):
     /json               a small JSON object
     /sse?n=N&gated=1    N server-sent events with ': keepalive' comments between;
                         gated: each event waits for a token from ``sse_gate``
+    /gate               puts one token in ``sse_gate`` (so an agent can pace a stream)
     /chunked?n=N        a chunked body of N chunks
     /bytes?size=N       N pattern bytes with Content-Length
     /slow?n=N           N chunks, each after a short pause
@@ -162,6 +163,9 @@ class Upstream:
             except (anyio.BrokenResourceError, OSError):
                 self.forever_closed.set()
                 raise
+        elif route == "/gate":
+            self.sse_gate_send.send_nowait(None)
+            await reply(200, b"{}")
         elif route == "/close":
             raise anyio.EndOfStream  # closes without a word
         elif route == "/break":

@@ -271,6 +271,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--timeout", type=_seconds, default=None, help="total seconds per exchange (default: none)"
     )
     run_p.add_argument(
+        "--max-body",
+        type=int,
+        default=None,
+        metavar="BYTES",
+        help="largest request or response body (default: no limit); larger ones get 413",
+    )
+    run_p.add_argument(
+        "--resume-timeout",
+        type=_seconds,
+        default=30.0,
+        help="seconds a broken channel may take to come back before the bridge is down"
+        " (default 30)",
+    )
+    run_p.add_argument(
         "--grace",
         type=_seconds,
         default=5.0,

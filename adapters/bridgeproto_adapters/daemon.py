@@ -113,6 +113,7 @@ def _detach(directory: str) -> None:
 
 
 async def _serve(session_id: bytes, settings: SandboxSettings, ready: Callable[[], None]) -> None:
+    print(f"bridgeproto sandbox side {os.getpid()}: settings {settings.to_json()}", flush=True)
     acceptor = Acceptor()
     async with anyio.create_task_group() as tg:
         await tg.start(accept_channels, acceptor, channel_socket(session_id))

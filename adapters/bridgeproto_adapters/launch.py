@@ -156,9 +156,14 @@ async def open_bridge(
     every channel that breaks or comes up.
     """
     host, port, path = parse_upstream(upstream_url)
-    policy = bp.HttpPolicy(allowed_prefixes=allowed_prefixes or [path or "/"])
-    upstream = bp.Upstream(host, port, policy, tuple(headers))
     config = config or bp.Config()
+    # The body and head limits are the core's; the HTTP policy takes them from there.
+    policy = bp.HttpPolicy(
+        allowed_prefixes=allowed_prefixes or [path or "/"],
+        max_header_bytes=config.limits.max_header_bytes,
+        max_body_bytes=config.max_body_bytes,
+    )
+    upstream = bp.Upstream(host, port, policy, tuple(headers))
     await check_python(sandbox, python, env)
 
     archive = build_zipapp()

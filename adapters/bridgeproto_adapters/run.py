@@ -214,13 +214,14 @@ class Run:
             idle_timeout=args.idle_timeout,
             exchange_timeout=args.timeout,
             shutdown_grace=args.grace,
+            max_body_bytes=args.max_body,
         )
         trace = _private_file(args.trace) if args.trace else None
         try:
             async with open_bridge(
                 self.sandbox, args.upstream, headers=self.headers, listen=args.listen,
                 config=config, python=args.python, tracer=TraceWriter(trace) if trace else None,
-                on_channel=say if args.verbose else None,
+                on_channel=say if args.verbose else None, resume_timeout=args.resume_timeout,
             ) as bridge:  # fmt: skip
                 argv = self.sandbox.command_line(args.command, env=bridge.env, cwd=args.cwd)
                 # A session of its own: the terminal's signals come to us, not to it.
