@@ -362,3 +362,47 @@ def _argv(pid: int) -> list[bytes]:
             return file.read().split(b"\0")
     except OSError:
         return []
+
+
+async def test_the_example_transport_in_the_docs_works_and_resumes() -> None:
+    """docs/adapters.md's TCP transport, run as written, with its channel cut
+    in the middle of a streamed response."""
+    import functools
+    import pathlib
+
+    from bridgeproto_adapters.host_side import run_host_side
+    from bridgeproto_adapters.sandbox_side import run_sandbox_side
+    from bridgeproto_adapters.transports import Acceptor
+
+    text = (pathlib.Path(__file__).parent.parent / "docs" / "adapters.md").read_text()
+    example = text.split("A complete transport of your own", 1)[1]
+    code = example.split("```python\n", 1)[1].split("```", 1)[0]
+    namespace: dict[str, Any] = {}
+    exec(compile(code, "docs/adapters.md", "exec"), namespace)
+    session_id = bytes(range(16))
+    async with running_upstream() as upstream, anyio.create_task_group() as tg:
+        listener = await anyio.create_tcp_listener(local_host="127.0.0.1", local_port=0)
+        port = listener.extra(anyio.abc.SocketAttribute.local_port)
+        acceptor = Acceptor()
+        tg.start_soon(namespace["accept_tcp"], acceptor, listener)
+        address = await tg.start(
+            functools.partial(run_sandbox_side, acceptor, session_id, listen=("127.0.0.1", 0),
+                              config=QUICK)
+        )  # fmt: skip
+        channels = namespace["TcpChannels"]("127.0.0.1", port)
+        session = await tg.start(
+            functools.partial(run_host_side, channels, session_id,
+                              bp.Upstream("127.0.0.1", upstream.port), config=QUICK)
+        )  # fmt: skip
+        async with httpx.AsyncClient(base_url=f"http://{address[0]}:{address[1]}") as client:
+            async with client.stream("GET", "/slow?n=20") as response:
+                lines = []
+                async for line in response.aiter_lines():
+                    lines.append(line)
+                    if len(lines) == 5:
+                        assert session.stream is not None
+                        await session.stream.aclose()  # cut the TCP channel
+            assert lines == [f"chunk {i}" for i in range(20)]
+        assert session.stats.reconnects == 1
+        await session.close()
+        tg.cancel_scope.cancel()
