@@ -9,8 +9,12 @@ from contextlib import asynccontextmanager
 
 import pytest
 
-from bridgeproto_adapters.offline import BwrapSandbox, UnshareSandbox
-from bridgeproto_adapters.sandboxes import HostCommandSandbox, LocalSandbox
+from bridgeproto_adapters.sandboxes import (
+    BwrapSandbox,
+    HostCommandSandbox,
+    LocalSandbox,
+    UnshareSandbox,
+)
 
 REQUIRE_BWRAP = os.environ.get("BRIDGEPROTO_REQUIRE_BWRAP") == "1"
 

@@ -24,8 +24,12 @@ import pytest
 
 from bridgeproto_adapters import packaging
 from bridgeproto_adapters.conformance import check_offline_isolation
-from bridgeproto_adapters.offline import BwrapSandbox, UnshareSandbox
-from bridgeproto_adapters.sandboxes import LocalSandbox, SandboxUnavailable
+from bridgeproto_adapters.sandboxes import (
+    BwrapSandbox,
+    LocalSandbox,
+    SandboxUnavailable,
+    UnshareSandbox,
+)
 from sandbox_kinds import make_sandbox, need_bwrap
 from test_cli import BRIDGEPROTO, upstream_in_thread
 
@@ -113,7 +117,7 @@ def test_offline_sandboxes_hold_for_an_unprivileged_user(kind: str, tmp_path: ob
         "import json, sys\n"
         f"sys.path.insert(0, {archive!r})\n"
         "import anyio\n"
-        "from bridgeproto_adapters.offline import BwrapSandbox, UnshareSandbox\n"
+        "from bridgeproto_adapters.sandboxes import BwrapSandbox, UnshareSandbox\n"
         "from bridgeproto_adapters.conformance import check_offline_isolation\n"
         "async def main():\n"
         f"    sandbox = await {'BwrapSandbox' if kind == 'bwrap' else 'UnshareSandbox'}.create()\n"
@@ -166,7 +170,7 @@ def test_everything_inside_dies_with_the_sandbox_owner(kind: str) -> None:
         need_bwrap()
     owner_script = (
         "import anyio, sys\n"
-        "from bridgeproto_adapters.offline import BwrapSandbox, UnshareSandbox\n"
+        "from bridgeproto_adapters.sandboxes import BwrapSandbox, UnshareSandbox\n"
         "async def main():\n"
         f"    sandbox = await {'BwrapSandbox' if kind == 'bwrap' else 'UnshareSandbox'}.create()\n"
         "    await sandbox.open_process(['sh', '-c', 'sleep 1000 & sleep 1000'])\n"
@@ -395,7 +399,8 @@ def _cmdline(pid: int) -> bytes:
 
 
 def test_docs_security_names_what_the_code_does() -> None:
-    from bridgeproto_adapters import isolation_probe, offline
+    from bridgeproto_adapters import isolation_probe
+    from bridgeproto_adapters.sandboxes import offline
 
     text = (pathlib.Path(__file__).parent.parent / "docs" / "security.md").read_text()
     for directory in isolation_probe.WRITE_TARGETS:

@@ -80,3 +80,12 @@ def test_host_and_sandbox_on_different_python_versions() -> None:
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "(3, 10)"
     assert "1 exchange," in result.stderr  # and the summary speaks of one in the singular
+
+
+def test_the_sandbox_side_archive_carries_no_host_only_code() -> None:
+    from bridgeproto_adapters import packaging
+
+    with zipfile.ZipFile(packaging.build_zipapp()) as archive:
+        names = archive.namelist()
+    assert "bridgeproto_adapters/relay.py" in names and "bridgeproto/_connection.py" in names
+    assert not [name for name in names if "/bench/" in name]

@@ -18,8 +18,8 @@ from contextlib import contextmanager
 import anyio
 import pytest
 
-from bridgeproto_adapters import offline
 from bridgeproto_adapters.launch import open_bridge
+from bridgeproto_adapters.sandboxes import offline
 from sandbox_kinds import make_sandbox, need_bwrap
 from test_cli import BRIDGEPROTO
 from upstream import Upstream, running_upstream

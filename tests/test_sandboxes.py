@@ -13,8 +13,8 @@ import pytest
 from bridgeproto_adapters import packaging
 from bridgeproto_adapters.conformance import check_sandbox_client
 from bridgeproto_adapters.launch import BridgeStartError, open_bridge
-from bridgeproto_adapters.offline import BwrapSandbox
 from bridgeproto_adapters.sandboxes import (
+    BwrapSandbox,
     CommandPrefixSandbox,
     HarnessSandbox,
     LocalSandbox,

@@ -18,7 +18,7 @@ import anyio.abc
 import h11
 
 from .launch import open_bridge
-from .offline import open_sandbox
+from .sandboxes import open_sandbox
 
 DEMO_KEY = b"Bearer demo-secret-stays-on-the-host"
 TOKENS = ["Hello", " from", " the", " host", ",", " one", " token", " at", " a", " time", "."]

@@ -3,7 +3,13 @@ place per adapter, so callers never see a backend's exception types."""
 
 from __future__ import annotations
 
+import anyio
+
 import bridgeproto as bp
+
+# What a byte stream raises when it ends or fails, whatever carries it: the
+# one list every adapter catches.
+STREAM_ERRORS = (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError, OSError)
 
 
 class BridgeError(Exception):

@@ -21,20 +21,13 @@ import h11
 
 import bridgeproto as bp
 
-from .errors import ExchangeAborted, SessionEnded, UpstreamError
+from .errors import STREAM_ERRORS, ExchangeAborted, SessionEnded, UpstreamError
 from .session import RESUME_TIMEOUT, Exchange, Session, Tracer, first_of
 from .transports import Channels
 
 _READ_SIZE = 256 << 10
 _REQUEST_TAIL_SECONDS = 5.0
-_UPSTREAM_IO_ERRORS = (
-    OSError,
-    anyio.EndOfStream,
-    anyio.BrokenResourceError,
-    anyio.ClosedResourceError,
-    h11.RemoteProtocolError,
-    h11.LocalProtocolError,
-)
+_UPSTREAM_IO_ERRORS = (*STREAM_ERRORS, h11.RemoteProtocolError, h11.LocalProtocolError)
 
 
 @attrs.frozen

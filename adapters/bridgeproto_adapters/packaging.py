@@ -20,6 +20,7 @@ import zipfile
 # The sandbox side's import closure. Optional ones are skipped when absent.
 PACKAGES = ("bridgeproto", "bridgeproto_adapters", "h11", "anyio", "attr", "attrs", "idna")
 OPTIONAL = ("sniffio", "typing_extensions", "exceptiongroup")
+HOST_ONLY = ("bench",)  # subpackages the sandbox never runs
 # The channel relay is started for every channel: it skips the command line's imports.
 MAIN = b"""import sys
 if sys.argv[1:2] == ["channel"]:
@@ -41,7 +42,9 @@ def _sources(name: str) -> list[tuple[str, pathlib.Path]]:
     return sorted(
         (str(path.relative_to(root.parent)), path)
         for path in root.rglob("*")
-        if path.is_file() and "__pycache__" not in path.parts and path.suffix in (".py", ".typed")
+        if path.is_file()
+        and path.suffix in (".py", ".typed")
+        and not {"__pycache__", *HOST_ONLY} & set(path.relative_to(root.parent).parts)
     )
 
 

@@ -38,8 +38,7 @@ import bridgeproto as bp
 from .cli import parse_header
 from .errors import BridgeError
 from .launch import Bridge, open_bridge, parse_upstream
-from .offline import open_sandbox
-from .sandboxes import HostCommandSandbox
+from .sandboxes import HostCommandSandbox, open_sandbox
 from .session import Session, first_of
 
 EXIT_BRIDGE_DOWN = 3

@@ -25,7 +25,7 @@ import h11
 
 import bridgeproto as bp
 
-from .errors import ExchangeAborted, SessionEnded
+from .errors import STREAM_ERRORS, ExchangeAborted, SessionEnded
 from .session import RESUME_TIMEOUT, Exchange, Session
 from .transports import Channels
 
@@ -33,7 +33,6 @@ DEFAULT_LISTEN = ("127.0.0.1", 13131)
 _ANSWER_GRACE_SECONDS = 2.0
 _REQUEST_TAIL_SECONDS = 5.0
 _LINGER_SECONDS = 2.0
-_AGENT_IO_ERRORS = (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError)
 _CAUSE_BY_STATUS = {431: "headers-too-large", 413: "body-too-large"}
 
 
@@ -86,7 +85,7 @@ class _Agent:
             while True:
                 try:
                     data = await self.stream.receive()
-                except (anyio.EndOfStream, *_AGENT_IO_ERRORS):
+                except STREAM_ERRORS:
                     data = b""
                 try:
                     await self._send.send(data)
@@ -115,7 +114,7 @@ class _Agent:
         what it still sends, for a bounded time.
         """
         await self.stream.send(reply)
-        with contextlib.suppress(*_AGENT_IO_ERRORS, anyio.EndOfStream):
+        with contextlib.suppress(*STREAM_ERRORS):
             await self.stream.send_eof()
             with anyio.move_on_after(_LINGER_SECONDS):
                 while await self.chunks.receive():
@@ -153,7 +152,7 @@ class SandboxSide:
         _stop_eager_reading(stream)
         agent = _Agent(bp.AgentConnection(self.policy), stream)
         if self._pending >= self.limits.max_pending_connections:
-            with contextlib.suppress(*_AGENT_IO_ERRORS):
+            with contextlib.suppress(*STREAM_ERRORS):
                 await stream.send(
                     agent.http.reply_error(
                         503,
@@ -169,7 +168,7 @@ class SandboxSide:
             try:
                 while await self._one_request(agent) and agent.http.next_cycle():
                     pass
-            except (*_AGENT_IO_ERRORS, h11.LocalProtocolError):
+            except (*STREAM_ERRORS, h11.LocalProtocolError):
                 pass  # the agent went away or the connection is unusable: close it
             finally:
                 await agent.close()
@@ -297,7 +296,7 @@ class SandboxSide:
             if not data:
                 raise anyio.EndOfStream
             agent.http.receive_data(data)  # a pipelined request, kept for the next cycle
-        except (anyio.EndOfStream, *_AGENT_IO_ERRORS):
+        except STREAM_ERRORS:
             exchange.reset(bp.ErrorCode.CANCELLED, "the agent closed its connection")
             outcome.abort = True
             scope.cancel()
@@ -348,7 +347,7 @@ class SandboxSide:
                     exchange.consume(consumed)
                 if done is not None:
                     return done
-        except (*_AGENT_IO_ERRORS, h11.LocalProtocolError):
+        except (*STREAM_ERRORS, h11.LocalProtocolError):
             exchange.reset(bp.ErrorCode.CANCELLED, "the agent closed its connection")
             return False
 

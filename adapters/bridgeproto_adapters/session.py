@@ -32,7 +32,7 @@ from anyio.streams.memory import MemoryObjectSendStream
 
 import bridgeproto as bp
 
-from .errors import ExchangeAborted, SessionEnded
+from .errors import STREAM_ERRORS, ExchangeAborted, SessionEnded
 from .transports import Channels, NoChannel, OneChannel
 
 ExchangeEvent = bp.ResponseHead | bp.RequestHead | bp.Data | bp.EndOfBody | bp.ExchangeReset
@@ -43,12 +43,6 @@ _FINAL_FLUSH_SECONDS = 2.0
 RESUME_TIMEOUT = 30.0
 _RETRY_SECONDS = (0.05, 0.1, 0.2, 0.5, 1.0)  # waits between failed attempts to open a channel
 _WRITE_SIZE = 256 << 10
-_TRANSPORT_ERRORS = (
-    anyio.EndOfStream,
-    anyio.BrokenResourceError,
-    anyio.ClosedResourceError,
-    OSError,
-)
 
 
 class Exchange:
@@ -408,7 +402,7 @@ class Session:
                         reason = str(exc)
                         break
                     failed = str(exc)
-                except (OSError, *_TRANSPORT_ERRORS) as exc:
+                except STREAM_ERRORS as exc:
                     failed = f"{exc!r}"
                 reason = f"no channel came within {self.resume_timeout:g} s (last: {failed})"
                 self._say(f"opening a channel failed ({failed}); trying again")
@@ -432,7 +426,7 @@ class Session:
         while True:
             try:
                 data = await stream.receive()
-            except _TRANSPORT_ERRORS as exc:
+            except STREAM_ERRORS as exc:
                 self._break_channel(f"reading failed: {exc!r}")
                 return
             if self.tracer is not None:
@@ -469,7 +463,7 @@ class Session:
                 self._unacked.append((self.now(), seq))
             try:
                 await stream.send(data)
-            except _TRANSPORT_ERRORS as exc:
+            except STREAM_ERRORS as exc:
                 self._break_channel(f"writing failed: {exc!r}")
                 return False
         return True

@@ -26,8 +26,7 @@ import anyio.abc
 import attrs
 
 from ..launch import Bridge, open_bridge
-from ..offline import open_sandbox
-from ..sandboxes import CommandResult, HostCommandSandbox, LiveProcess
+from ..sandboxes import CommandResult, HostCommandSandbox, LiveProcess, open_sandbox
 from .polling import PollingBaseline
 
 AGENT_SOURCE = (pathlib.Path(__file__).parent / "agent.py").read_text()

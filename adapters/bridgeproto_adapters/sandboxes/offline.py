@@ -40,12 +40,8 @@ from typing import TypeVar
 import anyio
 import anyio.abc
 
-from .sandboxes import (
-    Command,
-    HostCommandSandbox,
-    LocalSandbox,
-    SandboxUnavailable,
-)
+from .base import Command, HostCommandSandbox, SandboxUnavailable
+from .local import LocalSandbox
 
 # Host directories every sandbox sees read-only (the ones this machine has).
 SYSTEM_PATHS = ("/usr", "/etc", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")

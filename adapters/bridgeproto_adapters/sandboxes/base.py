@@ -1,37 +1,28 @@
-"""Ways into a sandbox: run a command, read and write files, start a live process.
+"""What every sandbox client is, and the base of those entered by a host command.
 
-``SandboxClient`` is the small interface every backend implements; the
-conformance checks in ``conformance.py`` hold each one to it. Backends:
-
-- ``BwrapSandbox`` and ``UnshareSandbox`` (in ``offline.py``): offline
-  sandboxes on this machine that hold against the code inside them.
-- ``LocalSandbox``: no isolation at all, only when asked for by name.
-- ``CommandPrefixSandbox``: anything reached through an ``exec -i``-style
-  prefix (``docker exec -i ID``, ``kubectl exec -i POD --``, ``ssh HOST``).
-- ``HarnessSandbox``: a harness client with ``execute_command``,
-  ``read_file`` and ``upload_bytes`` coroutines (no live process).
-
-Backend failures become the errors below in each backend's ``_run_host``
-(or the harness wrapper's one ``except``), so callers see only these.
+``SandboxClient`` is the small interface every backend implements (the
+conformance checks in ``conformance.py`` hold each one to it);
+``HostCommandSandbox`` is the base of the backends that enter the sandbox by
+running a host command (bwrap, nsenter, an ``exec -i`` prefix). Backend
+failures become the errors below in each backend's ``run`` (or the harness
+wrapper's one ``except``), so callers see only these.
 """
 
 from __future__ import annotations
 
 import abc
-import base64
 import os
 import shlex
 import subprocess
-import tempfile
 from collections.abc import Mapping, Sequence
-from typing import Any, Protocol
+from typing import Protocol
 
 import anyio
 import anyio.abc
 import attrs
 from anyio.streams.stapled import StapledByteStream
 
-from .errors import BridgeError
+from ..errors import BridgeError
 
 Command = Sequence[str] | str  # an argv list, or a shell string run with sh -c
 
@@ -212,120 +203,3 @@ def _shell(command: Command) -> str:
 def _short(command: Command) -> str:
     text = _shell(command)
     return text if len(text) < 80 else text[:77] + "..."
-
-
-class LocalSandbox(HostCommandSandbox):
-    """No isolation: commands run on the host as they are. Only by name."""
-
-    name = "local (no isolation)"
-
-    def __init__(self, workdir: str | None = None) -> None:
-        self.workdir = workdir or tempfile.mkdtemp(prefix="bridgeproto-local-")
-
-    def wrap(self, argv: list[str], cwd: str | None) -> list[str]:
-        return ["sh", "-c", 'cd "$0" && exec "$@"', cwd or self.workdir, *argv]
-
-
-class CommandPrefixSandbox(HostCommandSandbox):
-    """Any sandbox reached through an ``exec -i``-style command prefix."""
-
-    def __init__(self, prefix: Sequence[str], workdir: str = "/tmp") -> None:
-        if not prefix:
-            raise ValueError(
-                "the command prefix is empty; give e.g. ['docker', 'exec', '-i', 'ID']"
-            )
-        self.prefix = list(prefix)
-        self.workdir = workdir
-        self.name = f"prefix {shlex.join(self.prefix)}"
-
-    def wrap(self, argv: list[str], cwd: str | None) -> list[str]:
-        return [*self.prefix, "sh", "-c", 'cd "$0" && exec "$@"', cwd or self.workdir, *argv]
-
-
-class HarnessClient(Protocol):
-    """The shape of harness sandbox clients this project wraps."""
-
-    async def execute_command(self, sandbox_id: str, command: str, timeout: Any = ...) -> Any: ...
-
-    async def read_file(self, sandbox_id: str, file_path: str) -> Any: ...
-
-    async def upload_bytes(
-        self, sandbox_id: str, file_path: str, file_bytes: bytes, filename: str
-    ) -> Any: ...
-
-
-class HarnessSandbox:
-    """Wraps a harness client (``execute_command`` / ``read_file`` / ``upload_bytes``).
-
-    Commands become one shell string; stdin travels base64-encoded inside it,
-    since such clients take no input stream. No live process: the mailbox
-    transport serves these.
-    """
-
-    def __init__(self, client: HarnessClient, sandbox_id: str, workdir: str = "/tmp") -> None:
-        self.client = client
-        self.sandbox_id = sandbox_id
-        self.workdir = workdir
-        self.name = f"harness sandbox {sandbox_id}"
-
-    async def run(
-        self,
-        command: Command,
-        *,
-        env: Mapping[str, str] | None = None,
-        cwd: str | None = None,
-        stdin: bytes | None = None,
-        timeout: float | None = None,
-    ) -> CommandResult:
-        line = shlex.join(["cd", cwd or self.workdir]) + " && "
-        if env:
-            line += shlex.join(["export", *[f"{k}={v}" for k, v in env.items()]]) + " && "
-        body = _shell(command)
-        if stdin is not None:
-            encoded = base64.b64encode(stdin).decode()
-            line += f"printf %s {encoded} | base64 -d | ( {body} )"
-        else:
-            line += f"( {body} )"
-        result = await self._call(
-            "execute_command", self.sandbox_id, line, timeout=timeout if timeout else 60
-        )
-        return CommandResult(
-            int(getattr(result, "exit_code", 0) or 0),
-            _as_bytes(getattr(result, "stdout", b"")),
-            _as_bytes(getattr(result, "stderr", b"")),
-        )
-
-    async def write_file(self, path: str, data: bytes) -> None:
-        await self._call("upload_bytes", self.sandbox_id, path, data, os.path.basename(path))
-
-    async def read_file(self, path: str) -> bytes:
-        result = await self._call("read_file", self.sandbox_id, path)
-        return _as_bytes(getattr(result, "content", result))
-
-    async def open_process(
-        self, command: Sequence[str], *, env: Mapping[str, str] | None = None
-    ) -> LiveProcess:
-        raise NotSupported(f"{self.name} has no live processes; use the mailbox transport")
-
-    async def aclose(self) -> None:
-        pass
-
-    async def _call(self, method: str, *args: Any, **kwargs: Any) -> Any:
-        """The one place a harness client's own exceptions become ours."""
-        try:
-            return await getattr(self.client, method)(*args, **kwargs)
-        except Exception as exc:
-            # Clients name their timeouts differently; all of them mean this.
-            if isinstance(exc, TimeoutError) or "timeout" in type(exc).__name__.lower():
-                raise CommandTimeout(f"{self.name}: {method} timed out ({exc})") from None
-            raise SandboxError(f"{self.name}: {method} failed: {exc!r}") from exc
-
-
-def _as_bytes(value: Any) -> bytes:
-    if value is None:
-        return b""
-    if isinstance(value, bytes):
-        return value
-    if isinstance(value, str):
-        return value.encode("utf-8", "surrogateescape")
-    raise SandboxError(f"expected str or bytes from the harness client, got {type(value).__name__}")

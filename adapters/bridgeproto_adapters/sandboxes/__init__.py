@@ -1,0 +1,49 @@
+"""Ways into a sandbox: run a command, read and write files, start a live process.
+
+One module per family of backends:
+
+- ``base``: the ``SandboxClient`` interface, its errors, and
+  ``HostCommandSandbox``, the base of the backends below that enter the
+  sandbox by running a host command;
+- ``offline``: ``BwrapSandbox`` and ``UnshareSandbox``, offline sandboxes on
+  this machine that hold against the code inside them, and ``open_sandbox``;
+- ``local``: ``LocalSandbox`` (no isolation, only when asked for by name)
+  and ``CommandPrefixSandbox`` (``docker exec -i ID``, ``kubectl exec -i POD
+  --``, ``ssh HOST``);
+- ``harness``: ``HarnessSandbox``, for harness clients with
+  ``execute_command``, ``read_file`` and ``upload_bytes`` (no live process).
+"""
+
+from .base import (
+    Command,
+    CommandResult,
+    CommandTimeout,
+    HostCommandSandbox,
+    LiveProcess,
+    NotSupported,
+    SandboxClient,
+    SandboxError,
+    SandboxUnavailable,
+)
+from .harness import HarnessClient, HarnessSandbox
+from .local import CommandPrefixSandbox, LocalSandbox
+from .offline import BwrapSandbox, UnshareSandbox, open_sandbox
+
+__all__ = [
+    "BwrapSandbox",
+    "Command",
+    "CommandPrefixSandbox",
+    "CommandResult",
+    "CommandTimeout",
+    "HarnessClient",
+    "HarnessSandbox",
+    "HostCommandSandbox",
+    "LiveProcess",
+    "LocalSandbox",
+    "NotSupported",
+    "SandboxClient",
+    "SandboxError",
+    "SandboxUnavailable",
+    "UnshareSandbox",
+    "open_sandbox",
+]

@@ -1,0 +1,108 @@
+"""Harness clients with ``execute_command`` / ``read_file`` / ``upload_bytes``."""
+
+from __future__ import annotations
+
+import base64
+import os
+import shlex
+from collections.abc import Mapping, Sequence
+from typing import Any, Protocol
+
+from .base import (
+    Command,
+    CommandResult,
+    CommandTimeout,
+    LiveProcess,
+    NotSupported,
+    SandboxError,
+    _shell,
+)
+
+
+class HarnessClient(Protocol):
+    """The shape of harness sandbox clients this project wraps."""
+
+    async def execute_command(self, sandbox_id: str, command: str, timeout: Any = ...) -> Any: ...
+
+    async def read_file(self, sandbox_id: str, file_path: str) -> Any: ...
+
+    async def upload_bytes(
+        self, sandbox_id: str, file_path: str, file_bytes: bytes, filename: str
+    ) -> Any: ...
+
+
+class HarnessSandbox:
+    """Wraps a harness client (``execute_command`` / ``read_file`` / ``upload_bytes``).
+
+    Commands become one shell string; stdin travels base64-encoded inside it,
+    since such clients take no input stream. No live process: the mailbox
+    transport serves these.
+    """
+
+    def __init__(self, client: HarnessClient, sandbox_id: str, workdir: str = "/tmp") -> None:
+        self.client = client
+        self.sandbox_id = sandbox_id
+        self.workdir = workdir
+        self.name = f"harness sandbox {sandbox_id}"
+
+    async def run(
+        self,
+        command: Command,
+        *,
+        env: Mapping[str, str] | None = None,
+        cwd: str | None = None,
+        stdin: bytes | None = None,
+        timeout: float | None = None,
+    ) -> CommandResult:
+        line = shlex.join(["cd", cwd or self.workdir]) + " && "
+        if env:
+            line += shlex.join(["export", *[f"{k}={v}" for k, v in env.items()]]) + " && "
+        body = _shell(command)
+        if stdin is not None:
+            encoded = base64.b64encode(stdin).decode()
+            line += f"printf %s {encoded} | base64 -d | ( {body} )"
+        else:
+            line += f"( {body} )"
+        result = await self._call(
+            "execute_command", self.sandbox_id, line, timeout=timeout if timeout else 60
+        )
+        return CommandResult(
+            int(getattr(result, "exit_code", 0) or 0),
+            _as_bytes(getattr(result, "stdout", b"")),
+            _as_bytes(getattr(result, "stderr", b"")),
+        )
+
+    async def write_file(self, path: str, data: bytes) -> None:
+        await self._call("upload_bytes", self.sandbox_id, path, data, os.path.basename(path))
+
+    async def read_file(self, path: str) -> bytes:
+        result = await self._call("read_file", self.sandbox_id, path)
+        return _as_bytes(getattr(result, "content", result))
+
+    async def open_process(
+        self, command: Sequence[str], *, env: Mapping[str, str] | None = None
+    ) -> LiveProcess:
+        raise NotSupported(f"{self.name} has no live processes; use the mailbox transport")
+
+    async def aclose(self) -> None:
+        pass
+
+    async def _call(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        """The one place a harness client's own exceptions become ours."""
+        try:
+            return await getattr(self.client, method)(*args, **kwargs)
+        except Exception as exc:
+            # Clients name their timeouts differently; all of them mean this.
+            if isinstance(exc, TimeoutError) or "timeout" in type(exc).__name__.lower():
+                raise CommandTimeout(f"{self.name}: {method} timed out ({exc})") from None
+            raise SandboxError(f"{self.name}: {method} failed: {exc!r}") from exc
+
+
+def _as_bytes(value: Any) -> bytes:
+    if value is None:
+        return b""
+    if isinstance(value, bytes):
+        return value
+    if isinstance(value, str):
+        return value.encode("utf-8", "surrogateescape")
+    raise SandboxError(f"expected str or bytes from the harness client, got {type(value).__name__}")
