@@ -6,16 +6,13 @@ import os
 import shutil
 import subprocess
 import sys
-import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 import anyio
 import pytest
 
 from bridge import free_port
 from sandbox_kinds import need_bwrap
-from upstream import running_upstream
+from upstream import upstream_in_thread
 
 BRIDGEPROTO = [sys.executable, "-m", "bridgeproto_adapters"]
 FETCH_JSON = "import os, urllib.request as u; u.urlopen(os.environ['BRIDGEPROTO_URL'] + '/json')"
@@ -28,30 +25,6 @@ def bridgeproto(
         [*BRIDGEPROTO, *args], capture_output=True, text=True, timeout=timeout,
         env={**os.environ, **(env or {})},
     )  # fmt: skip
-
-
-@contextmanager
-def upstream_in_thread() -> Iterator[str]:
-    """The test upstream on a thread of its own, so a CLI process can use it."""
-    ready = threading.Event()
-    stop = threading.Event()
-    url: list[str] = []
-
-    async def serve() -> None:
-        async with running_upstream() as upstream:
-            url.append(upstream.url)
-            ready.set()
-            while not stop.is_set():
-                await anyio.sleep(0.05)
-
-    thread = threading.Thread(target=anyio.run, args=(serve,), daemon=True)
-    thread.start()
-    ready.wait(10)
-    try:
-        yield url[0]
-    finally:
-        stop.set()
-        thread.join(10)
 
 
 def one_line(stderr: str) -> str:
@@ -71,7 +44,8 @@ def test_run_passes_the_exit_status_and_streams_output_through(kind: str) -> Non
         "print('key inside:', os.environ['OPENAI_API_KEY'])\n"
         "raise SystemExit(7)\n"
     )
-    with upstream_in_thread() as url:
+    with upstream_in_thread() as upstream:
+        url = upstream.url
         result = bridgeproto(
             "run", "--upstream", url + "/rollout/k", "--header", "Authorization: Bearer hush",
             "--sandbox", kind, "--", "python3", "-c", script,
@@ -88,7 +62,8 @@ def test_run_passes_the_exit_status_and_streams_output_through(kind: str) -> Non
 def test_trace_and_decode(tmp_path: object) -> None:
     need_bwrap()
     trace = os.path.join(str(tmp_path), "trace.txt")
-    with upstream_in_thread() as url:
+    with upstream_in_thread() as upstream:
+        url = upstream.url
         result = bridgeproto(
             "run", "--upstream", url, "--trace", trace, "--",
             "python3", "-c", FETCH_JSON,
@@ -145,7 +120,8 @@ def test_failures_are_one_clear_line_and_exit_2(
     args: list[str], env: dict[str, str], message: str
 ) -> None:
     port = str(free_port())
-    with upstream_in_thread() as url:
+    with upstream_in_thread() as upstream:
+        url = upstream.url
         args = [a.replace("{port}", port).replace("UP", url) for a in args]
         if "PATH" in env:  # keep the interpreter reachable without the PATH
             result = subprocess.run(

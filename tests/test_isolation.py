@@ -30,8 +30,10 @@ from bridgeproto_adapters.sandboxes import (
     SandboxUnavailable,
     UnshareSandbox,
 )
+from processes import argv, pids_where
 from sandbox_kinds import make_sandbox, need_bwrap
-from test_cli import BRIDGEPROTO, upstream_in_thread
+from test_cli import BRIDGEPROTO
+from upstream import upstream_in_thread
 
 OFFLINE = ["bwrap", "unshare"]
 TEST_USER = "bridgeproto-test"
@@ -320,7 +322,8 @@ def test_credentials_from_a_header_file_appear_in_no_command_line(tmp_path: obje
         "print('ready', flush=True)\n"
         "sys.stdin.readline()\n"
     )
-    with upstream_in_thread() as url:
+    with upstream_in_thread() as upstream:
+        url = upstream.url
         run = subprocess.Popen(
             [*BRIDGEPROTO, "run", "--upstream", url, "--header-file", header_file,
              "--sandbox", "bwrap", "--", "python3", "-c", agent],
@@ -369,7 +372,8 @@ def test_a_header_file_the_sandbox_could_read_is_refused(tmp_path: object) -> No
 def test_run_stops_with_its_sandbox_when_killed() -> None:
     """SIGKILL of ``bridgeproto run`` itself: the sandbox goes with it."""
     need_bwrap()
-    with upstream_in_thread() as url:
+    with upstream_in_thread() as upstream:
+        url = upstream.url
         run = subprocess.Popen(
             [*BRIDGEPROTO, "run", "--upstream", url, "--hide-cwd", "--sandbox", "bwrap", "--",
              "sh", "-c", "echo started; exec sleep 1000"],
@@ -377,25 +381,14 @@ def test_run_stops_with_its_sandbox_when_killed() -> None:
         )  # fmt: skip
         assert run.stdout is not None
         assert run.stdout.readline() == "started\n"
-        sleepers = [
-            int(name) for name in os.listdir("/proc")
-            if name.isdigit() and _cmdline(int(name)) == b"sleep\x001000\x00"
-        ]  # fmt: skip
+        sleepers = pids_where(lambda command: command == [b"sleep", b"1000"])
         assert sleepers
         run.send_signal(signal.SIGKILL)
         run.wait()
         deadline = time.monotonic() + 10
-        while any(_cmdline(pid) for pid in sleepers) and time.monotonic() < deadline:
+        while any(argv(pid) for pid in sleepers) and time.monotonic() < deadline:
             time.sleep(0.05)
-        assert not any(_cmdline(pid) for pid in sleepers)
-
-
-def _cmdline(pid: int) -> bytes:
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as file:
-            return file.read()
-    except OSError:
-        return b""
+        assert not any(argv(pid) for pid in sleepers)
 
 
 def test_docs_security_names_what_the_code_does() -> None:

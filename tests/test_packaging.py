@@ -15,7 +15,7 @@ import pytest
 
 import bridgeproto as bp
 from test_cli import BRIDGEPROTO
-from test_run_lifecycle import upstream_thread
+from upstream import upstream_in_thread
 
 ROOT = pathlib.Path(__file__).parent.parent
 PYENV = pathlib.Path("/root/.pyenv/versions")
@@ -70,7 +70,7 @@ def test_host_and_sandbox_on_different_python_versions() -> None:
         "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(ROOT / "adapters"), site]),
     }
     agent = "import sys, os, urllib.request as u; u.urlopen(os.environ['BRIDGEPROTO_URL'] + '/json'); print(sys.version_info[:2])"  # noqa: E501
-    with upstream_thread() as upstream:
+    with upstream_in_thread() as upstream:
         result = subprocess.run(
             [str(host), "-m", "bridgeproto_adapters", "run", "--upstream", upstream.url,
              "--sandbox", "bwrap", "--hide-cwd", "--ro", prefix, "--python", str(sandbox_python),

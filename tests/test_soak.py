@@ -18,6 +18,7 @@ import anyio
 import pytest
 
 from bridgeproto_adapters.launch import open_bridge
+from processes import is_python, pids_where
 from sandbox_kinds import make_sandbox, need_bwrap
 from upstream import running_upstream
 
@@ -69,18 +70,6 @@ class _Forgetful(list):  # type: ignore[type-arg]
         pass
 
 
-def _sandbox_side(session_hex: str) -> int:
-    for pid in os.listdir("/proc"):
-        try:
-            with open(f"/proc/{pid}/cmdline", "rb") as file:
-                argv = file.read().split(b"\0")
-        except OSError:
-            continue
-        if session_hex.encode() in argv and os.path.basename(argv[0]).startswith(b"python"):
-            return int(pid)
-    raise AssertionError("the sandbox side's process was not found")
-
-
 async def test_soak() -> None:
     need_bwrap()
     async with (
@@ -89,7 +78,12 @@ async def test_soak() -> None:
         open_bridge(sandbox, f"{upstream.url}/rollout/soak") as bridge,
     ):
         upstream.requests = _Forgetful()  # the test upstream's own log would grow
-        side = _sandbox_side(bridge.session.conn.session_id.hex())
+        (side,) = pids_where(
+            lambda command: (
+                is_python(command, bridge.session.conn.session_id.hex().encode())
+                and b"--daemon" in command
+            )
+        )
         for phase in ("keep-alive", "fresh"):
             host_before, side_before = _usage("self"), _usage(side)
             with anyio.fail_after(600):

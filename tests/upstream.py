@@ -25,8 +25,9 @@ import contextlib
 import hashlib
 import json
 import math
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+import threading
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from urllib.parse import parse_qs, urlsplit
 
 import anyio
@@ -249,3 +250,26 @@ async def running_upstream() -> AsyncIterator[Upstream]:
         tg.start_soon(listener.serve, upstream.serve_connection)
         yield upstream
         tg.cancel_scope.cancel()
+
+
+@contextmanager
+def upstream_in_thread() -> Iterator[Upstream]:
+    """The test upstream on a thread of its own, for a ``bridgeproto`` process to use."""
+    ready, stop = threading.Event(), threading.Event()
+    found: list[Upstream] = []
+
+    async def serve() -> None:
+        async with running_upstream() as upstream:
+            found.append(upstream)
+            ready.set()
+            while not stop.is_set():
+                await anyio.sleep(0.02)
+
+    thread = threading.Thread(target=anyio.run, args=(serve,), daemon=True)
+    thread.start()
+    ready.wait(10)
+    try:
+        yield found[0]
+    finally:
+        stop.set()
+        thread.join(10)

@@ -1,10 +1,13 @@
-"""The channel relay of the live-stream transport (see ``transports/live.py``).
+"""The channel process of the live-stream transport (see ``transports/live.py``).
 
 It runs in the sandbox for every channel the host opens, so it imports
-nothing but the standard library and starts fast: it connects to the
-sandbox side's Unix socket, writes ``READY``, and copies bytes both ways
-until either side ends. Exit status 3 means nothing listens there: the
-sandbox side is not running.
+nothing but the standard library and starts fast. It connects to the
+sandbox side's Unix socket, writes ``READY``, and hands its own stdin and
+stdout to the sandbox side (``SCM_RIGHTS``): from then on the bytes flow
+between the host and the sandbox side directly, through no copy of ours.
+It then only waits, holding nothing of the channel, until the sandbox side
+is done with it. Exit status 3 means nothing listens there: the sandbox side
+is not running.
 """
 
 from __future__ import annotations
@@ -13,7 +16,6 @@ import contextlib
 import os
 import socket
 import sys
-import threading
 from collections.abc import Sequence
 
 READY = b"READY\n"
@@ -40,25 +42,14 @@ def relay(path: str) -> int:
         )
         return EXIT_NO_DAEMON
     os.write(1, READY)
-
-    def to_socket() -> None:
-        try:
-            while data := os.read(0, 1 << 16):
-                sock.sendall(data)
-        except OSError:
-            pass
-        finally:
-            with contextlib.suppress(OSError):
-                sock.shutdown(socket.SHUT_RDWR)
-
-    threading.Thread(target=to_socket, daemon=True).start()
-    try:
-        while data := sock.recv(1 << 16):
-            view = memoryview(data)
-            while view:
-                view = view[os.write(1, view) :]
-    except OSError:
-        pass
+    socket.send_fds(sock, [b"channel"], [0, 1])
+    # Keep no copy: the host must see the end of the stream when the sandbox
+    # side lets go of it, and the sandbox side when the host does.
+    null = os.open(os.devnull, os.O_RDWR)
+    os.dup2(null, 0)
+    os.dup2(null, 1)
+    with contextlib.suppress(OSError):
+        sock.recv(1)  # returns when the sandbox side closes its end: the channel is over
     return 0
 
 

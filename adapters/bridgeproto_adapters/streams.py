@@ -51,11 +51,16 @@ def memory_stream_pair(buffer: float = math.inf) -> tuple[MemoryByteStream, Memo
 
 
 class FdStream(anyio.abc.ByteStream):
-    """A byte stream over two non-blocking file descriptors (pipes)."""
+    """A byte stream over two non-blocking file descriptors (pipes).
 
-    def __init__(self, read_fd: int, write_fd: int) -> None:
+    With ``owned``, closing the stream closes the descriptors too (and wakes
+    a task waiting on them); this process's stdin and stdout are not owned.
+    """
+
+    def __init__(self, read_fd: int, write_fd: int, *, owned: bool = False) -> None:
         self.read_fd = read_fd
         self.write_fd = write_fd
+        self.owned = owned
         os.set_blocking(read_fd, False)
         os.set_blocking(write_fd, False)
         self._closed = False
@@ -96,6 +101,10 @@ class FdStream(anyio.abc.ByteStream):
         pass  # the protocol's goaway ends a session; EOF is never needed
 
     async def aclose(self) -> None:
+        if self.owned and not self._closed:
+            for fd in {self.read_fd, self.write_fd}:
+                anyio.notify_closing(fd)
+                os.close(fd)
         self._closed = True
         await anyio.lowlevel.checkpoint()
 

@@ -1,18 +1,21 @@
-"""The live-stream transport: channels are relay processes in the sandbox.
+"""The live-stream transport: channels are processes the host holds in the sandbox.
 
 Inside the sandbox, the sandbox side runs as a **daemon** that owns the
 agent listener and the session, and accepts channels on a Unix socket in a
 directory only the sandbox's user can enter, fixed by the session id
-(``/tmp/bridgeproto-<session id>/channel.sock``). A **channel** is a relay
-process, started by the host through the sandbox provider (``exec -i``,
-bwrap, ...), that connects to that socket and copies bytes between it and
-its own stdin/stdout, which the host holds. When a relay dies or its stream
-breaks, the host starts another and the session resumes on it; the daemon,
-and every agent connection it holds, never notice more than a pause.
+(``/tmp/bridgeproto-<session id>/channel.sock``). A **channel** starts as a
+process the host runs through the sandbox provider (``exec -i``, bwrap,
+...), whose stdin and stdout the host holds: it connects to that socket,
+says ``READY`` and hands its stdin and stdout to the daemon (``SCM_RIGHTS``,
+see ``relay.py``), so the bytes then flow between the host and the daemon
+with no process in between. When the stream breaks (the provider drops it,
+either end closes it), the host starts another and the session resumes on
+it; the daemon, and every agent connection it holds, see no more than a
+pause.
 
-The relay first writes ``READY`` (one line) once it is connected, so the
-host can tell "no daemon there" (a final failure: the relay exits with
-status 3 and says why) from a channel that merely broke.
+A channel process that finds no daemon exits with status 3 and says why:
+the host takes that as final (the sandbox side is gone), not as a channel
+that merely broke.
 """
 
 from __future__ import annotations
@@ -23,11 +26,26 @@ from collections.abc import Mapping, Sequence
 import anyio
 import anyio.abc
 
+from ..errors import STREAM_ERRORS
 from ..relay import EXIT_NO_DAEMON, READY
 from ..sandboxes import LiveProcess, SandboxClient, SandboxError
+from ..streams import FdStream
 from . import Acceptor, NoChannel
 
 # ---------------------------------------------------------------- in the sandbox
+
+
+class PassedChannel(FdStream):
+    """The stdin and stdout a channel process handed over; closing it closes
+    them, and lets the channel process exit."""
+
+    def __init__(self, read_fd: int, write_fd: int, handle: anyio.abc.UNIXSocketStream) -> None:
+        super().__init__(read_fd, write_fd, owned=True)
+        self.handle = handle
+
+    async def aclose(self) -> None:
+        await super().aclose()
+        await self.handle.aclose()
 
 
 async def accept_channels(
@@ -36,14 +54,25 @@ async def accept_channels(
     *,
     task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Listen on ``path`` and hand every connection to ``acceptor``."""
+    """Listen on ``path``; each channel process's stdin and stdout become the
+    session's next channel."""
     listener = await anyio.create_unix_listener(path)
     os.chmod(path, 0o600)
     async with listener:
         task_status.started()
         while True:
-            stream = await listener.accept()
-            await acceptor.offer(stream)
+            handle = await listener.accept()
+            assert isinstance(handle, anyio.abc.UNIXSocketStream)
+            try:
+                _, fds = await handle.receive_fds(16, 2)
+            except (*STREAM_ERRORS, ValueError):
+                fds = []
+            if len(fds) != 2:  # not a channel process: whoever it is, goodbye
+                for fd in fds:
+                    os.close(fd)
+                await handle.aclose()
+                continue
+            await acceptor.offer(PassedChannel(fds[0], fds[1], handle))
 
 
 # ---------------------------------------------------------------- on the host
