@@ -34,6 +34,8 @@ import anyio
 import anyio.abc
 import h11
 
+from bridgeproto_adapters.h11io import H11Stream
+
 PATTERN = bytes(range(256)) * 256  # 64 KiB
 
 
@@ -58,23 +60,25 @@ class Upstream:
 
     async def serve_connection(self, stream: anyio.abc.SocketStream) -> None:
         self.connections += 1
-        conn = h11.Connection(h11.SERVER)
+        http = H11Stream(stream, h11.SERVER)
         async with stream:
             try:
                 while True:
-                    request = await _next(conn, stream)
+                    request = await http.next_event()
                     if not isinstance(request, h11.Request):
                         return
-                    await self._answer(conn, stream, request)
-                    if conn.our_state is h11.MUST_CLOSE or conn.their_state is h11.MUST_CLOSE:
+                    await self._answer(http, request)
+                    if (
+                        http.h11.our_state is h11.MUST_CLOSE
+                        or http.h11.their_state is h11.MUST_CLOSE
+                    ):
                         return
-                    conn.start_next_cycle()
+                    http.h11.start_next_cycle()
             except (anyio.BrokenResourceError, anyio.EndOfStream, h11.ProtocolError, OSError):
                 return
 
-    async def _answer(
-        self, conn: h11.Connection, stream: anyio.abc.SocketStream, request: h11.Request
-    ) -> None:
+    async def _answer(self, http: H11Stream, request: h11.Request) -> None:
+        stream = http.stream
         url = urlsplit(request.target.decode())
         query = {k: v[0] for k, v in parse_qs(url.query).items()}
         route = "/" + url.path.rstrip("/").split("/")[-1]
@@ -85,7 +89,7 @@ class Upstream:
         # Read the whole body first, hashing it as it streams past.
         digest, size, small = hashlib.sha256(), 0, bytearray()
         while True:
-            event = await _next(conn, stream)
+            event = await http.next_event()
             if isinstance(event, h11.Data):
                 digest.update(event.data)
                 size += len(event.data)
@@ -104,10 +108,7 @@ class Upstream:
         }
         self.requests.append(info)
 
-        async def send(event: h11.Event) -> None:
-            data = conn.send(event)
-            if data:
-                await stream.send(data)
+        send = http.send
 
         async def reply(status: int, body: bytes, ctype: bytes = b"application/json") -> None:
             headers = [(b"content-type", ctype), (b"content-length", str(len(body)).encode())]
@@ -228,17 +229,6 @@ class Upstream:
             await send(h11.Data(data=b"data: " + json.dumps(chunk).encode() + b"\n\n"))
         await send(h11.Data(data=b"data: [DONE]\n\n"))
         await send(h11.EndOfMessage())
-
-
-async def _next(conn: h11.Connection, stream: anyio.abc.SocketStream) -> h11.Event:
-    while True:
-        event = conn.next_event()
-        if event is not h11.NEED_DATA:
-            return event  # type: ignore[return-value]
-        try:
-            conn.receive_data(await stream.receive())
-        except anyio.EndOfStream:
-            conn.receive_data(b"")
 
 
 @asynccontextmanager

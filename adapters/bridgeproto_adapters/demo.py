@@ -17,6 +17,7 @@ import anyio
 import anyio.abc
 import h11
 
+from .h11io import H11Stream
 from .launch import open_bridge
 from .sandboxes import open_sandbox
 
@@ -50,27 +51,19 @@ except OSError as exc:
 
 
 async def _serve(stream: anyio.abc.SocketStream) -> None:
-    conn = h11.Connection(h11.SERVER)
-
-    async def send(event: h11.Event) -> None:
-        data = conn.send(event)
-        if data:
-            await stream.send(data)
-
+    http = H11Stream(stream, h11.SERVER)
+    send = http.send
     async with stream:
         while True:
-            event = conn.next_event()
-            if event is h11.NEED_DATA:
-                try:
-                    conn.receive_data(await stream.receive())
-                except (anyio.EndOfStream, anyio.BrokenResourceError):
+            try:
+                event = await http.next_event()
+                if not isinstance(event, h11.Request):
                     return
-                continue
-            if not isinstance(event, h11.Request):
+                while not isinstance(rest := await http.next_event(), h11.EndOfMessage):
+                    if isinstance(rest, h11.ConnectionClosed):
+                        return
+            except (anyio.BrokenResourceError, h11.ProtocolError):
                 return
-            while not isinstance(rest := conn.next_event(), h11.EndOfMessage):
-                if rest is h11.NEED_DATA:
-                    conn.receive_data(await stream.receive())
             if (b"authorization", DEMO_KEY) not in list(event.headers):
                 body = b'{"error": {"message": "missing or wrong key"}}'
                 await send(

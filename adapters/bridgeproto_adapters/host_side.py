@@ -22,10 +22,10 @@ import h11
 import bridgeproto as bp
 
 from .errors import STREAM_ERRORS, ExchangeAborted, SessionEnded, UpstreamError
+from .h11io import H11Stream
 from .session import RESUME_TIMEOUT, Exchange, Session, Tracer, first_of
 from .transports import Channels
 
-_READ_SIZE = 256 << 10
 _REQUEST_TAIL_SECONDS = 5.0
 _UPSTREAM_IO_ERRORS = (*STREAM_ERRORS, h11.RemoteProtocolError, h11.LocalProtocolError)
 
@@ -44,29 +44,12 @@ class HostOptions:
     max_idle_connections: int = 32
 
 
-class UpstreamConnection:
+class UpstreamConnection(H11Stream):
     """One HTTP/1.1 client connection to the upstream."""
 
     def __init__(self, stream: anyio.abc.SocketStream) -> None:
-        self.stream = stream
-        self.h11 = h11.Connection(h11.CLIENT)
+        super().__init__(stream, h11.CLIENT)
         self._fd = stream.extra(anyio.abc.SocketAttribute.raw_socket).fileno()
-
-    async def send(self, event: h11.Event) -> None:
-        data = self.h11.send(event)
-        if data:
-            await self.stream.send(data)
-
-    async def next_event(self) -> h11.Event:
-        while True:
-            event = self.h11.next_event()
-            if event is not h11.NEED_DATA:
-                return event  # type: ignore[return-value]
-            try:
-                data = await self.stream.receive(_READ_SIZE)
-            except anyio.EndOfStream:
-                data = b""
-            self.h11.receive_data(data)
 
     def reusable(self) -> bool:
         if self.h11.our_state is h11.DONE and self.h11.their_state is h11.DONE:

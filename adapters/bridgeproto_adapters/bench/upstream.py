@@ -18,44 +18,30 @@ import anyio
 import anyio.abc
 import h11
 
+from ..h11io import H11Stream
+
 BLOCK = bytes(range(256)) * 1024  # 256 KiB
 Send = Callable[[h11.Event], Awaitable[None]]
 
 
 async def _serve(stream: anyio.abc.SocketStream) -> None:
-    conn = h11.Connection(h11.SERVER)
-
-    async def next_event() -> h11.Event:
-        while True:
-            event = conn.next_event()
-            if event is not h11.NEED_DATA:
-                return event  # type: ignore[return-value]
-            try:
-                conn.receive_data(await stream.receive(1 << 20))
-            except (anyio.EndOfStream, anyio.BrokenResourceError):
-                conn.receive_data(b"")
-
-    async def send(event: h11.Event) -> None:
-        data = conn.send(event)
-        if data:
-            await stream.send(data)
-
+    http = H11Stream(stream, h11.SERVER, read_size=1 << 20)
     async with stream:
         try:
             while True:
-                request = await next_event()
+                request = await http.next_event()
                 if not isinstance(request, h11.Request):
                     return
                 received = 0
-                while not isinstance(event := await next_event(), h11.EndOfMessage):
+                while not isinstance(event := await http.next_event(), h11.EndOfMessage):
                     if isinstance(event, h11.Data):
                         received += len(event.data)
                     elif isinstance(event, h11.ConnectionClosed):
                         return
-                await _answer(request, received, send)
-                if conn.our_state is not h11.DONE or conn.their_state is not h11.DONE:
+                await _answer(request, received, http.send)
+                if http.h11.our_state is not h11.DONE or http.h11.their_state is not h11.DONE:
                     return
-                conn.start_next_cycle()
+                http.h11.start_next_cycle()
         except (anyio.BrokenResourceError, OSError, h11.ProtocolError):
             return
 
