@@ -109,9 +109,10 @@ def reset_peak_rss(pid: int | str = "self") -> None:
 
 
 def find_pid(marker: str) -> int | None:
-    """The pid of the Python process whose arguments contain ``marker``.
+    """The pid of the Python process whose arguments contain ``marker``
+    (a bridge's channel processes left out: they only hand over a stream).
 
-    The sandboxes share the host's pid namespace, so their processes are
+    A sandbox's pid namespace is a child of this one, so its processes are
     visible here; the wrappers around them (nsenter, bwrap) are skipped.
     """
     for entry in pathlib.Path("/proc").iterdir():
@@ -121,7 +122,11 @@ def find_pid(marker: str) -> int | None:
             argv = (entry / "cmdline").read_bytes().split(b"\0")
         except OSError:
             continue
-        if os.path.basename(argv[0]).startswith(b"python") and marker.encode() in argv:
+        if (
+            os.path.basename(argv[0]).startswith(b"python")
+            and marker.encode() in argv
+            and b"channel" not in argv
+        ):
             return int(entry.name)
     return None
 
