@@ -404,3 +404,54 @@ def test_docs_security_names_what_the_code_does() -> None:
     assert f"`nobody` ({offline.SANDBOX_UID})" in text
     for tool in offline.UnshareSandbox.tools:
         assert f"`{tool}`" in text, tool
+
+
+def test_run_shows_the_current_directory_read_only_and_rw_paths_writable() -> None:
+    """``bridgeproto run -- python3 agent.py`` from a project directory works
+    as the README says; ``--rw`` is writable, the rest of the host invisible."""
+    need_bwrap()
+    project, output = tempfile.mkdtemp(), tempfile.mkdtemp()
+    for directory in (project, output):
+        os.chmod(directory, 0o777)
+    pathlib.Path(project, "agent.py").write_text(
+        "import os, sys\n"
+        "print(os.getcwd())\n"
+        "open(sys.argv[1] + '/result', 'w').write('written inside')\n"
+        "try:\n"
+        "    open('new-file', 'w')\n"
+        "except OSError as e:\n"
+        "    print('cwd is read-only:', e.strerror)\n"
+        "print(os.path.exists(os.path.expanduser('~root/.bashrc')), os.path.exists('/root'))\n"
+    )
+    trace = os.path.join(output, "trace")
+    try:
+        with upstream_in_thread() as upstream:
+            result = subprocess.run(
+                [*BRIDGEPROTO, "run", "--upstream", upstream.url, "--sandbox", "bwrap",
+                 "--rw", output, "--", "python3", "agent.py", output],
+                capture_output=True, text=True, cwd=project, timeout=60,
+            )  # fmt: skip
+            refused = subprocess.run(
+                [*BRIDGEPROTO, "run", "--upstream", upstream.url, "--sandbox", "bwrap",
+                 "--rw", output, "--trace", trace, "--", "true"],
+                capture_output=True, text=True, cwd=project, timeout=60,
+            )  # fmt: skip
+            traced = subprocess.run(
+                [*BRIDGEPROTO, "run", "--upstream", upstream.url, "--sandbox", "bwrap",
+                 "--hide-cwd", "--trace", os.path.join(project, "trace"), "--", "true"],
+                capture_output=True, text=True, cwd=output, timeout=60,
+            )  # fmt: skip
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.splitlines() == [
+            project,
+            "cwd is read-only: Read-only file system",
+            "False False",
+        ]
+        assert pathlib.Path(output, "result").read_text() == "written inside"
+        assert refused.returncode == 2 and "--trace" in refused.stderr
+        assert "which the sandbox can read" in refused.stderr
+        assert traced.returncode == 0, traced.stderr
+        assert os.stat(os.path.join(project, "trace")).st_mode & 0o777 == 0o600
+    finally:
+        shutil.rmtree(project)
+        shutil.rmtree(output)
