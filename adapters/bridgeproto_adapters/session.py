@@ -377,7 +377,6 @@ class Session:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(self._reader, stream)
                 tg.start_soon(self._writer, stream)
-                await anyio.lowlevel.checkpoint()
                 await first_of(self._channel_broke, self.finished)
                 if self.finished.is_set():
                     # The writer sends the last frames; the reader has nothing to do.
