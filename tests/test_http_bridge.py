@@ -8,6 +8,7 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import socket
 from collections.abc import AsyncIterator
 from typing import Any
@@ -117,13 +118,18 @@ async def test_expect_100_continue() -> None:
 
 async def test_keep_alive_and_pipelining_on_one_agent_connection() -> None:
     async with bridge() as b:
-        request = b"GET /json HTTP/1.1\r\nHost: x\r\n\r\n"
-        answer = await raw_exchange(b.url, request * 3, until=b'{"ok": true}' * 1)
-        while answer.count(b'{"ok": true}') < 3:
-            answer = await raw_exchange(
-                b.url, request * 3 + b"GET /json HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-            )
-        assert answer.count(b"HTTP/1.1 200 ") >= 3
+        # Four requests in one write, the last asking to close: four answers
+        # in order on the one connection, then the close.
+        requests = b"".join(
+            b"GET /echo?n=%d HTTP/1.1\r\nHost: x\r\n%s\r\n"
+            % (i, b"Connection: close\r\n" * (i == 3))
+            for i in range(4)
+        )
+        answer = await raw_exchange(b.url, requests)
+        assert answer.count(b"HTTP/1.1 200 ") == 4
+        targets = [t.decode() for t in re.findall(rb'"target": "([^"]+)"', answer)]
+        assert targets == [f"/echo?n={i}" for i in range(4)]
+        assert [r["target"] for r in b.upstream.requests] == targets
 
 
 async def test_concurrent_agents() -> None:

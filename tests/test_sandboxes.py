@@ -94,18 +94,13 @@ class FakeHarnessClient:
         await self.sandbox.write_file(file_path, file_bytes)
 
 
-class _Latin1Harness(HarnessSandbox):
-    # The fake answers bytes as latin-1 text, so decode them the same way.
-    async def read_file(self, path: str) -> bytes:
-        result = await self._call("read_file", self.sandbox_id, path)
-        return str(result.content).encode("latin-1")
-
-
 async def test_conformance_of_the_harness_wrapper() -> None:
+    # The fake answers as such clients do (text, not bytes), and the wrapper
+    # still passes as it is: every byte value round-trips through files.
     client = FakeHarnessClient(LocalSandbox())
-    sandbox = _Latin1Harness(client, "sb-1")
+    sandbox = HarnessSandbox(client, "sb-1")
     await check_sandbox_client(sandbox, live_process=False)
-    assert {"execute_command", "read_file", "upload_bytes"} <= set(client.calls)
+    assert {"execute_command", "upload_bytes"} <= set(client.calls)
 
 
 async def test_harness_errors_are_mapped() -> None:
@@ -118,16 +113,19 @@ async def test_harness_errors_are_mapped() -> None:
         await sandbox.run(["true"])
 
 
-async def test_harness_read_file_accepts_str_bytes_and_content() -> None:
+async def test_harness_results_may_be_text_or_bytes() -> None:
     class Client:
         answer: Any = None
 
-        async def read_file(self, sandbox_id: str, file_path: str) -> Any:
+        async def execute_command(self, sandbox_id: str, command: str, timeout: Any = None) -> Any:
             return self.answer
 
     client = Client()
-    for client.answer in ("text", b"text", _Content("text")):
+    for client.answer in (_Result(0, "dGV4dA==\n", ""), _Result(0, b"dGV4dA==\n", b"")):  # type: ignore[arg-type]
         assert await HarnessSandbox(client, "x").read_file("/f") == b"text"  # type: ignore[arg-type]
+    client.answer = _Result(0, "not base64 at all!", "")
+    with pytest.raises(SandboxError, match="gave no base64 back"):
+        await HarnessSandbox(client, "x").read_file("/f")  # type: ignore[arg-type]
 
 
 # ------------------------------------------------------------------ offline

@@ -16,6 +16,7 @@ from .base import (
     NotSupported,
     SandboxError,
     _shell,
+    _text,
 )
 
 
@@ -76,8 +77,16 @@ class HarnessSandbox:
         await self._call("upload_bytes", self.sandbox_id, path, data, os.path.basename(path))
 
     async def read_file(self, path: str) -> bytes:
-        result = await self._call("read_file", self.sandbox_id, path)
-        return _as_bytes(getattr(result, "content", result))
+        """The file's exact bytes, through ``base64`` in a command rather than
+        the client's ``read_file``: clients answer text (decoded one way or
+        another, sometimes cut short), which cannot carry arbitrary bytes."""
+        result = await self.run(["base64", path])
+        if result.exit_code != 0:
+            raise SandboxError(f"{self.name}: cannot read {path}: {_text(result.stderr)}")
+        try:
+            return base64.b64decode(b"".join(result.stdout.split()), validate=True)
+        except ValueError:
+            raise SandboxError(f"{self.name}: reading {path} gave no base64 back") from None
 
     async def open_process(
         self, command: Sequence[str], *, env: Mapping[str, str] | None = None
