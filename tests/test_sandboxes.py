@@ -213,27 +213,44 @@ async def test_python_missing_or_too_old_is_a_clear_error(kind: str) -> None:
                 pass
 
 
-async def test_the_sandbox_side_is_uploaded_once_per_sandbox() -> None:
+async def test_the_sandbox_side_is_uploaded_once_and_started_in_few_calls() -> None:
+    """Control-plane calls to start a bridge: the first in a sandbox tries to
+    start, uploads, starts, opens the channel (4); later ones start and open
+    the channel (2). Stopping costs one."""
     need_bwrap()
-    writes: list[str] = []
+    calls: list[str] = []
 
     class Counting(BwrapSandbox):
+        async def run(self, *args: Any, **kwargs: Any) -> Any:
+            calls.append("run")
+            return await super().run(*args, **kwargs)
+
         async def write_file(self, path: str, data: bytes) -> None:
-            writes.append(path)
+            calls.append(f"write {path}")
             await super().write_file(path, data)
+
+        async def open_process(self, *args: Any, **kwargs: Any) -> Any:
+            calls.append("open_process")
+            return await super().open_process(*args, **kwargs)
 
     archive = packaging.build_zipapp()
     assert packaging.build_zipapp() == archive  # cached by content hash
+    started: list[list[str]] = []
     async with running_upstream() as upstream:
         plain = await BwrapSandbox.create()
         sandbox = Counting(plain._holder, plain._root, plain.view)
         try:
             for _ in range(2):
+                calls.clear()
                 async with open_bridge(sandbox, upstream.url) as bridge:
                     assert bridge.session.ready.is_set()
+                    started.append(list(calls))
+                assert calls[len(started[-1]) :] == ["run"]  # the stop
         finally:
             await sandbox.aclose()
-    assert writes == [f"/tmp/{archive.name}"]
+    # write_file itself runs one command in this backend (harness clients upload instead).
+    upload = [f"write /tmp/{archive.name}", "run"]
+    assert started == [["run", *upload, "run", "open_process"], ["run", "open_process"]]
 
 
 async def test_a_failed_stop_can_be_retried_and_leaves_nothing_running() -> None:

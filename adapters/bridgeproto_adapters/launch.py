@@ -1,9 +1,11 @@
 """Start a bridge into a sandbox, and stop it.
 
-``open_bridge`` checks the sandbox's Python, uploads the sandbox side (once
-per sandbox), starts it there as a daemon, opens the first channel (a relay
-process whose stdio this side holds) and returns only when the handshake is
-done, which means the daemon's listener already accepts connections. When a
+``open_bridge`` uploads the sandbox side (once per sandbox), starts it there
+as a daemon (in one call; the sandbox's Python is examined only if that
+fails, to say why), opens the first channel (a process whose stdin and
+stdout this side holds, and which hands them to the daemon) and returns only
+when the handshake is done, which means the daemon's listener already
+accepts connections. When a
 channel breaks, the session opens another and resumes (``transports``). It
 yields a ``Bridge`` with the URL and environment to give commands in the
 sandbox; it changes nothing of the caller's.
@@ -13,6 +15,7 @@ from __future__ import annotations
 
 import functools
 import os
+import pathlib
 import shlex
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
@@ -71,6 +74,32 @@ class Bridge:
             await self.channels.aclose()
             await _reap_daemon(self.sandbox, self.session.conn.session_id)
         self._stopped = True
+
+
+_NOT_UPLOADED = 93  # the start command's word for "the archive is not there yet"
+
+
+async def _start_daemon(
+    sandbox: SandboxClient,
+    archive: pathlib.Path,
+    start: list[str],
+    env: Mapping[str, str] | None,
+    timeout: float,
+) -> None:
+    """Start the sandbox side in one control-plane call (two, plus the upload,
+    the first time in a sandbox). Only when that fails is the sandbox's
+    Python looked at, to say why in words."""
+    python, remote = start[0], start[1]
+    script = f"test -f {shlex.quote(remote)} || exit {_NOT_UPLOADED}; exec {shlex.join(start)}"
+    started = await sandbox.run(["sh", "-c", script], env=env, timeout=timeout)
+    if started.exit_code == _NOT_UPLOADED:
+        await sandbox.write_file(remote, archive.read_bytes())
+        started = await sandbox.run(["sh", "-c", script], env=env, timeout=timeout)
+    if started.exit_code == 0 and started.stdout.strip() == b"ready":
+        return
+    await check_python(sandbox, python, env)  # raises, naming the fix, when Python is why
+    said = (started.stderr or started.stdout).decode(errors="replace").strip()
+    raise BridgeStartError(f"the sandbox side did not start: {said or 'no word from it'}")
 
 
 async def _reap_daemon(sandbox: SandboxClient, session_id: bytes) -> None:
@@ -164,24 +193,15 @@ async def open_bridge(
         max_body_bytes=config.max_body_bytes,
     )
     upstream = bp.Upstream(host, port, policy, tuple(headers))
-    await check_python(sandbox, python, env)
-
     archive = build_zipapp()
     remote = f"/tmp/{archive.name}"
-    present = await sandbox.run(["test", "-f", remote])
-    if present.exit_code != 0:
-        await sandbox.write_file(remote, archive.read_bytes())
-
     session_id = os.urandom(bp.SESSION_ID_BYTES)
     settings = SandboxSettings(config, policy, limits or AgentLimits(), listen, resume_timeout)
     start = [
         python, remote, "sandbox-side", "--daemon", "--session", session_id.hex(),
         "--settings", settings.to_json(),
     ]  # fmt: skip
-    started = await sandbox.run(start, env=env, timeout=config.handshake_timeout)
-    if started.exit_code != 0 or started.stdout.strip() != b"ready":
-        said = (started.stderr or started.stdout).decode(errors="replace").strip()
-        raise BridgeStartError(f"the sandbox side did not start: {said or 'no word from it'}")
+    await _start_daemon(sandbox, archive, start, env, config.handshake_timeout)
     channels = ProcessChannels(
         sandbox, [python, remote, "channel", "--session", session_id.hex()], env
     )
