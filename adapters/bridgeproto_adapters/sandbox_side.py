@@ -216,7 +216,7 @@ class SandboxSide:
     def _refusal_for(self, error: bp.LocalProtocolError | SessionEnded) -> tuple[int, str, str]:
         """Status, X-Bridge-Error and message for a request the session did not take."""
         if isinstance(error, SessionEnded) or not self.session.usable:
-            return 502, "bridge-down", f"the bridge is down: {error}"
+            return _bridge_down(str(error))
         status = error.status_hint or 503
         if status == 503 and self.session.conn.state is not bp.SessionState.OPEN:
             return 503, "shutting-down", str(error)
@@ -335,9 +335,7 @@ class SandboxSide:
                         if self.session.usable:
                             reply = http.respond_failure(event.code, event.reason)
                         else:  # the whole session is gone, not just this exchange
-                            reply = http.answer_error(
-                                502, "bridge-down", f"the bridge is down: {event.reason}"
-                            )
+                            reply = http.answer_error(*_bridge_down(event.reason))
                         out.append(reply or b"")
                         done = False
                     if done is not None:
@@ -350,6 +348,11 @@ class SandboxSide:
         except (*STREAM_ERRORS, h11.LocalProtocolError):
             exchange.reset(bp.ErrorCode.CANCELLED, "the agent closed its connection")
             return False
+
+
+def _bridge_down(reason: str) -> tuple[int, str, str]:
+    """The answer for an agent whose bridge is gone: status, cause, message."""
+    return 502, "bridge-down", f"the bridge is down: {reason}"
 
 
 def _stop_eager_reading(stream: anyio.abc.ByteStream) -> None:
