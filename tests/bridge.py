@@ -16,6 +16,7 @@ import anyio
 import attrs
 
 import bridgeproto as bp
+import bridgeproto.http as bp_http
 from bridgeproto_adapters.host_side import HostOptions, run_host_side
 from bridgeproto_adapters.sandbox_side import AgentLimits, run_sandbox_side
 from bridgeproto_adapters.session import Session
@@ -44,7 +45,7 @@ def free_port() -> int:
 async def bridge(
     *,
     transport: str = "memory",
-    policy: bp.HttpPolicy | None = None,
+    policy: bp_http.HttpPolicy | None = None,
     sandbox_config: bp.Config | None = None,
     host_config: bp.Config | None = None,
     options: HostOptions | None = None,
@@ -58,7 +59,7 @@ async def bridge(
     async with running_upstream() as upstream:
         session_id = os.urandom(bp.SESSION_ID_BYTES)
         port = upstream_port or upstream.port
-        target = bp.Upstream("127.0.0.1", port, policy or bp.HttpPolicy(), added_headers)
+        target = bp_http.Upstream("127.0.0.1", port, policy or bp_http.HttpPolicy(), added_headers)
         async with anyio.create_task_group() as tg:
             process = connector = None
             host_channels: Channels | anyio.abc.ByteStream
@@ -85,7 +86,7 @@ async def bridge(
                 port = free_port()
                 settings = SandboxSettings(
                     config=sandbox_config or bp.Config(),
-                    policy=policy or bp.HttpPolicy(),
+                    policy=policy or bp_http.HttpPolicy(),
                     limits=limits or AgentLimits(),
                     listen=("127.0.0.1", port),
                 )

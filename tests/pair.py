@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import bridgeproto as bp
+from bridgeproto.wire import SEQUENCED, encode_frame
 
 SID = bytes(range(16))
 
@@ -67,15 +68,15 @@ class RawPeer:
         self.seq = 0
 
     def hello(self, version: int = bp.PROTOCOL_VERSION, session_id: bytes = SID) -> bytes:
-        return bp.encode_frame(bp.Hello(version, self.role, session_id, self.limits))
+        return encode_frame(bp.Hello(version, self.role, session_id, self.limits))
 
     def frame(self, record: bp.Record, seq: int | None = None) -> bytes:
-        if not isinstance(record, bp.SEQUENCED):
-            return bp.encode_frame(record)
+        if not isinstance(record, SEQUENCED):
+            return encode_frame(record)
         if seq is None:
             self.seq += 1
             seq = self.seq
-        return bp.encode_frame(record, seq)
+        return encode_frame(record, seq)
 
 
 def connected(role: bp.Role, config: bp.Config | None = None) -> tuple[bp.Connection, RawPeer]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from hypothesis import strategies as st
 
 import bridgeproto as bp
+from bridgeproto.wire import SEQUENCED, Frame
 
 TOKEN_CHARS = "!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
 
@@ -54,7 +55,7 @@ records: st.SearchStrategy[bp.Record] = st.one_of(
 
 
 @st.composite
-def frames(draw: st.DrawFn) -> bp.Frame:
+def frames(draw: st.DrawFn) -> Frame:
     record = draw(records)
-    seq = draw(st.integers(1, 2**64 - 1)) if isinstance(record, bp.SEQUENCED) else 0
-    return bp.Frame(seq, record)
+    seq = draw(st.integers(1, 2**64 - 1)) if isinstance(record, SEQUENCED) else 0
+    return Frame(seq, record)

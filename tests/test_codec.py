@@ -12,24 +12,25 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import bridgeproto as bp
+from bridgeproto.wire import END_OF_INPUT, NEED_DATA, Frame, FrameDecoder, encode_frame
 from strategies import frames
 
 SID = bytes(range(16))
 
 
-def decode_all(data: bytes, *, max_frame_size: int = 1 << 20, chunk: int = 0) -> list[bp.Frame]:
+def decode_all(data: bytes, *, max_frame_size: int = 1 << 20, chunk: int = 0) -> list[Frame]:
     """Decode ``data`` fed whole (chunk=0) or ``chunk`` bytes at a time, then EOF."""
-    decoder = bp.FrameDecoder(max_frame_size)
-    out: list[bp.Frame] = []
+    decoder = FrameDecoder(max_frame_size)
+    out: list[Frame] = []
     step = chunk or max(len(data), 1)
     pieces = [data[i : i + step] for i in range(0, len(data), step)]
     for piece in [*pieces, b""]:
         decoder.receive_data(piece)
         while True:
             item = decoder.next_frame()
-            if item is bp.NEED_DATA or item is bp.END_OF_INPUT:
+            if item is NEED_DATA or item is END_OF_INPUT:
                 break
-            assert isinstance(item, bp.Frame)
+            assert isinstance(item, Frame)
             out.append(item)
     return out
 
@@ -89,50 +90,50 @@ GOLDEN = [
 
 @pytest.mark.parametrize(("record", "seq", "wire"), GOLDEN, ids=lambda v: type(v).__name__)
 def test_golden_encoding(record: bp.Record, seq: int, wire: bytes) -> None:
-    assert bp.encode_frame(record, seq) == wire
+    assert encode_frame(record, seq) == wire
 
 
 @pytest.mark.parametrize("chunk", [0, 1, 7])
 def test_golden_decoding_whole_bytewise_and_chunked(chunk: int) -> None:
     stream = b"".join(wire for _, _, wire in GOLDEN)
     decoded = decode_all(stream, chunk=chunk)
-    assert decoded == [bp.Frame(seq, record) for record, seq, _ in GOLDEN]
+    assert decoded == [Frame(seq, record) for record, seq, _ in GOLDEN]
 
 
 def test_trailing_valid_frame_is_kept_for_the_next_call() -> None:
-    first = bp.encode_frame(bp.Data(1, b"x" * 10), 1)
-    second = bp.encode_frame(bp.EndOfBody(1), 2)
-    decoder = bp.FrameDecoder(1024)
+    first = encode_frame(bp.Data(1, b"x" * 10), 1)
+    second = encode_frame(bp.EndOfBody(1), 2)
+    decoder = FrameDecoder(1024)
     decoder.receive_data(first + second[:5])
-    assert decoder.next_frame() == bp.Frame(1, bp.Data(1, b"x" * 10))
-    assert decoder.next_frame() is bp.NEED_DATA
+    assert decoder.next_frame() == Frame(1, bp.Data(1, b"x" * 10))
+    assert decoder.next_frame() is NEED_DATA
     assert decoder.buffered == 5
     decoder.receive_data(second[5:])
-    assert decoder.next_frame() == bp.Frame(2, bp.EndOfBody(1))
-    assert decoder.next_frame() is bp.NEED_DATA
+    assert decoder.next_frame() == Frame(2, bp.EndOfBody(1))
+    assert decoder.next_frame() is NEED_DATA
 
 
 def test_trailing_junk_after_a_frame_is_an_error_after_the_frame() -> None:
-    decoder = bp.FrameDecoder(1024)
-    decoder.receive_data(bp.encode_frame(bp.Ack(1)) + b"junk")
-    assert decoder.next_frame() == bp.Frame(0, bp.Ack(1))
+    decoder = FrameDecoder(1024)
+    decoder.receive_data(encode_frame(bp.Ack(1)) + b"junk")
+    assert decoder.next_frame() == Frame(0, bp.Ack(1))
     with pytest.raises(bp.CorruptFrameError, match="bad magic b'ju' at stream offset 28"):
         decoder.next_frame()
 
 
 def test_end_of_input_is_reported_between_frames() -> None:
-    decoder = bp.FrameDecoder(1024)
-    assert decoder.next_frame() is bp.NEED_DATA
+    decoder = FrameDecoder(1024)
+    assert decoder.next_frame() is NEED_DATA
     decoder.receive_data(b"")
-    assert decoder.next_frame() is bp.END_OF_INPUT
+    assert decoder.next_frame() is END_OF_INPUT
     with pytest.raises(bp.LocalProtocolError, match="after the end of input"):
         decoder.receive_data(b"more")
 
 
 @pytest.mark.parametrize("cut", [1, 15, 16, 20])
 def test_end_of_input_inside_a_frame_is_an_error(cut: int) -> None:
-    decoder = bp.FrameDecoder(1024)
-    decoder.receive_data(bp.encode_frame(bp.Data(1, b"abcdefgh"), 1)[:cut])
+    decoder = FrameDecoder(1024)
+    decoder.receive_data(encode_frame(bp.Data(1, b"abcdefgh"), 1)[:cut])
     decoder.receive_data(b"")
     with pytest.raises(bp.CorruptFrameError, match=f"input ended inside .*: {cut} of at least"):
         decoder.next_frame()
@@ -140,7 +141,7 @@ def test_end_of_input_inside_a_frame_is_an_error(cut: int) -> None:
 
 def test_oversized_length_is_refused_from_the_header_alone() -> None:
     header = b"BP" + struct.pack(">BBIQ", 1, 4, 1 << 30, 1)
-    decoder = bp.FrameDecoder(1 << 20)
+    decoder = FrameDecoder(1 << 20)
     decoder.receive_data(header)  # nothing of the 1 GiB payload is needed
     with pytest.raises(bp.CorruptFrameError, match="declares a 1073741824-byte payload; the limit"):
         decoder.next_frame()
@@ -148,7 +149,7 @@ def test_oversized_length_is_refused_from_the_header_alone() -> None:
 
 
 def test_a_decoder_that_failed_keeps_failing() -> None:
-    decoder = bp.FrameDecoder(1024)
+    decoder = FrameDecoder(1024)
     decoder.receive_data(b"XX")
     with pytest.raises(bp.CorruptFrameError) as first:
         decoder.next_frame()
@@ -163,7 +164,7 @@ def _corrupt_crc(wire: bytes) -> bytes:
 
 BAD_FRAMES = [
     ("bad magic", b"XP" + bytes(18), bp.CorruptFrameError, "bad magic"),
-    ("crc", _corrupt_crc(bp.encode_frame(bp.Ack(1))), bp.CorruptFrameError, "CRC mismatch"),
+    ("crc", _corrupt_crc(encode_frame(bp.Ack(1))), bp.CorruptFrameError, "CRC mismatch"),
     ("unknown type", frame_bytes(99, b""), bp.RemoteProtocolError, "unknown frame type 99"),
     (
         "wrong version",
@@ -235,16 +236,16 @@ def test_bad_frames_raise_remote_errors_naming_the_cause(
     name: str, wire: bytes, error: type[Exception], message: str, chunk: int
 ) -> None:
     # A good frame first, so the error is also shown not to lose it.
-    good = bp.encode_frame(bp.Ack(5))
-    decoder = bp.FrameDecoder(1 << 16)
-    got: list[bp.Frame] = []
+    good = encode_frame(bp.Ack(5))
+    decoder = FrameDecoder(1 << 16)
+    got: list[Frame] = []
     pieces = [good + wire] if chunk == 0 else [bytes([b]) for b in good + wire]
     with pytest.raises(error, match=message):
         for piece in pieces:
             decoder.receive_data(piece)
-            while isinstance(item := decoder.next_frame(), bp.Frame):
+            while isinstance(item := decoder.next_frame(), Frame):
                 got.append(item)
-    assert got == [bp.Frame(0, bp.Ack(5))]
+    assert got == [Frame(0, bp.Ack(5))]
 
 
 def test_hello_is_readable_whatever_the_frame_version_byte_says() -> None:
@@ -267,16 +268,16 @@ def test_a_hello_of_another_version_is_a_version_mismatch_whatever_follows() -> 
 
 def test_encoder_checks_sequence_numbers() -> None:
     with pytest.raises(bp.LocalProtocolError, match="needs a sequence number"):
-        bp.encode_frame(bp.Data(1, b""), 0)
+        encode_frame(bp.Data(1, b""), 0)
     with pytest.raises(bp.LocalProtocolError, match="is not sequenced"):
-        bp.encode_frame(bp.Ping(), 4)
+        encode_frame(bp.Ping(), 4)
     with pytest.raises(bp.LocalProtocolError, match="not a bridgeproto record"):
-        bp.encode_frame("hello", 0)  # type: ignore[arg-type]
+        encode_frame("hello", 0)  # type: ignore[arg-type]
 
 
 @given(st.lists(frames(), max_size=8), st.integers(1, 64))
-def test_round_trip(frame_list: list[bp.Frame], chunk: int) -> None:
-    wire = b"".join(bp.encode_frame(f.record, f.seq) for f in frame_list)
+def test_round_trip(frame_list: list[Frame], chunk: int) -> None:
+    wire = b"".join(encode_frame(f.record, f.seq) for f in frame_list)
     assert decode_all(wire, max_frame_size=2**32 - 1) == frame_list
     assert decode_all(wire, max_frame_size=2**32 - 1, chunk=chunk) == frame_list
 
@@ -288,8 +289,8 @@ def test_any_bytes_raise_only_remote_protocol_error(data: bytes, chunk: int) -> 
 
 
 @given(st.lists(frames(), min_size=1, max_size=4), st.data())
-def test_any_single_byte_flip_is_detected(frame_list: list[bp.Frame], data: st.DataObject) -> None:
-    wire = bytearray(b"".join(bp.encode_frame(f.record, f.seq) for f in frame_list))
+def test_any_single_byte_flip_is_detected(frame_list: list[Frame], data: st.DataObject) -> None:
+    wire = bytearray(b"".join(encode_frame(f.record, f.seq) for f in frame_list))
     index = data.draw(st.integers(0, len(wire) - 1))
     wire[index] ^= data.draw(st.integers(1, 255))
     try:

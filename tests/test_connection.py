@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 import bridgeproto as bp
+from bridgeproto.wire import NEED_DATA, FrameDecoder
 from pair import SID, Pair, RawPeer, connected
 
 HEADERS = [(b"content-type", b"application/json")]
@@ -57,9 +58,9 @@ def test_version_mismatch_names_both_versions_and_tells_the_peer() -> None:
     assert isinstance(failed, bp.SessionFailed) and not failed.by_peer
     assert "peer speaks bridgeproto wire version 2 and this side speaks version 1" in failed.reason
     # The peer is told why: a GoAway carrying the error follows our hello.
-    decoder = bp.FrameDecoder(1 << 20)
+    decoder = FrameDecoder(1 << 20)
     decoder.receive_data(conn.data_to_send())
-    records = [f.record for f in iter(decoder.next_frame, bp.NEED_DATA)]  # type: ignore[union-attr]
+    records = [f.record for f in iter(decoder.next_frame, NEED_DATA)]  # type: ignore[union-attr]
     assert isinstance(records[-1], bp.GoAway) and records[-1].code is bp.ErrorCode.PROTOCOL_ERROR
     with pytest.raises(bp.LocalProtocolError, match=r"session failed earlier .*version 2"):
         conn.receive_data(b"", 1.0)
@@ -259,9 +260,9 @@ def test_records_for_exchanges_that_cannot_exist_are_refused(
     conn, peer = connected(bp.Role.HOST)
     conn.receive_data(peer.frame(bp.RequestHead(1, b"GET", b"/")), 1.0)
     events = conn.receive_data(peer.frame(record), 1.0)
-    decoder = bp.FrameDecoder(1 << 20)
+    decoder = FrameDecoder(1 << 20)
     decoder.receive_data(conn.data_to_send())
-    sent = [f.record for f in iter(decoder.next_frame, bp.NEED_DATA)]  # type: ignore[union-attr]
+    sent = [f.record for f in iter(decoder.next_frame, NEED_DATA)]  # type: ignore[union-attr]
     resets = [r for r in sent if isinstance(r, bp.Reset)]
     assert len(resets) == 1 and message in resets[0].reason
     assert resets[0].code is bp.ErrorCode.PROTOCOL_ERROR
@@ -273,9 +274,9 @@ def test_records_for_exchanges_that_cannot_exist_are_refused(
 def test_host_originated_exchanges_are_refused_by_the_sandbox() -> None:
     conn, peer = connected(bp.Role.SANDBOX)
     assert conn.receive_data(peer.frame(bp.RequestHead(2, b"GET", b"/")), 0.0) == []
-    decoder = bp.FrameDecoder(1 << 20)
+    decoder = FrameDecoder(1 << 20)
     decoder.receive_data(conn.data_to_send())
-    sent = [f.record for f in iter(decoder.next_frame, bp.NEED_DATA)]  # type: ignore[union-attr]
+    sent = [f.record for f in iter(decoder.next_frame, NEED_DATA)]  # type: ignore[union-attr]
     assert any(isinstance(r, bp.Reset) and "not part of wire version 1" in r.reason for r in sent)
     # A reset for such an id is not answered with another reset.
     assert conn.receive_data(peer.frame(bp.Reset(4, bp.ErrorCode.CANCELLED)), 0.0) == []
@@ -455,7 +456,9 @@ def test_bytes_of_a_completed_exchange_are_returned_when_consumed() -> None:
     s.consume(xid, 10_000)  # capped at what was delivered
     pair.pump()
     assert bp.CreditAvailable(0) in pair.take(h)
-    assert h._send_credit == 1000
+    again = s.start_exchange(b"GET", b"/", [], 0.0)
+    pair.pump()
+    assert h.send_credit(again) == 1000  # the whole session window is back
 
 
 # ------------------------------------------------------------------ timers
@@ -764,9 +767,9 @@ def test_sequence_and_acknowledgement_counters() -> None:
 
 
 def _records(data: bytes) -> list[bp.Record]:
-    decoder = bp.FrameDecoder(1 << 20)
+    decoder = FrameDecoder(1 << 20)
     decoder.receive_data(data)
-    return [f.record for f in iter(decoder.next_frame, bp.NEED_DATA)]  # type: ignore[union-attr]
+    return [f.record for f in iter(decoder.next_frame, NEED_DATA)]  # type: ignore[union-attr]
 
 
 def test_ack_zero_is_always_valid() -> None:

@@ -56,3 +56,17 @@ def test_importing_the_core_loads_no_io_module() -> None:
     ).stdout.split()
     assert {m.split(".")[0] for m in loaded} & FORBIDDEN == set()
     assert "bridgeproto._connection" in loaded  # the probe did see the core load
+
+
+def test_the_protocol_layer_does_not_load_the_http_layer() -> None:
+    probe = (
+        "import sys, bridgeproto, bridgeproto.wire; "
+        "print('h11' in sys.modules, 'bridgeproto._http' in sys.modules)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True
+    ).stdout.split()
+    assert out == ["False", "False"]
+    import bridgeproto.http  # noqa: F401  (and the layer above does load it)
+
+    assert "h11" in sys.modules

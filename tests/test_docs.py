@@ -7,6 +7,7 @@ import pathlib
 import re
 
 import bridgeproto as bp
+from bridgeproto.wire import SEQUENCED, FrameType, armor, encode_frame
 
 SEQUENCED_NAMES = {
     "REQUEST_HEAD",
@@ -36,10 +37,10 @@ def table_rows(header_start: str) -> list[list[str]]:
 
 def test_frame_type_table_matches_the_code() -> None:
     documented = {int(r[0]): (r[1], r[2] == "yes") for r in table_rows("| type | name")}
-    sequenced = {t for t in bp.FrameType if t.name in SEQUENCED_NAMES}
-    assert documented == {t.value: (t.name, t in sequenced) for t in bp.FrameType}
+    sequenced = {t for t in FrameType if t.name in SEQUENCED_NAMES}
+    assert documented == {t.value: (t.name, t in sequenced) for t in FrameType}
     # and the record classes agree on which are sequenced
-    assert {cls.__name__ for cls in bp.SEQUENCED} == {
+    assert {cls.__name__ for cls in SEQUENCED} == {
         "RequestHead",
         "ResponseHead",
         "Data",
@@ -60,7 +61,7 @@ def test_error_code_table_matches_the_code() -> None:
 def test_worked_examples_are_right() -> None:
     assert binascii.crc32(b"123456789") == 0xCBF43926
     assert "`0xCBF43926`" in PROTOCOL
-    ack = bp.encode_frame(bp.Ack(7))
+    ack = encode_frame(bp.Ack(7))
     example = PROTOCOL[PROTOCOL.index("### Example") :].split("```")[1]
     hex_parts = [line.split("   ")[0] for line in example.strip().splitlines()]
     hex_parts = [p for p in hex_parts if re.fullmatch(r"[0-9a-f ]+", p)]
@@ -73,7 +74,7 @@ def test_worked_examples_are_right() -> None:
             frame = bytes.fromhex("".join(dump))
             assert binascii.crc32(frame[:-4]) == int.from_bytes(frame[-4:], "big")
     assert "`BP1:00000000:00000000:\\n`" in PROTOCOL
-    assert bp.armor(b"") == "BP1:00000000:00000000:\n"
+    assert armor(b"") == "BP1:00000000:00000000:\n"
 
 
 def test_limits_defaults_match_the_core_docs() -> None:

@@ -20,8 +20,17 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import bridgeproto as bp
+from bridgeproto.http import (
+    AgentClosed,
+    AgentConnection,
+    AgentEnd,
+    AgentRefused,
+    AgentRequest,
+    HttpPolicy,
+    check_target,
+)
 
-POLICY = bp.HttpPolicy(allowed_prefixes=["/rollout/k1"], max_header_bytes=4096,
+POLICY = HttpPolicy(allowed_prefixes=["/rollout/k1"], max_header_bytes=4096,
                        max_body_bytes=10_000)  # fmt: skip
 HOP_BY_HOP = {b"connection", b"keep-alive", b"te", b"upgrade", b"expect", b"host"}
 
@@ -29,20 +38,20 @@ HOP_BY_HOP = {b"connection", b"keep-alive", b"te", b"upgrade", b"expect", b"host
 def fuzz_one_input(data: bytes) -> None:
     piece = (data[0] % 16 + 1) if data else 1  # feed in pieces of this size
     data = data[1:]
-    agent = bp.AgentConnection(POLICY)
+    agent = AgentConnection(POLICY)
     chunks = [data[i : i + piece] for i in range(0, len(data), piece)] + [b""]
     for chunk in chunks:
         agent.receive_data(chunk)
         while (event := agent.next_event()) is not None:
-            if isinstance(event, bp.AgentRequest):
-                assert bp.check_target(event.method, event.target, POLICY) is None
+            if isinstance(event, AgentRequest):
+                assert check_target(event.method, event.target, POLICY) is None
                 names = {name for name, _ in event.headers}
                 assert not names & HOP_BY_HOP, names
-            elif isinstance(event, bp.AgentRefused):
+            elif isinstance(event, AgentRefused):
                 assert event.reply is not None and event.reply.startswith(b"HTTP/1.1 ")
                 assert b"x-bridge-error: " in event.reply.lower()
                 return  # the connection closes after a refusal
-            elif isinstance(event, bp.AgentEnd):
+            elif isinstance(event, AgentEnd):
                 # Answer, as the bridge would, and go on with the next request.
                 head = bp.ResponseHead(1, 200, b"OK", [(b"content-length", b"2")])
                 answer = agent.respond_head(head) + agent.respond_data(b"ok")
@@ -50,7 +59,7 @@ def fuzz_one_input(data: bytes) -> None:
                 agent.respond_end()
                 if not agent.next_cycle():
                     return
-            elif isinstance(event, bp.AgentClosed):
+            elif isinstance(event, AgentClosed):
                 return
 
 

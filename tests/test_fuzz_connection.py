@@ -23,6 +23,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import bridgeproto as bp
+from bridgeproto.wire import SEQUENCED, encode_frame
 
 SID = bytes(16)
 LIMITS = bp.Limits(max_exchanges=4, initial_window=4096, session_window=8192)
@@ -57,18 +58,18 @@ def fuzz_one_input(data: bytes) -> None:
     host = bp.Connection(bp.Role.HOST, SID, CONFIG)
     host.start(0.0)
     hello = bp.Hello(bp.PROTOCOL_VERSION, bp.Role.SANDBOX, SID, bp.Limits())
-    host.receive_data(bp.encode_frame(hello), 0.0)
+    host.receive_data(encode_frame(hello), 0.0)
     seq, now, failed = 0, 0.0, False
     for i in range(0, len(data) - 2, 3):
         op, arg, size = data[i], data[i + 1], data[i + 2]
         record = _record(op, arg, size)
-        if isinstance(record, bp.SEQUENCED):
+        if isinstance(record, SEQUENCED):
             seq += 1 if op < 240 else 2  # now and then a gap: a link that lost a frame
         now += size / 100
         if host.failure is not None:
             failed = True
             break
-        frame = bp.encode_frame(record, seq if isinstance(record, bp.SEQUENCED) else 0)
+        frame = encode_frame(record, seq if isinstance(record, SEQUENCED) else 0)
         events = host.receive_data(frame, now)
         for event in events:
             if isinstance(event, bp.RequestHead) and host.is_open(event.exchange_id):

@@ -19,29 +19,30 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import bridgeproto as bp
+from bridgeproto.wire import END_OF_INPUT, ArmorDecoder, FrameDecoder, encode_frame
 
 SID = bytes(16)
-HELLO = bp.encode_frame(bp.Hello(bp.PROTOCOL_VERSION, bp.Role.SANDBOX, SID, bp.Limits()))
+HELLO = encode_frame(bp.Hello(bp.PROTOCOL_VERSION, bp.Role.SANDBOX, SID, bp.Limits()))
 
 
 def fuzz_one_input(data: bytes) -> None:
     mode, data = (data[0] % 3, data[1:]) if data else (0, data)
     if mode == 0:
-        decoder = bp.FrameDecoder(4096)
+        decoder = FrameDecoder(4096)
         try:
             for piece in (data, b"") if data else (b"",):
                 decoder.receive_data(piece)
-            while decoder.next_frame() is not bp.END_OF_INPUT:
+            while decoder.next_frame() is not END_OF_INPUT:
                 pass
         except bp.RemoteProtocolError:
             pass
     elif mode == 1:
-        armored = bp.ArmorDecoder(4096)
+        armored = ArmorDecoder(4096)
         try:
             text = data.decode("latin-1")
             for piece in (text, "") if text else ("",):
                 armored.receive_data(piece)
-            while armored.next_batch() is not bp.END_OF_INPUT:
+            while armored.next_batch() is not END_OF_INPUT:
                 pass
         except bp.RemoteProtocolError:
             pass
@@ -65,11 +66,11 @@ def test_decoders_survive_any_input(data: bytes) -> None:
     st.lists(
         st.sampled_from(
             [
-                bp.encode_frame(bp.RequestHead(1, b"GET", b"/"), 1),
-                bp.encode_frame(bp.Data(1, b"abc"), 2),
-                bp.encode_frame(bp.EndOfBody(1), 3),
-                bp.encode_frame(bp.Ack(0)),
-                bp.encode_frame(bp.Ping(b"x")),
+                encode_frame(bp.RequestHead(1, b"GET", b"/"), 1),
+                encode_frame(bp.Data(1, b"abc"), 2),
+                encode_frame(bp.EndOfBody(1), 3),
+                encode_frame(bp.Ack(0)),
+                encode_frame(bp.Ping(b"x")),
                 HELLO,
             ]
         ),

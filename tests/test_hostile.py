@@ -15,11 +15,13 @@ import pytest
 
 import bridgeproto as bp
 from bridge import bridge
+from bridgeproto.http import HttpPolicy, Upstream, upstream_request
+from bridgeproto.wire import encode_frame
 from bridgeproto_adapters.host_side import HostOptions
 from bridgeproto_adapters.sandbox_side import AgentLimits
 
 pytestmark = pytest.mark.anyio
-POLICY = bp.HttpPolicy(allowed_prefixes=["/rollout/k1"])
+POLICY = HttpPolicy(allowed_prefixes=["/rollout/k1"])
 ROUTING = [
     "x-forwarded-for",
     "x-forwarded-host",
@@ -136,8 +138,8 @@ async def test_routing_headers_from_the_agent_never_reach_the_upstream() -> None
 
 def test_routing_headers_pass_when_the_upstream_says_so() -> None:
     head = bp.RequestHead(1, b"GET", b"/", [(b"x-forwarded-for", b"1.2.3.4")])
-    default = bp.upstream_request(head, bp.Upstream("127.0.0.1", 80))
-    allowed = bp.upstream_request(head, bp.Upstream("127.0.0.1", 80, pass_routing_headers=True))
+    default = upstream_request(head, Upstream("127.0.0.1", 80))
+    allowed = upstream_request(head, Upstream("127.0.0.1", 80, pass_routing_headers=True))
     assert isinstance(default, h11.Request) and isinstance(allowed, h11.Request)
     assert b"x-forwarded-for" not in dict(default.headers.raw_items())
     assert dict(allowed.headers.raw_items())[b"x-forwarded-for"] == b"1.2.3.4"
@@ -330,18 +332,18 @@ def test_a_hostile_peer_that_never_acknowledges_cannot_pin_memory() -> None:
     host = bp.Connection(bp.Role.HOST, bytes(16), config)
     host.start(0.0)
     hello = bp.Hello(bp.PROTOCOL_VERSION, bp.Role.SANDBOX, bytes(16), bp.Limits())
-    host.receive_data(bp.encode_frame(hello, 0), 0.0)
+    host.receive_data(encode_frame(hello, 0), 0.0)
     peak, seq = 0, 0
     for exchange_id in range(1, 20_000, 2):
         seq += 1
         head = bp.RequestHead(exchange_id, b"GET", b"/", [])
-        host.receive_data(bp.encode_frame(head, seq), 1.0)
+        host.receive_data(encode_frame(head, seq), 1.0)
         if host.failure:
             break
         host.send_response(exchange_id, 200, b"OK", [(b"x-pad", b"p" * 1000)], 1.0)
         host.send_end(exchange_id, 1.0)
         seq += 1
-        host.receive_data(bp.encode_frame(bp.EndOfBody(exchange_id), seq), 1.0)
+        host.receive_data(encode_frame(bp.EndOfBody(exchange_id), seq), 1.0)
         host.data_to_send()
         peak = max(peak, host.retained_bytes)
         if host.failure:

@@ -20,6 +20,7 @@ import pytest
 
 import bridgeproto as bp
 from bridge import bridge, free_port
+from bridgeproto.http import HttpPolicy, Upstream
 from bridgeproto_adapters.host_side import HostOptions
 from upstream import pattern_bytes
 
@@ -327,7 +328,7 @@ async def test_connect_timeout_is_502() -> None:
 
 
 async def test_refusals_are_answered_in_the_sandbox() -> None:
-    policy = bp.HttpPolicy(
+    policy = HttpPolicy(
         allowed_prefixes=["/rollout/k1"], max_header_bytes=8192, max_body_bytes=1000
     )
     async with bridge(policy=policy) as b:
@@ -420,7 +421,7 @@ async def test_unix_socket_listener(tmp_path: object) -> None:
         )
         session = await tg.start(
             lambda task_status: run_host_side(
-                c, session_id, bp.Upstream("127.0.0.1", upstream.port), task_status=task_status
+                c, session_id, Upstream("127.0.0.1", upstream.port), task_status=task_status
             )
         )
         transport = httpx.AsyncHTTPTransport(uds=path)

@@ -69,9 +69,18 @@ def test_error_codes_carry_http_statuses() -> None:
     assert all(100 <= code.http_status <= 599 for code in bp.ErrorCode)
 
 
+def test_error_codes_name_their_cause_to_the_agent() -> None:
+    assert bp.ErrorCode.UPSTREAM_TIMEOUT.cause == "upstream-timeout"
+    assert bp.ErrorCode.TOO_MANY_EXCHANGES.cause == "bridge-busy"
+    causes = [code.cause for code in bp.ErrorCode]
+    assert len(set(causes)) == len(causes)  # each names one code
+    assert all(c == c.lower() and " " not in c and "_" not in c for c in causes)
+
+
 def test_protocol_error_is_abstract() -> None:
     with pytest.raises(TypeError, match="abstract"):
         bp.ProtocolError("x")
-    err = bp.LocalProtocolError("too big", status_hint=413)
+    err = bp.LocalProtocolError("too big", code=bp.ErrorCode.BODY_TOO_LARGE)
     assert err.status_hint == 413 and isinstance(err, bp.ProtocolError)
+    assert bp.LocalProtocolError("misuse").status_hint is None
     assert issubclass(bp.CorruptFrameError, bp.RemoteProtocolError)

@@ -21,6 +21,7 @@ from hypothesis import strategies as st
 
 import bridgeproto as bp
 from bridge import bridge
+from bridgeproto.http import Upstream
 from bridgeproto_adapters.launch import open_bridge
 from processes import argv, descendants, is_python
 from sandbox_kinds import make_sandbox, need_bwrap
@@ -372,7 +373,7 @@ async def test_the_example_transport_in_the_docs_works_and_resumes() -> None:
         channels = namespace["TcpChannels"]("127.0.0.1", port)
         session = await tg.start(
             functools.partial(run_host_side, channels, session_id,
-                              bp.Upstream("127.0.0.1", upstream.port), config=QUICK)
+                              Upstream("127.0.0.1", upstream.port), config=QUICK)
         )  # fmt: skip
         async with httpx.AsyncClient(base_url=f"http://{address[0]}:{address[1]}") as client:
             async with client.stream("GET", "/slow?n=20") as response:

@@ -22,6 +22,7 @@ from typing import NoReturn
 import anyio
 
 import bridgeproto as bp
+from bridgeproto.wire import ArmorDecoder, Frame, FrameDecoder
 
 from .errors import BridgeError
 
@@ -99,7 +100,7 @@ def _describe(record: bp.Record) -> str:
 
 
 def decode(args: argparse.Namespace) -> int:
-    decoders = {">": bp.FrameDecoder(2**32 - 1), "<": bp.FrameDecoder(2**32 - 1)}
+    decoders = {">": FrameDecoder(2**32 - 1), "<": FrameDecoder(2**32 - 1)}
     try:
         with open(args.trace) as file:
             lines = file.read().splitlines()
@@ -108,13 +109,13 @@ def decode(args: argparse.Namespace) -> int:
     for number, line in enumerate(lines, 1):
         try:
             stamp, direction, armored = line.split(" ", 2)
-            unarmor = bp.ArmorDecoder(2**32 - 1)
+            unarmor = ArmorDecoder(2**32 - 1)
             unarmor.receive_data(armored + "\n")
             batch = unarmor.next_batch()
             assert isinstance(batch, bytes) and direction in decoders
             decoder = decoders[direction]
             decoder.receive_data(batch)
-            while isinstance(frame := decoder.next_frame(), bp.Frame):
+            while isinstance(frame := decoder.next_frame(), Frame):
                 arrow = "host <- sandbox" if direction == "<" else "host -> sandbox"
                 print(f"{float(stamp):10.6f} {arrow} seq={frame.seq:<5} {_describe(frame.record)}")
         except (ValueError, AssertionError, bp.ProtocolError) as exc:

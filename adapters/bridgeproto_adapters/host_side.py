@@ -20,6 +20,7 @@ import attrs
 import h11
 
 import bridgeproto as bp
+from bridgeproto.http import Refusal, Upstream, clean_headers, upstream_request
 
 from .errors import STREAM_ERRORS, ExchangeAborted, SessionEnded, UpstreamError
 from .h11io import H11Stream
@@ -126,14 +127,14 @@ class HostSide:
     Use ``handle`` as the session's ``on_request``.
     """
 
-    def __init__(self, upstream: bp.Upstream, options: HostOptions | None = None) -> None:
+    def __init__(self, upstream: Upstream, options: HostOptions | None = None) -> None:
         self.upstream = upstream
         self.options = options or HostOptions()
         self.pool = UpstreamPool(upstream.host, upstream.port, self.options)
 
     async def handle(self, exchange: Exchange, head: bp.RequestHead) -> None:
-        request = bp.upstream_request(head, self.upstream)
-        if isinstance(request, bp.Refusal):
+        request = upstream_request(head, self.upstream)
+        if isinstance(request, Refusal):
             exchange.reset(request.code, request.message)
             return
         await self._forward(exchange, request)
@@ -254,14 +255,14 @@ def _head(exchange_id: int, response: h11.Response | h11.InformationalResponse) 
         exchange_id,
         response.status_code,
         bytes(response.reason),
-        bp.clean_headers(response.headers.raw_items()),
+        clean_headers(response.headers.raw_items()),
     )
 
 
 async def run_host_side(
     channels: Channels | anyio.abc.ByteStream,
     session_id: bytes,
-    upstream: bp.Upstream,
+    upstream: Upstream,
     *,
     config: bp.Config | None = None,
     options: HostOptions | None = None,

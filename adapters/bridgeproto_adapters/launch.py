@@ -26,6 +26,7 @@ import anyio.abc
 import attrs
 
 import bridgeproto as bp
+from bridgeproto.http import HttpPolicy, Upstream
 
 from .errors import BridgeError
 from .host_side import HostOptions, run_host_side
@@ -187,12 +188,12 @@ async def open_bridge(
     host, port, path = parse_upstream(upstream_url)
     config = config or bp.Config()
     # The body and head limits are the core's; the HTTP policy takes them from there.
-    policy = bp.HttpPolicy(
+    policy = HttpPolicy(
         allowed_prefixes=allowed_prefixes or [path or "/"],
         max_header_bytes=config.limits.max_header_bytes,
         max_body_bytes=config.max_body_bytes,
     )
-    upstream = bp.Upstream(host, port, policy, tuple(headers))
+    upstream = Upstream(host, port, policy, tuple(headers))
     archive = build_zipapp()
     remote = f"/tmp/{archive.name}"
     session_id = os.urandom(bp.SESSION_ID_BYTES)

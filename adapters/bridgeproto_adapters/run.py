@@ -34,6 +34,7 @@ import anyio
 import anyio.abc
 
 import bridgeproto as bp
+from bridgeproto.wire import armor
 
 from .cli import parse_header
 from .errors import BridgeError
@@ -56,7 +57,7 @@ class TraceWriter:
         self.start = time.monotonic()
 
     def __call__(self, direction: str, data: bytes) -> None:
-        self.file.write(f"{time.monotonic() - self.start:.6f} {direction} {bp.armor(data)}")
+        self.file.write(f"{time.monotonic() - self.start:.6f} {direction} {armor(data)}")
 
 
 def read_header_file(path: str) -> list[tuple[bytes, bytes]]:

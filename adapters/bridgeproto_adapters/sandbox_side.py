@@ -24,6 +24,15 @@ import attrs
 import h11
 
 import bridgeproto as bp
+from bridgeproto.http import (
+    AgentBody,
+    AgentConnection,
+    AgentEnd,
+    AgentEvent,
+    AgentRefused,
+    AgentRequest,
+    HttpPolicy,
+)
 
 from .errors import STREAM_ERRORS, ExchangeAborted, SessionEnded
 from .session import RESUME_TIMEOUT, Exchange, Session
@@ -33,7 +42,6 @@ DEFAULT_LISTEN = ("127.0.0.1", 13131)
 _ANSWER_GRACE_SECONDS = 2.0
 _REQUEST_TAIL_SECONDS = 5.0
 _LINGER_SECONDS = 2.0
-_CAUSE_BY_STATUS = {431: "headers-too-large", 413: "body-too-large"}
 
 
 @attrs.frozen
@@ -75,7 +83,7 @@ class _Agent:
     asyncio Unix sockets cannot take that).
     """
 
-    def __init__(self, http: bp.AgentConnection, stream: anyio.abc.ByteStream) -> None:
+    def __init__(self, http: AgentConnection, stream: anyio.abc.ByteStream) -> None:
         self.http = http
         self.stream = stream
         self._send, self.chunks = anyio.create_memory_object_stream[bytes](0)
@@ -94,7 +102,7 @@ class _Agent:
                 if not data:
                     return
 
-    async def next_event(self) -> bp.AgentEvent:
+    async def next_event(self) -> AgentEvent:
         while True:
             event = self.http.next_event()
             if event is not None:
@@ -131,11 +139,11 @@ class SandboxSide:
     def __init__(
         self,
         session: Session,
-        policy: bp.HttpPolicy | None = None,
+        policy: HttpPolicy | None = None,
         limits: AgentLimits | None = None,
     ) -> None:
         self.session = session
-        self.policy = policy or bp.HttpPolicy()
+        self.policy = policy or HttpPolicy()
         self.limits = limits or AgentLimits()
         self._active = 0  # exchanges being carried
         self._pending = 0  # connections waiting for a request head
@@ -150,7 +158,7 @@ class SandboxSide:
 
     async def handle_agent(self, stream: anyio.abc.ByteStream) -> None:
         _stop_eager_reading(stream)
-        agent = _Agent(bp.AgentConnection(self.policy), stream)
+        agent = _Agent(AgentConnection(self.policy), stream)
         if self._pending >= self.limits.max_pending_connections:
             with contextlib.suppress(*STREAM_ERRORS):
                 await stream.send(
@@ -173,7 +181,7 @@ class SandboxSide:
             finally:
                 await agent.close()
 
-    async def _next_head(self, agent: _Agent) -> bp.AgentEvent | None:
+    async def _next_head(self, agent: _Agent) -> AgentEvent | None:
         """The next request (or refusal) within the head timeout; None: close."""
         self._pending += 1
         try:
@@ -192,11 +200,11 @@ class SandboxSide:
 
     async def _one_request(self, agent: _Agent) -> bool:
         event = await self._next_head(agent)
-        if isinstance(event, bp.AgentRefused):
+        if isinstance(event, AgentRefused):
             if event.reply is not None:
                 await agent.refuse(event.reply)
             return False
-        if not isinstance(event, bp.AgentRequest):
+        if not isinstance(event, AgentRequest):
             return False  # the agent closed the connection between requests
         try:
             exchange = await self._open(event)
@@ -217,12 +225,12 @@ class SandboxSide:
         """Status, X-Bridge-Error and message for a request the session did not take."""
         if isinstance(error, SessionEnded) or not self.session.usable:
             return _bridge_down(str(error))
-        status = error.status_hint or 503
-        if status == 503 and self.session.conn.state is not bp.SessionState.OPEN:
-            return 503, "shutting-down", str(error)
-        return status, _CAUSE_BY_STATUS.get(status, "bridge-busy"), str(error)
+        code = error.code or bp.ErrorCode.TOO_MANY_EXCHANGES
+        if code.http_status == 503 and self.session.conn.state is not bp.SessionState.OPEN:
+            code = bp.ErrorCode.SHUTTING_DOWN
+        return code.http_status, code.cause, str(error)
 
-    async def _open(self, request: bp.AgentRequest) -> Exchange:
+    async def _open(self, request: AgentRequest) -> Exchange:
         with anyio.move_on_after(self.session.conn.config.handshake_timeout):
             await self.session.ready.wait()
         if self.session.must_queue():
@@ -235,7 +243,7 @@ class SandboxSide:
             raise bp.LocalProtocolError(
                 f"{self._queued} requests already wait for a free exchange (the limit is"
                 f" {limits.max_queued}); retry later",
-                status_hint=503,
+                code=bp.ErrorCode.TOO_MANY_EXCHANGES,
             )
         self._queued += 1
         try:
@@ -244,7 +252,7 @@ class SandboxSide:
         except TimeoutError:
             raise bp.LocalProtocolError(
                 f"no exchange came free within {limits.queue_timeout:g} s; retry later",
-                status_hint=503,
+                code=bp.ErrorCode.TOO_MANY_EXCHANGES,
             ) from None
         finally:
             self._queued -= 1
@@ -277,13 +285,13 @@ class SandboxSide:
         try:
             while True:
                 event = await agent.next_event()
-                if isinstance(event, bp.AgentBody):
+                if isinstance(event, AgentBody):
                     await exchange.send_data(event.data)
-                elif isinstance(event, bp.AgentEnd):
+                elif isinstance(event, AgentEnd):
                     outcome.request_read.set()
                     exchange.end()
                     break
-                elif isinstance(event, bp.AgentRefused):
+                elif isinstance(event, AgentRefused):
                     exchange.reset(event.refusal.code, event.refusal.message)
                     outcome.reply = event.reply
                     outcome.abort = event.reply is None
@@ -391,7 +399,7 @@ async def run_sandbox_side(
     session_id: bytes,
     *,
     listen: Listen = DEFAULT_LISTEN,
-    policy: bp.HttpPolicy | None = None,
+    policy: HttpPolicy | None = None,
     config: bp.Config | None = None,
     limits: AgentLimits | None = None,
     resume_timeout: float = RESUME_TIMEOUT,

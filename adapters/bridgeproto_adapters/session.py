@@ -247,7 +247,7 @@ class Session:
         self, method: bytes, target: bytes, headers: Iterable[tuple[bytes, bytes]]
     ) -> Exchange:
         """Start an exchange (sandbox side); raises ``LocalProtocolError`` when
-        the core refuses (its ``status_hint`` says why) or ``SessionEnded``."""
+        the core refuses (its ``code`` says why) or ``SessionEnded``."""
         self.check_usable()
         exchange_id = self.conn.start_exchange(method, target, headers, self.now())
         self.stats.exchanges += 1

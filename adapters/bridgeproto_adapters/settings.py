@@ -14,6 +14,7 @@ from typing import Any
 import attrs
 
 import bridgeproto as bp
+from bridgeproto.http import HttpPolicy
 
 from .sandbox_side import DEFAULT_LISTEN, AgentLimits, Listen
 from .session import RESUME_TIMEOUT
@@ -22,7 +23,7 @@ from .session import RESUME_TIMEOUT
 @attrs.frozen
 class SandboxSettings:
     config: bp.Config = attrs.field(factory=bp.Config)
-    policy: bp.HttpPolicy = attrs.field(factory=bp.HttpPolicy)
+    policy: HttpPolicy = attrs.field(factory=HttpPolicy)
     limits: AgentLimits = attrs.field(factory=AgentLimits)
     listen: Listen = DEFAULT_LISTEN
     resume_timeout: float = RESUME_TIMEOUT
@@ -43,7 +44,7 @@ class SandboxSettings:
             listen = data["listen"]
             return cls(
                 config=bp.Config(**config),
-                policy=bp.HttpPolicy(**data["policy"]),
+                policy=HttpPolicy(**data["policy"]),
                 limits=AgentLimits(**data["limits"]),
                 listen=listen if isinstance(listen, str) else (str(listen[0]), int(listen[1])),
                 resume_timeout=float(data["resume_timeout"]),

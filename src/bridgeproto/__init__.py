@@ -1,22 +1,18 @@
 """bridgeproto: HTTP exchanges between an offline sandbox and its host.
 
-This package is the Sans-IO core: records, the framing codec with its text
-armor, and the connection state machine. It does no I/O and never reads a
-clock; adapters (the ``bridgeproto_adapters`` package) move the bytes.
+This package is the Sans-IO core. It does no I/O and never reads a clock;
+adapters (the ``bridgeproto_adapters`` package) move the bytes. Its public
+face has three layers:
+
+* ``bridgeproto``: the protocol. ``Connection`` and its ``Config``, the
+  records the wire carries, the events a connection reports, the errors.
+* ``bridgeproto.wire``: the framing codec and the text armor, for tools that
+  read or write frames themselves (fuzzers, trace readers, other transports).
+* ``bridgeproto.http``: the translation between HTTP/1.1 and exchanges, the
+  only layer that needs h11.
 """
 
-from ._armor import ARMOR_PREFIX, ArmorDecoder, armor
-from ._codec import (
-    END_OF_INPUT,
-    FRAME_OVERHEAD,
-    NEED_DATA,
-    Frame,
-    FrameDecoder,
-    FrameType,
-    Sentinel,
-    encode_frame,
-)
-from ._connection import Config, Connection, Half, SessionState
+from ._connection import Config, Connection
 from ._errors import (
     CorruptFrameError,
     ErrorCode,
@@ -33,27 +29,8 @@ from ._events import (
     SessionClosed,
     SessionFailed,
 )
-from ._http import (
-    BRIDGE_ERROR_HEADER,
-    AgentBody,
-    AgentClosed,
-    AgentConnection,
-    AgentEnd,
-    AgentEvent,
-    AgentRefused,
-    AgentRequest,
-    HttpPolicy,
-    Refusal,
-    Upstream,
-    cause_of,
-    check_target,
-    clean_headers,
-    error_response,
-    upstream_request,
-)
 from ._records import (
     PROTOCOL_VERSION,
-    SEQUENCED,
     SESSION_ID_BYTES,
     Ack,
     Data,
@@ -71,27 +48,14 @@ from ._records import (
     Role,
     Window,
 )
+from ._state import Half, LinkState, SessionState
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "ARMOR_PREFIX",
-    "BRIDGE_ERROR_HEADER",
-    "END_OF_INPUT",
-    "FRAME_OVERHEAD",
-    "NEED_DATA",
     "PROTOCOL_VERSION",
-    "SEQUENCED",
     "SESSION_ID_BYTES",
     "Ack",
-    "AgentBody",
-    "AgentClosed",
-    "AgentConnection",
-    "AgentEnd",
-    "AgentEvent",
-    "AgentRefused",
-    "AgentRequest",
-    "ArmorDecoder",
     "Config",
     "Connection",
     "CorruptFrameError",
@@ -101,39 +65,26 @@ __all__ = [
     "ErrorCode",
     "Event",
     "ExchangeReset",
-    "Frame",
-    "FrameDecoder",
-    "FrameType",
     "GoAway",
     "Half",
     "HandshakeComplete",
     "Headers",
     "Hello",
-    "HttpPolicy",
     "Limits",
     "LinkBroken",
+    "LinkState",
     "LocalProtocolError",
     "Ping",
     "Pong",
     "ProtocolError",
     "Record",
-    "Refusal",
     "RemoteProtocolError",
     "RequestHead",
     "Reset",
     "ResponseHead",
     "Role",
-    "Sentinel",
     "SessionClosed",
     "SessionFailed",
     "SessionState",
-    "Upstream",
     "Window",
-    "armor",
-    "cause_of",
-    "check_target",
-    "clean_headers",
-    "encode_frame",
-    "error_response",
-    "upstream_request",
 ]

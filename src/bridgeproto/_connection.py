@@ -7,42 +7,37 @@ the ``now`` argument of every call that can start or stop a timer. The caller
 arms a timer for ``next_deadline()`` and calls ``handle_timer(now)`` when it
 fires.
 
-Four kinds of state live here:
+``Connection`` composes four parts, each in its own module:
 
-* **The session.** HANDSHAKING until the peer's hello checks out, then OPEN,
-  CLOSING once either side has said goaway, and finally CLOSED (drained) or
-  FAILED (a fatal error; every later call says so).
-* **Exchanges.** Each has a request half and a response half, and each half
-  moves through ``_HALF_TRANSITIONS`` below: IDLE, then OPEN after its head,
-  then DONE after its end of body. An input the table does not list is a
-  protocol error for that exchange only: it is reset and the session goes on.
-  An exchange closes when both halves are DONE or when either side resets it.
-  Closed ids are remembered in a bounded map so late frames for them are
-  dropped quietly.
-* **Credit.** Body bytes need credit, per exchange and session-wide. The
-  receiver returns credit (``Window``) as the application reports bytes
-  consumed, so nothing is ever buffered beyond the windows it granted.
-* **Delivery.** Sequenced records get increasing sequence numbers and stay
-  retained until the peer acknowledges them. After the link breaks, the
-  caller reopens it and calls ``resume``: hello and ack go out first, then
-  everything unacknowledged. The receiver drops sequence numbers it has
-  already seen, so every record takes effect exactly once.
+* **the lifecycle** (``_state``): the session, the link and the two halves
+  of every exchange, each a table of allowed transitions;
+* **delivery** (``_delivery``): sequence numbers, retained frames, acks and
+  resume, so every record takes effect exactly once;
+* **credit** (``_credit``): the per-exchange and session-wide windows;
+* **exchanges**, here: the ones in flight, and the closed ids remembered in a
+  bounded map so that late frames for them are dropped quietly.
+
+An input a half's table does not allow is a protocol error for that exchange
+only: it is reset and the session goes on. Events gather in one buffer that
+``receive_data``, ``handle_timer`` and ``abort`` hand back.
 """
 
 from __future__ import annotations
 
-import enum
-from collections import OrderedDict, deque
+from collections import OrderedDict
 from collections.abc import Iterable
 from typing import Any
 
 import attrs
 
-from ._codec import NEED_DATA, FrameDecoder, Sentinel, encode_frame
+from ._codec import NEED_DATA, FrameDecoder, Sentinel
+from ._credit import Credit
+from ._delivery import Arrival, Delivery
 from ._errors import (
     CorruptFrameError,
     ErrorCode,
     LocalProtocolError,
+    PeerFault,
     RemoteProtocolError,
 )
 from ._events import (
@@ -56,7 +51,6 @@ from ._events import (
 )
 from ._records import (
     MAX_EXCHANGE_ID,
-    MAX_WINDOW,
     PROTOCOL_VERSION,
     SESSION_ID_BYTES,
     Ack,
@@ -73,6 +67,18 @@ from ._records import (
     ResponseHead,
     Role,
     Window,
+)
+from ._state import (
+    ENDED,
+    Half,
+    HalfInput,
+    LinkInput,
+    LinkState,
+    SessionInput,
+    SessionState,
+    half_after,
+    link_after,
+    session_after,
 )
 
 
@@ -110,79 +116,43 @@ class Config:
     max_unacknowledged_bytes: int = attrs.field(default=64 << 20)
 
 
-class SessionState(enum.Enum):
-    HANDSHAKING = "handshaking"
-    OPEN = "open"
-    CLOSING = "closing"
-    CLOSED = "closed"
-    FAILED = "failed"
-
-
-class Half(enum.Enum):
-    """One direction of an exchange."""
-
-    IDLE = "idle"  # no head yet
-    OPEN = "open"  # head seen, body flowing
-    DONE = "done"  # end of body seen
-
-
-class Input(enum.Enum):
-    HEAD = "head"
-    INFORMATIONAL_HEAD = "1xx head"
-    DATA = "data"
-    END = "end"
-
-
-# (state of a half, what arrives or is sent on it) -> next state of the half.
-# The same table serves both directions and both roles. Anything missing is a
-# protocol error for the exchange.
-_HALF_TRANSITIONS: dict[tuple[Half, Input], Half] = {
-    (Half.IDLE, Input.HEAD): Half.OPEN,
-    (Half.IDLE, Input.INFORMATIONAL_HEAD): Half.IDLE,  # 100 Continue and friends
-    (Half.OPEN, Input.DATA): Half.OPEN,
-    (Half.OPEN, Input.END): Half.DONE,
-}
-
-
-def _input_of(record: Record) -> Input:
+def _half_input(record: Record) -> HalfInput:
     if isinstance(record, Data):
-        return Input.DATA
+        return HalfInput.DATA
     if isinstance(record, EndOfBody):
-        return Input.END
+        return HalfInput.END
     if isinstance(record, ResponseHead) and record.status < 200:
-        return Input.INFORMATIONAL_HEAD
-    return Input.HEAD
+        return HalfInput.INFORMATIONAL_HEAD
+    return HalfInput.HEAD
 
 
 class _Exchange:
     """Book-keeping for one exchange in flight."""
 
     __slots__ = (
+        "credit",
         "deadline",
         "exchange_id",
         "last_activity",
         "received_body",
         "recv_half",
-        "recv_window",
-        "send_credit",
         "send_half",
         "sent_body",
         "unconsumed",
-        "unreturned",
     )
 
-    def __init__(self, exchange_id: int, now: float, send_credit: int, recv_window: int) -> None:
+    def __init__(
+        self, exchange_id: int, now: float, credit: Credit, deadline: float | None
+    ) -> None:
         self.exchange_id = exchange_id
         self.send_half = Half.IDLE
         self.recv_half = Half.IDLE
-        self.send_credit = send_credit  # bytes the peer lets us send
-        self.recv_window = recv_window  # bytes we still let the peer send
+        self.credit = credit
         self.unconsumed = 0  # delivered to the application, not yet consumed
-        self.unreturned = 0  # consumed, not yet returned to the peer as credit
         self.received_body = 0
         self.sent_body = 0
         self.last_activity = now
-        self.deadline: float | None = None
+        self.deadline = deadline
 
 
 def _clip(reason: str) -> str:
@@ -192,24 +162,6 @@ def _clip(reason: str) -> str:
 
 def _reset(exchange_id: int, code: ErrorCode, reason: str) -> Reset:
     return Reset(exchange_id, code, _clip(reason))
-
-
-class _RemoteExchangeError(Exception):
-    """The peer broke the rules of one exchange; reset it, keep the session."""
-
-    def __init__(self, code: ErrorCode, reason: str) -> None:
-        super().__init__(reason)
-        self.code = code
-        self.reason = reason
-
-
-class _SessionError(Exception):
-    """The peer broke a session-wide rule; the session fails."""
-
-    def __init__(self, code: ErrorCode, reason: str) -> None:
-        super().__init__(reason)
-        self.code = code
-        self.reason = reason
 
 
 class Connection:
@@ -227,35 +179,22 @@ class Connection:
         self.role = Role(role)
         self.session_id = session_id
         self.config = config or Config()
-        self.state = SessionState.HANDSHAKING
+        self.state = SessionState.NEW
+        self.link = LinkState.UP
         self.peer_limits: Limits | None = None
         self.failure: SessionFailed | None = None
 
         self._decoder = FrameDecoder(self.config.limits.max_frame_size)
-        self._link_ok = True
-        self._started = False
+        self._delivery = Delivery()
+        self._credit = Credit(0, self.config.limits.session_window)  # session-wide
+        self._events: list[Event] = []
 
-        # Delivery: outbound sequencing, retention and inbound dedup.
-        self._next_seq = 1
-        self._retained: OrderedDict[int, bytes] = OrderedDict()
-        self._retained_bytes = 0
-        self._unsent: deque[bytes] = deque()
-        self._control: list[bytes] = []  # unsequenced frames, sent first
-        self._received_seq = 0
-        self._acked_seq = 0
-        self._ack_pending = False
-
-        # Exchanges.
         self._exchanges: dict[int, _Exchange] = {}
         # Closed ids -> bytes the application may still consume on them.
         self._closed: OrderedDict[int, int] = OrderedDict()
         self._next_local_id = 1 if self.role is Role.SANDBOX else 2
         self._highest_peer_id = 0
-
-        # Session credit.
-        self._send_credit = 0
-        self._recv_window = self.config.limits.session_window
-        self._unreturned = 0
+        self._peer_goaway: GoAway | None = None
 
         # Timers.
         self._handshake_deadline: float | None = None
@@ -263,15 +202,13 @@ class Connection:
         self._last_ping_sent: float | None = None
         self._ping_count = 0
         self._close_deadline: float | None = None
-        self._goaway_sent = False
-        self._peer_goaway: GoAway | None = None
 
     # ------------------------------------------------------------ properties
 
     @property
     def retained_bytes(self) -> int:
         """Bytes of sent frames kept until the peer acknowledges them."""
-        return self._retained_bytes
+        return self._delivery.retained_bytes
 
     @property
     def open_exchanges(self) -> list[int]:
@@ -280,17 +217,17 @@ class Connection:
     @property
     def unsent_bytes(self) -> int:
         """Bytes queued that ``data_to_send`` has not handed out yet."""
-        return sum(map(len, self._unsent)) + sum(map(len, self._control))
+        return self._delivery.unsent_bytes
 
     @property
     def sent_seq(self) -> int:
         """The highest sequence number queued so far (0 before any)."""
-        return self._next_seq - 1
+        return self._delivery.sent_seq
 
     @property
     def acked_seq(self) -> int:
         """The highest sequence number the peer has acknowledged."""
-        return self._acked_seq
+        return self._delivery.acked_seq
 
     @property
     def exchanges_full(self) -> bool:
@@ -299,7 +236,7 @@ class Connection:
         peer = self.peer_limits
         return peer is not None and (
             len(self._exchanges) >= peer.max_exchanges
-            or self._retained_bytes >= self.config.max_retained_bytes
+            or self._delivery.retained_bytes >= self.config.max_retained_bytes
         )
 
     def is_open(self, exchange_id: int) -> bool:
@@ -308,19 +245,18 @@ class Connection:
 
     def send_credit(self, exchange_id: int) -> int:
         """How many body bytes ``send_data`` accepts now for this exchange."""
-        ex = self._exchange(exchange_id)
-        return min(ex.send_credit, self._send_credit)
+        return min(self._exchange(exchange_id).credit.can_send, self._credit.can_send)
 
     # ------------------------------------------------------------ lifecycle
 
     def start(self, now: float) -> None:
         """Queue the hello and arm the handshake timer."""
-        if self._started:
+        if self.state is not SessionState.NEW:
             raise LocalProtocolError("start() was already called")
-        self._started = True
+        self._move(SessionInput.START)
         self._last_received = now
         self._handshake_deadline = now + self.config.handshake_timeout
-        self._queue_control(self._hello())
+        self._delivery.send_control(self._hello())
 
     def resume(self, now: float) -> None:
         """Begin a new link for the same session after the old one broke.
@@ -329,13 +265,11 @@ class Connection:
         acknowledged. Safe to call more than once.
         """
         self._check_usable()
-        if not self._started:
+        if self.state is SessionState.NEW:
             raise LocalProtocolError("resume() before start(); call start() first")
         self._decoder = FrameDecoder(self.config.limits.max_frame_size)
-        self._link_ok = True
-        self._control = [encode_frame(self._hello())]
-        self._ack_pending = True
-        self._unsent = deque(self._retained.values())
+        self._move_link(LinkInput.RESUME)
+        self._delivery.resume(self._hello())
 
     def close(self, now: float, code: ErrorCode = ErrorCode.NO_ERROR, reason: str = "") -> None:
         """Start a graceful shutdown: no new exchanges, drain, then close.
@@ -343,9 +277,9 @@ class Connection:
         Exchanges still open when ``config.shutdown_grace`` has passed are
         reset. Calling it again, or after the session ended, does nothing.
         """
-        if self.state in (SessionState.CLOSED, SessionState.FAILED) or self._goaway_sent:
+        if self.state is SessionState.CLOSING or self.state in ENDED:
             return
-        if not self._started:
+        if self.state is SessionState.NEW:
             raise LocalProtocolError("close() before start()")
         self._send_goaway(now, code, reason)
 
@@ -355,10 +289,9 @@ class Connection:
         Every open exchange gets an ``ExchangeReset``, then ``SessionFailed``.
         Aborting a session that already ended does nothing.
         """
-        events: list[Event] = []
-        if self.state not in (SessionState.CLOSED, SessionState.FAILED):
-            self._fail(events, code, reason, by_peer=False)
-        return events
+        if self.state not in ENDED:
+            self._fail_session(code, reason, by_peer=False)
+        return self._take_events()
 
     # ------------------------------------------------------------ sending
 
@@ -378,28 +311,22 @@ class Connection:
             raise LocalProtocolError(
                 f"{len(self._exchanges)} exchanges are in flight and the peer allows"
                 f" {peer.max_exchanges}; wait for one to end",
-                status_hint=503,
+                code=ErrorCode.TOO_MANY_EXCHANGES,
             )
-        if self._retained_bytes >= self.config.max_retained_bytes:
+        if self._delivery.retained_bytes >= self.config.max_retained_bytes:
             raise LocalProtocolError(
-                f"{self._retained_bytes} sent bytes await the peer's acknowledgement;"
+                f"{self._delivery.retained_bytes} sent bytes await the peer's acknowledgement;"
                 " wait for the link to catch up",
-                status_hint=503,
+                code=ErrorCode.TOO_MANY_EXCHANGES,
             )
         if self._next_local_id > MAX_EXCHANGE_ID:
             raise LocalProtocolError(
-                "exchange ids are exhausted; open a new session", status_hint=503
+                "exchange ids are exhausted; open a new session", code=ErrorCode.REFUSED
             )
         head = RequestHead(self._next_local_id, method, target, tuple(headers))
         self._check_head_size(head.head_size, peer)
         self._next_local_id += 2
-        ex = _Exchange(
-            head.exchange_id, now, peer.initial_window, self.config.limits.initial_window
-        )
-        if self.config.exchange_timeout is not None:
-            ex.deadline = now + self.config.exchange_timeout
-        self._exchanges[head.exchange_id] = ex
-        self._send_on(ex, head, now)
+        self._send_on(self._open_exchange(head.exchange_id, now), head, now)
         return head.exchange_id
 
     def send_response(
@@ -426,26 +353,26 @@ class Connection:
         ex = self._exchange(exchange_id)
         if not data:
             return
-        credit = min(ex.send_credit, self._send_credit)
+        credit = min(ex.credit.can_send, self._credit.can_send)
         if len(data) > credit:
             raise LocalProtocolError(
                 f"sending {len(data)} bytes on exchange {exchange_id} exceeds the"
                 f" {credit} bytes of credit the peer granted; wait for CreditAvailable"
             )
-        self._advance(ex, ex.send_half, Input.DATA, sending=True)
+        self._advance(ex, ex.send_half, HalfInput.DATA, sending=True)
         limit = self.config.max_body_bytes
         if limit is not None and ex.sent_body + len(data) > limit:
             raise LocalProtocolError(
                 f"the body on exchange {exchange_id} would exceed max_body_bytes ({limit})",
-                status_hint=413,
+                code=ErrorCode.BODY_TOO_LARGE,
             )
         ex.sent_body += len(data)
         assert self.peer_limits is not None
         step = self.peer_limits.max_frame_size - 4
         for start in range(0, len(data), step):
             self._send_on(ex, Data(exchange_id, data[start : start + step]), now)
-        ex.send_credit -= len(data)
-        self._send_credit -= len(data)
+        ex.credit.spend(len(data))
+        self._credit.spend(len(data))
 
     def send_end(self, exchange_id: int, now: float) -> None:
         """End this side's body for the exchange."""
@@ -458,7 +385,7 @@ class Connection:
         if exchange_id in self._closed:
             return
         ex = self._exchange(exchange_id)
-        self._queue(Reset(exchange_id, code, reason))
+        self._delivery.send(Reset(exchange_id, code, reason))
         self._close_exchange(ex, was_reset=True)
 
     def consume(self, exchange_id: int, nbytes: int) -> None:
@@ -481,7 +408,7 @@ class Connection:
                 return  # forgotten; its bytes were released when it was
             nbytes = min(nbytes, remaining)
             self._closed[exchange_id] = remaining - nbytes
-            self._return_session_credit(nbytes)
+            self._release_session_credit(nbytes)
             return
         if nbytes > ex.unconsumed:
             raise LocalProtocolError(
@@ -489,19 +416,19 @@ class Connection:
                 f" {ex.unconsumed} unconsumed bytes"
             )
         ex.unconsumed -= nbytes
-        ex.unreturned += nbytes
-        if ex.recv_half is Half.OPEN and ex.unreturned >= self.config.limits.initial_window // 2:
-            self._queue(Window(exchange_id, ex.unreturned))
-            ex.recv_window += ex.unreturned
-            ex.unreturned = 0
-        self._return_session_credit(nbytes)
+        ex.credit.release(nbytes)
+        if ex.recv_half is Half.OPEN:  # a finished body needs no more credit
+            increment = ex.credit.due()
+            if increment:
+                self._delivery.send(Window(exchange_id, increment))
+        self._release_session_credit(nbytes)
 
     def ping(self, now: float) -> None:
         """Send a ping now; any frame back proves the peer alive."""
         self._check_usable()
         self._ping_count += 1
         self._last_ping_sent = now
-        self._queue_control(Ping(self._ping_count.to_bytes(8, "big")))
+        self._delivery.send_control(Ping(self._ping_count.to_bytes(8, "big")))
 
     # ------------------------------------------------------------ output
 
@@ -513,25 +440,11 @@ class Connection:
         in pieces instead of copying it all into one buffer; call again for
         the rest.
         """
-        parts = self._control
-        if self._ack_pending:
-            parts.append(encode_frame(Ack(self._received_seq)))
-            self._ack_pending = False
-        self._control = []
-        if max_bytes is None:
-            parts.extend(self._unsent)
-            self._unsent.clear()
-        else:
-            taken = sum(len(p) for p in parts)
-            while self._unsent and (taken < max_bytes or not parts):
-                frame = self._unsent.popleft()
-                parts.append(frame)
-                taken += len(frame)
-        return b"".join(parts)
+        return self._delivery.data_to_send(max_bytes)
 
     def next_deadline(self) -> float | None:
         """When ``handle_timer`` should next be called, or None."""
-        if self.state in (SessionState.CLOSED, SessionState.FAILED) or not self._started:
+        if self.state is SessionState.NEW or self.state in ENDED:
             return None
         candidates = [self._handshake_deadline, self._close_deadline, self._stall_deadline()]
         cfg = self.config
@@ -548,55 +461,47 @@ class Connection:
 
     def handle_timer(self, now: float) -> list[Event]:
         """Fire every timer due at ``now``; returns what happened."""
-        events: list[Event] = []
-        if self.state in (SessionState.CLOSED, SessionState.FAILED) or not self._started:
-            return events
+        if self.state is SessionState.NEW or self.state in ENDED:
+            return []
         cfg = self.config
         opened = self.state is not SessionState.HANDSHAKING
         if self._handshake_deadline is not None and now >= self._handshake_deadline:
-            self._fail(
-                events,
+            self._fail_session(
                 ErrorCode.PEER_UNRESPONSIVE,
                 f"no hello from the peer within {cfg.handshake_timeout:g} s;"
                 " is the other side running and connected?",
                 by_peer=False,
             )
-            return events
+            return self._take_events()
         if (
             opened
             and cfg.peer_timeout is not None
             and now >= self._last_received + cfg.peer_timeout
         ):
-            self._fail(
-                events,
+            self._fail_session(
                 ErrorCode.PEER_UNRESPONSIVE,
                 f"nothing heard from the peer for {cfg.peer_timeout:g} s;"
                 " it is gone or the link is down",
                 by_peer=False,
             )
-            return events
+            return self._take_events()
         if self._close_deadline is not None and now >= self._close_deadline:
             for ex in list(self._exchanges.values()):
                 self._local_reset(
-                    events,
-                    ex,
-                    ErrorCode.SHUTTING_DOWN,
-                    "the session's shutdown grace period ran out",
+                    ex, ErrorCode.SHUTTING_DOWN, "the session's shutdown grace period ran out"
                 )
-            self.state = SessionState.CLOSED
-            events.append(SessionClosed(forced=True))
-            return events
+            self._move(SessionInput.GRACE_OVER)
+            self._emit(SessionClosed(forced=True))
+            return self._take_events()
         for ex in list(self._exchanges.values()):
             if ex.deadline is not None and now >= ex.deadline:
                 self._local_reset(
-                    events,
                     ex,
                     ErrorCode.DEADLINE_EXCEEDED,
                     f"exchange took longer than {cfg.exchange_timeout:g} s",
                 )
             elif cfg.idle_timeout is not None and now >= ex.last_activity + cfg.idle_timeout:
                 self._local_reset(
-                    events,
                     ex,
                     ErrorCode.IDLE_TIMEOUT,
                     f"no activity on the exchange for {cfg.idle_timeout:g} s",
@@ -605,16 +510,15 @@ class Connection:
         if stall is not None and now >= stall:
             assert cfg.ping_interval is not None
             self._break_link(
-                events,
                 f"part of a frame has waited {cfg.ping_interval:g} s for the rest:"
-                " bytes were lost or damaged on the link",
+                " bytes were lost or damaged on the link"
             )
-            return events
+            return self._take_events()
         if opened and cfg.ping_interval is not None and now >= self._next_ping_due():
             self.ping(now)
-        self._check_retention(events)
-        self._check_drained(events)
-        return events
+        self._check_retention()
+        self._check_drained()
+        return self._take_events()
 
     # ------------------------------------------------------------ input
 
@@ -626,129 +530,120 @@ class Connection:
         ``SessionFailed`` events, after every event that preceded them.
         """
         self._check_usable()
-        if not self._started:
+        if self.state is SessionState.NEW:
             raise LocalProtocolError("receive_data() before start()")
-        events: list[Event] = []
-        if not self._link_ok:
-            return events
+        if self.link is LinkState.BROKEN:
+            return []
         self._decoder.receive_data(data)
-        while self._link_is_up():
+        while self.link is LinkState.UP and self.state is not SessionState.FAILED:
             try:
                 frame = self._decoder.next_frame()
             except CorruptFrameError as exc:
-                self._break_link(events, str(exc))
+                self._break_link(str(exc))
                 break
             except RemoteProtocolError as exc:
-                self._fail(events, ErrorCode.PROTOCOL_ERROR, str(exc), by_peer=False)
+                self._fail_session(ErrorCode.PROTOCOL_ERROR, str(exc), by_peer=False)
                 break
             if isinstance(frame, Sentinel):
                 if frame is not NEED_DATA:
-                    self._break_link(events, "the peer closed the link")
+                    self._break_link("the peer closed the link")
                 break
             self._last_received = now
             try:
-                self._receive_frame(frame.seq, frame.record, now, events)
-            except _SessionError as exc:
-                self._fail(events, exc.code, exc.reason, by_peer=False)
-        self._check_retention(events)
-        self._check_drained(events)
-        return events
+                self._receive_frame(frame.seq, frame.record, now)
+            except PeerFault as exc:
+                self._fail_session(exc.code, exc.reason, by_peer=False)
+        self._check_retention()
+        self._check_drained()
+        return self._take_events()
 
-    def _receive_frame(self, seq: int, record: Record, now: float, events: list[Event]) -> None:
+    def _receive_frame(self, seq: int, record: Record, now: float) -> None:
         if isinstance(record, Hello):
-            self._receive_hello(record, now, events)
+            self._receive_hello(record)
             return
         if self.peer_limits is None:
-            raise _SessionError(
+            raise PeerFault(
                 ErrorCode.PROTOCOL_ERROR,
                 f"{type(record).__name__} arrived before HELLO; a session opens with HELLO",
+                session_wide=True,
             )
         if isinstance(record, Ack):
-            self._receive_ack(record.seq)
+            self._delivery.receive_ack(record.seq)
         elif isinstance(record, Ping):
-            self._queue_control(Pong(record.payload))
+            self._delivery.send_control(Pong(record.payload))
         elif isinstance(record, Pong):
             pass  # any frame proves liveness; _last_received was updated
-        elif seq <= self._received_seq:
-            self._ack_pending = True  # a resend: the peer missed our ack
-        elif seq != self._received_seq + 1:
-            self._break_link(
-                events,
-                f"frames were lost: expected sequence number {self._received_seq + 1}, got {seq}",
-            )
         else:
-            self._received_seq = seq
-            self._ack_pending = True
-            self._receive_sequenced(record, now, events)
+            arrival = self._delivery.arrival(seq)
+            if arrival is Arrival.NEXT:
+                self._receive_sequenced(record, now)
+            elif arrival is Arrival.GAP:
+                self._break_link(
+                    "frames were lost: expected sequence number"
+                    f" {self._delivery.received_seq + 1}, got {seq}"
+                )
 
-    def _receive_hello(self, hello: Hello, now: float, events: list[Event]) -> None:
+    def _receive_hello(self, hello: Hello) -> None:
         # (A hello of another wire version never gets here: the decoder refuses it.)
         if hello.role is not self.role.peer:
-            raise _SessionError(
+            raise PeerFault(
                 ErrorCode.PROTOCOL_ERROR,
                 f"both sides claim the {self.role.name.lower()} role; one must be the"
                 f" {self.role.peer.name.lower()} side",
+                session_wide=True,
             )
         if hello.session_id != self.session_id:
-            raise _SessionError(
+            raise PeerFault(
                 ErrorCode.PROTOCOL_ERROR,
                 f"session id mismatch: the peer has {hello.session_id.hex()}, this side"
                 f" {self.session_id.hex()}; the peer restarted or belongs to another bridge",
+                session_wide=True,
             )
         if self.peer_limits is None:
             self.peer_limits = hello.limits
-            self._send_credit = hello.limits.session_window
+            self._credit.can_send = hello.limits.session_window
             self._handshake_deadline = None
-            if self.state is SessionState.HANDSHAKING:
-                self.state = SessionState.OPEN
-            events.append(HandshakeComplete(hello))
+            self._move(SessionInput.PEER_HELLO)
+            self._emit(HandshakeComplete(hello))
         else:
-            # The peer reopened the link: what we sent since its last ack may
-            # be lost, so send it again (duplicates are dropped by seq).
-            self._unsent = deque(self._retained.values())
+            self._delivery.resend_unacknowledged()  # the peer reopened the link
 
-    def _receive_ack(self, seq: int) -> None:
-        if seq >= self._next_seq:
-            raise _SessionError(
-                ErrorCode.PROTOCOL_ERROR,
-                f"the peer acknowledged sequence number {seq}, but only"
-                f" {self._next_seq - 1} were sent",
-            )
-        while self._retained:
-            first = next(iter(self._retained))
-            if first > seq:
-                break
-            self._retained_bytes -= len(self._retained.pop(first))
-        self._acked_seq = max(self._acked_seq, seq)
-
-    def _receive_sequenced(self, record: Record, now: float, events: list[Event]) -> None:
+    def _receive_sequenced(self, record: Record, now: float) -> None:
         if isinstance(record, Window):
-            self._receive_window(record, events)
+            self._receive_window(record)
             return
         if isinstance(record, GoAway):
-            self._receive_goaway(record, now, events)
+            self._receive_goaway(record, now)
             return
         assert isinstance(record, (RequestHead, ResponseHead, Data, EndOfBody, Reset))
-        if isinstance(record, Data):
-            self._take_session_window(len(record.data))
+        if isinstance(record, Data) and not self._credit.take(len(record.data)):
+            raise PeerFault(
+                ErrorCode.FLOW_CONTROL_ERROR,
+                f"{len(record.data)} body bytes arrived with only {self._credit.can_receive}"
+                " bytes of session credit left",
+                session_wide=True,
+            )
         ex = self._exchanges.get(record.exchange_id) or self._admit(record, now)
         if ex is None:
             if isinstance(record, Data):  # nobody will consume these bytes
-                self._return_session_credit(len(record.data))
+                self._release_session_credit(len(record.data))
             return
         try:
-            self._receive_on(ex, record, now, events)
-        except _RemoteExchangeError as exc:
-            self._local_reset(events, ex, exc.code, exc.reason)
+            self._receive_on(ex, record, now)
+        except PeerFault as exc:
+            if exc.session_wide:
+                raise
+            self._local_reset(ex, exc.code, exc.reason)
 
     def _admit(
         self, record: RequestHead | ResponseHead | Data | EndOfBody | Reset, now: float
     ) -> _Exchange | None:
-        """Open the exchange a record starts, or return None to drop the record."""
+        """The exchange a record for an unknown id opens, if any. Refusals
+        (and late frames for ended exchanges) are answered here."""
         exchange_id = record.exchange_id
         if exchange_id in self._closed or self._existed(exchange_id):
             return None  # a late frame for an exchange that has ended (maybe long ago)
-        ours = exchange_id % 2 == self._next_local_id % 2
+        ours = self._is_ours(exchange_id)
         if ours or self.role is Role.SANDBOX:
             if not isinstance(record, Reset):
                 reason = (
@@ -756,7 +651,7 @@ class Connection:
                     if ours
                     else "host-originated exchanges are not part of wire version 1"
                 )
-                self._queue(_reset(exchange_id, ErrorCode.PROTOCOL_ERROR, reason))
+                self._delivery.send(_reset(exchange_id, ErrorCode.PROTOCOL_ERROR, reason))
             return None
         if not isinstance(record, RequestHead):
             if not isinstance(record, Reset):
@@ -769,7 +664,7 @@ class Connection:
             return None
         self._highest_peer_id = exchange_id
         limits = self.config.limits
-        if self._goaway_sent or self.state is not SessionState.OPEN:
+        if self.state is not SessionState.OPEN:
             self._refuse(
                 exchange_id,
                 ErrorCode.REFUSED,
@@ -788,71 +683,71 @@ class Connection:
                 f"request head is {record.head_size} bytes; the limit is {limits.max_header_bytes}",
             )
         else:
-            assert self.peer_limits is not None
-            ex = _Exchange(exchange_id, now, self.peer_limits.initial_window, limits.initial_window)
-            if self.config.exchange_timeout is not None:
-                ex.deadline = now + self.config.exchange_timeout
-            self._exchanges[exchange_id] = ex
-            return ex
+            return self._open_exchange(exchange_id, now)
         return None
 
-    def _receive_on(self, ex: _Exchange, record: Record, now: float, events: list[Event]) -> None:
+    def _receive_on(self, ex: _Exchange, record: Record, now: float) -> None:
         ex.last_activity = now
         if isinstance(record, Reset):
             self._close_exchange(ex, was_reset=True)
-            events.append(ExchangeReset(ex.exchange_id, record.code, record.reason, by_peer=True))
+            self._emit(ExchangeReset(ex.exchange_id, record.code, record.reason, by_peer=True))
             return
         expected_head = RequestHead if self.role is Role.HOST else ResponseHead
         if isinstance(record, (RequestHead, ResponseHead)) and not isinstance(
             record, expected_head
         ):
-            raise _RemoteExchangeError(
+            raise PeerFault(
                 ErrorCode.PROTOCOL_ERROR,
                 f"{type(record).__name__} is never sent to the {self.role.name.lower()} side",
+                session_wide=False,
             )
         if (
             isinstance(record, ResponseHead)
             and record.head_size > self.config.limits.max_header_bytes
         ):
-            raise _RemoteExchangeError(
+            raise PeerFault(
                 ErrorCode.HEADERS_TOO_LARGE,
                 f"response head is {record.head_size} bytes; the limit is"
                 f" {self.config.limits.max_header_bytes}",
+                session_wide=False,
             )
-        ex.recv_half = self._advance(ex, ex.recv_half, _input_of(record), sending=False)
+        ex.recv_half = self._advance(ex, ex.recv_half, _half_input(record), sending=False)
         if isinstance(record, Data):
             size = len(record.data)
-            if size > ex.recv_window:
-                raise _RemoteExchangeError(
+            if not ex.credit.take(size):
+                raise PeerFault(
                     ErrorCode.FLOW_CONTROL_ERROR,
-                    f"{size} body bytes arrived with only {ex.recv_window} bytes of credit",
+                    f"{size} body bytes arrived with only {ex.credit.can_receive} bytes of credit",
+                    session_wide=False,
                 )
-            ex.recv_window -= size
             ex.unconsumed += size
             ex.received_body += size
             limit = self.config.max_body_bytes
             if limit is not None and ex.received_body > limit:
-                raise _RemoteExchangeError(
-                    ErrorCode.BODY_TOO_LARGE, f"body is larger than the limit of {limit} bytes"
+                raise PeerFault(
+                    ErrorCode.BODY_TOO_LARGE,
+                    f"body is larger than the limit of {limit} bytes",
+                    session_wide=False,
                 )
-        events.append(record)  # type: ignore[arg-type]
+        self._emit(record)  # type: ignore[arg-type]
         if ex.send_half is Half.DONE and ex.recv_half is Half.DONE:
             self._close_exchange(ex, was_reset=False)
 
-    def _receive_window(self, window: Window, events: list[Event]) -> None:
+    def _receive_window(self, window: Window) -> None:
         if window.exchange_id == 0:
-            if self._send_credit + window.increment > MAX_WINDOW:
-                raise _SessionError(
-                    ErrorCode.FLOW_CONTROL_ERROR, "session credit would exceed 2**32-1 bytes"
+            if not self._credit.grant(window.increment):
+                raise PeerFault(
+                    ErrorCode.FLOW_CONTROL_ERROR,
+                    "session credit would exceed 2**32-1 bytes",
+                    session_wide=True,
                 )
-            self._send_credit += window.increment
-            events.append(CreditAvailable(0))
+            self._emit(CreditAvailable(0))
             return
         ex = self._exchanges.get(window.exchange_id)
         if ex is None:
             exchange_id = window.exchange_id
             if exchange_id not in self._closed and not self._existed(exchange_id):
-                self._queue(
+                self._delivery.send(
                     _reset(
                         exchange_id,
                         ErrorCode.PROTOCOL_ERROR,
@@ -860,30 +755,26 @@ class Connection:
                     )
                 )
             return  # (credit for an exchange that has ended is ignored)
-        if ex.send_credit + window.increment > MAX_WINDOW:
+        if not ex.credit.grant(window.increment):
             self._local_reset(
-                events,
                 ex,
                 ErrorCode.FLOW_CONTROL_ERROR,
                 "the peer granted more than 2**32-1 bytes of credit",
             )
             return
-        ex.send_credit += window.increment
-        events.append(CreditAvailable(ex.exchange_id))
+        self._emit(CreditAvailable(ex.exchange_id))
 
-    def _receive_goaway(self, goaway: GoAway, now: float, events: list[Event]) -> None:
+    def _receive_goaway(self, goaway: GoAway, now: float) -> None:
         if goaway.code is not ErrorCode.NO_ERROR:
-            self._fail(
-                events, goaway.code, f"the peer ended the session: {goaway.reason}", by_peer=True
+            self._fail_session(
+                goaway.code, f"the peer ended the session: {goaway.reason}", by_peer=True
             )
             return
         self._peer_goaway = goaway
         for ex in list(self._exchanges.values()):
-            if ex.exchange_id % 2 == self._next_local_id % 2 and (
-                ex.exchange_id > goaway.last_exchange_id
-            ):
+            if self._is_ours(ex.exchange_id) and ex.exchange_id > goaway.last_exchange_id:
                 self._close_exchange(ex, was_reset=True)
-                events.append(
+                self._emit(
                     ExchangeReset(
                         ex.exchange_id,
                         ErrorCode.REFUSED,
@@ -891,11 +782,34 @@ class Connection:
                         by_peer=True,
                     )
                 )
-        events.append(goaway)
-        if not self._goaway_sent:
-            self._send_goaway(now, ErrorCode.NO_ERROR, "")
+        self._emit(goaway)
+        if session_after(self.state, SessionInput.GOAWAY_SENT) is not None:
+            self._send_goaway(now, ErrorCode.NO_ERROR, "")  # answer it: both sides drain
 
     # ------------------------------------------------------------ helpers
+
+    def _move(self, what: SessionInput) -> None:
+        new = session_after(self.state, what)
+        if new is None:
+            raise LocalProtocolError(
+                f"{what.value} cannot happen while the session is {self.state.value}"
+            )
+        self.state = new
+
+    def _move_link(self, what: LinkInput) -> None:
+        new = link_after(self.link, what)
+        if new is None:
+            raise LocalProtocolError(
+                f"{what.value} cannot happen while the link is {self.link.value}"
+            )
+        self.link = new
+
+    def _emit(self, event: Event) -> None:
+        self._events.append(event)
+
+    def _take_events(self) -> list[Event]:
+        events, self._events = self._events, []
+        return events
 
     def _hello(self) -> Hello:
         return Hello(PROTOCOL_VERSION, self.role, self.session_id, self.config.limits)
@@ -910,9 +824,10 @@ class Connection:
     def _require_open(self, action: str) -> Limits:
         if self.state is SessionState.HANDSHAKING or self.peer_limits is None:
             raise LocalProtocolError(f"cannot {action} before the handshake completes")
-        if self.state is not SessionState.OPEN or self._goaway_sent or self._peer_goaway:
+        if self.state is not SessionState.OPEN:
             raise LocalProtocolError(
-                f"cannot {action}: the session is {self.state.value}", status_hint=503
+                f"cannot {action}: the session is {self.state.value}",
+                code=ErrorCode.SHUTTING_DOWN,
             )
         return self.peer_limits
 
@@ -920,12 +835,16 @@ class Connection:
         if size > peer.max_header_bytes:
             raise LocalProtocolError(
                 f"the head is {size} bytes; the peer accepts at most {peer.max_header_bytes}",
-                status_hint=431,
+                code=ErrorCode.HEADERS_TOO_LARGE,
             )
+
+    def _is_ours(self, exchange_id: int) -> bool:
+        """Whether this side opens exchanges with ids of this parity."""
+        return exchange_id % 2 == self._next_local_id % 2
 
     def _existed(self, exchange_id: int) -> bool:
         """Whether the id was ever opened, by either side."""
-        if exchange_id % 2 == self._next_local_id % 2:
+        if self._is_ours(exchange_id):
             return 0 < exchange_id < self._next_local_id
         return 0 < exchange_id <= self._highest_peer_id
 
@@ -937,55 +856,54 @@ class Connection:
             raise LocalProtocolError(f"exchange {exchange_id} has already ended")
         raise LocalProtocolError(f"exchange {exchange_id} does not exist")
 
-    def _advance(self, ex: _Exchange, half: Half, what: Input, *, sending: bool) -> Half:
-        new = _HALF_TRANSITIONS.get((half, what))
-        direction = "send" if sending else "receive"
+    def _open_exchange(self, exchange_id: int, now: float) -> _Exchange:
+        assert self.peer_limits is not None  # exchanges open only after the hello
+        timeout = self.config.exchange_timeout
+        ex = _Exchange(
+            exchange_id,
+            now,
+            Credit(self.peer_limits.initial_window, self.config.limits.initial_window),
+            None if timeout is None else now + timeout,
+        )
+        self._exchanges[exchange_id] = ex
+        return ex
+
+    def _advance(self, ex: _Exchange, half: Half, what: HalfInput, *, sending: bool) -> Half:
+        new = half_after(half, what)
         if new is None:
+            direction = "send" if sending else "receive"
             message = (
                 f"exchange {ex.exchange_id}: cannot {direction} {what.value} while its"
                 f" {direction} half is {half.value}"
             )
             if sending:
                 raise LocalProtocolError(message)
-            raise _RemoteExchangeError(ErrorCode.PROTOCOL_ERROR, message)
+            raise PeerFault(ErrorCode.PROTOCOL_ERROR, message, session_wide=False)
         return new
 
     def _send_on(self, ex: _Exchange, record: Record, now: float) -> None:
         """Send a head, data or end on an exchange, moving its send half."""
-        new = self._advance(ex, ex.send_half, _input_of(record), sending=True)
-        ex.send_half = new
+        ex.send_half = self._advance(ex, ex.send_half, _half_input(record), sending=True)
         ex.last_activity = now
-        self._queue(record)
+        self._delivery.send(record)
         if ex.send_half is Half.DONE and ex.recv_half is Half.DONE:
             self._close_exchange(ex, was_reset=False)
 
-    def _queue(self, record: Record) -> None:
-        frame = encode_frame(record, self._next_seq)
-        self._retained[self._next_seq] = frame
-        self._retained_bytes += len(frame)
-        self._next_seq += 1
-        self._unsent.append(frame)
-
-    def _queue_control(self, record: Record) -> None:
-        self._control.append(encode_frame(record))
-
     def _refuse(self, exchange_id: int, code: ErrorCode, reason: str) -> None:
-        self._queue(_reset(exchange_id, code, reason))
+        self._delivery.send(_reset(exchange_id, code, reason))
         self._remember_closed(exchange_id, 0)
 
-    def _local_reset(
-        self, events: list[Event], ex: _Exchange, code: ErrorCode, reason: str
-    ) -> None:
+    def _local_reset(self, ex: _Exchange, code: ErrorCode, reason: str) -> None:
         """End an exchange from this side: tell the peer and the application."""
-        self._queue(_reset(ex.exchange_id, code, reason))
+        self._delivery.send(_reset(ex.exchange_id, code, reason))
         self._close_exchange(ex, was_reset=True)
-        events.append(ExchangeReset(ex.exchange_id, code, reason, by_peer=False))
+        self._emit(ExchangeReset(ex.exchange_id, code, reason, by_peer=False))
 
     def _close_exchange(self, ex: _Exchange, *, was_reset: bool) -> None:
         del self._exchanges[ex.exchange_id]
         if was_reset:
             # The application drops a reset exchange's bytes, so release them.
-            self._return_session_credit(ex.unconsumed)
+            self._release_session_credit(ex.unconsumed)
             self._remember_closed(ex.exchange_id, 0)
         else:
             self._remember_closed(ex.exchange_id, ex.unconsumed)
@@ -994,23 +912,13 @@ class Connection:
         self._closed[exchange_id] = unconsumed
         while len(self._closed) > self.config.closed_exchange_memory:
             _, forgotten = self._closed.popitem(last=False)
-            self._return_session_credit(forgotten)
+            self._release_session_credit(forgotten)
 
-    def _take_session_window(self, size: int) -> None:
-        if size > self._recv_window:
-            raise _SessionError(
-                ErrorCode.FLOW_CONTROL_ERROR,
-                f"{size} body bytes arrived with only {self._recv_window} bytes of session"
-                " credit left",
-            )
-        self._recv_window -= size
-
-    def _return_session_credit(self, nbytes: int) -> None:
-        self._unreturned += nbytes
-        if self._unreturned and self._unreturned >= self.config.limits.session_window // 2:
-            self._queue(Window(0, self._unreturned))
-            self._recv_window += self._unreturned
-            self._unreturned = 0
+    def _release_session_credit(self, nbytes: int) -> None:
+        self._credit.release(nbytes)
+        increment = self._credit.due()
+        if increment:
+            self._delivery.send(Window(0, increment))
 
     def _next_ping_due(self) -> float:
         assert self.config.ping_interval is not None
@@ -1020,62 +928,55 @@ class Connection:
         return last + self.config.ping_interval
 
     def _send_goaway(self, now: float, code: ErrorCode, reason: str) -> None:
-        self._queue(GoAway(self._highest_peer_id, code, reason))
-        self._goaway_sent = True
-        if self.state in (SessionState.OPEN, SessionState.HANDSHAKING):
-            self.state = SessionState.CLOSING
+        self._delivery.send(GoAway(self._highest_peer_id, code, reason))
+        self._move(SessionInput.GOAWAY_SENT)
         self._close_deadline = now + self.config.shutdown_grace
 
-    def _check_drained(self, events: list[Event]) -> None:
+    def _check_drained(self) -> None:
         if (
             self.state is SessionState.CLOSING
-            and self._goaway_sent
             and self._peer_goaway is not None
             and not self._exchanges
-            and not self._retained
+            and self._delivery.settled
         ):
-            self.state = SessionState.CLOSED
-            events.append(SessionClosed(forced=False))
+            self._move(SessionInput.DRAINED)
+            self._emit(SessionClosed(forced=False))
 
-    def _check_retention(self, events: list[Event]) -> None:
+    def _check_retention(self) -> None:
         limit = self.config.max_unacknowledged_bytes
-        if self._retained_bytes > limit and self.state is not SessionState.FAILED:
-            self._fail(
-                events,
+        retained = self._delivery.retained_bytes
+        if retained > limit and self.state is not SessionState.FAILED:
+            self._fail_session(
                 ErrorCode.PEER_UNRESPONSIVE,
-                f"the peer has left {self._retained_bytes} sent bytes unacknowledged (the"
-                f" limit is {limit}); it is not reading its link, or it is not a bridgeproto"
-                " peer",
+                f"the peer has left {retained} sent bytes unacknowledged (the limit is"
+                f" {limit}); it is not reading its link, or it is not a bridgeproto peer",
                 by_peer=False,
             )
             # What it never acknowledged will never be resent: let it go.
-            self._retained.clear()
-            self._retained_bytes = 0
+            self._delivery.forget_unacknowledged()
 
     def _stall_deadline(self) -> float | None:
         """When a part of a frame the link holds is given up as lost: a live
         peer answers our pings within ``ping_interval``, so the rest is not coming."""
         interval = self.config.ping_interval
-        if interval is None or not self._link_ok or not self._decoder.buffered:
+        if interval is None or self.link is LinkState.BROKEN or not self._decoder.buffered:
             return None
         return self._last_received + interval
 
-    def _link_is_up(self) -> bool:
-        return self._link_ok and self.state is not SessionState.FAILED
+    def _break_link(self, reason: str) -> None:
+        self._move_link(LinkInput.BREAK)
+        self._emit(LinkBroken(reason))
 
-    def _break_link(self, events: list[Event], reason: str) -> None:
-        self._link_ok = False
-        events.append(LinkBroken(reason))
-
-    def _fail(self, events: list[Event], code: ErrorCode, reason: str, *, by_peer: bool) -> None:
-        if self.state is SessionState.FAILED:
-            return
+    def _fail_session(self, code: ErrorCode, reason: str, *, by_peer: bool) -> None:
+        """End the session for good: every open exchange is reset first."""
+        if session_after(self.state, SessionInput.FAILURE) is None:
+            return  # already failed
         for ex in list(self._exchanges.values()):
             self._close_exchange(ex, was_reset=True)
-            events.append(ExchangeReset(ex.exchange_id, code, reason, by_peer=by_peer))
+            self._emit(ExchangeReset(ex.exchange_id, code, reason, by_peer=by_peer))
         if not by_peer:
             # Best effort: tell the peer why, so it need not wait for a timeout.
-            self._queue(GoAway(self._highest_peer_id, code, _clip(reason)))
-        self.state = SessionState.FAILED
+            self._delivery.send(GoAway(self._highest_peer_id, code, _clip(reason)))
+        self._move(SessionInput.FAILURE)
         self.failure = SessionFailed(code, reason, by_peer)
-        events.append(self.failure)
+        self._emit(self.failure)

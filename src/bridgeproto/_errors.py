@@ -40,43 +40,54 @@ class ErrorCode(enum.IntEnum):
 
     @property
     def http_status(self) -> int:
-        return _HTTP_STATUS[self]
+        """The status an agent gets when this code ends its exchange early."""
+        return _HTTP_ANSWER[self][0]
+
+    @property
+    def cause(self) -> str:
+        """The ``X-Bridge-Error`` value that names this code to the agent."""
+        return _HTTP_ANSWER[self][1]
 
 
-_HTTP_STATUS = {
-    ErrorCode.NO_ERROR: 502,
-    ErrorCode.PROTOCOL_ERROR: 502,
-    ErrorCode.INTERNAL_ERROR: 502,
-    ErrorCode.FLOW_CONTROL_ERROR: 502,
-    ErrorCode.CANCELLED: 502,
-    ErrorCode.REFUSED: 503,
-    ErrorCode.IDLE_TIMEOUT: 504,
-    ErrorCode.DEADLINE_EXCEEDED: 504,
-    ErrorCode.UPSTREAM_UNREACHABLE: 502,
-    ErrorCode.UPSTREAM_FAILED: 502,
-    ErrorCode.UPSTREAM_TIMEOUT: 504,
-    ErrorCode.HEADERS_TOO_LARGE: 431,
-    ErrorCode.BODY_TOO_LARGE: 413,
-    ErrorCode.TOO_MANY_EXCHANGES: 503,
-    ErrorCode.SHUTTING_DOWN: 503,
-    ErrorCode.FORBIDDEN: 403,
-    ErrorCode.BAD_REQUEST: 400,
-    ErrorCode.PEER_UNRESPONSIVE: 502,
+# The one place codes meet HTTP: the status and X-Bridge-Error an agent gets.
+_HTTP_ANSWER = {
+    ErrorCode.NO_ERROR: (502, "no-error"),
+    ErrorCode.PROTOCOL_ERROR: (502, "protocol-error"),
+    ErrorCode.INTERNAL_ERROR: (502, "internal-error"),
+    ErrorCode.FLOW_CONTROL_ERROR: (502, "flow-control-error"),
+    ErrorCode.CANCELLED: (502, "cancelled"),
+    ErrorCode.REFUSED: (503, "refused"),
+    ErrorCode.IDLE_TIMEOUT: (504, "idle-timeout"),
+    ErrorCode.DEADLINE_EXCEEDED: (504, "deadline-exceeded"),
+    ErrorCode.UPSTREAM_UNREACHABLE: (502, "upstream-unreachable"),
+    ErrorCode.UPSTREAM_FAILED: (502, "upstream-failed"),
+    ErrorCode.UPSTREAM_TIMEOUT: (504, "upstream-timeout"),
+    ErrorCode.HEADERS_TOO_LARGE: (431, "headers-too-large"),
+    ErrorCode.BODY_TOO_LARGE: (413, "body-too-large"),
+    ErrorCode.TOO_MANY_EXCHANGES: (503, "bridge-busy"),
+    ErrorCode.SHUTTING_DOWN: (503, "shutting-down"),
+    ErrorCode.FORBIDDEN: (403, "forbidden"),
+    ErrorCode.BAD_REQUEST: (400, "bad-request"),
+    ErrorCode.PEER_UNRESPONSIVE: (502, "peer-unresponsive"),
 }
 
 
 class ProtocolError(Exception):
     """Base of every error the core raises.
 
-    ``status_hint`` is the HTTP status that best describes the failure when it
-    has to be reported to an HTTP client (431, 413, 503, ...), or ``None``.
+    ``code``, when set, is the ``ErrorCode`` that describes the failure to
+    an HTTP client; ``status_hint`` is its status (431, 413, 503, ...).
     """
 
-    def __init__(self, msg: str, *, status_hint: int | None = None) -> None:
+    def __init__(self, msg: str, *, code: ErrorCode | None = None) -> None:
         if type(self) is ProtocolError:
             raise TypeError("ProtocolError is abstract; raise a subclass")
         super().__init__(msg)
-        self.status_hint = status_hint
+        self.code = code
+
+    @property
+    def status_hint(self) -> int | None:
+        return None if self.code is None else self.code.http_status
 
 
 class LocalProtocolError(ProtocolError):
@@ -92,3 +103,14 @@ class CorruptFrameError(RemoteProtocolError):
 
     The session survives it: reopen the link and call ``Connection.resume``.
     """
+
+
+class PeerFault(Exception):
+    """Inside the core only: the peer broke a rule. A ``session_wide`` fault
+    fails the session; any other resets one exchange and the session goes on."""
+
+    def __init__(self, code: ErrorCode, reason: str, *, session_wide: bool) -> None:
+        super().__init__(reason)
+        self.code = code
+        self.reason = reason
+        self.session_wide = session_wide

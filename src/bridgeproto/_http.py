@@ -57,23 +57,18 @@ _PERCENT = re.compile(rb"%([0-9A-Fa-f]{2})?")
 
 @attrs.frozen
 class Refusal:
-    """A request the bridge will not carry, and the answer the agent gets."""
+    """A request the bridge will not carry, and the answer the agent gets.
 
-    status: int
-    cause: str  # the X-Bridge-Error value: a short kebab-case name
+    ``code`` carries the refusal across the bridge; the agent's status and
+    ``X-Bridge-Error`` cause are the code's unless a more exact one is given.
+    """
+
+    code: ErrorCode
     message: str
-
-    @property
-    def code(self) -> ErrorCode:
-        """The reset code that carries this refusal across the bridge."""
-        return _CODE_BY_STATUS.get(self.status, ErrorCode.BAD_REQUEST)
-
-
-_CODE_BY_STATUS = {
-    403: ErrorCode.FORBIDDEN,
-    413: ErrorCode.BODY_TOO_LARGE,
-    431: ErrorCode.HEADERS_TOO_LARGE,
-}
+    status: int = attrs.field(
+        default=attrs.Factory(lambda self: self.code.http_status, takes_self=True)
+    )
+    cause: str = attrs.field(default=attrs.Factory(lambda self: self.code.cause, takes_self=True))
 
 
 def _prefixes(items: Iterable[str | bytes]) -> tuple[bytes, ...]:
@@ -104,25 +99,28 @@ def check_target(method: bytes, target: bytes, policy: HttpPolicy) -> Refusal | 
     """Whether the bridge may carry a request for ``target``; None means yes."""
     if method == b"CONNECT":
         return Refusal(
-            405,
-            "connect-refused",
+            ErrorCode.BAD_REQUEST,
             "CONNECT is refused: the bridge only forwards requests to its configured upstream",
+            status=405,
+            cause="connect-refused",
         )
     if target == b"*" and method == b"OPTIONS":
         target = b"/"
     if not target.startswith(b"/"):
         return Refusal(
-            400,
-            "absolute-target-refused",
+            ErrorCode.BAD_REQUEST,
             f"the target {target[:100]!r} is not a path:"
             " the bridge forwards only to its configured upstream, so send origin-form"
             " targets such as /v1/models",
+            cause="absolute-target-refused",
         )
     path = target.split(b"?", 1)[0]
     problem = _path_problem(target, path)
     if problem:
         return Refusal(
-            400, "unsafe-path", f"the path {path[:100]!r} {problem}; send a plain, normalised path"
+            ErrorCode.BAD_REQUEST,
+            f"the path {path[:100]!r} {problem}; send a plain, normalised path",
+            cause="unsafe-path",
         )
     for prefix in policy.allowed_prefixes:
         base = prefix.rstrip(b"/")
@@ -130,10 +128,10 @@ def check_target(method: bytes, target: bytes, policy: HttpPolicy) -> Refusal | 
             return None
     allowed = ", ".join(p.decode("ascii", "replace") for p in policy.allowed_prefixes)
     return Refusal(
-        403,
-        "path-not-allowed",
+        ErrorCode.FORBIDDEN,
         f"the path {path[:100].decode('ascii', 'replace')} is"
         f" outside what this bridge allows ({allowed})",
+        cause="path-not-allowed",
     )
 
 
@@ -218,11 +216,6 @@ def error_response(
     return headers, body
 
 
-def cause_of(code: ErrorCode) -> str:
-    """The X-Bridge-Error name for a reset code."""
-    return code.name.lower().replace("_", "-")
-
-
 # ---------------------------------------------------------------- sandbox side
 
 
@@ -291,8 +284,8 @@ class AgentConnection:
             event = self._h11.next_event()
         except h11.RemoteProtocolError as exc:
             status = exc.error_status_hint
-            cause = "headers-too-large" if status == 431 else "bad-request"
-            return self._refuse(Refusal(status, cause, f"malformed HTTP request: {exc}"))
+            code = ErrorCode.HEADERS_TOO_LARGE if status == 431 else ErrorCode.BAD_REQUEST
+            return self._refuse(Refusal(code, f"malformed HTTP request: {exc}", status=status))
         refusal = self._chunk_refusal()
         if refusal is not None:
             return self._refuse(refusal)
@@ -320,8 +313,7 @@ class AgentConnection:
             return _body_too_large(limit)
         if declared >= MAX_CHUNK_SIZE:
             return Refusal(
-                400,
-                "bad-request",
+                ErrorCode.BAD_REQUEST,
                 f"malformed HTTP request: a chunk of {declared} bytes (the largest accepted is"
                 f" {MAX_CHUNK_SIZE - 1})",
             )
@@ -333,18 +325,17 @@ class AgentConnection:
         if request.http_version not in (b"1.0", b"1.1"):
             return self._refuse(
                 Refusal(
-                    505,
-                    "bad-request",
+                    ErrorCode.BAD_REQUEST,
                     f"HTTP/{request.http_version.decode()} is not supported: the bridge speaks"
                     " HTTP/1.1",
+                    status=505,
                 )
             )
         refusal = check_target(request.method, request.target, self.policy)
         names = {name for name, _ in request.headers}
         if refusal is None and {b"content-length", b"transfer-encoding"} <= names:
             refusal = Refusal(
-                400,
-                "bad-request",
+                ErrorCode.BAD_REQUEST,
                 "the request has both Content-Length and Transfer-Encoding (a way to smuggle"
                 " requests); send one of them",
             )
@@ -356,8 +347,7 @@ class AgentConnection:
         )
         if refusal is None and size > self.policy.max_header_bytes:
             refusal = Refusal(
-                431,
-                "headers-too-large",
+                ErrorCode.HEADERS_TOO_LARGE,
                 f"the request head is {size} bytes; the limit is {self.policy.max_header_bytes}",
             )
         length = _content_length(request.headers)
@@ -418,7 +408,7 @@ class AgentConnection:
         it, None: the caller must abort the connection so the agent sees an
         error rather than a body that looks complete.
         """
-        return self.answer_error(code.http_status, cause_of(code), reason)
+        return self.answer_error(code.http_status, code.cause, reason)
 
     def answer_error(self, status: int, cause: str, message: str) -> bytes | None:
         """An error answer, or None (abort) once a response has started."""
@@ -437,7 +427,7 @@ class AgentConnection:
 
 
 def _body_too_large(limit: int) -> Refusal:
-    return Refusal(413, "body-too-large", f"the request body is larger than {limit} bytes")
+    return Refusal(ErrorCode.BODY_TOO_LARGE, f"the request body is larger than {limit} bytes")
 
 
 def _content_length(headers: Iterable[tuple[bytes, bytes]]) -> int | None:
@@ -490,4 +480,4 @@ def upstream_request(head: RequestHead, upstream: Upstream) -> h11.Request | Ref
     try:
         return h11.Request(method=head.method, target=head.target, headers=headers)
     except h11.LocalProtocolError as exc:
-        return Refusal(400, "bad-request", f"the request cannot be sent upstream: {exc}")
+        return Refusal(ErrorCode.BAD_REQUEST, f"the request cannot be sent upstream: {exc}")

@@ -1,0 +1,118 @@
+"""Every state the protocol can be in, and every way it moves, on one screen.
+
+Rule: a state changes only through ``session_after``, ``link_after`` or
+``half_after``, each a lookup in the table under it. ``Connection`` decides
+*when* an input happens and what it sends and reports; these tables alone
+decide *where* it leads. A pair missing from a table is not allowed: the
+caller turns that into an error that names the state and the input.
+
+The session::
+
+    NEW --start--> HANDSHAKING --peer's hello--> OPEN
+    HANDSHAKING, OPEN --goaway sent--> CLOSING      (we always answer a peer's goaway)
+    CLOSING, CLOSED --peer's hello--> (unchanged)    (a close before the handshake ended)
+    CLOSING --drained or grace over--> CLOSED
+    any state but FAILED --failure--> FAILED
+
+The link under it (the bytes between the two sides) breaks and is resumed
+without touching the session. Each half of an exchange (the request half,
+the response half) goes IDLE --head--> OPEN --data...--> OPEN --end--> DONE.
+"""
+
+from __future__ import annotations
+
+import enum
+
+
+class SessionState(enum.Enum):
+    NEW = "new"  # start() not called yet
+    HANDSHAKING = "handshaking"  # our hello is out; the peer's is not in
+    OPEN = "open"
+    CLOSING = "closing"  # our goaway is out: no new exchanges, draining
+    CLOSED = "closed"  # drained, or the grace period ran out
+    FAILED = "failed"  # a fatal error; ``Connection.failure`` says which
+
+
+class SessionInput(enum.Enum):
+    START = "start"
+    PEER_HELLO = "the peer's first hello"
+    GOAWAY_SENT = "goaway"
+    DRAINED = "drained"
+    GRACE_OVER = "the shutdown grace ran out"
+    FAILURE = "failure"
+
+
+_S, _I = SessionState, SessionInput
+_SESSION: dict[tuple[SessionState, SessionInput], SessionState] = {
+    (_S.NEW, _I.START): _S.HANDSHAKING,
+    (_S.HANDSHAKING, _I.PEER_HELLO): _S.OPEN,
+    (_S.CLOSING, _I.PEER_HELLO): _S.CLOSING,  # closed before the handshake ended
+    (_S.CLOSED, _I.PEER_HELLO): _S.CLOSED,
+    (_S.HANDSHAKING, _I.GOAWAY_SENT): _S.CLOSING,
+    (_S.OPEN, _I.GOAWAY_SENT): _S.CLOSING,
+    (_S.CLOSING, _I.DRAINED): _S.CLOSED,
+    (_S.CLOSING, _I.GRACE_OVER): _S.CLOSED,
+    **{(state, _I.FAILURE): _S.FAILED for state in _S if state is not _S.FAILED},
+}
+
+# States in which the session has ended: timers stop and close() does nothing.
+ENDED = frozenset({SessionState.CLOSED, SessionState.FAILED})
+
+
+def session_after(state: SessionState, what: SessionInput) -> SessionState | None:
+    """The session's next state, or None if ``what`` cannot happen in ``state``."""
+    return _SESSION.get((state, what))
+
+
+class LinkState(enum.Enum):
+    UP = "up"
+    BROKEN = "broken"  # bytes were lost or damaged; waiting for resume
+
+
+class LinkInput(enum.Enum):
+    BREAK = "break"
+    RESUME = "resume"
+
+
+_LINK: dict[tuple[LinkState, LinkInput], LinkState] = {
+    (LinkState.UP, LinkInput.BREAK): LinkState.BROKEN,
+    (LinkState.UP, LinkInput.RESUME): LinkState.UP,  # resuming twice is harmless
+    (LinkState.BROKEN, LinkInput.RESUME): LinkState.UP,
+}
+
+
+def link_after(state: LinkState, what: LinkInput) -> LinkState | None:
+    """The link's next state (a broken link stays broken until resumed)."""
+    return _LINK.get((state, what))
+
+
+class Half(enum.Enum):
+    """One direction of an exchange."""
+
+    IDLE = "idle"  # no head yet
+    OPEN = "open"  # head seen, body flowing
+    DONE = "done"  # end of body seen
+
+
+class HalfInput(enum.Enum):
+    """What is sent or received on one half of an exchange."""
+
+    HEAD = "head"
+    INFORMATIONAL_HEAD = "1xx head"
+    DATA = "data"
+    END = "end"
+
+
+# The same table serves both directions and both roles. Anything missing is a
+# protocol error for that exchange only.
+_HALF: dict[tuple[Half, HalfInput], Half] = {
+    (Half.IDLE, HalfInput.HEAD): Half.OPEN,
+    (Half.IDLE, HalfInput.INFORMATIONAL_HEAD): Half.IDLE,  # 100 Continue and friends
+    (Half.OPEN, HalfInput.DATA): Half.OPEN,
+    (Half.OPEN, HalfInput.END): Half.DONE,
+}
+
+
+def half_after(half: Half, what: HalfInput) -> Half | None:
+    """The half's next state, or None if ``what`` cannot happen on it now."""
+    return _HALF.get((half, what))

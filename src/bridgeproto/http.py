@@ -1,0 +1,43 @@
+"""HTTP/1.1 on either side of the bridge, translated to and from exchanges.
+
+The sandbox side reads an agent's bytes with ``AgentConnection``; the host
+side turns a ``RequestHead`` into an upstream request with
+``upstream_request``. The policy (``HttpPolicy``, ``Upstream``) is checked on
+both sides. This is the only layer of the core that needs h11.
+"""
+
+from ._http import (
+    BRIDGE_ERROR_HEADER,
+    AgentBody,
+    AgentClosed,
+    AgentConnection,
+    AgentEnd,
+    AgentEvent,
+    AgentRefused,
+    AgentRequest,
+    HttpPolicy,
+    Refusal,
+    Upstream,
+    check_target,
+    clean_headers,
+    error_response,
+    upstream_request,
+)
+
+__all__ = [
+    "BRIDGE_ERROR_HEADER",
+    "AgentBody",
+    "AgentClosed",
+    "AgentConnection",
+    "AgentEnd",
+    "AgentEvent",
+    "AgentRefused",
+    "AgentRequest",
+    "HttpPolicy",
+    "Refusal",
+    "Upstream",
+    "check_target",
+    "clean_headers",
+    "error_response",
+    "upstream_request",
+]
