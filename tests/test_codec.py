@@ -12,7 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import bridgeproto as bp
-from bridgeproto.wire import END_OF_INPUT, NEED_DATA, Frame, FrameDecoder, encode_frame
+from bridgeproto.wire import END_OF_INPUT, NEED_DATA, Frame, FrameDecoder, FrameType, encode_frame
 from strategies import frames
 
 SID = bytes(range(16))
@@ -273,6 +273,29 @@ def test_encoder_checks_sequence_numbers() -> None:
         encode_frame(bp.Ping(), 4)
     with pytest.raises(bp.LocalProtocolError, match="not a bridgeproto record"):
         encode_frame("hello", 0)  # type: ignore[arg-type]
+
+
+def test_the_encoders_and_decoders_cover_the_same_frame_types() -> None:
+    from bridgeproto._codec import _DECODERS, _ENCODERS
+
+    assert {frame_type for frame_type, _ in _ENCODERS.values()} == set(_DECODERS) == set(FrameType)
+    assert set(_ENCODERS) == {type(r) for r in _one_of_each()}
+
+
+def _one_of_each() -> list[bp.Record]:
+    return [
+        bp.Hello(bp.PROTOCOL_VERSION, bp.Role.HOST, bytes(16), bp.Limits()),
+        bp.RequestHead(1, b"GET", b"/"),
+        bp.ResponseHead(1, 200),
+        bp.Data(1, b"x"),
+        bp.EndOfBody(1),
+        bp.Reset(1, bp.ErrorCode.CANCELLED, ""),
+        bp.Window(1, 1),
+        bp.Ack(1),
+        bp.Ping(),
+        bp.Pong(),
+        bp.GoAway(0, bp.ErrorCode.NO_ERROR, ""),
+    ]
 
 
 @given(st.lists(frames(), max_size=8), st.integers(1, 64))

@@ -18,7 +18,7 @@ import binascii
 import enum
 import struct
 from collections.abc import Callable
-from typing import Literal
+from typing import Any, Literal
 
 import attrs
 
@@ -108,56 +108,60 @@ def _headers_bytes(headers: Headers) -> bytes:
     return b"".join(parts)
 
 
-def _payload(record: Record) -> tuple[FrameType, bytes]:
-    if isinstance(record, Data):
-        return FrameType.DATA, _U32.pack(record.exchange_id) + record.data
-    if isinstance(record, RequestHead):
-        body = (
-            _U32.pack(record.exchange_id)
-            + _blob(record.method)
-            + _blob(record.target)
-            + _headers_bytes(record.headers)
-        )
-        return FrameType.REQUEST_HEAD, body
-    if isinstance(record, ResponseHead):
-        body = (
-            _STATUS.pack(record.exchange_id, record.status)
-            + _blob(record.reason)
-            + _headers_bytes(record.headers)
-        )
-        return FrameType.RESPONSE_HEAD, body
-    if isinstance(record, EndOfBody):
-        return FrameType.END_OF_BODY, _U32.pack(record.exchange_id)
-    if isinstance(record, Window):
-        return FrameType.WINDOW, _ID_ID.pack(record.exchange_id, record.increment)
-    if isinstance(record, Ack):
-        return FrameType.ACK, _U64.pack(record.seq)
-    if isinstance(record, Reset):
-        return FrameType.RESET, _ID_CODE.pack(
-            record.exchange_id, record.code
-        ) + record.reason.encode()
-    if isinstance(record, GoAway):
-        return FrameType.GOAWAY, _ID_CODE.pack(
-            record.last_exchange_id, record.code
-        ) + record.reason.encode()
-    if isinstance(record, Ping):
-        return FrameType.PING, record.payload
-    if isinstance(record, Pong):
-        return FrameType.PONG, record.payload
-    if isinstance(record, Hello):
-        lim = record.limits
-        body = _HELLO.pack(
-            record.version,
-            record.role,
-            record.session_id,
-            lim.max_frame_size,
-            lim.initial_window,
-            lim.session_window,
-            lim.max_exchanges,
-            lim.max_header_bytes,
-        )
-        return FrameType.HELLO, body
-    raise LocalProtocolError(f"cannot encode {record!r}: not a bridgeproto record")
+def _encode_hello(record: Hello) -> bytes:
+    lim = record.limits
+    return _HELLO.pack(
+        record.version,
+        record.role,
+        record.session_id,
+        lim.max_frame_size,
+        lim.initial_window,
+        lim.session_window,
+        lim.max_exchanges,
+        lim.max_header_bytes,
+    )
+
+
+def _encode_request_head(record: RequestHead) -> bytes:
+    return (
+        _U32.pack(record.exchange_id)
+        + _blob(record.method)
+        + _blob(record.target)
+        + _headers_bytes(record.headers)
+    )
+
+
+def _encode_response_head(record: ResponseHead) -> bytes:
+    return (
+        _STATUS.pack(record.exchange_id, record.status)
+        + _blob(record.reason)
+        + _headers_bytes(record.headers)
+    )
+
+
+def _encode_reset(record: Reset) -> bytes:
+    return _ID_CODE.pack(record.exchange_id, record.code) + record.reason.encode()
+
+
+def _encode_goaway(record: GoAway) -> bytes:
+    return _ID_CODE.pack(record.last_exchange_id, record.code) + record.reason.encode()
+
+
+# Record class -> its frame type and payload encoder; ``_DECODERS`` below is
+# the mirror image, and a test keeps the two covering the same types.
+_ENCODERS: dict[type[Record], tuple[FrameType, Callable[[Any], bytes]]] = {
+    Hello: (FrameType.HELLO, _encode_hello),
+    RequestHead: (FrameType.REQUEST_HEAD, _encode_request_head),
+    ResponseHead: (FrameType.RESPONSE_HEAD, _encode_response_head),
+    Data: (FrameType.DATA, lambda r: _U32.pack(r.exchange_id) + r.data),
+    EndOfBody: (FrameType.END_OF_BODY, lambda r: _U32.pack(r.exchange_id)),
+    Reset: (FrameType.RESET, _encode_reset),
+    Window: (FrameType.WINDOW, lambda r: _ID_ID.pack(r.exchange_id, r.increment)),
+    Ack: (FrameType.ACK, lambda r: _U64.pack(r.seq)),
+    Ping: (FrameType.PING, lambda r: r.payload),
+    Pong: (FrameType.PONG, lambda r: r.payload),
+    GoAway: (FrameType.GOAWAY, _encode_goaway),
+}
 
 
 def encode_frame(record: Record, seq: int = 0) -> bytes:
@@ -166,12 +170,16 @@ def encode_frame(record: Record, seq: int = 0) -> bytes:
     Sequenced records (heads, data, ends, resets, windows, goaway) need a
     ``seq`` of at least 1; the others must use 0.
     """
+    try:
+        frame_type, encode = _ENCODERS[type(record)]
+    except KeyError:
+        raise LocalProtocolError(f"cannot encode {record!r}: not a bridgeproto record") from None
     sequenced = isinstance(record, SEQUENCED)
     if sequenced and not 1 <= seq < 2**64:
         raise LocalProtocolError(f"{type(record).__name__} needs a sequence number >= 1")
     if not sequenced and seq != 0:
         raise LocalProtocolError(f"{type(record).__name__} is not sequenced; use seq 0")
-    frame_type, payload = _payload(record)
+    payload = encode(record)
     header = HEADER.pack(MAGIC, PROTOCOL_VERSION, frame_type, len(payload), seq)
     crc = binascii.crc32(payload, binascii.crc32(header))
     return b"".join((header, payload, _U32.pack(crc)))

@@ -630,9 +630,7 @@ class Connection:
             return
         try:
             self._receive_on(ex, record, now)
-        except PeerFault as exc:
-            if exc.session_wide:
-                raise
+        except PeerFault as exc:  # (only exchange faults: the session-wide are above)
             self._local_reset(ex, exc.code, exc.reason)
 
     def _admit(
@@ -788,20 +786,19 @@ class Connection:
 
     # ------------------------------------------------------------ helpers
 
+    # Every caller checks the state first and says what is wrong in the
+    # caller's terms; a move the tables refuse here is a bug in this module.
+
     def _move(self, what: SessionInput) -> None:
         new = session_after(self.state, what)
         if new is None:
-            raise LocalProtocolError(
-                f"{what.value} cannot happen while the session is {self.state.value}"
-            )
+            raise AssertionError(f"{what.value} while the session is {self.state.value}")
         self.state = new
 
     def _move_link(self, what: LinkInput) -> None:
         new = link_after(self.link, what)
         if new is None:
-            raise LocalProtocolError(
-                f"{what.value} cannot happen while the link is {self.link.value}"
-            )
+            raise AssertionError(f"{what.value} while the link is {self.link.value}")
         self.link = new
 
     def _emit(self, event: Event) -> None:
@@ -969,8 +966,6 @@ class Connection:
 
     def _fail_session(self, code: ErrorCode, reason: str, *, by_peer: bool) -> None:
         """End the session for good: every open exchange is reset first."""
-        if session_after(self.state, SessionInput.FAILURE) is None:
-            return  # already failed
         for ex in list(self._exchanges.values()):
             self._close_exchange(ex, was_reset=True)
             self._emit(ExchangeReset(ex.exchange_id, code, reason, by_peer=by_peer))

@@ -3,8 +3,9 @@
 Rule: a state changes only through ``session_after``, ``link_after`` or
 ``half_after``, each a lookup in the table under it. ``Connection`` decides
 *when* an input happens and what it sends and reports; these tables alone
-decide *where* it leads. A pair missing from a table is not allowed: the
-caller turns that into an error that names the state and the input.
+decide *where* it leads. A pair missing from a table cannot happen:
+``Connection`` checks before it moves, and says what is wrong in terms of
+the call that was made.
 
 The session::
 
