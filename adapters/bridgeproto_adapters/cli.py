@@ -34,7 +34,8 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_START_FAILED, f"bridgeproto: {message} (see {self.prog} --help)\n")
 
 
-def _fail(message: str) -> int:
+def _error(message: str) -> int:
+    """Say what stopped the command; the exit status for it."""
     print(f"bridgeproto: {message}", file=sys.stderr)
     return EXIT_START_FAILED
 
@@ -72,13 +73,13 @@ def run(args: argparse.Namespace) -> int:
     from .run import run_command
 
     if not args.command:
-        return _fail(
+        return _error(
             "no command given; put it after --, e.g. bridgeproto run --upstream URL -- curl ..."
         )
     try:
         return anyio.run(run_command, args)
     except BridgeError as exc:
-        return _fail(str(exc))
+        return _error(str(exc))
     except KeyboardInterrupt:  # before the signal handlers were in place
         return 130
 
@@ -105,7 +106,7 @@ def decode(args: argparse.Namespace) -> int:
         with open(args.trace) as file:
             lines = file.read().splitlines()
     except OSError as exc:
-        return _fail(f"cannot read {args.trace}: {exc.strerror}")
+        return _error(f"cannot read {args.trace}: {exc.strerror}")
     for number, line in enumerate(lines, 1):
         try:
             stamp, direction, armored = line.split(" ", 2)
@@ -119,7 +120,7 @@ def decode(args: argparse.Namespace) -> int:
                 arrow = "host <- sandbox" if direction == "<" else "host -> sandbox"
                 print(f"{float(stamp):10.6f} {arrow} seq={frame.seq:<5} {_describe(frame.record)}")
         except (ValueError, AssertionError, bp.ProtocolError) as exc:
-            return _fail(f"{args.trace}:{number} is not a bridgeproto trace line ({exc})")
+            return _error(f"{args.trace}:{number} is not a bridgeproto trace line ({exc})")
     return 0
 
 
@@ -135,7 +136,7 @@ def bench(args: argparse.Namespace) -> int:
         try:
             import matplotlib  # noqa: F401
         except ImportError:
-            return _fail("--plot needs matplotlib: pip install 'bridgeproto[bench]'")
+            return _error("--plot needs matplotlib: pip install 'bridgeproto[bench]'")
     sizes = runner.QUICK if args.quick else runner.FULL
     if args.bridges is not None:
         sizes = attrs.evolve(sizes, bridges=args.bridges)
@@ -143,7 +144,7 @@ def bench(args: argparse.Namespace) -> int:
     try:
         results = anyio.run(bench_run.run)
     except BridgeError as exc:
-        return _fail(str(exc))
+        return _error(str(exc))
     print(report.table(results))
     if args.json:
         report.write_json(results, args.json)
@@ -167,11 +168,11 @@ def sandbox_side(args: argparse.Namespace) -> int:
         if len(session_id) != bp.SESSION_ID_BYTES:
             raise ValueError
     except ValueError:
-        return _fail(f"--session must be {bp.SESSION_ID_BYTES * 2} hex digits")
+        return _error(f"--session must be {bp.SESSION_ID_BYTES * 2} hex digits")
     try:
         settings = SandboxSettings.from_json(args.settings) if args.settings else SandboxSettings()
     except ValueError as exc:
-        return _fail(str(exc))
+        return _error(str(exc))
     if args.daemon:
         from .daemon import start
 
@@ -184,7 +185,7 @@ def sandbox_side(args: argparse.Namespace) -> int:
             )
         )  # fmt: skip
     except OSError as exc:
-        return _fail(f"the sandbox side cannot listen on {settings.listen}: {exc.strerror or exc}")
+        return _error(f"the sandbox side cannot listen on {settings.listen}: {exc.strerror or exc}")
     except KeyboardInterrupt:
         return 130
     return 0
@@ -338,7 +339,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         try:
             return anyio.run(run_demo, args.sandbox)
         except BridgeError as exc:
-            return _fail(str(exc))
+            return _error(str(exc))
     if args.command_name == "decode":
         return decode(args)
     if args.command_name == "bench":

@@ -61,7 +61,7 @@ class Exchange:
         # Unbounded is safe: the core's credit bounds how much can arrive.
         self._send, self.events = anyio.create_memory_object_stream[ExchangeEvent](math.inf)
         self._credit = anyio.Event()
-        self.reset_event: bp.ExchangeReset | None = None
+        self.ended_by: bp.ExchangeReset | None = None  # the reset that ended it, if one did
         self.head_sent = False  # a final (not 1xx) response head went out
 
     @property
@@ -81,7 +81,7 @@ class Exchange:
             chunk, view = bytes(view[:credit]), view[credit:]
             self.conn.send_data(self.id, chunk, self._session.now())
             self._session.stats.body_bytes_sent += len(chunk)
-            self._session.kick()
+            self._session.core_changed()
             await self._session.writer_caught_up()
 
     def _credit_now(self) -> int:
@@ -90,7 +90,7 @@ class Exchange:
 
     def _check_alive(self) -> None:
         if not self.conn.is_open(self.id):
-            reset = self.reset_event
+            reset = self.ended_by
             if reset is not None:
                 raise ExchangeAborted(reset.code, reset.reason)
             raise ExchangeAborted(bp.ErrorCode.CANCELLED, "the exchange has ended")
@@ -102,23 +102,23 @@ class Exchange:
             self.id, head.status, head.reason, head.headers, self._session.now()
         )
         self.head_sent = self.head_sent or head.status >= 200
-        self._session.kick()
+        self._session.core_changed()
 
     def end(self) -> None:
         self._check_alive()
         self.conn.send_end(self.id, self._session.now())
-        self._session.after(self)
+        self._session.close_events_if_over(self)
 
     def consume(self, nbytes: int) -> None:
         if self._session.usable:
             self.conn.consume(self.id, nbytes)
-            self._session.kick()
+            self._session.core_changed()
 
     def reset(self, code: bp.ErrorCode, reason: str = "") -> None:
         if self._session.usable and self.conn.is_open(self.id):
             self.conn.reset(self.id, code, reason)
-            self._session.kick()
-        self._session.after(self)
+            self._session.core_changed()
+        self._session.close_events_if_over(self)
 
     def close(self) -> None:
         """Done with the exchange: reset it if it is still in flight."""
@@ -127,7 +127,7 @@ class Exchange:
 
     def _deliver(self, event: ExchangeEvent) -> None:
         if isinstance(event, bp.ExchangeReset):
-            self.reset_event = event
+            self.ended_by = event
         try:
             self._send.send_nowait(event)
         except (anyio.ClosedResourceError, anyio.BrokenResourceError):
@@ -253,7 +253,7 @@ class Session:
         self.stats.exchanges += 1
         exchange = Exchange(self, exchange_id)
         self._exchanges[exchange_id] = exchange
-        self.kick()
+        self.core_changed()
         return exchange
 
     def must_queue(self) -> bool:
@@ -284,8 +284,9 @@ class Session:
         if self._slot_waiters and (not self.usable or not self.conn.exchanges_full):
             self._slot_waiters.popleft().set()
 
-    def kick(self) -> None:
-        """The core may have something to send or a new deadline."""
+    def core_changed(self) -> None:
+        """Tell the writer and the timer: the core may have something to send
+        or a new deadline."""
         self._wake_writer.set()
         # Deadlines mostly move later (activity pushes them back), and the
         # timer re-reads them when it fires; wake it early only when needed.
@@ -305,12 +306,12 @@ class Session:
             if self._flushed is None:
                 self._flushed = anyio.Event()
             flushed = self._flushed
-            self.kick()
+            self.core_changed()
             await flushed.wait()
 
-    def after(self, exchange: Exchange) -> None:
+    def close_events_if_over(self, exchange: Exchange) -> None:
         """Close the exchange's event stream once the core says it is over."""
-        self.kick()
+        self.core_changed()
         if not self.conn.is_open(exchange.id):
             exchange._send.close()
 
@@ -331,7 +332,7 @@ class Session:
         """Graceful shutdown: goaway, drain within the grace period, close."""
         if self.usable:
             self.conn.close(self.now(), code, reason)
-            self.kick()
+            self.core_changed()
         grace = self.conn.config.shutdown_grace
         with anyio.move_on_after(grace + 1.0):
             await self.finished.wait()
@@ -347,7 +348,7 @@ class Session:
                 self._task_group = tg
                 tg.start_soon(self._timer)
                 tg.start_soon(self._channels)
-                self.kick()
+                self.core_changed()
                 await self.finished.wait()
                 # Let the writer send the final acknowledgements and resets,
                 # but never wait long on a peer that stopped reading.
@@ -512,7 +513,7 @@ class Session:
             elif isinstance(event, bp.SessionClosed):
                 self.finished.set()
         self._wake_slot_waiter()  # acknowledgements may have made room
-        self.kick()
+        self.core_changed()
 
     def _to_exchange(self, event: ExchangeEvent) -> None:
         if isinstance(event, bp.Data):

@@ -50,15 +50,15 @@ _BAD_VALUE_BYTES = re.compile(rb"[\x00\r\n]")
 _TARGET = re.compile(rb"[\x21-\x7e]+\Z")
 
 
-def _fail(msg: str) -> LocalProtocolError:
+def _invalid(msg: str) -> LocalProtocolError:
     return LocalProtocolError(msg)
 
 
 def _check_uint(name: str, value: int, low: int, high: int) -> None:
     if not isinstance(value, int) or isinstance(value, bool):
-        raise _fail(f"{name} must be an int, got {type(value).__name__}")
+        raise _invalid(f"{name} must be an int, got {type(value).__name__}")
     if not low <= value <= high:
-        raise _fail(f"{name} {value} is out of range [{low}, {high}]")
+        raise _invalid(f"{name} {value} is out of range [{low}, {high}]")
 
 
 def _exchange_id(_: Any, attribute: attrs.Attribute[int], value: int) -> None:
@@ -71,25 +71,25 @@ def _uint32(_: Any, attribute: attrs.Attribute[int], value: int) -> None:
 
 def _bytes(_: Any, attribute: attrs.Attribute[bytes], value: bytes) -> None:
     if not isinstance(value, bytes):
-        raise _fail(f"{attribute.name} must be bytes, got {type(value).__name__}")
+        raise _invalid(f"{attribute.name} must be bytes, got {type(value).__name__}")
 
 
 def _reason(_: Any, attribute: attrs.Attribute[str], value: str) -> None:
     if not isinstance(value, str):
-        raise _fail(f"{attribute.name} must be str, got {type(value).__name__}")
+        raise _invalid(f"{attribute.name} must be str, got {type(value).__name__}")
     try:
         size = len(value.encode("utf-8"))
     except UnicodeEncodeError:
-        raise _fail(f"{attribute.name} cannot be encoded as UTF-8") from None
+        raise _invalid(f"{attribute.name} cannot be encoded as UTF-8") from None
     if size > MAX_REASON_BYTES:
-        raise _fail(f"{attribute.name} is longer than {MAX_REASON_BYTES} bytes")
+        raise _invalid(f"{attribute.name} is longer than {MAX_REASON_BYTES} bytes")
 
 
 def _code(value: int) -> ErrorCode:
     try:
         return ErrorCode(value)
     except ValueError:
-        raise _fail(f"unknown error code {value!r}") from None
+        raise _invalid(f"unknown error code {value!r}") from None
 
 
 def _headers(value: Iterable[tuple[bytes, bytes]]) -> Headers:
@@ -99,13 +99,13 @@ def _headers(value: Iterable[tuple[bytes, bytes]]) -> Headers:
         try:
             name, val = item
         except (TypeError, ValueError):
-            raise _fail(f"a header must be a (name, value) pair, got {item!r}") from None
+            raise _invalid(f"a header must be a (name, value) pair, got {item!r}") from None
         if not isinstance(name, bytes) or not isinstance(val, bytes):
-            raise _fail(f"header name and value must be bytes, got {item!r}")
+            raise _invalid(f"header name and value must be bytes, got {item!r}")
         if not _TOKEN.match(name):
-            raise _fail(f"header name {name!r} is not a token")
+            raise _invalid(f"header name {name!r} is not a token")
         if _BAD_VALUE_BYTES.search(val):
-            raise _fail(f"header {name!r} has a value containing CR, LF or NUL")
+            raise _invalid(f"header {name!r} has a value containing CR, LF or NUL")
         result.append((name, val))
     return tuple(result)
 
@@ -133,14 +133,14 @@ class Limits:
 
     def __attrs_post_init__(self) -> None:
         if self.max_frame_size < 1024:
-            raise _fail(f"max_frame_size {self.max_frame_size} is below the minimum of 1024")
+            raise _invalid(f"max_frame_size {self.max_frame_size} is below the minimum of 1024")
         if self.max_header_bytes + 1024 > self.max_frame_size:
-            raise _fail(
+            raise _invalid(
                 f"max_header_bytes {self.max_header_bytes} must leave 1024 bytes of room"
                 f" in max_frame_size {self.max_frame_size}"
             )
         if self.initial_window < 1 or self.session_window < 1 or self.max_exchanges < 1:
-            raise _fail("initial_window, session_window and max_exchanges must be at least 1")
+            raise _invalid("initial_window, session_window and max_exchanges must be at least 1")
 
 
 @attrs.frozen
@@ -159,7 +159,7 @@ class Hello:
     @session_id.validator
     def _check_session_id(self, _: attrs.Attribute[bytes], value: bytes) -> None:
         if len(value) != SESSION_ID_BYTES:
-            raise _fail(f"session_id must be {SESSION_ID_BYTES} bytes, got {len(value)}")
+            raise _invalid(f"session_id must be {SESSION_ID_BYTES} bytes, got {len(value)}")
 
 
 @attrs.frozen
@@ -174,12 +174,12 @@ class RequestHead:
     @method.validator
     def _check_method(self, _: attrs.Attribute[bytes], value: bytes) -> None:
         if not _TOKEN.match(value):
-            raise _fail(f"method {value!r} is not a token")
+            raise _invalid(f"method {value!r} is not a token")
 
     @target.validator
     def _check_target(self, _: attrs.Attribute[bytes], value: bytes) -> None:
         if not _TARGET.match(value):
-            raise _fail(f"target {value!r} must be non-empty visible ASCII")
+            raise _invalid(f"target {value!r} must be non-empty visible ASCII")
 
     @property
     def head_size(self) -> int:
@@ -202,7 +202,7 @@ class ResponseHead:
     @reason.validator
     def _check_reason(self, _: attrs.Attribute[bytes], value: bytes) -> None:
         if _BAD_VALUE_BYTES.search(value):
-            raise _fail("reason phrase contains CR, LF or NUL")
+            raise _invalid("reason phrase contains CR, LF or NUL")
 
     @property
     def head_size(self) -> int:
@@ -259,7 +259,7 @@ class Ack:
 def _ping_payload(_: Any, attribute: attrs.Attribute[bytes], value: bytes) -> None:
     _bytes(_, attribute, value)
     if len(value) > MAX_PING_PAYLOAD:
-        raise _fail(f"ping payload is longer than {MAX_PING_PAYLOAD} bytes")
+        raise _invalid(f"ping payload is longer than {MAX_PING_PAYLOAD} bytes")
 
 
 @attrs.frozen
