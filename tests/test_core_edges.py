@@ -1,0 +1,234 @@
+"""The core at its edges: values exactly at each limit and one past it, and
+the behaviours a mutation run found no test for (docs/core.md, "Mutation run")."""
+
+from __future__ import annotations
+
+import pytest
+
+import bridgeproto as bp
+from bridgeproto.http import HttpPolicy, Refusal, Upstream, check_target, upstream_request
+from bridgeproto.wire import (
+    END_OF_INPUT,
+    NEED_DATA,
+    ArmorDecoder,
+    Frame,
+    FrameDecoder,
+    armor,
+    encode_frame,
+)
+from pair import Pair, connected
+
+
+def kinds(events: list[bp.Event]) -> list[str]:
+    return [type(e).__name__ for e in events]
+
+
+# ------------------------------------------------------------ exactly at a limit
+
+
+def test_a_payload_of_exactly_max_frame_size_decodes_and_one_more_is_refused() -> None:
+    at = encode_frame(bp.Data(1, bytes(96)), 1)  # payload: 4-byte id + 96 = 100
+    decoder = FrameDecoder(max_frame_size=100)
+    decoder.receive_data(at)
+    assert decoder.next_frame() == Frame(1, bp.Data(1, bytes(96)))
+    over = FrameDecoder(max_frame_size=99)
+    over.receive_data(at)
+    with pytest.raises(bp.CorruptFrameError, match="declares a 100-byte payload; the limit is 99"):
+        over.next_frame()
+
+
+def test_a_body_of_exactly_max_body_bytes_passes_and_one_more_is_reset() -> None:
+    pair = Pair(host=bp.Config(max_body_bytes=10))
+    s, h = pair.sandbox, pair.host
+    fits = s.start_exchange(b"POST", b"/", [], 0.0)
+    s.send_data(fits, b"x" * 10, 0.0)
+    s.send_end(fits, 0.0)
+    over = s.start_exchange(b"POST", b"/", [], 0.0)
+    s.send_data(over, b"x" * 11, 0.0)
+    pair.pump()
+    events = pair.take(h)
+    assert bp.EndOfBody(fits) in events and h.is_open(fits)
+    assert [e.code for e in events if isinstance(e, bp.ExchangeReset)] == [
+        bp.ErrorCode.BODY_TOO_LARGE
+    ]
+    assert not h.is_open(over)
+
+
+def test_sending_exactly_max_body_bytes_is_allowed_and_one_more_is_refused() -> None:
+    pair = Pair(sandbox=bp.Config(max_body_bytes=10))
+    s = pair.sandbox
+    xid = s.start_exchange(b"POST", b"/", [], 0.0)
+    s.send_data(xid, b"x" * 10, 0.0)
+    with pytest.raises(bp.LocalProtocolError, match="max_body_bytes") as refused:
+        s.send_data(xid, b"x", 0.0)
+    assert refused.value.code is bp.ErrorCode.BODY_TOO_LARGE and refused.value.status_hint == 413
+
+
+def test_a_head_of_exactly_the_peers_limit_is_sent_and_one_byte_more_is_not() -> None:
+    head = bp.RequestHead(1, b"GET", b"/", ((b"a", b"b"),))
+    pair = Pair(host=bp.Config(limits=bp.Limits(max_header_bytes=head.head_size)))
+    s, h = pair.sandbox, pair.host
+    xid = s.start_exchange(b"GET", b"/", [(b"a", b"b")], 0.0)
+    pair.pump()
+    assert pair.take(h) == [bp.RequestHead(xid, b"GET", b"/", ((b"a", b"b"),))]
+    with pytest.raises(bp.LocalProtocolError, match="peer accepts at most") as refused:
+        s.start_exchange(b"GET", b"/", [(b"a", b"bb")], 0.0)
+    assert refused.value.code is bp.ErrorCode.HEADERS_TOO_LARGE
+
+
+def test_exactly_max_exchanges_may_be_open_and_not_one_more() -> None:
+    pair = Pair(host=bp.Config(limits=bp.Limits(max_exchanges=2)))
+    s = pair.sandbox
+    s.start_exchange(b"GET", b"/", [], 0.0)
+    assert not s.exchanges_full
+    s.start_exchange(b"GET", b"/", [], 0.0)
+    assert s.exchanges_full
+    with pytest.raises(bp.LocalProtocolError, match="the peer allows 2") as refused:
+        s.start_exchange(b"GET", b"/", [], 0.0)
+    assert refused.value.code is bp.ErrorCode.TOO_MANY_EXCHANGES
+
+
+def test_exactly_max_unacknowledged_bytes_is_tolerated_and_more_fails_the_session() -> None:
+    host, peer = connected(bp.Role.HOST)
+    request = peer.frame(bp.RequestHead(1, b"GET", b"/"))
+    host.receive_data(request, 0.0)
+    host.send_response(1, 200, b"", [], 0.0)
+    size = host.retained_bytes
+    at = bp.Config(max_unacknowledged_bytes=size)
+    host, peer = connected(bp.Role.HOST, at)
+    host.receive_data(request, 0.0)
+    host.send_response(1, 200, b"", [], 0.0)
+    assert host.handle_timer(0.0) == [] and host.failure is None  # exactly at the limit
+    host.send_end(1, 0.0)
+    assert kinds(host.handle_timer(0.0)) == ["ExchangeReset", "SessionFailed"]
+    assert host.failure is not None and host.failure.code is bp.ErrorCode.PEER_UNRESPONSIVE
+
+
+# ------------------------------------------------------------ survivors of the mutation run
+
+
+@pytest.mark.parametrize("path", [b"/v1/a\\b", b"/v1/a%5cb", b"/v1/a%5Cb", b"/v1/a%2fb"])
+def test_backslashes_and_encoded_separators_are_unsafe(path: bytes) -> None:
+    refusal = check_target(b"GET", path, HttpPolicy())
+    assert refusal is not None and refusal.cause == "unsafe-path", refusal
+
+
+def test_a_capitalised_added_header_replaces_the_agents_own() -> None:
+    upstream = Upstream("h", 1, HttpPolicy(), ((b"Authorization", b"Bearer real"),))
+    head = bp.RequestHead(1, b"GET", b"/", ((b"authorization", b"Bearer placeholder"),))
+    request = upstream_request(head, upstream)
+    assert not isinstance(request, Refusal)
+    sent = [(n.lower(), v) for n, v in request.headers]
+    assert (b"authorization", b"Bearer real") in sent
+    assert (b"authorization", b"Bearer placeholder") not in sent
+
+
+def test_the_session_reports_closed_only_once_its_last_frames_are_acknowledged() -> None:
+    pair = Pair()
+    s, h = pair.sandbox, pair.host
+    s.close(0.0)
+    pair.deliver(s)  # the host gets the goaway and answers with its own
+    pair.deliver(h)  # the sandbox gets it, but the host has no ack for its goaway yet
+    assert s.state is bp.SessionState.CLOSED  # the sandbox's goaway was acknowledged
+    assert h.state is bp.SessionState.CLOSING and h.retained_bytes > 0
+    assert "SessionClosed" not in kinds(pair.take(h))
+    pair.deliver(s)  # the ack
+    assert h.state is bp.SessionState.CLOSED
+    assert kinds(pair.take(h)) == ["SessionClosed"]
+
+
+def test_when_only_the_side_that_lost_frames_resumes_the_other_resends() -> None:
+    pair = Pair()
+    s, h = pair.sandbox, pair.host
+    first = s.start_exchange(b"GET", b"/1", [], 0.0)
+    s.data_to_send()  # lost
+    second = s.start_exchange(b"GET", b"/2", [], 0.0)
+    pair.deliver(s)  # the host sees sequence 2 without 1: its link breaks
+    assert kinds(pair.take(h)) == ["LinkBroken"]
+    h.resume(0.0)  # only the host resumes; the sandbox never hears of the break
+    pair.pump()
+    assert [e.exchange_id for e in pair.take(h) if isinstance(e, bp.RequestHead)] == [
+        first,
+        second,
+    ]
+    assert pair.take(s) == [] and s.retained_bytes == 0
+
+
+def test_send_data_is_bounded_by_the_session_credit_too() -> None:
+    limits = bp.Limits(initial_window=1000, session_window=300)
+    pair = Pair(host=bp.Config(limits=limits))
+    s = pair.sandbox
+    a = s.start_exchange(b"POST", b"/", [], 0.0)
+    b = s.start_exchange(b"POST", b"/", [], 0.0)
+    assert s.send_credit(a) == 300
+    s.send_data(a, b"x" * 200, 0.0)
+    assert s.send_credit(b) == 100  # what the other exchange spent is gone for both
+    with pytest.raises(bp.LocalProtocolError, match="100 bytes of credit"):
+        s.send_data(b, b"x" * 101, 0.0)
+
+
+def test_credit_held_by_forgotten_closed_exchanges_comes_back() -> None:
+    limits = bp.Limits(initial_window=1000, session_window=1000)
+    pair = Pair(sandbox=bp.Config(limits=limits, closed_exchange_memory=1))
+    s, h = pair.sandbox, pair.host
+    xid = s.start_exchange(b"GET", b"/", [], 0.0)
+    s.send_end(xid, 0.0)
+    pair.pump()
+    h.send_response(xid, 200, b"", [], 0.0)
+    h.send_data(xid, b"z" * 600, 0.0)  # delivered, never consumed by the sandbox
+    h.send_end(xid, 0.0)
+    pair.pump()
+    other = s.start_exchange(b"GET", b"/", [], 0.0)
+    s.send_end(other, 0.0)
+    pair.pump()
+    h.send_response(other, 200, b"", [], 0.0)
+    h.send_end(other, 0.0)  # closing it pushes the first out of the bounded map
+    pair.pump()
+    assert bp.CreditAvailable(0) in pair.take(h)
+    third = s.start_exchange(b"GET", b"/", [], 0.0)
+    pair.pump()
+    assert h.send_credit(third) == 1000
+
+
+def test_bytes_received_push_the_idle_timer_and_the_peer_timer_back() -> None:
+    pair = Pair(
+        sandbox=bp.Config(idle_timeout=10, ping_interval=None, peer_timeout=30),
+        host=bp.Config(idle_timeout=None, ping_interval=None, peer_timeout=None),
+    )
+    s, h = pair.sandbox, pair.host
+    xid = s.start_exchange(b"GET", b"/", [], 0.0)
+    pair.pump()
+    pair.now = 8.0
+    h.send_response(xid, 200, b"", [], 8.0)  # received by the sandbox at 8
+    pair.pump()
+    assert s.next_deadline() == 18.0  # idle from the last byte received, not from the start
+    pair.now = 17.0
+    h.send_data(xid, b"x", 17.0)
+    pair.pump()
+    assert s.next_deadline() == 27.0
+    s.reset(xid, bp.ErrorCode.CANCELLED)
+    assert s.next_deadline() == 47.0  # the peer timer runs from the last frame heard
+
+
+def test_after_a_ping_the_next_timer_is_a_whole_interval_away() -> None:
+    pair = Pair(sandbox=bp.Config(ping_interval=5, peer_timeout=60))
+    s = pair.sandbox
+    assert s.next_deadline() == 5.0
+    s.handle_timer(5.0)
+    assert s.data_to_send()  # the ping
+    assert s.next_deadline() == 10.0  # not 5.0 again: a timer loop would spin
+    assert s.handle_timer(5.0) == [] and s.data_to_send() == b""
+
+
+def test_the_armor_decoder_gives_batches_before_its_input_ends() -> None:
+    decoder = ArmorDecoder(1 << 16)
+    line = armor(b"first batch") + "\n"
+    decoder.receive_data(line[:7])
+    assert decoder.next_batch() is NEED_DATA  # half a line: wait, no error, no end
+    decoder.receive_data(line[7:] + armor(b"second")[:3])
+    assert decoder.next_batch() == b"first batch"
+    assert decoder.next_batch() is NEED_DATA
+    decoder.receive_data(armor(b"second")[3:] + "\n")
+    assert decoder.next_batch() == b"second"
+    decoder.receive_data("")
+    assert decoder.next_batch() is END_OF_INPUT
