@@ -22,9 +22,9 @@ DOCS = pathlib.Path(__file__).parent.parent / "docs"
 PROTOCOL = (DOCS / "protocol.md").read_text()
 
 
-def table_rows(header_start: str) -> list[list[str]]:
+def table_rows(header_start: str, text: str = PROTOCOL) -> list[list[str]]:
     """Body rows of the markdown table whose header row starts with ``header_start``."""
-    lines = PROTOCOL.splitlines()
+    lines = text.splitlines()
     first = next(i for i, line in enumerate(lines) if line.startswith(header_start))
     rows = []
     for line in lines[first + 1 :]:
@@ -132,3 +132,23 @@ def test_the_embedding_example_in_the_adapter_docs_runs() -> None:
             assert headers["authorization"] == "Bearer the-real-key"
 
     anyio.run(scenario)
+
+
+def test_the_session_table_in_core_md_matches_the_code() -> None:
+    from bridgeproto._state import SessionInput, session_after
+
+    states = bp.SessionState
+    documented = set()
+    for before, _, after in table_rows("| session state |", (DOCS / "core.md").read_text()):
+        sources = re.findall(r"`([A-Z]+)`", before)
+        if before.startswith("any but"):
+            sources = [s.name for s in states if s.name not in sources]
+        target = re.findall(r"`([A-Z]+)`", after)[0]
+        documented |= {(states[name], states[target]) for name in sources}
+    moves = {
+        (state, new)
+        for state in states
+        for what in SessionInput
+        if (new := session_after(state, what)) not in (None, state)
+    }
+    assert documented == moves
