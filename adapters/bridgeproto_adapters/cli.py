@@ -4,7 +4,8 @@
     bridgeproto demo
     bridgeproto decode TRACE
     bridgeproto sandbox-side --session HEX --settings JSON [--daemon]
-    bridgeproto channel --session HEX            (both started by the host side)
+    bridgeproto channel --session HEX            (these three started by the host side)
+    bridgeproto mailbox --session HEX --epoch N --in K --wait MS --max-out BYTES [--input FILE]
 
 Every failure to start prints one line naming the cause and the fix and
 exits 2; otherwise ``run`` exits as ``run.py`` describes (the command's own
@@ -327,6 +328,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     commands.add_parser(
         "channel", help="relay stdin/stdout to the sandbox side's socket (the host starts it)"
     ).add_argument("--session", required=True, help="the session id, in hex")
+    call = commands.add_parser(
+        "mailbox", help="one call of the mailbox transport (the host starts it)"
+    )
+    call.add_argument("--session", required=True, help="the session id, in hex")
+    for name in ("--epoch", "--in", "--wait", "--max-out"):
+        call.add_argument(name, required=True)
+    call.add_argument("--input", help="a file holding the input batch (else stdin)")
 
     args = parser.parse_args(argv)
     if args.command_name == "run":
@@ -348,6 +356,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         from .relay import main as relay_main
 
         return relay_main(["--session", args.session])
+    if args.command_name == "mailbox":
+        from .mailbox_call import main as call_main
+
+        given = {"--epoch": args.epoch, "--in": getattr(args, "in"), "--wait": args.wait}
+        given |= {"--max-out": args.max_out, "--session": args.session}
+        if args.input:
+            given["--input"] = args.input
+        return call_main([item for pair in given.items() for item in pair])
     return sandbox_side(args)
 
 

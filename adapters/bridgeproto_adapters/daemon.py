@@ -1,9 +1,10 @@
-"""The sandbox side as a daemon, for the live-stream transport.
+"""The sandbox side as a daemon, for the live-stream and mailbox transports.
 
 ``bridgeproto sandbox-side --daemon`` starts the sandbox side detached from
 the command that starts it (a new session, its output to a log in its
 private directory), so it outlives every channel. The starting command
-returns once the daemon listens for agents and for channels: it prints
+returns once the daemon listens for agents, for channels and for mailbox
+calls: it prints
 ``ready``, or the reason it could not start and exits 2.
 
 The daemon ends when its session does (the host closed it, or no channel
@@ -23,11 +24,13 @@ from collections.abc import Callable
 import anyio
 import anyio.abc
 
+from .mailbox_call import mailbox_socket
 from .relay import channel_dir, channel_socket
 from .sandbox_side import run_sandbox_side
 from .settings import SandboxSettings
 from .transports import Acceptor
 from .transports.live import accept_channels
+from .transports.mailbox import serve_mailbox
 
 
 def start(session_id: bytes, settings: SandboxSettings) -> int:
@@ -117,6 +120,7 @@ async def _serve(session_id: bytes, settings: SandboxSettings, ready: Callable[[
     acceptor = Acceptor()
     async with anyio.create_task_group() as tg:
         await tg.start(accept_channels, acceptor, channel_socket(session_id))
+        await tg.start(serve_mailbox, acceptor, mailbox_socket(session_id))
 
         async def sandbox_side(*, task_status: anyio.abc.TaskStatus[object]) -> None:
             await run_sandbox_side(

@@ -37,6 +37,7 @@ from .sandboxes import SandboxClient, SandboxError
 from .session import RESUME_TIMEOUT, Session, Tracer
 from .settings import SandboxSettings
 from .transports.live import ProcessChannels
+from .transports.mailbox import MailboxChannels, MailboxOptions
 
 PLACEHOLDER_KEY = "bridgeproto-placeholder-key"
 MIN_PYTHON = (3, 10)
@@ -54,7 +55,7 @@ class Bridge:
     env: Mapping[str, str]  # for commands run in the sandbox
     session: Session
     sandbox: SandboxClient
-    channels: ProcessChannels
+    channels: ProcessChannels | MailboxChannels
     _stopped: bool = False
 
     async def stop(self, grace: float | None = None) -> None:
@@ -174,6 +175,8 @@ async def open_bridge(
     limits: AgentLimits | None = None,
     resume_timeout: float = RESUME_TIMEOUT,
     on_channel: Callable[[str], None] | None = None,
+    transport: str = "auto",
+    mailbox: MailboxOptions | None = None,
 ) -> AsyncIterator[Bridge]:
     """Run a bridge into ``sandbox`` forwarding to ``upstream_url``.
 
@@ -183,8 +186,14 @@ async def open_bridge(
     sandbox side runs with (its PATH decides which ``python`` is found).
     ``limits`` bounds what agents may cost the sandbox side; ``resume_timeout``
     how long a broken channel may take to come back; ``on_channel`` hears of
-    every channel that breaks or comes up.
+    every channel that breaks or comes up. ``transport`` is ``stream`` (a live
+    process per channel), ``mailbox`` (calls only; ``mailbox`` tunes them) or
+    ``auto``: stream where the sandbox has live processes, mailbox otherwise.
     """
+    if transport == "auto":
+        transport = "stream" if getattr(sandbox, "live_processes", True) else "mailbox"
+    if transport not in ("stream", "mailbox"):
+        raise BridgeStartError(f"unknown transport {transport!r}; use stream, mailbox or auto")
     host, port, path = parse_upstream(upstream_url)
     config = config or bp.Config()
     # The body and head limits are the core's; the HTTP policy takes them from there.
@@ -203,13 +212,19 @@ async def open_bridge(
         "--settings", settings.to_json(),
     ]  # fmt: skip
     await _start_daemon(sandbox, archive, start, env, config.handshake_timeout)
-    channels = ProcessChannels(
-        sandbox, [python, remote, "channel", "--session", session_id.hex()], env
-    )
+    channels: ProcessChannels | MailboxChannels
+    if transport == "mailbox":
+        channels = MailboxChannels(sandbox, [python, remote, "mailbox"], session_id, env, mailbox)
+    else:
+        channels = ProcessChannels(
+            sandbox, [python, remote, "channel", "--session", session_id.hex()], env
+        )
     url = f"http://{listen[0]}:{listen[1]}{path}"
     bridge: Bridge | None = None
     try:
         async with anyio.create_task_group() as tg:
+            if isinstance(channels, MailboxChannels):
+                await tg.start(channels.run)
             try:
                 session = await tg.start(
                     functools.partial(

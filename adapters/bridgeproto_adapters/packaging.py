@@ -21,10 +21,14 @@ import zipfile
 PACKAGES = ("bridgeproto", "bridgeproto_adapters", "h11", "anyio", "attr", "attrs", "idna")
 OPTIONAL = ("sniffio", "typing_extensions", "exceptiongroup")
 HOST_ONLY = ("bench",)  # subpackages the sandbox never runs
-# The channel relay is started for every channel: it skips the command line's imports.
+# The channel relay and the mailbox call run for every channel and every call:
+# they skip the command line's imports.
 MAIN = b"""import sys
 if sys.argv[1:2] == ["channel"]:
     from bridgeproto_adapters.relay import main
+    sys.exit(main(sys.argv[2:]))
+if sys.argv[1:2] == ["mailbox"]:
+    from bridgeproto_adapters.mailbox_call import main
     sys.exit(main(sys.argv[2:]))
 from bridgeproto_adapters.cli import main
 sys.exit(main())

@@ -83,6 +83,7 @@ class SandboxClient(Protocol):
     """What the bridge needs from a sandbox."""
 
     name: str
+    live_processes: bool  # whether open_process works (else the mailbox transport serves)
 
     async def run(
         self,
@@ -125,6 +126,7 @@ class HostCommandSandbox(abc.ABC):
 
     name = "sandbox"
     workdir = "/tmp"
+    live_processes = True
 
     @abc.abstractmethod
     def wrap(self, argv: list[str], cwd: str | None) -> list[str]:

@@ -40,6 +40,8 @@ class HarnessSandbox:
     transport serves these.
     """
 
+    live_processes = False
+
     def __init__(self, client: HarnessClient, sandbox_id: str, workdir: str = "/tmp") -> None:
         self.client = client
         self.sandbox_id = sandbox_id

@@ -1,0 +1,82 @@
+"""One call of the mailbox transport, run in the sandbox (see ``transports/mailbox.py``).
+
+The host runs this for every control-plane call, so it imports nothing but
+the standard library and starts fast. It reads the host's input batch (its
+stdin, or a file the host uploaded just before), hands it to the sandbox
+side over the private Unix socket, waits for the answer (the sandbox side's
+output, armored as one line of text) and prints it. Exit status 3: nothing
+listens there, the sandbox side is not running; 4: the sandbox side has
+moved to a newer epoch, this call is stale.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import struct
+import sys
+from collections.abc import Sequence
+
+from .relay import EXIT_NO_DAEMON, channel_dir
+
+EXIT_STALE = 4
+# epoch, input batch number (0: none), wait in ms, largest answer, input length
+REQUEST = struct.Struct(">QQIII")
+STALE = b"STALE\n"
+
+
+def mailbox_socket(session_id: bytes) -> str:
+    return os.path.join(channel_dir(session_id), "mailbox.sock")
+
+
+def call(path: str, head: bytes, data: bytes) -> int:
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.connect(path)
+    except OSError as exc:
+        print(
+            f"bridgeproto mailbox: the sandbox side is not running ({path}: {exc.strerror})",
+            file=sys.stderr,
+        )
+        return EXIT_NO_DAEMON
+    sock.sendall(head + data)
+    answer = bytearray()
+    while chunk := sock.recv(1 << 20):
+        answer += chunk
+    if answer == STALE:
+        print("bridgeproto mailbox: this call's epoch is over", file=sys.stderr)
+        return EXIT_STALE
+    if not answer.endswith(b"\n"):
+        print("bridgeproto mailbox: the sandbox side ended the call early", file=sys.stderr)
+        return 1
+    sys.stdout.buffer.write(answer)  # one armored line
+    sys.stdout.buffer.flush()
+    return 0
+
+
+def main(argv: Sequence[str]) -> int:
+    """``mailbox --session HEX --epoch N --in K --wait MS --max-out BYTES [--input FILE]``."""
+    options = dict(zip(argv[::2], argv[1::2], strict=False))
+    try:
+        session_id = bytes.fromhex(options["--session"])
+        fields = [int(options[name]) for name in ("--epoch", "--in", "--wait", "--max-out")]
+    except (KeyError, ValueError):
+        print(
+            "usage: bridgeproto mailbox --session HEX --epoch N --in K --wait MS"
+            " --max-out BYTES [--input FILE]",
+            file=sys.stderr,
+        )
+        return 2
+    source = options.get("--input")
+    if fields[1] == 0:  # no input batch: stdin is not even read
+        data = b""
+    elif source:
+        with open(source, "rb") as file:
+            data = file.read()
+        with contextlib.suppress(OSError):
+            os.unlink(source)
+    else:
+        data = sys.stdin.buffer.read()
+    head = REQUEST.pack(*fields, len(data))
+    return call(mailbox_socket(session_id), head, data)
