@@ -1,12 +1,14 @@
 """A whole bridge in a test: a real upstream, the host side, the sandbox side
 listening on a real loopback port, and a transport between the two sides:
 an in-memory pair, in-memory channels that can be cut or damaged and
-replaced, or a real subprocess's stdin and stdout."""
+replaced, a real subprocess's stdin and stdout, or the mailbox transport
+(every call a real process, talking to the sandbox side's private socket)."""
 
 from __future__ import annotations
 
 import functools
 import os
+import shutil
 import socket
 import sys
 from collections.abc import AsyncIterator
@@ -18,11 +20,21 @@ import attrs
 import bridgeproto as bp
 import bridgeproto.http as bp_http
 from bridgeproto_adapters.host_side import HostOptions, run_host_side
+from bridgeproto_adapters.mailbox_call import mailbox_socket
+from bridgeproto_adapters.relay import channel_dir
 from bridgeproto_adapters.sandbox_side import AgentLimits, run_sandbox_side
+from bridgeproto_adapters.sandboxes import LocalSandbox, SandboxClient
 from bridgeproto_adapters.session import Session
 from bridgeproto_adapters.settings import SandboxSettings
 from bridgeproto_adapters.streams import memory_stream_pair, process_stream
-from bridgeproto_adapters.transports import Channels, MemoryConnector, Wrap, memory_channels
+from bridgeproto_adapters.transports import (
+    Acceptor,
+    Channels,
+    MemoryConnector,
+    Wrap,
+    memory_channels,
+)
+from bridgeproto_adapters.transports.mailbox import MailboxChannels, MailboxOptions, serve_mailbox
 from upstream import Upstream, running_upstream
 
 
@@ -33,6 +45,14 @@ class Bridge:
     session: Session  # the host side's session
     process: anyio.abc.Process | None = None
     connector: MemoryConnector | None = None  # with transport="channels"
+    mailbox: MailboxChannels | None = None  # with transport="mailbox"
+
+
+# A mailbox call without the command line's imports, as the zipapp runs it.
+CALL = [
+    sys.executable, "-c",
+    "import sys; from bridgeproto_adapters.mailbox_call import main; sys.exit(main(sys.argv[1:]))",
+]  # fmt: skip
 
 
 def free_port() -> int:
@@ -54,6 +74,8 @@ async def bridge(
     limits: AgentLimits | None = None,
     wrap: Wrap | None = None,
     resume_timeout: float = 30.0,
+    mailbox: MailboxOptions | None = None,
+    calls_through: SandboxClient | None = None,
 ) -> AsyncIterator[Bridge]:
     """``upstream_port`` sends the host side somewhere other than the test upstream."""
     async with running_upstream() as upstream:
@@ -61,9 +83,24 @@ async def bridge(
         port = upstream_port or upstream.port
         target = bp_http.Upstream("127.0.0.1", port, policy or bp_http.HttpPolicy(), added_headers)
         async with anyio.create_task_group() as tg:
-            process = connector = None
+            process = connector = mailbox_channels = None
             host_channels: Channels | anyio.abc.ByteStream
-            if transport in ("memory", "channels"):
+            if transport == "mailbox":
+                acceptor = Acceptor()
+                os.mkdir(channel_dir(session_id), 0o700)
+                await tg.start(serve_mailbox, acceptor, mailbox_socket(session_id))
+                host, port = await tg.start(
+                    functools.partial(
+                        run_sandbox_side, acceptor, session_id, listen=("127.0.0.1", 0),
+                        policy=policy, config=sandbox_config, limits=limits,
+                        resume_timeout=resume_timeout,
+                    )
+                )  # fmt: skip
+                host_channels = mailbox_channels = MailboxChannels(
+                    calls_through or LocalSandbox(), CALL, session_id, options=mailbox
+                )
+                await tg.start(mailbox_channels.run)
+            elif transport in ("memory", "channels"):
                 sandbox_channels: Channels | anyio.abc.ByteStream
                 if transport == "memory":
                     sandbox_channels, host_channels = memory_stream_pair()
@@ -108,9 +145,15 @@ async def bridge(
                     resume_timeout=resume_timeout,
                 )
             )
-            yield Bridge(f"http://{host}:{port}", upstream, session, process, connector)
+            yield Bridge(
+                f"http://{host}:{port}", upstream, session, process, connector, mailbox_channels
+            )
             with anyio.fail_after(15):
                 await session.close()
                 if process is not None:
                     await process.wait()
                     await process.aclose()
+            if mailbox_channels is not None:
+                await mailbox_channels.aclose()
+                tg.cancel_scope.cancel()  # the sandbox side's call listener
+                shutil.rmtree(channel_dir(session_id), ignore_errors=True)

@@ -33,7 +33,7 @@ def anyio_backend(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
 
-@pytest.fixture(params=["memory", "process"])
+@pytest.fixture(params=["memory", "process", "mailbox"])
 def transport(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 

@@ -13,7 +13,8 @@ the host, armored as one line of text.
   not end a wait: they ride with the next call either way.
 * **Input in the same calls.** Frames for the sandbox ride in the next call
   (on its stdin when small, in a file uploaded just before when large), and
-  that call then waits like any other.
+  that call then waits in place of the one that was waiting, which returns:
+  one call per request and response in the steady state.
 * **Several calls in flight** (``max_calls``) while data flows, so a stream
   of server-sent events is not held to one call at a time. Batches are
   numbered both ways and put back in order.
@@ -155,11 +156,27 @@ class _SandboxEpoch(_EpochStream):
     def __init__(self, epoch: int) -> None:
         super().__init__(epoch)
         self._next_out = 1
+        self._tickets = 0  # one per call that waits here
+        self._released_below = 0  # calls with a lower ticket answer now
+
+    def answer_all_now(self) -> None:
+        """The host is closing this epoch: no call waits here any more."""
+        self._released_below = 1 << 62
+        self.changed()
+
+    def take_input(self, number: int, data: bytes) -> None:
+        """A call brought input. It will wait in turn, so the calls already
+        waiting are answered now: the host needs their places for more input."""
+        self.inbox.add(number, data)
+        self._released_below = max(self._released_below, self._tickets)
+        self.changed()
 
     async def answer(self, wait: float, max_out: int) -> bytes:
-        """Wait for urgent output (or ``wait`` seconds); the armored answer line."""
+        """Wait for urgent output (or ``wait`` seconds, or a call with input
+        after this one); the armored answer line."""
+        ticket, self._tickets = self._tickets, self._tickets + 1
         with anyio.move_on_after(wait):
-            while self.ended is None and not self.outbox.urgent:
+            while self.ended is None and not self.outbox.urgent and ticket >= self._released_below:
                 await self.wait_for_change()
         data = self.outbox.take(max_out)
         number = 0
@@ -206,8 +223,9 @@ async def serve_mailbox(
                 await acceptor.offer(current)  # the old epoch's waiting calls return now
             epoch_stream = current
             if number:
-                epoch_stream.inbox.add(number, data)
-                epoch_stream.changed()
+                epoch_stream.take_input(number, data)
+            if wait_ms == 0:
+                epoch_stream.answer_all_now()
             line = await epoch_stream.answer(wait_ms / 1000, max_out)
             # A call stopped meanwhile: the host sees it failed, and resumes.
             with contextlib.suppress(*STREAM_ERRORS):
@@ -274,6 +292,7 @@ class _HostEpoch(_EpochStream):
         self._next_in = 1
         self._in_flight = 0
         self._flowing = False  # the last answer carried data: more is likely
+        self._closing = False  # no new calls: the last one is out
 
     def _wanted(self) -> int:
         """Calls to keep in flight now. Waiting calls leave one place free for
@@ -286,7 +305,7 @@ class _HostEpoch(_EpochStream):
     async def pump(self) -> None:
         async with anyio.create_task_group() as calls:
             while self.ended is None:
-                if self._in_flight < self._wanted():
+                if not self._closing and self._in_flight < self._wanted():
                     self._in_flight += 1
                     calls.start_soon(self._call)
                     continue
@@ -305,10 +324,32 @@ class _HostEpoch(_EpochStream):
             return
         finally:
             self._in_flight -= 1
-            self.changed()
         self._flowing = bool(answer)
         if answer_number:
             self.inbox.add(answer_number, answer)
+        self.changed()
+
+    async def aclose(self) -> None:
+        """End the epoch once what was sent has crossed: a session's final
+        frames count as sent when they are in a call. One last call that
+        does not wait carries the rest, and tells the sandbox side to answer
+        every waiting call now; then the calls still out are waited for."""
+        if self.ended is None:
+            self._closing = True
+            data = self.outbox.take(self._owner.options.batch_bytes)
+            number = 0
+            if data:
+                number, self._next_in = self._next_in, self._next_in + 1
+            with anyio.move_on_after(self._owner.options.call_timeout):
+                with contextlib.suppress(_CallFailed):
+                    self._in_flight += 1
+                    try:
+                        await self._owner.call(self.epoch, number, data, wait=0.0)
+                    finally:
+                        self._in_flight -= 1
+                while self._in_flight and self.ended is None:
+                    await self.wait_for_change()
+        self.end("the epoch is over")
 
 
 class MailboxChannels:
@@ -371,12 +412,15 @@ class MailboxChannels:
         self._task_group.start_soon(self._current.pump)
         return self._current
 
-    async def call(self, epoch: int, number: int, data: bytes) -> tuple[int, bytes]:
+    async def call(
+        self, epoch: int, number: int, data: bytes, wait: float | None = None
+    ) -> tuple[int, bytes]:
         """One control-plane call: hand over ``data``, get the sandbox's answer."""
         options = self.options
+        wait = options.wait if wait is None else wait
         argv = [
             *self.command, "--session", self._session_hex, "--epoch", str(epoch),
-            "--in", str(number), "--wait", str(math.ceil(options.wait * 1000)),
+            "--in", str(number), "--wait", str(math.ceil(wait * 1000)),
             "--max-out", str(self._batch_bytes),
         ]  # fmt: skip
         stdin = data if number else None
@@ -389,7 +433,7 @@ class MailboxChannels:
                 stdin = None
             self.stats.calls += 1
             result = await self.sandbox.run(
-                argv, stdin=stdin, env=self.env, timeout=options.wait + options.call_timeout
+                argv, stdin=stdin, env=self.env, timeout=wait + options.call_timeout
             )
         except SandboxError as exc:
             self.stats.failed += 1
