@@ -72,6 +72,7 @@ def test_version_mismatch_names_both_versions_and_tells_the_peer() -> None:
     [
         (bp.Role.HOST, SID, "both sides claim the host role"),
         (bp.Role.SANDBOX, bytes(16), "session id mismatch"),
+        (bp.Role.SANDBOX, b"\xff" * 16, "session id mismatch"),
     ],
 )
 def test_wrong_peer_fails_the_handshake(
@@ -117,6 +118,7 @@ def test_handshake_timeout() -> None:
     assert (
         isinstance(failed, bp.SessionFailed)
         and "no hello from the peer within 5 s" in failed.reason
+        and not failed.by_peer
     )
 
 

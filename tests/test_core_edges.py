@@ -9,6 +9,7 @@ import bridgeproto as bp
 from bridgeproto.http import HttpPolicy, Refusal, Upstream, check_target, upstream_request
 from bridgeproto.wire import (
     END_OF_INPUT,
+    FRAME_OVERHEAD,
     NEED_DATA,
     ArmorDecoder,
     Frame,
@@ -232,3 +233,119 @@ def test_the_armor_decoder_gives_batches_before_its_input_ends() -> None:
     assert decoder.next_batch() == b"second"
     decoder.receive_data("")
     assert decoder.next_batch() is END_OF_INPUT
+
+
+def test_sending_under_max_body_bytes_in_pieces_is_allowed() -> None:
+    pair = Pair(sandbox=bp.Config(max_body_bytes=10))
+    s = pair.sandbox
+    xid = s.start_exchange(b"POST", b"/", [], 0.0)
+    s.send_data(xid, b"x" * 4, 0.0)
+    s.send_data(xid, b"x" * 5, 0.0)  # 9 of 10
+    with pytest.raises(bp.LocalProtocolError, match="max_body_bytes"):
+        s.send_data(xid, b"xx", 0.0)  # 11 of 10
+
+
+def test_the_exchange_deadline_fires_at_it_and_not_before() -> None:
+    quiet = {"idle_timeout": None, "ping_interval": None, "peer_timeout": None}
+    pair = Pair(host=bp.Config(exchange_timeout=60, **quiet))
+    xid = pair.sandbox.start_exchange(b"GET", b"/", [], 0.0)
+    pair.pump()
+    assert pair.host.handle_timer(59.0) == []
+    assert pair.host.is_open(xid)
+    (reset,) = pair.host.handle_timer(60.0)
+    assert isinstance(reset, bp.ExchangeReset) and reset.code is bp.ErrorCode.DEADLINE_EXCEEDED
+
+
+def test_sending_out_of_turn_is_the_callers_error_not_the_peers() -> None:
+    pair = Pair()
+    s = pair.sandbox
+    xid = s.start_exchange(b"GET", b"/", [], 0.0)
+    s.send_end(xid, 0.0)
+    with pytest.raises(bp.LocalProtocolError, match="cannot send end while its send half is done"):
+        s.send_end(xid, 0.0)
+    assert s.failure is None and s.is_open(xid)
+
+
+def test_closed_ids_are_remembered_up_to_the_limit_then_forgotten() -> None:
+    limits = bp.Limits(initial_window=1000, session_window=1000)
+    pair = Pair(sandbox=bp.Config(limits=limits, closed_exchange_memory=2))
+    s, h = pair.sandbox, pair.host
+
+    def complete(unconsumed: int) -> int:
+        xid = s.start_exchange(b"GET", b"/", [], 0.0)
+        s.send_end(xid, 0.0)
+        pair.pump()
+        h.send_response(xid, 200, b"", [], 0.0)
+        h.send_data(xid, b"z" * unconsumed, 0.0)
+        h.send_end(xid, 0.0)
+        pair.pump()
+        return xid
+
+    first = complete(600)
+    complete(0)  # two closed ids remembered: the first still holds its bytes
+    assert bp.CreditAvailable(0) not in pair.take(h)
+    s.consume(first, 600)  # still remembered, so consuming it returns the credit
+    pair.pump()
+    assert bp.CreditAvailable(0) in pair.take(h)
+
+
+def test_a_late_frame_for_a_forgotten_exchange_is_dropped_quietly() -> None:
+    host, peer = connected(bp.Role.HOST, bp.Config(closed_exchange_memory=1))
+    for xid in (1, 3):
+        host.receive_data(peer.frame(bp.RequestHead(xid, b"GET", b"/")), 0.0)
+        host.receive_data(peer.frame(bp.EndOfBody(xid)), 0.0)
+        host.send_response(xid, 204, b"", [], 0.0)
+        host.send_end(xid, 0.0)
+    host.data_to_send()
+    # Exchange 1 is forgotten (the map holds one id): a late head for it is
+    # neither a new exchange nor an error.
+    assert host.receive_data(peer.frame(bp.RequestHead(1, b"GET", b"/")), 0.0) == []
+    assert host.open_exchanges == []
+    resets = [r for r in _records(host.data_to_send()) if isinstance(r, bp.Reset)]
+    assert resets == []
+
+
+def _records(data: bytes) -> list[bp.Record]:
+    decoder = FrameDecoder(1 << 20)
+    decoder.receive_data(data)
+    out = []
+    while isinstance(item := decoder.next_frame(), Frame):
+        out.append(item.record)
+    return out
+
+
+def test_head_sizes_count_every_byte_the_limit_is_about() -> None:
+    headers = ((b"name", b"value"), (b"n", b""))
+    assert bp.RequestHead(1, b"POST", b"/path", headers).head_size == (
+        8 + 4 + 5 + (4 + 5 + 8) + (1 + 0 + 8)
+    )
+    assert bp.ResponseHead(1, 200, b"OK", headers).head_size == 4 + 2 + (4 + 5 + 8) + (1 + 8)
+
+
+def test_wire_constants_are_the_specified_ones() -> None:
+    assert bp.Ack(2**64 - 1).seq == 2**64 - 1
+    with pytest.raises(bp.LocalProtocolError):
+        bp.Ack(2**64)
+    assert bp.Window(1, 2**32 - 1).increment == 2**32 - 1
+    with pytest.raises(bp.LocalProtocolError):
+        bp.Window(1, 2**32)
+    assert FRAME_OVERHEAD == 20
+    config = bp.Config()
+    assert (config.max_retained_bytes, config.max_unacknowledged_bytes) == (32 << 20, 64 << 20)
+
+
+def test_an_armored_batch_of_exactly_the_limit_is_read() -> None:
+    decoder = ArmorDecoder(max_batch_bytes=10)
+    decoder.receive_data(armor(b"0123456789") + armor(b"0123456789X"))
+    assert decoder.next_batch() == b"0123456789"
+    with pytest.raises(bp.RemoteProtocolError, match="limit"):
+        decoder.next_batch()
+
+
+def test_an_odd_window_is_returned_at_its_rounded_down_half() -> None:
+    from bridgeproto._credit import Credit
+
+    c = Credit(can_send=0, window=999)
+    c.take(999)
+    c.release(499)  # 999 // 2: due now (999 / 2 would wait for one more byte)
+    assert c.due() == 499

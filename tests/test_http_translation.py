@@ -43,6 +43,8 @@ POLICY = HttpPolicy(allowed_prefixes=["/rollout/k1/", b"/health"])
         (b"GET", b"/rollout/k1/a%2Fb", "unsafe-path"),
         (b"GET", b"/rollout/k1/./x", "unsafe-path"),
         (b"OPTIONS", b"*", "path-not-allowed"),
+        (b"GET", b"/rollout/k1/a%zz", "unsafe-path"),
+        (b"GET", b"/rollout/k1/a%4", "unsafe-path"),
     ],
 )
 def test_check_target(method: bytes, target: bytes, cause: str | None) -> None:
@@ -189,3 +191,61 @@ def test_expect_100_continue_is_answered_here() -> None:
     assert isinstance(request, AgentRequest)
     assert request.interim.startswith(b"HTTP/1.1 100 ")
     assert all(name != b"expect" for name, _ in request.headers)
+
+
+def test_a_malformed_request_is_a_bad_request_and_an_oversized_one_a_431() -> None:
+    (refused,) = feed(AgentConnection(HttpPolicy()), b"GET / HTTP/1.1\r\nno colon here\r\n\r\n")
+    assert isinstance(refused, AgentRefused)
+    assert (refused.refusal.status, refused.refusal.cause) == (400, "bad-request")
+    small = AgentConnection(HttpPolicy(max_header_bytes=100))
+    (refused,) = feed(small, b"GET / HTTP/1.1\r\nx: " + b"y" * 200)  # a head that never ends
+    assert (refused.refusal.status, refused.refusal.cause) == (431, "headers-too-large")
+
+
+def test_a_request_head_of_exactly_the_limit_passes_and_one_byte_more_is_431() -> None:
+    head = b"GET /abc HTTP/1.1\r\nHost: a\r\nx-pad: "
+    # The size counted: method + target + each header's name, value and 4 bytes.
+    size_without_pad = 3 + 4 + (4 + 1 + 4) + (5 + 4)
+    limit = size_without_pad + 20
+    for pad, allowed in ((20, True), (21, False)):
+        events = feed(
+            AgentConnection(HttpPolicy(max_header_bytes=limit)), head + b"p" * pad + b"\r\n\r\n"
+        )
+        if allowed:
+            assert isinstance(events[0], AgentRequest), events
+        else:
+            assert isinstance(events[0], AgentRefused) and events[0].refusal.status == 431
+
+
+def test_a_declared_length_past_the_body_limit_is_refused_before_the_body() -> None:
+    for length, allowed in ((10, True), (11, False)):
+        agent = AgentConnection(HttpPolicy(max_body_bytes=10))
+        events = feed(agent, b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: %d\r\n\r\n" % length)
+        if allowed:
+            assert isinstance(events[0], AgentRequest)
+        else:
+            assert isinstance(events[0], AgentRefused) and events[0].refusal.status == 413
+
+
+def test_the_chunk_size_refusal_names_the_largest_accepted() -> None:
+    agent = AgentConnection(HttpPolicy())
+    feed(agent, b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n")
+    (refused,) = feed(agent, b"8000000000000000\r\n")
+    assert isinstance(refused, AgentRefused)
+    assert f"the largest accepted is {2**63 - 1}" in refused.refusal.message
+
+
+def test_request_started_says_whether_the_next_request_has_begun() -> None:
+    agent = AgentConnection(HttpPolicy())
+    assert not agent.request_started
+    feed(agent, b"GE")
+    assert agent.request_started
+
+
+def test_a_head_h11_will_not_send_upstream_is_refused_as_a_bad_request() -> None:
+    upstream = Upstream("h", 1, HttpPolicy(), ((b"x-key", b"v"),))
+    head = bp.RequestHead(1, b"GET", b"/", ((b"x", b"a"),))
+    broken = Upstream("h", 1, HttpPolicy(), ((b"bad name", b"v"),))  # h11 refuses the name
+    assert not isinstance(upstream_request(head, upstream), Refusal)
+    refusal = upstream_request(head, broken)
+    assert isinstance(refusal, Refusal) and refusal.cause == "bad-request"

@@ -13,6 +13,7 @@ latest run. ``--sample 0`` runs them all (hours on a 2-core machine).
 from __future__ import annotations
 
 import argparse
+import ast
 import json
 import random
 import shutil
@@ -54,6 +55,27 @@ TESTS = [
 ]
 
 
+def _annotation_spans(path: Path) -> list[tuple[tuple[int, int], tuple[int, int]]]:
+    """Where a module's type annotations are: under ``from __future__ import
+    annotations`` they are never evaluated, so mutating them changes nothing."""
+    spans = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        found: list[ast.expr | None] = []
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            arguments = node.args
+            every = [*arguments.posonlyargs, *arguments.args, *arguments.kwonlyargs]
+            every += [a for a in (arguments.vararg, arguments.kwarg) if a is not None]
+            found = [a.annotation for a in every] + [node.returns]
+        elif isinstance(node, ast.AnnAssign):
+            found = [node.annotation]
+        for expr in found:
+            if expr is not None and expr.end_lineno is not None and expr.end_col_offset is not None:
+                spans.append(
+                    ((expr.lineno, expr.col_offset), (expr.end_lineno, expr.end_col_offset))
+                )
+    return spans
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sample", type=int, default=200, help="mutants to run (0: all)")
@@ -92,12 +114,21 @@ def main() -> int:
     cosmic = [*env_cmd, sys.executable, "-m", "cosmic_ray.cli"]
     subprocess.run([*cosmic, "init", "mutation.toml", "session.sqlite"], **run)  # type: ignore[call-overload]
 
+    spans = {core / name: _annotation_spans(core / name) for name in MODULES}
     with use_db(str(scratch / "session.sqlite"), WorkDB.Mode.open) as db:
-        items = list(db.work_items)
+        every = list(db.work_items)
+        items, in_annotations = [], []
+        for item in every:
+            spec = item.mutations[0]
+            start = tuple(spec.start_pos)
+            inside = any(a <= start < b for a, b in spans[Path(spec.module_path)])
+            (in_annotations if inside else items).append(item)
         total = len(items)
+        skipped = [item.job_id for item in in_annotations]
         if args.sample and args.sample < total:
             chosen = set(random.Random(args.seed).sample(range(total), args.sample))
-            skipped = [item.job_id for i, item in enumerate(items) if i not in chosen]
+            skipped += [item.job_id for i, item in enumerate(items) if i not in chosen]
+        if skipped:
             db.set_multiple_results(skipped, WorkResult(worker_outcome=WorkerOutcome.SKIPPED))
     subprocess.run([*cosmic, "exec", "mutation.toml", "session.sqlite"], **run)  # type: ignore[call-overload]
 
@@ -123,7 +154,9 @@ def main() -> int:
     judged = counts["killed"] + counts["survived"]
     score = 100 * counts["killed"] / judged if judged else 0.0
     print(
-        f"\n{total} mutants in the core; {judged + counts['incompetent'] + counts['error']} run"
+        f"\n{len(every)} mutants in the core, {len(in_annotations)} of them in type annotations"
+        f" (never evaluated, not run); of the other {total},"
+        f" {judged + counts['incompetent'] + counts['error']} run"
         f" (seed {args.seed}): {counts['killed']} killed, {counts['survived']} survived,"
         f" {counts['incompetent']} incompetent, {counts['error']} errors; score {score:.1f} %"
     )
