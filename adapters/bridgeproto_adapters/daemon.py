@@ -36,6 +36,11 @@ from .transports.mailbox import serve_mailbox
 def start(session_id: bytes, settings: SandboxSettings) -> int:
     """Start the daemon and report how that went; the exit status of the starter."""
     directory = channel_dir(session_id)
+    if _pid_in(directory) is not None:
+        # Started already: the call that started it ran and its answer was
+        # lost. Starting is safe to repeat.
+        print("ready", flush=True)
+        return 0
     problem = _claim(directory)
     if problem:
         print(f"bridgeproto: {problem}", file=sys.stderr)

@@ -17,8 +17,9 @@ import functools
 import os
 import pathlib
 import shlex
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
+from typing import TypeVar
 from urllib.parse import urlsplit
 
 import anyio
@@ -90,18 +91,40 @@ async def _start_daemon(
 ) -> None:
     """Start the sandbox side in one control-plane call (two, plus the upload,
     the first time in a sandbox). Only when that fails is the sandbox's
-    Python looked at, to say why in words."""
+    Python looked at, to say why in words. Every step is safe to repeat, so
+    a call that fails (before it ran, or after, its answer lost) is retried."""
     python, remote = start[0], start[1]
-    script = f"test -f {shlex.quote(remote)} || exit {_NOT_UPLOADED}; exec {shlex.join(start)}"
-    started = await sandbox.run(["sh", "-c", script], env=env, timeout=timeout)
+    size = archive.stat().st_size
+    script = (
+        f'test "$(wc -c < {shlex.quote(remote)} 2>/dev/null)" = {size} || exit {_NOT_UPLOADED};'
+        f" exec {shlex.join(start)}"
+    )
+    run = functools.partial(sandbox.run, ["sh", "-c", script], env=env, timeout=timeout)
+    started = await _retried(run)
     if started.exit_code == _NOT_UPLOADED:
-        await sandbox.write_file(remote, archive.read_bytes())
-        started = await sandbox.run(["sh", "-c", script], env=env, timeout=timeout)
+        await _retried(functools.partial(sandbox.write_file, remote, archive.read_bytes()))
+        started = await _retried(run)
     if started.exit_code == 0 and started.stdout.strip() == b"ready":
         return
     await check_python(sandbox, python, env)  # raises, naming the fix, when Python is why
     said = (started.stderr or started.stdout).decode(errors="replace").strip()
     raise BridgeStartError(f"the sandbox side did not start: {said or 'no word from it'}")
+
+
+T = TypeVar("T")
+_ATTEMPTS = 4
+
+
+async def _retried(call: Callable[[], Awaitable[T]]) -> T:
+    """A control-plane call that is safe to repeat, tried up to four times."""
+    for attempt in range(1, _ATTEMPTS + 1):
+        try:
+            return await call()
+        except SandboxError:
+            if attempt == _ATTEMPTS:
+                raise
+            await anyio.sleep(0.1 * attempt)
+    raise AssertionError("unreachable")
 
 
 async def _reap_daemon(sandbox: SandboxClient, session_id: bytes) -> None:
@@ -112,7 +135,7 @@ async def _reap_daemon(sandbox: SandboxClient, session_id: bytes) -> None:
         " for i in $(seq 50); do kill -0 $p 2>/dev/null || exit 0; sleep 0.1; done;"
         f" kill -9 $p; rm -rf {directory}"
     )
-    await sandbox.run(["sh", "-c", script], timeout=15)
+    await _retried(functools.partial(sandbox.run, ["sh", "-c", script], timeout=15))
 
 
 def sandbox_env(url: str) -> dict[str, str]:

@@ -371,6 +371,7 @@ class Session:
             if not first:
                 self.stats.reconnects += 1
                 self.conn.resume(self.now())
+                self.core_changed()  # the hello and the resent frames go out at once
                 self._say(f"channel {self.stats.reconnects + 1} is up; the session resumes")
             first = False
             self.stream = stream

@@ -11,7 +11,9 @@ One module per family of backends:
   and ``CommandPrefixSandbox`` (``docker exec -i ID``, ``kubectl exec -i POD
   --``, ``ssh HOST``);
 - ``harness``: ``HarnessSandbox``, for harness clients with
-  ``execute_command``, ``read_file`` and ``upload_bytes`` (no live process).
+  ``execute_command``, ``read_file`` and ``upload_bytes`` (no live process);
+- ``simulated``: ``SimulatedProvider``, a harness-style client over a real
+  sandbox with the latency and faults of a remote provider (tests, benchmark).
 """
 
 from .base import (
@@ -28,6 +30,7 @@ from .base import (
 from .harness import HarnessClient, HarnessSandbox
 from .local import CommandPrefixSandbox, LocalSandbox
 from .offline import BwrapSandbox, UnshareSandbox, open_sandbox
+from .simulated import Faults, SimulatedProvider
 
 __all__ = [
     "BwrapSandbox",
@@ -35,6 +38,7 @@ __all__ = [
     "CommandPrefixSandbox",
     "CommandResult",
     "CommandTimeout",
+    "Faults",
     "HarnessClient",
     "HarnessSandbox",
     "HostCommandSandbox",
@@ -44,6 +48,7 @@ __all__ = [
     "SandboxClient",
     "SandboxError",
     "SandboxUnavailable",
+    "SimulatedProvider",
     "UnshareSandbox",
     "open_sandbox",
 ]

@@ -37,7 +37,9 @@ class HarnessSandbox:
 
     Commands become one shell string; stdin travels base64-encoded inside it,
     since such clients take no input stream. No live process: the mailbox
-    transport serves these.
+    transport serves these. Every call passes its arguments by name
+    (``sandbox_id``, ``command``, ``timeout``; ``file_path``, ``file_bytes``,
+    ``filename``), and results may be ``str`` or ``bytes``.
     """
 
     live_processes = False
@@ -67,7 +69,10 @@ class HarnessSandbox:
         else:
             line += f"( {body} )"
         result = await self._call(
-            "execute_command", self.sandbox_id, line, timeout=timeout if timeout else 60
+            "execute_command",
+            sandbox_id=self.sandbox_id,
+            command=line,
+            timeout=timeout if timeout else 60,
         )
         return CommandResult(
             int(getattr(result, "exit_code", 0) or 0),
@@ -76,7 +81,13 @@ class HarnessSandbox:
         )
 
     async def write_file(self, path: str, data: bytes) -> None:
-        await self._call("upload_bytes", self.sandbox_id, path, data, os.path.basename(path))
+        await self._call(
+            "upload_bytes",
+            sandbox_id=self.sandbox_id,
+            file_path=path,
+            file_bytes=data,
+            filename=os.path.basename(path),
+        )
 
     async def read_file(self, path: str) -> bytes:
         """The file's exact bytes, through ``base64`` in a command rather than
@@ -98,10 +109,11 @@ class HarnessSandbox:
     async def aclose(self) -> None:
         pass
 
-    async def _call(self, method: str, *args: Any, **kwargs: Any) -> Any:
-        """The one place a harness client's own exceptions become ours."""
+    async def _call(self, method: str, **kwargs: Any) -> Any:
+        """The one place a harness client's own exceptions become ours. The
+        arguments go by name, the names the common clients use."""
         try:
-            return await getattr(self.client, method)(*args, **kwargs)
+            return await getattr(self.client, method)(**kwargs)
         except Exception as exc:
             # Clients name their timeouts differently; all of them mean this.
             if isinstance(exc, TimeoutError) or "timeout" in type(exc).__name__.lower():

@@ -377,6 +377,7 @@ class MailboxChannels:
         self._upload_dir = channel_dir(session_id)
         self._batch_bytes = self.options.batch_bytes
         self._epoch = 0
+        self._answered_epoch = 0  # the last epoch a call came back from
         self._current: _HostEpoch | None = None
         self._final: str | None = None
         self._task_group: anyio.abc.TaskGroup | None = None
@@ -404,10 +405,17 @@ class MailboxChannels:
             raise NoChannel(self._final, final=True)
         if self._task_group is None or self._closed.is_set():
             raise NoChannel("the mailbox transport is not running", final=True)
-        if self._current is not None:
-            self._current.end("a newer epoch replaced it")
         self._epoch += 1
         self.stats.epochs += 1
+        if self._current is not None:
+            self._current.end("a newer epoch replaced it")
+            if self._answered_epoch != self._current.epoch:
+                # Not one call of the last epoch came back: try one before
+                # offering another, so the session's resume deadline counts.
+                try:
+                    await self.call(self._epoch, 0, b"", wait=0.0)
+                except _CallFailed as exc:
+                    raise NoChannel(str(exc), final=exc.final) from None
         self._current = _HostEpoch(self, self._epoch)
         self._task_group.start_soon(self._current.pump)
         return self._current
@@ -446,13 +454,15 @@ class MailboxChannels:
                 raise _CallFailed(self._final, final=True)
             raise _CallFailed(f"a call ended with status {result.exit_code}: {said}")
         try:
-            return self._parse(result.stdout)
+            answer = self._parse(result.stdout)
         except _CallFailed as exc:
             self.stats.failed += 1
             if exc.cut and self._batch_bytes > 4096:
                 # The provider cuts output shorter than our batches: use smaller ones.
                 self._batch_bytes //= 2
             raise
+        self._answered_epoch = epoch
+        return answer
 
     def _parse(self, stdout: bytes) -> tuple[int, bytes]:
         decoder = ArmorDecoder(self._batch_bytes + _NUMBER.size)

@@ -1,0 +1,238 @@
+"""The mailbox transport through real offline sandboxes, and through a
+simulated remote provider that is slow, fails calls and cuts their output.
+
+The HTTP behaviour over the mailbox (methods, bodies, gated SSE, cancellation,
+timeouts, refusals, bounded shutdown) is in test_http_bridge.py, which runs
+every test over it too; here: what the sandbox and the control plane add.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import site
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import anyio
+import attrs
+import pytest
+
+from bridgeproto_adapters.launch import Bridge, open_bridge
+from bridgeproto_adapters.sandboxes import (
+    BwrapSandbox,
+    Faults,
+    HarnessSandbox,
+    SandboxClient,
+    SimulatedProvider,
+)
+from bridgeproto_adapters.transports.mailbox import MailboxChannels, MailboxOptions
+from sandbox_kinds import need_bwrap
+from upstream import pattern_bytes, running_upstream
+
+pytestmark = pytest.mark.anyio
+SITE_PACKAGES = site.getsitepackages()[0]
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@asynccontextmanager
+async def offline(ro: tuple[str, ...] = ()) -> AsyncIterator[BwrapSandbox]:
+    need_bwrap()
+    sandbox = await BwrapSandbox.create(ro=ro)
+    try:
+        yield sandbox
+    finally:
+        await sandbox.aclose()
+
+
+def channels(bridge: Bridge) -> MailboxChannels:
+    assert isinstance(bridge.channels, MailboxChannels)
+    return bridge.channels
+
+
+async def agent(sandbox: SandboxClient, bridge: Bridge, script: str, timeout: float = 60) -> str:
+    """Run a Python agent in the sandbox; its stdout, or the failure."""
+    result = await sandbox.run(
+        ["python3", "-c", script], env={**bridge.env, "PYTHONPATH": SITE_PACKAGES}, timeout=timeout
+    )
+    assert result.exit_code == 0, result.stderr.decode()
+    return result.stdout.decode()
+
+
+async def test_requests_and_streams_cross_a_bwrap_sandbox_over_the_mailbox() -> None:
+    script = """
+import json, os, urllib.request
+url = os.environ["BRIDGEPROTO_URL"]
+post = urllib.request.Request(url + "/echo", data=b"x" * 100_000, method="POST")
+echo = json.load(urllib.request.urlopen(post))
+print(echo["method"], echo["body_size"])
+with urllib.request.urlopen(url + "/sse?n=3") as events:
+    print([line.strip().decode() for line in events if line.startswith(b"data:")])
+try:
+    urllib.request.urlopen(url + "/status/404")
+except urllib.error.HTTPError as exc:
+    print(exc.code)
+"""
+    secret = b"Bearer host-only-secret"
+    async with running_upstream() as upstream, offline() as sandbox:
+        async with open_bridge(
+            sandbox, upstream.url, transport="mailbox", headers=[(b"authorization", secret)]
+        ) as bridge:
+            lines = (await agent(sandbox, bridge, script)).splitlines()
+        assert lines == [
+            "POST 100000",
+            "['data: event 0', 'data: event 1', 'data: event 2']",
+            "404",
+        ]
+        assert all(
+            ["authorization", secret.decode()] in request["headers"]  # type: ignore[operator]
+            for request in upstream.requests
+        )
+        assert channels(bridge).stats.failed == 0
+
+
+async def test_64_mib_cross_intact_each_way() -> None:
+    size = 64 << 20
+    script = f"""
+import hashlib, json, os, urllib.request
+url = os.environ["BRIDGEPROTO_URL"]
+body = (bytes(range(256)) * 256 * ({size} // 65536 + 1))[:{size}]
+echo = json.load(urllib.request.urlopen(urllib.request.Request(url + "/echo", data=body)))
+print(echo["body_size"], echo["body_sha256"])
+download = urllib.request.urlopen(url + "/bytes?size={size}")
+digest, total = hashlib.sha256(), 0
+while chunk := download.read(1 << 20):
+    digest.update(chunk)
+    total += len(chunk)
+print(total, digest.hexdigest())
+"""
+    expected = hashlib.sha256(pattern_bytes(size)).hexdigest()
+    async with (
+        running_upstream() as upstream,
+        offline() as sandbox,
+        open_bridge(sandbox, upstream.url, transport="mailbox") as bridge,
+    ):
+        up, down = (await agent(sandbox, bridge, script, timeout=300)).splitlines()
+    assert up == f"{size} {expected}"
+    assert down == f"{size} {expected}"
+
+
+async def test_exactly_once_through_a_provider_that_fails_and_cuts_calls() -> None:
+    """20 % of calls fail (half before running, half after, their answers
+    lost), and output past 256 KiB is cut: 200 mixed exchanges, every POST
+    reaches the upstream exactly once, every byte intact, nothing hangs."""
+    faults = Faults(fail_before=0.1, fail_after=0.1, truncate_at=256 << 10, seed=7)
+    script = """
+import hashlib, json, os, threading, urllib.request
+url = os.environ["BRIDGEPROTO_URL"]
+results, lock = [], threading.Lock()
+def one(i):
+    if i % 4 == 0:
+        data = urllib.request.urlopen(url + "/bytes?size=300000").read()
+        outcome = ("GET", hashlib.sha256(data).hexdigest())
+    else:
+        body = b"request %d;" % i * 1000
+        answer = json.load(urllib.request.urlopen(
+            urllib.request.Request(url + "/echo?id=%d" % i, data=body)))
+        outcome = ("POST", answer["body_sha256"] == hashlib.sha256(body).hexdigest())
+    with lock:
+        results.append(outcome)
+def worker(k):
+    for i in range(k, 200, 8):
+        one(i)
+threads = [threading.Thread(target=worker, args=(k,)) for k in range(8)]
+[t.start() for t in threads]
+[t.join() for t in threads]
+print(json.dumps(results))
+"""
+    async with running_upstream() as upstream, offline() as real:
+        provider = SimulatedProvider(real, faults)
+        sandbox = HarnessSandbox(provider, "sim-1")
+        with anyio.fail_after(240):
+            async with open_bridge(
+                sandbox, upstream.url, mailbox=MailboxOptions(wait=2.0)
+            ) as bridge:
+                # The agent runs in the real sandbox directly: its own command
+                # is not what is under test, the bridge's calls are.
+                results = json.loads(await agent(real, bridge, script, timeout=200))
+    assert len(results) == 200
+    gets = [r for r in results if r[0] == "GET"]
+    assert {r[1] for r in gets} == {hashlib.sha256(pattern_bytes(300000)).hexdigest()}
+    assert [r for r in results if r[0] == "POST"] == [["POST", True]] * 150
+    posts = [r["target"] for r in upstream.requests if r["method"] == "POST"]
+    assert sorted(posts) == sorted(f"/echo?id={i}" for i in range(200) if i % 4)  # once each
+    assert sum(provider.failed.values()) > 10  # the faults did happen
+    assert channels(bridge).stats.epochs > 1  # and the session resumed past them
+
+
+async def test_calls_to_start_per_request_and_per_idle_wait() -> None:
+    async with running_upstream() as upstream, offline() as real:
+        provider = SimulatedProvider(real, Faults())
+        sandbox = HarnessSandbox(provider, "sim-2")
+        async with open_bridge(sandbox, upstream.url, mailbox=MailboxOptions(wait=1.0)) as bridge:
+            # First time in this sandbox: a start that finds no archive, the
+            # upload, the start, and the handshake (a waiting call and the one
+            # that carries the host's hello).
+            assert provider.calls == {"execute_command": 4, "upload_bytes": 1}, provider.calls
+            await anyio.sleep(1.5)  # settle: one call waits
+            before = provider.calls["execute_command"]
+            await anyio.sleep(3.2)
+            idle = provider.calls["execute_command"] - before
+            assert 2 <= idle <= 4  # one call per wait of 1 s
+            script = (
+                "import os, urllib.request\n"
+                "print(urllib.request.urlopen(os.environ['BRIDGEPROTO_URL'] + '/json').read())"
+            )
+            before = provider.calls["execute_command"]
+            assert "ok" in await agent(real, bridge, script)
+            used = provider.calls["execute_command"] - before
+            assert used <= 2, used  # the request up, the response down
+        assert provider.failed == {}
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+async def test_the_openai_sdk_in_the_sandbox_through_a_simulated_harness_client() -> None:
+    script = """
+import openai
+client = openai.OpenAI(max_retries=0)
+hi = [{"role": "user", "content": "hi"}]
+plain = client.chat.completions.create(model="test-model", messages=hi)
+print(plain.choices[0].message.content)
+stream = client.chat.completions.create(model="test-model", messages=hi, stream=True)
+print("|".join(chunk.choices[0].delta.content or "" for chunk in stream if chunk.choices))
+"""
+    faults = Faults(latency=0.05, fail_before=0.05, fail_after=0.05, seed=3)
+    async with running_upstream() as upstream, offline(ro=(SITE_PACKAGES,)) as real:
+        provider = SimulatedProvider(real, faults)
+        sandbox = HarnessSandbox(provider, "sim-3")
+        async with open_bridge(sandbox, upstream.url) as bridge:
+            lines = (await agent(real, bridge, script, timeout=120)).splitlines()
+    assert lines[0] == "Hello, world!"
+    assert lines[1].strip("|").split("|") == ["Hello", ",", " world", "!"]
+    assert isinstance(bridge.channels, MailboxChannels)  # auto chose it: no live processes
+
+
+async def test_a_sandbox_that_stops_answering_ends_the_bridge_with_a_clear_error() -> None:
+    async with running_upstream() as upstream, offline() as real:
+        provider = SimulatedProvider(real, Faults())
+        sandbox = HarnessSandbox(provider, "sim-4")
+        with anyio.fail_after(30):
+            async with open_bridge(
+                sandbox, upstream.url, resume_timeout=2.0, mailbox=MailboxOptions(wait=0.5)
+            ) as bridge:
+                provider.faults = attrs.evolve(provider.faults, fail_before=1.0)
+                await bridge.session.finished.wait()
+                provider.faults = Faults()  # it answers again, so the stop can clean up
+    failure = bridge.session.conn.failure
+    assert failure is not None
+    assert "no channel came within 2 s" in failure.reason
+    assert "simulated: execute_command failed before it ran" in failure.reason
+
+
+async def test_mailbox_options_are_checked() -> None:
+    with pytest.raises(ValueError, match="max_calls >= 2"):
+        MailboxOptions(max_calls=1)
