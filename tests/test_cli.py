@@ -33,8 +33,10 @@ def one_line(stderr: str) -> str:
     return lines[0]
 
 
-@pytest.mark.parametrize("kind", ["bwrap", "unshare"])
-def test_run_passes_the_exit_status_and_streams_output_through(kind: str) -> None:
+@pytest.mark.parametrize(
+    ("kind", "transport"), [("bwrap", "stream"), ("unshare", "stream"), ("bwrap", "mailbox")]
+)
+def test_run_passes_the_exit_status_and_streams_output_through(kind: str, transport: str) -> None:
     if kind == "bwrap":
         need_bwrap()
     script = (
@@ -48,7 +50,8 @@ def test_run_passes_the_exit_status_and_streams_output_through(kind: str) -> Non
         url = upstream.url
         result = bridgeproto(
             "run", "--upstream", url + "/rollout/k", "--header", "Authorization: Bearer hush",
-            "--sandbox", kind, "--", "python3", "-c", script,
+            "--sandbox", kind, "--transport", transport, "--mailbox-wait", "2",
+            "--", "python3", "-c", script,
         )  # fmt: skip
     assert result.returncode == 7, result.stderr
     assert result.stdout.splitlines() == [
@@ -102,9 +105,9 @@ def test_trace_and_decode(tmp_path: object) -> None:
             "cannot reach the upstream 127.0.0.1:",
         ),
         (
-            ["run", "--upstream", "http://127.0.0.1:1", "--transport", "mailbox", "--", "true"],
+            ["run", "--upstream", "UP", "--mailbox-calls", "1", "--", "true"],
             {},
-            "mailbox transport is not yet available",
+            "at least 2 (one call waits for output while another carries input)",
         ),
         (["run", "--upstream", "http://127.0.0.1:1"], {}, "no command given"),
         (

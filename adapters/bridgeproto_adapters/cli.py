@@ -67,6 +67,22 @@ def _seconds(text: str) -> float:
     return value
 
 
+def _batch_bytes(text: str) -> int:
+    value = int(text)
+    if value < 1024:
+        raise argparse.ArgumentTypeError(f"{text!r}: a batch must be at least 1024 bytes")
+    return value
+
+
+def _calls(text: str) -> int:
+    value = int(text)
+    if value < 2:
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: at least 2 (one call waits for output while another carries input)"
+        )
+    return value
+
+
 # ---------------------------------------------------------------- run
 
 
@@ -222,7 +238,33 @@ def main(argv: Sequence[str] | None = None) -> int:
         default="auto",
         help="auto picks bwrap, else unshare; local has no isolation",
     )
-    run_p.add_argument("--transport", choices=["stream", "mailbox"], default="stream")
+    run_p.add_argument(
+        "--transport",
+        choices=["auto", "stream", "mailbox"],
+        default="auto",
+        help="stream: a live process per channel; mailbox: only run-a-command calls, long-polled;"
+        " auto: stream where the sandbox has live processes (default)",
+    )
+    run_p.add_argument(
+        "--mailbox-wait",
+        type=_seconds,
+        default=15.0,
+        help="mailbox: seconds a call may wait in the sandbox for output (default 15)",
+    )
+    run_p.add_argument(
+        "--mailbox-batch",
+        type=_batch_bytes,
+        default=1 << 20,
+        metavar="BYTES",
+        help="mailbox: the most bytes one call carries each way (default 1048576)",
+    )
+    run_p.add_argument(
+        "--mailbox-calls",
+        type=_calls,
+        default=2,
+        metavar="N",
+        help="mailbox: calls in flight at once, at least 2 (default 2)",
+    )
     run_p.add_argument(
         "--listen",
         type=_listen_address,

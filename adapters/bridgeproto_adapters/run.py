@@ -41,6 +41,7 @@ from .errors import BridgeError
 from .launch import Bridge, open_bridge, parse_upstream
 from .sandboxes import HostCommandSandbox, open_sandbox
 from .session import Session, first_of
+from .transports.mailbox import MailboxOptions
 
 EXIT_BRIDGE_DOWN = 3
 
@@ -137,8 +138,6 @@ async def upstream_reachable(url: str) -> str | None:
 
 async def run_command(args: argparse.Namespace) -> int:
     """Check what can be checked before anything starts, then run."""
-    if args.transport == "mailbox":
-        raise BridgeError("the mailbox transport is not yet available; use --transport stream")
     expose_cwd(args)
     headers = list(args.header)
     for path in args.header_file:
@@ -222,6 +221,10 @@ class Run:
                 self.sandbox, args.upstream, headers=self.headers, listen=args.listen,
                 config=config, python=args.python, tracer=TraceWriter(trace) if trace else None,
                 on_channel=say if args.verbose else None, resume_timeout=args.resume_timeout,
+                transport=args.transport, mailbox=MailboxOptions(
+                    wait=args.mailbox_wait, batch_bytes=args.mailbox_batch,
+                    max_calls=args.mailbox_calls,
+                ),
             ) as bridge:  # fmt: skip
                 argv = self.sandbox.command_line(args.command, env=bridge.env, cwd=args.cwd)
                 # A session of its own: the terminal's signals come to us, not to it.
