@@ -349,3 +349,62 @@ def test_an_odd_window_is_returned_at_its_rounded_down_half() -> None:
     c.take(999)
     c.release(499)  # 999 // 2: due now (999 / 2 would wait for one more byte)
     assert c.due() == 499
+
+
+def test_a_gap_names_the_sequence_number_expected_and_the_one_that_came() -> None:
+    host, peer = connected(bp.Role.HOST)
+    peer.frame(bp.RequestHead(1, b"GET", b"/"))  # sequence 1, lost
+    (broken,) = host.receive_data(peer.frame(bp.RequestHead(3, b"GET", b"/")), 0.0)
+    assert broken == bp.LinkBroken("frames were lost: expected sequence number 1, got 2")
+
+
+def test_a_long_reason_is_clipped_to_fit_a_record() -> None:
+    pair = Pair()
+    xid = pair.sandbox.start_exchange(b"GET", b"/", [], 0.0)
+    pair.pump()
+    pair.host.abort("x" * 5000, bp.ErrorCode.INTERNAL_ERROR)  # a local reason of any length
+    wire = pair.host.data_to_send()
+    (goaway,) = [r for r in _records(wire) if isinstance(r, bp.GoAway)]
+    assert len(goaway.reason) == 300 and goaway.reason.endswith("...")
+    events = pair.sandbox.receive_data(wire, 0.0)
+    assert isinstance(events[-1], bp.SessionFailed) and not pair.sandbox.is_open(xid)
+
+
+def test_bytes_of_a_closed_exchange_may_be_consumed_in_parts() -> None:
+    limits = bp.Limits(initial_window=1000, session_window=1000)
+    pair = Pair(sandbox=bp.Config(limits=limits))
+    s, h = pair.sandbox, pair.host
+    xid = s.start_exchange(b"GET", b"/", [], 0.0)
+    s.send_end(xid, 0.0)
+    pair.pump()
+    h.send_response(xid, 200, b"", [], 0.0)
+    h.send_data(xid, b"z" * 800, 0.0)
+    h.send_end(xid, 0.0)
+    pair.pump()
+    s.consume(xid, 300)  # 300 of 800: under half the session window, nothing returned yet
+    pair.pump()
+    assert bp.CreditAvailable(0) not in pair.take(h)
+    s.consume(xid, 300)  # 600: returned
+    s.consume(xid, 10_000)  # the last 200, and no more than that
+    pair.pump()
+    again = s.start_exchange(b"GET", b"/", [], 0.0)
+    pair.pump()
+    # 1000 - 800 sent + 600 returned; the last 200 wait for half a window.
+    assert h.send_credit(again) == 800
+
+
+def test_limits_are_checked_at_their_bounds() -> None:
+    with pytest.raises(bp.LocalProtocolError, match="at least 1"):
+        bp.Limits(max_exchanges=0)
+    with pytest.raises(bp.LocalProtocolError, match="out of range"):
+        bp.Limits(max_frame_size=2**32)
+    assert bp.Limits(max_exchanges=1).max_exchanges == 1
+
+
+def test_a_header_count_larger_than_the_payload_fails_fast() -> None:
+    from bridgeproto._codec import HEADER, MAGIC, decode_payload
+
+    payload = bytes(4) + b"\x00\x00\x00\x03GET" + b"\x00\x00\x00\x01/" + b"\xff\xff\xff\xff"
+    with pytest.raises(bp.RemoteProtocolError, match="declares 4294967295 headers but has only 0"):
+        decode_payload(2, bp.PROTOCOL_VERSION, 1, payload)
+    assert HEADER.size == 16 and MAGIC == b"BP"

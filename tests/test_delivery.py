@@ -51,7 +51,7 @@ def test_an_ack_releases_exactly_what_it_covers() -> None:
     assert d.settled and d.retained_bytes == 0
     with pytest.raises(PeerFault, match="only 3 were sent") as fault:
         d.receive_ack(4)
-    assert fault.value.session_wide and fault.value.code is bp.ErrorCode.PROTOCOL_ERROR
+    assert fault.value.code is bp.ErrorCode.PROTOCOL_ERROR
 
 
 def test_arrivals_take_the_next_drop_the_seen_and_flag_a_gap() -> None:

@@ -152,3 +152,88 @@ def test_the_session_table_in_core_md_matches_the_code() -> None:
         if (new := session_after(state, what)) not in (None, state)
     }
     assert documented == moves
+
+
+def test_the_harness_example_in_the_adapter_docs_runs() -> None:
+    """Run docs/adapters.md's harness example: a simulated provider's client
+    over a real offline sandbox, and an interception server that queues each
+    model call for the harness (this test) to answer, plain and streamed."""
+    import json
+    import queue
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    import anyio
+
+    from bridgeproto_adapters.sandboxes import BwrapSandbox, SimulatedProvider
+    from sandbox_kinds import need_bwrap
+
+    need_bwrap()
+    text = (DOCS / "adapters.md").read_text()
+    example = text.split("### The mailbox transport", 1)[1].split("```python\n", 1)[1]
+    example = example.split("```", 1)[0]
+    intercepted: queue.Queue[tuple[dict[str, object], queue.Queue[object]]] = queue.Queue()
+
+    class Interception(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            body = json.loads(self.rfile.read(int(self.headers["content-length"])))
+            answer: queue.Queue[object] = queue.Queue()
+            intercepted.put((body, answer))
+            reply = answer.get(timeout=60)
+            self.send_response(200)
+            if isinstance(reply, list):  # a stream: events as the harness writes them
+                self.send_header("content-type", "text/event-stream")
+                self.end_headers()
+                for event in reply:
+                    self.wfile.write(event.encode())
+                    self.wfile.flush()
+            else:
+                data = json.dumps(reply).encode()
+                self.send_header("content-type", "application/json")
+                self.send_header("content-length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    def harness() -> None:
+        for _ in range(2):
+            body, answer = intercepted.get(timeout=60)
+            said = body["messages"][-1]["content"]  # type: ignore[index]
+            if body.get("stream"):
+                answer.put([f"data: {json.dumps({'delta': w})}\n\n" for w in ("st", "re", "am")])
+            else:
+                answer.put({"content": f"you said {said}"})
+
+    agent = (
+        "import json, os, urllib.request\n"
+        "url = os.environ['OPENAI_BASE_URL'] + '/chat/completions'\n"
+        "def call(stream):\n"
+        "    body = json.dumps({'messages': [{'role': 'user', 'content': 'hi'}],"
+        " 'stream': stream}).encode()\n"
+        "    return urllib.request.urlopen(urllib.request.Request(url, data=body))\n"
+        "print(json.load(call(False))['content'])\n"
+        "print(''.join(json.loads(line[6:])['delta'] for line in call(True)"
+        " if line.startswith(b'data: ')))\n"
+    )
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Interception)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    threading.Thread(target=harness, daemon=True).start()
+
+    async def scenario() -> str:
+        real = await BwrapSandbox.create()
+        try:
+            await real.write_file("/tmp/agent.py", agent.encode())
+            namespace: dict[str, object] = {}
+            exec(compile(example, "docs/adapters.md", "exec"), namespace)
+            url = f"http://127.0.0.1:{server.server_address[1]}/rollout/7"
+            provider = SimulatedProvider(real)
+            return await namespace["run_rollout"](provider, "rollout-7", url)  # type: ignore[operator,no-any-return]
+        finally:
+            await real.aclose()
+
+    try:
+        assert anyio.run(scenario).splitlines() == ["you said hi", "stream"]
+    finally:
+        server.shutdown()

@@ -44,6 +44,10 @@ POLICY = HttpPolicy(allowed_prefixes=["/rollout/k1/", b"/health"])
         (b"GET", b"/rollout/k1/./x", "unsafe-path"),
         (b"OPTIONS", b"*", "path-not-allowed"),
         (b"GET", b"/rollout/k1/a%zz", "unsafe-path"),
+        (b"GET", b"/rollout/k1/a%1f", "unsafe-path"),
+        (b"GET", b"/rollout/k1/a%7f", "unsafe-path"),
+        (b"GET", b"/rollout/k1/a%20b", None),
+        (b"GET", b"*", "absolute-target-refused"),
         (b"GET", b"/rollout/k1/a%4", "unsafe-path"),
     ],
 )
@@ -249,3 +253,20 @@ def test_a_head_h11_will_not_send_upstream_is_refused_as_a_bad_request() -> None
     assert not isinstance(upstream_request(head, upstream), Refusal)
     refusal = upstream_request(head, broken)
     assert isinstance(refusal, Refusal) and refusal.cause == "bad-request"
+
+
+def test_content_length_with_transfer_encoding_is_refused() -> None:
+    request = (
+        b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n"
+    )
+    (refused,) = feed(AgentConnection(HttpPolicy()), request)
+    assert isinstance(refused, AgentRefused) and "smuggle" in refused.refusal.message
+    plain = feed(AgentConnection(HttpPolicy()), b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+    assert isinstance(plain[0], AgentRequest)
+
+
+def test_after_an_error_reply_a_failure_only_closes() -> None:
+    agent = AgentConnection(HttpPolicy())
+    feed(agent, b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+    assert agent.reply_error(503, "bridge-busy", "busy").startswith(b"HTTP/1.1 503 ")
+    assert agent.respond_failure(bp.ErrorCode.CANCELLED, "gone") is None

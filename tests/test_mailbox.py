@@ -175,9 +175,11 @@ async def test_calls_to_start_per_request_and_per_idle_wait() -> None:
         sandbox = HarnessSandbox(provider, "sim-2")
         async with open_bridge(sandbox, upstream.url, mailbox=MailboxOptions(wait=1.0)) as bridge:
             # First time in this sandbox: a start that finds no archive, the
-            # upload, the start, and the handshake (a waiting call and the one
-            # that carries the host's hello).
-            assert provider.calls == {"execute_command": 4, "upload_bytes": 1}, provider.calls
+            # upload, the start; then the handshake: a waiting call and the one
+            # that carries the host's hello (and, as the answers cross, perhaps
+            # the waiting call's successor already).
+            assert provider.calls["upload_bytes"] == 1
+            assert 4 <= provider.calls["execute_command"] <= 5, provider.calls
             await anyio.sleep(1.5)  # settle: one call waits
             before = provider.calls["execute_command"]
             await anyio.sleep(3.2)

@@ -51,6 +51,7 @@ class Flaky(anyio.abc.ByteStream):
     async def _count(self, data: bytes) -> None:
         self.moved += len(data)
         if self.cut_at is not None and self.moved >= self.cut_at:
+            self.cut_at = None  # once: a send and a receive may both cross the mark
             self.plan.cuts += 1
             await self.inner.aclose()  # the channel dies, as a killed process's pipes do
 

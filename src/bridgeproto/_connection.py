@@ -565,7 +565,6 @@ class Connection:
             raise PeerFault(
                 ErrorCode.PROTOCOL_ERROR,
                 f"{type(record).__name__} arrived before HELLO; a session opens with HELLO",
-                session_wide=True,
             )
         if isinstance(record, Ack):
             self._delivery.receive_ack(record.seq)
@@ -590,14 +589,12 @@ class Connection:
                 ErrorCode.PROTOCOL_ERROR,
                 f"both sides claim the {self.role.name.lower()} role; one must be the"
                 f" {self.role.peer.name.lower()} side",
-                session_wide=True,
             )
         if hello.session_id != self.session_id:
             raise PeerFault(
                 ErrorCode.PROTOCOL_ERROR,
                 f"session id mismatch: the peer has {hello.session_id.hex()}, this side"
                 f" {self.session_id.hex()}; the peer restarted or belongs to another bridge",
-                session_wide=True,
             )
         if self.peer_limits is None:
             self.peer_limits = hello.limits
@@ -621,7 +618,6 @@ class Connection:
                 ErrorCode.FLOW_CONTROL_ERROR,
                 f"{len(record.data)} body bytes arrived with only {self._credit.can_receive}"
                 " bytes of session credit left",
-                session_wide=True,
             )
         ex = self._exchanges.get(record.exchange_id) or self._admit(record, now)
         if ex is None:
@@ -630,7 +626,7 @@ class Connection:
             return
         try:
             self._receive_on(ex, record, now)
-        except PeerFault as exc:  # (only exchange faults: the session-wide are above)
+        except PeerFault as exc:  # a fault in one exchange's record resets only it
             self._local_reset(ex, exc.code, exc.reason)
 
     def _admit(
@@ -697,7 +693,6 @@ class Connection:
             raise PeerFault(
                 ErrorCode.PROTOCOL_ERROR,
                 f"{type(record).__name__} is never sent to the {self.role.name.lower()} side",
-                session_wide=False,
             )
         if (
             isinstance(record, ResponseHead)
@@ -707,7 +702,6 @@ class Connection:
                 ErrorCode.HEADERS_TOO_LARGE,
                 f"response head is {record.head_size} bytes; the limit is"
                 f" {self.config.limits.max_header_bytes}",
-                session_wide=False,
             )
         ex.recv_half = self._advance(ex, ex.recv_half, _half_input(record), sending=False)
         if isinstance(record, Data):
@@ -716,7 +710,6 @@ class Connection:
                 raise PeerFault(
                     ErrorCode.FLOW_CONTROL_ERROR,
                     f"{size} body bytes arrived with only {ex.credit.can_receive} bytes of credit",
-                    session_wide=False,
                 )
             ex.unconsumed += size
             ex.received_body += size
@@ -725,7 +718,6 @@ class Connection:
                 raise PeerFault(
                     ErrorCode.BODY_TOO_LARGE,
                     f"body is larger than the limit of {limit} bytes",
-                    session_wide=False,
                 )
         self._emit(record)  # type: ignore[arg-type]
         if ex.send_half is Half.DONE and ex.recv_half is Half.DONE:
@@ -737,7 +729,6 @@ class Connection:
                 raise PeerFault(
                     ErrorCode.FLOW_CONTROL_ERROR,
                     "session credit would exceed 2**32-1 bytes",
-                    session_wide=True,
                 )
             self._emit(CreditAvailable(0))
             return
@@ -875,7 +866,7 @@ class Connection:
             )
             if sending:
                 raise LocalProtocolError(message)
-            raise PeerFault(ErrorCode.PROTOCOL_ERROR, message, session_wide=False)
+            raise PeerFault(ErrorCode.PROTOCOL_ERROR, message)
         return new
 
     def _send_on(self, ex: _Exchange, record: Record, now: float) -> None:

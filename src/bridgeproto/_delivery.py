@@ -111,7 +111,6 @@ class Delivery:
                 ErrorCode.PROTOCOL_ERROR,
                 f"the peer acknowledged sequence number {seq}, but only"
                 f" {self._next_seq - 1} were sent",
-                session_wide=True,
             )
         retained = self._retained
         while retained:

@@ -106,11 +106,11 @@ class CorruptFrameError(RemoteProtocolError):
 
 
 class PeerFault(Exception):
-    """Inside the core only: the peer broke a rule. A ``session_wide`` fault
-    fails the session; any other resets one exchange and the session goes on."""
+    """Inside the core only: the peer broke a rule. Raised while reading one
+    exchange's record, it resets that exchange and the session goes on;
+    raised anywhere else, it fails the session."""
 
-    def __init__(self, code: ErrorCode, reason: str, *, session_wide: bool) -> None:
+    def __init__(self, code: ErrorCode, reason: str) -> None:
         super().__init__(reason)
         self.code = code
         self.reason = reason
-        self.session_wide = session_wide
