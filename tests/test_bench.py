@@ -18,7 +18,7 @@ def test_quick_bench_produces_every_figure(tmp_path: object) -> None:
     out = os.path.join(str(tmp_path), "bench.json")
     result = subprocess.run(
         [sys.executable, "-m", "bridgeproto_adapters", "bench", "--quick", "--json", out],
-        capture_output=True, text=True, timeout=180,
+        capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-2000:]
     with open(out) as file:
@@ -46,5 +46,10 @@ def test_quick_bench_produces_every_figure(tmp_path: object) -> None:
     assert scenarios["cost"]["polling"]["calls_per_request"] >= 3
     scale = scenarios["scale"]["bridgeproto"]
     assert scale["bridges_held"] == scale["requests_ok"] == 2
+    for system in ("mailbox", "polling"):
+        remote = scenarios["remote"][system]
+        assert remote["seconds"]["n"] == 5 and remote["calls_per_request"] > 0
+        assert remote["upload_mb_per_second"] > 0 and remote["download_mb_per_second"] > 0
+    assert "remote: calls only, each 50 ms slower" in result.stdout
     assert "latency: small JSON POSTs" in result.stdout
     assert "scale: bridges held by one host process" in result.stdout

@@ -2,13 +2,14 @@
 
 ``open_bridge`` uploads the sandbox side (once per sandbox), starts it there
 as a daemon (in one call; the sandbox's Python is examined only if that
-fails, to say why), opens the first channel (a process whose stdin and
-stdout this side holds, and which hands them to the daemon) and returns only
-when the handshake is done, which means the daemon's listener already
-accepts connections. When a
-channel breaks, the session opens another and resumes (``transports``). It
-yields a ``Bridge`` with the URL and environment to give commands in the
-sandbox; it changes nothing of the caller's.
+fails, to say why), opens the first channel (with the stream transport, a
+process whose stdin and stdout this side holds, and which hands them to the
+daemon; with the mailbox transport, an epoch of long-polled calls) and
+returns only when the handshake is done, which means the daemon's listener
+already accepts connections. When a channel breaks, the session opens
+another and resumes (``transports``). It yields a ``Bridge`` with the URL
+and environment to give commands in the sandbox; it changes nothing of the
+caller's.
 """
 
 from __future__ import annotations

@@ -172,6 +172,40 @@ def table(results: dict[str, Any]) -> str:
         )
         if sc["limit_reason"]:
             blocks.append(f"  ({sc['limit_reason']})")
+    if "remote" in s:
+        direct = s["latency"]["direct"]["seconds"]["median"] if "latency" in s else 0.0
+        rows = []
+        for system in ("mailbox", "polling"):
+            r = s["remote"][system]
+            rows.append(
+                [
+                    system,
+                    _ms(r["seconds"]["median"]),
+                    _ms(r["seconds"]["median"] - direct),
+                    _ms(r["event_delay_seconds"]["median"]),
+                    f"{r['calls_per_request']:.2f}",
+                    f"{r['calls_per_idle_minute']:.0f}",
+                    f"{r['upload_mb_per_second']:.2f}",
+                    f"{r['download_mb_per_second']:.2f}",
+                ]
+            )
+        latency_ms = s["remote"]["mailbox"]["call_latency_seconds"] * 1000
+        blocks.append(
+            _block(
+                f"remote: calls only, each {latency_ms:.0f} ms slower (a simulated provider)",
+                [
+                    "system",
+                    "request ms",
+                    "added ms",
+                    "SSE delay ms",
+                    "calls/request",
+                    "calls/idle min",
+                    "up MB/s",
+                    "down MB/s",
+                ],
+                rows,
+            )
+        )
     machine = results["machine"]
     head = (
         f"bridgeproto bench on {machine['cpus']} CPUs ({machine['cpu_model']}), "

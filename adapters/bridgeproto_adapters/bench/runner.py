@@ -5,6 +5,10 @@ library only) measures every scenario: on the host for direct, inside an
 offline sandbox for the bridge and for the polling baseline. Control-plane
 calls are counted on the sandbox client the bridge or the baseline uses; the
 agent's own calls are the benchmark's, not theirs, and are not counted.
+
+The ``remote`` scenario puts the mailbox transport and the polling baseline
+behind the same simulated remote control plane (every call 50 ms slower, as
+a provider's API is), both with calls only.
 """
 
 from __future__ import annotations
@@ -26,13 +30,22 @@ import anyio.abc
 import attrs
 
 from ..launch import Bridge, open_bridge
-from ..sandboxes import CommandResult, HostCommandSandbox, LiveProcess, open_sandbox
+from ..sandboxes import (
+    CommandResult,
+    Faults,
+    HarnessSandbox,
+    HostCommandSandbox,
+    LiveProcess,
+    SimulatedProvider,
+    open_sandbox,
+)
 from .polling import PollingBaseline
 
 AGENT_SOURCE = (pathlib.Path(__file__).parent / "agent.py").read_text()
 SYSTEMS = ("direct", "bridgeproto", "polling")
 POLL_PORT = 13132
 MiB = 1 << 20
+REMOTE_LATENCY = 0.05  # seconds each simulated remote control-plane call adds
 
 
 @attrs.frozen
@@ -49,10 +62,16 @@ class Sizes:
     idle_seconds: float
     bridges: int
     scale_idle_seconds: float
+    remote_requests: int
+    remote_bulk_bytes: int
+    remote_idle_seconds: float
 
 
-FULL = Sizes(300, 50, 0.02, (1, 8, 32, 64), 3.0, 256 * MiB, 256 * MiB, 1000, 100, 20.0, 256, 30.0)
-QUICK = Sizes(20, 10, 0.02, (1, 8), 0.5, 4 * MiB, 1 * MiB, 50, 5, 1.0, 2, 1.0)
+FULL = Sizes(
+    300, 50, 0.02, (1, 8, 32, 64), 3.0, 256 * MiB, 256 * MiB, 1000, 100, 20.0, 256, 30.0,
+    50, 16 * MiB, 60.0,
+)  # fmt: skip
+QUICK = Sizes(20, 10, 0.02, (1, 8), 0.5, 4 * MiB, 1 * MiB, 50, 5, 1.0, 2, 1.0, 5, MiB // 4, 2.0)
 
 
 class CountingSandbox(HostCommandSandbox):
@@ -87,6 +106,26 @@ class CountingSandbox(HostCommandSandbox):
 
 
 # ---------------------------------------------------------------- process facts
+
+
+class SlowSandbox(CountingSandbox):
+    """A counted sandbox whose every call takes ``latency`` longer, as a remote one's do."""
+
+    def __init__(self, inner: HostCommandSandbox, latency: float) -> None:
+        super().__init__(inner)
+        self.latency = latency
+
+    async def run(self, *args: Any, **kwargs: Any) -> CommandResult:
+        await anyio.sleep(self.latency)
+        return await super().run(*args, **kwargs)
+
+    async def read_file(self, path: str) -> bytes:
+        await anyio.sleep(self.latency)
+        return await super().read_file(path)
+
+    async def write_file(self, path: str, data: bytes) -> None:
+        await anyio.sleep(self.latency)
+        await super().write_file(path, data)
 
 
 def cpu_seconds(pid: int | str = "self") -> float:
@@ -359,6 +398,66 @@ class Bench:
                 await context.__aexit__(None, None, None)
                 await sandbox.aclose()
 
+    async def remote(self) -> None:
+        """Mailbox and polling behind the same simulated remote control plane."""
+        target = f"http://127.0.0.1:{self.upstream_port}/bench"
+        real, _ = await open_sandbox(self.sandbox_kind)
+        try:
+            provider = SimulatedProvider(real, Faults(latency=REMOTE_LATENCY))
+            client = HarnessSandbox(provider, "bench")
+            async with open_bridge(client, target, transport="mailbox") as bridge:
+                figures = await self._remote(real, bridge.url, lambda: sum(provider.calls.values()))
+            self.record("remote", "mailbox", figures)
+        finally:
+            await real.aclose()
+        inner, _ = await open_sandbox(self.sandbox_kind)
+        box = SlowSandbox(inner, REMOTE_LATENCY)
+        polling = PollingBaseline(box, "127.0.0.1", self.upstream_port)
+        try:
+            await polling.start(POLL_PORT)
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(polling.run)
+                url = f"http://127.0.0.1:{POLL_PORT}/bench"
+                self.record("remote", "polling", await self._remote(inner, url, lambda: box.calls))
+                tg.cancel_scope.cancel()
+        finally:
+            await polling.aclose()
+            await inner.aclose()
+
+    async def _remote(self, sandbox: HostCommandSandbox, url: str, calls: Any) -> dict[str, Any]:
+        sizes = self.sizes
+
+        async def agent(scenario: str, **args: Any) -> dict[str, Any]:
+            payload = json.dumps({"scenario": scenario, "url": url, **args})
+            done = await sandbox.run(["python3", "-c", AGENT_SOURCE, payload], timeout=600)
+            if done.exit_code != 0:
+                raise RuntimeError(f"remote {scenario} agent failed: {done.stderr[-500:]!r}")
+            answer: dict[str, Any] = json.loads(done.stdout)
+            return answer
+
+        latency = await agent("latency", n=sizes.remote_requests)
+        stream = await agent("stream", n=sizes.stream_events, gap=sizes.stream_gap)
+        before = calls()
+        await agent("requests", n=sizes.remote_requests)
+        per_request = (calls() - before) / sizes.remote_requests
+        before = calls()
+        await anyio.sleep(sizes.remote_idle_seconds)
+        per_idle_minute = (calls() - before) * 60 / sizes.remote_idle_seconds
+        size = sizes.remote_bulk_bytes
+        upload = await agent("upload", size=size)
+        download = await agent("download", size=size)
+        return {
+            "call_latency_seconds": REMOTE_LATENCY,
+            "seconds": summarize(latency["seconds"]),
+            "event_delay_seconds": summarize(stream["delays"]),
+            "first_event_seconds": stream["first_event"],
+            "calls_per_request": per_request,
+            "calls_per_idle_minute": per_idle_minute,
+            "bulk_bytes": size,
+            "upload_mb_per_second": size / upload["seconds"] / 1e6,
+            "download_mb_per_second": size / download["seconds"] / 1e6,
+        }
+
     # -- the whole run
 
     async def run(self) -> dict[str, Any]:
@@ -389,6 +488,8 @@ class Bench:
                         await scenario()
                 self.say("bench: scale ...")
                 await self.scale()
+                self.say("bench: remote (simulated control plane) ...")
+                await self.remote()
             finally:
                 await self.polling.aclose()
                 await bridge_sandbox.aclose()
