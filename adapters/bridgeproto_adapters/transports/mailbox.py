@@ -12,9 +12,10 @@ the host, armored as one line of text.
   costs one call per ``wait``. Acknowledgements, pings and pongs alone do
   not end a wait: they ride with the next call either way.
 * **Input in the same calls.** Frames for the sandbox ride in the next call
-  (on its stdin when small, in a file uploaded just before when large), and
-  that call then waits in place of the one that was waiting, which returns:
-  one call per request and response in the steady state.
+  (on its stdin when small, in a file uploaded just before when large).
+  Every call that arrives takes the place of the one waiting, which returns
+  at once with what there is: one call waits in the sandbox at a time, so
+  the host's other places are always free for input.
 * **Several calls in flight** (``max_calls``) while data flows, so a stream
   of server-sent events is not held to one call at a time. Batches are
   numbered both ways and put back in order.
@@ -164,10 +165,12 @@ class _SandboxEpoch(_EpochStream):
         self._released_below = 1 << 62
         self.changed()
 
-    def take_input(self, number: int, data: bytes) -> None:
-        """A call brought input. It will wait in turn, so the calls already
-        waiting are answered now: the host needs their places for more input."""
-        self.inbox.add(number, data)
+    def arrived(self, number: int, data: bytes) -> None:
+        """A call arrived, perhaps with input. It will wait in turn, so the
+        calls already waiting are answered now: at most one call waits here,
+        and the host's other places stay free for its input."""
+        if number:
+            self.inbox.add(number, data)
         self._released_below = max(self._released_below, self._tickets)
         self.changed()
 
@@ -222,8 +225,7 @@ async def serve_mailbox(
                 current = _SandboxEpoch(epoch)
                 await acceptor.offer(current)  # the old epoch's waiting calls return now
             epoch_stream = current
-            if number:
-                epoch_stream.take_input(number, data)
+            epoch_stream.arrived(number, data)
             if wait_ms == 0:
                 epoch_stream.answer_all_now()
             line = await epoch_stream.answer(wait_ms / 1000, max_out)
