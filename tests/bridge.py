@@ -34,7 +34,12 @@ from bridgeproto_adapters.transports import (
     Wrap,
     memory_channels,
 )
-from bridgeproto_adapters.transports.mailbox import MailboxChannels, MailboxOptions, serve_mailbox
+from bridgeproto_adapters.transports.mailbox import (
+    MailboxChannels,
+    MailboxOptions,
+    call_command,
+    serve_mailbox,
+)
 from upstream import Upstream, running_upstream
 
 
@@ -48,11 +53,7 @@ class Bridge:
     mailbox: MailboxChannels | None = None  # with transport="mailbox"
 
 
-# A mailbox call without the command line's imports, as the zipapp runs it.
-CALL = [
-    sys.executable, "-c",
-    "import sys; from bridgeproto_adapters.mailbox_call import main; sys.exit(main(sys.argv[1:]))",
-]  # fmt: skip
+CALL = call_command(sys.executable)  # a mailbox call, as the host runs it
 
 
 def free_port() -> int:

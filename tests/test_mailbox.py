@@ -238,3 +238,11 @@ async def test_a_sandbox_that_stops_answering_ends_the_bridge_with_a_clear_error
 async def test_mailbox_options_are_checked() -> None:
     with pytest.raises(ValueError, match="max_calls >= 2"):
         MailboxOptions(max_calls=1)
+
+
+def test_the_call_finds_the_socket_the_daemon_listens_on() -> None:
+    from bridgeproto_adapters.mailbox_call import mailbox_socket
+    from bridgeproto_adapters.relay import channel_dir
+
+    session_id = bytes(range(16))
+    assert mailbox_socket(session_id) == f"{channel_dir(session_id)}/mailbox.sock"

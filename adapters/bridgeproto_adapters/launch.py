@@ -39,7 +39,7 @@ from .sandboxes import SandboxClient, SandboxError
 from .session import RESUME_TIMEOUT, Session, Tracer
 from .settings import SandboxSettings
 from .transports.live import ProcessChannels
-from .transports.mailbox import MailboxChannels, MailboxOptions
+from .transports.mailbox import MailboxChannels, MailboxOptions, call_command
 
 PLACEHOLDER_KEY = "bridgeproto-placeholder-key"
 MIN_PYTHON = (3, 10)
@@ -238,7 +238,7 @@ async def open_bridge(
     await _start_daemon(sandbox, archive, start, env, config.handshake_timeout)
     channels: ProcessChannels | MailboxChannels
     if transport == "mailbox":
-        channels = MailboxChannels(sandbox, [python, remote, "mailbox"], session_id, env, mailbox)
+        channels = MailboxChannels(sandbox, call_command(python), session_id, env, mailbox)
     else:
         channels = ProcessChannels(
             sandbox, [python, remote, "channel", "--session", session_id.hex()], env
