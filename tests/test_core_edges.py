@@ -408,3 +408,54 @@ def test_a_header_count_larger_than_the_payload_fails_fast() -> None:
     with pytest.raises(bp.RemoteProtocolError, match="declares 4294967295 headers but has only 0"):
         decode_payload(2, bp.PROTOCOL_VERSION, 1, payload)
     assert HEADER.size == 16 and MAGIC == b"BP"
+
+
+def test_exchanges_full_past_the_small_int_range_and_past_the_retention_mark() -> None:
+    pair = Pair(host=bp.Config(limits=bp.Limits(max_exchanges=300)))
+    s = pair.sandbox
+    for _ in range(300):
+        s.start_exchange(b"GET", b"/", [], 0.0)
+        pair.pump()
+    assert s.exchanges_full
+    retained = Pair(sandbox=bp.Config(max_retained_bytes=100))
+    xid = retained.sandbox.start_exchange(b"POST", b"/", [], 0.0)
+    retained.sandbox.send_data(xid, b"x" * 1000, 0.0)  # one frame far past the mark
+    assert retained.sandbox.retained_bytes > 100 and retained.sandbox.exchanges_full
+
+
+def test_a_timer_handled_late_still_fires() -> None:
+    quiet = {"idle_timeout": None, "ping_interval": None, "peer_timeout": None}
+    pair = Pair(host=bp.Config(exchange_timeout=60, **quiet))
+    xid = pair.sandbox.start_exchange(b"GET", b"/", [], 0.0)
+    pair.pump()
+    (reset,) = pair.host.handle_timer(75.5)  # the loop woke late: the deadline still counts
+    assert isinstance(reset, bp.ExchangeReset) and reset.exchange_id == xid
+
+
+def test_sequence_numbers_stop_at_two_to_the_64() -> None:
+    assert encode_frame(bp.EndOfBody(1), 2**64 - 1)
+    with pytest.raises(bp.LocalProtocolError, match="needs a sequence number"):
+        encode_frame(bp.EndOfBody(1), 2**64)
+
+
+def test_decoder_messages_count_what_is_wrong() -> None:
+    from bridgeproto._codec import decode_payload
+
+    head = bytes(4) + b"\x00\x00\x00\x03GET" + b"\x00\x00\x00\x01/"
+    with pytest.raises(bp.RemoteProtocolError, match="declares 3 headers but has only 16"):
+        decode_payload(2, bp.PROTOCOL_VERSION, 1, head + b"\x00\x00\x00\x03" + bytes(16))
+    with pytest.raises(bp.RemoteProtocolError, match="END_OF_BODY payload has 2 trailing bytes"):
+        decode_payload(5, bp.PROTOCOL_VERSION, 1, b"\x00\x00\x00\x01xx")
+
+
+def test_armor_messages_count_what_is_wrong() -> None:
+    cut = ArmorDecoder(1 << 10)
+    cut.receive_data(armor(b"0123456789")[:30])
+    cut.receive_data("")
+    with pytest.raises(bp.CorruptFrameError, match=r"inside an armored batch \(30 chars\)"):
+        cut.next_batch()
+    line = armor(b"abc")
+    bad = ArmorDecoder(1 << 10)
+    bad.receive_data(line[:21] + "0" + line[22:])  # a digit where the second ':' belongs
+    with pytest.raises(bp.CorruptFrameError, match="malformed armor header"):
+        bad.next_batch()

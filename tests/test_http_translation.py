@@ -270,3 +270,12 @@ def test_after_an_error_reply_a_failure_only_closes() -> None:
     feed(agent, b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
     assert agent.reply_error(503, "bridge-busy", "busy").startswith(b"HTTP/1.1 503 ")
     assert agent.respond_failure(bp.ErrorCode.CANCELLED, "gone") is None
+
+
+def test_a_chunked_body_of_exactly_the_limit_passes() -> None:
+    agent = AgentConnection(HttpPolicy(max_body_bytes=5))
+    events = feed(
+        agent,
+        b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+    )
+    assert [type(e) for e in events] == [AgentRequest, AgentBody, AgentEnd]
