@@ -157,7 +157,15 @@ def bench(args: argparse.Namespace) -> int:
     sizes = runner.QUICK if args.quick else runner.FULL
     if args.bridges is not None:
         sizes = attrs.evolve(sizes, bridges=args.bridges)
-    bench_run = runner.Bench(sizes, args.sandbox, lambda line: print(line, file=sys.stderr))
+    only = args.only.split(",") if args.only else runner.SCENARIOS
+    unknown = set(only) - set(runner.SCENARIOS)
+    if unknown:
+        return _error(
+            f"no bench scenario {', '.join(sorted(unknown))}; choose from"
+            f" {', '.join(runner.SCENARIOS)}"
+        )
+    say = functools.partial(print, file=sys.stderr)
+    bench_run = runner.Bench(sizes, args.sandbox, say, only)
     try:
         results = anyio.run(bench_run.run)
     except BridgeError as exc:
@@ -355,6 +363,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     bench_p.add_argument("--plot", help="write latency and streaming plots to this PNG")
     bench_p.add_argument("--bridges", type=int, help="bridges for the scale scenario")
     bench_p.add_argument("--sandbox", choices=["auto", "bwrap", "unshare"], default="auto")
+    bench_p.add_argument(
+        "--only", metavar="NAMES", help="comma-separated scenarios to run (default: all)"
+    )
 
     decode_p = commands.add_parser("decode", help="print a --trace file, one line per frame")
     decode_p.add_argument("trace")

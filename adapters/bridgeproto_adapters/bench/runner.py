@@ -201,8 +201,14 @@ def summarize(values: Sequence[float]) -> dict[str, float]:
 # ---------------------------------------------------------------- the run
 
 
+SCENARIOS = ("latency", "streaming", "throughput", "bulk", "cost", "scale", "remote")
+
+
 class Bench:
-    def __init__(self, sizes: Sizes, sandbox_kind: str, say: Any) -> None:
+    def __init__(
+        self, sizes: Sizes, sandbox_kind: str, say: Any, only: Sequence[str] = SCENARIOS
+    ) -> None:
+        self.only = tuple(only)
         self.sizes = sizes
         self.sandbox_kind = sandbox_kind
         self.say = say
@@ -400,6 +406,8 @@ class Bench:
 
     async def remote(self) -> None:
         """Mailbox and polling behind the same simulated remote control plane."""
+        direct = await self.agent("direct", "latency", n=self.sizes.remote_requests)
+        self.record("remote", "direct", {"seconds": summarize(direct["seconds"])})
         target = f"http://127.0.0.1:{self.upstream_port}/bench"
         real, _ = await open_sandbox(self.sandbox_kind)
         try:
@@ -484,12 +492,15 @@ class Bench:
                     self.sandbox_side_pid = find_pid(bridge.session.conn.session_id.hex())
                     for scenario in (self.latency, self.streaming, self.throughput, self.bulk,
                                      self.cost):  # fmt: skip
-                        self.say(f"bench: {scenario.__name__} ...")
-                        await scenario()
-                self.say("bench: scale ...")
-                await self.scale()
-                self.say("bench: remote (simulated control plane) ...")
-                await self.remote()
+                        if scenario.__name__ in self.only:
+                            self.say(f"bench: {scenario.__name__} ...")
+                            await scenario()
+                if "scale" in self.only:
+                    self.say("bench: scale ...")
+                    await self.scale()
+                if "remote" in self.only:
+                    self.say("bench: remote (simulated control plane) ...")
+                    await self.remote()
             finally:
                 await self.polling.aclose()
                 await bridge_sandbox.aclose()
