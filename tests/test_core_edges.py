@@ -459,3 +459,18 @@ def test_armor_messages_count_what_is_wrong() -> None:
     bad.receive_data(line[:21] + "0" + line[22:])  # a digit where the second ':' belongs
     with pytest.raises(bp.CorruptFrameError, match="malformed armor header"):
         bad.next_batch()
+
+
+def test_header_names_and_values_must_both_be_bytes() -> None:
+    for header in (("name", b"v"), (b"name", "v")):
+        with pytest.raises(bp.LocalProtocolError):
+            bp.RequestHead(1, b"GET", b"/", (header,))  # type: ignore[arg-type]
+
+
+def test_armor_errors_name_the_text_offset() -> None:
+    decoder = ArmorDecoder(1 << 10)
+    first = armor(b"fine")
+    decoder.receive_data(first + "XYZ not armor\n")
+    assert decoder.next_batch() == b"fine"
+    with pytest.raises(bp.CorruptFrameError, match=rf"at text offset {len(first)}\)"):
+        decoder.next_batch()

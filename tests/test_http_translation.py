@@ -279,3 +279,15 @@ def test_a_chunked_body_of_exactly_the_limit_passes() -> None:
         b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
     )
     assert [type(e) for e in events] == [AgentRequest, AgentBody, AgentEnd]
+
+
+def test_a_chunked_message_keeps_its_other_headers_and_loses_only_its_length() -> None:
+    cleaned = clean_headers(
+        [
+            (b"Age", b"1"),
+            (b"Content-Length", b"5"),
+            (b"Transfer-Encoding", b"chunked"),
+            (b"X-After", b"2"),
+        ]
+    )
+    assert cleaned == [(b"age", b"1"), (b"x-after", b"2"), (b"transfer-encoding", b"chunked")]
