@@ -83,6 +83,12 @@ except urllib.error.HTTPError as exc:
             sandbox, upstream.url, transport="mailbox", headers=[(b"authorization", secret)]
         ) as bridge:
             lines = (await agent(sandbox, bridge, script)).splitlines()
+        # Stopped: nothing of the bridge runs in the sandbox, its directory is gone.
+        # (The brackets keep the patterns from matching this command itself.)
+        left = await sandbox.run(
+            "pgrep -f '[s]andbox-side|[E]XIT_STALE'; ls -d /tmp/bridgeproto-*/"
+        )
+        assert left.stdout == b"", left.stdout
         assert lines == [
             "POST 100000",
             "['data: event 0', 'data: event 1', 'data: event 2']",
@@ -226,9 +232,17 @@ async def test_a_sandbox_that_stops_answering_ends_the_bridge_with_a_clear_error
             async with open_bridge(
                 sandbox, upstream.url, resume_timeout=2.0, mailbox=MailboxOptions(wait=0.5)
             ) as bridge:
+                hanging = await real.open_process(
+                    ["python3", "-c", "import os, urllib.request\n"
+                     "urllib.request.urlopen(os.environ['BRIDGEPROTO_URL'] + '/hang')"],
+                    env=bridge.env,
+                )  # fmt: skip
+                await upstream.hang_started.wait()  # an exchange is in flight
                 provider.faults = attrs.evolve(provider.faults, fail_before=1.0)
                 await bridge.session.finished.wait()
+                await upstream.hang_closed.wait()  # its upstream request was ended too
                 provider.faults = Faults()  # it answers again, so the stop can clean up
+            await hanging.stop()
     failure = bridge.session.conn.failure
     assert failure is not None
     assert "no channel came within 2 s" in failure.reason
