@@ -474,3 +474,21 @@ def test_armor_errors_name_the_text_offset() -> None:
     assert decoder.next_batch() == b"fine"
     with pytest.raises(bp.CorruptFrameError, match=rf"at text offset {len(first)}\)"):
         decoder.next_batch()
+
+
+def test_an_idle_timer_handled_late_still_fires() -> None:
+    quiet = {"ping_interval": None, "peer_timeout": None}
+    pair = Pair(host=bp.Config(idle_timeout=10, **quiet))
+    xid = pair.sandbox.start_exchange(b"GET", b"/", [], 0.0)
+    pair.pump()
+    assert pair.host.handle_timer(9.9) == []
+    (reset,) = pair.host.handle_timer(12.5)
+    assert isinstance(reset, bp.ExchangeReset) and reset.exchange_id == xid
+    assert reset.code is bp.ErrorCode.IDLE_TIMEOUT
+
+
+def test_zero_is_not_a_positive_time() -> None:
+    with pytest.raises(bp.LocalProtocolError, match="shutdown_grace must be positive"):
+        bp.Config(shutdown_grace=0)
+    with pytest.raises(bp.LocalProtocolError, match="idle_timeout must be positive or None"):
+        bp.Config(idle_timeout=0)

@@ -48,6 +48,7 @@ POLICY = HttpPolicy(allowed_prefixes=["/rollout/k1/", b"/health"])
         (b"GET", b"/rollout/k1/a%7f", "unsafe-path"),
         (b"GET", b"/rollout/k1/a%20b", None),
         (b"GET", b"*", "absolute-target-refused"),
+        (b"OPTIONS", b"!", "absolute-target-refused"),
         (b"GET", b"/rollout/k1/a%4", "unsafe-path"),
     ],
 )
@@ -291,3 +292,25 @@ def test_a_chunked_message_keeps_its_other_headers_and_loses_only_its_length() -
         ]
     )
     assert cleaned == [(b"age", b"1"), (b"x-after", b"2"), (b"transfer-encoding", b"chunked")]
+
+
+def test_a_chunk_declared_past_the_body_limit_is_refused_before_its_data() -> None:
+    agent = AgentConnection(HttpPolicy(max_body_bytes=10))
+    feed(agent, b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n")
+    (refused,) = feed(agent, b"6\r\n")  # 5 + 6 > 10, and not one byte of it has come
+    assert isinstance(refused, AgentRefused) and refused.refusal.status == 413
+
+
+def test_length_and_chunking_together_are_refused_even_with_no_other_header() -> None:
+    request = b"POST / HTTP/1.0\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n"
+    (refused,) = feed(AgentConnection(HttpPolicy()), request)
+    assert isinstance(refused, AgentRefused) and "smuggle" in refused.refusal.message
+
+
+def test_another_http_version_is_a_505() -> None:
+    (refused,) = feed(AgentConnection(HttpPolicy()), b"GET / HTTP/2.0\r\nHost: a\r\n\r\n")
+    assert isinstance(refused, AgentRefused) and refused.refusal.status == 505
+
+
+def test_the_default_head_limit_is_64_kib() -> None:
+    assert HttpPolicy().max_header_bytes == 64 << 10
