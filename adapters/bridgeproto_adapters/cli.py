@@ -264,7 +264,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         type=_batch_bytes,
         default=1 << 20,
         metavar="BYTES",
-        help="mailbox: the most bytes one call carries each way (default 1048576)",
+        help="mailbox: the most bytes one call brings back, under the provider's output"
+        " limit (default 1048576)",
     )
     run_p.add_argument(
         "--mailbox-calls",

@@ -250,24 +250,30 @@ class MailboxOptions:
 
     ``wait``: seconds a call may wait in the sandbox for output (an idle
     bridge costs one call per ``wait``). ``batch_bytes``: the most bytes one
-    call carries each way; keep its armored size (4/3 of it) under the
-    provider's output limit. ``max_calls``: calls in flight at once, at
-    least 2 (one waits for output while another carries input).
+    call brings back; keep its armored size (4/3 of it) under the provider's
+    output limit. ``input_bytes``: the most one call takes in (uploads are
+    not cut as output is). ``max_calls``: calls in flight at once, at least
+    2 (one waits for output while another carries input).
     ``inline_bytes``: input up to this size rides in the call itself;
     larger input is uploaded as a file first (one more call).
     """
 
     wait: float = 15.0
     batch_bytes: int = 1 << 20
+    input_bytes: int = 8 << 20
     max_calls: int = 2
     inline_bytes: int = 48 << 10
     call_timeout: float = 30.0  # on top of ``wait``
 
     def __attrs_post_init__(self) -> None:
-        if not self.wait > 0 or self.max_calls < 2 or self.batch_bytes < 1024:
+        if (
+            not self.wait > 0
+            or self.max_calls < 2
+            or min(self.batch_bytes, self.input_bytes) < 1024
+        ):
             raise ValueError(
                 "MailboxOptions needs wait > 0, max_calls >= 2 (one call waits for output"
-                " while another carries input) and batch_bytes >= 1024"
+                " while another carries input), and batch_bytes and input_bytes >= 1024"
             )
 
 
@@ -316,7 +322,7 @@ class _HostEpoch(_EpochStream):
             calls.cancel_scope.cancel()
 
     async def _call(self) -> None:
-        data = self.outbox.take(self._owner.options.batch_bytes)
+        data = self.outbox.take(self._owner.options.input_bytes)
         number = 0
         if data:
             number, self._next_in = self._next_in, self._next_in + 1
@@ -339,7 +345,7 @@ class _HostEpoch(_EpochStream):
         every waiting call now; then the calls still out are waited for."""
         if self.ended is None:
             self._closing = True
-            data = self.outbox.take(self._owner.options.batch_bytes)
+            data = self.outbox.take(self._owner.options.input_bytes)
             number = 0
             if data:
                 number, self._next_in = self._next_in, self._next_in + 1
