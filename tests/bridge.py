@@ -2,7 +2,8 @@
 listening on a real loopback port, and a transport between the two sides:
 an in-memory pair, in-memory channels that can be cut or damaged and
 replaced, a real subprocess's stdin and stdout, or the mailbox transport
-(every call a real process, talking to the sandbox side's private socket)."""
+(every call a real process in a real offline sandbox, talking to the
+sandbox side's private socket)."""
 
 from __future__ import annotations
 
@@ -23,7 +24,8 @@ from bridgeproto_adapters.host_side import HostOptions, run_host_side
 from bridgeproto_adapters.mailbox_call import mailbox_socket
 from bridgeproto_adapters.relay import channel_dir
 from bridgeproto_adapters.sandbox_side import AgentLimits, run_sandbox_side
-from bridgeproto_adapters.sandboxes import LocalSandbox, SandboxClient
+from bridgeproto_adapters.sandboxes import BwrapSandbox, SandboxClient
+from bridgeproto_adapters.sandboxes.offline import SANDBOX_UID
 from bridgeproto_adapters.session import Session
 from bridgeproto_adapters.settings import SandboxSettings
 from bridgeproto_adapters.streams import memory_stream_pair, process_stream
@@ -40,6 +42,7 @@ from bridgeproto_adapters.transports.mailbox import (
     call_command,
     serve_mailbox,
 )
+from sandbox_kinds import need_bwrap
 from upstream import Upstream, running_upstream
 
 
@@ -51,9 +54,6 @@ class Bridge:
     process: anyio.abc.Process | None = None
     connector: MemoryConnector | None = None  # with transport="channels"
     mailbox: MailboxChannels | None = None  # with transport="mailbox"
-
-
-CALL = call_command(sys.executable)  # a mailbox call, as the host runs it
 
 
 def free_port() -> int:
@@ -84,12 +84,21 @@ async def bridge(
         port = upstream_port or upstream.port
         target = bp_http.Upstream("127.0.0.1", port, policy or bp_http.HttpPolicy(), added_headers)
         async with anyio.create_task_group() as tg:
-            process = connector = mailbox_channels = None
+            process = connector = mailbox_channels = owned_sandbox = None
             host_channels: Channels | anyio.abc.ByteStream
             if transport == "mailbox":
                 acceptor = Acceptor()
-                os.mkdir(channel_dir(session_id), 0o700)
+                directory = channel_dir(session_id)
+                os.mkdir(directory, 0o700)
                 await tg.start(serve_mailbox, acceptor, mailbox_socket(session_id))
+                if calls_through is None:
+                    # Every call runs in a real offline sandbox that sees only
+                    # this directory of the host's, as the daemon's own would.
+                    need_bwrap()
+                    if os.geteuid() == 0:  # the calls run as the sandbox's user
+                        for path in (directory, mailbox_socket(session_id)):
+                            os.chown(path, SANDBOX_UID, SANDBOX_UID)
+                    calls_through = owned_sandbox = await BwrapSandbox.create(rw=[directory])
                 host, port = await tg.start(
                     functools.partial(
                         run_sandbox_side, acceptor, session_id, listen=("127.0.0.1", 0),
@@ -98,7 +107,7 @@ async def bridge(
                     )
                 )  # fmt: skip
                 host_channels = mailbox_channels = MailboxChannels(
-                    calls_through or LocalSandbox(), CALL, session_id, options=mailbox
+                    calls_through, call_command("python3"), session_id, options=mailbox
                 )
                 await tg.start(mailbox_channels.run)
             elif transport in ("memory", "channels"):
@@ -158,3 +167,5 @@ async def bridge(
                 await mailbox_channels.aclose()
                 tg.cancel_scope.cancel()  # the sandbox side's call listener
                 shutil.rmtree(channel_dir(session_id), ignore_errors=True)
+            if owned_sandbox is not None:
+                await owned_sandbox.aclose()
