@@ -381,8 +381,11 @@ def test_run_stops_with_its_sandbox_when_killed() -> None:
         )  # fmt: skip
         assert run.stdout is not None
         assert run.stdout.readline() == "started\n"
-        sleepers = pids_where(lambda command: command == [b"sleep", b"1000"])
-        assert sleepers
+        # The shell execs sleep right after its echo; on a busy machine, a moment later.
+        deadline = time.monotonic() + 10
+        while not (sleepers := pids_where(lambda command: command == [b"sleep", b"1000"])):
+            assert time.monotonic() < deadline, "the command never started sleeping"
+            time.sleep(0.02)
         run.send_signal(signal.SIGKILL)
         run.wait()
         deadline = time.monotonic() + 10

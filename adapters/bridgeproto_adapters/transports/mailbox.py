@@ -50,6 +50,7 @@ from . import Acceptor, NoChannel
 _NUMBER = struct.Struct(">Q")  # an answer's batch number, before its bytes
 _QUIET = frozenset({FrameType.ACK, FrameType.PING, FrameType.PONG})
 _MAX_INPUT = 256 << 20  # what one call may hand the sandbox side, at most
+_SMALL = 64 << 10  # output of this size is a request or two, not a bulk transfer
 
 
 def _urgent(data: bytes) -> bool:
@@ -255,7 +256,9 @@ class MailboxOptions:
     not cut as output is). ``max_calls``: calls in flight at once, at least
     2 (one waits for output while another carries input).
     ``inline_bytes``: input up to this size rides in the call itself;
-    larger input is uploaded as a file first (one more call).
+    larger input is uploaded as a file first (one more call). ``linger``:
+    when output came back and no call waits, how long to hold the next call
+    for input (a fast upstream's answer then costs no call of its own).
     """
 
     wait: float = 15.0
@@ -263,6 +266,7 @@ class MailboxOptions:
     input_bytes: int = 8 << 20
     max_calls: int = 2
     inline_bytes: int = 48 << 10
+    linger: float = 0.02  # after output came back, how long input may take to join the next call
     call_timeout: float = 30.0  # on top of ``wait``
 
     def __attrs_post_init__(self) -> None:
@@ -302,6 +306,7 @@ class _HostEpoch(_EpochStream):
         self._in_flight = 0
         self._flowing = False  # the last answer carried data: more is likely
         self._closing = False  # no new calls: the last one is out
+        self._request_out = False  # a small answer just came: an answer may follow
 
     def _wanted(self) -> int:
         """Calls to keep in flight now. Waiting calls leave one place free for
@@ -312,9 +317,18 @@ class _HostEpoch(_EpochStream):
         return most - 1 if self._flowing else 1
 
     async def pump(self) -> None:
+        linger = self._owner.options.linger
         async with anyio.create_task_group() as calls:
             while self.ended is None:
                 if not self._closing and self._in_flight < self._wanted():
+                    if self._request_out and not self._in_flight and not self.outbox.urgent:
+                        # A request has likely just gone upstream: a fast answer
+                        # rides in the next call instead of a call of its own.
+                        self._request_out = False
+                        with anyio.move_on_after(linger):
+                            while self.ended is None and not self.outbox.urgent:
+                                await self.wait_for_change()
+                        continue
                     self._in_flight += 1
                     calls.start_soon(self._call)
                     continue
@@ -334,6 +348,7 @@ class _HostEpoch(_EpochStream):
         finally:
             self._in_flight -= 1
         self._flowing = bool(answer)
+        self._request_out = 0 < len(answer) < _SMALL  # (bulk does not wait for answers)
         if answer_number:
             self.inbox.add(answer_number, answer)
         self.changed()
