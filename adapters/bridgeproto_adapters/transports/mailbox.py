@@ -329,17 +329,18 @@ class _HostEpoch(_EpochStream):
                             while self.ended is None and not self.outbox.urgent:
                                 await self.wait_for_change()
                         continue
+                    # Take the input now, so the next turn sees what is left.
+                    data = self.outbox.take(self._owner.options.input_bytes)
+                    number = 0
+                    if data:
+                        number, self._next_in = self._next_in, self._next_in + 1
                     self._in_flight += 1
-                    calls.start_soon(self._call)
+                    calls.start_soon(self._call, number, data)
                     continue
                 await self.wait_for_change()
             calls.cancel_scope.cancel()
 
-    async def _call(self) -> None:
-        data = self.outbox.take(self._owner.options.input_bytes)
-        number = 0
-        if data:
-            number, self._next_in = self._next_in, self._next_in + 1
+    async def _call(self, number: int, data: bytes) -> None:
         try:
             answer_number, answer = await self._owner.call(self.epoch, number, data)
         except _CallFailed as exc:
