@@ -492,3 +492,50 @@ def test_zero_is_not_a_positive_time() -> None:
         bp.Config(shutdown_grace=0)
     with pytest.raises(bp.LocalProtocolError, match="idle_timeout must be positive or None"):
         bp.Config(idle_timeout=0)
+
+
+def test_the_smallest_frame_size_and_time_are_accepted() -> None:
+    assert bp.Limits(max_frame_size=1024, max_header_bytes=0).max_frame_size == 1024
+    with pytest.raises(bp.LocalProtocolError, match="below the minimum of 1024"):
+        bp.Limits(max_frame_size=1023, max_header_bytes=0)
+    assert bp.Config(idle_timeout=0.5).idle_timeout == 0.5
+
+
+def test_a_peer_timer_handled_late_still_fails_the_session() -> None:
+    pair = Pair(sandbox=bp.Config(ping_interval=None, peer_timeout=30))
+    assert pair.sandbox.handle_timer(29.0) == []
+    (failed,) = pair.sandbox.handle_timer(31.5)
+    assert isinstance(failed, bp.SessionFailed) and failed.code is bp.ErrorCode.PEER_UNRESPONSIVE
+
+
+def test_new_exchanges_wait_once_retention_reaches_the_mark_exactly() -> None:
+    probe = Pair()
+    probe.sandbox.start_exchange(b"GET", b"/", [], 0.0)
+    one_head = probe.sandbox.retained_bytes
+    pair = Pair(sandbox=bp.Config(max_retained_bytes=one_head))
+    pair.sandbox.start_exchange(b"GET", b"/", [], 0.0)
+    assert pair.sandbox.retained_bytes == one_head
+    with pytest.raises(bp.LocalProtocolError, match="await the peer's acknowledgement"):
+        pair.sandbox.start_exchange(b"GET", b"/", [], 0.0)
+
+
+def test_the_host_admits_up_to_its_limit_past_the_small_int_range() -> None:
+    host, peer = connected(bp.Role.HOST, bp.Config(limits=bp.Limits(max_exchanges=300)))
+    frames = b"".join(peer.frame(bp.RequestHead(2 * i + 1, b"GET", b"/")) for i in range(301))
+    events = host.receive_data(frames, 0.0)
+    assert len([e for e in events if isinstance(e, bp.RequestHead)]) == 300
+    refused = [r for r in _records(host.data_to_send()) if isinstance(r, bp.Reset)]
+    assert [(r.exchange_id, r.code) for r in refused] == [(601, bp.ErrorCode.TOO_MANY_EXCHANGES)]
+
+
+def test_a_refused_exchange_holds_no_credit() -> None:
+    host, peer = connected(
+        bp.Role.HOST,
+        bp.Config(limits=bp.Limits(max_exchanges=1, session_window=1), closed_exchange_memory=1),
+    )
+    host.receive_data(peer.frame(bp.RequestHead(1, b"GET", b"/")), 0.0)
+    host.receive_data(peer.frame(bp.RequestHead(3, b"GET", b"/")), 0.0)  # refused: one at a time
+    host.receive_data(peer.frame(bp.EndOfBody(1)), 0.0)
+    host.send_response(1, 204, b"", [], 0.0)
+    host.send_end(1, 0.0)  # exchange 1 closes; refused 3 is forgotten
+    assert [r for r in _records(host.data_to_send()) if isinstance(r, bp.Window)] == []

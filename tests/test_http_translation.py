@@ -314,3 +314,11 @@ def test_another_http_version_is_a_505() -> None:
 
 def test_the_default_head_limit_is_64_kib() -> None:
     assert HttpPolicy().max_header_bytes == 64 << 10
+
+
+def test_status_199_is_informational() -> None:
+    agent = AgentConnection(HttpPolicy())
+    feed(agent, b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+    assert agent.respond_head(bp.ResponseHead(1, 199)).startswith(b"HTTP/1.1 199 ")
+    final = agent.respond_head(bp.ResponseHead(1, 200, b"OK", [(b"content-length", b"0")]))
+    assert final.startswith(b"HTTP/1.1 200 OK")
