@@ -260,3 +260,28 @@ def test_the_call_finds_the_socket_the_daemon_listens_on() -> None:
 
     session_id = bytes(range(16))
     assert mailbox_socket(session_id) == f"{channel_dir(session_id)}/mailbox.sock"
+
+
+async def test_the_simulated_provider_holds_its_cap_on_calls_in_flight() -> None:
+    class Tracking(BwrapSandbox):
+        now = peak = 0
+
+        async def run(self, *args: object, **kwargs: object) -> object:  # type: ignore[override]
+            Tracking.now += 1
+            Tracking.peak = max(Tracking.peak, Tracking.now)
+            try:
+                return await super().run(*args, **kwargs)  # type: ignore[arg-type]
+            finally:
+                Tracking.now -= 1
+
+    need_bwrap()
+    plain = await BwrapSandbox.create()
+    real = Tracking(plain._holder, plain._root, plain.view)
+    try:
+        provider = SimulatedProvider(real, Faults(max_in_flight=2, text_only=False))
+        async with anyio.create_task_group() as tg:
+            for _ in range(6):
+                tg.start_soon(provider.execute_command, "s", "sleep 0.1")
+        assert Tracking.peak == 2 and provider.calls["execute_command"] == 6
+    finally:
+        await plain.aclose()
