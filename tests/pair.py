@@ -50,6 +50,20 @@ class Pair:
         events, self.events[conn] = self.events[conn], []
         return events
 
+    def completed_download(self, size: int) -> int:
+        """A GET whose response of ``size`` bytes the sandbox side received
+        and has not consumed; both sides have closed the exchange."""
+        s, h = self.sandbox, self.host
+        xid = s.start_exchange(b"GET", b"/", [], self.now)
+        s.send_end(xid, self.now)
+        self.pump()
+        h.send_response(xid, 200, b"", [], self.now)
+        if size:
+            h.send_data(xid, b"z" * size, self.now)
+        h.send_end(xid, self.now)
+        self.pump()
+        return xid
+
     def advance(self, seconds: float) -> None:
         """Move the clock forward, firing timers on both sides."""
         self.now += seconds

@@ -447,13 +447,7 @@ def test_bytes_of_a_completed_exchange_are_returned_when_consumed() -> None:
     limits = bp.Limits(initial_window=1000, session_window=1000)
     pair = Pair(sandbox=bp.Config(limits=limits))
     s, h = pair.sandbox, pair.host
-    xid = s.start_exchange(b"GET", b"/", [], 0.0)
-    s.send_end(xid, 0.0)
-    pair.pump()
-    h.send_response(xid, 200, b"", [], 0.0)
-    h.send_data(xid, b"z" * 800, 0.0)
-    h.send_end(xid, 0.0)
-    pair.pump()
+    xid = pair.completed_download(800)
     assert s.open_exchanges == []
     s.consume(xid, 10_000)  # capped at what was delivered
     pair.pump()

@@ -172,19 +172,8 @@ def test_credit_held_by_forgotten_closed_exchanges_comes_back() -> None:
     limits = bp.Limits(initial_window=1000, session_window=1000)
     pair = Pair(sandbox=bp.Config(limits=limits, closed_exchange_memory=1))
     s, h = pair.sandbox, pair.host
-    xid = s.start_exchange(b"GET", b"/", [], 0.0)
-    s.send_end(xid, 0.0)
-    pair.pump()
-    h.send_response(xid, 200, b"", [], 0.0)
-    h.send_data(xid, b"z" * 600, 0.0)  # delivered, never consumed by the sandbox
-    h.send_end(xid, 0.0)
-    pair.pump()
-    other = s.start_exchange(b"GET", b"/", [], 0.0)
-    s.send_end(other, 0.0)
-    pair.pump()
-    h.send_response(other, 200, b"", [], 0.0)
-    h.send_end(other, 0.0)  # closing it pushes the first out of the bounded map
-    pair.pump()
+    pair.completed_download(600)  # delivered, never consumed by the sandbox
+    pair.completed_download(0)  # closing it pushes the first out of the bounded map
     assert bp.CreditAvailable(0) in pair.take(h)
     third = s.start_exchange(b"GET", b"/", [], 0.0)
     pair.pump()
@@ -270,19 +259,8 @@ def test_closed_ids_are_remembered_up_to_the_limit_then_forgotten() -> None:
     limits = bp.Limits(initial_window=1000, session_window=1000)
     pair = Pair(sandbox=bp.Config(limits=limits, closed_exchange_memory=2))
     s, h = pair.sandbox, pair.host
-
-    def complete(unconsumed: int) -> int:
-        xid = s.start_exchange(b"GET", b"/", [], 0.0)
-        s.send_end(xid, 0.0)
-        pair.pump()
-        h.send_response(xid, 200, b"", [], 0.0)
-        h.send_data(xid, b"z" * unconsumed, 0.0)
-        h.send_end(xid, 0.0)
-        pair.pump()
-        return xid
-
-    first = complete(600)
-    complete(0)  # two closed ids remembered: the first still holds its bytes
+    first = pair.completed_download(600)
+    pair.completed_download(0)  # two closed ids remembered: the first still holds its bytes
     assert bp.CreditAvailable(0) not in pair.take(h)
     s.consume(first, 600)  # still remembered, so consuming it returns the credit
     pair.pump()
@@ -374,13 +352,7 @@ def test_bytes_of_a_closed_exchange_may_be_consumed_in_parts() -> None:
     limits = bp.Limits(initial_window=1000, session_window=1000)
     pair = Pair(sandbox=bp.Config(limits=limits))
     s, h = pair.sandbox, pair.host
-    xid = s.start_exchange(b"GET", b"/", [], 0.0)
-    s.send_end(xid, 0.0)
-    pair.pump()
-    h.send_response(xid, 200, b"", [], 0.0)
-    h.send_data(xid, b"z" * 800, 0.0)
-    h.send_end(xid, 0.0)
-    pair.pump()
+    xid = pair.completed_download(800)
     s.consume(xid, 300)  # 300 of 800: under half the session window, nothing returned yet
     pair.pump()
     assert bp.CreditAvailable(0) not in pair.take(h)
