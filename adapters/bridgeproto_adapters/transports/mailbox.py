@@ -309,8 +309,8 @@ class _HostEpoch(_EpochStream):
         self._request_out = False  # a small answer just came: an answer may follow
 
     def _wanted(self) -> int:
-        """Calls to keep in flight now. Waiting calls leave one place free for
-        input: a call is never held behind them, and then waits in their stead."""
+        """Calls to keep in flight now: one waits in the sandbox, and the other
+        places are for input (and, while output flows, for more waiting)."""
         most = self._owner.options.max_calls
         if self.outbox.urgent:
             return most
@@ -330,15 +330,19 @@ class _HostEpoch(_EpochStream):
                                 await self.wait_for_change()
                         continue
                     # Take the input now, so the next turn sees what is left.
-                    data = self.outbox.take(self._owner.options.input_bytes)
-                    number = 0
-                    if data:
-                        number, self._next_in = self._next_in, self._next_in + 1
                     self._in_flight += 1
-                    calls.start_soon(self._call, number, data)
+                    calls.start_soon(self._call, *self._next_input())
                     continue
                 await self.wait_for_change()
             calls.cancel_scope.cancel()
+
+    def _next_input(self) -> tuple[int, bytes]:
+        """The next call's input and its number (0: none)."""
+        data = self.outbox.take(self._owner.options.input_bytes)
+        if not data:
+            return 0, b""
+        number, self._next_in = self._next_in, self._next_in + 1
+        return number, data
 
     async def _call(self, number: int, data: bytes) -> None:
         try:
@@ -361,10 +365,7 @@ class _HostEpoch(_EpochStream):
         every waiting call now; then the calls still out are waited for."""
         if self.ended is None:
             self._closing = True
-            data = self.outbox.take(self._owner.options.input_bytes)
-            number = 0
-            if data:
-                number, self._next_in = self._next_in, self._next_in + 1
+            number, data = self._next_input()
             with anyio.move_on_after(self._owner.options.call_timeout):
                 with contextlib.suppress(_CallFailed):
                     self._in_flight += 1
