@@ -177,8 +177,8 @@ class _SandboxEpoch(_EpochStream):
         self.changed()
 
     async def answer(self, wait: float, max_out: int) -> bytes:
-        """Wait for urgent output (or ``wait`` seconds, or a call with input
-        after this one); the armored answer line."""
+        """Wait for urgent output (or ``wait`` seconds, or the next call's
+        arrival); the armored answer line."""
         ticket, self._tickets = self._tickets, self._tickets + 1
         with anyio.move_on_after(wait):
             while self.ended is None and not self.outbox.urgent and ticket >= self._released_below:
