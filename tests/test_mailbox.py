@@ -18,7 +18,7 @@ import anyio
 import attrs
 import pytest
 
-from bridgeproto_adapters.launch import Bridge, open_bridge
+from bridgeproto_adapters.launch import MAILBOX_LIMITS, Bridge, open_bridge
 from bridgeproto_adapters.sandboxes import (
     BwrapSandbox,
     Faults,
@@ -122,6 +122,8 @@ print(total, digest.hexdigest())
         offline() as sandbox,
         open_bridge(sandbox, upstream.url, transport="mailbox") as bridge,
     ):
+        # Without a Config of the caller's, the mailbox's larger windows.
+        assert bridge.session.conn.config.limits == MAILBOX_LIMITS
         up, down = (await agent(sandbox, bridge, script, timeout=300)).splitlines()
     assert up == f"{size} {expected}"
     assert down == f"{size} {expected}"

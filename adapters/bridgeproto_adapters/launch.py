@@ -42,6 +42,7 @@ from .transports.live import ProcessChannels
 from .transports.mailbox import MailboxChannels, MailboxOptions, call_command
 
 PLACEHOLDER_KEY = "bridgeproto-placeholder-key"
+MAILBOX_LIMITS = bp.Limits(initial_window=16 << 20, session_window=32 << 20)
 MIN_PYTHON = (3, 10)
 
 
@@ -213,13 +214,18 @@ async def open_bridge(
     every channel that breaks or comes up. ``transport`` is ``stream`` (a live
     process per channel), ``mailbox`` (calls only; ``mailbox`` tunes them) or
     ``auto``: stream where the sandbox has live processes, mailbox otherwise.
+    Without a ``config``, a mailbox bridge uses ``MAILBOX_LIMITS`` (windows of
+    16 MiB per exchange and 32 MiB per session).
     """
     if transport == "auto":
         transport = "stream" if getattr(sandbox, "live_processes", True) else "mailbox"
     if transport not in ("stream", "mailbox"):
         raise BridgeStartError(f"unknown transport {transport!r}; use stream, mailbox or auto")
     host, port, path = parse_upstream(upstream_url)
-    config = config or bp.Config()
+    if config is None:
+        # Over the mailbox every window update costs a call's round trip, so
+        # its windows are larger (still under max_retained_bytes).
+        config = bp.Config(limits=MAILBOX_LIMITS) if transport == "mailbox" else bp.Config()
     # The body and head limits are the core's; the HTTP policy takes them from there.
     policy = HttpPolicy(
         allowed_prefixes=allowed_prefixes or [path or "/"],

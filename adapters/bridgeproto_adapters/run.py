@@ -38,7 +38,7 @@ from bridgeproto.wire import armor
 
 from .cli import parse_header
 from .errors import BridgeError
-from .launch import Bridge, open_bridge, parse_upstream
+from .launch import MAILBOX_LIMITS, Bridge, open_bridge, parse_upstream
 from .sandboxes import HostCommandSandbox, open_sandbox
 from .session import Session, first_of
 from .transports.mailbox import MailboxOptions
@@ -210,6 +210,7 @@ class Run:
         self.sandbox, note = await open_sandbox(args.sandbox, ro=args.ro, rw=args.rw)
         say(note)
         config = bp.Config(
+            limits=MAILBOX_LIMITS if args.transport == "mailbox" else bp.Limits(),
             idle_timeout=args.idle_timeout,
             exchange_timeout=args.timeout,
             shutdown_grace=args.grace,
