@@ -50,6 +50,8 @@ def test_quick_bench_produces_every_figure(tmp_path: object) -> None:
         remote = scenarios["remote"][system]
         assert remote["seconds"]["n"] == 5 and remote["calls_per_request"] > 0
         assert remote["upload_mb_per_second"] > 0 and remote["download_mb_per_second"] > 0
+    assert scenarios["start"]["bridgeproto"]["seconds"]["n"] == 3
+    assert "start: a ready sandbox to a bridge that accepts agents" in result.stdout
     assert "remote: calls only, each 50 ms slower" in result.stdout
     assert "latency: small JSON POSTs" in result.stdout
     assert "scale: bridges held by one host process" in result.stdout

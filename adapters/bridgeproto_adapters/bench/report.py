@@ -152,6 +152,15 @@ def table(results: dict[str, Any]) -> str:
                 rows,
             )
         )
+    if "start" in s:
+        st = s["start"]["bridgeproto"]["seconds"]
+        blocks.append(
+            _block(
+                "start: a ready sandbox to a bridge that accepts agents",
+                ["starts", "median ms", "p99 ms"],
+                [[str(st["n"]), _ms(st["median"]), _ms(st["p99"])]],
+            )
+        )
     if "scale" in s:
         sc = s["scale"]["bridgeproto"]
         rows = [

@@ -65,13 +65,14 @@ class Sizes:
     remote_requests: int
     remote_bulk_bytes: int
     remote_idle_seconds: float
+    starts: int
 
 
 FULL = Sizes(
     300, 50, 0.02, (1, 8, 32, 64), 3.0, 256 * MiB, 256 * MiB, 1000, 100, 20.0, 256, 30.0,
-    50, 16 * MiB, 60.0,
+    50, 16 * MiB, 60.0, 20,
 )  # fmt: skip
-QUICK = Sizes(20, 10, 0.02, (1, 8), 0.5, 4 * MiB, 1 * MiB, 50, 5, 1.0, 2, 1.0, 5, MiB // 4, 2.0)
+QUICK = Sizes(20, 10, 0.02, (1, 8), 0.5, 4 * MiB, 1 * MiB, 50, 5, 1.0, 2, 1.0, 5, MiB // 4, 2.0, 3)
 
 
 class CountingSandbox(HostCommandSandbox):
@@ -201,7 +202,7 @@ def summarize(values: Sequence[float]) -> dict[str, float]:
 # ---------------------------------------------------------------- the run
 
 
-SCENARIOS = ("latency", "streaming", "throughput", "bulk", "cost", "scale", "remote")
+SCENARIOS = ("latency", "streaming", "throughput", "bulk", "cost", "start", "scale", "remote")
 
 
 class Bench:
@@ -355,6 +356,23 @@ class Bench:
                 figures["host_idle_cpu_percent"] = (cpu_seconds() - idle_cpu0) * 100 / seconds
             self.record("cost", system, figures)
 
+    async def start(self) -> None:
+        """From a ready sandbox (the archive already there) to a bridge that
+        accepts agents: how long ``open_bridge`` takes, ``starts`` times."""
+        target = f"http://127.0.0.1:{self.upstream_port}/bench"
+        sandbox, _ = await open_sandbox(self.sandbox_kind)
+        seconds = []
+        try:
+            async with open_bridge(sandbox, target):
+                pass  # the first start in a sandbox uploads the archive: not counted
+            for _ in range(self.sizes.starts):
+                started = time.perf_counter()
+                async with open_bridge(sandbox, target):
+                    seconds.append(time.perf_counter() - started)
+        finally:
+            await sandbox.aclose()
+        self.record("start", "bridgeproto", {"seconds": summarize(seconds), "raw": seconds})
+
     async def scale(self) -> None:
         wanted = self.sizes.bridges
         held: list[tuple[HostCommandSandbox, Any, Bridge]] = []
@@ -495,6 +513,9 @@ class Bench:
                         if scenario.__name__ in self.only:
                             self.say(f"bench: {scenario.__name__} ...")
                             await scenario()
+                if "start" in self.only:
+                    self.say("bench: start ...")
+                    await self.start()
                 if "scale" in self.only:
                     self.say("bench: scale ...")
                     await self.scale()
