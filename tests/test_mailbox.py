@@ -258,10 +258,11 @@ async def test_mailbox_options_are_checked() -> None:
 
 def test_the_call_finds_the_socket_the_daemon_listens_on() -> None:
     from bridgeproto_adapters.mailbox_call import mailbox_socket
-    from bridgeproto_adapters.relay import channel_dir
+    from bridgeproto_adapters.relay import channel_socket
 
     session_id = bytes(range(16))
-    assert mailbox_socket(session_id) == f"{channel_dir(session_id)}/mailbox.sock"
+    assert mailbox_socket(session_id) == f"/tmp/bridgeproto-{session_id.hex()}/mailbox.sock"
+    assert channel_socket(session_id) == f"/tmp/bridgeproto-{session_id.hex()}/channel.sock"
 
 
 async def test_the_simulated_provider_holds_its_cap_on_calls_in_flight() -> None:

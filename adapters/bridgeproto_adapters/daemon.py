@@ -24,8 +24,8 @@ from collections.abc import Callable
 import anyio
 import anyio.abc
 
-from .mailbox_call import mailbox_socket
-from .relay import channel_dir, channel_socket
+from .mailbox_call import channel_dir, mailbox_socket
+from .relay import channel_socket
 from .sandbox_side import run_sandbox_side
 from .settings import SandboxSettings
 from .transports import Acceptor

@@ -32,8 +32,8 @@ from bridgeproto.http import HttpPolicy, Upstream
 
 from .errors import BridgeError
 from .host_side import HostOptions, run_host_side
+from .mailbox_call import channel_dir
 from .packaging import build_zipapp
-from .relay import channel_dir
 from .sandbox_side import AgentLimits
 from .sandboxes import SandboxClient, SandboxError
 from .session import RESUME_TIMEOUT, Session, Tracer

@@ -20,27 +20,39 @@ import struct
 import sys
 from collections.abc import Sequence
 
-EXIT_NO_DAEMON = 3  # as the channel relay's
+EXIT_NO_DAEMON = 3  # (the channel relay's too, which takes these from here)
 EXIT_STALE = 4
 # epoch, input batch number (0: none), wait in ms, largest answer, input length
 REQUEST = struct.Struct(">QQIII")
 STALE = b"STALE\n"
 
 
+def channel_dir(session_id: bytes) -> str:
+    """The sandbox side's private directory for a session: fixed by the bridge."""
+    return f"/tmp/bridgeproto-{session_id.hex()}"
+
+
 def mailbox_socket(session_id: bytes) -> str:
-    """Beside the channel socket, in the directory the bridge fixes (``relay.channel_dir``)."""
-    return f"/tmp/bridgeproto-{session_id.hex()}/mailbox.sock"
+    return os.path.join(channel_dir(session_id), "mailbox.sock")
 
 
-def call(path: str, head: bytes, data: bytes) -> int:
+def connect(path: str, who: str) -> socket.socket | None:
+    """The sandbox side's socket at ``path``, or None, said on stderr."""
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         sock.connect(path)
     except OSError as exc:
         print(
-            f"bridgeproto mailbox: the sandbox side is not running ({path}: {exc.strerror})",
+            f"bridgeproto {who}: the sandbox side is not running ({path}: {exc.strerror})",
             file=sys.stderr,
         )
+        return None
+    return sock
+
+
+def call(path: str, head: bytes, data: bytes) -> int:
+    sock = connect(path, "mailbox")
+    if sock is None:
         return EXIT_NO_DAEMON
     sock.sendall(head + data)
     answer = bytearray()

@@ -1,7 +1,9 @@
 """The channel process of the live-stream transport (see ``transports/live.py``).
 
 It runs in the sandbox for every channel the host opens, so it imports
-nothing but the standard library and starts fast. It connects to the
+nothing but the standard library and ``mailbox_call`` (the private directory
+and the connect it shares with the mailbox's calls), and starts fast. It
+connects to the
 sandbox side's Unix socket, writes ``READY``, and hands its own stdin and
 stdout to the sandbox side (``SCM_RIGHTS``): from then on the bytes flow
 between the host and the sandbox side directly, through no copy of ours.
@@ -18,13 +20,9 @@ import socket
 import sys
 from collections.abc import Sequence
 
+from .mailbox_call import EXIT_NO_DAEMON, channel_dir, connect
+
 READY = b"READY\n"
-EXIT_NO_DAEMON = 3
-
-
-def channel_dir(session_id: bytes) -> str:
-    """The sandbox side's private directory for a session: fixed by the bridge."""
-    return f"/tmp/bridgeproto-{session_id.hex()}"
 
 
 def channel_socket(session_id: bytes) -> str:
@@ -32,14 +30,8 @@ def channel_socket(session_id: bytes) -> str:
 
 
 def relay(path: str) -> int:
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        sock.connect(path)
-    except OSError as exc:
-        print(
-            f"bridgeproto channel: the sandbox side is not running ({path}: {exc.strerror})",
-            file=sys.stderr,
-        )
+    sock = connect(path, "channel")
+    if sock is None:
         return EXIT_NO_DAEMON
     os.write(1, READY)
     socket.send_fds(sock, [b"channel"], [0, 1])

@@ -27,7 +27,8 @@ import anyio
 import anyio.abc
 
 from ..errors import STREAM_ERRORS
-from ..relay import EXIT_NO_DAEMON, READY
+from ..mailbox_call import EXIT_NO_DAEMON
+from ..relay import READY
 from ..sandboxes import LiveProcess, SandboxClient, SandboxError
 from ..streams import FdStream
 from . import Acceptor, NoChannel

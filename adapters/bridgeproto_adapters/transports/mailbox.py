@@ -43,7 +43,7 @@ from bridgeproto.wire import END_OF_INPUT, ArmorDecoder, FrameType, armor
 
 from .. import mailbox_call
 from ..errors import STREAM_ERRORS
-from ..relay import EXIT_NO_DAEMON, channel_dir
+from ..mailbox_call import EXIT_NO_DAEMON, channel_dir
 from ..sandboxes import SandboxClient, SandboxError
 from . import Acceptor, NoChannel
 
