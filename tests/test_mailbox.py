@@ -63,6 +63,22 @@ async def agent(sandbox: SandboxClient, bridge: Bridge, script: str, timeout: fl
     return result.stdout.decode()
 
 
+JUNK_CALLS = """
+import glob, socket, struct
+(path,) = glob.glob("/tmp/bridgeproto-*/mailbox.sock")
+for junk in (
+    b"short",  # then hang up mid-header
+    struct.pack(">QQIII", 1, 1, 0, 1024, 1 << 31),  # 2 GiB of input announced
+    struct.pack(">QQIII", 0, 0, 0, 1024, 0),  # an epoch long over
+):
+    sock = socket.socket(socket.AF_UNIX)
+    sock.connect(path)
+    sock.sendall(junk)
+    sock.shutdown(socket.SHUT_WR)
+    print(sock.recv(100).decode().strip() or "closed")
+"""
+
+
 async def test_requests_and_streams_cross_a_bwrap_sandbox_over_the_mailbox() -> None:
     script = """
 import json, os, urllib.request
@@ -82,6 +98,10 @@ except urllib.error.HTTPError as exc:
         async with open_bridge(
             sandbox, upstream.url, transport="mailbox", headers=[(b"authorization", secret)]
         ) as bridge:
+            # Code in the sandbox reaches the daemon's call socket (same user):
+            # junk on it is dropped without harm to the calls that are real.
+            said = await agent(sandbox, bridge, JUNK_CALLS)
+            assert said.split() == ["closed", "closed", "STALE"], said
             lines = (await agent(sandbox, bridge, script)).splitlines()
         # Stopped: nothing of the bridge runs in the sandbox, its directory is gone.
         # (The brackets keep the patterns from matching this command itself.)
@@ -288,3 +308,16 @@ async def test_the_simulated_provider_holds_its_cap_on_calls_in_flight() -> None
         assert Tracking.peak == 2 and provider.calls["execute_command"] == 6
     finally:
         await plain.aclose()
+
+
+async def test_the_daemon_killed_ends_a_mailbox_bridge_at_once_and_says_why() -> None:
+    async with running_upstream() as upstream, offline() as sandbox:
+        with anyio.fail_after(20):
+            async with open_bridge(
+                sandbox, upstream.url, transport="mailbox", mailbox=MailboxOptions(wait=1.0)
+            ) as bridge:
+                killed = await sandbox.run("pkill -9 -f '[s]andbox-side --daemon'")
+                assert killed.exit_code == 0
+                await bridge.session.finished.wait()  # not the 30 s resume deadline
+    failure = bridge.session.conn.failure
+    assert failure is not None and "the sandbox side is not running" in failure.reason
