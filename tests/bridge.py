@@ -40,6 +40,7 @@ from bridgeproto_adapters.transports.mailbox import (
     MailboxOptions,
     call_command,
     serve_mailbox,
+    spool_dir,
 )
 from sandbox_kinds import need_bwrap
 from upstream import Upstream, running_upstream
@@ -89,13 +90,13 @@ async def bridge(
                 acceptor = Acceptor()
                 directory = channel_dir(session_id)
                 os.mkdir(directory, 0o700)
-                await tg.start(serve_mailbox, acceptor, mailbox_socket(session_id))
+                await tg.start(serve_mailbox, acceptor, session_id)
                 if calls_through is None:
                     # Every call runs in a real offline sandbox that sees only
                     # this directory of the host's, as the daemon's own would.
                     need_bwrap()
                     if os.geteuid() == 0:  # the calls run as the sandbox's user
-                        for path in (directory, mailbox_socket(session_id)):
+                        for path in (directory, mailbox_socket(session_id), spool_dir(session_id)):
                             os.chown(path, SANDBOX_UID, SANDBOX_UID)
                     calls_through = owned_sandbox = await BwrapSandbox.create(rw=[directory])
                 host, port = await tg.start(

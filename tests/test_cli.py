@@ -34,9 +34,11 @@ def one_line(stderr: str) -> str:
 
 
 @pytest.mark.parametrize(
-    ("kind", "transport"), [("bwrap", "stream"), ("unshare", "stream"), ("bwrap", "mailbox")]
+    ("kind", "transport"),
+    [("bwrap", "stream"), ("unshare", "stream"), ("bwrap", "mailbox"), ("bwrap", "mailbox:call")],
 )
 def test_run_passes_the_exit_status_and_streams_output_through(kind: str, transport: str) -> None:
+    transport, _, mailbox_input = transport.partition(":")
     if kind == "bwrap":
         need_bwrap()
     script = (
@@ -51,7 +53,7 @@ def test_run_passes_the_exit_status_and_streams_output_through(kind: str, transp
         result = bridgeproto(
             "run", "--upstream", url + "/rollout/k", "--header", "Authorization: Bearer hush",
             "--sandbox", kind, "--transport", transport, "--mailbox-wait", "2",
-            "--", "python3", "-c", script,
+            "--mailbox-input", mailbox_input or "upload", "--", "python3", "-c", script,
         )  # fmt: skip
     assert result.returncode == 7, result.stderr
     assert result.stdout.splitlines() == [

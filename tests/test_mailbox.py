@@ -8,16 +8,22 @@ every test over it too; here: what the sandbox and the control plane add.
 
 from __future__ import annotations
 
+import collections
 import hashlib
 import json
+import os
+import pathlib
+import select
 import site
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import anyio
 import attrs
+import httpx
 import pytest
 
+from bridge import bridge as local_bridge
 from bridgeproto_adapters.launch import MAILBOX_LIMITS, Bridge, open_bridge
 from bridgeproto_adapters.sandboxes import (
     BwrapSandbox,
@@ -26,6 +32,7 @@ from bridgeproto_adapters.sandboxes import (
     SandboxClient,
     SimulatedProvider,
 )
+from bridgeproto_adapters.transports import mailbox
 from bridgeproto_adapters.transports.mailbox import MailboxChannels, MailboxOptions
 from sandbox_kinds import need_bwrap
 from upstream import pattern_bytes, running_upstream
@@ -68,8 +75,8 @@ import glob, socket, struct
 (path,) = glob.glob("/tmp/bridgeproto-*/mailbox.sock")
 for junk in (
     b"short",  # then hang up mid-header
-    struct.pack(">QQIII", 1, 1, 0, 1024, 1 << 31),  # 2 GiB of input announced
-    struct.pack(">QQIII", 0, 0, 0, 1024, 0),  # an epoch long over
+    struct.pack(">QQIIII", 1, 1, 0, 1024, 1, 1 << 31),  # 2 GiB of input announced
+    struct.pack(">QQIIII", 0, 0, 0, 1024, 1, 0),  # an epoch long over
 ):
     sock = socket.socket(socket.AF_UNIX)
     sock.connect(path)
@@ -121,6 +128,83 @@ except urllib.error.HTTPError as exc:
         assert channels(bridge).stats.failed == 0
 
 
+# Code in the sandbox can write to the spool too: a cut file, one of an
+# epoch long over, and a damaged one of the epoch in use (read from the
+# waiting call's command line, as such code could).
+JUNK_UPLOADS = """
+import glob, re, struct, zlib
+(spool,) = glob.glob("/tmp/bridgeproto-*/spool")
+epoch = max(
+    int(m.group(1))
+    for path in glob.glob("/proc/[0-9]*/cmdline")
+    for m in [re.search(rb"--epoch\\x00(\\d+)", open(path, "rb").read())] if m
+)
+def upload(name, epoch, number, data, crc=None):
+    head = struct.pack(">QQQI", epoch, number, len(data), zlib.crc32(data) if crc is None else crc)
+    with open(f"{spool}/{name}", "wb") as file:
+        file.write(head + data)
+with open(f"{spool}/cut", "wb") as file:
+    file.write(b"short")
+upload("old", 0, 1, b"old news")
+upload("damaged", epoch, 1 << 40, b"x" * 100, crc=1)
+print(epoch)
+"""
+
+
+async def test_junk_in_the_spool_harms_no_real_exchange() -> None:
+    script = (
+        "import os, urllib.request\n"
+        "print(urllib.request.urlopen(os.environ['BRIDGEPROTO_URL'] + '/json').read())"
+    )
+    async with (
+        running_upstream() as upstream,
+        offline() as sandbox,
+        open_bridge(sandbox, upstream.url, transport="mailbox") as bridge,
+    ):
+        assert "ok" in await agent(sandbox, bridge, script)
+        before = channels(bridge).stats.epochs
+        assert int(await agent(sandbox, bridge, JUNK_UPLOADS)) == before
+        with anyio.fail_after(20):  # the damaged upload ends the epoch; the session resumes
+            while channels(bridge).stats.epochs == before:
+                await anyio.sleep(0.05)
+        assert "ok" in await agent(sandbox, bridge, script)
+        spool = await sandbox.run("ls /tmp/bridgeproto-*/spool")
+        assert spool.stdout.split() == [b"cut"]  # still waiting to be whole
+        log = await sandbox.run("cat /tmp/bridgeproto-*/log")
+        assert b"damaged; ending epoch" in log.stdout
+    assert len(upstream.requests) == 2
+
+
+def test_the_spool_watch_wakes_when_a_file_is_written_or_moved_in(tmp_path: pathlib.Path) -> None:
+    spool = tmp_path / "spool"
+    spool.mkdir()
+    fd = mailbox._inotify(str(spool))
+    assert fd is not None
+    try:
+        for land in (
+            lambda: (spool / "written").write_bytes(b"x"),
+            lambda: (tmp_path / "elsewhere").rename(spool / "moved"),
+        ):
+            (tmp_path / "elsewhere").write_bytes(b"y")  # outside the spool: not seen
+            assert select.select([fd], [], [], 0)[0] == []
+            land()
+            assert select.select([fd], [], [], 10)[0] == [fd]
+            while select.select([fd], [], [], 0)[0]:
+                os.read(fd, 4096)
+    finally:
+        os.close(fd)
+
+
+async def test_without_inotify_the_spool_is_polled(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(mailbox, "_inotify", lambda directory: None)
+    async with local_bridge(transport="mailbox") as bridged, httpx.AsyncClient() as client:
+        assert bridged.mailbox is not None
+        for size in (10, 100_000):
+            answer = await client.post(bridged.url + "/echo", content=b"x" * size)
+            assert answer.json()["body_size"] == size
+        assert bridged.mailbox.stats.uploads >= 2 and bridged.mailbox.stats.failed == 0
+
+
 async def test_64_mib_cross_intact_each_way() -> None:
     size = 64 << 20
     script = f"""
@@ -149,10 +233,14 @@ print(total, digest.hexdigest())
     assert down == f"{size} {expected}"
 
 
-async def test_exactly_once_through_a_provider_that_fails_and_cuts_calls() -> None:
-    """20 % of calls fail (half before running, half after, their answers
-    lost), and output past 256 KiB is cut: 200 mixed exchanges, every POST
-    reaches the upstream exactly once, every byte intact, nothing hangs."""
+@pytest.mark.parametrize("upload_input", [True, False], ids=["uploads", "calls-only"])
+async def test_exactly_once_through_a_provider_that_fails_and_cuts_calls(
+    upload_input: bool,
+) -> None:
+    """20 % of calls and uploads fail (half before running, half after,
+    their answers lost), and output past 256 KiB is cut: 200 mixed
+    exchanges, every POST reaches the upstream exactly once, every byte
+    intact, nothing hangs."""
     faults = Faults(fail_before=0.1, fail_after=0.1, truncate_at=256 << 10, seed=7)
     script = """
 import hashlib, json, os, threading, urllib.request
@@ -182,7 +270,7 @@ print(json.dumps(results))
         sandbox = HarnessSandbox(provider, "sim-1")
         with anyio.fail_after(240):
             async with open_bridge(
-                sandbox, upstream.url, mailbox=MailboxOptions(wait=2.0)
+                sandbox, upstream.url, mailbox=MailboxOptions(wait=2.0, upload_input=upload_input)
             ) as bridge:
                 # The agent runs in the real sandbox directly: its own command
                 # is not what is under test, the bridge's calls are.
@@ -194,33 +282,41 @@ print(json.dumps(results))
     posts = [r["target"] for r in upstream.requests if r["method"] == "POST"]
     assert sorted(posts) == sorted(f"/echo?id={i}" for i in range(200) if i % 4)  # once each
     assert sum(provider.failed.values()) > 10  # the faults did happen
+    assert provider.failed["upload_bytes"] > 0 or not upload_input  # to uploads too
     assert channels(bridge).stats.epochs > 1  # and the session resumed past them
 
 
-async def test_calls_to_start_per_request_and_per_idle_wait() -> None:
+@pytest.mark.parametrize("upload_input", [True, False], ids=["uploads", "calls-only"])
+async def test_calls_to_start_per_request_and_per_idle_wait(upload_input: bool) -> None:
     async with running_upstream() as upstream, offline() as real:
         provider = SimulatedProvider(real, Faults())
         sandbox = HarnessSandbox(provider, "sim-2")
-        async with open_bridge(sandbox, upstream.url, mailbox=MailboxOptions(wait=1.0)) as bridge:
+        options = MailboxOptions(wait=1.0, upload_input=upload_input)
+        async with open_bridge(sandbox, upstream.url, mailbox=options) as bridge:
             # First time in this sandbox: a start that finds no archive, the
-            # upload, the start; then the handshake: a waiting call and the one
-            # that carries the host's hello (and, as the answers cross, perhaps
-            # the waiting call's successor already).
-            assert provider.calls["upload_bytes"] == 1
-            assert 4 <= provider.calls["execute_command"] <= 5, provider.calls
+            # upload, the start; then the handshake: a waiting call and the
+            # host's hello, uploaded or in a call of its own (and, as the
+            # answers cross, perhaps the waiting call's successor already).
+            print("start:", dict(provider.calls))
+            assert provider.calls["upload_bytes"] == 1 + upload_input
+            assert 4 - upload_input <= provider.calls["execute_command"] <= 5, provider.calls
             await anyio.sleep(1.5)  # settle: one call waits
-            before = provider.calls["execute_command"]
+            before = sum(provider.calls.values())
             await anyio.sleep(3.2)
-            idle = provider.calls["execute_command"] - before
-            assert 2 <= idle <= 4  # one call per wait of 1 s
+            idle = sum(provider.calls.values()) - before
+            assert 2 <= idle <= 4  # one call per wait of 1 s, nothing else
             script = (
                 "import os, urllib.request\n"
                 "print(urllib.request.urlopen(os.environ['BRIDGEPROTO_URL'] + '/json').read())"
             )
-            before = provider.calls["execute_command"]
+            before = collections.Counter(provider.calls)
             assert "ok" in await agent(real, bridge, script)
-            used = provider.calls["execute_command"] - before
-            assert used <= 2, used  # the request up, the response down
+            used = provider.calls - before
+            print("one request:", dict(used))
+            # The request up (the waiting call returns) and the response down:
+            # an upload and the next waiting call, or one call carrying it.
+            assert used["upload_bytes"] == upload_input
+            assert used.total() <= 2, used
         assert provider.failed == {}
 
 

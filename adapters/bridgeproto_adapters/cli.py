@@ -5,7 +5,7 @@
     bridgeproto decode TRACE
     bridgeproto sandbox-side --session HEX --settings JSON [--daemon]
     bridgeproto channel --session HEX            (these three started by the host side)
-    bridgeproto mailbox --session HEX --epoch N --in K --wait MS --max-out BYTES [--input FILE]
+    bridgeproto mailbox --session HEX --epoch N --in K --wait MS --max-out BYTES [...]
 
 Every failure to start prints one line naming the cause and the fix and
 exits 2; otherwise ``run`` exits as ``run.py`` describes (the command's own
@@ -275,6 +275,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="mailbox: calls in flight at once, at least 2 (default 2)",
     )
     run_p.add_argument(
+        "--mailbox-input",
+        choices=["upload", "call"],
+        default="upload",
+        help="mailbox: how input that cannot wait travels: uploaded to the sandbox side's"
+        " spool (default; lower latency) or in calls only (fewer operations per request)",
+    )
+    run_p.add_argument(
         "--listen",
         type=_listen_address,
         default=("127.0.0.1", 13131),
@@ -388,6 +395,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     call.add_argument("--session", required=True, help="the session id, in hex")
     for name in ("--epoch", "--in", "--wait", "--max-out"):
         call.add_argument(name, required=True)
+    call.add_argument("--waiting", default="1", help="calls that may wait at once")
     call.add_argument("--input", help="a file holding the input batch (else stdin)")
 
     args = parser.parse_args(argv)
@@ -414,7 +422,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         from .mailbox_call import main as call_main
 
         given = {"--epoch": args.epoch, "--in": getattr(args, "in"), "--wait": args.wait}
-        given |= {"--max-out": args.max_out, "--session": args.session}
+        given |= {"--max-out": args.max_out, "--waiting": args.waiting, "--session": args.session}
         if args.input:
             given["--input"] = args.input
         return call_main([item for pair in given.items() for item in pair])

@@ -24,7 +24,7 @@ from collections.abc import Callable
 import anyio
 import anyio.abc
 
-from .mailbox_call import channel_dir, mailbox_socket
+from .mailbox_call import channel_dir
 from .relay import channel_socket
 from .sandbox_side import run_sandbox_side
 from .settings import SandboxSettings
@@ -125,7 +125,7 @@ async def _serve(session_id: bytes, settings: SandboxSettings, ready: Callable[[
     acceptor = Acceptor()
     async with anyio.create_task_group() as tg:
         await tg.start(accept_channels, acceptor, channel_socket(session_id))
-        await tg.start(serve_mailbox, acceptor, mailbox_socket(session_id))
+        await tg.start(serve_mailbox, acceptor, session_id)
 
         async def sandbox_side(*, task_status: anyio.abc.TaskStatus[object]) -> None:
             await run_sandbox_side(

@@ -13,17 +13,18 @@ moved to a newer epoch, this call is stale.
 
 from __future__ import annotations
 
-import contextlib
+# Only what Python has loaded already or builds in: ``socket`` and
+# ``contextlib`` would double the start-up time of every call.
+import _socket
 import os
-import socket
 import struct
 import sys
-from collections.abc import Sequence
 
 EXIT_NO_DAEMON = 3  # (the channel relay's too, which takes these from here)
 EXIT_STALE = 4
-# epoch, input batch number (0: none), wait in ms, largest answer, input length
-REQUEST = struct.Struct(">QQIII")
+# epoch, input batch number (0: none), wait in ms, largest answer, calls that
+# may wait at once (this one too; older ones answer now), input length
+REQUEST = struct.Struct(">QQIIII")
 STALE = b"STALE\n"
 
 
@@ -36,9 +37,9 @@ def mailbox_socket(session_id: bytes) -> str:
     return os.path.join(channel_dir(session_id), "mailbox.sock")
 
 
-def connect(path: str, who: str) -> socket.socket | None:
+def connect(path: str, who: str) -> _socket.socket | None:
     """The sandbox side's socket at ``path``, or None, said on stderr."""
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
     try:
         sock.connect(path)
     except OSError as exc:
@@ -69,16 +70,18 @@ def call(path: str, head: bytes, data: bytes) -> int:
     return 0
 
 
-def main(argv: Sequence[str]) -> int:
-    """``mailbox --session HEX --epoch N --in K --wait MS --max-out BYTES [--input FILE]``."""
+def main(argv: list[str]) -> int:
+    """``mailbox --session HEX --epoch N --in K --wait MS --max-out BYTES
+    [--waiting N] [--input FILE]``."""
     options = dict(zip(argv[::2], argv[1::2], strict=False))
     try:
         session_id = bytes.fromhex(options["--session"])
         fields = [int(options[name]) for name in ("--epoch", "--in", "--wait", "--max-out")]
+        fields.append(int(options.get("--waiting", "1")))
     except (KeyError, ValueError):
         print(
             "usage: bridgeproto mailbox --session HEX --epoch N --in K --wait MS"
-            " --max-out BYTES [--input FILE]",
+            " --max-out BYTES [--waiting N] [--input FILE]",
             file=sys.stderr,
         )
         return 2
@@ -88,8 +91,10 @@ def main(argv: Sequence[str]) -> int:
     elif source:
         with open(source, "rb") as file:
             data = file.read()
-        with contextlib.suppress(OSError):
+        try:  # noqa: SIM105 - contextlib costs milliseconds to import
             os.unlink(source)
+        except OSError:
+            pass
     else:
         data = sys.stdin.buffer.read()
     head = REQUEST.pack(*fields, len(data))

@@ -14,6 +14,7 @@ is not running.
 
 from __future__ import annotations
 
+import array
 import contextlib
 import os
 import socket
@@ -34,7 +35,7 @@ def relay(path: str) -> int:
     if sock is None:
         return EXIT_NO_DAEMON
     os.write(1, READY)
-    socket.send_fds(sock, [b"channel"], [0, 1])
+    sock.sendmsg([b"channel"], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [0, 1]))])
     # Keep no copy: the host must see the end of the stream when the sandbox
     # side lets go of it, and the sandbox side when the host does.
     null = os.open(os.devnull, os.O_RDWR)

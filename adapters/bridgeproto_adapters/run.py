@@ -224,7 +224,7 @@ class Run:
                 on_channel=say if args.verbose else None, resume_timeout=args.resume_timeout,
                 transport=args.transport, mailbox=MailboxOptions(
                     wait=args.mailbox_wait, batch_bytes=args.mailbox_batch,
-                    max_calls=args.mailbox_calls,
+                    max_calls=args.mailbox_calls, upload_input=args.mailbox_input == "upload",
                 ),
             ) as bridge:  # fmt: skip
                 argv = self.sandbox.command_line(args.command, env=bridge.env, cwd=args.cwd)

@@ -36,6 +36,7 @@ from ..sandboxes import (
     HarnessSandbox,
     HostCommandSandbox,
     LiveProcess,
+    SandboxClient,
     SimulatedProvider,
     open_sandbox,
 )
@@ -432,7 +433,9 @@ class Bench:
             provider = SimulatedProvider(real, Faults(latency=REMOTE_LATENCY))
             client = HarnessSandbox(provider, "bench")
             async with open_bridge(client, target, transport="mailbox") as bridge:
-                figures = await self._remote(real, bridge.url, lambda: sum(provider.calls.values()))
+                figures = await self._remote(
+                    real, bridge.url, lambda: sum(provider.calls.values()), client
+                )
             self.record("remote", "mailbox", figures)
         finally:
             await real.aclose()
@@ -444,14 +447,24 @@ class Bench:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(polling.run)
                 url = f"http://127.0.0.1:{POLL_PORT}/bench"
-                self.record("remote", "polling", await self._remote(inner, url, lambda: box.calls))
+                figures = await self._remote(inner, url, lambda: box.calls, box)
+                self.record("remote", "polling", figures)
                 tg.cancel_scope.cancel()
         finally:
             await polling.aclose()
             await inner.aclose()
 
-    async def _remote(self, sandbox: HostCommandSandbox, url: str, calls: Any) -> dict[str, Any]:
+    async def _remote(
+        self, sandbox: HostCommandSandbox, url: str, calls: Any, control_plane: SandboxClient
+    ) -> dict[str, Any]:
+        """``sandbox`` runs the agent; ``control_plane`` is what the system
+        under test calls, timed here with a call that does nothing."""
         sizes = self.sizes
+        one_call = []
+        for _ in range(10):
+            start = time.perf_counter()
+            await control_plane.run(["true"])
+            one_call.append(time.perf_counter() - start)
 
         async def agent(scenario: str, **args: Any) -> dict[str, Any]:
             payload = json.dumps({"scenario": scenario, "url": url, **args})
@@ -474,6 +487,7 @@ class Bench:
         download = await agent("download", size=size)
         return {
             "call_latency_seconds": REMOTE_LATENCY,
+            "one_call_seconds": summarize(one_call),
             "seconds": summarize(latency["seconds"]),
             "event_delay_seconds": summarize(stream["delays"]),
             "first_event_seconds": stream["first_event"],

@@ -11,29 +11,38 @@ the host, armored as one line of text.
   returning (or ``wait`` seconds). An idle bridge keeps one call waiting and
   costs one call per ``wait``. Acknowledgements, pings and pongs alone do
   not end a wait: they ride with the next call either way.
-* **Input in the same calls.** Frames for the sandbox ride in the next call
-  (on its stdin when small, in a file uploaded just before when large).
-  Every call that arrives takes the place of the one waiting, which returns
-  at once with what there is: one call waits in the sandbox at a time, so
-  the host's other places are always free for input.
-* **Several calls in flight** (``max_calls``) while data flows, so a stream
-  of server-sent events is not held to one call at a time. Batches are
-  numbered both ways and put back in order.
-* **Exactly once.** When a call fails (before it ran, or after, with its
-  answer lost) or its answer is cut or damaged (the armor's length and CRC
-  tell), the epoch ends: the session opens the next one and resumes, which
-  resends everything unacknowledged, and the receiving core drops what it
-  already has. A half batch is never applied.
+* **Input as uploads, or in calls.** Frames for the sandbox that cannot
+  wait (anything but acknowledgements, pings and pongs) are uploaded as a
+  file to the sandbox side's spool while a call waits there; the sandbox
+  side watches the spool (inotify, else polling) and applies each upload
+  once it is whole. An upload starts no process in the sandbox, so it lands
+  sooner than a call would. Other input rides in the next call (on its
+  stdin when small, in a file uploaded just before when large); with
+  ``upload_input`` off, all of it does.
+* **Calls in flight** (``max_calls``). Each call says how many calls may
+  wait in the sandbox at once; one that arrives makes the older ones
+  beyond that return at once with what there is. Idle, one waits. While
+  data flows, with uploads, all of them wait together (output that comes
+  while one is on its way back finds the next); with input in calls, one
+  waits and the others carry input. Batches are numbered both ways and put
+  back in order.
+* **Exactly once.** When a call or an upload fails (before it ran, or
+  after, with its answer lost) or an answer or an upload is cut or damaged
+  (lengths and CRCs tell), the epoch ends: the session opens the next one
+  and resumes, which resends everything unacknowledged, and the receiving
+  core drops what it already has. A half batch is never applied.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import math
 import os
 import pathlib
 import struct
-from collections.abc import Mapping, Sequence
+import zlib
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 
 import anyio
 import anyio.abc
@@ -51,6 +60,15 @@ _NUMBER = struct.Struct(">Q")  # an answer's batch number, before its bytes
 _QUIET = frozenset({FrameType.ACK, FrameType.PING, FrameType.PONG})
 _MAX_INPUT = 256 << 20  # what one call may hand the sandbox side, at most
 _SMALL = 64 << 10  # output of this size is a request or two, not a bulk transfer
+# An uploaded input batch: epoch, batch number, length and CRC-32 of the bytes after it.
+_UPLOAD = struct.Struct(">QQQI")
+_GATHER = 0.001  # seconds without new output before an upload goes
+_SPOOL_POLL = 1.0  # seconds between looks at the spool, besides inotify's word (0.05 without)
+
+
+def spool_dir(session_id: bytes) -> str:
+    """Where the host uploads input batches for the sandbox side."""
+    return os.path.join(channel_dir(session_id), "spool")
 
 
 def _urgent(data: bytes) -> bool:
@@ -167,22 +185,29 @@ class _SandboxEpoch(_EpochStream):
         self._released_below = 1 << 62
         self.changed()
 
-    def arrived(self, number: int, data: bytes) -> None:
-        """A call arrived, perhaps with input. It will wait in turn, so the
-        calls already waiting are answered now: at most one call waits here,
-        and the host's other places stay free for its input."""
+    def take_input(self, number: int, data: bytes) -> None:
         if number:
             self.inbox.add(number, data)
-        self._released_below = max(self._released_below, self._tickets)
+            self.changed()
+
+    def call_arrived(self, waiting: int) -> None:
+        """A call arrived that may wait with ``waiting - 1`` others: the calls
+        waiting before those answer now. The host asks for one call waiting
+        while input rides in calls (its other places stay free for input),
+        and for a spare while data flows and input is uploaded (output that
+        comes while one call is on its way back finds the next one here)."""
+        self._released_below = max(self._released_below, self._tickets - max(waiting, 1) + 1)
         self.changed()
 
     async def answer(self, wait: float, max_out: int) -> bytes:
         """Wait for urgent output (or ``wait`` seconds, or the next call's
-        arrival); the armored answer line."""
+        arrival); the armored answer line, or ``STALE`` if the epoch ended."""
         ticket, self._tickets = self._tickets, self._tickets + 1
         with anyio.move_on_after(wait):
             while self.ended is None and not self.outbox.urgent and ticket >= self._released_below:
                 await self.wait_for_change()
+        if self.ended is not None:
+            return mailbox_call.STALE  # the host resumes on a new epoch
         data = self.outbox.take(max_out)
         number = 0
         if data:
@@ -199,47 +224,124 @@ async def _receive_exactly(stream: anyio.abc.ByteStream, size: int) -> bytes:
 
 async def serve_mailbox(
     acceptor: Acceptor,
-    path: str,
+    session_id: bytes,
     *,
     task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Take calls on ``path``. A call of a newer epoch starts a new channel
-    (the session resumes on it); a call of an older one is told it is stale."""
+    """Take calls on the session's mailbox socket and uploads in its spool.
+    A newer epoch starts a new channel (the session resumes on it); a call
+    of an older or ended one is told it is stale."""
+    path = mailbox_call.mailbox_socket(session_id)
     listener = await anyio.create_unix_listener(path)
     os.chmod(path, 0o600)
+    spool = spool_dir(session_id)
+    os.makedirs(spool, 0o700, exist_ok=True)
     current: _SandboxEpoch | None = None
 
-    async def take_call(conn: anyio.abc.ByteStream) -> None:
+    async def enter(epoch: int) -> _SandboxEpoch | None:
+        """The stream of ``epoch``, started if it is new; None if it is over."""
         nonlocal current
+        if current is None or epoch > current.epoch:
+            current = _SandboxEpoch(epoch)
+            await acceptor.offer(current)  # the old epoch's waiting calls return now
+        if epoch < current.epoch or current.ended is not None:
+            return None
+        return current
+
+    async def take_call(conn: anyio.abc.ByteStream) -> None:
         async with conn:
             try:
                 head = await _receive_exactly(conn, mailbox_call.REQUEST.size)
-                epoch, number, wait_ms, max_out, length = mailbox_call.REQUEST.unpack(head)
+                fields = mailbox_call.REQUEST.unpack(head)
+                epoch, number, wait_ms, max_out, waiting, length = fields
                 if length > _MAX_INPUT or max_out < 1:
                     return
                 data = await _receive_exactly(conn, length)
             except STREAM_ERRORS:
                 return  # not a call, or one that gave up: nothing was applied
-            if current is not None and epoch < current.epoch:
-                await conn.send(mailbox_call.STALE)
-                return
-            if current is None or epoch > current.epoch:
-                current = _SandboxEpoch(epoch)
-                await acceptor.offer(current)  # the old epoch's waiting calls return now
-            epoch_stream = current
-            epoch_stream.arrived(number, data)
-            if wait_ms == 0:
-                epoch_stream.answer_all_now()
-            line = await epoch_stream.answer(wait_ms / 1000, max_out)
+            epoch_stream = await enter(epoch)
+            if epoch_stream is None:
+                line = mailbox_call.STALE
+            else:
+                epoch_stream.take_input(number, data)
+                epoch_stream.call_arrived(waiting)
+                if wait_ms == 0:
+                    epoch_stream.answer_all_now()
+                line = await epoch_stream.answer(wait_ms / 1000, max_out)
             # A call stopped meanwhile: the host sees it failed, and resumes.
             with contextlib.suppress(*STREAM_ERRORS):
                 await conn.send(line)
 
     async with listener, anyio.create_task_group() as tg:
+        tg.start_soon(_watch_spool, spool, enter)
         task_status.started()
         while True:
             conn = await listener.accept()
             tg.start_soon(take_call, conn)
+
+
+def _inotify(directory: str) -> int | None:
+    """A descriptor that turns readable when a file in ``directory`` is
+    written and closed, or moved in; None where the system offers none."""
+    in_close_write, in_moved_to = 0x8, 0x80
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        fd = libc.inotify_init1(os.O_NONBLOCK | os.O_CLOEXEC)
+    except (OSError, AttributeError):
+        return None
+    if fd < 0:
+        return None
+    if libc.inotify_add_watch(fd, os.fsencode(directory), in_close_write | in_moved_to) < 0:
+        os.close(fd)
+        return None
+    return int(fd)
+
+
+async def _watch_spool(spool: str, enter: Callable[[int], Awaitable[_SandboxEpoch | None]]) -> None:
+    """Apply the host's uploads as they land. inotify says when; a look now
+    and then besides catches what it cannot see (a provider writing from
+    outside this kernel's view of the file)."""
+    fd = _inotify(spool)
+    try:
+        while True:
+            for name in os.listdir(spool):
+                await _take_upload(os.path.join(spool, name), enter)
+            if fd is None:
+                await anyio.sleep(0.05)
+                continue
+            with anyio.move_on_after(_SPOOL_POLL):
+                await anyio.wait_readable(fd)
+                with contextlib.suppress(BlockingIOError):
+                    while os.read(fd, 1 << 16):  # drain: the names are read from the spool
+                        pass
+    finally:
+        if fd is not None:
+            os.close(fd)
+
+
+async def _take_upload(path: str, enter: Callable[[int], Awaitable[_SandboxEpoch | None]]) -> None:
+    """Apply one uploaded batch once it is whole; drop it if its epoch is over."""
+    try:
+        with open(path, "rb") as file:
+            blob = file.read(_UPLOAD.size + _MAX_INPUT + 1)
+    except OSError:
+        return
+    if len(blob) < _UPLOAD.size:
+        return  # still being written
+    epoch, number, length, crc = _UPLOAD.unpack_from(blob)
+    data = blob[_UPLOAD.size :]
+    epoch_stream = await enter(epoch)
+    if epoch_stream is not None and len(data) < length:
+        return  # still being written
+    with contextlib.suppress(OSError):
+        os.unlink(path)
+    if epoch_stream is None:
+        return
+    if len(data) > length or zlib.crc32(data) != crc:
+        print(f"bridgeproto mailbox: {path} arrived damaged; ending epoch {epoch}", flush=True)
+        epoch_stream.end("an upload arrived damaged")  # its calls answer stale: the host resumes
+        return
+    epoch_stream.take_input(number, data)
 
 
 # ---------------------------------------------------------------- on the host
@@ -255,16 +357,22 @@ class MailboxOptions:
     output limit. ``input_bytes``: the most one call takes in (uploads are
     not cut as output is). ``max_calls``: calls in flight at once, at least
     2 (one waits for output while another carries input).
-    ``inline_bytes``: input up to this size rides in the call itself;
-    larger input is uploaded as a file first (one more call). ``linger``:
-    when output came back and no call waits, how long to hold the next call
-    for input (a fast upstream's answer then costs no call of its own).
+    ``upload_input``: while a call waits in the sandbox, upload input that
+    cannot wait to the sandbox side's spool instead of making another call
+    (it lands sooner: an upload starts no process); off, all input rides in
+    calls, which costs fewer operations per request and more latency.
+    ``inline_bytes``: input up to this size rides in a call itself;
+    larger input is uploaded as a file first (one more operation).
+    ``linger`` (without ``upload_input``): when output came back and no call
+    waits, how long to hold the next call for input (a fast upstream's
+    answer then costs no call of its own).
     """
 
     wait: float = 15.0
     batch_bytes: int = 1 << 20
     input_bytes: int = 8 << 20
     max_calls: int = 2
+    upload_input: bool = True
     inline_bytes: int = 48 << 10
     linger: float = 0.02  # after output came back, how long input may take to join the next call
     call_timeout: float = 30.0  # on top of ``wait``
@@ -286,8 +394,8 @@ class MailboxStats:
     """Control-plane calls the transport made, for accounting and the benchmark."""
 
     calls: int = 0
-    uploads: int = 0
-    failed: int = 0  # calls that failed or came back cut or damaged
+    uploads: int = 0  # input uploaded, to the spool or for a call
+    failed: int = 0  # calls and uploads that failed, or came back cut or damaged
     epochs: int = 0
 
 
@@ -303,38 +411,65 @@ class _HostEpoch(_EpochStream):
         super().__init__(epoch)
         self._owner = owner
         self._next_in = 1
-        self._in_flight = 0
-        self._flowing = False  # the last answer carried data: more is likely
+        self._in_flight = 0  # calls
+        self._uploads = 0  # in flight
+        self._streak = 0  # answers in a row that carried data: more is likely
         self._closing = False  # no new calls: the last one is out
         self._request_out = False  # a small answer just came: an answer may follow
 
     def _wanted(self) -> int:
-        """Calls to keep in flight now: one waits in the sandbox, and the other
-        places are for input (and, while output flows, for more waiting)."""
-        most = self._owner.options.max_calls
+        """Calls to keep in flight now. Idle: one, waiting in the sandbox.
+        While data flows, more: with input in calls, all but one place (kept
+        for input); with input uploaded, all, waiting there together, from the
+        second answer in a row with data on (a lone request costs no spare)."""
+        options = self._owner.options
+        most = options.max_calls
+        if options.upload_input:
+            return most if self._streak >= 2 else 1
         if self.outbox.urgent:
             return most
-        return most - 1 if self._flowing else 1
+        return most - 1 if self._streak else 1
 
     async def pump(self) -> None:
-        linger = self._owner.options.linger
-        async with anyio.create_task_group() as calls:
+        options = self._owner.options
+        async with anyio.create_task_group() as tasks:
             while self.ended is None:
-                if not self._closing and self._in_flight < self._wanted():
+                if self._closing:
+                    pass
+                elif self._in_flight < self._wanted():
                     if self._request_out and not self._in_flight and not self.outbox.urgent:
                         # A request has likely just gone upstream: a fast answer
                         # rides in the next call instead of a call of its own.
                         self._request_out = False
-                        with anyio.move_on_after(linger):
+                        with anyio.move_on_after(options.linger):
                             while self.ended is None and not self.outbox.urgent:
                                 await self.wait_for_change()
                         continue
                     # Take the input now, so the next turn sees what is left.
                     self._in_flight += 1
-                    calls.start_soon(self._call, *self._next_input())
+                    tasks.start_soon(self._call, self._wanted(), *self._next_input())
+                    continue
+                elif (
+                    options.upload_input
+                    and self.outbox.urgent
+                    and self._uploads < options.max_calls
+                ):
+                    await self._gathered()
+                    self._uploads += 1
+                    tasks.start_soon(self._upload, *self._next_input())
                     continue
                 await self.wait_for_change()
-            calls.cancel_scope.cancel()
+            tasks.cancel_scope.cancel()
+
+    async def _gathered(self) -> None:
+        """Let output that belongs together (a response's head and body, sent
+        one after the other) gather into one upload: wait until none came for
+        a millisecond, five at most."""
+        for _ in range(5):
+            with anyio.move_on_after(_GATHER) as quiet:
+                await self.wait_for_change()
+            if quiet.cancelled_caught:
+                return
 
     def _next_input(self) -> tuple[int, bytes]:
         """The next call's input and its number (0: none)."""
@@ -344,25 +479,38 @@ class _HostEpoch(_EpochStream):
         number, self._next_in = self._next_in, self._next_in + 1
         return number, data
 
-    async def _call(self, number: int, data: bytes) -> None:
+    async def _call(self, waiting: int, number: int, data: bytes) -> None:
         try:
-            answer_number, answer = await self._owner.call(self.epoch, number, data)
+            answer_number, answer = await self._owner.call(
+                self.epoch, number, data, waiting=waiting
+            )
         except _CallFailed as exc:
             self.end(str(exc))
             return
         finally:
             self._in_flight -= 1
-        self._flowing = bool(answer)
-        self._request_out = 0 < len(answer) < _SMALL  # (bulk does not wait for answers)
+        self._streak = self._streak + 1 if answer else 0
+        # (Bulk does not wait for answers; uploads carry them without waiting.)
+        self._request_out = 0 < len(answer) < _SMALL and not self._owner.options.upload_input
         if answer_number:
             self.inbox.add(answer_number, answer)
         self.changed()
+
+    async def _upload(self, number: int, data: bytes) -> None:
+        try:
+            await self._owner.upload(self.epoch, number, data)
+        except _CallFailed as exc:
+            self.end(str(exc))
+        finally:
+            self._uploads -= 1
+            self.changed()
 
     async def aclose(self) -> None:
         """End the epoch once what was sent has crossed: a session's final
         frames count as sent when they are in a call. One last call that
         does not wait carries the rest, and tells the sandbox side to answer
-        every waiting call now; then the calls still out are waited for."""
+        every waiting call now; then the calls and upload still out are
+        waited for."""
         if self.ended is None:
             self._closing = True
             number, data = self._next_input()
@@ -373,7 +521,7 @@ class _HostEpoch(_EpochStream):
                         await self._owner.call(self.epoch, number, data, wait=0.0)
                     finally:
                         self._in_flight -= 1
-                while self._in_flight and self.ended is None:
+                while (self._in_flight or self._uploads) and self.ended is None:
                     await self.wait_for_change()
         self.end("the epoch is over")
 
@@ -408,6 +556,7 @@ class MailboxChannels:
         self.stats = MailboxStats()
         self._session_hex = session_id.hex()
         self._upload_dir = channel_dir(session_id)
+        self._spool = spool_dir(session_id)
         self._batch_bytes = self.options.batch_bytes
         self._epoch = 0
         self._answered_epoch = 0  # the last epoch a call came back from
@@ -454,15 +603,16 @@ class MailboxChannels:
         return self._current
 
     async def call(
-        self, epoch: int, number: int, data: bytes, wait: float | None = None
+        self, epoch: int, number: int, data: bytes, wait: float | None = None, waiting: int = 1
     ) -> tuple[int, bytes]:
-        """One control-plane call: hand over ``data``, get the sandbox's answer."""
+        """One control-plane call: hand over ``data``, get the sandbox's answer
+        (``waiting``: calls that may wait in the sandbox at once, this one too)."""
         options = self.options
         wait = options.wait if wait is None else wait
         argv = [
             *self.command, "--session", self._session_hex, "--epoch", str(epoch),
             "--in", str(number), "--wait", str(math.ceil(wait * 1000)),
-            "--max-out", str(self._batch_bytes),
+            "--max-out", str(self._batch_bytes), "--waiting", str(waiting),
         ]  # fmt: skip
         stdin = data if number else None
         try:
@@ -496,6 +646,17 @@ class MailboxChannels:
             raise
         self._answered_epoch = epoch
         return answer
+
+    async def upload(self, epoch: int, number: int, data: bytes) -> None:
+        """Upload input batch ``number`` to the sandbox side's spool."""
+        blob = _UPLOAD.pack(epoch, number, len(data), zlib.crc32(data)) + data
+        self.stats.uploads += 1
+        try:
+            with anyio.fail_after(self.options.call_timeout):
+                await self.sandbox.write_file(f"{self._spool}/{epoch}-{number}", blob)
+        except (SandboxError, TimeoutError) as exc:
+            self.stats.failed += 1
+            raise _CallFailed(f"an upload failed: {str(exc) or 'it took too long'}") from None
 
     def _parse(self, stdout: bytes) -> tuple[int, bytes]:
         decoder = ArmorDecoder(self._batch_bytes + _NUMBER.size)
