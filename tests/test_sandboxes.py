@@ -4,6 +4,7 @@ guarantee, and bridges into real offline sandboxes."""
 from __future__ import annotations
 
 import os
+import pathlib
 from typing import Any
 
 import anyio
@@ -199,6 +200,35 @@ async def test_bridge_into_an_offline_sandbox(kind: str) -> None:
 
 
 @pytest.mark.parametrize("kind", OFFLINE)
+async def test_files_written_from_the_host_are_the_sandbox_users_and_follow_no_link_out(
+    kind: str, tmp_path: pathlib.Path
+) -> None:
+    """Files under the private /tmp are written from the host, not by a
+    command inside: code in the sandbox plants links to host paths, and
+    nothing lands outside."""
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    outside.chmod(0o777)
+    async with make_sandbox(kind) as sandbox:
+        await sandbox.write_file("/tmp/new/dirs/file", b"whole")
+        seen = await sandbox.run(
+            "cat /tmp/new/dirs/file; echo; stat -c %u /tmp/new/dirs/file /tmp/new/dirs; id -u"
+        )
+        content, *owners = seen.stdout.decode().split()
+        assert content == "whole" and len(set(owners)) == 1, seen.stdout
+        planted = await sandbox.run(
+            f"ln -s {outside} /tmp/away && mkdir /tmp/here && ln -s {outside}/f /tmp/here/file"
+        )
+        assert planted.exit_code == 0, planted.stderr
+        with pytest.raises(SandboxError, match="cannot write /tmp/away/x"):
+            await sandbox.write_file("/tmp/away/x", b"must not land on the host")
+        await sandbox.write_file("/tmp/here/file", b"replaces the link")
+        inside = await sandbox.run("[ -L /tmp/here/file ] || cat /tmp/here/file")
+        assert inside.stdout == b"replaces the link"
+    assert list(outside.iterdir()) == []
+
+
+@pytest.mark.parametrize("kind", OFFLINE)
 async def test_python_missing_or_too_old_is_a_clear_error(kind: str) -> None:
     async with running_upstream() as upstream, make_sandbox(kind) as sandbox:
         with pytest.raises(BridgeStartError, match=r"no working python3 on its PATH; install"):
@@ -248,8 +278,8 @@ async def test_the_sandbox_side_is_uploaded_once_and_started_in_few_calls() -> N
                 assert calls[len(started[-1]) :] == ["run"]  # the stop
         finally:
             await sandbox.aclose()
-    # write_file itself runs one command in this backend (harness clients upload instead).
-    upload = [f"write /tmp/{archive.name}", "run"]
+    # The archive goes into the private /tmp from the host: no command runs for it.
+    upload = [f"write /tmp/{archive.name}"]
     assert started == [["run", *upload, "run", "open_process"], ["run", "open_process"]]
 
 

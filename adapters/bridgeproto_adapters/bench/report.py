@@ -26,43 +26,66 @@ def _ms(seconds: float | None) -> str:
     return "-" if seconds is None else f"{seconds * 1000:.2f}"
 
 
+NAMES = {"limit": "limit (raw pipe)", "shared": "shared kernel"}
+
+
+def _systems(figures: dict[str, Any]) -> list[str]:
+    """The systems a scenario measured, in the tables' order."""
+    return [system for system in SYSTEMS if system in figures]
+
+
+def _times(value: float, limit: float | None) -> str:
+    if limit is None:
+        return "-"
+    ratio = value / limit
+    return f"{ratio:.0f}x" if ratio >= 10 else f"{ratio:.1f}x" if ratio >= 0.1 else f"{ratio:.2f}x"
+
+
+def _share(value: float, limit: float | None) -> str:
+    return "-" if limit is None else f"{value / limit:.0%}"
+
+
 def table(results: dict[str, Any]) -> str:
     s = results["scenarios"]
     blocks = []
     if "latency" in s:
         direct = s["latency"]["direct"]["seconds"]["median"]
+        limit = s["latency"].get("limit", {}).get("seconds", {}).get("median")
         rows = []
-        for system in SYSTEMS:
+        for system in _systems(s["latency"]):
             lat = s["latency"][system]["seconds"]
             added = lat["median"] - direct
             rows.append(
                 [
-                    system,
+                    NAMES.get(system, system),
                     _ms(lat["median"]),
                     _ms(lat["p99"]),
                     _ms(added),
                     f"{lat['median'] / direct:.1f}x",
+                    _times(lat["median"], limit),
                 ]
             )
         blocks.append(
             _block(
                 "latency: small JSON POSTs, one after another",
-                ["system", "median ms", "p99 ms", "added ms", "vs direct"],
+                ["system", "median ms", "p99 ms", "added ms", "vs direct", "vs limit"],
                 rows,
             )
         )
     if "streaming" in s:
         rows = []
         direct_first = s["streaming"]["direct"]["first_event_seconds"]
-        for system in SYSTEMS:
+        limit_first = s["streaming"].get("limit", {}).get("first_event_seconds")
+        for system in _systems(s["streaming"]):
             st = s["streaming"][system]
             delay = st["event_delay_seconds"]
             first = st["first_event_seconds"]
             rows.append(
                 [
-                    system,
+                    NAMES.get(system, system),
                     _ms(first),
                     f"{first / direct_first:.1f}x",
+                    _times(first, limit_first),
                     _ms(delay["median"]),
                     _ms(delay["p99"]),
                 ]
@@ -70,14 +93,15 @@ def table(results: dict[str, Any]) -> str:
         blocks.append(
             _block(
                 "streaming: SSE events written 20 ms apart",
-                ["system", "first event ms", "vs direct", "delay median ms", "delay p99 ms"],
+                ["system", "first event ms", "vs direct", "vs limit", "delay median ms",
+                 "delay p99 ms"],
                 rows,
             )
-        )
+        )  # fmt: skip
     if "throughput" in s:
         levels = list(s["throughput"]["direct"])
         rows = []
-        for system in SYSTEMS:
+        for system in _systems(s["throughput"]):
             tp = s["throughput"][system]
             cells = [f"{tp[c]['requests_per_second']:.0f}" for c in levels]
             top = levels[-1]
@@ -85,7 +109,7 @@ def table(results: dict[str, Any]) -> str:
                 tp[top]["requests_per_second"]
                 / s["throughput"]["direct"][top]["requests_per_second"]
             )
-            rows.append([system, *cells, f"{ratio:.0%}"])
+            rows.append([NAMES.get(system, system), *cells, f"{ratio:.0%}"])
         blocks.append(
             _block(
                 "throughput: requests per second by concurrent clients",
@@ -96,16 +120,23 @@ def table(results: dict[str, Any]) -> str:
     if "bulk" in s:
         rows = []
         direct_bulk = s["bulk"]["direct"]
-        for system in SYSTEMS:
+        limit_bulk = s["bulk"].get("limit")
+        for system in _systems(s["bulk"]):
             b = s["bulk"][system]
             side = [b[d]["sandbox_side_peak_rss_mib"] for d in ("upload", "download")]
-            up, down = (b[d]["mb_per_second"] for d in ("upload", "download"))
+            cells = []
+            for d in ("upload", "download"):
+                rate = b[d]["mb_per_second"]
+                cells += [
+                    f"{rate:.0f}",
+                    _share(rate, direct_bulk[d]["mb_per_second"]),
+                    _share(rate, limit_bulk[d]["mb_per_second"] if limit_bulk else None),
+                ]
             rows.append(
                 [
-                    system,
+                    NAMES.get(system, system),
                     f"{b['bytes'] >> 20}",
-                    f"{up:.0f} ({up / direct_bulk['upload']['mb_per_second']:.0%})",
-                    f"{down:.0f} ({down / direct_bulk['download']['mb_per_second']:.0%})",
+                    *cells,
                     f"{max(b[d]['host_peak_rss_mib'] for d in ('upload', 'download')):.0f}",
                     "-" if side[0] is None else f"{max(side):.0f}",
                 ]
@@ -113,29 +144,25 @@ def table(results: dict[str, Any]) -> str:
         blocks.append(
             _block(
                 "bulk: one upload and one download",
-                [
-                    "system",
-                    "MiB",
-                    "up MB/s (vs direct)",
-                    "down MB/s (vs direct)",
-                    "host peak MiB",
-                    "sandbox side peak MiB",
-                ],
+                ["system", "MiB", "up MB/s", "vs direct", "vs limit", "down MB/s", "vs direct",
+                 "vs limit", "host peak MiB", "sandbox side peak MiB"],
                 rows,
             )
-        )
+        )  # fmt: skip
     if "cost" in s:
         rows = []
-        for system in SYSTEMS[1:]:
+        for system in _systems(s["cost"]):
             c = s["cost"][system]
+            if "host_cpu_seconds_per_1000" not in c:
+                continue  # direct: nothing in between to cost
             rows.append(
                 [
-                    system,
+                    NAMES.get(system, system),
                     f"{c['host_cpu_seconds_per_1000']:.2f}",
                     f"{c['sandbox_cpu_seconds_per_1000']:.2f}",
-                    f"{c['calls_per_request']:.2f}",
-                    f"{c['calls_per_idle_minute']:.0f}",
-                    f"{c['host_idle_cpu_percent']:.1f}",
+                    f"{c['calls_per_request']:.2f}" if "calls_per_request" in c else "-",
+                    f"{c['calls_per_idle_minute']:.0f}" if "calls_per_idle_minute" in c else "-",
+                    f"{c['host_idle_cpu_percent']:.1f}" if "host_idle_cpu_percent" in c else "-",
                 ]
             )
         blocks.append(
@@ -174,8 +201,9 @@ def table(results: dict[str, Any]) -> str:
         ]
         blocks.append(
             _block(
-                "scale: bridges held by one host process",
-                ["bridges", "start s", "host MiB/bridge", "idle CPU %", "requests ok"],
+                "scale: bridges held by one host process, started together"
+                f" ({sc.get('starting_at_once', 1)} at a time)",
+                ["bridges", "start s (all)", "host MiB/bridge", "idle CPU %", "requests ok"],
                 rows,
             )
         )
@@ -245,12 +273,13 @@ def plot(results: dict[str, Any], path: str) -> None:
         (left, "latency", "latency per request (ms)"),
         (right, "streaming", "SSE event delay (ms)"),
     ):
-        data = [[v * 1000 for v in s[scenario][system]["raw"]] for system in SYSTEMS]
+        systems = _systems(s[scenario])
+        data = [[v * 1000 for v in s[scenario][system]["raw"]] for system in systems]
         axis.boxplot(data, showfliers=True)
-        axis.set_xticks(range(1, len(SYSTEMS) + 1), SYSTEMS)
+        axis.set_xticks(range(1, len(systems) + 1), [NAMES.get(x, x) for x in systems])
         axis.set_yscale("log")
         axis.set_title(title)
         axis.grid(axis="y", alpha=0.3)
-    figure.suptitle("bridgeproto: direct, bridged, polling baseline (log scale)")
+    figure.suptitle("bridgeproto: direct, references, bridged, polling baseline (log scale)")
     figure.tight_layout()
     figure.savefig(path, dpi=110)

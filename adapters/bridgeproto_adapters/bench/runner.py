@@ -41,11 +41,14 @@ from ..sandboxes import (
     open_sandbox,
 )
 from .polling import PollingBaseline
+from .references import MISSING, References, have_socat
 
 AGENT_SOURCE = (pathlib.Path(__file__).parent / "agent.py").read_text()
-SYSTEMS = ("direct", "bridgeproto", "polling")
+SYSTEMS = ("direct", "limit", "shared", "bridgeproto", "polling")
+REFERENCES = ("limit", "shared")  # measured with socat (references.py), when it is there
 POLL_PORT = 13132
 MiB = 1 << 20
+STARTING_AT_ONCE = 32  # sandboxes and bridges the scale scenario starts at a time
 REMOTE_LATENCY = 0.05  # seconds each simulated remote control-plane call adds
 
 
@@ -130,9 +133,10 @@ class SlowSandbox(CountingSandbox):
         await super().write_file(path, data)
 
 
-def cpu_seconds(pid: int | str = "self") -> float:
+def cpu_seconds(pid: int | str = "self", children: bool = False) -> float:
+    """User and system time of ``pid`` (with ``children``: and of the children it waited for)."""
     fields = pathlib.Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    ticks = int(fields[11]) + int(fields[12])  # utime, stime
+    ticks = sum(int(field) for field in fields[11 : 15 if children else 13])
     return ticks / os.sysconf("SC_CLK_TCK")
 
 
@@ -222,6 +226,14 @@ class Bench:
         self.polling: PollingBaseline | None = None
         self.sandbox_side_pid: int | None = None
         self.poll_server_pid: int | None = None
+        self.references: References | None = None
+
+    @property
+    def systems(self) -> tuple[str, ...]:
+        """The systems measured: the references only where socat is."""
+        if self.references is None:
+            return tuple(s for s in SYSTEMS if s not in REFERENCES)
+        return SYSTEMS
 
     # -- plumbing
 
@@ -231,6 +243,9 @@ class Bench:
         if system == "bridgeproto":
             assert self.bridge is not None
             return self.bridge.url
+        if system in REFERENCES:
+            assert self.references is not None
+            return self.references.url(system)
         return f"http://127.0.0.1:{POLL_PORT}/bench"
 
     async def agent(self, system: str, scenario: str, **args: Any) -> dict[str, Any]:
@@ -242,9 +257,14 @@ class Bench:
             )
             code, out, err = result.returncode, result.stdout, result.stderr
         else:
-            box, _ = self.sandbox_of(system)
-            assert box is not None
-            done = await box.inner.run(["python3", "-c", AGENT_SOURCE, payload])
+            if system in REFERENCES:
+                assert self.references is not None
+                sandbox: HostCommandSandbox = self.references.sandbox
+            else:
+                box, _ = self.sandbox_of(system)
+                assert box is not None
+                sandbox = box.inner
+            done = await sandbox.run(["python3", "-c", AGENT_SOURCE, payload])
             code, out, err = done.exit_code, done.stdout, done.stderr
         if code != 0:
             raise RuntimeError(f"{system} {scenario} agent failed: {err.decode()[-500:]}")
@@ -261,7 +281,13 @@ class Bench:
 
     @contextlib.asynccontextmanager
     async def running(self, system: str) -> AsyncIterator[None]:
-        """The polling host loop runs only while the polling system is measured."""
+        """The polling host loop runs only while the polling system is
+        measured; a limit pipe carries one agent's connection."""
+        if system == "limit":
+            assert self.references is not None
+            async with self.references.limit_pipe():
+                yield
+            return
         if system != "polling":
             yield
             return
@@ -283,14 +309,14 @@ class Bench:
     # -- scenarios
 
     async def latency(self) -> None:
-        for system in SYSTEMS:
+        for system in self.systems:
             raw = await self.with_polling(system, "latency", n=self.sizes.latency_requests)
             self.record(
                 "latency", system, {"seconds": summarize(raw["seconds"]), "raw": raw["seconds"]}
             )
 
     async def streaming(self) -> None:
-        for system in SYSTEMS:
+        for system in self.systems:
             raw = await self.with_polling(
                 system, "stream", n=self.sizes.stream_events, gap=self.sizes.stream_gap
             )
@@ -301,7 +327,9 @@ class Bench:
             })  # fmt: skip
 
     async def throughput(self) -> None:
-        for system in SYSTEMS:
+        for system in self.systems:
+            if system == "limit":
+                continue  # one connection only
             figures = {}
             for concurrency in self.sizes.concurrencies:
                 raw = await self.with_polling(
@@ -315,7 +343,7 @@ class Bench:
             self.record("throughput", system, figures)
 
     async def bulk(self) -> None:
-        for system in SYSTEMS:
+        for system in self.systems:
             size = self.sizes.polling_bulk_bytes if system == "polling" else self.sizes.bulk_bytes
             _, side = self.sandbox_of(system)
             figures: dict[str, Any] = {"bytes": size}
@@ -332,7 +360,21 @@ class Bench:
             self.record("bulk", system, figures)
 
     async def cost(self) -> None:
-        for system in SYSTEMS:
+        if "shared" in self.systems:
+            # socat's processes, with the per-connection children they waited for.
+            assert self.references is not None
+            host_pid, side_pid = self.references.pids["shared"]
+            n = self.sizes.cost_requests
+            host0, side0 = cpu_seconds(host_pid, True), cpu_seconds(side_pid, True)
+            await self.agent("shared", "requests", n=n)
+            await anyio.sleep(0.2)  # for socat to reap the connection's process
+            host1, side1 = cpu_seconds(host_pid, True), cpu_seconds(side_pid, True)
+            self.record("cost", "shared", {
+                "requests": n,
+                "host_cpu_seconds_per_1000": (host1 - host0) * 1000 / n,
+                "sandbox_cpu_seconds_per_1000": (side1 - side0) * 1000 / n,
+            })  # fmt: skip
+        for system in ("direct", "bridgeproto", "polling"):
             box, side = self.sandbox_of(system)
             n = (
                 self.sizes.polling_cost_requests
@@ -375,53 +417,81 @@ class Bench:
         self.record("start", "bridgeproto", {"seconds": summarize(seconds), "raw": seconds})
 
     async def scale(self) -> None:
+        """``bridges`` bridges started at once by this process (each sandbox
+        and bridge held by a task of its own), then held idle, then each
+        asked one request."""
         wanted = self.sizes.bridges
-        held: list[tuple[HostCommandSandbox, Any, Bridge]] = []
-        reason = ""
-        rss0 = rss_kib()
-        started = time.perf_counter()
+        held: list[tuple[HostCommandSandbox, Bridge]] = []
+        failures: list[str] = []
+        settled = anyio.Semaphore(0)
+        release = anyio.Event()
+        starting = anyio.CapacityLimiter(STARTING_AT_ONCE)
         upstream = f"http://127.0.0.1:{self.upstream_port}/bench"
-        try:
-            for index in range(wanted):
-                try:
+
+        async def hold() -> None:
+            try:
+                async with starting:
                     sandbox, _ = await open_sandbox(self.sandbox_kind)
+            except Exception as exc:  # the machine's limit: say which
+                failures.append(repr(exc))
+                settled.release()
+                return
+            try:
+                async with starting:
                     context = open_bridge(sandbox, upstream)
                     bridge = await context.__aenter__()
-                except Exception as exc:  # the machine's limit: say which
-                    reason = f"stopped at {index} bridges: {exc!r}"
-                    break
-                held.append((sandbox, context, bridge))
-            count = len(held)
-            rss1 = rss_kib()
-            cpu0 = cpu_seconds()
-            await anyio.sleep(self.sizes.scale_idle_seconds)
-            idle_cpu = (cpu_seconds() - cpu0) * 100 / self.sizes.scale_idle_seconds
-            ok = 0
-            limiter = anyio.CapacityLimiter(8)
-
-            async def one(sandbox: HostCommandSandbox, bridge: Bridge) -> None:
-                nonlocal ok
-                async with limiter:
-                    payload = json.dumps({"scenario": "requests", "url": bridge.url, "n": 1})
-                    done = await sandbox.run(["python3", "-c", AGENT_SOURCE, payload])
-                    ok += done.exit_code == 0
-
-            async with anyio.create_task_group() as tg:
-                for sandbox, _, bridge in held:
-                    tg.start_soon(one, sandbox, bridge)
-            self.record("scale", "bridgeproto", {
-                "bridges_wanted": wanted,
-                "bridges_held": count,
-                "limit_reason": reason,
-                "start_seconds": time.perf_counter() - started,
-                "host_rss_mib_per_bridge": (rss1 - rss0) / 1024 / max(count, 1),
-                "host_idle_cpu_percent": idle_cpu,
-                "requests_ok": ok,
-            })  # fmt: skip
-        finally:
-            for sandbox, context, _ in reversed(held):
-                await context.__aexit__(None, None, None)
+                try:
+                    held.append((sandbox, bridge))
+                    settled.release()
+                    await release.wait()
+                finally:
+                    await context.__aexit__(None, None, None)
+            except Exception as exc:
+                failures.append(repr(exc))
+                settled.release()
+            finally:
                 await sandbox.aclose()
+
+        rss0 = rss_kib()
+        started = time.perf_counter()
+        async with anyio.create_task_group() as tg:
+            for _ in range(wanted):
+                tg.start_soon(hold)
+            for _ in range(wanted):
+                await settled.acquire()
+            start_seconds = time.perf_counter() - started
+            try:
+                count = len(held)
+                rss1 = rss_kib()
+                cpu0 = cpu_seconds()
+                await anyio.sleep(self.sizes.scale_idle_seconds)
+                idle_cpu = (cpu_seconds() - cpu0) * 100 / self.sizes.scale_idle_seconds
+                ok = 0
+                limiter = anyio.CapacityLimiter(8)
+
+                async def one(sandbox: HostCommandSandbox, bridge: Bridge) -> None:
+                    nonlocal ok
+                    async with limiter:
+                        payload = json.dumps({"scenario": "requests", "url": bridge.url, "n": 1})
+                        done = await sandbox.run(["python3", "-c", AGENT_SOURCE, payload])
+                        ok += done.exit_code == 0
+
+                async with anyio.create_task_group() as asking:
+                    for sandbox, bridge in held:
+                        asking.start_soon(one, sandbox, bridge)
+            finally:
+                release.set()
+        reason = f"{len(failures)} did not start: {failures[0]}" if failures else ""
+        self.record("scale", "bridgeproto", {
+            "bridges_wanted": wanted,
+            "bridges_held": count,
+            "limit_reason": reason,
+            "start_seconds": start_seconds,
+            "starting_at_once": STARTING_AT_ONCE,
+            "host_rss_mib_per_bridge": (rss1 - rss0) / 1024 / max(count, 1),
+            "host_idle_cpu_percent": idle_cpu,
+            "requests_ok": ok,
+        })  # fmt: skip
 
     async def remote(self) -> None:
         """Mailbox and polling behind the same simulated remote control plane."""
@@ -519,7 +589,15 @@ class Bench:
                 await self.polling.start(POLL_PORT)
                 self.poll_server_pid = find_pid(str(POLL_PORT))
                 target = f"http://127.0.0.1:{self.upstream_port}/bench"
-                async with open_bridge(self.bridge_box, target) as bridge:
+                async with contextlib.AsyncExitStack() as stack:
+                    if have_socat():
+                        self.references = await stack.enter_async_context(
+                            References.running(self.sandbox_kind, self.upstream_port)
+                        )
+                    else:
+                        self.say(f"bench: {MISSING}")
+                        self.results["references_missing"] = MISSING
+                    bridge = await stack.enter_async_context(open_bridge(self.bridge_box, target))
                     self.bridge = bridge
                     self.sandbox_side_pid = find_pid(bridge.session.conn.session_id.hex())
                     for scenario in (self.latency, self.streaming, self.throughput, self.bulk,

@@ -305,7 +305,8 @@ async def _watch_spool(spool: str, enter: Callable[[int], Awaitable[_SandboxEpoc
     try:
         while True:
             for name in os.listdir(spool):
-                await _take_upload(os.path.join(spool, name), enter)
+                if not name.startswith("."):  # a name being written, to be renamed
+                    await _take_upload(os.path.join(spool, name), enter)
             if fd is None:
                 await anyio.sleep(0.05)
                 continue
