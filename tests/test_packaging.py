@@ -4,6 +4,7 @@ the host's."""
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import pathlib
 import shutil
@@ -89,3 +90,28 @@ def test_the_sandbox_side_archive_carries_no_host_only_code() -> None:
         names = archive.namelist()
     assert "bridgeproto_adapters/relay.py" in names and "bridgeproto/_connection.py" in names
     assert not [name for name in names if "/bench/" in name]
+
+
+def test_a_sandbox_python_of_the_hosts_version_imports_the_archives_bytecode() -> None:
+    """Each module rides with its bytecode for the host's Python; a sandbox
+    Python with the same bytecode version imports that, without compiling
+    (one of another version compiles the source: the test above)."""
+    from bridgeproto_adapters import packaging
+
+    archive = packaging.build_zipapp()
+    with zipfile.ZipFile(archive) as files:
+        names = set(files.namelist())
+    sources = {n for n in names if n.endswith(".py") and n != "__main__.py"}
+    assert sources and {n + "c" for n in sources} <= names
+    probe = (
+        "import importlib.util, sys; sys.path.insert(0, sys.argv[1]);"
+        " import bridgeproto._connection as m;"
+        " print(importlib.util.MAGIC_NUMBER.hex(), m.__file__.rsplit('.', 1)[1])"
+    )
+    python = shutil.which("python3") or "python3"
+    seen = subprocess.run(
+        [python, "-I", "-c", probe, str(archive)], capture_output=True, text=True, timeout=60
+    )
+    assert seen.returncode == 0, seen.stderr
+    magic, loaded_from = seen.stdout.split()
+    assert loaded_from == ("pyc" if magic == importlib.util.MAGIC_NUMBER.hex() else "py")

@@ -4,6 +4,9 @@ Host and sandbox always run the same code because the archive is made from
 the modules this process imports, at run time, and named by the hash of its
 contents (so it is built once per version and uploaded once per sandbox).
 Only pure-Python packages go in; the sandbox needs nothing but Python 3.10+.
+Each module goes in with its bytecode for this Python beside it, which a
+sandbox Python of the same version imports without compiling (about 70 ms
+of every start); another version ignores it and compiles the source.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import functools
 import hashlib
 import importlib.util
 import io
+import marshal
 import os
 import pathlib
 import tempfile
@@ -65,13 +69,26 @@ def _contents() -> tuple[list[tuple[str, bytes]], str]:
     for name in OPTIONAL:
         if importlib.util.find_spec(name) is not None:
             files += _sources(name)
-    digest = hashlib.sha256(MAIN)
+    digest = hashlib.sha256(MAIN + importlib.util.MAGIC_NUMBER)  # bytecode is for this Python
     contents = [("__main__.py", MAIN)]
     for arcname, path in files:
         data = path.read_bytes()
         digest.update(arcname.encode() + b"\0" + data)
         contents.append((arcname, data))
     return contents, digest.hexdigest()[:16]
+
+
+def _bytecode(arcname: str, source: bytes) -> bytes:
+    """A ``.pyc`` that is never checked against its source (PEP 552: hash
+    based, unchecked): the archive's sources never change under it."""
+    code = compile(source, arcname, "exec", dont_inherit=True)
+    flags = (0b01).to_bytes(4, "little")
+    return (
+        importlib.util.MAGIC_NUMBER
+        + flags
+        + importlib.util.source_hash(source)
+        + marshal.dumps(code)
+    )
 
 
 def build_zipapp(cache_dir: str | None = None) -> pathlib.Path:
@@ -85,6 +102,8 @@ def build_zipapp(cache_dir: str | None = None) -> pathlib.Path:
         with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
             for arcname, data in contents:
                 archive.writestr(arcname, data)
+                if arcname.endswith(".py") and arcname != "__main__.py":
+                    archive.writestr(arcname + "c", _bytecode(arcname, data))
         partial = target.with_suffix(".partial")
         partial.write_bytes(buffer.getvalue())
         partial.replace(target)
