@@ -85,7 +85,7 @@ class ProcessChannel(anyio.abc.ByteStream):
     def __init__(self, process: LiveProcess) -> None:
         self.process = process
 
-    async def receive(self, max_bytes: int = 65536) -> bytes:
+    async def receive(self, max_bytes: int = 1 << 20) -> bytes:
         return await self.process.stream.receive(max_bytes)
 
     async def send(self, item: bytes) -> None:
