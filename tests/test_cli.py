@@ -176,3 +176,26 @@ def test_verbose_prints_the_summary_while_running() -> None:
         anyio.run(scenario)
     lines = captured.getvalue().splitlines()
     assert len(lines) >= 2 and all(line.startswith("bridgeproto: 3 exchanges") for line in lines)
+
+
+def test_the_command_runs_on_uvloop_where_it_is_installed(monkeypatch: pytest.MonkeyPatch) -> None:
+    import asyncio
+    import importlib.util
+
+    from bridgeproto_adapters import eventloop
+
+    async def loop_module() -> str:
+        return type(asyncio.get_running_loop()).__module__
+
+    try:
+        monkeypatch.setenv("BRIDGEPROTO_UVLOOP", "0")
+        eventloop.uvloop_in_use.cache_clear()
+        assert not eventloop.uvloop_in_use()
+        assert eventloop.run(loop_module).startswith("asyncio")
+        monkeypatch.delenv("BRIDGEPROTO_UVLOOP")
+        eventloop.uvloop_in_use.cache_clear()
+        installed = importlib.util.find_spec("uvloop") is not None
+        assert eventloop.uvloop_in_use() == installed  # the dev extra installs it
+        assert eventloop.run(loop_module).startswith("uvloop") == installed
+    finally:
+        eventloop.uvloop_in_use.cache_clear()

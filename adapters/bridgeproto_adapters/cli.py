@@ -20,11 +20,10 @@ import sys
 from collections.abc import Sequence
 from typing import NoReturn
 
-import anyio
-
 import bridgeproto as bp
 from bridgeproto.wire import ArmorDecoder, Frame, FrameDecoder
 
+from . import eventloop
 from .errors import BridgeError
 
 EXIT_START_FAILED = 2
@@ -94,7 +93,7 @@ def run(args: argparse.Namespace) -> int:
             "no command given; put it after --, e.g. bridgeproto run --upstream URL -- curl ..."
         )
     try:
-        return anyio.run(run_command, args)
+        return eventloop.run(run_command, args)
     except BridgeError as exc:
         return _error(str(exc))
     except KeyboardInterrupt:  # before the signal handlers were in place
@@ -167,7 +166,7 @@ def bench(args: argparse.Namespace) -> int:
     say = functools.partial(print, file=sys.stderr)
     bench_run = runner.Bench(sizes, args.sandbox, say, only)
     try:
-        results = anyio.run(bench_run.run)
+        results = eventloop.run(bench_run.run)
     except BridgeError as exc:
         return _error(str(exc))
     print(report.table(results))
@@ -203,7 +202,7 @@ def sandbox_side(args: argparse.Namespace) -> int:
 
         return start(session_id, settings)
     try:
-        anyio.run(
+        eventloop.run(
             functools.partial(
                 run_sandbox_side, FdStream.stdio(), session_id, listen=settings.listen,
                 policy=settings.policy, config=settings.config, limits=settings.limits,
@@ -407,7 +406,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         from .demo import run_demo
 
         try:
-            return anyio.run(run_demo, args.sandbox)
+            return eventloop.run(run_demo, args.sandbox)
         except BridgeError as exc:
             return _error(str(exc))
     if args.command_name == "decode":

@@ -24,6 +24,7 @@ from collections.abc import Callable
 import anyio
 import anyio.abc
 
+from . import eventloop
 from .mailbox_call import channel_dir
 from .relay import channel_socket
 from .sandbox_side import run_sandbox_side
@@ -56,6 +57,11 @@ def start(session_id: bytes, settings: SandboxSettings) -> int:
         print(f"bridgeproto: the sandbox side did not start: {said.strip()}", file=sys.stderr)
         return 2
     os.close(read_end)
+    # Keep nothing the starting command was given but the pipe to it: a
+    # descriptor of the control plane's left open here (some event loops'
+    # process launchers leave one) would keep that command from ending.
+    os.closerange(3, write_end)
+    os.closerange(write_end + 1, os.sysconf("SC_OPEN_MAX"))
     os.setsid()
     if os.fork():
         os._exit(0)  # the daemon is the grandchild: no terminal can ever be its own
@@ -67,7 +73,7 @@ def start(session_id: bytes, settings: SandboxSettings) -> int:
             os.write(write_end, b"ready\n")
             os.close(write_end)
 
-        anyio.run(functools.partial(_serve, session_id, settings, ready))
+        eventloop.run(functools.partial(_serve, session_id, settings, ready))
         status = 0
     except BaseException as exc:
         with contextlib.suppress(OSError):

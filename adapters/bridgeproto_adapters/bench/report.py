@@ -253,6 +253,9 @@ def table(results: dict[str, Any]) -> str:
         f"{machine['memory_gib']} GiB, Linux {machine['kernel']}, Python {machine['python']}; "
         f"{results.get('sandbox', '')}"
     )
+    loops = results.get("event_loops")
+    if loops:
+        head += f"; event loops: host {loops['host']}, sandbox side {loops['sandbox side']}"
     return "\n\n".join([head, *blocks]) + "\n"
 
 

@@ -29,6 +29,7 @@ import anyio
 import anyio.abc
 import attrs
 
+from ..eventloop import uvloop_in_use
 from ..launch import Bridge, open_bridge
 from ..sandboxes import (
     CommandResult,
@@ -582,6 +583,13 @@ class Bench:
             poll_sandbox, _ = await open_sandbox(self.sandbox_kind)
             self.say(f"bench: {note}; upstream on 127.0.0.1:{self.upstream_port}")
             self.results["sandbox"] = note
+            has_uvloop = await bridge_sandbox.run(
+                ["python3", "-c", "import importlib.util as u; print(bool(u.find_spec('uvloop')))"]
+            )
+            self.results["event_loops"] = {
+                "host": "uvloop" if uvloop_in_use() else "asyncio",
+                "sandbox side": "uvloop" if has_uvloop.stdout.strip() == b"True" else "asyncio",
+            }
             self.bridge_box = CountingSandbox(bridge_sandbox)
             self.poll_box = CountingSandbox(poll_sandbox)
             self.polling = PollingBaseline(self.poll_box, "127.0.0.1", self.upstream_port)
