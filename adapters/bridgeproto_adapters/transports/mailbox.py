@@ -357,7 +357,8 @@ class MailboxOptions:
     call brings back; keep its armored size (4/3 of it) under the provider's
     output limit. ``input_bytes``: the most one call takes in (uploads are
     not cut as output is). ``max_calls``: calls in flight at once, at least
-    2 (one waits for output while another carries input).
+    2 (one waits for output while another carries input or waits beside
+    it), and uploads in flight at once.
     ``upload_input``: while a call waits in the sandbox, upload input that
     cannot wait to the sandbox side's spool instead of making another call
     (it lands sooner: an upload starts no process); off, all input rides in
@@ -456,8 +457,9 @@ class _HostEpoch(_EpochStream):
                     and self._uploads < options.max_calls
                 ):
                     await self._gathered()
-                    self._uploads += 1
-                    tasks.start_soon(self._upload, *self._next_input())
+                    if self.ended is None and not self._closing and self.outbox.urgent:
+                        self._uploads += 1
+                        tasks.start_soon(self._upload, *self._next_input())
                     continue
                 await self.wait_for_change()
             tasks.cancel_scope.cancel()
@@ -510,7 +512,7 @@ class _HostEpoch(_EpochStream):
         """End the epoch once what was sent has crossed: a session's final
         frames count as sent when they are in a call. One last call that
         does not wait carries the rest, and tells the sandbox side to answer
-        every waiting call now; then the calls and upload still out are
+        every waiting call now; then the calls and uploads still out are
         waited for."""
         if self.ended is None:
             self._closing = True
