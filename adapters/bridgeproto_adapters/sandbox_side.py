@@ -42,6 +42,7 @@ DEFAULT_LISTEN = ("127.0.0.1", 13131)
 _ANSWER_GRACE_SECONDS = 2.0
 _REQUEST_TAIL_SECONDS = 5.0
 _LINGER_SECONDS = 2.0
+_AGENT_READ = 1 << 20  # an upload is carried in large frames, as the channel takes them
 
 
 @attrs.frozen
@@ -92,7 +93,7 @@ class _Agent:
         async with self._send:
             while True:
                 try:
-                    data = await self.stream.receive()
+                    data = await self.stream.receive(_AGENT_READ)
                 except STREAM_ERRORS:
                     data = b""
                 try:
