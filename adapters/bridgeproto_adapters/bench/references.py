@@ -25,6 +25,7 @@ import anyio.abc
 
 from ..sandboxes import HostCommandSandbox, open_sandbox
 from ..sandboxes.offline import SANDBOX_UID
+from ..streams import grow_pipe
 
 LIMIT_PORT = 13133
 SHARED_PORT = 13134
@@ -131,6 +132,8 @@ class References:
         bridge's channel is) piped to socat on the host, connected to the
         upstream."""
         to_sandbox, to_host = os.pipe(), os.pipe()  # (read end, write end) each
+        for _, write_end in (to_sandbox, to_host):
+            grow_pipe(write_end)  # as the bridge's channel does
         try:
             host = await anyio.open_process(
                 ["socat", *_FAST, "STDIO", f"TCP:127.0.0.1:{self.upstream_port},nodelay"],
