@@ -60,8 +60,10 @@ def start(session_id: bytes, settings: SandboxSettings) -> int:
     # Keep nothing the starting command was given but the pipe to it: a
     # descriptor of the control plane's left open here (some event loops'
     # process launchers leave one) would keep that command from ending.
-    os.closerange(3, write_end)
-    os.closerange(write_end + 1, os.sysconf("SC_OPEN_MAX"))
+    for name in os.listdir("/proc/self/fd"):
+        if int(name) > 2 and int(name) != write_end:
+            with contextlib.suppress(OSError):  # (the listing's own descriptor is gone by now)
+                os.close(int(name))
     os.setsid()
     if os.fork():
         os._exit(0)  # the daemon is the grandchild: no terminal can ever be its own

@@ -40,6 +40,7 @@ import ctypes
 import math
 import os
 import pathlib
+import socket
 import struct
 import zlib
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -215,11 +216,45 @@ class _SandboxEpoch(_EpochStream):
         return armor(_NUMBER.pack(number) + data).encode("ascii")
 
 
-async def _receive_exactly(stream: anyio.abc.ByteStream, size: int) -> bytes:
+# The calls' socket is served with plain non-blocking sockets and anyio's
+# wait_readable/wait_writable rather than anyio's Unix socket streams: a
+# wait of those that is cancelled just as its socket turns ready fails
+# inside the event loop, and this socket's waits are cancelled whenever an
+# epoch or the bridge ends.
+
+
+async def _receive_exactly(sock: socket.socket, size: int) -> bytes:
     data = bytearray()
     while len(data) < size:
-        data += await stream.receive(min(size - len(data), 1 << 20))
+        try:
+            chunk = sock.recv(min(size - len(data), 1 << 20))
+        except BlockingIOError:
+            await anyio.wait_readable(sock)
+            continue
+        if not chunk:
+            raise anyio.EndOfStream
+        data += chunk
     return bytes(data)
+
+
+async def _send_all(sock: socket.socket, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        try:
+            view = view[sock.send(view) :]
+        except BlockingIOError:
+            await anyio.wait_writable(sock)
+
+
+async def _accept(listener: socket.socket) -> socket.socket:
+    while True:
+        try:
+            conn, _ = listener.accept()
+        except BlockingIOError:
+            await anyio.wait_readable(listener)
+            continue
+        conn.setblocking(False)
+        return conn
 
 
 async def serve_mailbox(
@@ -231,9 +266,6 @@ async def serve_mailbox(
     """Take calls on the session's mailbox socket and uploads in its spool.
     A newer epoch starts a new channel (the session resumes on it); a call
     of an older or ended one is told it is stale."""
-    path = mailbox_call.mailbox_socket(session_id)
-    listener = await anyio.create_unix_listener(path)
-    os.chmod(path, 0o600)
     spool = spool_dir(session_id)
     os.makedirs(spool, 0o700, exist_ok=True)
     current: _SandboxEpoch | None = None
@@ -248,8 +280,8 @@ async def serve_mailbox(
             return None
         return current
 
-    async def take_call(conn: anyio.abc.ByteStream) -> None:
-        async with conn:
+    async def take_call(conn: socket.socket) -> None:
+        with conn:
             try:
                 head = await _receive_exactly(conn, mailbox_call.REQUEST.size)
                 fields = mailbox_call.REQUEST.unpack(head)
@@ -270,14 +302,19 @@ async def serve_mailbox(
                 line = await epoch_stream.answer(wait_ms / 1000, max_out)
             # A call stopped meanwhile: the host sees it failed, and resumes.
             with contextlib.suppress(*STREAM_ERRORS):
-                await conn.send(line)
+                await _send_all(conn, line)
 
-    async with listener, anyio.create_task_group() as tg:
-        tg.start_soon(_watch_spool, spool, enter)
-        task_status.started()
-        while True:
-            conn = await listener.accept()
-            tg.start_soon(take_call, conn)
+    path = mailbox_call.mailbox_socket(session_id)
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as listener:
+        listener.setblocking(False)
+        listener.bind(path)
+        os.chmod(path, 0o600)
+        listener.listen(128)
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(_watch_spool, spool, enter)
+            task_status.started()
+            while True:
+                tg.start_soon(take_call, await _accept(listener))
 
 
 def _inotify(directory: str) -> int | None:
