@@ -229,6 +229,14 @@ async def test_files_written_from_the_host_are_the_sandbox_users_and_follow_no_l
 
 
 @pytest.mark.parametrize("kind", OFFLINE)
+async def test_a_write_that_fails_is_a_sandbox_error(kind: str) -> None:
+    async with make_sandbox(kind) as sandbox:
+        pass
+    with pytest.raises(SandboxError, match="cannot write /tmp/late"):
+        await sandbox.write_file("/tmp/late", b"after the sandbox was closed")
+
+
+@pytest.mark.parametrize("kind", OFFLINE)
 async def test_python_missing_or_too_old_is_a_clear_error(kind: str) -> None:
     async with running_upstream() as upstream, make_sandbox(kind) as sandbox:
         with pytest.raises(BridgeStartError, match=r"no working python3 on its PATH; install"):

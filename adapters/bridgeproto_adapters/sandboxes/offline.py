@@ -42,7 +42,7 @@ from typing import TypeVar
 import anyio
 import anyio.abc
 
-from .base import Command, HostCommandSandbox, SandboxUnavailable
+from .base import Command, HostCommandSandbox, SandboxError, SandboxUnavailable
 from .local import LocalSandbox
 
 # Host directories every sandbox sees read-only (the ones this machine has).
@@ -265,7 +265,10 @@ class _OfflineSandbox(HostCommandSandbox):
         user's own (symbolic links are not followed); anything else is
         written by a command inside, as in any sandbox."""
         write = functools.partial(self._write_in_tmp, path, data)
-        done = write() if len(data) <= 1 << 20 else await anyio.to_thread.run_sync(write)
+        try:
+            done = write() if len(data) <= 1 << 20 else await anyio.to_thread.run_sync(write)
+        except OSError as exc:  # a full disk, say, or a sandbox already closed
+            raise SandboxError(f"{self.name}: cannot write {path}: {exc.strerror or exc}") from None
         if not done:
             await super().write_file(path, data)
 
@@ -306,6 +309,10 @@ class _OfflineSandbox(HostCommandSandbox):
                 with os.fdopen(fd, "wb", closefd=False) as file:
                     file.write(data)
                 os.fchown(fd, owner, owner)
+            except OSError:
+                with contextlib.suppress(OSError):
+                    os.unlink(temporary, dir_fd=directory)
+                raise
             finally:
                 os.close(fd)
             try:
