@@ -26,6 +26,7 @@ import anyio.abc
 from ..sandboxes import HostCommandSandbox, open_sandbox
 from ..sandboxes.offline import SANDBOX_UID
 from ..streams import grow_pipe
+from .processes import find_process
 
 LIMIT_PORT = 13133
 SHARED_PORT = 13134
@@ -162,16 +163,7 @@ class References:
 
 def _socat_in_sandbox(marker: str) -> int:
     """The pid, as seen from here, of the socat in the sandbox listening as ``marker``."""
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/cmdline", "rb") as file:
-                argv = file.read().split(b"\0")
-        except OSError:
-            continue
-        if os.path.basename(argv[0]) == b"socat" and any(
-            arg.startswith(marker.encode()) for arg in argv
-        ):
-            return int(entry)
-    raise RuntimeError(f"no socat with {marker} runs in the sandbox")
+    pid = find_process(b"socat", lambda argv: any(a.startswith(marker.encode()) for a in argv))
+    if pid is None:
+        raise RuntimeError(f"no socat with {marker} runs in the sandbox")
+    return pid

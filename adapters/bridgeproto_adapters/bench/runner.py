@@ -42,6 +42,7 @@ from ..sandboxes import (
     open_sandbox,
 )
 from .polling import PollingBaseline
+from .processes import find_process
 from .references import MISSING, References, have_socat
 
 AGENT_SOURCE = (pathlib.Path(__file__).parent / "agent.py").read_text()
@@ -156,25 +157,10 @@ def reset_peak_rss(pid: int | str = "self") -> None:
 
 def find_pid(marker: str) -> int | None:
     """The pid of the Python process whose arguments contain ``marker``
-    (a bridge's channel processes left out: they only hand over a stream).
-
-    A sandbox's pid namespace is a child of this one, so its processes are
-    visible here; the wrappers around them (nsenter, bwrap) are skipped.
-    """
-    for entry in pathlib.Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            argv = (entry / "cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if (
-            os.path.basename(argv[0]).startswith(b"python")
-            and marker.encode() in argv
-            and b"channel" not in argv
-        ):
-            return int(entry.name)
-    return None
+    (a bridge's channel processes left out: they only hand over a stream;
+    the wrappers around a sandbox's processes, nsenter and bwrap, are not
+    Python)."""
+    return find_process(b"python", lambda argv: marker.encode() in argv and b"channel" not in argv)
 
 
 def describe_machine() -> dict[str, Any]:
@@ -403,7 +389,7 @@ class Bench:
     async def start(self) -> None:
         """From a ready sandbox (the archive already there) to a bridge that
         accepts agents: how long ``open_bridge`` takes, ``starts`` times."""
-        target = f"http://127.0.0.1:{self.upstream_port}/bench"
+        target = self.url("direct")
         sandbox, _ = await open_sandbox(self.sandbox_kind)
         seconds = []
         try:
@@ -427,7 +413,7 @@ class Bench:
         settled = anyio.Semaphore(0)
         release = anyio.Event()
         starting = anyio.CapacityLimiter(STARTING_AT_ONCE)
-        upstream = f"http://127.0.0.1:{self.upstream_port}/bench"
+        upstream = self.url("direct")
 
         async def hold() -> None:
             try:
@@ -498,7 +484,7 @@ class Bench:
         """Mailbox and polling behind the same simulated remote control plane."""
         direct = await self.agent("direct", "latency", n=self.sizes.remote_requests)
         self.record("remote", "direct", {"seconds": summarize(direct["seconds"])})
-        target = f"http://127.0.0.1:{self.upstream_port}/bench"
+        target = self.url("direct")
         real, _ = await open_sandbox(self.sandbox_kind)
         try:
             provider = SimulatedProvider(real, Faults(latency=REMOTE_LATENCY))
@@ -517,7 +503,7 @@ class Bench:
             await polling.start(POLL_PORT)
             async with anyio.create_task_group() as tg:
                 tg.start_soon(polling.run)
-                url = f"http://127.0.0.1:{POLL_PORT}/bench"
+                url = self.url("polling")
                 figures = await self._remote(inner, url, lambda: box.calls, box)
                 self.record("remote", "polling", figures)
                 tg.cancel_scope.cancel()
@@ -596,7 +582,7 @@ class Bench:
             try:
                 await self.polling.start(POLL_PORT)
                 self.poll_server_pid = find_pid(str(POLL_PORT))
-                target = f"http://127.0.0.1:{self.upstream_port}/bench"
+                target = self.url("direct")
                 async with contextlib.AsyncExitStack() as stack:
                     if have_socat():
                         self.references = await stack.enter_async_context(

@@ -1,0 +1,26 @@
+"""Finding a process of this machine by its command line, as ``/proc`` shows it.
+
+A sandbox's pid namespace is a child of this one, so the processes inside
+are visible here too, under their host pids.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+
+
+def find_process(program: bytes, wanted: Callable[[list[bytes]], bool]) -> int | None:
+    """The pid of a process whose program's name starts with ``program`` and
+    whose arguments are ``wanted``; None if there is none."""
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as file:
+                argv = file.read().split(b"\0")
+        except OSError:
+            continue
+        if os.path.basename(argv[0]).startswith(program) and wanted(argv):
+            return int(entry)
+    return None
