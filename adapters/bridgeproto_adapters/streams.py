@@ -65,7 +65,8 @@ def memory_stream_pair(buffer: float = math.inf) -> tuple[MemoryByteStream, Memo
 
 
 class FdStream(anyio.abc.ByteStream):
-    """A byte stream over two non-blocking file descriptors (pipes).
+    """A byte stream over two non-blocking file descriptors (pipes), or one
+    (a connected socket).
 
     With ``owned``, closing the stream closes the descriptors too (and wakes
     a task waiting on them); this process's stdin and stdout are not owned.

@@ -55,6 +55,7 @@ from .. import mailbox_call
 from ..errors import STREAM_ERRORS
 from ..mailbox_call import EXIT_NO_DAEMON, channel_dir
 from ..sandboxes import SandboxClient, SandboxError
+from ..streams import FdStream
 from . import Acceptor, NoChannel
 
 _NUMBER = struct.Struct(">Q")  # an answer's batch number, before its bytes
@@ -216,45 +217,29 @@ class _SandboxEpoch(_EpochStream):
         return armor(_NUMBER.pack(number) + data).encode("ascii")
 
 
-# The calls' socket is served with plain non-blocking sockets and anyio's
-# wait_readable/wait_writable rather than anyio's Unix socket streams: a
-# wait of those that is cancelled just as its socket turns ready fails
-# inside the event loop, and this socket's waits are cancelled whenever an
-# epoch or the bridge ends.
-
-
-async def _receive_exactly(sock: socket.socket, size: int) -> bytes:
+async def _receive_exactly(stream: anyio.abc.ByteStream, size: int) -> bytes:
     data = bytearray()
     while len(data) < size:
-        try:
-            chunk = sock.recv(min(size - len(data), 1 << 20))
-        except BlockingIOError:
-            await anyio.wait_readable(sock)
-            continue
-        if not chunk:
-            raise anyio.EndOfStream
-        data += chunk
+        data += await stream.receive(min(size - len(data), 1 << 20))
     return bytes(data)
 
 
-async def _send_all(sock: socket.socket, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        try:
-            view = view[sock.send(view) :]
-        except BlockingIOError:
-            await anyio.wait_writable(sock)
+# The calls' socket is served with a plain non-blocking socket, and each call
+# as an FdStream (anyio's wait_readable/wait_writable), rather than with
+# anyio's Unix socket streams: a wait of those that is cancelled just as its
+# socket turns ready fails inside the event loop, and this socket's waits
+# are cancelled whenever an epoch or the bridge ends.
 
 
-async def _accept(listener: socket.socket) -> socket.socket:
+async def _accept(listener: socket.socket) -> FdStream:
     while True:
         try:
             conn, _ = listener.accept()
         except BlockingIOError:
             await anyio.wait_readable(listener)
             continue
-        conn.setblocking(False)
-        return conn
+        fd = conn.detach()
+        return FdStream(fd, fd, owned=True)
 
 
 async def serve_mailbox(
@@ -280,8 +265,8 @@ async def serve_mailbox(
             return None
         return current
 
-    async def take_call(conn: socket.socket) -> None:
-        with conn:
+    async def take_call(conn: FdStream) -> None:
+        async with conn:
             try:
                 head = await _receive_exactly(conn, mailbox_call.REQUEST.size)
                 fields = mailbox_call.REQUEST.unpack(head)
@@ -302,7 +287,7 @@ async def serve_mailbox(
                 line = await epoch_stream.answer(wait_ms / 1000, max_out)
             # A call stopped meanwhile: the host sees it failed, and resumes.
             with contextlib.suppress(*STREAM_ERRORS):
-                await _send_all(conn, line)
+                await conn.send(line)
 
     path = mailbox_call.mailbox_socket(session_id)
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as listener:
