@@ -247,6 +247,13 @@ import hashlib, json, os, threading, urllib.request
 url = os.environ["BRIDGEPROTO_URL"]
 results, lock = [], threading.Lock()
 def one(i):
+    try:
+        outcome = attempt(i)
+    except Exception as exc:  # reported, so a failure says what happened
+        outcome = ("ERROR", i, repr(exc), getattr(exc, "headers", {}).get("x-bridge-error"))
+    with lock:
+        results.append(outcome)
+def attempt(i):
     if i % 4 == 0:
         data = urllib.request.urlopen(url + "/bytes?size=300000").read()
         outcome = ("GET", hashlib.sha256(data).hexdigest())
@@ -255,8 +262,7 @@ def one(i):
         answer = json.load(urllib.request.urlopen(
             urllib.request.Request(url + "/echo?id=%d" % i, data=body)))
         outcome = ("POST", answer["body_sha256"] == hashlib.sha256(body).hexdigest())
-    with lock:
-        results.append(outcome)
+    return outcome
 def worker(k):
     for i in range(k, 200, 8):
         one(i)
@@ -275,6 +281,8 @@ print(json.dumps(results))
                 # The agent runs in the real sandbox directly: its own command
                 # is not what is under test, the bridge's calls are.
                 results = json.loads(await agent(real, bridge, script, timeout=200))
+    errors = [r for r in results if r[0] == "ERROR"]
+    assert errors == [], (errors[:3], bridge.session.conn.failure, channels(bridge).stats)
     assert len(results) == 200
     gets = [r for r in results if r[0] == "GET"]
     assert {r[1] for r in gets} == {hashlib.sha256(pattern_bytes(300000)).hexdigest()}
