@@ -388,3 +388,62 @@ async def test_the_example_transport_in_the_docs_works_and_resumes() -> None:
         assert session.stats.reconnects == 1
         await session.close()
         tg.cancel_scope.cancel()
+
+
+async def test_the_sandbox_side_resumes_on_the_newest_channel_not_one_the_host_left() -> None:
+    """The host can give up on a channel before the sandbox side has taken
+    it (the mailbox does when an epoch's first calls fail at once), and open
+    another. The sandbox side must resume on the newest: one that took the
+    abandoned channel would wait there, and every exchange would stall until
+    the peer timeout."""
+    import functools
+
+    from bridgeproto_adapters.host_side import run_host_side
+    from bridgeproto_adapters.sandbox_side import run_sandbox_side
+    from bridgeproto_adapters.streams import memory_stream_pair
+    from bridgeproto_adapters.transports import Acceptor
+
+    acceptor = Acceptor()
+    abandoned: list[anyio.abc.ByteStream] = []
+
+    class AbandonsOneEachTime:
+        """Each channel after the first comes after one the host gave up on
+        at once, so two are offered before the sandbox side takes either."""
+
+        async def next_channel(self) -> anyio.abc.ByteStream:
+            if abandoned or self.opened:
+                host_end, sandbox_end = memory_stream_pair()
+                abandoned.append(host_end)
+                await acceptor.offer(sandbox_end)
+            self.opened = True
+            host_end, sandbox_end = memory_stream_pair()
+            await acceptor.offer(sandbox_end)
+            return host_end
+
+        opened = False
+
+    session_id = bytes(range(16))
+    async with running_upstream() as upstream, anyio.create_task_group() as tg:
+        address = await tg.start(
+            functools.partial(run_sandbox_side, acceptor, session_id, listen=("127.0.0.1", 0),
+                              config=QUICK)
+        )  # fmt: skip
+        session = await tg.start(
+            functools.partial(run_host_side, AbandonsOneEachTime(), session_id,
+                              Upstream("127.0.0.1", upstream.port), config=QUICK)
+        )  # fmt: skip
+        async with httpx.AsyncClient(base_url=f"http://{address[0]}:{address[1]}") as client:
+            for i in range(3):
+                assert session.stream is not None
+                await session.stream.aclose()  # the channel breaks; the host opens two
+                with anyio.fail_after(10):
+                    response = await client.post("/echo", content=b"after break %d" % i)
+                assert response.status_code == 200
+                assert response.json()["body_size"] == len(b"after break %d" % i)
+        assert session.stats.reconnects == 3
+        assert len(abandoned) == 3
+        for stream in abandoned:  # the sandbox side closed each it was not to use
+            with pytest.raises((anyio.EndOfStream, anyio.BrokenResourceError)):
+                await stream.receive()
+        await session.close()
+        tg.cancel_scope.cancel()

@@ -19,7 +19,6 @@ stdout the host holds, connected to the sandbox side's private Unix socket.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from typing import Protocol
 
@@ -60,34 +59,41 @@ class OneChannel:
 
 
 class Acceptor:
-    """The sandbox side's channels, in the order the host opened them.
+    """The sandbox side's channels: always the newest the host opened.
 
-    A newer channel replaces the one in use: the host only opens one when it
-    has given up on the last, so the old one is closed at once.
+    A newer channel replaces the one in use, and any offered one the session
+    has not taken yet: the host only opens one when it has given up on the
+    last, so the older ones are closed at once. (A session that took a
+    superseded channel would wait there for a host that has moved on.)
     """
 
     def __init__(self) -> None:
-        self._send, self._receive = anyio.create_memory_object_stream[anyio.abc.ByteStream](
-            math.inf
-        )
-        self._current: anyio.abc.ByteStream | None = None
+        self._current: anyio.abc.ByteStream | None = None  # the session's
+        self._offered: anyio.abc.ByteStream | None = None  # not taken yet
+        self._changed = anyio.Event()
+        self._closed = False
 
     async def offer(self, stream: anyio.abc.ByteStream) -> None:
         """A channel the host opened (called by whatever accepts them)."""
-        current, self._current = self._current, None
-        if current is not None:
-            await current.aclose()
-        self._send.send_nowait(stream)
+        replaced = (self._current, self._offered)
+        self._current, self._offered = None, stream
+        self._changed.set()
+        for old in replaced:
+            if old is not None:
+                await old.aclose()
 
     def close(self) -> None:
         """No more channels will come."""
-        self._send.close()
+        self._closed = True
+        self._changed.set()
 
     async def next_channel(self) -> anyio.abc.ByteStream:
-        try:
-            self._current = await self._receive.receive()
-        except (anyio.EndOfStream, anyio.ClosedResourceError):
-            raise NoChannel("no channel will come any more", final=True) from None
+        while self._offered is None:
+            if self._closed:
+                raise NoChannel("no channel will come any more", final=True)
+            self._changed = anyio.Event()
+            await self._changed.wait()
+        self._current, self._offered = self._offered, None
         return self._current
 
 
