@@ -328,6 +328,36 @@ async def test_calls_to_start_per_request_and_per_idle_wait(upload_input: bool) 
         assert provider.failed == {}
 
 
+async def test_an_epoch_opened_after_calls_failed_idles_at_one_call_per_wait() -> None:
+    """When no call of an epoch came back, the host probes the next epoch
+    with a call that does not wait. That call answers at once, and the
+    epoch's later calls still wait for output as usual (a probe that released
+    them too would spin one call after another until the next failure)."""
+    async with running_upstream() as upstream, offline() as real:
+        provider = SimulatedProvider(real, Faults())
+        sandbox = HarnessSandbox(provider, "sim-5")
+        async with open_bridge(sandbox, upstream.url, mailbox=MailboxOptions(wait=1.0)) as bridge:
+            provider.faults = Faults(fail_before=1.0)
+            with anyio.fail_after(10):
+                while provider.failed["execute_command"] < 3:  # epochs whose calls all failed
+                    await anyio.sleep(0.05)
+            epochs = channels(bridge).stats.epochs
+            provider.faults = Faults()
+            with anyio.fail_after(10):
+                while channels(bridge).stats.epochs == epochs:  # the probed epoch opens
+                    await anyio.sleep(0.05)
+            await anyio.sleep(0.5)  # its handshake settles
+            before = provider.calls["execute_command"]
+            await anyio.sleep(3.2)
+            idle = provider.calls["execute_command"] - before
+            assert 2 <= idle <= 5, idle  # one call per wait of 1 s
+            script = (
+                "import os, urllib.request\n"
+                "print(urllib.request.urlopen(os.environ['BRIDGEPROTO_URL'] + '/json').read())"
+            )
+            assert "ok" in await agent(real, bridge, script)
+
+
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")
 async def test_the_openai_sdk_in_the_sandbox_through_a_simulated_harness_client() -> None:
     script = """

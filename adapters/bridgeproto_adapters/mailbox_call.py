@@ -23,7 +23,8 @@ import sys
 EXIT_NO_DAEMON = 3  # (the channel relay's too, which takes these from here)
 EXIT_STALE = 4
 # epoch, input batch number (0: none), wait in ms, largest answer, calls that
-# may wait at once (this one too; older ones answer now), input length
+# may wait at once (this one too; older ones answer now; 0: none, the host is
+# closing the epoch), input length
 REQUEST = struct.Struct(">QQIIII")
 STALE = b"STALE\n"
 

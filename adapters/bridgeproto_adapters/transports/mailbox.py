@@ -281,9 +281,10 @@ async def serve_mailbox(
                 line = mailbox_call.STALE
             else:
                 epoch_stream.take_input(number, data)
-                epoch_stream.call_arrived(waiting)
-                if wait_ms == 0:
+                if waiting == 0:
                     epoch_stream.answer_all_now()
+                else:
+                    epoch_stream.call_arrived(waiting)
                 line = await epoch_stream.answer(wait_ms / 1000, max_out)
             # A call stopped meanwhile: the host sees it failed, and resumes.
             with contextlib.suppress(*STREAM_ERRORS):
@@ -543,7 +544,7 @@ class _HostEpoch(_EpochStream):
                 with contextlib.suppress(_CallFailed):
                     self._in_flight += 1
                     try:
-                        await self._owner.call(self.epoch, number, data, wait=0.0)
+                        await self._owner.call(self.epoch, number, data, wait=0.0, waiting=0)
                     finally:
                         self._in_flight -= 1
                 while (self._in_flight or self._uploads) and self.ended is None:
@@ -614,24 +615,29 @@ class MailboxChannels:
             raise NoChannel("the mailbox transport is not running", final=True)
         self._epoch += 1
         self.stats.epochs += 1
-        if self._current is not None:
-            self._current.end("a newer epoch replaced it")
-            if self._answered_epoch != self._current.epoch:
-                # Not one call of the last epoch came back: try one before
-                # offering another, so the session's resume deadline counts.
+        last, epoch = self._current, _HostEpoch(self, self._epoch)
+        if last is not None:
+            last.end("a newer epoch replaced it")
+            if self._answered_epoch != last.epoch:
+                # Not one call of the last epoch came back: try one of the
+                # new epoch before offering it, so the session's resume
+                # deadline counts. Its answer is the epoch's first.
                 try:
-                    await self.call(self._epoch, 0, b"", wait=0.0)
+                    number, answer = await self.call(self._epoch, 0, b"", wait=0.0)
                 except _CallFailed as exc:
                     raise NoChannel(str(exc), final=exc.final) from None
-        self._current = _HostEpoch(self, self._epoch)
-        self._task_group.start_soon(self._current.pump)
-        return self._current
+                if number:
+                    epoch.inbox.add(number, answer)
+        self._current = epoch
+        self._task_group.start_soon(epoch.pump)
+        return epoch
 
     async def call(
         self, epoch: int, number: int, data: bytes, wait: float | None = None, waiting: int = 1
     ) -> tuple[int, bytes]:
         """One control-plane call: hand over ``data``, get the sandbox's answer
-        (``waiting``: calls that may wait in the sandbox at once, this one too)."""
+        (``waiting``: calls that may wait in the sandbox at once, this one
+        too; 0: none, the host is closing the epoch)."""
         options = self.options
         wait = options.wait if wait is None else wait
         argv = [
