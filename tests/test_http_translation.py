@@ -22,6 +22,7 @@ from bridgeproto.http import (
     check_target,
     clean_headers,
     error_response,
+    upgrade_token,
     upstream_request,
 )
 
@@ -149,7 +150,6 @@ def test_agent_request_body_and_response_rendering() -> None:
     assert isinstance(request, AgentRequest) and request.interim == b""
     assert (b"content-length", b"3") in request.headers
     assert body == AgentBody(b"abc") and end == AgentEnd()
-    assert agent.respond_head(bp.ResponseHead(1, 101)) == b""  # upgrades never cross
     out = agent.respond_head(bp.ResponseHead(1, 200, b"OK", [(b"content-length", b"2")]))
     assert out.startswith(b"HTTP/1.1 200 OK\r\n") and b"via: 1.1 bridgeproto" in out.lower()
     assert agent.respond_data(b"hi") == b"hi"
@@ -322,3 +322,121 @@ def test_status_199_is_informational() -> None:
     assert agent.respond_head(bp.ResponseHead(1, 199)).startswith(b"HTTP/1.1 199 ")
     final = agent.respond_head(bp.ResponseHead(1, 200, b"OK", [(b"content-length", b"0")]))
     assert final.startswith(b"HTTP/1.1 200 OK")
+
+
+WEBSOCKET = (
+    b"GET /rollout/k1/ws HTTP/1.1\r\nHost: a\r\nConnection: keep-alive, Upgrade\r\n"
+    b"Upgrade: websocket\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+    b"Sec-WebSocket-Version: 13\r\n\r\n"
+)
+
+
+def test_an_upgrade_request_carries_its_upgrade_and_the_101_switches_the_connection() -> None:
+    agent = AgentConnection(POLICY)
+    request, end = feed(agent, WEBSOCKET + b"early frame")
+    assert isinstance(request, AgentRequest) and request.upgrade and end == AgentEnd()
+    assert request.headers[-2:] == ((b"connection", b"upgrade"), (b"upgrade", b"websocket"))
+    assert (b"sec-websocket-key", b"dGhlIHNhbXBsZSBub25jZQ==") in request.headers
+    assert b"keep-alive" not in b"".join(v for _, v in request.headers)
+    accept = [
+        (b"connection", b"Upgrade"),
+        (b"upgrade", b"websocket"),
+        (b"sec-websocket-accept", b"s3pPLMBiTxaQ9kYGzzhZRbK+xOo="),
+    ]
+    out = agent.respond_head(bp.ResponseHead(1, 101, b"Switching Protocols", accept))
+    assert out.startswith(b"HTTP/1.1 101 Switching Protocols\r\n")
+    assert b"\r\nupgrade: websocket\r\n" in out and b"\r\nconnection: upgrade\r\n" in out
+    assert b"sec-websocket-accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=" in out
+    assert agent.switched
+    assert agent.upgraded_data() == b"early frame"  # read with the request, not lost
+    assert agent.respond_data(b"\x81\x02hi") == b"\x81\x02hi"  # bytes as they are
+    assert agent.respond_end() == b""
+    assert not agent.next_cycle()  # no HTTP on this connection any more
+
+
+def test_a_101_to_a_request_that_asked_for_no_upgrade_is_refused() -> None:
+    agent = AgentConnection(HttpPolicy())
+    feed(agent, b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+    with pytest.raises(h11.LocalProtocolError):
+        agent.respond_head(bp.ResponseHead(1, 101))
+    assert not agent.switched
+
+
+def test_a_declined_upgrade_is_an_ordinary_answer_and_the_connection_goes_on() -> None:
+    agent = AgentConnection(POLICY)
+    feed(agent, WEBSOCKET)
+    out = agent.respond_head(
+        bp.ResponseHead(1, 403, b"", [(b"content-length", b"0"), (b"upgrade", b"websocket")])
+    )
+    assert out.startswith(b"HTTP/1.1 403 ") and b"upgrade" not in out.lower()
+    agent.respond_end()
+    assert not agent.switched and agent.next_cycle()
+
+
+def test_an_upgrade_with_a_body_is_refused_on_both_sides() -> None:
+    agent = AgentConnection(POLICY)
+    (refused,) = feed(agent, WEBSOCKET.replace(b"\r\n\r\n", b"\r\nContent-Length: 2\r\n\r\nhi"))
+    assert isinstance(refused, AgentRefused) and refused.refusal.code is bp.ErrorCode.BAD_REQUEST
+    assert "Upgrade" in refused.refusal.message and "without one" in refused.refusal.message
+    head = bp.RequestHead(
+        1,
+        b"GET",
+        b"/rollout/k1/ws",
+        [
+            (b"connection", b"upgrade"),
+            (b"upgrade", b"websocket"),
+            (b"transfer-encoding", b"chunked"),
+        ],
+    )
+    assert isinstance(upstream_request(head, Upstream("h", 1, POLICY)), Refusal)
+
+
+def test_the_upstream_gets_the_upgrade_under_the_same_policy_and_credentials() -> None:
+    upstream = Upstream(
+        "127.0.0.1", 8080, POLICY, added_headers=((b"authorization", b"Bearer real"),)
+    )
+    asks = [
+        (b"connection", b"upgrade"),
+        (b"upgrade", b"websocket"),
+        (b"authorization", b"Bearer fake"),
+        (b"x-forwarded-for", b"1.2.3.4"),
+    ]
+    request = upstream_request(bp.RequestHead(1, b"GET", b"/rollout/k1/ws", asks), upstream)
+    assert isinstance(request, h11.Request)
+    headers = list(request.headers.raw_items())
+    assert upgrade_token(headers) == b"websocket"
+    assert [v for n, v in headers if n == b"authorization"] == [b"Bearer real"]
+    assert not any(n == b"x-forwarded-for" for n, _ in headers)
+    outside = upstream_request(bp.RequestHead(1, b"GET", b"/rollout/k2/ws", asks), upstream)
+    assert isinstance(outside, Refusal) and outside.cause == "path-not-allowed"
+    # Without "Connection: upgrade" an Upgrade header is only hop-by-hop noise.
+    assert upgrade_token([(b"upgrade", b"websocket")]) is None
+    plain = upstream_request(
+        bp.RequestHead(1, b"GET", b"/rollout/k1/ws", [(b"upgrade", b"websocket")]), upstream
+    )
+    assert isinstance(plain, h11.Request) and upgrade_token(plain.headers.raw_items()) is None
+
+
+def test_a_101_is_a_final_head_in_the_core() -> None:
+    """After a 101 the response half is open: its body carries the new protocol."""
+    from pair import Pair
+
+    pair = Pair()
+    s, h = pair.sandbox, pair.host
+    xid = s.start_exchange(
+        b"GET", b"/ws", [(b"connection", b"upgrade"), (b"upgrade", b"websocket")], 0.0
+    )
+    pair.pump()
+    h.send_response(xid, 101, b"Switching Protocols", [], 0.0)
+    h.send_data(xid, b"from the upstream", 0.0)
+    s.send_data(xid, b"from the agent", 0.0)
+    pair.pump()
+    to_sandbox, to_host = pair.take(s), pair.take(h)
+    assert [type(e) for e in to_sandbox] == [bp.ResponseHead, bp.Data]
+    assert to_sandbox[1].data == b"from the upstream"  # type: ignore[union-attr]
+    assert [e.data for e in to_host if isinstance(e, bp.Data)] == [b"from the agent"]
+    s.send_end(xid, 0.0)  # the agent's half-close
+    h.send_end(xid, 0.0)  # the upstream's
+    pair.pump()
+    assert not s.is_open(xid) and not h.is_open(xid)
+    assert not any(isinstance(e, bp.ExchangeReset) for e in pair.take(s) + pair.take(h))

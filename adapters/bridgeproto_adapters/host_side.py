@@ -3,14 +3,19 @@
 Each request head the sandbox sends is checked again (the sandbox is not
 trusted), cleaned, given the upstream's Host and credentials, and sent over a
 pooled keep-alive connection. Bodies stream both ways as they arrive. Upstream
-failures are mapped to reset codes in ``_forward``'s one ``except`` block:
-no connection means ``UPSTREAM_UNREACHABLE`` (502), no response head in time
+failures are mapped to reset codes in one place (``_reset_for``): no
+connection means ``UPSTREAM_UNREACHABLE`` (502), no response head in time
 ``UPSTREAM_TIMEOUT`` (504), a broken response ``UPSTREAM_FAILED`` (502).
+
+When the upstream accepts an upgrade (101), its connection carries the new
+protocol's bytes as they are: the exchange's request body up, its response
+body down, and the end of either a half-close.
 """
 
 from __future__ import annotations
 
 import errno
+import math
 import select
 from collections.abc import Callable
 
@@ -20,7 +25,7 @@ import attrs
 import h11
 
 import bridgeproto as bp
-from bridgeproto.http import Refusal, Upstream, clean_headers, upstream_request
+from bridgeproto.http import Refusal, Upstream, clean_headers, upgrade_token, upstream_request
 
 from .errors import STREAM_ERRORS, ExchangeAborted, SessionEnded, UpstreamError
 from .h11io import H11Stream
@@ -152,7 +157,10 @@ class HostSide:
             await conn.send(request)
             if not _has_body(request):
                 await conn.send(h11.EndOfMessage())
-                request_sent.set()
+                # (An upgrade's request is sent when the bridge's body ends:
+                # before a 101 that is at once, after one it is a half-close.)
+                if upgrade_token(request.headers.raw_items()) is None:
+                    request_sent.set()
             async with anyio.create_task_group() as tg:
                 tg.start_soon(self._upload, exchange, conn, tg.cancel_scope, errors, request_sent)
                 try:
@@ -162,8 +170,10 @@ class HostSide:
                 else:
                     # An upstream that knows the body's length may answer
                     # before the bridge's end-of-body is through; the
-                    # connection can be reused once it is.
-                    with anyio.move_on_after(_REQUEST_TAIL_SECONDS):
+                    # connection can be reused once it is. A switched one
+                    # carries the agent's bytes until it closes its side.
+                    switched = conn.h11.our_state is h11.SWITCHED_PROTOCOL
+                    with anyio.move_on_after(math.inf if switched else _REQUEST_TAIL_SECONDS):
                         await request_sent.wait()
                     completed = True
                 # The response is complete or failed: the upload has nothing left to do.
@@ -204,11 +214,18 @@ class HostSide:
         """The request body, bridge to upstream; a reset from the sandbox cancels all."""
         try:
             async for event in exchange.events:
+                switched = conn.h11.our_state is h11.SWITCHED_PROTOCOL
                 if isinstance(event, bp.Data):
-                    await conn.send(h11.Data(data=event.data))
+                    if switched:
+                        await conn.stream.send(event.data)
+                    else:
+                        await conn.send(h11.Data(data=event.data))
                     exchange.consume(len(event.data))
-                elif isinstance(event, bp.EndOfBody) and conn.h11.our_state is h11.SEND_BODY:
-                    await conn.send(h11.EndOfMessage())
+                elif isinstance(event, bp.EndOfBody):
+                    if switched:
+                        await conn.stream.send_eof()
+                    elif conn.h11.our_state is h11.SEND_BODY:
+                        await conn.send(h11.EndOfMessage())
                     request_sent.set()
                 elif isinstance(event, bp.ExchangeReset):
                     errors.append(ExchangeAborted(event.code, event.reason))
@@ -223,9 +240,13 @@ class HostSide:
         with anyio.fail_after(self.options.response_timeout):
             event = await conn.next_event()
             while isinstance(event, h11.InformationalResponse):
-                if event.status_code != 101:
-                    exchange.send_response(_head(exchange.id, event))
+                exchange.send_response(_head(exchange.id, event))
+                if event.status_code == 101:  # h11 took it: the request asked for it
+                    break
                 event = await conn.next_event()
+        if isinstance(event, h11.InformationalResponse):
+            await self._switched(exchange, conn)
+            return
         if not isinstance(event, h11.Response):
             raise h11.RemoteProtocolError(f"expected a response head, got {event!r}")
         exchange.send_response(_head(exchange.id, event))
@@ -238,6 +259,18 @@ class HostSide:
                 return
             else:
                 raise h11.RemoteProtocolError(f"the upstream closed mid-response ({event!r})")
+
+    async def _switched(self, exchange: Exchange, conn: UpstreamConnection) -> None:
+        """The upstream's bytes after a 101, as they come, then its half-close."""
+        data = bytes(conn.h11.trailing_data[0])  # read with the 101
+        while True:
+            if data:
+                await exchange.send_data(data)
+            try:
+                data = await conn.stream.receive(conn.read_size)
+            except anyio.EndOfStream:
+                break
+        exchange.end()
 
     async def aclose(self) -> None:
         await self.pool.aclose()
@@ -255,7 +288,7 @@ def _head(exchange_id: int, response: h11.Response | h11.InformationalResponse) 
         exchange_id,
         response.status_code,
         bytes(response.reason),
-        clean_headers(response.headers.raw_items()),
+        clean_headers(response.headers.raw_items(), upgrade=response.status_code == 101),
     )
 
 

@@ -12,6 +12,11 @@ request head must arrive within ``head_timeout``, at most
 ``max_pending_connections`` connections may wait for one, and requests beyond
 the session's exchange limit queue (``max_queued``, ``queue_timeout``)
 instead of being refused.
+
+An agent's upgrade request (WebSocket, say) waits for the upstream's
+answer: after a 101, the connection's bytes cross as they are, each way,
+until both sides have closed theirs (a half-close crosses as one); any
+other answer is an ordinary response.
 """
 
 from __future__ import annotations
@@ -73,6 +78,7 @@ class _Outcome:
     abort: bool = False
     reply: bytes | None = None
     request_read: anyio.Event = attrs.field(factory=anyio.Event)
+    answered: anyio.Event = attrs.field(factory=anyio.Event)  # a final head went out
 
 
 class _Agent:
@@ -216,7 +222,7 @@ class SandboxSide:
         try:
             if event.interim:
                 await agent.stream.send(event.interim)
-            return await self._carry(agent, exchange)
+            return await self._carry(agent, exchange, event.upgrade)
         finally:
             exchange.close()
             self._active -= 1
@@ -258,12 +264,12 @@ class SandboxSide:
         finally:
             self._queued -= 1
 
-    async def _carry(self, agent: _Agent, exchange: Exchange) -> bool:
+    async def _carry(self, agent: _Agent, exchange: Exchange, upgrade: bool) -> bool:
         outcome = _Outcome()
         complete = False
         async with anyio.create_task_group() as tg:
-            tg.start_soon(self._upload, agent, exchange, tg.cancel_scope, outcome)
-            complete = await self._download(agent, exchange)
+            tg.start_soon(self._upload, agent, exchange, tg.cancel_scope, outcome, upgrade)
+            complete = await self._download(agent, exchange, outcome, upgrade)
             if complete:
                 # The upstream may answer before the agent's last request
                 # bytes were read here (it knows the length); read them, so
@@ -282,6 +288,7 @@ class SandboxSide:
         exchange: Exchange,
         scope: anyio.CancelScope,
         outcome: _Outcome,
+        upgrade: bool,
     ) -> None:
         try:
             while True:
@@ -290,6 +297,11 @@ class SandboxSide:
                     await exchange.send_data(event.data)
                 elif isinstance(event, AgentEnd):
                     outcome.request_read.set()
+                    if upgrade:  # (no body) the answer tells what the agent's next bytes are
+                        await outcome.answered.wait()
+                        if agent.http.switched:
+                            await self._switched_upload(agent, exchange)
+                        return  # declined: the answer's side ended the request
                     exchange.end()
                     break
                 elif isinstance(event, AgentRefused):
@@ -312,8 +324,23 @@ class SandboxSide:
         except ExchangeAborted:
             pass  # the answer task sees the reset and answers it
 
-    async def _download(self, agent: _Agent, exchange: Exchange) -> bool:
-        """Stream the answer to the agent; True when it completed.
+    async def _switched_upload(self, agent: _Agent, exchange: Exchange) -> None:
+        """After a 101: the agent's bytes as they come (those read ahead
+        first), then its half-close."""
+        data = agent.http.upgraded_data()
+        while True:
+            if data:
+                await exchange.send_data(data)
+            data = await agent.chunks.receive()
+            if not data:
+                break
+        exchange.end()
+
+    async def _download(
+        self, agent: _Agent, exchange: Exchange, outcome: _Outcome, upgrade: bool
+    ) -> bool:
+        """Stream the answer to the agent; True when it completed (a switched
+        connection is never reused: False).
 
         Events that are already waiting go out in one write.
         """
@@ -334,6 +361,10 @@ class SandboxSide:
                 for event in events:
                     if isinstance(event, bp.ResponseHead):
                         out.append(http.respond_head(event))
+                        if event.status >= 200 or http.switched:
+                            outcome.answered.set()
+                            if upgrade and not http.switched:
+                                exchange.end()  # declined: the request had no body
                     elif isinstance(event, bp.Data):
                         out.append(http.respond_data(event.data))
                         consumed += len(event.data)
@@ -352,11 +383,24 @@ class SandboxSide:
                 await agent.stream.send(b"".join(out))
                 if consumed:
                     exchange.consume(consumed)
+                if done and http.switched:
+                    await self._switched_end(agent, exchange)
+                    return False
                 if done is not None:
                     return done
         except (*STREAM_ERRORS, h11.LocalProtocolError):
             exchange.reset(bp.ErrorCode.CANCELLED, "the agent closed its connection")
             return False
+
+    async def _switched_end(self, agent: _Agent, exchange: Exchange) -> None:
+        """The upstream closed its side of a switched connection: so does the
+        agent's. The agent may send on until it closes its own, or until the
+        exchange is reset (its idle timeout, say)."""
+        with contextlib.suppress(*STREAM_ERRORS):
+            await agent.stream.send_eof()
+        async for event in exchange.events:  # ends once the agent's side has ended too
+            if isinstance(event, bp.ExchangeReset):
+                return
 
 
 def _bridge_down(reason: str) -> tuple[int, str, str]:

@@ -62,7 +62,7 @@ class Exchange:
         self._send, self.events = anyio.create_memory_object_stream[ExchangeEvent](math.inf)
         self._credit = anyio.Event()
         self.ended_by: bp.ExchangeReset | None = None  # the reset that ended it, if one did
-        self.head_sent = False  # a final (not 1xx) response head went out
+        self.head_sent = False  # a final response head (not 1xx, or a 101) went out
 
     @property
     def conn(self) -> bp.Connection:
@@ -101,7 +101,7 @@ class Exchange:
         self.conn.send_response(
             self.id, head.status, head.reason, head.headers, self._session.now()
         )
-        self.head_sent = self.head_sent or head.status >= 200
+        self.head_sent = self.head_sent or head.status >= 200 or head.status == 101
         self._session.core_changed()
 
     def end(self) -> None:

@@ -121,8 +121,8 @@ def _half_input(record: Record) -> HalfInput:
         return HalfInput.DATA
     if isinstance(record, EndOfBody):
         return HalfInput.END
-    if isinstance(record, ResponseHead) and record.status < 200:
-        return HalfInput.INFORMATIONAL_HEAD
+    if isinstance(record, ResponseHead) and record.status < 200 and record.status != 101:
+        return HalfInput.INFORMATIONAL_HEAD  # 101 is final: the bodies carry the new protocol
     return HalfInput.HEAD
 
 

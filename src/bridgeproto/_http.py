@@ -12,7 +12,15 @@ Host and credentials, and builds the h11 request for the upstream.
 Header hygiene is the same both ways: hop-by-hop headers never cross, except
 that the body framing (Content-Length, or Transfer-Encoding: chunked when the
 length is unknown) is carried as it is, so the far side frames the body the
-same way.
+same way, and that a request's ``Upgrade`` (with ``Connection: upgrade``)
+crosses, as does the 101 that accepts it.
+
+**Upgrades.** An agent's request to switch protocols (WebSocket, or any
+token) crosses like any other request, under the same allowlist and header
+policy; it may not have a body. The upstream decides: a 101 switches the
+agent's connection, and from then on the exchange's two bodies carry the new
+protocol's bytes each way (the end of a body is a half-close); any other
+answer is passed on as usual.
 """
 
 from __future__ import annotations
@@ -171,19 +179,18 @@ def _path_problem(target: bytes, path: bytes) -> str | None:
     return None
 
 
-def clean_headers(headers: Iterable[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+def clean_headers(
+    headers: Iterable[tuple[bytes, bytes]], *, upgrade: bool = False
+) -> list[tuple[bytes, bytes]]:
     """Drop hop-by-hop headers (and those ``Connection`` names); keep framing.
 
     Names come out lower-case. Content-Length is kept; a chunked
     Transfer-Encoding becomes the marker ``transfer-encoding: chunked``.
+    With ``upgrade``, a protocol switch the headers ask for (or accept) is
+    kept, as ``connection: upgrade`` and the ``upgrade`` header.
     """
     items = [(name.lower(), value) for name, value in headers]
-    named = {
-        token.strip().lower()
-        for name, value in items
-        if name == b"connection"
-        for token in value.split(b",")
-    } - _FRAMING
+    named = _connection_tokens(items) - _FRAMING
     out: list[tuple[bytes, bytes]] = []
     chunked = False
     for name, value in items:
@@ -194,7 +201,41 @@ def clean_headers(headers: Iterable[tuple[bytes, bytes]]) -> list[tuple[bytes, b
     if chunked:
         out = [(n, v) for n, v in out if n != b"content-length"]
         out.append((b"transfer-encoding", b"chunked"))
+    token = upgrade_token(items) if upgrade else None
+    if token is not None:
+        out += [(b"connection", b"upgrade"), (b"upgrade", token)]
     return out
+
+
+def _connection_tokens(items: Iterable[tuple[bytes, bytes]]) -> set[bytes]:
+    return {
+        token.strip().lower()
+        for name, value in items
+        if name.lower() == b"connection"
+        for token in value.split(b",")
+    }
+
+
+def upgrade_token(headers: Iterable[tuple[bytes, bytes]]) -> bytes | None:
+    """The protocol a request asks to switch to (or a 101 switches to), or None."""
+    items = list(headers)
+    if b"upgrade" not in _connection_tokens(items):
+        return None
+    for name, value in items:
+        if name.lower() == b"upgrade" and value.strip():
+            return value.strip()
+    return None
+
+
+def _upgrade_with_body(headers: Iterable[tuple[bytes, bytes]]) -> Refusal | None:
+    for name, value in headers:
+        if name == b"transfer-encoding" or (name == b"content-length" and value.strip() != b"0"):
+            return Refusal(
+                ErrorCode.BAD_REQUEST,
+                "a request to switch protocols (Upgrade) cannot have a body across the bridge;"
+                " send the Upgrade request without one",
+            )
+    return None
 
 
 def error_response(
@@ -227,6 +268,7 @@ class AgentRequest:
     target: bytes
     headers: Headers
     interim: bytes  # a 100 Continue to write when the agent waits for one
+    upgrade: bool = False  # it asks to switch protocols (it then has no body)
 
 
 @attrs.frozen
@@ -266,6 +308,10 @@ class AgentConnection:
     returns None (more bytes needed, or the current request is complete and
     its response not yet sent). Render the answer with the ``respond_*``
     methods, then ``next_cycle`` for keep-alive.
+
+    Once a 101 has gone out (``switched``), the connection carries the new
+    protocol: ``respond_data`` passes bytes through as they are, and
+    ``upgraded_data`` gives what the agent sent after its request.
     """
 
     def __init__(self, policy: HttpPolicy) -> None:
@@ -274,6 +320,7 @@ class AgentConnection:
         self._body_bytes = 0
         self._method = b""
         self.response_started = False
+        self.switched = False
 
     def receive_data(self, data: bytes) -> None:
         """Bytes from the agent; ``b""`` when it closed its side."""
@@ -339,6 +386,9 @@ class AgentConnection:
                 "the request has both Content-Length and Transfer-Encoding (a way to smuggle"
                 " requests); send one of them",
             )
+        upgrade = upgrade_token(request.headers.raw_items()) is not None
+        if refusal is None and upgrade:
+            refusal = _upgrade_with_body(request.headers)
         # h11 bounds only heads that arrive in pieces; a whole one is checked here.
         size = (
             len(request.method)
@@ -359,8 +409,8 @@ class AgentConnection:
         interim = b""
         if self._h11.they_are_waiting_for_100_continue:
             interim = self._h11.send(h11.InformationalResponse(status_code=100, headers=[]))
-        headers = tuple(clean_headers(request.headers.raw_items()))
-        return AgentRequest(request.method, request.target, headers, interim)
+        headers = tuple(clean_headers(request.headers.raw_items(), upgrade=True))
+        return AgentRequest(request.method, request.target, headers, interim, upgrade)
 
     def _refuse(self, refusal: Refusal) -> AgentRefused:
         return AgentRefused(
@@ -368,23 +418,37 @@ class AgentConnection:
         )
 
     def respond_head(self, head: ResponseHead) -> bytes:
-        headers = [*clean_headers(head.headers), VIA]
+        """The head's bytes for the agent. A 101 to a request that asked for
+        no upgrade raises ``h11.LocalProtocolError``."""
+        headers = [*clean_headers(head.headers, upgrade=head.status == 101), VIA]
         if head.status < 200:
-            if head.status == 101:
-                return b""  # protocol switches cannot cross the bridge
-            return self._h11.send(
-                h11.InformationalResponse(status_code=head.status, headers=headers)
+            out = self._h11.send(
+                h11.InformationalResponse(
+                    status_code=head.status, headers=headers, reason=head.reason
+                )
             )
+            self.switched = head.status == 101
+            self.response_started = self.switched
+            return out
         self.response_started = True
         return self._h11.send(
             h11.Response(status_code=head.status, headers=headers, reason=head.reason)
         )
 
     def respond_data(self, data: bytes) -> bytes:
+        if self.switched:
+            return data
         return self._h11.send(h11.Data(data=data)) or b""
 
     def respond_end(self) -> bytes:
+        """The end of the body; after a switch, nothing (the caller half-closes)."""
+        if self.switched:
+            return b""
         return self._h11.send(h11.EndOfMessage()) or b""
+
+    def upgraded_data(self) -> bytes:
+        """What the agent sent after its upgrade request, read ahead (take it once)."""
+        return bytes(self._h11.trailing_data[0])
 
     def reply_error(self, status: int, cause: str, message: str) -> bytes:
         """A complete error response; the connection closes after it."""
@@ -470,10 +534,14 @@ def upstream_request(head: RequestHead, upstream: Upstream) -> h11.Request | Ref
     refusal = check_target(head.method, head.target, upstream.policy)
     if refusal is not None:
         return refusal
+    if upgrade_token(head.headers) is not None:
+        refusal = _upgrade_with_body(head.headers)
+        if refusal is not None:
+            return refusal
     replaced = {name.lower() for name, _ in upstream.added_headers}
     headers = [
         (n, v)
-        for n, v in clean_headers(head.headers)
+        for n, v in clean_headers(head.headers, upgrade=True)
         if n not in replaced and (upstream.pass_routing_headers or not _is_routing(n))
     ]
     headers = [(b"host", upstream.host_header), *headers, *upstream.added_headers, VIA]

@@ -21,6 +21,7 @@ from ._http import (
     check_target,
     clean_headers,
     error_response,
+    upgrade_token,
     upstream_request,
 )
 
@@ -39,5 +40,6 @@ __all__ = [
     "check_target",
     "clean_headers",
     "error_response",
+    "upgrade_token",
     "upstream_request",
 ]

@@ -1,0 +1,283 @@
+"""WebSocket (an HTTP/1.1 Upgrade) through the bridge: real clients in a
+real offline sandbox (the ``websockets`` library and aiohttp), a real
+WebSocket server upstream (aiohttp's), over both transports."""
+
+from __future__ import annotations
+
+import json
+import site
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import aiohttp
+import anyio
+import attrs
+import pytest
+from aiohttp import web
+
+from bridgeproto_adapters.launch import open_bridge
+from bridgeproto_adapters.sandboxes import BwrapSandbox
+from sandbox_kinds import need_bwrap
+
+pytestmark = pytest.mark.anyio
+SITE_PACKAGES = site.getsitepackages()[0]
+PREFIX = "/rollout/k1"
+SECRET = "Bearer the-hosts-own"
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@attrs.define
+class Seen:
+    """What the WebSocket upstream saw."""
+
+    heads: list[dict[str, str]] = attrs.field(factory=list)  # each upgrade request's headers
+    hung_up: anyio.Event = attrs.field(factory=anyio.Event)  # a watched client went away
+    plain: int = 0
+
+
+@asynccontextmanager
+async def websocket_upstream() -> AsyncIterator[tuple[str, Seen]]:
+    seen = Seen()
+
+    async def accept(request: web.Request) -> web.WebSocketResponse:
+        seen.heads.append(dict(request.headers))
+        ws = web.WebSocketResponse(max_msg_size=0)  # no limit: a 16 MiB message comes
+        await ws.prepare(request)
+        return ws
+
+    async def echo(request: web.Request) -> web.WebSocketResponse:
+        ws = await accept(request)
+        async for message in ws:
+            if message.type == aiohttp.WSMsgType.TEXT:
+                await ws.send_str(message.data)
+            elif message.type == aiohttp.WSMsgType.BINARY:
+                await ws.send_bytes(message.data)
+        return ws
+
+    async def server_closes(request: web.Request) -> web.WebSocketResponse:
+        ws = await accept(request)
+        await ws.send_str("goodbye")
+        await ws.close(code=4000, message=b"the server is done")
+        return ws
+
+    async def watch(request: web.Request) -> web.WebSocketResponse:
+        ws = await accept(request)
+        await ws.send_str("watching")
+        async for _ in ws:
+            pass
+        seen.hung_up.set()
+        return ws
+
+    async def declined(request: web.Request) -> web.Response:
+        seen.heads.append(dict(request.headers))
+        return web.Response(status=403, text="no WebSockets here")
+
+    async def plain(request: web.Request) -> web.Response:
+        seen.plain += 1
+        return web.json_response({"ok": True, "body": (await request.read()).decode()})
+
+    app = web.Application(client_max_size=1 << 30)
+    app.router.add_get(f"{PREFIX}/ws/echo", echo)
+    app.router.add_get(f"{PREFIX}/ws/closes", server_closes)
+    app.router.add_get(f"{PREFIX}/ws/watch", watch)
+    app.router.add_get(f"{PREFIX}/ws/declined", declined)
+    app.router.add_get("/elsewhere/ws", echo)
+    app.router.add_post(f"{PREFIX}/plain", plain)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site_ = web.TCPSite(runner, "127.0.0.1", 0)
+    await site_.start()
+    port = site_._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    try:
+        yield f"http://127.0.0.1:{port}{PREFIX}", seen
+    finally:
+        await runner.cleanup()
+
+
+@asynccontextmanager
+async def bridged(transport: str) -> AsyncIterator[tuple[BwrapSandbox, dict[str, str], Seen]]:
+    """A bridge into an offline sandbox that can import the clients, and
+    the environment an agent there runs with."""
+    need_bwrap()
+    sandbox = await BwrapSandbox.create(ro=(SITE_PACKAGES,))
+    try:
+        async with (
+            websocket_upstream() as (url, seen),
+            open_bridge(
+                sandbox, url, headers=[(b"authorization", SECRET.encode())], transport=transport
+            ) as bridge,
+        ):
+            env = {**bridge.env, "PYTHONPATH": SITE_PACKAGES}
+            yield sandbox, env, seen
+    finally:
+        await sandbox.aclose()
+
+
+async def run_agent(sandbox: BwrapSandbox, env: dict[str, str], script: str) -> dict[str, object]:
+    result = await sandbox.run(["python3", "-c", script], env=env, timeout=180)
+    assert result.exit_code == 0, result.stderr.decode()[-3000:]
+    answer: dict[str, object] = json.loads(result.stdout.decode().splitlines()[-1])
+    return answer
+
+
+WEBSOCKETS_AGENT = """
+import asyncio, hashlib, json, os
+from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed, InvalidStatus
+
+base = os.environ["BRIDGEPROTO_URL"].replace("http://", "ws://")
+
+async def main():
+    out = {}
+    headers = {"Authorization": "Bearer the-agents-fake"}
+    async with connect(base + "/ws/echo", max_size=None, additional_headers=headers) as ws:
+        await ws.send("hello")
+        out["text"] = await ws.recv()
+        await ws.send(b"\\x00\\x01binary\\xff")
+        out["binary"] = (await ws.recv()).hex()
+        big = os.urandom(16 << 20)
+        await ws.send(big)
+        back = await ws.recv()
+        out["big"] = hashlib.sha256(back).hexdigest() == hashlib.sha256(big).hexdigest()
+        pong = await ws.ping(b"are you there")
+        out["pong_ms"] = await asyncio.wait_for(pong, 10) * 1000
+    async with connect(base + "/ws/closes") as ws:
+        out["last"] = await ws.recv()
+        try:
+            await ws.recv()
+        except ConnectionClosed as closed:
+            out["close"] = [closed.rcvd.code, closed.rcvd.reason]
+    try:
+        async with connect(base + "/ws/declined"):
+            pass
+    except InvalidStatus as refused:
+        out["declined"] = [refused.response.status_code, refused.response.body.decode()]
+    print(json.dumps(out))
+
+asyncio.run(main())
+"""
+
+
+@pytest.mark.parametrize("transport", ["stream", "mailbox"])
+async def test_the_websockets_client_through_the_bridge(transport: str) -> None:
+    """Text and binary messages, a 16 MiB message each way, ping and pong, a
+    close the server starts, a declined upgrade; the upstream sees the
+    host's credential, never the agent's."""
+    async with bridged(transport) as (sandbox, env, seen):
+        out = await run_agent(sandbox, env, WEBSOCKETS_AGENT)
+    assert out["text"] == "hello"
+    assert out["binary"] == b"\x00\x01binary\xff".hex()
+    assert out["big"] is True
+    assert isinstance(out["pong_ms"], float)
+    assert out["last"] == "goodbye"
+    assert out["close"] == [4000, "the server is done"]
+    assert out["declined"] == [403, "no WebSockets here"]
+    assert [head["Authorization"] for head in seen.heads] == [SECRET] * 3
+    assert all(head["Upgrade"] == "websocket" for head in seen.heads[:2])
+
+
+AIOHTTP_AGENT = """
+import asyncio, hashlib, json, os
+import aiohttp
+
+base = os.environ["BRIDGEPROTO_URL"]
+
+async def main():
+    out = {}
+    async with aiohttp.ClientSession() as session:
+        async with session.ws_connect(base + "/ws/echo", max_msg_size=0) as ws:
+            await ws.send_str("hi from aiohttp")
+            out["text"] = (await ws.receive()).data
+            big = os.urandom(16 << 20)
+            await ws.send_bytes(big)
+            back = (await ws.receive()).data
+            out["big"] = hashlib.sha256(back).digest() == hashlib.sha256(big).digest()
+        async with session.ws_connect(base + "/ws/closes") as ws:
+            out["last"] = (await ws.receive()).data
+            closing = await ws.receive()
+            out["close"] = [closing.type.name, ws.close_code]
+        try:
+            await session.ws_connect("http://127.0.0.1:13131/elsewhere/ws")
+        except aiohttp.WSServerHandshakeError as refused:
+            out["outside"] = [refused.status, refused.headers.get("x-bridge-error")]
+    print(json.dumps(out))
+
+asyncio.run(main())
+"""
+
+
+async def test_the_aiohttp_client_through_the_bridge() -> None:
+    """aiohttp's WebSocket client: messages, 16 MiB, the server's close; an
+    upgrade to a path outside the allowlist is refused in the sandbox."""
+    async with bridged("stream") as (sandbox, env, seen):
+        out = await run_agent(sandbox, env, AIOHTTP_AGENT)
+    assert out["text"] == "hi from aiohttp"
+    assert out["big"] is True
+    assert out["last"] == "goodbye"
+    assert out["close"] == ["CLOSE", 4000]
+    assert out["outside"] == [403, "path-not-allowed"]
+    assert len(seen.heads) == 2  # the refused one never reached the upstream
+
+
+MANY_AGENT = """
+import asyncio, json, os, urllib.request
+from websockets.asyncio.client import connect
+
+base = os.environ["BRIDGEPROTO_URL"]
+
+async def one_socket(i):
+    async with connect(base.replace("http://", "ws://") + "/ws/echo") as ws:
+        got = []
+        for k in range(5):
+            await ws.send(f"socket {i} message {k}")
+            got.append(await ws.recv())
+        return got == [f"socket {i} message {k}" for k in range(5)]
+
+def one_plain(i):
+    request = urllib.request.Request(base + "/plain", data=f"plain {i}".encode())
+    return json.load(urllib.request.urlopen(request))["body"] == f"plain {i}"
+
+async def main():
+    sockets = [one_socket(i) for i in range(100)]
+    plain = [asyncio.to_thread(one_plain, i) for i in range(50)]
+    results = await asyncio.gather(*sockets, *plain)
+    print(json.dumps({"sockets": sum(results[:100]), "plain": sum(results[100:])}))
+
+asyncio.run(main())
+"""
+
+
+async def test_a_hundred_websockets_at_once_beside_plain_requests() -> None:
+    async with bridged("stream") as (sandbox, env, seen):
+        out = await run_agent(sandbox, env, MANY_AGENT)
+    assert out == {"sockets": 100, "plain": 50}
+    assert seen.plain == 50 and len(seen.heads) == 100
+
+
+HANG_UP_AGENT = """
+import os, socket, base64
+sock = socket.create_connection(("127.0.0.1", 13131))
+key = base64.b64encode(os.urandom(16)).decode()
+sock.sendall(
+    f"GET {os.environ['BRIDGEPROTO_URL'][len('http://127.0.0.1:13131'):]}/ws/watch HTTP/1.1\\r\\n"
+    f"Host: x\\r\\nConnection: Upgrade\\r\\nUpgrade: websocket\\r\\n"
+    f"Sec-WebSocket-Key: {key}\\r\\nSec-WebSocket-Version: 13\\r\\n\\r\\n".encode()
+)
+answer = b""
+while b"watching" not in answer:
+    answer += sock.recv(65536)
+print(answer.split(b"\\r\\n", 1)[0].decode(), flush=True)
+os._exit(0)  # gone without a close frame: the connection just drops
+"""
+
+
+async def test_a_client_that_hangs_up_is_seen_by_the_upstream() -> None:
+    async with bridged("stream") as (sandbox, env, seen):
+        result = await sandbox.run(["python3", "-c", HANG_UP_AGENT], env=env, timeout=60)
+        assert result.stdout.decode().strip() == "HTTP/1.1 101 Switching Protocols"
+        with anyio.fail_after(10):
+            await seen.hung_up.wait()
