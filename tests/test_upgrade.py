@@ -15,7 +15,8 @@ import attrs
 import pytest
 from aiohttp import web
 
-from bridgeproto_adapters.launch import open_bridge
+import bridgeproto as bp
+from bridgeproto_adapters.launch import Bridge, open_bridge
 from bridgeproto_adapters.sandboxes import BwrapSandbox
 from sandbox_kinds import need_bwrap
 
@@ -98,27 +99,37 @@ async def websocket_upstream() -> AsyncIterator[tuple[str, Seen]]:
         await runner.cleanup()
 
 
+@attrs.frozen
+class Bridged:
+    sandbox: BwrapSandbox
+    env: dict[str, str]  # what an agent runs with
+    seen: Seen
+    bridge: Bridge
+
+
 @asynccontextmanager
-async def bridged(transport: str) -> AsyncIterator[tuple[BwrapSandbox, dict[str, str], Seen]]:
-    """A bridge into an offline sandbox that can import the clients, and
-    the environment an agent there runs with."""
+async def bridged(
+    transport: str = "stream", config: bp.Config | None = None
+) -> AsyncIterator[Bridged]:
+    """A bridge into an offline sandbox whose Python can import the clients."""
     need_bwrap()
     sandbox = await BwrapSandbox.create(ro=(SITE_PACKAGES,))
     try:
         async with (
             websocket_upstream() as (url, seen),
             open_bridge(
-                sandbox, url, headers=[(b"authorization", SECRET.encode())], transport=transport
+                sandbox, url, headers=[(b"authorization", SECRET.encode())],
+                transport=transport, config=config,
             ) as bridge,
-        ):
-            env = {**bridge.env, "PYTHONPATH": SITE_PACKAGES}
-            yield sandbox, env, seen
+        ):  # fmt: skip
+            yield Bridged(sandbox, {**bridge.env, "PYTHONPATH": SITE_PACKAGES}, seen, bridge)
     finally:
         await sandbox.aclose()
 
 
-async def run_agent(sandbox: BwrapSandbox, env: dict[str, str], script: str) -> dict[str, object]:
-    result = await sandbox.run(["python3", "-c", script], env=env, timeout=180)
+async def run_agent(bridged: Bridged, script: str) -> dict[str, object]:
+    """Run ``script`` in the sandbox; the JSON its last line holds."""
+    result = await bridged.sandbox.run(["python3", "-c", script], env=bridged.env, timeout=180)
     assert result.exit_code == 0, result.stderr.decode()[-3000:]
     answer: dict[str, object] = json.loads(result.stdout.decode().splitlines()[-1])
     return answer
@@ -167,8 +178,8 @@ async def test_the_websockets_client_through_the_bridge(transport: str) -> None:
     """Text and binary messages, a 16 MiB message each way, ping and pong, a
     close the server starts, a declined upgrade; the upstream sees the
     host's credential, never the agent's."""
-    async with bridged(transport) as (sandbox, env, seen):
-        out = await run_agent(sandbox, env, WEBSOCKETS_AGENT)
+    async with bridged(transport) as b:
+        out = await run_agent(b, WEBSOCKETS_AGENT)
     assert out["text"] == "hello"
     assert out["binary"] == b"\x00\x01binary\xff".hex()
     assert out["big"] is True
@@ -176,8 +187,8 @@ async def test_the_websockets_client_through_the_bridge(transport: str) -> None:
     assert out["last"] == "goodbye"
     assert out["close"] == [4000, "the server is done"]
     assert out["declined"] == [403, "no WebSockets here"]
-    assert [head["Authorization"] for head in seen.heads] == [SECRET] * 3
-    assert all(head["Upgrade"] == "websocket" for head in seen.heads[:2])
+    assert [head["Authorization"] for head in b.seen.heads] == [SECRET] * 3
+    assert all(head["Upgrade"] == "websocket" for head in b.seen.heads[:2])
 
 
 AIOHTTP_AGENT = """
@@ -213,14 +224,14 @@ asyncio.run(main())
 async def test_the_aiohttp_client_through_the_bridge() -> None:
     """aiohttp's WebSocket client: messages, 16 MiB, the server's close; an
     upgrade to a path outside the allowlist is refused in the sandbox."""
-    async with bridged("stream") as (sandbox, env, seen):
-        out = await run_agent(sandbox, env, AIOHTTP_AGENT)
+    async with bridged() as b:
+        out = await run_agent(b, AIOHTTP_AGENT)
     assert out["text"] == "hi from aiohttp"
     assert out["big"] is True
     assert out["last"] == "goodbye"
     assert out["close"] == ["CLOSE", 4000]
     assert out["outside"] == [403, "path-not-allowed"]
-    assert len(seen.heads) == 2  # the refused one never reached the upstream
+    assert len(b.seen.heads) == 2  # the refused one never reached the upstream
 
 
 MANY_AGENT = """
@@ -252,32 +263,136 @@ asyncio.run(main())
 
 
 async def test_a_hundred_websockets_at_once_beside_plain_requests() -> None:
-    async with bridged("stream") as (sandbox, env, seen):
-        out = await run_agent(sandbox, env, MANY_AGENT)
+    async with bridged() as b:
+        out = await run_agent(b, MANY_AGENT)
     assert out == {"sockets": 100, "plain": 50}
-    assert seen.plain == 50 and len(seen.heads) == 100
+    assert b.seen.plain == 50 and len(b.seen.heads) == 100
 
 
-HANG_UP_AGENT = """
-import os, socket, base64
+def raw_upgrade(path: str, then: str = "") -> str:
+    """Agent code: a WebSocket handshake by hand on ``sock`` (``then`` is sent
+    in the same write, before any answer)."""
+    return f"""
+import base64, os, socket
 sock = socket.create_connection(("127.0.0.1", 13131))
+prefix = os.environ["BRIDGEPROTO_URL"][len("http://127.0.0.1:13131"):]
 key = base64.b64encode(os.urandom(16)).decode()
 sock.sendall(
-    f"GET {os.environ['BRIDGEPROTO_URL'][len('http://127.0.0.1:13131'):]}/ws/watch HTTP/1.1\\r\\n"
-    f"Host: x\\r\\nConnection: Upgrade\\r\\nUpgrade: websocket\\r\\n"
-    f"Sec-WebSocket-Key: {key}\\r\\nSec-WebSocket-Version: 13\\r\\n\\r\\n".encode()
+    f"GET {{prefix}}{path} HTTP/1.1\\r\\nHost: x\\r\\nConnection: Upgrade\\r\\n"
+    f"Upgrade: websocket\\r\\nSec-WebSocket-Key: {{key}}\\r\\n"
+    f"Sec-WebSocket-Version: 13\\r\\n\\r\\n".encode() + {then}
 )
 answer = b""
+"""
+
+
+HANG_UP_AGENT = (
+    raw_upgrade("/ws/watch", 'b""')
+    + """
 while b"watching" not in answer:
     answer += sock.recv(65536)
 print(answer.split(b"\\r\\n", 1)[0].decode(), flush=True)
 os._exit(0)  # gone without a close frame: the connection just drops
 """
+)
 
 
 async def test_a_client_that_hangs_up_is_seen_by_the_upstream() -> None:
-    async with bridged("stream") as (sandbox, env, seen):
-        result = await sandbox.run(["python3", "-c", HANG_UP_AGENT], env=env, timeout=60)
+    async with bridged() as b:
+        result = await b.sandbox.run(["python3", "-c", HANG_UP_AGENT], env=b.env, timeout=60)
         assert result.stdout.decode().strip() == "HTTP/1.1 101 Switching Protocols"
         with anyio.fail_after(10):
-            await seen.hung_up.wait()
+            await b.seen.hung_up.wait()
+
+
+# A masked text frame "early", written with the handshake, before the 101.
+EARLY_AGENT = (
+    raw_upgrade(
+        "/ws/echo",
+        "bytes([0x81, 0x85, 1, 2, 3, 4])"
+        ' + bytes(c ^ (1, 2, 3, 4)[i % 4] for i, c in enumerate(b"early"))',
+    )
+    + """
+while not answer.endswith(b"\\x81\\x05early"):
+    chunk = sock.recv(65536)
+    if not chunk:
+        break
+    answer += chunk
+print(answer.endswith(b"\\x81\\x05early"), flush=True)
+"""
+)
+
+
+async def test_bytes_an_agent_sends_before_the_101_are_not_lost() -> None:
+    """A client may write its first frame with the handshake: the sandbox
+    side reads it with the request, and it must reach the upstream once the
+    switch is made (the echo comes back)."""
+    async with bridged() as b:
+        result = await b.sandbox.run(["python3", "-c", EARLY_AGENT], env=b.env, timeout=60)
+    assert result.stdout.decode().strip() == "True", result.stderr.decode()
+
+
+IDLE_AGENT = """
+import asyncio, json, os, time
+from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed
+
+async def main():
+    url = os.environ["BRIDGEPROTO_URL"].replace("http://", "ws://") + "/ws/watch"
+    async with connect(url) as ws:
+        await ws.recv()
+        start = time.monotonic()
+        try:
+            await ws.recv()
+        except ConnectionClosed:
+            print(json.dumps({"closed_after": time.monotonic() - start}))
+
+asyncio.run(main())
+"""
+
+
+async def test_an_idle_upgraded_connection_ends_at_the_idle_timeout() -> None:
+    async with bridged(config=bp.Config(idle_timeout=1.0)) as b:
+        out = await run_agent(b, IDLE_AGENT)
+        with anyio.fail_after(10):
+            await b.seen.hung_up.wait()  # the upstream's side was closed too
+    assert 0.9 <= out["closed_after"] < 10  # type: ignore[operator]
+
+
+RESUMED_AGENT = """
+import asyncio, json, os
+from websockets.asyncio.client import connect
+
+async def main():
+    url = os.environ["BRIDGEPROTO_URL"].replace("http://", "ws://") + "/ws/echo"
+    sent = [f"message {i} ".encode() * 1000 for i in range(300)]
+    got = []
+    async with connect(url) as ws:
+        for message in sent:
+            await ws.send(message)
+            got.append(await ws.recv())
+            await asyncio.sleep(0.005)
+    print(json.dumps({"in_order_and_whole": got == sent, "count": len(got)}))
+
+asyncio.run(main())
+"""
+
+
+async def test_a_websocket_outlives_channels_that_break_under_it() -> None:
+    """The channel is cut three times while messages cross; the session
+    resumes each time and the WebSocket sees nothing of it."""
+    result: list[dict[str, object]] = []
+    async with bridged() as b:
+
+        async def agent() -> None:
+            result.append(await run_agent(b, RESUMED_AGENT))
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(agent)
+            for _ in range(3):
+                await anyio.sleep(0.4)
+                assert b.bridge.session.stream is not None
+                await b.bridge.session.stream.aclose()
+        reconnects = b.bridge.session.stats.reconnects
+    assert result == [{"in_order_and_whole": True, "count": 300}]
+    assert reconnects >= 3
