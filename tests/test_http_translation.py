@@ -409,8 +409,10 @@ def test_the_upstream_gets_the_upgrade_under_the_same_policy_and_credentials() -
     assert not any(n == b"x-forwarded-for" for n, _ in headers)
     outside = upstream_request(bp.RequestHead(1, b"GET", b"/rollout/k2/ws", asks), upstream)
     assert isinstance(outside, Refusal) and outside.cause == "path-not-allowed"
-    # Without "Connection: upgrade" an Upgrade header is only hop-by-hop noise.
+    # Without "Connection: upgrade" an Upgrade header is only hop-by-hop noise,
+    # and "Connection: upgrade" alone names no protocol.
     assert upgrade_token([(b"upgrade", b"websocket")]) is None
+    assert upgrade_token([(b"connection", b"upgrade")]) is None
     plain = upstream_request(
         bp.RequestHead(1, b"GET", b"/rollout/k1/ws", [(b"upgrade", b"websocket")]), upstream
     )

@@ -306,12 +306,12 @@ async def test_a_client_that_hangs_up_is_seen_by_the_upstream() -> None:
 
 
 # A masked text frame "early", written with the handshake, before the 101.
+EARLY_FRAME = (
+    "bytes([0x81, 0x85, 1, 2, 3, 4])"
+    ' + bytes(c ^ (1, 2, 3, 4)[i % 4] for i, c in enumerate(b"early"))'
+)
 EARLY_AGENT = (
-    raw_upgrade(
-        "/ws/echo",
-        "bytes([0x81, 0x85, 1, 2, 3, 4])"
-        ' + bytes(c ^ (1, 2, 3, 4)[i % 4] for i, c in enumerate(b"early"))',
-    )
+    raw_upgrade("/ws/echo", EARLY_FRAME)
     + """
 while not answer.endswith(b"\\x81\\x05early"):
     chunk = sock.recv(65536)
@@ -329,6 +329,29 @@ async def test_bytes_an_agent_sends_before_the_101_are_not_lost() -> None:
     switch is made (the echo comes back)."""
     async with bridged() as b:
         result = await b.sandbox.run(["python3", "-c", EARLY_AGENT], env=b.env, timeout=60)
+    assert result.stdout.decode().strip() == "True", result.stderr.decode()
+
+
+HALF_CLOSE_AGENT = (
+    raw_upgrade("/ws/echo", EARLY_FRAME)
+    + """
+sock.shutdown(socket.SHUT_WR)  # nothing more from the agent; it still reads
+while True:
+    chunk = sock.recv(65536)
+    if not chunk:
+        break
+    answer += chunk
+print(b"\\x81\\x05early" in answer, flush=True)
+"""
+)
+
+
+async def test_an_agent_that_closes_its_sending_side_still_gets_the_answer() -> None:
+    """A half-close crosses as one: the upstream sees the agent's end, and the
+    bytes it still sends (the echo) reach the agent before the end of its
+    own side."""
+    async with bridged() as b:
+        result = await b.sandbox.run(["python3", "-c", HALF_CLOSE_AGENT], env=b.env, timeout=60)
     assert result.stdout.decode().strip() == "True", result.stderr.decode()
 
 
