@@ -89,13 +89,20 @@ async def aiohttp_server(
     app = web.Application(middlewares=[record], client_max_size=1 << 30)
     app.router.add_post(f"{PREFIX}/ack", ack)
     routes(app, seen)
+    async with serving(app) as url:
+        yield url, seen
+
+
+@asynccontextmanager
+async def serving(app: web.Application) -> AsyncIterator[str]:
+    """``app`` on a free loopback port; its URL down to ``PREFIX``."""
     runner = web.AppRunner(app)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
     port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
     try:
-        yield f"http://127.0.0.1:{port}{PREFIX}", seen
+        yield f"http://127.0.0.1:{port}{PREFIX}"
     finally:
         await runner.cleanup()
 

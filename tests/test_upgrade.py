@@ -19,10 +19,10 @@ import bridgeproto as bp
 from bridgeproto_adapters.launch import Bridge, open_bridge
 from bridgeproto_adapters.sandboxes import BwrapSandbox
 from sandbox_kinds import need_bwrap
+from servers_of_kind import PREFIX, serving
 
 pytestmark = pytest.mark.anyio
 SITE_PACKAGES = site.getsitepackages()[0]
-PREFIX = "/rollout/k1"
 SECRET = "Bearer the-hosts-own"
 
 
@@ -88,15 +88,8 @@ async def websocket_upstream() -> AsyncIterator[tuple[str, Seen]]:
     app.router.add_get(f"{PREFIX}/ws/declined", declined)
     app.router.add_get("/elsewhere/ws", echo)
     app.router.add_post(f"{PREFIX}/plain", plain)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site_ = web.TCPSite(runner, "127.0.0.1", 0)
-    await site_.start()
-    port = site_._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    try:
-        yield f"http://127.0.0.1:{port}{PREFIX}", seen
-    finally:
-        await runner.cleanup()
+    async with serving(app) as url:
+        yield url, seen
 
 
 @attrs.frozen
