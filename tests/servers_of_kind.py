@@ -392,6 +392,11 @@ async def mcp_server() -> AsyncIterator[tuple[str, Seen]]:
         return f"counted to {n}"
 
     @server.tool()
+    def fails(why: str) -> str:
+        """Always fails."""
+        raise ValueError(why)
+
+    @server.tool()
     def big(size: int) -> str:
         """A large result."""
         return "x" * size

@@ -296,6 +296,8 @@ async def main():
             out["count"] = result.content[0].text
             out["progress"] = progress
             out["logs"] = logs
+            result = await session.call_tool("fails", {"why": "no such city"})
+            out["error"] = [result.isError, result.content[0].text]
             result = await session.call_tool("big", {"size": 2 << 20})
             out["big"] = len(result.content[0].text)
             results = await asyncio.gather(*(
@@ -311,11 +313,12 @@ asyncio.run(main())
 async def test_mcp_streamable_http() -> None:
     out, seen = await run_agent(mcp_server(), MCP_AGENT, f"Authorization: Bearer {SECRET}")
     assert out["server"] == "matrix"
-    assert out["tools"] == ["add", "big", "count"]
+    assert out["tools"] == ["add", "big", "count", "fails"]
     assert out["add"] == "5"
     assert out["count"] == "counted to 3"
     assert out["progress"] == [[1.0, 3.0, "step 1"], [2.0, 3.0, "step 2"], [3.0, 3.0, "step 3"]]
     assert out["logs"] == ["counted 1", "counted 2", "counted 3"]
+    assert out["error"][0] is True and "no such city" in out["error"][1]  # type: ignore[index]
     assert out["big"] == 2 << 20
     assert out["concurrent"] == [2 * i for i in range(20)]
     assert out["had_session"] is True

@@ -4,6 +4,7 @@ WebSocket server upstream (aiohttp's), over both transports."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import site
 from collections.abc import AsyncIterator
@@ -11,6 +12,7 @@ from contextlib import asynccontextmanager
 
 import aiohttp
 import anyio
+import anyio.abc
 import attrs
 import pytest
 from aiohttp import web
@@ -412,3 +414,64 @@ async def test_a_websocket_outlives_channels_that_break_under_it() -> None:
         reconnects = b.bridge.session.stats.reconnects
     assert result == [{"in_order_and_whole": True, "count": 300}]
     assert reconnects >= 3
+
+
+RAW_TOKEN_AGENT = """
+import os, socket
+sock = socket.create_connection(("127.0.0.1", 13131))
+prefix = os.environ["BRIDGEPROTO_URL"][len("http://127.0.0.1:13131"):]
+sock.sendall(
+    f"GET {prefix}/raw HTTP/1.1\\r\\nHost: x\\r\\nConnection: upgrade\\r\\n"
+    "Upgrade: x-echo/1\\r\\n\\r\\n".encode()
+)
+answer = b""
+while not answer.endswith(b"hello after the switch"):
+    answer += sock.recv(65536)
+sock.sendall(b"echo this")
+sock.shutdown(socket.SHUT_WR)
+while chunk := sock.recv(65536):
+    answer += chunk
+print(repr(answer))
+"""
+
+
+async def test_any_upgrade_token_and_bytes_sent_with_the_101_cross() -> None:
+    """An upstream of its own protocol (not WebSocket) that writes its first
+    bytes in the same write as its 101: they are read with the head on the
+    host side, and must reach the agent; then an echo, and the half-closes."""
+    seen_head: list[bytes] = []
+
+    async def serve(stream: anyio.abc.SocketStream) -> None:
+        async with stream:
+            head = b""
+            while b"\r\n\r\n" not in head:
+                head += await stream.receive()
+            seen_head.append(head)
+            await stream.send(
+                b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: x-echo/1\r\n"
+                b"Connection: Upgrade\r\n\r\nhello after the switch"
+            )
+            with contextlib.suppress(anyio.EndOfStream):
+                while True:
+                    await stream.send(await stream.receive())
+            await stream.send(b" (and the end)")
+
+    need_bwrap()
+    listener = await anyio.create_tcp_listener(local_host="127.0.0.1")
+    port = listener.extra(anyio.abc.SocketAttribute.local_port)
+    sandbox = await BwrapSandbox.create()
+    try:
+        async with listener, anyio.create_task_group() as tg:
+            tg.start_soon(listener.serve, serve)
+            async with open_bridge(sandbox, f"http://127.0.0.1:{port}{PREFIX}") as bridge:
+                result = await sandbox.run(
+                    ["python3", "-c", RAW_TOKEN_AGENT], env=bridge.env, timeout=60
+                )
+            tg.cancel_scope.cancel()
+    finally:
+        await sandbox.aclose()
+    assert result.stdout.decode().strip() == repr(
+        b"HTTP/1.1 101 Switching Protocols\r\nconnection: upgrade\r\nupgrade: x-echo/1\r\n"
+        b"via: 1.1 bridgeproto\r\n\r\nhello after the switch" + b"echo this (and the end)"
+    ), result.stderr.decode()
+    assert b"\r\nupgrade: x-echo/1\r\n" in seen_head[0].lower()
