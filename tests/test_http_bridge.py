@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import os
 import re
 import socket
@@ -375,6 +376,23 @@ async def test_refusals_are_answered_in_the_sandbox() -> None:
             assert response.status_code == 413
             ok = await client.get("/rollout/k1/json")
             assert ok.status_code == 200
+
+
+async def test_a_response_past_the_body_limit_is_cut_and_nothing_else_suffers(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The core refuses to send a body past ``max_body_bytes``: the host side
+    resets the exchange (the agent, already past the head, sees the
+    connection cut), logs no failure of its own, and goes on serving."""
+    config = bp.Config(max_body_bytes=1000)
+    async with (
+        bridge(host_config=config, sandbox_config=config) as b,
+        httpx.AsyncClient(base_url=b.url) as client,
+    ):
+        with pytest.raises(httpx.RemoteProtocolError):
+            await client.get("/bytes?size=5000")
+        assert (await client.get("/json")).status_code == 200
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
 
 
 async def test_header_hygiene_and_credentials_stay_on_the_host(transport: str) -> None:

@@ -18,6 +18,7 @@ import pytest
 from aiohttp import web
 
 import bridgeproto as bp
+from bridge import bridge as local_bridge
 from bridgeproto_adapters.launch import Bridge, open_bridge
 from bridgeproto_adapters.sandboxes import BwrapSandbox
 from sandbox_kinds import need_bwrap
@@ -475,3 +476,26 @@ async def test_any_upgrade_token_and_bytes_sent_with_the_101_cross() -> None:
         b"via: 1.1 bridgeproto\r\n\r\nhello after the switch" + b"echo this (and the end)"
     ), result.stderr.decode()
     assert b"\r\nupgrade: x-echo/1\r\n" in seen_head[0].lower()
+
+
+async def test_a_websocket_past_the_body_limit_is_dropped_and_the_bridge_goes_on() -> None:
+    """``max_body_bytes`` counts a switched connection's bytes each way: past
+    it, the connection is dropped at both ends (both sides run here, in
+    process), and the next request is served."""
+    config = bp.Config(max_body_bytes=1000)
+    async with websocket_upstream() as (url, seen):
+        port = int(url.rsplit(":", 1)[1].split("/", 1)[0])
+        async with (
+            local_bridge(host_config=config, sandbox_config=config, upstream_port=port) as b,
+            aiohttp.ClientSession() as client,
+        ):
+            async with client.ws_connect(f"{b.url}{PREFIX}/ws/watch") as ws:
+                assert (await ws.receive()).data == "watching"
+                await ws.send_bytes(b"x" * 2000)
+                with anyio.fail_after(10):
+                    closed = await ws.receive()
+                assert closed.type in (aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.ERROR)
+            with anyio.fail_after(10):
+                await seen.hung_up.wait()
+            async with client.post(f"{b.url}{PREFIX}/plain", data=b"still here") as answer:
+                assert (await answer.json())["body"] == "still here"

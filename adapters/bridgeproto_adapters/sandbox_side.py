@@ -321,6 +321,12 @@ class SandboxSide:
             exchange.reset(bp.ErrorCode.CANCELLED, "the agent closed its connection")
             outcome.abort = True
             scope.cancel()
+        except bp.LocalProtocolError as exc:
+            # A limit of the core's (max_body_bytes on a switched connection;
+            # an ordinary body is refused before): the exchange ends here.
+            exchange.reset(exc.code or bp.ErrorCode.BODY_TOO_LARGE, str(exc))
+            outcome.abort = True
+            scope.cancel()
         except ExchangeAborted:
             pass  # the answer task sees the reset and answers it
 
