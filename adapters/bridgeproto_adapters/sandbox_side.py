@@ -370,7 +370,10 @@ class SandboxSide:
                         if event.status >= 200 or http.switched:
                             outcome.answered.set()
                             if upgrade and not http.switched:
-                                exchange.end()  # declined: the request had no body
+                                # Declined: the request had no body. (A reset
+                                # already in, later in this batch, is answered.)
+                                with contextlib.suppress(ExchangeAborted):
+                                    exchange.end()
                     elif isinstance(event, bp.Data):
                         out.append(http.respond_data(event.data))
                         consumed += len(event.data)
