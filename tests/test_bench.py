@@ -33,6 +33,7 @@ def test_quick_bench_produces_every_figure(tmp_path: object) -> None:
     expected = {
         "latency": systems | references,
         "streaming": systems | references,
+        "websocket": systems - {"polling"} | references,  # polling cannot switch protocols
         "throughput": systems | references - {"limit"},  # the raw pipe is one connection
         "bulk": systems | references,
         "cost": systems | references - {"limit"},
@@ -42,6 +43,8 @@ def test_quick_bench_produces_every_figure(tmp_path: object) -> None:
     for system in systems | references:
         assert scenarios["latency"][system]["seconds"]["n"] == 20
         assert len(scenarios["streaming"][system]["raw"]) == 10
+        if system != "polling":
+            assert scenarios["websocket"][system]["seconds"]["n"] == 20
         for direction in ("upload", "download"):
             assert scenarios["bulk"][system][direction]["mb_per_second"] > 0
     for system in expected["throughput"]:
@@ -70,4 +73,5 @@ def test_quick_bench_produces_every_figure(tmp_path: object) -> None:
     assert "start: a ready sandbox to a bridge that accepts agents" in result.stdout
     assert "remote: calls only, each 50 ms slower" in result.stdout
     assert "latency: small JSON POSTs" in result.stdout
+    assert "websocket: 64-byte messages echoed" in result.stdout
     assert "scale: bridges held by one host process, started together" in result.stdout

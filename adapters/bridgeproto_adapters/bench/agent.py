@@ -7,8 +7,11 @@ Keep-alive ``http.client`` connections, like an SDK's.
 
 from __future__ import annotations
 
+import base64
 import http.client
 import json
+import os
+import socket
 import sys
 import threading
 import time
@@ -127,6 +130,40 @@ def requests(url: str, n: int) -> dict[str, Any]:
     return {"requests": n, "seconds": time.perf_counter() - start}
 
 
+def websocket(url: str, n: int) -> dict[str, Any]:
+    """Round trips of a 64-byte message on one WebSocket, after the handshake."""
+    parts = urlsplit(url)
+    sock = socket.create_connection((parts.hostname or "", parts.port or 80), timeout=600)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    key = base64.b64encode(os.urandom(16))
+    sock.sendall(
+        b"GET " + parts.path.encode() + b"/ws HTTP/1.1\r\nHost: bench\r\n"
+        b"Connection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\n"
+        b"Sec-WebSocket-Key: " + key + b"\r\n\r\n"
+    )
+    head = b""
+    while b"\r\n\r\n" not in head:
+        head += sock.recv(65536)
+    if not head.startswith(b"HTTP/1.1 101"):
+        raise RuntimeError(f"the WebSocket handshake was answered {head[:40]!r}")
+    rest = head.split(b"\r\n\r\n", 1)[1]
+    message = bytes(range(64))
+    frame = bytes([0x82, 0x80 | len(message)]) + bytes(4) + message  # mask 0: sent as is
+    times = []
+    for _ in range(n + 1):  # the first warms the path up
+        start = time.perf_counter()
+        sock.sendall(frame)
+        while len(rest) < 2 + len(message):
+            rest += sock.recv(65536)
+        times.append(time.perf_counter() - start)
+        if rest[2 : 2 + len(message)] != message:
+            raise RuntimeError("the WebSocket echo came back changed")
+        rest = rest[2 + len(message) :]
+    sock.sendall(bytes([0x88, 0x80]) + bytes(4))  # close
+    sock.close()
+    return {"seconds": times[1:]}
+
+
 SCENARIOS: dict[str, Callable[..., dict[str, Any]]] = {
     "latency": latency,
     "stream": stream,
@@ -134,6 +171,7 @@ SCENARIOS: dict[str, Callable[..., dict[str, Any]]] = {
     "upload": upload,
     "download": download,
     "requests": requests,
+    "websocket": websocket,
 }
 
 

@@ -45,33 +45,33 @@ def _share(value: float, limit: float | None) -> str:
     return "-" if limit is None else f"{value / limit:.0%}"
 
 
+def _round_trips(figures: dict[str, Any], title: str) -> str:
+    """A table of one-at-a-time round trips: each system's median and p99,
+    and how it compares with direct calls and with the limit."""
+    direct = figures["direct"]["seconds"]["median"]
+    limit = figures.get("limit", {}).get("seconds", {}).get("median")
+    rows = []
+    for system in _systems(figures):
+        trip = figures[system]["seconds"]
+        rows.append(
+            [
+                NAMES.get(system, system),
+                _ms(trip["median"]),
+                _ms(trip["p99"]),
+                _ms(trip["median"] - direct),
+                f"{trip['median'] / direct:.1f}x",
+                _times(trip["median"], limit),
+            ]
+        )
+    header = ["system", "median ms", "p99 ms", "added ms", "vs direct", "vs limit"]
+    return _block(title, header, rows)
+
+
 def table(results: dict[str, Any]) -> str:
     s = results["scenarios"]
     blocks = []
     if "latency" in s:
-        direct = s["latency"]["direct"]["seconds"]["median"]
-        limit = s["latency"].get("limit", {}).get("seconds", {}).get("median")
-        rows = []
-        for system in _systems(s["latency"]):
-            lat = s["latency"][system]["seconds"]
-            added = lat["median"] - direct
-            rows.append(
-                [
-                    NAMES.get(system, system),
-                    _ms(lat["median"]),
-                    _ms(lat["p99"]),
-                    _ms(added),
-                    f"{lat['median'] / direct:.1f}x",
-                    _times(lat["median"], limit),
-                ]
-            )
-        blocks.append(
-            _block(
-                "latency: small JSON POSTs, one after another",
-                ["system", "median ms", "p99 ms", "added ms", "vs direct", "vs limit"],
-                rows,
-            )
-        )
+        blocks.append(_round_trips(s["latency"], "latency: small JSON POSTs, one after another"))
     if "streaming" in s:
         rows = []
         direct_first = s["streaming"]["direct"]["first_event_seconds"]
@@ -98,6 +98,9 @@ def table(results: dict[str, Any]) -> str:
                 rows,
             )
         )  # fmt: skip
+    if "websocket" in s:
+        title = "websocket: 64-byte messages echoed on one connection, one after another"
+        blocks.append(_round_trips(s["websocket"], title))
     if "throughput" in s:
         levels = list(s["throughput"]["direct"])
         rows = []

@@ -194,7 +194,9 @@ def summarize(values: Sequence[float]) -> dict[str, float]:
 # ---------------------------------------------------------------- the run
 
 
-SCENARIOS = ("latency", "streaming", "throughput", "bulk", "cost", "start", "scale", "remote")
+SCENARIOS = (
+    "latency", "streaming", "websocket", "throughput", "bulk", "cost", "start", "scale", "remote",
+)  # fmt: skip
 
 
 class Bench:
@@ -312,6 +314,15 @@ class Bench:
                 "event_delay_seconds": summarize(raw["delays"]),
                 "raw": raw["delays"],
             })  # fmt: skip
+
+    async def websocket(self) -> None:
+        for system in self.systems:
+            if system == "polling":
+                continue  # it carries whole requests and responses, never a switched connection
+            raw = await self.with_polling(system, "websocket", n=self.sizes.latency_requests)
+            self.record(
+                "websocket", system, {"seconds": summarize(raw["seconds"]), "raw": raw["seconds"]}
+            )
 
     async def throughput(self) -> None:
         for system in self.systems:
@@ -594,8 +605,8 @@ class Bench:
                     bridge = await stack.enter_async_context(open_bridge(self.bridge_box, target))
                     self.bridge = bridge
                     self.sandbox_side_pid = find_pid(bridge.session.conn.session_id.hex())
-                    for scenario in (self.latency, self.streaming, self.throughput, self.bulk,
-                                     self.cost):  # fmt: skip
+                    for scenario in (self.latency, self.streaming, self.websocket,
+                                     self.throughput, self.bulk, self.cost):  # fmt: skip
                         if scenario.__name__ in self.only:
                             self.say(f"bench: {scenario.__name__} ...")
                             await scenario()

@@ -2,12 +2,15 @@
 
 Routes: POST or GET /json (a small JSON answer), GET /sse?n=N&gap=S (N events
 S seconds apart, each carrying the wall-clock time it was written), POST
-/sink (reads the body, answers its size), GET /source?size=N (N bytes).
+/sink (reads the body, answers its size), GET /source?size=N (N bytes), GET
+/ws (a WebSocket that echoes each message).
 Run as ``python -m bridgeproto_adapters.bench.upstream``; it prints its port.
 """
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
 import sys
 import time
@@ -21,6 +24,7 @@ import h11
 from ..h11io import H11Stream
 
 BLOCK = bytes(range(256)) * 1024  # 256 KiB
+_WEBSOCKET_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"  # RFC 6455's, for the accept key
 Send = Callable[[h11.Event], Awaitable[None]]
 
 
@@ -38,12 +42,59 @@ async def _serve(stream: anyio.abc.SocketStream) -> None:
                         received += len(event.data)
                     elif isinstance(event, h11.ConnectionClosed):
                         return
+                if _is_websocket(request):
+                    await _echo_websocket(http, request)
+                    return
                 await _answer(request, received, http.send)
                 if http.h11.our_state is not h11.DONE or http.h11.their_state is not h11.DONE:
                     return
                 http.h11.start_next_cycle()
         except (anyio.BrokenResourceError, OSError, h11.ProtocolError):
             return
+
+
+def _is_websocket(request: h11.Request) -> bool:
+    return any(n == b"upgrade" and v.lower() == b"websocket" for n, v in request.headers)
+
+
+async def _echo_websocket(http: H11Stream, request: h11.Request) -> None:
+    """Accept the handshake, then send each message back (frames of up to
+    64 KiB, as the benchmark's agent sends them) until a close."""
+    key = dict(request.headers)[b"sec-websocket-key"]
+    accept = base64.b64encode(hashlib.sha1(key + _WEBSOCKET_GUID).digest())
+    await http.send(h11.InformationalResponse(status_code=101, headers=[
+        (b"upgrade", b"websocket"), (b"connection", b"upgrade"),
+        (b"sec-websocket-accept", accept),
+    ]))  # fmt: skip
+    buffer = bytearray(http.h11.trailing_data[0])
+    while True:
+        while (frame := _client_frame(buffer)) is None:
+            buffer += await http.stream.receive(1 << 20)
+        opcode, payload = frame
+        length = len(payload)
+        size = bytes([length]) if length < 126 else b"\x7e" + length.to_bytes(2, "big")
+        await http.stream.send(bytes([0x80 | opcode]) + size + payload)
+        if opcode == 0x8:  # close
+            return
+
+
+def _client_frame(buffer: bytearray) -> tuple[int, bytes] | None:
+    """The first whole masked frame in ``buffer``, taken out of it (None: more needed)."""
+    if len(buffer) < 2:
+        return None
+    length, start = buffer[1] & 0x7F, 2
+    if length == 126:
+        if len(buffer) < 4:
+            return None
+        length, start = int.from_bytes(buffer[2:4], "big"), 4
+    end = start + 4 + length
+    if len(buffer) < end:
+        return None
+    mask = buffer[start : start + 4]
+    payload = bytes(b ^ mask[i % 4] for i, b in enumerate(buffer[start + 4 : end]))
+    opcode = buffer[0] & 0x0F
+    del buffer[:end]
+    return opcode, payload
 
 
 async def _answer(request: h11.Request, received: int, send: Send) -> None:
