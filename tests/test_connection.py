@@ -596,6 +596,24 @@ def test_grace_period_bounds_the_shutdown() -> None:
     )
 
 
+def test_a_close_may_give_its_own_grace_and_only_bring_the_end_closer() -> None:
+    pair = Pair(host=bp.Config(shutdown_grace=30, ping_interval=None))
+    xid = pair.sandbox.start_exchange(b"GET", b"/ws", [], 0.0)
+    pair.pump()
+    pair.host.close(0.0, grace=5)
+    assert pair.host.next_deadline() == 5.0  # not the config's 30
+    pair.host.close(1.0, grace=1)  # closer: taken
+    assert pair.host.next_deadline() == 2.0
+    pair.host.close(1.5)  # the config's 30 s from now: later, so ignored
+    assert pair.host.next_deadline() == 2.0
+    pair.advance(2)
+    assert kinds(pair.take(pair.host))[-2:] == ["ExchangeReset", "SessionClosed"]
+    pair.pump()
+    assert any(
+        isinstance(e, bp.ExchangeReset) and e.exchange_id == xid for e in pair.take(pair.sandbox)
+    )
+
+
 def test_goaway_with_an_error_fails_the_session() -> None:
     conn, peer = connected(bp.Role.SANDBOX)
     conn.start_exchange(b"GET", b"/", [], 0.0)

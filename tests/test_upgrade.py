@@ -499,3 +499,36 @@ async def test_a_websocket_past_the_body_limit_is_dropped_and_the_bridge_goes_on
                 await seen.hung_up.wait()
             async with client.post(f"{b.url}{PREFIX}/plain", data=b"still here") as answer:
                 assert (await answer.json())["body"] == "still here"
+
+
+HOLDER_AGENT = """
+import asyncio, os
+from websockets.asyncio.client import connect
+
+async def main():
+    url = os.environ["BRIDGEPROTO_URL"].replace("http://", "ws://") + "/ws/watch"
+    async with connect(url) as ws:
+        print(await ws.recv(), flush=True)
+        await asyncio.sleep(3600)  # holds the WebSocket open until the bridge goes
+
+asyncio.run(main())
+"""
+
+
+async def test_stopping_the_bridge_with_a_websocket_open_is_bounded() -> None:
+    """A switched connection never ends by itself: stopping the bridge drains
+    for the grace ``stop`` is given (not the longer one of the config) and
+    then drops it, at both ends."""
+    async with bridged() as b:
+        holder = await b.sandbox.open_process(["python3", "-c", HOLDER_AGENT], env=b.env)
+        try:
+            with anyio.fail_after(30):
+                assert await holder.stream.receive() == b"watching\n"
+            started = anyio.current_time()
+            await b.bridge.stop(grace=1.0)
+            stopped_in = anyio.current_time() - started
+            with anyio.fail_after(10):
+                await b.seen.hung_up.wait()  # the upstream's side was closed
+        finally:
+            await holder.stop()
+    assert stopped_in < 3, stopped_in  # the grace asked for, not the config's 5 s

@@ -75,7 +75,7 @@ class Bridge:
         with anyio.CancelScope(shield=True):
             if not self.session.finished.is_set():
                 with anyio.move_on_after(grace + 2):
-                    await self.session.close()
+                    await self.session.close(grace=grace)
             await self.channels.aclose()
             await _reap_daemon(self.sandbox, self.session.conn.session_id)
         self._stopped = True

@@ -328,12 +328,16 @@ class Session:
             if isinstance(event, bp.Data):
                 exchange.consume(len(event.data))
 
-    async def close(self, code: bp.ErrorCode = bp.ErrorCode.NO_ERROR, reason: str = "") -> None:
-        """Graceful shutdown: goaway, drain within the grace period, close."""
+    async def close(
+        self, code: bp.ErrorCode = bp.ErrorCode.NO_ERROR, reason: str = "",
+        grace: float | None = None,
+    ) -> None:  # fmt: skip
+        """Graceful shutdown: goaway, drain within the grace period (default
+        the core's ``shutdown_grace``; exchanges still open then are reset), close."""
+        grace = self.conn.config.shutdown_grace if grace is None else grace
         if self.usable:
-            self.conn.close(self.now(), code, reason)
+            self.conn.close(self.now(), code, reason, grace=grace)
             self.core_changed()
-        grace = self.conn.config.shutdown_grace
         with anyio.move_on_after(grace + 1.0):
             await self.finished.wait()
         if not self.finished.is_set():  # the core's own grace timer did not end it

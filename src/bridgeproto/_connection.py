@@ -271,17 +271,31 @@ class Connection:
         self._move_link(LinkInput.RESUME)
         self._delivery.resume(self._hello())
 
-    def close(self, now: float, code: ErrorCode = ErrorCode.NO_ERROR, reason: str = "") -> None:
+    def close(
+        self,
+        now: float,
+        code: ErrorCode = ErrorCode.NO_ERROR,
+        reason: str = "",
+        *,
+        grace: float | None = None,
+    ) -> None:
         """Start a graceful shutdown: no new exchanges, drain, then close.
 
-        Exchanges still open when ``config.shutdown_grace`` has passed are
-        reset. Calling it again, or after the session ended, does nothing.
+        Exchanges still open when ``grace`` seconds (default
+        ``config.shutdown_grace``) have passed are reset. Calling it again
+        can only bring that moment closer; after the session ended it does
+        nothing.
         """
-        if self.state is SessionState.CLOSING or self.state in ENDED:
+        if self.state in ENDED:
             return
         if self.state is SessionState.NEW:
             raise LocalProtocolError("close() before start()")
-        self._send_goaway(now, code, reason)
+        deadline = now + (self.config.shutdown_grace if grace is None else grace)
+        if self.state is SessionState.CLOSING:
+            assert self._close_deadline is not None
+            self._close_deadline = min(self._close_deadline, deadline)
+            return
+        self._send_goaway(now, code, reason, deadline)
 
     def abort(self, reason: str, code: ErrorCode = ErrorCode.PEER_UNRESPONSIVE) -> list[Event]:
         """End the session now because the link is gone for good.
@@ -773,7 +787,8 @@ class Connection:
                 )
         self._emit(goaway)
         if session_after(self.state, SessionInput.GOAWAY_SENT) is not None:
-            self._send_goaway(now, ErrorCode.NO_ERROR, "")  # answer it: both sides drain
+            # Answer it: both sides drain.
+            self._send_goaway(now, ErrorCode.NO_ERROR, "", now + self.config.shutdown_grace)
 
     # ------------------------------------------------------------ helpers
 
@@ -915,10 +930,10 @@ class Connection:
             last = self._last_ping_sent
         return last + self.config.ping_interval
 
-    def _send_goaway(self, now: float, code: ErrorCode, reason: str) -> None:
+    def _send_goaway(self, now: float, code: ErrorCode, reason: str, deadline: float) -> None:
         self._delivery.send(GoAway(self._highest_peer_id, code, reason))
         self._move(SessionInput.GOAWAY_SENT)
-        self._close_deadline = now + self.config.shutdown_grace
+        self._close_deadline = deadline
 
     def _check_drained(self) -> None:
         if (
