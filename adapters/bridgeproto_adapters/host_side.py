@@ -34,8 +34,6 @@ from .transports import Channels
 
 _REQUEST_TAIL_SECONDS = 5.0
 _UPSTREAM_IO_ERRORS = (*STREAM_ERRORS, h11.RemoteProtocolError, h11.LocalProtocolError)
-# What the core raises when a body would pass one of its limits (max_body_bytes).
-_OVER_A_LIMIT = bp.LocalProtocolError
 
 
 @attrs.frozen
@@ -167,7 +165,11 @@ class HostSide:
                 tg.start_soon(self._upload, exchange, conn, tg.cancel_scope, errors, request_sent)
                 try:
                     await self._download(exchange, conn)
-                except (*_UPSTREAM_IO_ERRORS, TimeoutError, ExchangeAborted, _OVER_A_LIMIT) as exc:
+                except (*_UPSTREAM_IO_ERRORS, TimeoutError, ExchangeAborted) as exc:
+                    errors.append(exc)
+                except bp.LocalProtocolError as exc:  # past a limit of the core's: max_body_bytes
+                    if exc.code is None:
+                        raise  # the core was misused: a bug, for the session's net
                     errors.append(exc)
                 else:
                     # An upstream that knows the body's length may answer
@@ -196,8 +198,8 @@ class HostSide:
         """The one place upstream failures become reset codes."""
         if isinstance(error, ExchangeAborted):
             return error.code, error.reason
-        if isinstance(error, _OVER_A_LIMIT):
-            return error.code or bp.ErrorCode.BODY_TOO_LARGE, str(error)
+        if isinstance(error, bp.LocalProtocolError) and error.code is not None:
+            return error.code, str(error)
         if isinstance(error, TimeoutError):
             return (
                 bp.ErrorCode.UPSTREAM_TIMEOUT,

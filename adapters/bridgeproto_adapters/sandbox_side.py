@@ -324,7 +324,9 @@ class SandboxSide:
         except bp.LocalProtocolError as exc:
             # A limit of the core's (max_body_bytes on a switched connection;
             # an ordinary body is refused before): the exchange ends here.
-            exchange.reset(exc.code or bp.ErrorCode.BODY_TOO_LARGE, str(exc))
+            if exc.code is None:
+                raise  # the core was misused: a bug
+            exchange.reset(exc.code, str(exc))
             outcome.abort = True
             scope.cancel()
         except ExchangeAborted:
