@@ -298,10 +298,18 @@ class Bench:
     # -- scenarios
 
     async def latency(self) -> None:
-        for system in self.systems:
-            raw = await self.with_polling(system, "latency", n=self.sizes.latency_requests)
+        await self._round_trips("latency", self.systems)
+
+    async def websocket(self) -> None:
+        # Polling carries whole requests and responses, never a switched connection.
+        await self._round_trips("websocket", [s for s in self.systems if s != "polling"])
+
+    async def _round_trips(self, scenario: str, systems: Sequence[str]) -> None:
+        """The agent's ``scenario``: round trips one after another, timed each."""
+        for system in systems:
+            raw = await self.with_polling(system, scenario, n=self.sizes.latency_requests)
             self.record(
-                "latency", system, {"seconds": summarize(raw["seconds"]), "raw": raw["seconds"]}
+                scenario, system, {"seconds": summarize(raw["seconds"]), "raw": raw["seconds"]}
             )
 
     async def streaming(self) -> None:
@@ -314,15 +322,6 @@ class Bench:
                 "event_delay_seconds": summarize(raw["delays"]),
                 "raw": raw["delays"],
             })  # fmt: skip
-
-    async def websocket(self) -> None:
-        for system in self.systems:
-            if system == "polling":
-                continue  # it carries whole requests and responses, never a switched connection
-            raw = await self.with_polling(system, "websocket", n=self.sizes.latency_requests)
-            self.record(
-                "websocket", system, {"seconds": summarize(raw["seconds"]), "raw": raw["seconds"]}
-            )
 
     async def throughput(self) -> None:
         for system in self.systems:
