@@ -7,6 +7,8 @@ from __future__ import annotations
 import contextlib
 import json
 import site
+import socket
+import struct
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -40,6 +42,7 @@ class Seen:
 
     heads: list[dict[str, str]] = attrs.field(factory=list)  # each upgrade request's headers
     hung_up: anyio.Event = attrs.field(factory=anyio.Event)  # a watched client went away
+    flood_over: anyio.Event = attrs.field(factory=anyio.Event)  # the flood's client is gone
     plain: int = 0
 
 
@@ -76,6 +79,22 @@ async def websocket_upstream() -> AsyncIterator[tuple[str, Seen]]:
         seen.hung_up.set()
         return ws
 
+    async def breaks(request: web.Request) -> web.WebSocketResponse:
+        ws = await accept(request)
+        await ws.send_str("breaking")
+        sock = request.transport.get_extra_info("socket")  # type: ignore[union-attr]
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        request.transport.abort()  # type: ignore[union-attr]  # a reset, no close frame
+        return ws
+
+    async def floods(request: web.Request) -> web.WebSocketResponse:
+        ws = await accept(request)
+        await ws.send_bytes(b"y" * 2000)
+        async for _ in ws:
+            pass
+        seen.flood_over.set()
+        return ws
+
     async def declined(request: web.Request) -> web.Response:
         seen.heads.append(dict(request.headers))
         return web.Response(status=403, text="no WebSockets here")
@@ -89,6 +108,8 @@ async def websocket_upstream() -> AsyncIterator[tuple[str, Seen]]:
     app.router.add_get(f"{PREFIX}/ws/closes", server_closes)
     app.router.add_get(f"{PREFIX}/ws/watch", watch)
     app.router.add_get(f"{PREFIX}/ws/declined", declined)
+    app.router.add_get(f"{PREFIX}/ws/breaks", breaks)
+    app.router.add_get(f"{PREFIX}/ws/floods", floods)
     app.router.add_get("/elsewhere/ws", echo)
     app.router.add_post(f"{PREFIX}/plain", plain)
     async with serving(app) as url:
@@ -140,7 +161,8 @@ base = os.environ["BRIDGEPROTO_URL"].replace("http://", "ws://")
 
 async def main():
     out = {}
-    headers = {"Authorization": "Bearer the-agents-fake"}
+    headers = {"Authorization": "Bearer the-agents-fake", "X-Forwarded-For": "10.9.8.7",
+               "Forwarded": "for=10.9.8.7"}
     async with connect(base + "/ws/echo", max_size=None, additional_headers=headers) as ws:
         await ws.send("hello")
         out["text"] = await ws.recv()
@@ -184,6 +206,8 @@ async def test_the_websockets_client_through_the_bridge(transport: str) -> None:
     assert out["close"] == [4000, "the server is done"]
     assert out["declined"] == [403, "no WebSockets here"]
     assert [head["Authorization"] for head in b.seen.heads] == [SECRET] * 3
+    # Routing headers an agent sets are dropped from an upgrade as from any request.
+    assert not any({"X-Forwarded-For", "Forwarded"} & set(head) for head in b.seen.heads)
     assert all(head["Upgrade"] == "websocket" for head in b.seen.heads[:2])
 
 
@@ -265,9 +289,9 @@ async def test_a_hundred_websockets_at_once_beside_plain_requests() -> None:
     assert b.seen.plain == 50 and len(b.seen.heads) == 100
 
 
-def raw_upgrade(path: str, then: str = "") -> str:
-    """Agent code: a WebSocket handshake by hand on ``sock`` (``then`` is sent
-    in the same write, before any answer)."""
+def raw_upgrade(path: str, then: str = "", headers: str = "") -> str:
+    """Agent code: a WebSocket handshake by hand on ``sock`` (``headers``
+    added to it; ``then`` sent in the same write, before any answer)."""
     return f"""
 import base64, os, socket
 sock = socket.create_connection(("127.0.0.1", 13131))
@@ -276,7 +300,7 @@ key = base64.b64encode(os.urandom(16)).decode()
 sock.sendall(
     f"GET {{prefix}}{path} HTTP/1.1\\r\\nHost: x\\r\\nConnection: Upgrade\\r\\n"
     f"Upgrade: websocket\\r\\nSec-WebSocket-Key: {{key}}\\r\\n"
-    f"Sec-WebSocket-Version: 13\\r\\n\\r\\n".encode() + {then}
+    f"Sec-WebSocket-Version: 13\\r\\n{headers}\\r\\n".encode() + {then}
 )
 answer = b""
 """
@@ -501,6 +525,12 @@ async def test_a_websocket_past_the_body_limit_is_dropped_and_the_bridge_goes_on
                 assert closed.type in (aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.ERROR)
             with anyio.fail_after(10):
                 await seen.hung_up.wait()
+            async with client.ws_connect(f"{b.url}{PREFIX}/ws/floods") as ws:  # the other way
+                with anyio.fail_after(10):
+                    closed = await ws.receive()
+                assert closed.type in (aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.ERROR)
+            with anyio.fail_after(10):
+                await seen.flood_over.wait()
             async with client.post(f"{b.url}{PREFIX}/plain", data=b"still here") as answer:
                 assert (await answer.json())["body"] == "still here"
 
@@ -536,3 +566,128 @@ async def test_stopping_the_bridge_with_a_websocket_open_is_bounded() -> None:
         finally:
             await holder.stop()
     assert stopped_in < 3, stopped_in  # the grace asked for, not the config's 5 s
+
+
+BODY_AGENT = (
+    raw_upgrade("/ws/echo", 'b"hello"', headers="Content-Length: 5\\r\\n")
+    + """
+while chunk := sock.recv(65536):
+    answer += chunk
+print(answer.decode())
+"""
+)
+
+
+async def test_an_upgrade_request_with_a_body_is_refused_in_the_sandbox() -> None:
+    """Written by hand from inside the sandbox, as an agent that skips its
+    client's checks would: a 400 naming the cause, and nothing upstream."""
+    async with bridged() as b:
+        result = await b.sandbox.run(["python3", "-c", BODY_AGENT], env=b.env, timeout=60)
+        heads = len(b.seen.heads)
+    answer = result.stdout.decode()
+    assert answer.startswith("HTTP/1.1 400 "), answer
+    assert "x-bridge-error: bad-request" in answer.lower()
+    assert "cannot have a body" in answer
+    assert heads == 0
+
+
+BROKEN_AGENT = """
+import asyncio, json, os, time
+from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed
+
+async def main():
+    url = os.environ["BRIDGEPROTO_URL"].replace("http://", "ws://") + "/ws/breaks"
+    async with connect(url) as ws:
+        first = await ws.recv()
+        start = time.monotonic()
+        try:
+            await ws.recv()
+        except ConnectionClosed as closed:
+            print(json.dumps({"first": first, "frame": closed.rcvd is not None,
+                              "after": time.monotonic() - start}))
+
+asyncio.run(main())
+"""
+
+
+async def test_an_upstream_that_resets_its_connection_drops_the_agents() -> None:
+    async with bridged() as b:
+        out = await run_agent(b, BROKEN_AGENT)
+    assert out["first"] == "breaking"
+    assert out["frame"] is False  # no close frame: the connection just went
+    assert out["after"] < 10  # type: ignore[operator]
+
+
+CHATTY_AGENT = """
+import asyncio, json, os, time
+from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed
+
+async def main():
+    url = os.environ["BRIDGEPROTO_URL"].replace("http://", "ws://") + "/ws/echo"
+    sent = 0
+    async with connect(url) as ws:
+        start = time.monotonic()
+        try:
+            while True:
+                await ws.send("still talking")
+                await ws.recv()
+                sent += 1
+                await asyncio.sleep(0.1)
+        except ConnectionClosed:
+            print(json.dumps({"closed_after": time.monotonic() - start, "messages": sent}))
+
+asyncio.run(main())
+"""
+
+
+async def test_a_busy_upgraded_connection_ends_at_the_exchange_timeout() -> None:
+    """Traffic keeps the idle timeout away, but not the exchange's own deadline."""
+    async with bridged(config=bp.Config(exchange_timeout=1.5)) as b:
+        out = await run_agent(b, CHATTY_AGENT)
+    assert 1.0 <= out["closed_after"] < 10  # type: ignore[operator]
+    assert out["messages"] >= 5  # type: ignore[operator]
+
+
+KILLER_AGENT = """
+import asyncio, json, os, signal
+from websockets.asyncio.client import connect
+
+def kill_the_channel():
+    killed = 0
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            argv = open(f"/proc/{pid}/cmdline", "rb").read().split(b"\\0")
+        except OSError:
+            continue
+        if b"channel" in argv and b"--session" in argv:
+            os.kill(int(pid), signal.SIGKILL)
+            killed += 1
+    return killed
+
+async def main():
+    url = os.environ["BRIDGEPROTO_URL"].replace("http://", "ws://") + "/ws/echo"
+    sent = [f"message {i} ".encode() * 500 for i in range(200)]
+    got, killed = [], 0
+    async with connect(url) as ws:
+        for i, message in enumerate(sent):
+            if i in (50, 100, 150):
+                killed += kill_the_channel()
+            await ws.send(message)
+            got.append(await ws.recv())
+    print(json.dumps({"killed": killed, "in_order_and_whole": got == sent}))
+
+asyncio.run(main())
+"""
+
+
+async def test_a_websocket_survives_its_channel_process_killed_from_inside() -> None:
+    """Code in the sandbox SIGKILLs every channel process it can find, three
+    times while its WebSocket talks; every message comes back, in order. (The
+    relay has handed its stdin and stdout to the sandbox side by then, so
+    the channel itself goes on; a later look finds no process to kill.)"""
+    async with bridged() as b:
+        out = await run_agent(b, KILLER_AGENT)
+    assert out["killed"] >= 1  # the kill did happen
+    assert out["in_order_and_whole"] is True
