@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import site
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -17,6 +18,9 @@ from bridgeproto_adapters.sandboxes import (
 )
 
 REQUIRE_BWRAP = os.environ.get("BRIDGEPROTO_REQUIRE_BWRAP") == "1"
+# This venv's packages: shown read-only in a sandbox whose agents import
+# real clients (openai, websockets, ...).
+SITE_PACKAGES = site.getsitepackages()[0]
 
 
 def need_bwrap() -> None:

@@ -9,14 +9,13 @@ placeholder the sandbox holds."""
 from __future__ import annotations
 
 import json
-import site
 import sys
 from contextlib import AbstractAsyncContextManager
 
 import anyio
 import pytest
 
-from sandbox_kinds import need_bwrap
+from sandbox_kinds import SITE_PACKAGES, need_bwrap
 from servers_of_kind import (
     SECRET,
     Seen,
@@ -28,7 +27,6 @@ from servers_of_kind import (
 )
 
 pytestmark = pytest.mark.anyio
-SITE_PACKAGES = site.getsitepackages()[0]
 
 # Every agent starts with this: the clients' packages, and a way to tell the
 # server it has a chunk.

@@ -14,7 +14,6 @@ import json
 import os
 import pathlib
 import select
-import site
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -34,11 +33,10 @@ from bridgeproto_adapters.sandboxes import (
 )
 from bridgeproto_adapters.transports import mailbox
 from bridgeproto_adapters.transports.mailbox import MailboxChannels, MailboxOptions
-from sandbox_kinds import need_bwrap
+from sandbox_kinds import SITE_PACKAGES, need_bwrap
 from upstream import pattern_bytes, running_upstream
 
 pytestmark = pytest.mark.anyio
-SITE_PACKAGES = site.getsitepackages()[0]
 
 
 @pytest.fixture

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import site
 import socket
 import struct
 from collections.abc import AsyncIterator
@@ -23,11 +22,10 @@ import bridgeproto as bp
 from bridge import bridge as local_bridge
 from bridgeproto_adapters.launch import Bridge, open_bridge
 from bridgeproto_adapters.sandboxes import BwrapSandbox
-from sandbox_kinds import need_bwrap
+from sandbox_kinds import SITE_PACKAGES, need_bwrap
 from servers_of_kind import PREFIX, serving
 
 pytestmark = pytest.mark.anyio
-SITE_PACKAGES = site.getsitepackages()[0]
 SECRET = "Bearer the-hosts-own"
 
 
