@@ -69,8 +69,11 @@ class UpstreamConnection(H11Stream):
         Idle, nothing should be readable: readable means the server closed
         it (or sent something unasked), and either way it is not reusable.
         """
-        readable, _, _ = select.select([self._fd], [], [], 0)
-        return not readable
+        # poll(), not select(): select() cannot take a descriptor past 1023,
+        # and a harness host with hundreds of bridges holds thousands.
+        poller = select.poll()
+        poller.register(self._fd, select.POLLIN)
+        return not poller.poll(0)
 
 
 class UpstreamPool:
