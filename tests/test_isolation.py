@@ -53,7 +53,7 @@ async def test_offline_sandboxes_hold_against_the_code_inside(kind: str) -> None
         await sandbox.aclose()
         os.rmdir(exposed)
     assert report.held, report
-    assert len(report.findings) == 13
+    assert len(report.findings) == 15
 
 
 @pytest.mark.anyio
@@ -67,6 +67,8 @@ async def test_the_check_finds_every_hole_of_a_sandbox_without_isolation() -> No
         "no host process is visible",
         "host command lines are unreadable",
         "host environments are unreadable",
+        "nothing of the caller's environment inside",
+        "no descriptor of the caller's inside",
         "no host Unix socket is reachable",
         "host files are unreadable",
     } <= holes, report
@@ -225,15 +227,16 @@ def test_the_command_cannot_type_into_the_terminal_it_was_started_from(kind: str
 
     async def scenario() -> tuple[int, str, bytes]:
         async with make_sandbox(kind) as sandbox:
-            argv = sandbox.command_line(["python3", "-c", inject])
+            launch = sandbox.launch(["python3", "-c", inject])
             _, terminal = os.openpty()
 
             def take_terminal() -> None:  # as a shell in that terminal would be
                 fcntl.ioctl(0, termios.TIOCSCTTY, 0)
 
             result = subprocess.run(
-                argv, stdin=terminal, stdout=terminal, stderr=subprocess.PIPE, text=True,
-                start_new_session=True, preexec_fn=take_terminal, timeout=60,
+                launch.argv, env=launch.env, stdin=terminal, stdout=terminal,
+                stderr=subprocess.PIPE, text=True, start_new_session=True,
+                preexec_fn=take_terminal, timeout=60,
             )  # fmt: skip
             os.set_blocking(terminal, False)
             try:

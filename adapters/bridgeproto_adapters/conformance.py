@@ -34,7 +34,7 @@ from collections.abc import Sequence
 import anyio
 import attrs
 
-from .sandboxes import CommandTimeout, NotSupported, SandboxClient, SandboxError
+from .sandboxes import CommandResult, CommandTimeout, NotSupported, SandboxClient, SandboxError
 
 _ALL_BYTES = bytes(range(256)) * 4
 
@@ -176,19 +176,30 @@ def _accepted(sock: socket.socket) -> int:
         count += 1
 
 
+INHERITED_VARIABLE = "BRIDGEPROTO_CHECK_INHERITED"
+
+
 async def check_offline_isolation(
-    client: SandboxClient, *, python: str = "python3", forbidden: Sequence[str] = ()
+    client: SandboxClient,
+    *,
+    python: str = "python3",
+    forbidden: Sequence[str] = (),
+    watch: float = 2.0,
 ) -> IsolationReport:
     """Attack ``client`` from inside as untrusted code would, and report each property.
 
     On the host it opens a TCP listener on every local address, a UDP socket,
     Unix sockets under ``/run``, ``/var/tmp`` and the temp directory, a file
-    and a sleeping process with a marker secret in its argv and environment.
+    and a sleeping process with a marker secret in its argv and environment;
+    it puts a second marker in its own environment and holds an inheritable
+    descriptor, neither of which may reach the probe or anything beside it.
     Then a probe inside (``python``, standard library only) tries to reach or
     read each, to join another network namespace, to mount, to change the
     network configuration, and to write in system directories and in
-    ``forbidden`` (for example the paths exposed read-only). Nothing is
-    asserted: the report says what held.
+    ``forbidden`` (for example the paths exposed read-only); for ``watch``
+    seconds it then looks at every process it can see for the second marker
+    and the descriptor, while the host starts one command after another.
+    Nothing is asserted: the report says what held.
     """
     marker = f"bridgeproto-isolation-marker-{secrets.token_hex(8)}"
     name = f"bridgeproto-check-{secrets.token_hex(4)}.sock"
@@ -214,8 +225,19 @@ async def check_offline_isolation(
         stdin=subprocess.DEVNULL,
     )
     addresses = _host_addresses()
+    # What a careless launcher would hand on: this process's environment and
+    # a descriptor not marked close-on-exec.
+    inherited = f"bridgeproto-inherited-marker-{secrets.token_hex(8)}"
+    saved_variable = os.environ.get(INHERITED_VARIABLE)
+    os.environ[INHERITED_VARIABLE] = inherited
+    descriptor = os.open(secret_file, os.O_RDONLY)
+    os.set_inheritable(descriptor, True)
+    identity = os.fstat(descriptor)
     targets = {
         "marker": marker,
+        "inherited": inherited,
+        "descriptor": [identity.st_dev, identity.st_ino],
+        "watch": watch,
         "tcp": [[address, tcp.getsockname()[1]] for address in addresses],
         "udp": [[address, udp.getsockname()[1]] for address in addresses],
         "unix": [path for path, _ in unix],
@@ -225,9 +247,18 @@ async def check_offline_isolation(
     try:
         # get_data: the probe's source even from inside a zipapp
         probe = pkgutil.get_data(__name__.rpartition(".")[0], "isolation_probe.py") or b""
-        result = await client.run(
-            [python, "-c", probe.decode()], stdin=json.dumps(targets).encode(), timeout=120
-        )
+        probed: list[CommandResult] = []
+
+        async def run_probe() -> None:
+            source = [python, "-c", probe.decode()]
+            stdin = json.dumps(targets).encode()
+            probed.append(await client.run(source, stdin=stdin, timeout=120 + watch))
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(run_probe)
+            while not probed:  # commands for the probe to watch being started
+                await client.run(["true"], timeout=60)
+        result = probed[0]
         try:
             found = json.loads(result.stdout)
         except ValueError:
@@ -250,6 +281,11 @@ async def check_offline_isolation(
         if reached:
             found["no host Unix socket is reachable"] = [False, f"reached {', '.join(reached)}"]
     finally:
+        os.close(descriptor)
+        if saved_variable is None:
+            del os.environ[INHERITED_VARIABLE]
+        else:
+            os.environ[INHERITED_VARIABLE] = saved_variable
         holder.kill()
         holder.wait()
         for closing in (tcp, udp, *(sock for _, sock in unix)):

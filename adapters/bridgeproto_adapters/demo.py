@@ -109,9 +109,11 @@ async def run_demo(sandbox_kind: str = "auto") -> int:
                 print(f"host: the bridge is up; inside, OPENAI_BASE_URL={inside}")
                 print("host: the real key stays here; the sandbox has a placeholder", flush=True)
                 env = {**bridge.env, "DEMO_UPSTREAM": f"127.0.0.1:{port}"}
-                argv = sandbox.command_line(["python3", "-u", "-c", CLIENT], env=env)
-                result = await anyio.run_process(argv, stdout=None, stderr=None, check=False)
+                client = sandbox.start(
+                    ["python3", "-u", "-c", CLIENT], env=env, stdin=None, stdout=None, stderr=None
+                )
+                code = await client.wait()
             print(bridge.session.stats.summary(), file=sys.stderr)
-            return result.returncode
+            return code
         finally:
             await sandbox.aclose()

@@ -18,6 +18,7 @@ import socket
 import struct
 import sys
 import tempfile
+import time
 from typing import Any
 
 CLONE_NEWNET = 0x40000000
@@ -82,6 +83,51 @@ def host_processes(marker: str) -> dict[str, tuple[bool, str]]:
         "host environments are unreadable": (
             not environ,
             "read the marker's environment" if environ else "ok",
+        ),
+    }
+
+
+def inherited(marker: str, descriptor: list[int], watch: float) -> dict[str, tuple[bool, str]]:
+    """The caller's own environment and an inheritable descriptor it holds:
+    in any process visible here, watched for ``watch`` seconds while the host
+    starts other commands (a launcher step may hold them only for a moment)."""
+    needle, identity = marker.encode(), tuple(descriptor)
+    environ, held, seen, scans = set(), set(), set(), 0
+    deadline = time.monotonic() + watch
+    while True:
+        scans += 1
+        for pid in _pids():
+            seen.add(pid)
+            if needle in (_read(f"/proc/{pid}/environ") or b"") + (
+                _read(f"/proc/{pid}/cmdline") or b""
+            ):
+                environ.add(pid)
+            try:
+                names = os.listdir(f"/proc/{pid}/fd")
+            except OSError:
+                continue
+            for name in names:
+                try:
+                    stat = os.stat(f"/proc/{pid}/fd/{name}")
+                except OSError:
+                    continue
+                if (stat.st_dev, stat.st_ino) == identity:
+                    held.add(f"{pid}:{name}")
+        if time.monotonic() >= deadline:
+            break
+    watched = f"{scans} scans, {len(seen)} pids seen"
+
+    def some(found: set[str]) -> str:
+        return ", ".join(sorted(found)[:5]) + (f" and {len(found) - 5} more" if len(found) > 5 else "")
+
+    return {
+        "nothing of the caller's environment inside": (
+            not environ,
+            f"found in pid {some(environ)}" if environ else f"ok ({watched})",
+        ),
+        "no descriptor of the caller's inside": (
+            not held,
+            f"held as pid:fd {some(held)}" if held else f"ok ({watched})",
         ),
     }
 
@@ -193,6 +239,7 @@ def main() -> None:
         "no UDP to the host": udp(targets["udp"], marker),
         "no other network namespace can be joined": join_namespaces(),
         **host_processes(marker),
+        **inherited(targets["inherited"], targets["descriptor"], targets["watch"]),
         "no host Unix socket is reachable": unix_sockets(targets["unix"]),
         "host files are unreadable": host_file(targets["file"], marker),
         "no capabilities, no_new_privs": capabilities(),

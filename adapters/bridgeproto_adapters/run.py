@@ -227,11 +227,11 @@ class Run:
                     max_calls=args.mailbox_calls, upload_input=args.mailbox_input == "upload",
                 ),
             ) as bridge:  # fmt: skip
-                argv = self.sandbox.command_line(args.command, env=bridge.env, cwd=args.cwd)
                 # A session of its own: the terminal's signals come to us, not to it.
-                self.command = await anyio.open_process(
-                    argv, stdin=None, stdout=None, stderr=None, start_new_session=True
-                )
+                self.command = self.sandbox.start(
+                    args.command, env=bridge.env, cwd=args.cwd,
+                    stdin=None, stdout=None, stderr=None, start_new_session=True,
+                )  # fmt: skip
                 code = await self._supervise(bridge, self.command)
             print(bridge.session.stats.summary(), file=sys.stderr)
             return code

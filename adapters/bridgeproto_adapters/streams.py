@@ -64,6 +64,36 @@ def memory_stream_pair(buffer: float = math.inf) -> tuple[MemoryByteStream, Memo
     return MemoryByteStream(a_send, a_receive), MemoryByteStream(b_send, b_receive)
 
 
+async def read_some(fd: int, max_bytes: int = _READ_SIZE) -> bytes:
+    """Up to ``max_bytes`` from the non-blocking ``fd``, once there are any;
+    ``EndOfStream`` at its end."""
+    while True:
+        try:
+            data = os.read(fd, max_bytes)
+        except BlockingIOError:
+            await anyio.wait_readable(fd)
+            continue
+        if not data:
+            raise anyio.EndOfStream
+        return data
+
+
+async def write_all(fd: int, data: bytes) -> None:
+    """All of ``data`` to the non-blocking ``fd``; ``BrokenResourceError``
+    when its reader is gone."""
+    view = memoryview(data)
+    while view:
+        try:
+            written = os.write(fd, view)
+        except BlockingIOError:
+            await anyio.wait_writable(fd)
+            continue
+        except BrokenPipeError:
+            raise anyio.BrokenResourceError from None
+        view = view[written:]
+    await anyio.lowlevel.checkpoint()
+
+
 class FdStream(anyio.abc.ByteStream):
     """A byte stream over two non-blocking file descriptors (pipes), or one
     (a connected socket).
@@ -86,32 +116,14 @@ class FdStream(anyio.abc.ByteStream):
         return cls(0, 1)
 
     async def receive(self, max_bytes: int = _READ_SIZE) -> bytes:
-        while True:
-            if self._closed:
-                raise anyio.ClosedResourceError
-            try:
-                data = os.read(self.read_fd, max_bytes)
-            except BlockingIOError:
-                await anyio.wait_readable(self.read_fd)
-                continue
-            if not data:
-                raise anyio.EndOfStream
-            return data
+        if self._closed:
+            raise anyio.ClosedResourceError
+        return await read_some(self.read_fd, max_bytes)
 
     async def send(self, item: bytes) -> None:
-        view = memoryview(item)
-        while view:
-            if self._closed:
-                raise anyio.ClosedResourceError
-            try:
-                written = os.write(self.write_fd, view)
-            except BlockingIOError:
-                await anyio.wait_writable(self.write_fd)
-                continue
-            except BrokenPipeError:
-                raise anyio.BrokenResourceError from None
-            view = view[written:]
-        await anyio.lowlevel.checkpoint()
+        if self._closed:
+            raise anyio.ClosedResourceError
+        await write_all(self.write_fd, item)
 
     async def send_eof(self) -> None:
         pass  # the protocol's goaway ends a session; EOF is never needed

@@ -103,12 +103,11 @@ class References:
              f"TCP:127.0.0.1:{self.upstream_port},nodelay"],
             stdout=None,
         )  # fmt: skip
-        inside = self.sandbox.command_line(
+        sandbox_side = self.sandbox.start(
             ["socat", *_FAST, "-d", "-d",
              f"TCP-LISTEN:{SHARED_PORT},bind=127.0.0.1,fork,reuseaddr,nodelay",
-             f"UNIX-CONNECT:{path}"]
+             f"UNIX-CONNECT:{path}"], stdout=None,
         )  # fmt: skip
-        sandbox_side = await anyio.open_process(inside, stdout=None)
         try:
             async with anyio.create_task_group() as tg:
                 for process in (host, sandbox_side):
@@ -140,11 +139,11 @@ class References:
                 ["socat", *_FAST, "STDIO", f"TCP:127.0.0.1:{self.upstream_port},nodelay"],
                 stdin=to_host[0], stdout=to_sandbox[1], stderr=None,
             )  # fmt: skip
-            inside = self.sandbox.command_line(
+            sandbox_side = self.sandbox.start(
                 ["socat", *_FAST, "-d", "-d",
-                 f"TCP-LISTEN:{LIMIT_PORT},bind=127.0.0.1,reuseaddr,nodelay", "STDIO"]
+                 f"TCP-LISTEN:{LIMIT_PORT},bind=127.0.0.1,reuseaddr,nodelay", "STDIO"],
+                stdin=to_sandbox[0], stdout=to_host[1],
             )  # fmt: skip
-            sandbox_side = await anyio.open_process(inside, stdin=to_sandbox[0], stdout=to_host[1])
         finally:
             for fd in (*to_sandbox, *to_host):
                 os.close(fd)

@@ -13,7 +13,6 @@ from __future__ import annotations
 import abc
 import os
 import shlex
-import subprocess
 from collections.abc import Mapping, Sequence
 from typing import Protocol
 
@@ -23,8 +22,12 @@ import attrs
 from anyio.streams.stapled import StapledByteStream
 
 from ..errors import BridgeError
+from ..processes import PIPE, HostProcess, run_process, start_process
 
 Command = Sequence[str] | str  # an argv list, or a shell string run with sh -c
+# The PATH of every command in a sandbox unless the caller gives one: the
+# system's, never the host user's (whose directories need not exist inside).
+SANDBOX_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 
 class SandboxError(BridgeError):
@@ -112,30 +115,73 @@ def _argv(command: Command) -> list[str]:
     return ["sh", "-c", command] if isinstance(command, str) else list(command)
 
 
-def _env_argv(env: Mapping[str, str] | None) -> list[str]:
-    """``env -i`` with exactly these variables: nothing of the host leaks in."""
-    variables = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), **(env or {})}
-    return ["env", "-i", *[f"{k}={v}" for k, v in variables.items()]]
+@attrs.frozen
+class Launch:
+    """How to start a command in a sandbox: a host ``argv`` and the
+    environment to start it with (None: the host's own, for a tool such as
+    ``docker exec`` whose environment stays on the host)."""
+
+    argv: list[str]
+    env: Mapping[str, str] | None
 
 
 class HostCommandSandbox(abc.ABC):
     """A sandbox entered by running a host command (bwrap, nsenter, a prefix).
 
     Subclasses say how to wrap an argv (``wrap``) and where files live.
+
+    What a command inside gets is built from nothing: ``SANDBOX_PATH`` (and
+    ``HOME`` where the backend has one) and what the caller passes, no host
+    variable and no descriptor but 0-2. ``enters_directly``: the host process
+    itself becomes the command (nsenter, a local shell), so it is started
+    with exactly that environment, and no step on the way ever holds one of
+    the host's; else (a prefix such as ``docker exec -i``) the tool keeps
+    the host's environment, which stays on the host, and ``env -i`` sets the
+    command's inside.
     """
 
     name = "sandbox"
     workdir = "/tmp"
     live_processes = True
+    enters_directly = False
 
     @abc.abstractmethod
     def wrap(self, argv: list[str], cwd: str | None) -> list[str]:
         """The host argv that runs ``argv`` inside the sandbox."""
 
-    def command_line(
+    def environment(self, env: Mapping[str, str] | None) -> dict[str, str]:
+        """The whole environment of a command given ``env``."""
+        return {"PATH": SANDBOX_PATH, **(env or {})}
+
+    def launch(
         self, command: Command, *, env: Mapping[str, str] | None = None, cwd: str | None = None
-    ) -> list[str]:
-        return self.wrap([*_env_argv(env), *_argv(command)], cwd)
+    ) -> Launch:
+        variables = self.environment(env)
+        if self.enters_directly:
+            return Launch(self.wrap(_argv(command), cwd), variables)
+        setting = ["env", "-i", *[f"{k}={v}" for k, v in variables.items()]]
+        return Launch(self.wrap([*setting, *_argv(command)], cwd), None)
+
+    def start(
+        self,
+        command: Command,
+        *,
+        env: Mapping[str, str] | None = None,
+        cwd: str | None = None,
+        stdin: int | None = PIPE,
+        stdout: int | None = PIPE,
+        stderr: int | None = PIPE,
+        start_new_session: bool = False,
+    ) -> HostProcess:
+        """Start ``command`` inside; the streams as ``processes.start_process``'s."""
+        launch = self.launch(command, env=env, cwd=cwd)
+        try:
+            return start_process(
+                launch.argv, env=launch.env, stdin=stdin, stdout=stdout, stderr=stderr,
+                start_new_session=start_new_session,
+            )  # fmt: skip
+        except OSError as exc:
+            raise SandboxUnavailable(f"{self.name}: cannot start {launch.argv[0]}: {exc}") from None
 
     async def run(
         self,
@@ -146,22 +192,17 @@ class HostCommandSandbox(abc.ABC):
         stdin: bytes | None = None,
         timeout: float | None = None,
     ) -> CommandResult:
-        argv = self.command_line(command, env=env, cwd=cwd)
+        launch = self.launch(command, env=env, cwd=cwd)
         try:
             with anyio.fail_after(timeout):
-                result = await anyio.run_process(
-                    argv,
-                    input=stdin,
-                    stdin=subprocess.DEVNULL if stdin is None else None,
-                    check=False,
-                )
+                code, stdout, stderr = await run_process(launch.argv, env=launch.env, input=stdin)
         except TimeoutError:
             raise CommandTimeout(
                 f"{self.name}: {_short(command)} did not finish within {timeout:g} s"
             ) from None
         except OSError as exc:
-            raise SandboxUnavailable(f"{self.name}: cannot start {argv[0]}: {exc}") from None
-        return CommandResult(result.returncode, result.stdout, result.stderr)
+            raise SandboxUnavailable(f"{self.name}: cannot start {launch.argv[0]}: {exc}") from None
+        return CommandResult(code, stdout, stderr)
 
     async def write_file(self, path: str, data: bytes) -> None:
         directory = os.path.dirname(path) or "/"
@@ -179,12 +220,7 @@ class HostCommandSandbox(abc.ABC):
     async def open_process(
         self, command: Sequence[str], *, env: Mapping[str, str] | None = None
     ) -> LiveProcess:
-        argv = self.command_line(list(command), env=env)
-        try:
-            process = await anyio.open_process(argv, stderr=None)
-        except OSError as exc:
-            raise SandboxUnavailable(f"{self.name}: cannot start {argv[0]}: {exc}") from None
-        return LiveProcess(process)
+        return LiveProcess(self.start(list(command), env=env, stderr=None))
 
     async def aclose(self) -> None:  # noqa: B027 - most backends hold nothing
         """Release what the sandbox holds."""

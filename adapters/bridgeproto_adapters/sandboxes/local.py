@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import shlex
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from .base import HostCommandSandbox
 
@@ -13,9 +13,13 @@ class LocalSandbox(HostCommandSandbox):
     """No isolation: commands run on the host as they are. Only by name."""
 
     name = "local (no isolation)"
+    enters_directly = True
 
     def __init__(self, workdir: str | None = None) -> None:
         self.workdir = workdir or tempfile.mkdtemp(prefix="bridgeproto-local-")
+
+    def environment(self, env: Mapping[str, str] | None) -> dict[str, str]:
+        return super().environment({"HOME": self.workdir, **(env or {})})
 
     def wrap(self, argv: list[str], cwd: str | None) -> list[str]:
         return ["sh", "-c", 'cd "$0" && exec "$@"', cwd or self.workdir, *argv]

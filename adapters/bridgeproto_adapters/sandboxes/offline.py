@@ -42,7 +42,8 @@ from typing import TypeVar
 import anyio
 import anyio.abc
 
-from .base import Command, HostCommandSandbox, SandboxError, SandboxUnavailable
+from ..processes import DEVNULL, start_process
+from .base import SANDBOX_PATH, HostCommandSandbox, SandboxError, SandboxUnavailable
 from .local import LocalSandbox
 
 # Host directories every sandbox sees read-only (the ones this machine has).
@@ -139,8 +140,9 @@ class _Holder:
 async def _start_holder(argv: list[str], what: str, info: tuple[int, int] | None) -> _Holder:
     """Start ``argv``, which prints ``ready`` once the sandbox is built, after
     ``{"child-pid": N}`` (on stdout, or on the pipe ``info``: read end, write end)."""
-    try:
-        process = await anyio.open_process(argv, pass_fds=() if info is None else info[1:])
+    try:  # the holder is the sandbox's first process: nothing of ours goes in with it
+        passed = () if info is None else info[1:]
+        process = start_process(argv, env={"PATH": SANDBOX_PATH}, stdin=DEVNULL, pass_fds=passed)
     except OSError as exc:
         raise SandboxUnavailable(f"{what}: cannot start {argv[0]}: {exc}") from None
     assert process.stdout is not None and process.stderr is not None
@@ -185,6 +187,7 @@ class _OfflineSandbox(HostCommandSandbox):
     ``/tmp``, and how a command enters the sandbox."""
 
     workdir = "/tmp/work"
+    enters_directly = True  # each launcher step holds only the command's environment
     tools: tuple[str, ...] = ("nsenter", "setpriv", "setsid")
     missing_tool_fix = "install util-linux"
     info_pipe = False  # does the holder report its pid on a pipe of its own?
@@ -238,11 +241,9 @@ class _OfflineSandbox(HostCommandSandbox):
             raise
         return cls(holder, root, view)
 
-    def command_line(
-        self, command: Command, *, env: Mapping[str, str] | None = None, cwd: str | None = None
-    ) -> list[str]:
+    def environment(self, env: Mapping[str, str] | None) -> dict[str, str]:
         # The host's HOME does not exist inside; the work directory does.
-        return super().command_line(command, env={"HOME": self.workdir, **(env or {})}, cwd=cwd)
+        return super().environment({"HOME": self.workdir, **(env or {})})
 
     def wrap(self, argv: list[str], cwd: str | None) -> list[str]:
         if os.geteuid() == 0:
