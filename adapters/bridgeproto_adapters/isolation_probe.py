@@ -118,7 +118,8 @@ def inherited(marker: str, descriptor: list[int], watch: float) -> dict[str, tup
     watched = f"{scans} scans, {len(seen)} pids seen"
 
     def some(found: set[str]) -> str:
-        return ", ".join(sorted(found)[:5]) + (f" and {len(found) - 5} more" if len(found) > 5 else "")
+        more = f" and {len(found) - 5} more" if len(found) > 5 else ""
+        return ", ".join(sorted(found)[:5]) + more
 
     return {
         "nothing of the caller's environment inside": (
