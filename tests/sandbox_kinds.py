@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import pwd
 import shutil
 import site
+import subprocess
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -45,3 +47,19 @@ async def make_sandbox(kind: str) -> AsyncIterator[HostCommandSandbox]:
         yield sandbox
     finally:
         await sandbox.aclose()
+
+
+UNPRIVILEGED_USER = "bridgeproto-test"
+
+
+def unprivileged_user() -> str:
+    """A user without privileges (made here when the tests run as root)."""
+    if os.geteuid() != 0:
+        return pwd.getpwuid(os.geteuid()).pw_name
+    try:
+        pwd.getpwnam(UNPRIVILEGED_USER)
+    except KeyError:
+        if shutil.which("useradd") is None:
+            pytest.fail("useradd is missing (apt-get install passwd): cannot make a user")
+        subprocess.run(["useradd", "--system", "--no-create-home", UNPRIVILEGED_USER], check=True)
+    return UNPRIVILEGED_USER

@@ -29,7 +29,7 @@ import anyio
 import anyio.abc
 import anyio.lowlevel
 
-from .streams import read_some, write_all
+from .streams import Descriptor
 
 PIPE = subprocess.PIPE
 DEVNULL = subprocess.DEVNULL
@@ -37,39 +37,26 @@ DEVNULL = subprocess.DEVNULL
 
 class _PipeReader(anyio.abc.ByteReceiveStream):
     def __init__(self, fd: int) -> None:
-        os.set_blocking(fd, False)
-        self.fd: int | None = fd
+        self.descriptor = Descriptor(fd)
 
     async def receive(self, max_bytes: int = 65536) -> bytes:
-        if self.fd is None:
-            raise anyio.ClosedResourceError
-        return await read_some(self.fd, max_bytes)
+        return await self.descriptor.read(max_bytes)
 
     async def aclose(self) -> None:
-        _close(self)
+        self.descriptor.close()
         await anyio.lowlevel.checkpoint()
 
 
 class _PipeWriter(anyio.abc.ByteSendStream):
     def __init__(self, fd: int) -> None:
-        os.set_blocking(fd, False)
-        self.fd: int | None = fd
+        self.descriptor = Descriptor(fd)
 
     async def send(self, item: bytes) -> None:
-        if self.fd is None:
-            raise anyio.ClosedResourceError
-        await write_all(self.fd, item)
+        await self.descriptor.write(item)
 
     async def aclose(self) -> None:
-        _close(self)
+        self.descriptor.close()
         await anyio.lowlevel.checkpoint()
-
-
-def _close(pipe: _PipeReader | _PipeWriter) -> None:
-    if pipe.fd is not None:
-        anyio.notify_closing(pipe.fd)  # a task waiting on it wakes, closed
-        os.close(pipe.fd)
-        pipe.fd = None
 
 
 class HostProcess(anyio.abc.Process):
@@ -81,7 +68,7 @@ class HostProcess(anyio.abc.Process):
         self._stdout = None if popen.stdout is None else _PipeReader(_take(popen.stdout))
         self._stderr = None if popen.stderr is None else _PipeReader(_take(popen.stderr))
         try:
-            self._pidfd: int | None = os.pidfd_open(popen.pid)
+            self._pidfd: Descriptor | None = Descriptor(os.pidfd_open(popen.pid))
         except (AttributeError, OSError):  # an older kernel: a thread waits instead
             self._pidfd = None
         self._waiting: anyio.Event | None = None  # set when the waiting task stops
@@ -94,7 +81,8 @@ class HostProcess(anyio.abc.Process):
             self._waiting = anyio.Event()
             try:
                 if self._pidfd is not None:
-                    await anyio.wait_readable(self._pidfd)
+                    with contextlib.suppress(anyio.ClosedResourceError):  # another saw the end
+                        await self._pidfd.wait(readable=True)
                 else:
                     await anyio.to_thread.run_sync(self._popen.wait, abandon_on_cancel=True)
             finally:
@@ -105,9 +93,7 @@ class HostProcess(anyio.abc.Process):
 
     def _close_pidfd(self) -> None:
         if self._pidfd is not None:
-            with contextlib.suppress(OSError):
-                os.close(self._pidfd)
-            self._pidfd = None
+            self._pidfd.close()
 
     def terminate(self) -> None:
         self.send_signal(signal.SIGTERM)
@@ -143,7 +129,7 @@ class HostProcess(anyio.abc.Process):
         """Close the pipes and wait for the end (killing it if cancelled)."""
         for pipe in (self._stdin, self._stdout, self._stderr):
             if pipe is not None:
-                _close(pipe)
+                pipe.descriptor.close()
         try:
             await self.wait()
         except BaseException:

@@ -64,34 +64,70 @@ def memory_stream_pair(buffer: float = math.inf) -> tuple[MemoryByteStream, Memo
     return MemoryByteStream(a_send, a_receive), MemoryByteStream(b_send, b_receive)
 
 
-async def read_some(fd: int, max_bytes: int = _READ_SIZE) -> bytes:
-    """Up to ``max_bytes`` from the non-blocking ``fd``, once there are any;
-    ``EndOfStream`` at its end."""
-    while True:
-        try:
-            data = os.read(fd, max_bytes)
-        except BlockingIOError:
-            await anyio.wait_readable(fd)
-            continue
-        if not data:
-            raise anyio.EndOfStream
-        return data
+class Descriptor:
+    """A non-blocking descriptor that is closed only once no task waits on it.
 
+    anyio keeps a descriptor's waiter under its number; closing it under a
+    waiter frees the number for the next pipe or socket while that waiter's
+    bookkeeping still holds it, and the next user of the number then finds
+    it busy, or loses its wake-up. So ``close`` wakes the waiters
+    (``ClosedResourceError``) and the last one to leave closes it.
+    """
 
-async def write_all(fd: int, data: bytes) -> None:
-    """All of ``data`` to the non-blocking ``fd``; ``BrokenResourceError``
-    when its reader is gone."""
-    view = memoryview(data)
-    while view:
+    def __init__(self, fd: int) -> None:
+        os.set_blocking(fd, False)
+        self.fd = fd
+        self.closed = False
+        self._waiters = 0
+
+    async def wait(self, *, readable: bool) -> None:
+        """Until the descriptor is readable (or writable); ``ClosedResourceError`` if closed."""
+        self._waiters += 1
         try:
-            written = os.write(fd, view)
-        except BlockingIOError:
-            await anyio.wait_writable(fd)
-            continue
-        except BrokenPipeError:
-            raise anyio.BrokenResourceError from None
-        view = view[written:]
-    await anyio.lowlevel.checkpoint()
+            await (anyio.wait_readable if readable else anyio.wait_writable)(self.fd)
+        finally:
+            self._waiters -= 1
+            if self.closed and not self._waiters:
+                os.close(self.fd)
+
+    async def read(self, max_bytes: int = _READ_SIZE) -> bytes:
+        """Up to ``max_bytes`` once there are any; ``EndOfStream`` at the end."""
+        while True:
+            if self.closed:
+                raise anyio.ClosedResourceError
+            try:
+                data = os.read(self.fd, max_bytes)
+            except BlockingIOError:
+                await self.wait(readable=True)
+                continue
+            if not data:
+                raise anyio.EndOfStream
+            return data
+
+    async def write(self, data: bytes) -> None:
+        """All of ``data``; ``BrokenResourceError`` when the reader is gone."""
+        view = memoryview(data)
+        while view:
+            if self.closed:
+                raise anyio.ClosedResourceError
+            try:
+                written = os.write(self.fd, view)
+            except BlockingIOError:
+                await self.wait(readable=False)
+                continue
+            except BrokenPipeError:
+                raise anyio.BrokenResourceError from None
+            view = view[written:]
+        await anyio.lowlevel.checkpoint()
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        if self._waiters:
+            anyio.notify_closing(self.fd)  # they wake, and the last one closes it
+        else:
+            os.close(self.fd)
 
 
 class FdStream(anyio.abc.ByteStream):
@@ -106,34 +142,30 @@ class FdStream(anyio.abc.ByteStream):
         self.read_fd = read_fd
         self.write_fd = write_fd
         self.owned = owned
+        self._reader = Descriptor(read_fd)
+        self._writer = self._reader if write_fd == read_fd else Descriptor(write_fd)
         for fd in {read_fd, write_fd}:
-            os.set_blocking(fd, False)
             grow_pipe(fd)
-        self._closed = False
 
     @classmethod
     def stdio(cls) -> FdStream:
         return cls(0, 1)
 
     async def receive(self, max_bytes: int = _READ_SIZE) -> bytes:
-        if self._closed:
-            raise anyio.ClosedResourceError
-        return await read_some(self.read_fd, max_bytes)
+        return await self._reader.read(max_bytes)
 
     async def send(self, item: bytes) -> None:
-        if self._closed:
-            raise anyio.ClosedResourceError
-        await write_all(self.write_fd, item)
+        await self._writer.write(item)
 
     async def send_eof(self) -> None:
         pass  # the protocol's goaway ends a session; EOF is never needed
 
     async def aclose(self) -> None:
-        if self.owned and not self._closed:
-            for fd in {self.read_fd, self.write_fd}:
-                anyio.notify_closing(fd)
-                os.close(fd)
-        self._closed = True
+        if self.owned:
+            self._reader.close()
+            self._writer.close()
+        else:  # not ours to close: only refuse further use
+            self._reader.closed = self._writer.closed = True
         await anyio.lowlevel.checkpoint()
 
 

@@ -283,14 +283,16 @@ class _OfflineSandbox(HostCommandSandbox):
             for kind, _, target in self.view
         ):
             return False  # a host path shown there: not ours to write from here
-        owner = SANDBOX_UID if os.geteuid() == 0 else os.getuid()
+        owner, group = SANDBOX_UID, SANDBOX_UID
+        if os.geteuid() != 0:  # (a user's group need not have its uid's number)
+            owner, group = os.getuid(), os.getgid()
         flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
         directory = os.open(os.path.join(self._root, "tmp"), flags)
         try:
             for name in parts[2:-1]:
                 with contextlib.suppress(FileExistsError):
                     os.mkdir(name, 0o755, dir_fd=directory)
-                    os.chown(name, owner, owner, dir_fd=directory, follow_symlinks=False)
+                    os.chown(name, owner, group, dir_fd=directory, follow_symlinks=False)
                 try:
                     step = os.open(name, flags, dir_fd=directory)
                 except OSError:
@@ -309,7 +311,7 @@ class _OfflineSandbox(HostCommandSandbox):
             try:
                 with os.fdopen(fd, "wb", closefd=False) as file:
                     file.write(data)
-                os.fchown(fd, owner, owner)
+                os.fchown(fd, owner, group)
             except OSError:
                 with contextlib.suppress(OSError):
                     os.unlink(temporary, dir_fd=directory)
