@@ -237,3 +237,14 @@ def test_the_harness_example_in_the_adapter_docs_runs() -> None:
         assert anyio.run(scenario).splitlines() == ["you said hi", "stream"]
     finally:
         server.shutdown()
+
+
+def test_the_routing_headers_dropped_are_the_ones_the_adapter_docs_list() -> None:
+    from bridgeproto._http import ROUTING_HEADERS, ROUTING_PREFIXES
+
+    text = (DOCS / "adapters.md").read_text()
+    paragraph = text[text.index("Routing headers, which") :].split("\n\n")[0]
+    listed = {name.lower() for name in re.findall(r"`([A-Za-z-]+\*?)`", paragraph)}
+    listed.discard("upstream(..., pass_routing_headers=true)")
+    code = {n.decode() for n in ROUTING_HEADERS} | {p.decode() + "*" for p in ROUTING_PREFIXES}
+    assert listed == code

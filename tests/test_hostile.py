@@ -30,6 +30,12 @@ ROUTING = [
     "x-real-ip",
     "x-original-url",
     "x-rewrite-url",
+    "true-client-ip",
+    "x-client-ip",
+    "cf-connecting-ip",
+    "x-envoy-original-path",
+    "x-http-method-override",
+    "x-host",
 ]
 
 

@@ -57,9 +57,16 @@ _HOP_BY_HOP = frozenset(
 # Framing is never hop-by-hop: ``Connection: content-length`` must not strip
 # the header that says where the body ends.
 _FRAMING = frozenset({b"content-length", b"transfer-encoding"})
-# Headers upstreams behind proxies trust to say who is asking and for what;
-# an agent must not choose them (``Upstream.pass_routing_headers`` allows).
-_ROUTING = frozenset({b"forwarded", b"x-real-ip", b"x-original-url", b"x-rewrite-url"})
+# Headers upstreams behind proxies trust to say who is asking, for which
+# host, path or method; an agent must not choose them
+# (``Upstream.pass_routing_headers`` allows). docs/adapters.md lists them.
+ROUTING_HEADERS = frozenset({
+    b"forwarded", b"x-real-ip", b"x-original-url", b"x-rewrite-url", b"x-host",
+    b"x-original-host", b"true-client-ip", b"x-client-ip", b"cf-connecting-ip",
+    b"fastly-client-ip", b"x-cluster-client-ip", b"x-http-method-override",
+    b"x-http-method", b"x-method-override",
+})  # fmt: skip
+ROUTING_PREFIXES = (b"x-forwarded-", b"x-envoy-")
 _PERCENT = re.compile(rb"%([0-9A-Fa-f]{2})?")
 
 
@@ -526,7 +533,7 @@ class Upstream:
 
 
 def _is_routing(name: bytes) -> bool:
-    return name in _ROUTING or name.startswith(b"x-forwarded-")
+    return name in ROUTING_HEADERS or name.startswith(ROUTING_PREFIXES)
 
 
 def upstream_request(head: RequestHead, upstream: Upstream) -> h11.Request | Refusal:
