@@ -199,3 +199,31 @@ def test_the_command_runs_on_uvloop_where_it_is_installed(monkeypatch: pytest.Mo
         assert eventloop.run(loop_module).startswith("uvloop") == installed
     finally:
         eventloop.uvloop_in_use.cache_clear()
+
+
+def test_head_timeout_bounds_a_request_head_that_never_completes() -> None:
+    need_bwrap()
+    # Inside: a connection that sends half a head, and what it gets back.
+    script = (
+        "import os, socket\n"
+        "host, port = os.environ['BRIDGEPROTO_URL'].split('/')[2].split(':')\n"
+        "sock = socket.create_connection((host, int(port)))\n"
+        "sock.sendall(b'GET /rollout/k/json HTTP/1.1\\r\\nHost: x\\r\\n')\n"
+        "sock.settimeout(20)\n"  # well past --head-timeout, well short of the default 60 s
+        "print(sock.recv(100).split(b'\\r\\n')[0].decode())\n"
+    )
+    with upstream_in_thread() as upstream:
+        result = bridgeproto(
+            "run", "--upstream", upstream.url + "/rollout/k", "--sandbox", "bwrap",
+            "--head-timeout", "1", "--", "python3", "-c", script,
+        )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["HTTP/1.1", "408"]
+    assert upstream.requests == []
+
+
+def test_the_head_timeout_default_is_the_sandbox_sides() -> None:
+    from bridgeproto_adapters.sandbox_side import AgentLimits
+
+    shown = bridgeproto("run", "--help").stdout
+    assert f"gets 408 (default {AgentLimits().head_timeout:g})" in " ".join(shown.split())

@@ -331,6 +331,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--timeout", type=_seconds, default=None, help="total seconds per exchange (default: none)"
     )
     run_p.add_argument(
+        "--head-timeout",
+        type=_seconds,
+        default=60.0,  # AgentLimits' (the sandbox side is not imported for help)
+        help="seconds an agent's connection may take to send a whole request head; a part"
+        " of one then gets 408 (default 60)",
+    )
+    run_p.add_argument(
         "--max-body",
         type=int,
         default=None,

@@ -39,6 +39,7 @@ from bridgeproto.wire import armor
 from .cli import parse_header
 from .errors import BridgeError
 from .launch import MAILBOX_LIMITS, Bridge, open_bridge, parse_upstream
+from .sandbox_side import AgentLimits
 from .sandboxes import HostCommandSandbox, open_sandbox
 from .session import Session, first_of
 from .transports.mailbox import MailboxOptions
@@ -222,6 +223,7 @@ class Run:
                 self.sandbox, args.upstream, headers=self.headers, listen=args.listen,
                 config=config, python=args.python, tracer=TraceWriter(trace) if trace else None,
                 on_channel=say if args.verbose else None, resume_timeout=args.resume_timeout,
+                limits=AgentLimits(head_timeout=args.head_timeout),
                 transport=args.transport, mailbox=MailboxOptions(
                     wait=args.mailbox_wait, batch_bytes=args.mailbox_batch,
                     max_calls=args.mailbox_calls, upload_input=args.mailbox_input == "upload",
