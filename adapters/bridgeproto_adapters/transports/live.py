@@ -20,7 +20,9 @@ that merely broke.
 
 from __future__ import annotations
 
+import fcntl
 import os
+import stat
 from collections.abc import Mapping, Sequence
 
 import anyio
@@ -68,12 +70,28 @@ async def accept_channels(
                 _, fds = await handle.receive_fds(16, 2)
             except (*STREAM_ERRORS, ValueError):
                 fds = []
-            if len(fds) != 2:  # not a channel process: whoever it is, goodbye
+            if len(fds) != 2 or not _is_channel(*fds):  # whoever it is, goodbye
                 for fd in fds:
                     os.close(fd)
                 await handle.aclose()
                 continue
             await acceptor.offer(PassedChannel(fds[0], fds[1], handle))
+
+
+def _is_channel(read_fd: int, write_fd: int) -> bool:
+    """Whether two handed-over descriptors can be a channel: pipes or sockets
+    open for reading and for writing. Code inside can connect to the socket
+    too; a file or device there (``/dev/zero`` reads forever) would take the
+    place of the host's channel and spin on it."""
+    for fd, mode in ((read_fd, os.O_RDONLY), (write_fd, os.O_WRONLY)):
+        try:
+            kind = os.fstat(fd).st_mode
+            access = fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_ACCMODE
+        except OSError:
+            return False
+        if not (stat.S_ISFIFO(kind) or stat.S_ISSOCK(kind)) or access not in (mode, os.O_RDWR):
+            return False
+    return True
 
 
 # ---------------------------------------------------------------- on the host
