@@ -4,11 +4,15 @@ hands over must not cost the bridge more than the host's next channel."""
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
 import anyio
 import pytest
 
-from bridgeproto_adapters.launch import open_bridge
+from bridgeproto_adapters.launch import Bridge, open_bridge
 from bridgeproto_adapters.relay import channel_socket
+from bridgeproto_adapters.sandboxes import HostCommandSandbox
 from sandbox_kinds import make_sandbox
 from upstream import running_upstream
 
@@ -55,30 +59,38 @@ def anyio_backend() -> str:
     return "asyncio"
 
 
+@asynccontextmanager
+async def stream_bridge() -> AsyncIterator[tuple[HostCommandSandbox, Bridge]]:
+    async with (
+        running_upstream() as upstream,
+        make_sandbox("bwrap") as sandbox,
+        open_bridge(sandbox, upstream.url + "/rollout/k") as bridge,
+    ):
+        yield sandbox, bridge
+
+
 async def test_descriptors_that_are_not_a_channel_are_refused() -> None:
-    async with running_upstream() as upstream, make_sandbox("bwrap") as sandbox:
-        async with open_bridge(sandbox, upstream.url + "/rollout/k") as bridge:
-            path = channel_socket(bridge.session.conn.session_id)
-            with anyio.fail_after(30):
-                handed = await sandbox.run(["python3", "-c", HAND_OVER, path])
-            assert handed.stdout == b"closed\n", handed  # refused at once
-            with anyio.fail_after(60):
-                fetched = await sandbox.run(["python3", "-c", FETCH], env=bridge.env)
-            assert fetched.stdout.split() == [b"200"] * 3, fetched
-            # The host's channel was never replaced, so never reopened.
-            assert bridge.channels.opened == 1
-            assert bridge.session.failure is None
+    async with stream_bridge() as (sandbox, bridge):
+        path = channel_socket(bridge.session.conn.session_id)
+        with anyio.fail_after(30):
+            handed = await sandbox.run(["python3", "-c", HAND_OVER, path])
+        assert handed.stdout == b"closed\n", handed  # refused at once
+        with anyio.fail_after(60):
+            fetched = await sandbox.run(["python3", "-c", FETCH], env=bridge.env)
+        assert fetched.stdout.split() == [b"200"] * 3, fetched
+        # The host's channel was never replaced, so never reopened.
+        assert bridge.channels.opened == 1
+        assert bridge.session.failure is None
 
 
 async def test_a_channel_of_garbage_from_inside_costs_one_reconnect_at_most() -> None:
-    async with running_upstream() as upstream, make_sandbox("bwrap") as sandbox:
-        async with open_bridge(sandbox, upstream.url + "/rollout/k") as bridge:
-            path = channel_socket(bridge.session.conn.session_id)
-            with anyio.fail_after(30):
-                handed = await sandbox.run(["python3", "-c", HAND_OVER_PIPES, path])
-            assert handed.stdout == b"dropped\n", handed  # its channel was let go
-            with anyio.fail_after(60):
-                fetched = await sandbox.run(["python3", "-c", FETCH], env=bridge.env)
-            assert fetched.stdout.split() == [b"200"] * 3, fetched
-            assert bridge.channels.opened <= 2
-            assert bridge.session.failure is None
+    async with stream_bridge() as (sandbox, bridge):
+        path = channel_socket(bridge.session.conn.session_id)
+        with anyio.fail_after(30):
+            handed = await sandbox.run(["python3", "-c", HAND_OVER_PIPES, path])
+        assert handed.stdout == b"dropped\n", handed  # its channel was let go
+        with anyio.fail_after(60):
+            fetched = await sandbox.run(["python3", "-c", FETCH], env=bridge.env)
+        assert fetched.stdout.split() == [b"200"] * 3, fetched
+        assert bridge.channels.opened <= 2
+        assert bridge.session.failure is None
