@@ -1,5 +1,6 @@
-"""A harness host with hundreds of bridges holds thousands of descriptors:
-nothing in the host side may be limited to the first 1,024 (``select()`` is)."""
+"""A harness host runs hundreds of bridges in one process: nothing in the
+host side may be limited to the first 1,024 descriptors (``select()`` is),
+and a bridge may cost no thread of its own."""
 
 from __future__ import annotations
 
@@ -12,6 +13,10 @@ import httpx
 import pytest
 
 from bridge import bridge
+from bridgeproto_adapters.launch import open_bridge
+from bridgeproto_adapters.sandboxes import BwrapSandbox
+from sandbox_kinds import need_bwrap
+from upstream import running_upstream
 
 pytestmark = pytest.mark.anyio
 
@@ -42,3 +47,23 @@ async def test_pooled_upstream_connections_past_descriptor_1023() -> None:
                 response = await client.post("/echo", content=b"x")
                 assert response.status_code == 200
             assert b.upstream.connections == 1
+
+
+def threads() -> int:
+    return len(os.listdir("/proc/self/task"))
+
+
+@pytest.mark.parametrize("transport", ["stream", "mailbox"])
+async def test_a_bridge_costs_the_host_no_thread(transport: str) -> None:
+    # (asyncio's child watcher kept a thread for each live child: the
+    # holder and the channel process, two or more a bridge.)
+    need_bwrap()
+    async with running_upstream() as upstream, contextlib.AsyncExitStack() as stack:
+        counts = []
+        for _ in range(4):
+            sandbox = await BwrapSandbox.create()
+            stack.push_async_callback(sandbox.aclose)
+            url = upstream.url + "/rollout/k"
+            await stack.enter_async_context(open_bridge(sandbox, url, transport=transport))
+            counts.append(threads())
+        assert counts[-1] == counts[0], counts
