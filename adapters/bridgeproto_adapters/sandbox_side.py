@@ -426,6 +426,8 @@ def _stop_eager_reading(stream: anyio.abc.ByteStream) -> None:
     turns it off only after a receive that had to wait. An agent that uploads
     faster than the bridge's credit allows would then be buffered whole in
     memory. Pausing up front restores the backpressure (trio needs nothing).
+    The transport is anyio's private attribute: tests/test_dependencies.py
+    pins it.
     """
     transport = getattr(stream, "_transport", None)
     pause = getattr(transport, "pause_reading", None)

@@ -360,7 +360,8 @@ class AgentConnection:
 
     def _chunk_refusal(self) -> Refusal | None:
         """A chunk size no body could have (h11 takes up to 20 hex digits,
-        and would wait forever for 2**64 bytes), or one past the body limit."""
+        and would wait forever for 2**64 bytes), or one past the body limit.
+        The size is h11's private state: tests/test_dependencies.py pins it."""
         declared = getattr(getattr(self._h11, "_reader", None), "_bytes_in_chunk", 0)
         limit = self.policy.max_body_bytes
         if limit is not None and self._body_bytes + declared > limit:

@@ -1,0 +1,43 @@
+"""The two places the project reads a dependency's private attributes, each
+pinned here so that a release of the dependency that moves them fails this
+test loudly instead of turning a check off in silence."""
+
+from __future__ import annotations
+
+import anyio
+import h11
+import pytest
+
+from bridgeproto_adapters.sandbox_side import _stop_eager_reading
+
+
+def test_h11_still_exposes_the_size_of_the_chunk_it_reads() -> None:
+    # _http.py reads it to refuse a chunk past the body limit before h11
+    # waits for its bytes (h11 itself takes a size of up to 20 hex digits).
+    conn = h11.Connection(h11.SERVER)
+    conn.receive_data(b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n1f\r\nab")
+    assert isinstance(conn.next_event(), h11.Request)
+    assert isinstance(conn.next_event(), h11.Data)
+    assert conn._reader._bytes_in_chunk == 0x1F - 2  # type: ignore[union-attr]
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_anyio_asyncio_sockets_still_have_a_transport_to_pause() -> None:
+    # sandbox_side.py pauses an accepted connection's reading up front, or an
+    # agent's upload would be buffered whole.
+    async with await anyio.create_tcp_listener(local_host="127.0.0.1") as listener:
+        port = listener.extra(anyio.abc.SocketAttribute.local_port)
+        async with await anyio.connect_tcp("127.0.0.1", port), anyio.create_task_group() as tg:
+            accepted: list[anyio.abc.SocketStream] = []
+
+            async def take(stream: anyio.abc.SocketStream) -> None:
+                accepted.append(stream)
+                tg.cancel_scope.cancel()
+
+            tg.start_soon(listener.serve, take)
+        transport = accepted[0]._transport  # type: ignore[attr-defined]
+        assert transport.is_reading()
+        _stop_eager_reading(accepted[0])
+        assert not transport.is_reading()
+        await accepted[0].aclose()
