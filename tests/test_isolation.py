@@ -17,7 +17,7 @@ import sys
 import tempfile
 import termios
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 
 import anyio
 import pytest
@@ -67,7 +67,6 @@ async def test_the_check_finds_every_hole_of_a_sandbox_without_isolation() -> No
         "no host process is visible",
         "host command lines are unreadable",
         "host environments are unreadable",
-        "nothing of the caller's environment inside",
         "no descriptor of the caller's inside",
         "no host Unix socket is reachable",
         "host files are unreadable",
@@ -80,6 +79,25 @@ async def test_the_check_finds_every_hole_of_a_sandbox_without_isolation() -> No
             "cannot write outside the allowed paths",
         } <= holes, report
     assert "HOLE  no TCP to the host: connected to 127.0.0.1:" in str(report)
+
+
+class CarelessSandbox(LocalSandbox):
+    """Starts commands with the caller's whole environment, as launchers used to."""
+
+    def environment(self, env: Mapping[str, str] | None) -> dict[str, str]:
+        return {**os.environ, **super().environment(env)}
+
+
+@pytest.mark.anyio
+async def test_the_check_finds_a_launcher_that_hands_on_the_callers_environment() -> None:
+    # The local sandbox starts commands with their own environment only, so
+    # the caller's marker never reaches them; a launcher that passes
+    # os.environ on is caught.
+    held = {f.name: f.held for f in (await check_offline_isolation(LocalSandbox())).findings}
+    assert held["nothing of the caller's environment inside"]
+    report = await check_offline_isolation(CarelessSandbox())
+    holes = {finding.name: finding.detail for finding in report.holes}
+    assert "nothing of the caller's environment inside" in holes, report
 
 
 # ------------------------------------------------------------------ unprivileged
