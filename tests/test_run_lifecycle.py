@@ -295,6 +295,66 @@ def test_timeouts_from_the_command_line(
     assert cause in run.stdout, (run.stdout, run.stderr)
 
 
+BREAK_ONCE = (
+    "import os, signal, time\n"
+    "print('started', flush=True)\n"
+    "def calls():\n"
+    "    for pid in filter(str.isdigit, os.listdir('/proc')):  # the sandbox's own\n"
+    "        try:\n"
+    "            argv = open(f'/proc/{pid}/cmdline', 'rb').read().split(b'\\0')\n"
+    "        except OSError:\n"
+    "            continue\n"
+    "        if argv[1:3] == [b'-I', b'-S']:\n"
+    "            yield int(pid)\n"
+    "for pid in calls():  # a mailbox call waiting for bytes: the channel breaks\n"
+    "    os.kill(pid, signal.SIGKILL)\n"
+    "    print('killed', flush=True)\n"
+    "    break\n"
+    "time.sleep(60)\n"
+)
+
+
+def test_verbose_says_when_a_channel_comes_back_and_sums_up_every_5_s(
+    tmp_path: pathlib.Path,
+) -> None:
+    """``-v`` (docs/sandboxes.md): a line when a broken channel is replaced,
+    and the summary every 5 s. The command breaks the channel once, as a
+    provider that drops a call would: it kills one of the mailbox's calls."""
+    need_bwrap()
+    with upstream_in_thread() as upstream, Running(
+        "--upstream", upstream.url, "--sandbox", "bwrap", "--hide-cwd", "-v",
+        "--transport", "mailbox", "--", "python3", "-c", BREAK_ONCE, tmp=tmp_path,
+    ) as run:  # fmt: skip
+        run.wait_for(run.stdout, "started")
+        started = time.monotonic()  # the summary's clock started just before the command
+        run.wait_for(run.stderr, "exchanges,")
+        first_summary = time.monotonic() - started
+        run.process.send_signal(signal.SIGTERM)
+        assert run.finish() == 143, run.stderr
+    assert "bridgeproto: channel 2 is up; the session resumes" in run.stderr, run.stderr
+    assert run.stdout == ["started", "killed"], run.stdout
+    summary = next(line for line in run.stderr if "exchanges," in line)  # the live one
+    assert summary.startswith("bridgeproto: 0 exchanges,") and ", 1 reconnect," in summary
+    # 5 s, less the command's own start; more by the stated margin at most.
+    assert 5 - MARGIN < first_summary < 5 + MARGIN, first_summary
+
+
+def test_listen_puts_the_agents_address_where_asked(tmp_path: pathlib.Path) -> None:
+    need_bwrap()
+    probe = (
+        "import os, urllib.request\n"
+        "print(os.environ['BRIDGEPROTO_URL'])\n"
+        "print(urllib.request.urlopen('http://127.0.0.2:14242/json').read().decode())\n"
+    )
+    with upstream_in_thread() as upstream, Running(
+        "--upstream", upstream.url, "--sandbox", "bwrap", "--hide-cwd",
+        "--listen", "127.0.0.2:14242", "--", "python3", "-c", probe, tmp=tmp_path,
+    ) as run:  # fmt: skip
+        assert run.finish() == 0, run.stderr
+    assert run.stdout[0] == "http://127.0.0.2:14242"
+    assert json.loads(run.stdout[1]) == {"ok": True}
+
+
 @pytest.mark.anyio
 async def test_auto_picks_bwrap_and_falls_back_to_unshare(monkeypatch: pytest.MonkeyPatch) -> None:
     need_bwrap()
