@@ -23,6 +23,7 @@ import httpx
 import pytest
 
 from bridge import bridge as local_bridge
+from bridgeproto.wire import armor
 from bridgeproto_adapters.launch import MAILBOX_LIMITS, Bridge, open_bridge
 from bridgeproto_adapters.sandboxes import (
     BwrapSandbox,
@@ -515,3 +516,74 @@ print(answer["body_size"], answer["body_sha256"] == hashlib.sha256(body).hexdige
             with anyio.fail_after(60):
                 assert (await agent(real, bridge, post % (8 << 20))).split() == ["8388608", "True"]
             assert stats.batch_bytes == 1 << 20, stats
+
+
+# Code inside calls the mailbox socket itself, in the epoch in use (read from
+# a waiting call's command line, as such code could), until it has taken one
+# answer that held output: output the host never sees.
+THIEF = """
+import glob, re, socket, struct, sys, time
+(path,) = glob.glob("/tmp/bridgeproto-*/mailbox.sock")
+def epoch():
+    found = []
+    for name in glob.glob("/proc/[0-9]*/cmdline"):
+        try:
+            found += [int(n) for n in re.findall(rb"--epoch\\x00(\\d+)", open(name, "rb").read())]
+        except OSError:
+            pass
+    return max(found, default=1)
+deadline = time.monotonic() + 30
+while time.monotonic() < deadline:
+    sock = socket.socket(socket.AF_UNIX)
+    sock.connect(path)
+    # epoch, no input, got nothing, answer now, up to 1 MiB, one call waiting, no rewind
+    sock.sendall(struct.pack(">QQQIIIBI", epoch(), 0, 0, 0, 1 << 20, 1, 0, 0))
+    sock.shutdown(socket.SHUT_WR)
+    answer = b""
+    while chunk := sock.recv(1 << 20):
+        answer += chunk
+    if len(answer.strip()) > int(sys.argv[1]):
+        print("took", len(answer))
+        break
+    time.sleep(0.002)
+"""
+
+SEQUENTIAL_POSTS = """
+import json, os, urllib.request
+for i in range(5):
+    body = b"post %d;" % i * 100
+    answer = json.load(urllib.request.urlopen(urllib.request.Request(
+        os.environ["BRIDGEPROTO_URL"] + "/echo?id=%d" % i, data=body), timeout=30))
+    print(answer["body_size"])
+"""
+
+
+async def test_output_taken_by_code_inside_is_handed_out_again() -> None:
+    """Issue 22.5: code inside takes one answer batch by calling the mailbox
+    socket itself. The host's calls never see that output; the sandbox side
+    hands it out again once it has gone unacknowledged for 2 s (and the
+    host asks again for what it sees missing), so the session goes on in
+    bounded time and every request reaches the upstream exactly once (it
+    used to wait out the 60 s peer timeout and end the bridge)."""
+    empty = len(armor(bytes(8)))  # an answer that holds no output
+    async with (
+        running_upstream() as upstream,
+        offline() as sandbox,
+        open_bridge(sandbox, upstream.url, transport="mailbox") as bridge,
+    ):
+        results: dict[str, str] = {}
+
+        async def run(name: str, script: str, *args: str) -> None:
+            done = await sandbox.run(["python3", "-c", script, *args], env=bridge.env, timeout=60)
+            assert done.exit_code == 0, done.stderr.decode()
+            results[name] = done.stdout.decode()
+
+        with anyio.fail_after(25):  # the host's calls wait 15 s; the peer timeout is 60 s
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(run, "thief", THIEF, str(empty))
+                tg.start_soon(run, "agent", SEQUENTIAL_POSTS)
+        assert results["thief"].startswith("took"), results
+        assert results["agent"].split() == ["700"] * 5
+        assert bridge.session.conn.failure is None
+    posts = [r["target"] for r in upstream.requests]
+    assert posts == [f"/echo?id={i}" for i in range(5)]  # each exactly once
