@@ -84,6 +84,7 @@ _RESEND_AFTER = 2.0  # seconds output may go unacknowledged before a waiting cal
 _FAILURES_TO_END = 5  # calls and uploads failing in a row that end an epoch
 _MIN_BATCH = 4096  # the smallest output batch cut answers shrink it to
 _GROW_AFTER = 4  # full answers in a row before the batch grows again (at first)
+_CLOSING_WAIT = 3.0  # seconds a stopping bridge gives the session to close its epoch
 
 
 def spool_dir(session_id: bytes) -> str:
@@ -778,9 +779,17 @@ class MailboxChannels:
         self._task_group = None
 
     async def aclose(self) -> None:
-        """Stop making calls (from any task); idempotent."""
-        if self._current is not None:
-            self._current.end("the bridge is stopping")
+        """Stop making calls (from any task); idempotent. The session closes
+        its epoch itself as it ends, with one last call that carries its
+        final frames and answers every call waiting in the sandbox: that is
+        given a moment first, so a stop neither waits out a long-poll nor
+        breaks the channel under the session."""
+        current = self._current
+        if current is not None:
+            with anyio.move_on_after(_CLOSING_WAIT):
+                while current.ended is None:
+                    await current.wait_for_change()
+            current.end("the bridge is stopping")
         self._closed.set()
 
     async def next_channel(self) -> anyio.abc.ByteStream:
