@@ -68,7 +68,7 @@ from bridgeproto.wire import END_OF_INPUT, ArmorDecoder, FrameType, armor
 from .. import mailbox_call
 from ..errors import STREAM_ERRORS
 from ..mailbox_call import EXIT_NO_DAEMON, EXIT_STALE, channel_dir
-from ..sandboxes import SandboxClient, SandboxError
+from ..sandboxes import SandboxClient, SandboxError, check_result
 from ..streams import FdStream
 from . import Acceptor, NoChannel
 
@@ -843,12 +843,17 @@ class MailboxChannels:
                 argv += ["--input", path]
                 stdin = None
             self.stats.calls += 1
-            result = await self.sandbox.run(
-                argv, stdin=stdin, env=self.env, timeout=wait + options.call_timeout
+            result = check_result(
+                await self.sandbox.run(
+                    argv, stdin=stdin, env=self.env, timeout=wait + options.call_timeout
+                )
             )
         except SandboxError as exc:
             self.stats.failed += 1
             raise _CallFailed(f"a call failed: {exc}") from None
+        except TypeError as exc:  # the client returned the wrong types: no call will do
+            self._final = str(exc)
+            raise _CallFailed(self._final, final=True) from None
         if result.exit_code != 0:
             self.stats.failed += 1
             said = result.stderr.decode(errors="replace").strip()[-300:]
