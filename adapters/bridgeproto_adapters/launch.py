@@ -297,8 +297,8 @@ async def open_bridge(
                 yield bridge
             finally:
                 await bridge.stop()
-    except Exception as exc:
-        cause = _bridge_failure(exc) if bridge is None else None
+    except BaseExceptionGroup as group:  # the task group's; _start_daemon's pass as raised
+        cause = _bridge_failure(group) if bridge is None else None
         if cause is None:
             raise
         if isinstance(cause, BridgeStartError):
