@@ -7,7 +7,7 @@ from __future__ import annotations
 import hashlib
 import os
 import socket
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 import aiohttp
@@ -18,7 +18,7 @@ import pytest
 
 import bridgeproto as bp
 from bridgeproto_adapters.launch import Bridge, open_bridge
-from bridgeproto_adapters.sandboxes import BwrapSandbox, LiveProcess
+from bridgeproto_adapters.sandboxes import BwrapSandbox, LiveProcess, SandboxClient
 from sandbox_kinds import SITE_PACKAGES, need_bwrap
 from upstream import Upstream, running_upstream
 
@@ -34,12 +34,14 @@ from aiohttp import web
 
 next_event = asyncio.Event()
 hung_up = asyncio.Event()
+posted = []  # the body of every POST /digest, in arrival order
 
 async def hello(request):
     return web.json_response({"path": request.path_qs, "host": request.headers.get("host")})
 
 async def digest(request):
     body = await request.read()
+    posted.append(body.decode("latin-1")[:40])
     return web.json_response({"size": len(body), "sha256": hashlib.sha256(body).hexdigest()})
 
 async def sse(request):
@@ -49,6 +51,20 @@ async def sse(request):
         await response.write(f"data: event {i}\n\n".encode())
         next_event.clear()
         await next_event.wait()  # the next one is written only once the host saw this one
+    await response.write_eof()
+    return response
+
+async def posts(request):
+    return web.json_response(posted)
+
+async def pattern(request):
+    size, chunk = int(request.query["size"]), bytes(range(256)) * 256
+    response = web.StreamResponse(headers={"content-length": str(size)})
+    await response.prepare(request)
+    sent = 0
+    while sent < size:
+        await response.write(chunk[: size - sent])
+        sent += len(chunk)
     await response.write_eof()
     return response
 
@@ -79,6 +95,8 @@ app.router.add_get("/hello", hello)
 app.router.add_post("/digest", digest)
 app.router.add_get("/sse", sse)
 app.router.add_post("/advance", advance)
+app.router.add_get("/posts", posts)
+app.router.add_get("/bytes", pattern)
 app.router.add_get("/hang", hang)
 app.router.add_get("/hangups", hangups)
 app.router.add_get("/ws", ws)
@@ -115,16 +133,23 @@ class Inside:
     upstream: Upstream
     url: str  # the exposed server's URL on the host
     server: LiveProcess
+    sandbox: BwrapSandbox  # the sandbox itself (the bridge may reach it another way)
 
 
 @asynccontextmanager
-async def served_inside(transport: str) -> AsyncIterator[Inside]:
+async def served_inside(
+    transport: str, wrap: Callable[[BwrapSandbox], SandboxClient] | None = None
+) -> AsyncIterator[Inside]:
+    """A bridge into a bwrap sandbox with SERVER running inside and exposed.
+    With ``wrap``, the bridge reaches the sandbox through what it makes of it
+    (the server still starts in the sandbox itself)."""
     need_bwrap()
     sandbox = await BwrapSandbox.create(ro=(SITE_PACKAGES,))
+    reached = sandbox if wrap is None else wrap(sandbox)
     try:
         async with (
             running_upstream() as upstream,
-            open_bridge(sandbox, f"{upstream.url}/rollout/k", transport=transport) as bridge,
+            open_bridge(reached, f"{upstream.url}/rollout/k", transport=transport) as bridge,
         ):
             env = {**bridge.env, "PYTHONPATH": SITE_PACKAGES}
             server = await sandbox.open_process(["python3", "-c", SERVER, str(PORT)], env=env)
@@ -132,7 +157,7 @@ async def served_inside(transport: str) -> AsyncIterator[Inside]:
                 with anyio.fail_after(30):
                     assert (await server.stream.receive()).startswith(b"ready")
                 url = await bridge.expose(PORT)
-                yield Inside(bridge, upstream, url, server)
+                yield Inside(bridge, upstream, url, server, sandbox)
             finally:
                 await server.stop()
     finally:
@@ -143,9 +168,7 @@ async def served_inside(transport: str) -> AsyncIterator[Inside]:
 async def test_a_server_inside_answers_the_host_while_the_agent_calls_out(transport: str) -> None:
     async with served_inside(transport) as inside, httpx.AsyncClient(timeout=60) as client:
         assert inside.url.startswith("http://127.0.0.1:")
-        outward = await inside.bridge.sandbox.open_process(
-            ["python3", "-c", AGENT], env=inside.bridge.env
-        )
+        outward = await inside.sandbox.open_process(["python3", "-c", AGENT], env=inside.bridge.env)
         # GET
         response = await client.get(f"{inside.url}/hello?a=1")
         assert response.status_code == 200
