@@ -26,6 +26,7 @@ from urllib.parse import urlsplit
 import anyio
 import anyio.abc
 import attrs
+from exceptiongroup import BaseExceptionGroup
 
 import bridgeproto as bp
 from bridgeproto.http import HttpPolicy, Upstream
@@ -207,6 +208,18 @@ async def _start_daemon(
     raise BridgeStartError(f"the sandbox side did not start: {said or 'no word from it'}")
 
 
+def _bridge_failure(exc: BaseException) -> BaseException | None:
+    """The bridge error or timeout in ``exc``, looking through task groups
+    (a start that fails is one ``BridgeStartError``, never nested groups)."""
+    if isinstance(exc, (BridgeError, TimeoutError)):
+        return exc
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            if (found := _bridge_failure(inner)) is not None:
+                return found
+    return None
+
+
 T = TypeVar("T")
 _ATTEMPTS = 4
 
@@ -353,24 +366,35 @@ async def open_bridge(
         async with anyio.create_task_group() as tg:
             if isinstance(channels, MailboxChannels):
                 await tg.start(channels.run)
-            try:
-                session = await tg.start(
-                    functools.partial(
-                        run_host_side, channels, session_id, host_side, config=config,
-                        options=options, tracer=tracer, resume_timeout=resume_timeout,
-                        on_channel=on_channel,
-                    )
-                )  # fmt: skip
-            except (BridgeError, TimeoutError) as exc:
-                raise BridgeStartError(f"the sandbox side did not answer ({exc})") from None
-            env = sandbox_env(url) if upstream_url else {"BRIDGEPROTO_URL": url}
+            session = await tg.start(
+                functools.partial(
+                    run_host_side, channels, session_id, host_side, config=config,
+                    options=options, tracer=tracer, resume_timeout=resume_timeout,
+                    on_channel=on_channel,
+                )
+            )  # fmt: skip
+            agent_env = sandbox_env(url) if upstream_url else {"BRIDGEPROTO_URL": url}
             bridge = Bridge(
-                url, env, session, sandbox, channels, host=host_side, task_group=tg, listen=listen
+                url,
+                agent_env,
+                session,
+                sandbox,
+                channels,
+                host=host_side,
+                task_group=tg,
+                listen=listen,
             )
             try:
                 yield bridge
             finally:
                 await bridge.stop()
+    except Exception as exc:
+        cause = _bridge_failure(exc) if bridge is None else None
+        if cause is None:
+            raise
+        if isinstance(cause, BridgeStartError):
+            raise cause from None
+        raise BridgeStartError(f"the sandbox side did not answer ({cause})") from None
     finally:
         if bridge is None:  # it never started: leave nothing behind
             with anyio.CancelScope(shield=True):
