@@ -26,7 +26,7 @@ def _ms(seconds: float | None) -> str:
     return "-" if seconds is None else f"{seconds * 1000:.2f}"
 
 
-NAMES = {"limit": "limit (raw pipe)", "shared": "shared kernel"}
+NAMES = {"limit": "limit (raw pipe)", "shared": "shared kernel", "inward": "bridgeproto inward"}
 
 
 def _systems(figures: dict[str, Any]) -> list[str]:

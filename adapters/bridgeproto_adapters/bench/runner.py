@@ -46,7 +46,10 @@ from .processes import find_process
 from .references import MISSING, References, have_socat
 
 AGENT_SOURCE = (pathlib.Path(__file__).parent / "agent.py").read_text()
-SYSTEMS = ("direct", "limit", "shared", "bridgeproto", "polling")
+SYSTEMS = ("direct", "limit", "shared", "bridgeproto", "inward", "polling")
+# The bench upstream inside the sandbox, exposed, and the agent on the host
+# (Bridge.expose): the inward direction, measured by the "inward" scenario.
+INWARD = "inward"
 REFERENCES = ("limit", "shared")  # measured with socat (references.py), when it is there
 POLL_PORT = 13132
 MiB = 1 << 20
@@ -198,7 +201,8 @@ def summarize(values: Sequence[float]) -> dict[str, float]:
 
 
 SCENARIOS = (
-    "latency", "streaming", "websocket", "throughput", "bulk", "cost", "start", "scale", "remote",
+    "latency", "streaming", "websocket", "throughput", "bulk", "cost", "inward", "start", "scale",
+    "remote",
 )  # fmt: skip
 
 
@@ -219,13 +223,16 @@ class Bench:
         self.sandbox_side_pid: int | None = None
         self.poll_server_pid: int | None = None
         self.references: References | None = None
+        self.inward_url = ""
 
     @property
     def systems(self) -> tuple[str, ...]:
-        """The systems measured: the references only where socat is."""
+        """The systems the outward scenarios measure: the references only
+        where socat is (the inward direction has its own scenario)."""
+        outward = tuple(s for s in SYSTEMS if s != INWARD)
         if self.references is None:
-            return tuple(s for s in SYSTEMS if s not in REFERENCES)
-        return SYSTEMS
+            return tuple(s for s in outward if s not in REFERENCES)
+        return outward
 
     # -- plumbing
 
@@ -235,6 +242,8 @@ class Bench:
         if system == "bridgeproto":
             assert self.bridge is not None
             return self.bridge.url
+        if system == INWARD:
+            return self.inward_url
         if system in REFERENCES:
             assert self.references is not None
             return self.references.url(system)
@@ -243,7 +252,7 @@ class Bench:
     async def agent(self, system: str, scenario: str, **args: Any) -> dict[str, Any]:
         """Run the agent for one scenario where that system's agent lives."""
         payload = json.dumps({"scenario": scenario, "url": self.url(system), **args})
-        if system == "direct":
+        if system in ("direct", INWARD):  # agents on the host
             result = await anyio.run_process(
                 [sys.executable, "-c", AGENT_SOURCE, payload], check=False
             )
@@ -358,6 +367,48 @@ class Bench:
                     "sandbox_side_peak_rss_mib": rss_kib(side, "VmHWM") / 1024 if side else None,
                 }
             self.record("bulk", system, figures)
+
+    async def inward(self) -> None:
+        """The latency, streaming and bulk rows with the roles swapped: the
+        bench upstream runs inside the sandbox, exposed with ``Bridge.expose``,
+        and the agent runs on the host. Recorded next to the outward rows."""
+        assert self.bridge is not None and self.bridge_box is not None
+        side = self.sandbox_side_pid
+        server = await self.bridge_box.inner.open_process(
+            ["python3", "-m", "bridgeproto_adapters.bench.upstream"],
+            env={"PYTHONPATH": ":".join(code_paths())},
+        )
+        try:
+            with anyio.fail_after(60):
+                port = int((await server.stream.receive()).split()[0])
+            self.inward_url = f"{await self.bridge.expose(port)}/bench"
+            raw = await self.agent(INWARD, "latency", n=self.sizes.latency_requests)
+            self.record(
+                "latency", INWARD, {"seconds": summarize(raw["seconds"]), "raw": raw["seconds"]}
+            )
+            raw = await self.agent(
+                INWARD, "stream", n=self.sizes.stream_events, gap=self.sizes.stream_gap
+            )
+            self.record("streaming", INWARD, {
+                "first_event_seconds": raw["first_event"],
+                "event_delay_seconds": summarize(raw["delays"]),
+                "raw": raw["delays"],
+            })  # fmt: skip
+            size = self.sizes.bulk_bytes
+            figures: dict[str, Any] = {"bytes": size}
+            for direction in ("upload", "download"):  # host to sandbox, sandbox to host
+                reset_peak_rss()
+                if side:
+                    reset_peak_rss(side)
+                raw = await self.agent(INWARD, direction, size=size)
+                figures[direction] = {
+                    "mb_per_second": size / raw["seconds"] / 1e6,
+                    "host_peak_rss_mib": rss_kib("self", "VmHWM") / 1024,
+                    "sandbox_side_peak_rss_mib": rss_kib(side, "VmHWM") / 1024 if side else None,
+                }
+            self.record("bulk", INWARD, figures)
+        finally:
+            await server.stop()
 
     async def cost(self) -> None:
         if "shared" in self.systems:
@@ -634,7 +685,9 @@ class Bench:
         try:
             assert upstream.stdout is not None
             self.upstream_port = int((await upstream.stdout.receive()).split()[0])
-            bridge_sandbox, note = await open_sandbox(self.sandbox_kind)
+            # (The bridge's sandbox also sees this code, read-only, to run
+            # the bench upstream inside for the inward rows.)
+            bridge_sandbox, note = await open_sandbox(self.sandbox_kind, ro=code_paths())
             poll_sandbox, _ = await open_sandbox(self.sandbox_kind)
             self.say(f"bench: {note}; upstream on 127.0.0.1:{self.upstream_port}")
             self.results["sandbox"] = note
@@ -664,7 +717,8 @@ class Bench:
                     self.bridge = bridge
                     self.sandbox_side_pid = find_pid(bridge.session.conn.session_id.hex())
                     for scenario in (self.latency, self.streaming, self.websocket,
-                                     self.throughput, self.bulk, self.cost):  # fmt: skip
+                                     self.throughput, self.bulk, self.cost,
+                                     self.inward):  # fmt: skip
                         if scenario.__name__ in self.only:
                             self.say(f"bench: {scenario.__name__} ...")
                             await scenario()
@@ -686,6 +740,18 @@ class Bench:
             await upstream.wait()
             await upstream.aclose()
         return self.results
+
+
+def code_paths() -> list[str]:
+    """Where this code and its dependencies are imported from (for the
+    bench upstream inside the sandbox)."""
+    import h11
+
+    from .. import __file__ as adapters_init
+
+    paths = [pathlib.Path(adapters_init).parent.parent]
+    paths += [pathlib.Path(module).parent.parent for module in (anyio.__file__, h11.__file__)]
+    return list(dict.fromkeys(str(path) for path in paths))
 
 
 def _raise_file_limit() -> None:
