@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import importlib
 import sys
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -20,7 +21,7 @@ from typing import Any
 import pytest
 
 from bridge import free_port
-from bridgeproto_adapters import conformance
+from bridgeproto_adapters import conformance, launch
 from bridgeproto_adapters.launch import open_bridge
 from sandbox_kinds import need_bwrap
 from upstream import running_upstream
@@ -95,6 +96,31 @@ async def test_a_bridge_runs_into_a_verifiers_runtime(transport: str) -> None:
             assert result.stdout.count(b"data: ") == 3
 
 
+async def test_a_bridge_into_a_runtime_ends_its_sandbox_side_without_the_reaper() -> None:
+    """Stopping the bridge lets the sandbox side finish its session and exit
+    by itself: the reaper, which kills it only after 5 s, finds it gone. (The
+    channel's stream closed before the host's last acknowledgement went out
+    left it waiting for those 5 s.) Stream transport: over the mailbox the
+    reaper finds the sandbox side still there with any sandbox client."""
+    from bridgeproto_adapters.verifiers import RuntimeSandbox
+
+    async with offline_runtime() as runtime:
+        sandbox = RuntimeSandbox(runtime)
+        reaped: list[float] = []
+        original = launch._reap_daemon
+
+        async def timed_reap(*args: Any) -> None:
+            started = time.monotonic()
+            await original(*args)
+            reaped.append(time.monotonic() - started)
+
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(launch, "_reap_daemon", timed_reap)
+            async with open_bridge(sandbox, "http://127.0.0.1:9/unused"):
+                pass
+        assert len(reaped) == 1 and reaped[0] < 4.0  # the reaper's patience is 5 s
+
+
 def test_runtime_classes_need_verifiers_and_say_so(monkeypatch: pytest.MonkeyPatch) -> None:
     """Without verifiers, RuntimeSandbox still imports; the runtime classes
     raise an ImportError naming the extra to install."""
@@ -135,6 +161,14 @@ async def test_offline_runtime_runs_as_verifiers_asks() -> None:
         assert await anext(process.stdout) == b"ping\n"
         await process.kill()
         await process.wait()
+        # terminate reaches the program itself, not only what entered the sandbox
+        sleeper = await runtime.open_process(["sh", "-c", "exec sleep 987"], {})
+        await runtime.run(["sh", "-c", "until pgrep -f 'slee[p] 987'; do sleep 0.01; done"], {})
+        await sleeper.terminate()
+        assert await sleeper.wait() != 0
+        gone = "for i in $(seq 100); do pgrep -f 'slee[p] 987' || exit 0; sleep 0.05; done"
+        left = await runtime.run(["sh", "-c", gone], {})  # 5 s for it to go
+        assert left.stdout == "", "the program outlived terminate()"
         await runtime.run_background(["sh", "-c", "echo served; sleep 30"], {}, "server.log")
         wait_for_log = "until test -s server.log; do sleep 0.01; done; cat server.log"
         seen = await runtime.run(["sh", "-c", wait_for_log], {})

@@ -148,11 +148,15 @@ def make_agent(model: Model) -> Any:
     """A verifiers Agent: this project's harness, the host model."""
     from verifiers.v1 import AgentConfig
     from verifiers.v1.clients import EvalClientConfig
+    from verifiers.v1.runtimes import SubprocessConfig
 
     from vf_agent import AgentHarnessConfig
 
     config = AgentConfig(
         model="test-model",
+        # The agent's own policy, used only by an entered Agent's shared
+        # interception: local, so it opens no tunnel (runs borrow their box).
+        runtime=SubprocessConfig(),
         client=EvalClientConfig(base_url=model.url, api_key_var="BRIDGEPROTO_TEST_MODEL_KEY"),
         harness=AgentHarnessConfig(id="vf_agent"),
     )

@@ -17,7 +17,10 @@ which an offline sandbox cannot do anyway.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import posixpath
+import signal
 from collections.abc import AsyncIterator, Sequence
 from typing import TYPE_CHECKING, Any, cast
 from urllib.parse import urlsplit
@@ -49,16 +52,61 @@ class OfflineProcess:
         await self._process.stdin.send(data)
 
     async def wait(self) -> int:
-        return await self._process.wait()
+        code = await self._process.wait()
+        await self._ended()
+        return code
 
     async def poll(self) -> int | None:
+        if self._process.returncode is not None:
+            await self._ended()
         return self._process.returncode
 
+    async def close_stdin(self) -> None:
+        """Beyond verifiers' contract: the end of input (``RuntimeSandbox``
+        uses it where a process has it)."""
+        if self._process.stdin is not None:
+            await self._process.stdin.aclose()
+
+    async def _ended(self) -> None:
+        """Close stdin once the program is gone: nothing reads it any more but
+        a process it handed it to (the bridge's relay hands its stdio to the
+        sandbox side, which then sees the end of its channel). Its output
+        stays readable to the end."""
+        if self._process.stdin is not None:
+            await self._process.stdin.aclose()
+
     async def terminate(self) -> None:
-        self._process.terminate()
+        self._signal(signal.SIGTERM)
 
     async def kill(self) -> None:
-        self._process.kill()
+        self._signal(signal.SIGKILL)
+
+    def _signal(self, number: int) -> None:
+        """The whole tree, as verifiers' own runtimes signal a process group:
+        the host process only enters the sandbox (nsenter forks into its pid
+        namespace), so the program itself is one of its descendants."""
+        if self._process.returncode is not None:
+            return
+        for pid in [*_descendants(self._process.pid), self._process.pid]:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, number)
+
+
+def _descendants(pid: int) -> list[int]:
+    """Every process below ``pid``, children before their own."""
+    found: list[int] = []
+    try:
+        threads = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return found
+    for thread in threads:
+        try:
+            with open(f"/proc/{pid}/task/{thread}/children") as children:
+                for child in children.read().split():
+                    found += [int(child), *_descendants(int(child))]
+        except OSError:
+            continue
+    return found
 
 
 async def _chunks(stream: Any) -> AsyncIterator[bytes]:

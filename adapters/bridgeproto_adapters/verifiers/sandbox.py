@@ -104,12 +104,19 @@ class RuntimeSandbox:
 
 
 class RuntimeLiveProcess(LiveProcess):
-    """A verifiers ``RuntimeProcess`` as the bridge's ``LiveProcess``."""
+    """A verifiers ``RuntimeProcess`` as the bridge's ``LiveProcess``.
+
+    A runtime process has no way to close its pipes, and the bridge's relay
+    hands them on (the process may end while they carry on), so stopping it
+    also closes the byte stream on this side: its reader wakes at once and
+    the session takes the channel as broken.
+    """
 
     def __init__(self, process: RuntimeProcessLike) -> None:
         self._runtime_process = process
         self._code: int | None = None
-        self.stream: anyio.abc.ByteStream = _ProcessStream(process)
+        self._stream = _ProcessStream(process)
+        self.stream: anyio.abc.ByteStream = self._stream
 
     @property
     def returncode(self) -> int | None:
@@ -121,8 +128,11 @@ class RuntimeLiveProcess(LiveProcess):
         return self._code
 
     async def stop(self, grace: float = 2.0) -> int:
-        """Terminate (then kill after ``grace`` seconds); idempotent."""
+        """Terminate (then kill after ``grace`` seconds); idempotent. The
+        stream closes last, as a pipe would: the session may still be
+        sending its final acknowledgements."""
         if self._code is not None:
+            await self._stream.aclose()
             return self._code
         with anyio.CancelScope(shield=True):
             self._code = await self._runtime_process.poll()
@@ -133,6 +143,7 @@ class RuntimeLiveProcess(LiveProcess):
             if self._code is None:
                 await self._runtime_process.kill()
             code = await self.wait()
+            await self._stream.aclose()
         return code
 
 
@@ -143,29 +154,42 @@ class _ProcessStream(anyio.abc.ByteStream):
         self._process = process
         self._stdout: AsyncIterator[bytes] = aiter(process.stdout)
         self._pending = b""
+        self._closed = False
+        self._reading: anyio.CancelScope | None = None
 
     async def receive(self, max_bytes: int = 65536) -> bytes:
         if not self._pending:
-            try:
-                self._pending = await anext(self._stdout)
-            except StopAsyncIteration:
-                raise anyio.EndOfStream from None
-            except Exception as exc:
-                raise anyio.BrokenResourceError(str(exc)) from exc
+            with anyio.CancelScope() as self._reading:
+                if self._closed:
+                    raise anyio.ClosedResourceError
+                try:
+                    self._pending = await anext(self._stdout)
+                except StopAsyncIteration:
+                    raise anyio.EndOfStream from None
+                except Exception as exc:
+                    raise anyio.BrokenResourceError(str(exc)) from exc
+            if self._reading.cancelled_caught:  # closed under the reader
+                raise anyio.ClosedResourceError
         data, self._pending = self._pending[:max_bytes], self._pending[max_bytes:]
         return data
 
     async def send(self, item: bytes) -> None:
+        if self._closed:
+            raise anyio.ClosedResourceError
         try:
             await self._process.write(item)
         except Exception as exc:  # a closed pipe, whatever the runtime calls it
             raise anyio.BrokenResourceError(str(exc)) from exc
 
     async def send_eof(self) -> None:
-        """verifiers' processes cannot close their stdin alone: nothing to do
-        (the bridge ends a channel by stopping its process)."""
+        """verifiers' contract has no end of input; a process that offers
+        ``close_stdin`` (``OfflineRuntime``'s) gets it, others none (the
+        bridge then ends a channel by stopping its process)."""
+        close_stdin = getattr(self._process, "close_stdin", None)
+        if close_stdin is not None:
+            await close_stdin()
 
     async def aclose(self) -> None:
-        with anyio.CancelScope(shield=True):
-            if await self._process.poll() is None:
-                await self._process.kill()
+        self._closed = True
+        if self._reading is not None:
+            self._reading.cancel()
