@@ -35,7 +35,9 @@ records: st.SearchStrategy[bp.Record] = st.one_of(
         session_id=st.binary(min_size=16, max_size=16),
         limits=limits,
     ),
-    st.builds(bp.RequestHead, exchange_ids, tokens, targets, headers),
+    st.builds(
+        bp.RequestHead, exchange_ids, tokens, targets, headers, route=st.integers(0, 2**32 - 1)
+    ),
     st.builds(
         bp.ResponseHead,
         exchange_ids,
@@ -51,6 +53,7 @@ records: st.SearchStrategy[bp.Record] = st.one_of(
     st.builds(bp.Ping, st.binary(max_size=64)),
     st.builds(bp.Pong, st.binary(max_size=64)),
     st.builds(bp.GoAway, st.integers(0, 2**32 - 1), codes, reasons),
+    st.builds(bp.Route, st.integers(1, 2**32 - 1), st.integers(1, 65535)),
 )
 
 

@@ -30,23 +30,26 @@ def test_quick_bench_produces_every_figure(tmp_path: object) -> None:
     references = {"limit", "shared"} if shutil.which("socat") else set()
     if not references:
         assert "socat is not installed (apt-get install socat)" in result.stderr
+    inward = {"inward"}  # the server inside, exposed, and the agent on the host
     expected = {
-        "latency": systems | references,
-        "streaming": systems | references,
+        "latency": systems | references | inward,
+        "streaming": systems | references | inward,
         "websocket": systems - {"polling"} | references,  # polling cannot switch protocols
         "throughput": systems | references - {"limit"},  # the raw pipe is one connection
-        "bulk": systems | references,
+        "bulk": systems | references | inward,
         "cost": systems | references - {"limit"},
     }
     for name, wanted in expected.items():
         assert set(scenarios[name]) == wanted, name
-    for system in systems | references:
+    for system in systems | references | inward:
         assert scenarios["latency"][system]["seconds"]["n"] == 20
         assert len(scenarios["streaming"][system]["raw"]) == 10
-        if system != "polling":
+        if system in systems | references and system != "polling":
             assert scenarios["websocket"][system]["seconds"]["n"] == 20
         for direction in ("upload", "download"):
             assert scenarios["bulk"][system][direction]["mb_per_second"] > 0
+    assert scenarios["bulk"]["inward"]["upload"]["sandbox_side_peak_rss_mib"] > 5
+    assert "bridgeproto inward" in result.stdout
     for system in expected["throughput"]:
         assert set(scenarios["throughput"][system]) == {"1", "8"}
         for level in scenarios["throughput"][system].values():
@@ -63,8 +66,10 @@ def test_quick_bench_produces_every_figure(tmp_path: object) -> None:
         assert side is not None and side > 5  # the real sandbox-side process was found
     assert scenarios["bulk"]["direct"]["upload"]["sandbox_side_peak_rss_mib"] is None  # no sandbox
     assert scenarios["cost"]["polling"]["calls_per_request"] >= 3
-    scale = scenarios["scale"]["bridgeproto"]
-    assert scale["bridges_held"] == scale["requests_ok"] == 2
+    for transport in ("stream", "mailbox"):
+        scale = scenarios["scale"][transport]
+        assert scale["bridges_held"] == 2, scale
+        assert scale["requests_ok"] == scale["requests"] == 10, scale
     for system in ("mailbox", "polling"):
         remote = scenarios["remote"][system]
         assert remote["seconds"]["n"] == 5 and remote["calls_per_request"] > 0

@@ -77,7 +77,7 @@ def test_trace_and_decode(tmp_path: object) -> None:
     decoded = bridgeproto("decode", trace)
     assert decoded.returncode == 0, decoded.stderr
     lines = decoded.stdout.splitlines()
-    assert any("host -> sandbox seq=0     Hello(version 1, host side" in line for line in lines)
+    assert any("host -> sandbox seq=0     Hello(version 2, host side" in line for line in lines)
     assert any(
         "host <- sandbox" in line
         and "RequestHead(exchange_id=1, method=b'GET', target=b'/json'" in line

@@ -35,7 +35,7 @@ def decode_all(data: bytes, *, max_frame_size: int = 1 << 20, chunk: int = 0) ->
     return out
 
 
-def frame_bytes(frame_type: int, payload: bytes, seq: int = 0, version: int = 1) -> bytes:
+def frame_bytes(frame_type: int, payload: bytes, seq: int = 0, version: int = 2) -> bytes:
     """Build a frame by hand, the way docs/protocol.md describes it."""
     header = b"BP" + struct.pack(">BBIQ", version, frame_type, len(payload), seq)
     return header + payload + struct.pack(">I", binascii.crc32(header + payload))
@@ -65,6 +65,7 @@ GOLDEN = [
         frame_bytes(
             2,
             b"\x00\x00\x00\x01"
+            + b"\x00\x00\x00\x00"  # route 0: the default outward route
             + b"\x00\x00\x00\x03GET"
             + b"\x00\x00\x00\x01/"
             + b"\x00\x00\x00\x01"
@@ -73,16 +74,27 @@ GOLDEN = [
         ),
     ),
     (
+        bp.RequestHead(2, b"POST", b"/x", [], route=7),
+        4,
+        frame_bytes(
+            2,
+            b"\x00\x00\x00\x02\x00\x00\x00\x07"
+            + b"\x00\x00\x00\x04POST\x00\x00\x00\x02/x\x00\x00\x00\x00",
+            seq=4,
+        ),
+    ),
+    (bp.Route(7, 8080), 3, frame_bytes(12, b"\x00\x00\x00\x07\x1f\x90", seq=3)),
+    (
         bp.ResponseHead(1, 200, b"OK", []),
         5,
         frame_bytes(3, b"\x00\x00\x00\x01\x00\xc8\x00\x00\x00\x02OK\x00\x00\x00\x00", seq=5),
     ),
     (
-        bp.Hello(1, bp.Role.HOST, SID, bp.Limits(2048, 10, 20, 3, 1024)),
+        bp.Hello(2, bp.Role.HOST, SID, bp.Limits(2048, 10, 20, 3, 1024)),
         0,
         frame_bytes(
             1,
-            struct.pack(">IB16sIIIII", 1, 2, SID, 2048, 10, 20, 3, 1024),
+            struct.pack(">IB16sIIIII", 2, 2, SID, 2048, 10, 20, 3, 1024),
         ),
     ),
 ]
@@ -168,15 +180,15 @@ BAD_FRAMES = [
     ("unknown type", frame_bytes(99, b""), bp.RemoteProtocolError, "unknown frame type 99"),
     (
         "wrong version",
-        frame_bytes(8, bytes(8), version=2),
+        frame_bytes(8, bytes(8), version=1),
         bp.RemoteProtocolError,
-        "a frame of type 8 has wire version 2; this end speaks version 1",
+        "a frame of type 8 has wire version 1; this end speaks version 2",
     ),
     (  # the version is checked before the type, as the spec orders
         "wrong version, unknown type",
-        frame_bytes(99, b"", version=2),
+        frame_bytes(99, b"", version=1),
         bp.RemoteProtocolError,
-        "a frame of type 99 has wire version 2",
+        "a frame of type 99 has wire version 1",
     ),
     ("short payload", frame_bytes(8, bytes(4)), bp.RemoteProtocolError, "ACK payload ends"),
     (
@@ -196,13 +208,13 @@ BAD_FRAMES = [
     ("exchange id 0", frame_bytes(5, bytes(4), 1), bp.RemoteProtocolError, "exchange_id 0"),
     (
         "bad header name",
-        frame_bytes(2, b"\0\0\0\1\0\0\0\1G\0\0\0\1/\0\0\0\1\0\0\0\3a b\0\0\0\0", 1),
+        frame_bytes(2, b"\0\0\0\1\0\0\0\0\0\0\0\1G\0\0\0\1/\0\0\0\1\0\0\0\3a b\0\0\0\0", 1),
         bp.RemoteProtocolError,
         "header name b'a b' is not a token",
     ),
     (
         "header count too large",
-        frame_bytes(2, b"\0\0\0\1\0\0\0\1G\0\0\0\1/\xff\xff\xff\xff", 1),
+        frame_bytes(2, b"\0\0\0\1\0\0\0\0\0\0\0\1G\0\0\0\1/\xff\xff\xff\xff", 1),
         bp.RemoteProtocolError,
         "declares 4294967295 headers",
     ),
@@ -215,13 +227,13 @@ BAD_FRAMES = [
     ("bad utf-8", frame_bytes(6, b"\0\0\0\1\0\0\xff", 1), bp.RemoteProtocolError, "not UTF-8"),
     (
         "unknown role",
-        frame_bytes(1, struct.pack(">IB16sIIIII", 1, 9, SID, 2048, 1, 1, 1, 0)),
+        frame_bytes(1, struct.pack(">IB16sIIIII", 2, 9, SID, 2048, 1, 1, 1, 0)),
         bp.RemoteProtocolError,
         "unknown role 9",
     ),
     (
         "bad limits",
-        frame_bytes(1, struct.pack(">IB16sIIIII", 1, 1, SID, 10, 1, 1, 1, 0)),
+        frame_bytes(1, struct.pack(">IB16sIIIII", 2, 1, SID, 10, 1, 1, 1, 0)),
         bp.RemoteProtocolError,
         "max_frame_size 10 is below the minimum",
     ),
@@ -249,19 +261,19 @@ def test_bad_frames_raise_remote_errors_naming_the_cause(
 
 
 def test_hello_is_readable_whatever_the_frame_version_byte_says() -> None:
-    wire = frame_bytes(1, struct.pack(">IB16sIIIII", 1, 1, SID, 2048, 1, 1, 1, 0), version=7)
+    wire = frame_bytes(1, struct.pack(">IB16sIIIII", 2, 1, SID, 2048, 1, 1, 1, 0), version=7)
     assert decode_all(wire)[0].record == bp.Hello(
-        1, bp.Role.SANDBOX, SID, bp.Limits(2048, 1, 1, 1, 0)
+        2, bp.Role.SANDBOX, SID, bp.Limits(2048, 1, 1, 1, 0)
     )
 
 
 def test_a_hello_of_another_version_is_a_version_mismatch_whatever_follows() -> None:
     # A later version may lay out the rest differently: an unknown role, limits
     # this version would refuse, fields it does not know. Only the version is read.
-    future = struct.pack(">IB16sIIIII", 2, 9, SID, 10, 0, 0, 0, 99) + b"new fields"
+    future = struct.pack(">IB16sIIIII", 3, 9, SID, 10, 0, 0, 0, 99) + b"new fields"
     with pytest.raises(bp.RemoteProtocolError) as raised:
-        decode_all(frame_bytes(1, future, version=2))
-    assert "the peer speaks bridgeproto wire version 2 and this side speaks version 1" in str(
+        decode_all(frame_bytes(1, future, version=3))
+    assert "the peer speaks bridgeproto wire version 3 and this side speaks version 2" in str(
         raised.value
     )
 
@@ -295,6 +307,7 @@ def _one_of_each() -> list[bp.Record]:
         bp.Ping(),
         bp.Pong(),
         bp.GoAway(0, bp.ErrorCode.NO_ERROR, ""),
+        bp.Route(1, 80),
     ]
 
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import binascii
+import struct
+
 import pytest
 
 import bridgeproto as bp
@@ -53,16 +56,16 @@ def test_handshake_reports_the_peer_and_opens_the_session() -> None:
 def test_version_mismatch_names_both_versions_and_tells_the_peer() -> None:
     conn = bp.Connection(bp.Role.HOST, SID)
     conn.start(0.0)
-    events = conn.receive_data(RawPeer(bp.Role.SANDBOX).hello(version=2), 0.0)
+    events = conn.receive_data(RawPeer(bp.Role.SANDBOX).hello(version=3), 0.0)
     (failed,) = events
     assert isinstance(failed, bp.SessionFailed) and not failed.by_peer
-    assert "peer speaks bridgeproto wire version 2 and this side speaks version 1" in failed.reason
+    assert "peer speaks bridgeproto wire version 3 and this side speaks version 2" in failed.reason
     # The peer is told why: a GoAway carrying the error follows our hello.
     decoder = FrameDecoder(1 << 20)
     decoder.receive_data(conn.data_to_send())
     records = [f.record for f in iter(decoder.next_frame, NEED_DATA)]  # type: ignore[union-attr]
     assert isinstance(records[-1], bp.GoAway) and records[-1].code is bp.ErrorCode.PROTOCOL_ERROR
-    with pytest.raises(bp.LocalProtocolError, match=r"session failed earlier .*version 2"):
+    with pytest.raises(bp.LocalProtocolError, match=r"session failed earlier .*version 3"):
         conn.receive_data(b"", 1.0)
     assert conn.next_deadline() is None and conn.handle_timer(100.0) == []
 
@@ -193,10 +196,12 @@ def test_cancel_from_the_host_reaches_the_sandbox() -> None:
 def test_misuse_of_the_api_is_a_local_error() -> None:
     pair = Pair()
     s, h = pair.sandbox, pair.host
-    with pytest.raises(bp.LocalProtocolError, match="only the sandbox side starts"):
+    with pytest.raises(bp.LocalProtocolError, match="route 0 was never declared"):
         h.start_exchange(b"GET", b"/", [], 0.0)
+    with pytest.raises(bp.LocalProtocolError, match="only the host side declares"):
+        s.declare_route(1, 80)
     xid = s.start_exchange(b"GET", b"/", [], 0.0)
-    with pytest.raises(bp.LocalProtocolError, match="only the host side sends responses"):
+    with pytest.raises(bp.LocalProtocolError, match="was started by this side"):
         s.send_response(xid, 200, b"", [], 0.0)
     s.send_end(xid, 0.0)
     with pytest.raises(bp.LocalProtocolError, match="cannot send data while its send half is done"):
@@ -253,7 +258,7 @@ def test_peer_breaking_one_exchange_resets_only_that_exchange() -> None:
         (bp.Data(5, b"x"), "which has no request head"),
         (bp.EndOfBody(5), "which has no request head"),
         (bp.RequestHead(2, b"GET", b"/"), "exchange 2 was never opened"),
-        (bp.ResponseHead(1, 200), "ResponseHead is never sent to the host side"),
+        (bp.ResponseHead(1, 200), "ResponseHead on exchange 1, which the peer started"),
     ],
 )
 def test_records_for_exchanges_that_cannot_exist_are_refused(
@@ -273,16 +278,86 @@ def test_records_for_exchanges_that_cannot_exist_are_refused(
     assert kinds(events) == (["ExchangeReset"] if record.exchange_id == 1 else [])  # type: ignore[union-attr]
 
 
-def test_host_originated_exchanges_are_refused_by_the_sandbox() -> None:
-    conn, peer = connected(bp.Role.SANDBOX)
-    assert conn.receive_data(peer.frame(bp.RequestHead(2, b"GET", b"/")), 0.0) == []
+def _sent_records(conn: bp.Connection) -> list[bp.Record]:
     decoder = FrameDecoder(1 << 20)
     decoder.receive_data(conn.data_to_send())
-    sent = [f.record for f in iter(decoder.next_frame, NEED_DATA)]  # type: ignore[union-attr]
-    assert any(isinstance(r, bp.Reset) and "not part of wire version 1" in r.reason for r in sent)
+    return [f.record for f in iter(decoder.next_frame, NEED_DATA)]  # type: ignore[union-attr]
+
+
+def test_a_release_1_peer_fails_at_the_handshake_naming_both_versions() -> None:
+    # The hello a wire version 1 peer sends, byte for byte as release 1's spec lays it out.
+    payload = struct.pack(">IB16sIIIII", 1, 1, SID, 1 << 20, 4 << 20, 16 << 20, 256, 64 << 10)
+    header = b"BP" + struct.pack(">BBIQ", 1, 1, len(payload), 0)
+    v1_hello = header + payload + struct.pack(">I", binascii.crc32(header + payload))
+    for role in (bp.Role.HOST, bp.Role.SANDBOX):
+        conn = bp.Connection(role, SID)
+        conn.start(0.0)
+        (failed,) = conn.receive_data(v1_hello, 0.0)
+        assert isinstance(failed, bp.SessionFailed)
+        assert "the peer speaks bridgeproto wire version 1 and this side speaks version 2" in (
+            failed.reason
+        )
+
+
+def test_host_opened_exchanges_need_a_declared_route() -> None:
+    conn, peer = connected(bp.Role.SANDBOX)
+    assert conn.receive_data(peer.frame(bp.RequestHead(2, b"GET", b"/", route=5)), 0.0) == []
+    (reset,) = [r for r in _sent_records(conn) if isinstance(r, bp.Reset)]
+    assert reset.exchange_id == 2 and reset.code is bp.ErrorCode.FORBIDDEN
+    assert "route 5 was never declared" in reset.reason
     # A reset for such an id is not answered with another reset.
     assert conn.receive_data(peer.frame(bp.Reset(4, bp.ErrorCode.CANCELLED)), 0.0) == []
     assert b"Reset" not in conn.data_to_send()
+    # Declared, the same request is admitted, and the sandbox side answers it.
+    conn.receive_data(peer.frame(bp.Route(5, 8080)), 0.0)
+    assert conn.routes == {5: 8080}
+    events = conn.receive_data(peer.frame(bp.RequestHead(6, b"GET", b"/", route=5)), 0.0)
+    assert events == [bp.RequestHead(6, b"GET", b"/", route=5)]
+    conn.send_response(6, 200, b"", [], 0.0)
+    assert bp.ResponseHead(6, 200) in _sent_records(conn)
+
+
+def test_routes_are_declared_once_each_and_only_by_the_host() -> None:
+    conn, peer = connected(bp.Role.SANDBOX)
+    conn.receive_data(peer.frame(bp.Route(1, 80)) + peer.frame(bp.Route(1, 80)), 0.0)
+    (failed,) = conn.receive_data(peer.frame(bp.Route(1, 81)), 0.0)
+    assert isinstance(failed, bp.SessionFailed)
+    assert "route 1 was declared for port 80 and again for 81" in failed.reason
+    host, sandbox_peer = connected(bp.Role.HOST)
+    (failed,) = host.receive_data(sandbox_peer.frame(bp.Route(1, 80)), 0.0)
+    assert isinstance(failed, bp.SessionFailed) and "only sent to the sandbox side" in failed.reason
+    pair = Pair()
+    pair.host.declare_route(3, 9000)
+    pair.host.declare_route(3, 9000)  # the same again: nothing new
+    with pytest.raises(bp.LocalProtocolError, match="already leads to port 9000"):
+        pair.host.declare_route(3, 9001)
+    with pytest.raises(bp.LocalProtocolError, match="out of range"):
+        pair.host.declare_route(4, 70000)
+
+
+def test_exchanges_both_ways_on_one_session() -> None:
+    pair = Pair()
+    s, h = pair.sandbox, pair.host
+    h.declare_route(1, 8080)
+    inward = h.start_exchange(b"POST", b"/in", [], 0.0, route=1)
+    outward = s.start_exchange(b"POST", b"/out", [], 0.0, route=3)
+    assert inward % 2 == 0 and outward % 2 == 1
+    h.send_end(inward, 0.0)
+    s.send_end(outward, 0.0)
+    pair.pump()
+    assert s.routes == {1: 8080}
+    sandbox_got = pair.take(pair.sandbox)
+    host_got = pair.take(pair.host)
+    assert bp.RequestHead(inward, b"POST", b"/in", route=1) in sandbox_got
+    assert bp.RequestHead(outward, b"POST", b"/out", route=3) in host_got
+    s.send_response(inward, 201, b"", [], 0.0)
+    s.send_end(inward, 0.0)
+    h.send_response(outward, 202, b"", [], 0.0)
+    h.send_end(outward, 0.0)
+    pair.pump()
+    assert bp.ResponseHead(inward, 201) in pair.take(pair.host)
+    assert bp.ResponseHead(outward, 202) in pair.take(pair.sandbox)
+    assert s.open_exchanges == h.open_exchanges == []
 
 
 # ------------------------------------------------------------------ limits

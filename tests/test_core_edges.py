@@ -376,7 +376,7 @@ def test_limits_are_checked_at_their_bounds() -> None:
 def test_a_header_count_larger_than_the_payload_fails_fast() -> None:
     from bridgeproto._codec import HEADER, MAGIC, decode_payload
 
-    payload = bytes(4) + b"\x00\x00\x00\x03GET" + b"\x00\x00\x00\x01/" + b"\xff\xff\xff\xff"
+    payload = bytes(8) + b"\x00\x00\x00\x03GET" + b"\x00\x00\x00\x01/" + b"\xff\xff\xff\xff"
     with pytest.raises(bp.RemoteProtocolError, match="declares 4294967295 headers but has only 0"):
         decode_payload(2, bp.PROTOCOL_VERSION, 1, payload)
     assert HEADER.size == 16 and MAGIC == b"BP"
@@ -413,7 +413,7 @@ def test_sequence_numbers_stop_at_two_to_the_64() -> None:
 def test_decoder_messages_count_what_is_wrong() -> None:
     from bridgeproto._codec import decode_payload
 
-    head = bytes(4) + b"\x00\x00\x00\x03GET" + b"\x00\x00\x00\x01/"
+    head = bytes(8) + b"\x00\x00\x00\x03GET" + b"\x00\x00\x00\x01/"
     with pytest.raises(bp.RemoteProtocolError, match="declares 3 headers but has only 16"):
         decode_payload(2, bp.PROTOCOL_VERSION, 1, head + b"\x00\x00\x00\x03" + bytes(16))
     with pytest.raises(bp.RemoteProtocolError, match="END_OF_BODY payload has 2 trailing bytes"):

@@ -17,6 +17,7 @@ SEQUENCED_NAMES = {
     "RESET",
     "WINDOW",
     "GOAWAY",
+    "ROUTE",
 }
 DOCS = pathlib.Path(__file__).parent.parent / "docs"
 PROTOCOL = (DOCS / "protocol.md").read_text()
@@ -48,6 +49,7 @@ def test_frame_type_table_matches_the_code() -> None:
         "Reset",
         "Window",
         "GoAway",
+        "Route",
     }
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import resource
 import threading
 from collections.abc import Iterator
@@ -14,7 +15,8 @@ import httpx
 import pytest
 
 from bridge import bridge
-from bridgeproto_adapters.launch import open_bridge
+from bridgeproto_adapters.launch import BridgeStartError, open_bridge
+from bridgeproto_adapters.mailbox_call import channel_dir
 from bridgeproto_adapters.sandboxes import BwrapSandbox
 from sandbox_kinds import need_bwrap
 from upstream import running_upstream
@@ -75,3 +77,31 @@ async def test_a_bridge_costs_the_host_no_thread(transport: str) -> None:
             await stack.enter_async_context(open_bridge(sandbox, url, transport=transport))
             counts.append(threads())
         assert counts[-1] == counts[0], counts
+
+
+class DaemonKilledAfterStart(BwrapSandbox):
+    """Kills the sandbox side as soon as it says it is ready, before any
+    channel reaches it (as a host too busy to start its channels in time
+    sees it: the daemon gone by the time the first channel comes)."""
+
+    async def run(self, command, **kwargs):  # type: ignore[no-untyped-def, override]
+        result = await super().run(command, **kwargs)
+        started = re.search(r"--daemon --session ([0-9a-f]+)", " ".join(command))
+        if started:
+            directory = channel_dir(bytes.fromhex(started[1]))
+            await super().run(["sh", "-c", f"kill -9 $(cat {directory}/pid)"])
+        return result
+
+
+@pytest.mark.parametrize("transport", ["stream", "mailbox"])
+async def test_a_start_that_cannot_finish_is_one_bridge_start_error(transport: str) -> None:
+    need_bwrap()
+    async with running_upstream() as upstream:
+        sandbox = await DaemonKilledAfterStart.create()
+        try:
+            with pytest.raises(BridgeStartError) as caught:
+                async with open_bridge(sandbox, upstream.url + "/k", transport=transport):
+                    pass
+        finally:
+            await sandbox.aclose()
+    assert "did not answer" in str(caught.value), caught.value

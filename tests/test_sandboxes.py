@@ -376,3 +376,20 @@ async def test_a_daemon_that_does_not_exit_is_killed_after_5_s() -> None:
         assert gone == []  # killed (a stopped process dies of SIGKILL)
     # The 5 s, and one more for the command's own start and its checks on a busy machine.
     assert 5 <= elapsed < 5 + 1, elapsed
+
+
+@pytest.mark.parametrize("kind", OFFLINE)
+async def test_orphans_inside_are_reaped(kind: str) -> None:
+    # The sandbox side is such an orphan: a daemon left a zombie looks alive
+    # to the stop, which then waited 5 s to kill it.
+    async with make_sandbox(kind) as sandbox:
+        for _ in range(3):
+            await sandbox.run(["sh", "-c", "(sleep 0.1 &)"])
+        states: list[str] = []
+        for _ in range(200):  # 10 s at most
+            listed = await sandbox.run(["ps", "-eo", "stat=,args="])
+            states = listed.stdout.decode().splitlines()
+            if not any("sleep 0.1" in line or line.startswith("Z") for line in states):
+                break
+            await anyio.sleep(0.05)
+        assert not any(line.startswith("Z") for line in states), states

@@ -47,6 +47,21 @@ def _listen_address(text: str) -> tuple[str, int]:
     return host, int(port)
 
 
+def _expose_spec(text: str) -> tuple[int, int]:
+    """``PORT`` or ``HOSTPORT:PORT`` (host side first, as docker -p writes it):
+    (host port, 0 for a free one; port inside)."""
+    host_port, _, port = text.rpartition(":")
+    numbers = [host_port or "0", port]
+    if not all(n.isdigit() for n in numbers) or not (
+        0 <= int(numbers[0]) < 65536 and 0 < int(numbers[1]) < 65536
+    ):
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not PORT or HOSTPORT:PORT (e.g. 8000, or 9000:8000 for host port"
+            " 9000 to port 8000 inside)"
+        )
+    return int(numbers[0]), int(numbers[1])
+
+
 def parse_header(text: str) -> tuple[bytes, bytes]:
     """``Name: value`` as the bridge will send it; ``ArgumentTypeError`` if it cannot be."""
     name, sep, value = text.partition(":")
@@ -92,6 +107,8 @@ def run(args: argparse.Namespace) -> int:
         return _error(
             "no command given; put it after --, e.g. bridgeproto run --upstream URL -- curl ..."
         )
+    if not args.upstream and not args.expose:
+        return _error("give --upstream URL, --expose PORT, or both")
     try:
         return eventloop.run(run_command, args)
     except BridgeError as exc:
@@ -238,7 +255,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         " the current directory, shown read-only, with the system directories and a private"
         " /tmp; nothing else of the host is visible. See docs/security.md.",
     )  # fmt: skip
-    run_p.add_argument("--upstream", required=True, help="the one upstream, http://HOST:PORT/PATH")
+    run_p.add_argument("--upstream", help="the upstream inside reaches, http://HOST:PORT/PATH")
+    run_p.add_argument(
+        "--expose",
+        type=_expose_spec,
+        action="append",
+        default=[],
+        metavar="[HOSTPORT:]PORT",
+        help="make loopback PORT inside reachable from the host at 127.0.0.1:HOSTPORT (a free"
+        " port without HOSTPORT); the URL is printed before CMD starts; repeatable",
+    )
     run_p.add_argument(
         "--sandbox",
         choices=["auto", "bwrap", "unshare", "local"],

@@ -1,5 +1,12 @@
 """The host side: answer the sandbox's exchanges by forwarding them upstream.
 
+Each request head names an outward route: 0 is the bridge's default upstream,
+others were added with ``HostSide.add_route``, each with its own allowlist and
+added headers; an unknown route is refused with ``FORBIDDEN``. The same class
+serves inward exchanges on the sandbox side (``upstream_for`` then maps a
+declared route to a loopback port inside), so both directions forward the
+same way.
+
 Each request head the sandbox sends is checked again (the sandbox is not
 trusted), cleaned, given the upstream's Host and credentials, and sent over a
 pooled keep-alive connection. Bodies stream both ways as they arrive. Upstream
@@ -129,27 +136,76 @@ class UpstreamPool:
                 await conn.stream.aclose()
 
 
-class HostSide:
-    """Forwards every exchange of a session to one upstream.
+UpstreamLookup = Callable[[int], "Upstream | Refusal"]
 
-    Use ``handle`` as the session's ``on_request``.
+
+class HostSide:
+    """Forwards each exchange of a session to the upstream of its route.
+
+    ``upstream`` is route 0 (None: a bridge of added routes only); with
+    ``lookup``, routes are found by calling it instead. Use ``handle`` as
+    the session's ``on_request``.
     """
 
-    def __init__(self, upstream: Upstream, options: HostOptions | None = None) -> None:
-        self.upstream = upstream
+    def __init__(
+        self,
+        upstream: Upstream | None,
+        options: HostOptions | None = None,
+        *,
+        lookup: UpstreamLookup | None = None,
+    ) -> None:
         self.options = options or HostOptions()
-        self.pool = UpstreamPool(upstream.host, upstream.port, self.options)
+        self.routes: dict[int, Upstream] = {} if upstream is None else {0: upstream}
+        self._lookup = lookup
+        self._pools: dict[int, UpstreamPool] = {}
+
+    @property
+    def pool(self) -> UpstreamPool:
+        """Route 0's connection pool."""
+        return self._pool(0, self.routes[0])
+
+    def add_route(self, upstream: Upstream) -> int:
+        """Add an outward route; returns its number (1, 2, ...). Synchronous,
+        and in force for the next request head that arrives."""
+        for route, known in self.routes.items():
+            if route and known == upstream:  # asked again for the same: the same route
+                return route
+        route = max(self.routes, default=0) + 1
+        self.routes[route] = upstream
+        return route
+
+    def upstream_for(self, route: int) -> Upstream | Refusal:
+        if self._lookup is not None:
+            return self._lookup(route)
+        upstream = self.routes.get(route)
+        if upstream is not None:
+            return upstream
+        if route == 0:
+            message = "this bridge has no default upstream; use the URLs its routes were given"
+        else:
+            message = f"this bridge has no route {route}; use the URLs its routes were given"
+        return Refusal(bp.ErrorCode.FORBIDDEN, message, cause="route-unknown")
+
+    def _pool(self, route: int, upstream: Upstream) -> UpstreamPool:
+        pool = self._pools.get(route)  # (a route never changes its upstream)
+        if pool is None:
+            pool = self._pools[route] = UpstreamPool(upstream.host, upstream.port, self.options)
+        return pool
 
     async def handle(self, exchange: Exchange, head: bp.RequestHead) -> None:
-        request = upstream_request(head, self.upstream)
+        upstream = self.upstream_for(head.route)
+        if isinstance(upstream, Refusal):
+            exchange.reset(upstream.code, upstream.message)
+            return
+        request = upstream_request(head, upstream)
         if isinstance(request, Refusal):
             exchange.reset(request.code, request.message)
             return
-        await self._forward(exchange, request)
+        await self._forward(exchange, request, self._pool(head.route, upstream))
 
-    async def _forward(self, exchange: Exchange, request: h11.Request) -> None:
+    async def _forward(self, exchange: Exchange, request: h11.Request, pool: UpstreamPool) -> None:
         try:
-            conn = await self.pool.acquire()
+            conn = await pool.acquire()
         except UpstreamError as exc:
             exchange.reset(exc.code, exc.reason)
             return
@@ -188,12 +244,12 @@ class HostSide:
             # Back to the pool only now: until the upload task has ended, it may
             # still act on this connection (a cancelled task runs on to its next
             # checkpoint), and the connection would already be another exchange's.
-            kept = completed and not errors and self.pool.keep(conn)
+            kept = completed and not errors and pool.keep(conn)
         except _UPSTREAM_IO_ERRORS as exc:  # sending the request head
             errors.append(exc)
         finally:
             if not kept:
-                await self.pool.discard(conn)
+                await pool.discard(conn)
         if errors:
             exchange.reset(*self._reset_for(errors[0], exchange.head_sent))
 
@@ -282,7 +338,8 @@ class HostSide:
         exchange.end()
 
     async def aclose(self) -> None:
-        await self.pool.aclose()
+        for pool in list(self._pools.values()):
+            await pool.aclose()
 
 
 def _has_body(request: h11.Request) -> bool:
@@ -304,7 +361,7 @@ def _head(exchange_id: int, response: h11.Response | h11.InformationalResponse) 
 async def run_host_side(
     channels: Channels | anyio.abc.ByteStream,
     session_id: bytes,
-    upstream: Upstream,
+    upstream: Upstream | HostSide | None,
     *,
     config: bp.Config | None = None,
     options: HostOptions | None = None,
@@ -315,10 +372,13 @@ async def run_host_side(
 ) -> None:
     """Run the host side of a session until it ends.
 
+    ``upstream`` is route 0's upstream (None: none), or a ``HostSide`` the
+    caller made, to add routes to it later.
+
     With ``task_group.start``, returns the ``Session`` once the handshake has
     completed (so the sandbox side is listening).
     """
-    host = HostSide(upstream, options)
+    host = upstream if isinstance(upstream, HostSide) else HostSide(upstream, options)
     conn = bp.Connection(bp.Role.HOST, session_id, config)
     session = Session(
         conn, channels, host.handle, tracer, resume_timeout=resume_timeout, on_channel=on_channel

@@ -14,6 +14,7 @@ caller's.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import pathlib
@@ -26,16 +27,17 @@ from urllib.parse import urlsplit
 import anyio
 import anyio.abc
 import attrs
+from exceptiongroup import BaseExceptionGroup
 
 import bridgeproto as bp
 from bridgeproto.http import HttpPolicy, Upstream
 
 from .errors import BridgeError
-from .host_side import HostOptions, run_host_side
+from .host_side import HostOptions, HostSide, run_host_side
 from .mailbox_call import channel_dir
 from .packaging import build_zipapp
-from .sandbox_side import AgentLimits
-from .sandboxes import SandboxClient, SandboxError
+from .sandbox_side import AgentLimits, SandboxSide
+from .sandboxes import CommandResult, SandboxClient, SandboxError, check_result
 from .session import RESUME_TIMEOUT, Session, Tracer
 from .settings import SandboxSettings
 from .transports.live import ProcessChannels
@@ -52,7 +54,12 @@ class BridgeStartError(BridgeError):
 
 @attrs.define
 class Bridge:
-    """A running bridge: where agents in the sandbox connect, and how to stop it."""
+    """A running bridge: where agents in the sandbox connect, and how to stop it.
+
+    Routes both ways can be added while it runs: ``add_route`` gives code
+    inside a URL for another host service, ``expose`` gives the host a URL
+    for a server inside.
+    """
 
     url: str  # e.g. http://127.0.0.1:13131/rollout/abc
     env: Mapping[str, str]  # for commands run in the sandbox
@@ -60,6 +67,80 @@ class Bridge:
     sandbox: SandboxClient
     channels: ProcessChannels | MailboxChannels
     _stopped: bool = False
+    _host: HostSide | None = None
+    _task_group: anyio.abc.TaskGroup | None = None
+    _listen: tuple[str, int] = ("127.0.0.1", 13131)
+    _listeners: list[anyio.CancelScope] = attrs.field(factory=list)
+    exposed: dict[int, str] = attrs.field(factory=dict)  # port inside -> URL on the host
+
+    def add_route(
+        self,
+        upstream_url: str,
+        headers: Sequence[tuple[bytes, bytes]] = (),
+        *,
+        allowed_prefixes: Sequence[str] | None = None,
+    ) -> str:
+        """Make a host service reachable from inside; returns the URL inside.
+
+        ``headers`` are added on the host side to each request on the route
+        (its credentials; they never enter the sandbox); the allowlist
+        defaults to the URL's path. Synchronous, and in force for the very
+        next request: the URL carries the route's number (``/_routes/N/``),
+        which the host side looks up as each request arrives. The same URL
+        and headers asked for again give the same route.
+        """
+        if self._host is None or self._stopped:
+            raise BridgeError("add_route on a bridge that is not running")
+        host, port, path = parse_upstream(upstream_url)
+        config = self.session.conn.config
+        policy = HttpPolicy(
+            allowed_prefixes=allowed_prefixes or [path or "/"],
+            max_header_bytes=config.limits.max_header_bytes,
+            max_body_bytes=config.max_body_bytes,
+        )
+        route = self._host.add_route(Upstream(host, port, policy, tuple(headers)))
+        return f"http://{self._listen[0]}:{self._listen[1]}/_routes/{route}{path}"
+
+    async def expose(self, port: int, host_port: int = 0) -> str:
+        """Make the server on loopback ``port`` inside the sandbox reachable
+        from the host; returns its URL on the host (``http://127.0.0.1:P``).
+
+        The host listener binds 127.0.0.1 only, on ``host_port`` (0: a free
+        one). Requests to it cross the bridge as exchanges on an inward
+        route declared for ``port``; the sandbox side forwards them to
+        127.0.0.1:``port`` inside and to nothing else. Exposing a port again
+        returns the URL it already has.
+        """
+        if self._task_group is None or self._stopped:
+            raise BridgeError("expose on a bridge that is not running")
+        known = self.exposed.get(port)
+        if known is not None and host_port in (0, int(known.rsplit(":", 1)[1])):
+            return known
+        conn = self.session.conn
+        route = next(
+            (r for r, p in conn.routes.items() if p == port), max(conn.routes, default=0) + 1
+        )
+        try:
+            listener = await anyio.create_tcp_listener(
+                local_host="127.0.0.1", local_port=host_port, reuse_port=False
+            )
+        except OSError as exc:
+            raise BridgeError(
+                f"cannot listen on 127.0.0.1:{host_port} for port {port} inside:"
+                f" {exc.strerror or exc}; choose another host port, or 0 for a free one"
+            ) from None
+        conn.declare_route(route, port)
+        self.session.core_changed()
+        config = conn.config
+        policy = HttpPolicy(
+            max_header_bytes=config.limits.max_header_bytes, max_body_bytes=config.max_body_bytes
+        )
+        side = SandboxSide(self.session, policy, route=route)
+        scope = await self._task_group.start(_serve, listener, side)
+        self._listeners.append(scope)
+        bound = listener.extra(anyio.abc.SocketAttribute.local_port)
+        url = self.exposed[port] = f"http://127.0.0.1:{bound}"
+        return url
 
     async def stop(self, grace: float | None = None) -> None:
         """Shut the bridge down within a bounded time; safe to call again.
@@ -76,9 +157,24 @@ class Bridge:
             if not self.session.finished.is_set():
                 with anyio.move_on_after(grace + 2):
                     await self.session.close(grace=grace)
+            for scope in self._listeners:  # drained: the host listeners go
+                scope.cancel()
             await self.channels.aclose()
             await _reap_daemon(self.sandbox, self.session.conn.session_id)
         self._stopped = True
+
+
+async def _serve(
+    listener: anyio.abc.Listener[anyio.abc.SocketStream],
+    side: SandboxSide,
+    *,
+    task_status: anyio.abc.TaskStatus[anyio.CancelScope] = anyio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve a host listener for an inward route until the bridge stops."""
+    with anyio.CancelScope() as scope:
+        task_status.started(scope)
+        async with listener:
+            await listener.serve(side.handle_agent)
 
 
 _NOT_UPLOADED = 93  # the start command's word for "the archive is not there yet"
@@ -101,16 +197,42 @@ async def _start_daemon(
         f'test "$(wc -c < {shlex.quote(remote)} 2>/dev/null)" = {size} || exit {_NOT_UPLOADED};'
         f" exec {shlex.join(start)}"
     )
-    run = functools.partial(sandbox.run, ["sh", "-c", script], env=env, timeout=timeout)
+
+    async def run() -> CommandResult:
+        result = await sandbox.run(["sh", "-c", script], env=env, timeout=timeout)
+        return check_result(result)
+
     started = await _retried(run)
     if started.exit_code == _NOT_UPLOADED:
         await _retried(functools.partial(sandbox.write_file, remote, archive.read_bytes()))
         started = await _retried(run)
     if started.exit_code == 0 and started.stdout.strip() == b"ready":
         return
-    await check_python(sandbox, python, env)  # raises, naming the fix, when Python is why
-    said = (started.stderr or started.stdout).decode(errors="replace").strip()
-    raise BridgeStartError(f"the sandbox side did not start: {said or 'no word from it'}")
+    said = _said(started)
+    try:
+        await check_python(sandbox, python, env)  # raises, naming the fix, when Python is why
+    except BridgeStartError as exc:
+        raise BridgeStartError(f"{exc} (the start call: {said})") from None
+    raise BridgeStartError(f"the sandbox side did not start ({said})")
+
+
+def _said(result: CommandResult) -> str:
+    """A failed call's status and the end of what it said, for an error."""
+    words = (result.stderr or result.stdout).decode(errors="replace").strip()
+    words = words.removeprefix("bridgeproto: ")[-500:]
+    return f"status {result.exit_code}: {words or 'no word from it'}"
+
+
+def _bridge_failure(exc: BaseException) -> BaseException | None:
+    """The bridge error or timeout in ``exc``, looking through task groups
+    (a start that fails is one ``BridgeStartError``, never nested groups)."""
+    if isinstance(exc, (BridgeError, TimeoutError)):
+        return exc
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            if (found := _bridge_failure(inner)) is not None:
+                return found
+    return None
 
 
 T = TypeVar("T")
@@ -169,12 +291,14 @@ async def check_python(
     probe = "import sys; print('%d.%d' % sys.version_info[:2])"
     fix = f"install python3 ({MIN_PYTHON[0]}.{MIN_PYTHON[1]} or newer) in the image or in setup"
     try:
-        result = await sandbox.run([python, "-c", probe], env=env, timeout=30)
+        result = check_result(await sandbox.run([python, "-c", probe], env=env, timeout=30))
     except SandboxError as exc:
         raise BridgeStartError(f"cannot run {python} in the sandbox ({exc}); {fix}") from None
     found = result.stdout.decode(errors="replace").strip()
     if result.exit_code != 0 or not found.replace(".", "").isdigit():
-        raise BridgeStartError(f"the sandbox has no working {python} on its PATH; {fix}")
+        raise BridgeStartError(
+            f"the sandbox has no working {python} on its PATH; {fix} ({python} -c: {_said(result)})"
+        )
     version = tuple(int(part) for part in found.split("."))
     if version < MIN_PYTHON:
         raise BridgeStartError(
@@ -187,7 +311,7 @@ async def check_python(
 @asynccontextmanager
 async def open_bridge(
     sandbox: SandboxClient,
-    upstream_url: str,
+    upstream_url: str | None,
     *,
     headers: Sequence[tuple[bytes, bytes]] = (),
     listen: tuple[str, int] = ("127.0.0.1", 13131),
@@ -205,6 +329,9 @@ async def open_bridge(
 ) -> AsyncIterator[Bridge]:
     """Run a bridge into ``sandbox`` forwarding to ``upstream_url``.
 
+    With ``upstream_url`` None the bridge has no default upstream: only the
+    routes added with ``Bridge.add_route`` (and ``Bridge.expose``) carry.
+
     ``headers`` are added on the host side to every forwarded request (the
     upstream's credentials); they never enter the sandbox. The path allowlist
     defaults to the upstream URL's path. ``env`` is the environment the
@@ -221,7 +348,7 @@ async def open_bridge(
         transport = "stream" if getattr(sandbox, "live_processes", True) else "mailbox"
     if transport not in ("stream", "mailbox"):
         raise BridgeStartError(f"unknown transport {transport!r}; use stream, mailbox or auto")
-    host, port, path = parse_upstream(upstream_url)
+    host, port, path = parse_upstream(upstream_url) if upstream_url else ("", 0, "")
     if config is None:
         # Over the mailbox every window update costs a call's round trip, so
         # its windows are larger (still under max_retained_bytes).
@@ -232,7 +359,8 @@ async def open_bridge(
         max_header_bytes=config.limits.max_header_bytes,
         max_body_bytes=config.max_body_bytes,
     )
-    upstream = Upstream(host, port, policy, tuple(headers))
+    upstream = Upstream(host, port, policy, tuple(headers)) if upstream_url else None
+    host_side = HostSide(upstream, options)
     archive = build_zipapp()
     remote = f"/tmp/{archive.name}"
     session_id = os.urandom(bp.SESSION_ID_BYTES)
@@ -241,7 +369,6 @@ async def open_bridge(
         python, remote, "sandbox-side", "--daemon", "--session", session_id.hex(),
         "--settings", settings.to_json(),
     ]  # fmt: skip
-    await _start_daemon(sandbox, archive, start, env, config.handshake_timeout)
     channels: ProcessChannels | MailboxChannels
     if transport == "mailbox":
         channels = MailboxChannels(sandbox, call_command(python), session_id, env, mailbox)
@@ -252,26 +379,42 @@ async def open_bridge(
     url = f"http://{listen[0]}:{listen[1]}{path}"
     bridge: Bridge | None = None
     try:
+        await _start_daemon(sandbox, archive, start, env, config.handshake_timeout)
         async with anyio.create_task_group() as tg:
             if isinstance(channels, MailboxChannels):
                 await tg.start(channels.run)
-            try:
-                session = await tg.start(
-                    functools.partial(
-                        run_host_side, channels, session_id, upstream, config=config,
-                        options=options, tracer=tracer, resume_timeout=resume_timeout,
-                        on_channel=on_channel,
-                    )
-                )  # fmt: skip
-            except (BridgeError, TimeoutError) as exc:
-                raise BridgeStartError(f"the sandbox side did not answer ({exc})") from None
-            bridge = Bridge(url, sandbox_env(url), session, sandbox, channels)
+            session = await tg.start(
+                functools.partial(
+                    run_host_side, channels, session_id, host_side, config=config,
+                    options=options, tracer=tracer, resume_timeout=resume_timeout,
+                    on_channel=on_channel,
+                )
+            )  # fmt: skip
+            agent_env = sandbox_env(url) if upstream_url else {"BRIDGEPROTO_URL": url}
+            bridge = Bridge(
+                url,
+                agent_env,
+                session,
+                sandbox,
+                channels,
+                host=host_side,
+                task_group=tg,
+                listen=listen,
+            )
             try:
                 yield bridge
             finally:
                 await bridge.stop()
+    except BaseExceptionGroup as group:  # the task group's; _start_daemon's pass as raised
+        cause = _bridge_failure(group) if bridge is None else None
+        if cause is None:
+            raise
+        if isinstance(cause, BridgeStartError):
+            raise cause from None
+        raise BridgeStartError(f"the sandbox side did not answer ({cause})") from None
     finally:
         if bridge is None:  # it never started: leave nothing behind
-            with anyio.CancelScope(shield=True):
+            with anyio.CancelScope(shield=True), contextlib.suppress(Exception):
+                # (A cleanup that fails too must not hide why the start failed.)
                 await channels.aclose()
                 await _reap_daemon(sandbox, session_id)

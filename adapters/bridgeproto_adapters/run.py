@@ -146,7 +146,7 @@ async def run_command(args: argparse.Namespace) -> int:
         headers += read_header_file(path)
     if args.trace:
         refuse_if_exposed(args.trace, "--trace", args.ro + args.rw)
-    unreachable = await upstream_reachable(args.upstream)
+    unreachable = await upstream_reachable(args.upstream) if args.upstream else None
     if unreachable:
         raise BridgeError(unreachable)
     return await Run(args, headers).main()
@@ -229,6 +229,12 @@ class Run:
                     max_calls=args.mailbox_calls, upload_input=args.mailbox_input == "upload",
                 ),
             ) as bridge:  # fmt: skip
+                exposed = [
+                    f"port {port} inside is at {await bridge.expose(port, host_port)}"
+                    for host_port, port in args.expose
+                ]
+                for line in exposed:  # before CMD starts, so the caller can wait for it
+                    say(line)
                 # A session of its own: the terminal's signals come to us, not to it.
                 self.command = self.sandbox.start(
                     args.command, env=bridge.env, cwd=args.cwd,
@@ -236,6 +242,8 @@ class Run:
                 )  # fmt: skip
                 code = await self._supervise(bridge, self.command)
             print(bridge.session.stats.summary(), file=sys.stderr)
+            for line in exposed:
+                say(line.replace(" is at ", " was at "))
             return code
         finally:
             if trace:

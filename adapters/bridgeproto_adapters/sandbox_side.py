@@ -13,6 +13,13 @@ request head must arrive within ``head_timeout``, at most
 the session's exchange limit queue (``max_queued``, ``queue_timeout``)
 instead of being refused.
 
+Outward routes: a target under ``/_routes/N/`` crosses on route N, without
+that prefix (``split_route``); any other on route 0. The same class also
+serves the host's listener for an inward route (``route`` fixed): there the
+"agent" is a client on the host and every request crosses on that route.
+Inward exchanges arriving here are forwarded by a ``HostSide`` whose
+upstreams are the declared loopback ports (``inward_upstream``).
+
 An agent's upgrade request (WebSocket, say) waits for the upstream's
 answer: after a 101, the connection's bytes cross as they are, each way,
 until both sides have closed theirs (a half-close crosses as one); any
@@ -22,6 +29,7 @@ other answer is an ordinary response.
 from __future__ import annotations
 
 import contextlib
+import functools
 
 import anyio
 import anyio.abc
@@ -30,6 +38,7 @@ import h11
 
 import bridgeproto as bp
 from bridgeproto.http import (
+    ROUTES_PREFIX,
     AgentBody,
     AgentConnection,
     AgentEnd,
@@ -37,9 +46,13 @@ from bridgeproto.http import (
     AgentRefused,
     AgentRequest,
     HttpPolicy,
+    Refusal,
+    Upstream,
+    split_route,
 )
 
 from .errors import STREAM_ERRORS, ExchangeAborted, SessionEnded
+from .host_side import HostSide
 from .session import RESUME_TIMEOUT, Exchange, Session
 from .transports import Channels
 
@@ -141,16 +154,28 @@ class _Agent:
 
 
 class SandboxSide:
-    """Serves agent connections for one session."""
+    """Serves agent connections for one session.
+
+    With ``route`` None, targets choose their outward route (``/_routes/N/``);
+    with a route number, every request crosses on that route.
+    """
 
     def __init__(
         self,
         session: Session,
         policy: HttpPolicy | None = None,
         limits: AgentLimits | None = None,
+        *,
+        route: int | None = None,
     ) -> None:
         self.session = session
-        self.policy = policy or HttpPolicy()
+        policy = policy or HttpPolicy()
+        if route is None:  # each route's own allowlist is checked on the host side
+            policy = attrs.evolve(
+                policy, allowed_prefixes=(*policy.allowed_prefixes, ROUTES_PREFIX)
+            )
+        self.policy = policy
+        self.route = route
         self.limits = limits or AgentLimits()
         self._active = 0  # exchanges being carried
         self._pending = 0  # connections waiting for a request head
@@ -213,8 +238,18 @@ class SandboxSide:
             return False
         if not isinstance(event, AgentRequest):
             return False  # the agent closed the connection between requests
+        if self.route is None:
+            routed = split_route(event.target)
+            if isinstance(routed, Refusal):
+                await agent.refuse(
+                    agent.http.reply_error(routed.status, routed.cause, routed.message)
+                )
+                return False
+            route, target = routed
+        else:
+            route, target = self.route, event.target
         try:
-            exchange = await self._open(event)
+            exchange = await self._open(event, route, target)
         except (bp.LocalProtocolError, SessionEnded) as exc:
             await agent.stream.send(agent.http.reply_error(*self._refusal_for(exc)))
             return False
@@ -237,12 +272,14 @@ class SandboxSide:
             code = bp.ErrorCode.SHUTTING_DOWN
         return code.http_status, code.cause, str(error)
 
-    async def _open(self, request: AgentRequest) -> Exchange:
+    async def _open(self, request: AgentRequest, route: int, target: bytes) -> Exchange:
         with anyio.move_on_after(self.session.conn.config.handshake_timeout):
             await self.session.ready.wait()
         if self.session.must_queue():
             await self._queue_for_exchange()
-        return await self.session.open_exchange(request.method, request.target, request.headers)
+        return await self.session.open_exchange(
+            request.method, target, request.headers, route=route
+        )
 
     async def _queue_for_exchange(self) -> None:
         limits = self.limits
@@ -435,6 +472,15 @@ def _stop_eager_reading(stream: anyio.abc.ByteStream) -> None:
         pause()
 
 
+def inward_upstream(conn: bp.Connection, route: int) -> Upstream | Refusal:
+    """Where an inward exchange goes: the loopback port its route was declared
+    for, and nothing else (the core already refused undeclared routes)."""
+    port = conn.routes.get(route)
+    if port is None:
+        return Refusal(bp.ErrorCode.FORBIDDEN, f"route {route} was never declared")
+    return Upstream("127.0.0.1", port, HttpPolicy())
+
+
 Listen = tuple[str, int] | str  # (host, port) or a Unix socket path
 
 
@@ -471,14 +517,18 @@ async def run_sandbox_side(
     """
     listener = await open_listener(listen)
     conn = bp.Connection(bp.Role.SANDBOX, session_id, config)
-    session = Session(conn, channels, resume_timeout=resume_timeout)
+    inward = HostSide(None, lookup=functools.partial(inward_upstream, conn))
+    session = Session(conn, channels, inward.handle, resume_timeout=resume_timeout)
     side = SandboxSide(session, policy, limits)
-    async with listener, anyio.create_task_group() as tg:
-        tg.start_soon(session.run)
-        tg.start_soon(listener.serve, side.handle_agent)
-        task_status.started(listener_address(listener))
-        await session.finished.wait()
-        # Every exchange has ended; let their agents get the answer first.
-        with anyio.move_on_after(_ANSWER_GRACE_SECONDS):
-            await side.until_idle()
-        tg.cancel_scope.cancel()
+    try:
+        async with listener, anyio.create_task_group() as tg:
+            tg.start_soon(session.run)
+            tg.start_soon(listener.serve, side.handle_agent)
+            task_status.started(listener_address(listener))
+            await session.finished.wait()
+            # Every exchange has ended; let their agents get the answer first.
+            with anyio.move_on_after(_ANSWER_GRACE_SECONDS):
+                await side.until_idle()
+            tg.cancel_scope.cancel()
+    finally:
+        await inward.aclose()

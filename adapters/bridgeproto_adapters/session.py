@@ -187,7 +187,8 @@ class Session:
     over one byte stream, which then ends the session when it breaks).
 
     ``on_request`` is called in a task of its own for every request head the
-    peer sends (host side). ``run`` returns when the session has closed or
+    peer sends (outward exchanges on the host side, inward ones on the
+    sandbox side). ``run`` returns when the session has closed or
     failed; ``ready`` is set once the handshake completes. ``on_channel``, if
     given, hears of every channel change (for ``-v``).
     """
@@ -244,12 +245,18 @@ class Session:
             raise SessionEnded(self.conn.failure.reason)
 
     async def open_exchange(
-        self, method: bytes, target: bytes, headers: Iterable[tuple[bytes, bytes]]
+        self,
+        method: bytes,
+        target: bytes,
+        headers: Iterable[tuple[bytes, bytes]],
+        *,
+        route: int = 0,
     ) -> Exchange:
-        """Start an exchange (sandbox side); raises ``LocalProtocolError`` when
-        the core refuses (its ``code`` says why) or ``SessionEnded``."""
+        """Start an exchange on ``route`` (either side); raises
+        ``LocalProtocolError`` when the core refuses (its ``code`` says why)
+        or ``SessionEnded``."""
         self.check_usable()
-        exchange_id = self.conn.start_exchange(method, target, headers, self.now())
+        exchange_id = self.conn.start_exchange(method, target, headers, self.now(), route=route)
         self.stats.exchanges += 1
         exchange = Exchange(self, exchange_id)
         self._exchanges[exchange_id] = exchange

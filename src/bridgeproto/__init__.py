@@ -46,6 +46,7 @@ from ._records import (
     Reset,
     ResponseHead,
     Role,
+    Route,
     Window,
 )
 from ._state import Half, LinkState, SessionState
@@ -83,6 +84,7 @@ __all__ = [
     "Reset",
     "ResponseHead",
     "Role",
+    "Route",
     "SessionClosed",
     "SessionFailed",
     "SessionState",

@@ -40,6 +40,7 @@ from ._records import (
     Reset,
     ResponseHead,
     Role,
+    Route,
     Window,
 )
 
@@ -56,6 +57,7 @@ _ID_CODE = struct.Struct(">IH")
 _ID_ID = struct.Struct(">II")
 _STATUS = struct.Struct(">IH")
 _HELLO = struct.Struct(">IB16sIIIII")
+_ROUTE = struct.Struct(">IH")
 
 
 class FrameType(enum.IntEnum):
@@ -70,6 +72,7 @@ class FrameType(enum.IntEnum):
     PING = 9
     PONG = 10
     GOAWAY = 11
+    ROUTE = 12
 
 
 class Sentinel(enum.Enum):
@@ -124,7 +127,7 @@ def _encode_hello(record: Hello) -> bytes:
 
 def _encode_request_head(record: RequestHead) -> bytes:
     return (
-        _U32.pack(record.exchange_id)
+        _ID_ID.pack(record.exchange_id, record.route)
         + _blob(record.method)
         + _blob(record.target)
         + _headers_bytes(record.headers)
@@ -161,6 +164,7 @@ _ENCODERS: dict[type[Record], tuple[FrameType, Callable[[Any], bytes]]] = {
     Ping: (FrameType.PING, lambda r: r.payload),
     Pong: (FrameType.PONG, lambda r: r.payload),
     GoAway: (FrameType.GOAWAY, _encode_goaway),
+    Route: (FrameType.ROUTE, lambda r: _ROUTE.pack(r.route, r.port)),
 }
 
 
@@ -263,8 +267,8 @@ def _decode_hello(r: _Reader) -> Record:
 
 
 def _decode_request_head(r: _Reader) -> Record:
-    (exchange_id,) = r.unpack(_U32)
-    return RequestHead(exchange_id, r.blob(), r.blob(), r.headers())
+    exchange_id, route = r.unpack(_ID_ID)
+    return RequestHead(exchange_id, r.blob(), r.blob(), r.headers(), route=route)
 
 
 def _decode_response_head(r: _Reader) -> Record:
@@ -311,6 +315,7 @@ _DECODERS: dict[FrameType, Callable[[_Reader], Record]] = {
     FrameType.PING: lambda r: Ping(r.rest()),
     FrameType.PONG: lambda r: Pong(r.rest()),
     FrameType.GOAWAY: _decode_goaway,
+    FrameType.ROUTE: lambda r: Route(*r.unpack(_ROUTE)),
 }
 
 

@@ -1,7 +1,9 @@
 """The bridge connection: all protocol state for one side, and nothing else.
 
-One ``Connection`` per side. The sandbox side starts exchanges (odd ids); the
-host side answers them. The object does no I/O and never reads a clock: bytes
+One ``Connection`` per side. Either side starts exchanges, each on a route:
+the sandbox side (odd ids) on outward routes to host services, the host side
+(even ids) on inward routes it has declared with ``declare_route``; the other
+side answers them. The object does no I/O and never reads a clock: bytes
 come in through ``receive_data``, go out through ``data_to_send``, and time is
 the ``now`` argument of every call that can start or stop a timer. The caller
 arms a timer for ``next_deadline()`` and calls ``handle_timer(now)`` when it
@@ -66,6 +68,7 @@ from ._records import (
     Reset,
     ResponseHead,
     Role,
+    Route,
     Window,
 )
 from ._state import (
@@ -194,6 +197,9 @@ class Connection:
         self._closed: OrderedDict[int, int] = OrderedDict()
         self._next_local_id = 1 if self.role is Role.SANDBOX else 2
         self._highest_peer_id = 0
+        # Inward routes: route number -> port inside the sandbox. The host side
+        # fills it with ``declare_route``, the sandbox side from ROUTE records.
+        self.routes: dict[int, int] = {}
         self._peer_goaway: GoAway | None = None
 
         # Timers.
@@ -309,17 +315,50 @@ class Connection:
 
     # ------------------------------------------------------------ sending
 
+    def declare_route(self, route: int, port: int) -> None:
+        """Declare an inward route (host side): exchanges started with
+        ``route=route`` reach ``127.0.0.1:port`` inside the sandbox.
+
+        Declaring the same route again with the same port does nothing; a
+        route number never changes its port within a session.
+        """
+        self._check_usable()
+        if self.role is not Role.HOST:
+            raise LocalProtocolError("only the host side declares inward routes")
+        if self.state is SessionState.NEW:
+            raise LocalProtocolError("declare_route() before start(); call start() first")
+        record = Route(route, port)
+        known = self.routes.get(route)
+        if known == port:
+            return
+        if known is not None:
+            raise LocalProtocolError(
+                f"route {route} already leads to port {known}; declare port {port}"
+                " under a new route number"
+            )
+        self.routes[route] = port
+        self._delivery.send(record)
+
     def start_exchange(
         self,
         method: bytes,
         target: bytes,
         headers: Iterable[tuple[bytes, bytes]],
         now: float,
+        *,
+        route: int = 0,
     ) -> int:
-        """Send a request head on a new exchange and return its id."""
+        """Send a request head on a new exchange and return its id.
+
+        The sandbox side names an outward route (0: the default upstream);
+        the host side one it declared with ``declare_route``.
+        """
         self._check_usable()
-        if self.role is not Role.SANDBOX:
-            raise LocalProtocolError("only the sandbox side starts exchanges")
+        if self.role is Role.HOST and route not in self.routes:
+            raise LocalProtocolError(
+                f"route {route} was never declared; call declare_route() first",
+                code=ErrorCode.FORBIDDEN,
+            )
         peer = self._require_open("start an exchange")
         if len(self._exchanges) >= peer.max_exchanges:
             raise LocalProtocolError(
@@ -337,7 +376,7 @@ class Connection:
             raise LocalProtocolError(
                 "exchange ids are exhausted; open a new session", code=ErrorCode.REFUSED
             )
-        head = RequestHead(self._next_local_id, method, target, tuple(headers))
+        head = RequestHead(self._next_local_id, method, target, tuple(headers), route=route)
         self._check_head_size(head.head_size, peer)
         self._next_local_id += 2
         self._send_on(self._open_exchange(head.exchange_id, now), head, now)
@@ -351,11 +390,14 @@ class Connection:
         headers: Iterable[tuple[bytes, bytes]],
         now: float,
     ) -> None:
-        """Send a response head (or a 1xx informational head) for an exchange."""
+        """Send a response head (or a 1xx informational head) for an exchange
+        the peer started."""
         self._check_usable()
-        if self.role is not Role.HOST:
-            raise LocalProtocolError("only the host side sends responses")
         ex = self._exchange(exchange_id)
+        if self._is_ours(exchange_id):
+            raise LocalProtocolError(
+                f"exchange {exchange_id} was started by this side; only the peer answers it"
+            )
         head = ResponseHead(exchange_id, status, reason, tuple(headers))
         assert self.peer_limits is not None  # an exchange exists, so the hello came
         self._check_head_size(head.head_size, self.peer_limits)
@@ -626,6 +668,9 @@ class Connection:
         if isinstance(record, GoAway):
             self._receive_goaway(record, now)
             return
+        if isinstance(record, Route):
+            self._receive_route(record)
+            return
         assert isinstance(record, (RequestHead, ResponseHead, Data, EndOfBody, Reset))
         if isinstance(record, Data) and not self._credit.take(len(record.data)):
             raise PeerFault(
@@ -651,14 +696,9 @@ class Connection:
         exchange_id = record.exchange_id
         if exchange_id in self._closed or self._existed(exchange_id):
             return None  # a late frame for an exchange that has ended (maybe long ago)
-        ours = self._is_ours(exchange_id)
-        if ours or self.role is Role.SANDBOX:
+        if self._is_ours(exchange_id):
             if not isinstance(record, Reset):
-                reason = (
-                    f"exchange {exchange_id} was never opened"
-                    if ours
-                    else "host-originated exchanges are not part of wire version 1"
-                )
+                reason = f"exchange {exchange_id} was never opened"
                 self._delivery.send(_reset(exchange_id, ErrorCode.PROTOCOL_ERROR, reason))
             return None
         if not isinstance(record, RequestHead):
@@ -676,7 +716,15 @@ class Connection:
             self._refuse(
                 exchange_id,
                 ErrorCode.REFUSED,
-                "the host side is shutting down; the request was not processed",
+                f"the {self.role.name.lower()} side is shutting down;"
+                " the request was not processed",
+            )
+        elif self.role is Role.SANDBOX and record.route not in self.routes:
+            self._refuse(
+                exchange_id,
+                ErrorCode.FORBIDDEN,
+                f"route {record.route} was never declared: the sandbox side only"
+                " answers requests for the ports the host side exposed",
             )
         elif len(self._exchanges) >= limits.max_exchanges:
             self._refuse(
@@ -700,13 +748,15 @@ class Connection:
             self._close_exchange(ex, was_reset=True)
             self._emit(ExchangeReset(ex.exchange_id, record.code, record.reason, by_peer=True))
             return
-        expected_head = RequestHead if self.role is Role.HOST else ResponseHead
+        ours = self._is_ours(ex.exchange_id)
+        expected_head = ResponseHead if ours else RequestHead
         if isinstance(record, (RequestHead, ResponseHead)) and not isinstance(
             record, expected_head
         ):
+            opener = "this side" if ours else "the peer"
             raise PeerFault(
                 ErrorCode.PROTOCOL_ERROR,
-                f"{type(record).__name__} is never sent to the {self.role.name.lower()} side",
+                f"{type(record).__name__} on exchange {ex.exchange_id}, which {opener} started",
             )
         if (
             isinstance(record, ResponseHead)
@@ -766,6 +816,17 @@ class Connection:
             )
             return
         self._emit(CreditAvailable(ex.exchange_id))
+
+    def _receive_route(self, route: Route) -> None:
+        if self.role is not Role.SANDBOX:
+            raise PeerFault(ErrorCode.PROTOCOL_ERROR, "ROUTE is only sent to the sandbox side")
+        known = self.routes.get(route.route)
+        if known is not None and known != route.port:
+            raise PeerFault(
+                ErrorCode.PROTOCOL_ERROR,
+                f"route {route.route} was declared for port {known} and again for {route.port}",
+            )
+        self.routes[route.route] = route.port
 
     def _receive_goaway(self, goaway: GoAway, now: float) -> None:
         if goaway.code is not ErrorCode.NO_ERROR:

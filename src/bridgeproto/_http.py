@@ -186,6 +186,34 @@ def _path_problem(target: bytes, path: bytes) -> str | None:
     return None
 
 
+ROUTES_PREFIX = b"/_routes"
+_ROUTE_PATH = re.compile(rb"/_routes/([1-9][0-9]{0,9})(?=[/?]|\Z)")
+
+
+def split_route(target: bytes) -> tuple[int, bytes] | Refusal:
+    """The outward route a target names, and the target the route's upstream gets.
+
+    ``/_routes/N/rest`` is route N with target ``/rest`` (``/_routes/N`` alone
+    is ``/``); any other target is route 0, unchanged. A target under
+    ``/_routes`` that names no valid route number is refused.
+    """
+    if target != ROUTES_PREFIX and not target.startswith(
+        (ROUTES_PREFIX + b"/", ROUTES_PREFIX + b"?")
+    ):
+        return 0, target
+    match = _ROUTE_PATH.match(target)
+    route = int(match.group(1)) if match else 0
+    if match is None or route > 2**32 - 1:
+        return Refusal(
+            ErrorCode.BAD_REQUEST,
+            f"the target {target[:100]!r} names no route: paths under /_routes/ are"
+            " /_routes/N/... with N a route number this bridge gave out",
+            cause="route-unknown",
+        )
+    rest = target[match.end() :]
+    return route, rest if rest.startswith(b"/") else b"/" + rest
+
+
 def clean_headers(
     headers: Iterable[tuple[bytes, bytes]], *, upgrade: bool = False
 ) -> list[tuple[bytes, bytes]]:

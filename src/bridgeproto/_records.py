@@ -17,9 +17,11 @@ import attrs
 
 from ._errors import ErrorCode, LocalProtocolError
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
 
 MAX_EXCHANGE_ID = 2**32 - 1
+MAX_ROUTE = 2**32 - 1
+MAX_PORT = 65535
 MAX_WINDOW = 2**32 - 1
 MAX_SEQ = 2**64 - 1
 MAX_PING_PAYLOAD = 64
@@ -32,8 +34,9 @@ Headers = tuple[tuple[bytes, bytes], ...]
 class Role(enum.IntEnum):
     """Which end of the bridge a connection is.
 
-    The sandbox side originates exchanges (odd ids); the host side answers
-    them. Even ids are kept for host-originated exchanges in a later version.
+    Either side originates exchanges: the sandbox side with odd ids (outward
+    routes, to host services), the host side with even ids (inward routes, to
+    ports inside the sandbox that it has declared with ``Route``).
     """
 
     SANDBOX = 1
@@ -164,12 +167,15 @@ class Hello:
 
 @attrs.frozen
 class RequestHead:
-    """Opens an exchange: the agent's request line and headers."""
+    """Opens an exchange: the client's request line and headers, and the
+    route it takes (outward: which host service, 0 being the default one;
+    inward: a route the host side declared)."""
 
     exchange_id: int = attrs.field(validator=_exchange_id)
     method: bytes = attrs.field(validator=_bytes)
     target: bytes = attrs.field(validator=_bytes)
     headers: Headers = attrs.field(default=(), converter=_headers)
+    route: int = attrs.field(default=0, validator=_uint32, kw_only=True)
 
     @method.validator
     def _check_method(self, _: attrs.Attribute[bytes], value: bytes) -> None:
@@ -207,6 +213,23 @@ class ResponseHead:
     @property
     def head_size(self) -> int:
         return 4 + len(self.reason) + headers_size(self.headers)
+
+
+@attrs.frozen
+class Route:
+    """The host side declares an inward route: exchanges it opens with this
+    route number go to ``127.0.0.1:port`` inside the sandbox, and nowhere else."""
+
+    route: int = attrs.field()
+    port: int = attrs.field()
+
+    @route.validator
+    def _check_route(self, _: attrs.Attribute[int], value: int) -> None:
+        _check_uint("route", value, 1, MAX_ROUTE)
+
+    @port.validator
+    def _check_port(self, _: attrs.Attribute[int], value: int) -> None:
+        _check_uint("port", value, 1, MAX_PORT)
 
 
 @attrs.frozen
@@ -297,8 +320,9 @@ Record = (
     | Ping
     | Pong
     | GoAway
+    | Route
 )
 
 # Records that take part in sequencing and exactly-once delivery. The others
 # belong to one link: a hello or an ack means nothing on the next link.
-SEQUENCED = (RequestHead, ResponseHead, Data, EndOfBody, Reset, Window, GoAway)
+SEQUENCED = (RequestHead, ResponseHead, Data, EndOfBody, Reset, Window, GoAway, Route)

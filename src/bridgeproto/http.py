@@ -8,6 +8,7 @@ both sides. This is the only layer of the core that needs h11.
 
 from ._http import (
     BRIDGE_ERROR_HEADER,
+    ROUTES_PREFIX,
     AgentBody,
     AgentClosed,
     AgentConnection,
@@ -21,12 +22,14 @@ from ._http import (
     check_target,
     clean_headers,
     error_response,
+    split_route,
     upgrade_token,
     upstream_request,
 )
 
 __all__ = [
     "BRIDGE_ERROR_HEADER",
+    "ROUTES_PREFIX",
     "AgentBody",
     "AgentClosed",
     "AgentConnection",
@@ -40,6 +43,7 @@ __all__ = [
     "check_target",
     "clean_headers",
     "error_response",
+    "split_route",
     "upgrade_token",
     "upstream_request",
 ]
