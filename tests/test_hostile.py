@@ -292,6 +292,74 @@ async def test_queued_agents_get_answers_when_the_session_ends() -> None:
         assert {r.headers["x-bridge-error"] for r in answers} == {"shutting-down"}
 
 
+async def test_a_slow_reader_still_gets_its_whole_answer_after_the_session_ends() -> None:
+    """docs/adapters.md, ``run_sandbox_side``: when the session ends, agents
+    still waiting get their answers (up to 2 s) first. The whole response has
+    crossed the bridge, so the session can end; the agent reads it only
+    0.5 s later, through a small receive buffer."""
+    import functools
+    import socket
+    import threading
+    import time
+
+    from bridgeproto_adapters.host_side import run_host_side
+    from bridgeproto_adapters.sandbox_side import run_sandbox_side
+    from bridgeproto_adapters.streams import memory_stream_pair
+    from upstream import pattern_bytes, running_upstream
+
+    # More than the kernel buffers hold (up to 4 MiB each way on loopback), and
+    # under the exchange's window: all of it crosses the bridge at once.
+    size = 12 << 20
+    config = bp.Config(limits=bp.Limits(initial_window=16 << 20, session_window=32 << 20))
+    session_id = os.urandom(bp.SESSION_ID_BYTES)
+    sandbox_end, host_end = memory_stream_pair()
+    ended = anyio.Event()
+    got: list[bytes] = []
+
+    async def sandbox_side(*, task_status: Any) -> None:
+        await run_sandbox_side(
+            sandbox_end, session_id, listen=("127.0.0.1", 0), config=config,
+            task_status=task_status,
+        )  # fmt: skip
+        ended.set()
+
+    async with running_upstream() as upstream, anyio.create_task_group() as tg:
+        host, port = await tg.start(sandbox_side)
+        session = await tg.start(
+            functools.partial(run_host_side, host_end, session_id,
+                              Upstream("127.0.0.1", upstream.port), config=config)
+        )  # fmt: skip
+        asked = anyio.Event()
+        token = anyio.lowlevel.current_token()
+
+        def slow_reader() -> None:
+            with socket.socket() as sock:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+                sock.connect((host, port))
+                sock.sendall(f"GET /bytes?size={size} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+                anyio.from_thread.run_sync(asked.set, token=token)
+                time.sleep(0.5)  # a slow reader: this is the behaviour under test
+                answer = bytearray()
+                while chunk := sock.recv(1 << 16):
+                    answer += chunk
+                got.append(bytes(answer))
+
+        reader = threading.Thread(target=slow_reader)
+        reader.start()
+        with anyio.fail_after(10):
+            await asked.wait()
+            await anyio.wait_all_tasks_blocked()  # the answer is stuck at the agent's buffer
+            await session.close()  # nothing is in flight on the wire: it ends at once
+        with anyio.fail_after(2 + 1):  # the 2 s, and a stated 1 s margin
+            await ended.wait()
+        await anyio.to_thread.run_sync(reader.join)
+        tg.cancel_scope.cancel()
+    (answer,) = got
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 "), head
+    assert body == pattern_bytes(size)
+
+
 # ------------------------------------------------------------------ failures
 
 
