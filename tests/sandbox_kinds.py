@@ -68,5 +68,13 @@ def unprivileged_user() -> str:
     except KeyError:
         if shutil.which("useradd") is None:
             pytest.fail("useradd is missing (apt-get install passwd): cannot make a user")
-        subprocess.run(["useradd", "--system", "--no-create-home", UNPRIVILEGED_USER], check=True)
+        made = subprocess.run(
+            ["useradd", "--system", "--no-create-home", UNPRIVILEGED_USER],
+            capture_output=True, text=True,
+        )  # fmt: skip
+        if made.returncode != 0:
+            try:  # another test worker made it first
+                pwd.getpwnam(UNPRIVILEGED_USER)
+            except KeyError:
+                pytest.fail(f"useradd {UNPRIVILEGED_USER} failed: {made.stderr.strip()}")
     return UNPRIVILEGED_USER
