@@ -125,7 +125,9 @@ except urllib.error.HTTPError as exc:
             ["authorization", secret.decode()] in request["headers"]  # type: ignore[operator]
             for request in upstream.requests
         )
-        assert channels(bridge).stats.failed == 0
+        # Each junk call can cost at most one real call, repaired in its epoch
+        # (one that claims the current epoch can take a waiting call's turn).
+        assert channels(bridge).stats.failed <= 3
 
 
 # Code in the sandbox can write to the spool too: a cut file, one of an
