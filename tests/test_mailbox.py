@@ -657,6 +657,7 @@ async def test_a_mailbox_bridge_stops_within_its_grace_and_says_no_channel_broke
     assert took <= grace + 1.0, took
     assert left.stdout == b""  # the daemon exited and its directory is gone
     assert not [line for line in said if "broke" in line], said
+    assert channels(bridge).stats.failed == 0  # nor did a call of it count as failed
 
 
 @asynccontextmanager
