@@ -1,9 +1,16 @@
-"""Looking at this machine's processes from a test, as an operator would."""
+"""Looking at the processes a test started, as an operator would.
+
+A test finds its processes through what it started (a child's process tree,
+its sandbox's holder), never by scanning the whole host: another bridge may
+run on the same machine, and its processes are not the test's to count or kill.
+"""
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+import select
+import time
+from collections.abc import Callable, Iterable
 
 
 def argv(pid: int | str) -> list[bytes]:
@@ -13,11 +20,6 @@ def argv(pid: int | str) -> list[bytes]:
             return file.read().split(b"\0")[:-1]
     except OSError:
         return []
-
-
-def pids_where(test: Callable[[list[bytes]], bool]) -> list[int]:
-    """The processes whose command line passes ``test``."""
-    return [int(pid) for pid in os.listdir("/proc") if pid.isdigit() and test(argv(pid))]
 
 
 def is_python(command: list[bytes], *words: bytes) -> bool:
@@ -30,6 +32,7 @@ def is_python(command: list[bytes], *words: bytes) -> bool:
 
 
 def descendants(pid: int) -> list[int]:
+    """Every process below ``pid`` in the process tree (children, theirs, ...)."""
     found, todo = [], [pid]
     while todo:
         parent = todo.pop()
@@ -46,3 +49,33 @@ def descendants(pid: int) -> list[int]:
             found += children
             todo += children
     return found
+
+
+def started_by(pid: int, test: Callable[[list[bytes]], bool]) -> list[int]:
+    """The processes below ``pid`` whose command line passes ``test``."""
+    return [child for child in descendants(pid) if test(argv(child))]
+
+
+def wait_gone(pids: Iterable[int], timeout: float) -> list[int]:
+    """Wait until every one of ``pids`` has exited (children or not: a pidfd
+    becomes readable at exit); returns those still running at ``timeout``."""
+    handles: dict[int, int] = {}
+    for pid in pids:
+        try:
+            handles[os.pidfd_open(pid)] = pid
+        except ProcessLookupError:
+            continue  # gone already
+    try:
+        poller = select.poll()
+        for fd in handles:
+            poller.register(fd, select.POLLIN)
+        deadline = time.monotonic() + timeout
+        left = set(handles)
+        while left and (remaining := deadline - time.monotonic()) > 0:
+            for fd, _ in poller.poll(remaining * 1000):
+                left.discard(fd)
+                poller.unregister(fd)
+        return sorted(handles[fd] for fd in left)
+    finally:
+        for fd in handles:
+            os.close(fd)

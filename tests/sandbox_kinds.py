@@ -9,6 +9,7 @@ import site
 import subprocess
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import NoReturn
 
 import pytest
 
@@ -25,12 +26,18 @@ REQUIRE_BWRAP = os.environ.get("BRIDGEPROTO_REQUIRE_BWRAP") == "1"
 SITE_PACKAGES = site.getsitepackages()[0]
 
 
+def skip_or_fail(why: str) -> NoReturn:
+    """Skip a test this machine cannot run, unless CI said it must run
+    everything (BRIDGEPROTO_REQUIRE_BWRAP=1): then a skip would hide it, so fail."""
+    if REQUIRE_BWRAP:
+        pytest.fail(f"BRIDGEPROTO_REQUIRE_BWRAP=1 but {why}")
+    pytest.skip(why)
+
+
 def need_bwrap() -> None:
     """Skip without bwrap, unless CI said it must be there (then fail)."""
     if shutil.which("bwrap") is None:
-        if REQUIRE_BWRAP:
-            pytest.fail("BRIDGEPROTO_REQUIRE_BWRAP=1 but bwrap is not installed")
-        pytest.skip("bwrap is not installed (apt-get install bubblewrap)")
+        skip_or_fail("bwrap is not installed (apt-get install bubblewrap)")
 
 
 @asynccontextmanager

@@ -66,8 +66,10 @@ def test_quick_bench_produces_every_figure(tmp_path: object) -> None:
         assert side is not None and side > 5  # the real sandbox-side process was found
     assert scenarios["bulk"]["direct"]["upload"]["sandbox_side_peak_rss_mib"] is None  # no sandbox
     assert scenarios["cost"]["polling"]["calls_per_request"] >= 3
-    scale = scenarios["scale"]["bridgeproto"]
-    assert scale["bridges_held"] == scale["requests_ok"] == 2
+    for transport in ("stream", "mailbox"):
+        scale = scenarios["scale"][transport]
+        assert scale["bridges_held"] == 2, scale
+        assert scale["requests_ok"] == scale["requests"] == 10, scale
     for system in ("mailbox", "polling"):
         remote = scenarios["remote"][system]
         assert remote["seconds"]["n"] == 5 and remote["calls_per_request"] > 0

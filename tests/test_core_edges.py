@@ -511,3 +511,51 @@ def test_a_refused_exchange_holds_no_credit() -> None:
     host.send_response(1, 204, b"", [], 0.0)
     host.send_end(1, 0.0)  # exchange 1 closes; refused 3 is forgotten
     assert [r for r in _records(host.data_to_send()) if isinstance(r, bp.Window)] == []
+
+
+# ------------------------------------------------ survivors of the second mutation sample
+
+
+def test_a_percent_sign_encoded_once_more_is_unsafe_even_around_dot_segments() -> None:
+    # %252e decodes to %2e: an upstream that decodes again would see "..".
+    refusal = check_target(b"GET", b"/rollout/k1/%252e%252e/k2", HttpPolicy(["/rollout/k1"]))
+    assert refusal is not None and refusal.cause == "unsafe-path", refusal
+    assert "percent-encoded twice" in refusal.message and refusal.status == 400
+
+
+def test_a_spent_decoder_fed_more_bytes_raises_its_crc_error_again() -> None:
+    wire = encode_frame(bp.Data(1, b"abc"), 1)
+    decoder = FrameDecoder(max_frame_size=1024)
+    decoder.receive_data(wire[:-1] + bytes([wire[-1] ^ 1]))
+    with pytest.raises(bp.CorruptFrameError, match="CRC mismatch") as first:
+        decoder.next_frame()
+    decoder.receive_data(wire)  # the buffer is still growable: nothing holds a view of it
+    with pytest.raises(bp.CorruptFrameError) as again:
+        decoder.next_frame()
+    assert again.value is first.value
+
+
+def test_resume_on_a_failed_session_is_refused() -> None:
+    pair = Pair(sandbox=bp.Config(ping_interval=None, peer_timeout=30))
+    (failed,) = pair.sandbox.handle_timer(31.0)
+    assert isinstance(failed, bp.SessionFailed)
+    with pytest.raises(bp.LocalProtocolError, match="the session failed earlier"):
+        pair.sandbox.resume(32.0)
+
+
+def test_the_sandbox_side_refuses_to_consume_for_exchange_zero() -> None:
+    pair = Pair()
+    with pytest.raises(bp.LocalProtocolError, match="exchange 0 is unknown"):
+        pair.sandbox.consume(0, 1)
+
+
+def test_the_room_rule_accepts_exactly_1024_bytes_and_not_one_less() -> None:
+    # max_header_bytes + 1024 may equal max_frame_size, not exceed it.
+    assert bp.Limits(max_frame_size=4096, max_header_bytes=3072).max_header_bytes == 3072
+    with pytest.raises(bp.LocalProtocolError, match="must leave 1024 bytes of room"):
+        bp.Limits(max_frame_size=4096, max_header_bytes=3073)
+
+
+def test_the_sentinels_print_as_their_names() -> None:
+    assert repr(NEED_DATA) == "NEED_DATA" and repr(END_OF_INPUT) == "END_OF_INPUT"
+    assert str([NEED_DATA]) == "[NEED_DATA]"

@@ -204,7 +204,7 @@ async def test_connections_waiting_for_a_head_are_bounded() -> None:
     async with bridge(limits=limits) as b:
         host, port = b.url.removeprefix("http://").split(":")
         idle = [await anyio.connect_tcp(host, int(port)) for _ in range(3)]
-        await anyio.sleep(0.2)  # let the sandbox side accept them
+        await anyio.wait_all_tasks_blocked()  # the sandbox side took them; waits for heads
         refused = await raw(b.url, b"")
         assert refused.startswith(b"HTTP/1.1 503 "), refused
         assert b"x-bridge-error: too-many-connections" in refused.lower()
@@ -244,9 +244,12 @@ async def test_the_queue_is_bounded_and_so_is_the_wait() -> None:
     limits = AgentLimits(max_queued=1, queue_timeout=0.5)
     async with bridge(host_config=host_config, limits=limits) as b:
         answers: list[httpx.Response] = []
+        three = anyio.Event()
 
         async def one(client: httpx.AsyncClient, path: str) -> None:
             answers.append(await client.get(path))
+            if len(answers) == 3:
+                three.set()
 
         async with (
             httpx.AsyncClient(base_url=b.url, timeout=30) as client,
@@ -256,7 +259,8 @@ async def test_the_queue_is_bounded_and_so_is_the_wait() -> None:
             await b.upstream.hang_started.wait()
             for _ in range(3):
                 tg.start_soon(one, client, "/json")
-            await anyio.sleep(2)  # past the queue timeout
+            with anyio.fail_after(0.5 + 1):  # the queue timeout, and a stated 1 s margin
+                await three.wait()  # two refused at once, one after the queue timeout
             tg.cancel_scope.cancel()  # the hanging one
         busy = [r for r in answers if r.status_code == 503]
         assert len(busy) == 3, [(r.status_code, r.text) for r in answers]
@@ -281,7 +285,7 @@ async def test_queued_agents_get_answers_when_the_session_ends() -> None:
             tg.start_soon(one, client, "/hang")
             await b.upstream.hang_started.wait()
             tg.start_soon(one, client, "/json")
-            await anyio.sleep(0.2)  # queued behind the hanging one
+            await anyio.wait_all_tasks_blocked()  # queued behind the hanging one
             with anyio.fail_after(5):
                 await b.session.close()
         assert [r.status_code for r in answers] == [503, 503], [r.text for r in answers]

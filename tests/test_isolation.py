@@ -9,14 +9,12 @@ import fcntl
 import json
 import os
 import pathlib
-import pwd
 import shutil
 import signal
 import subprocess
 import sys
 import tempfile
 import termios
-import time
 from collections.abc import Iterator, Mapping
 
 import anyio
@@ -30,13 +28,12 @@ from bridgeproto_adapters.sandboxes import (
     SandboxUnavailable,
     UnshareSandbox,
 )
-from processes import argv, pids_where
-from sandbox_kinds import make_sandbox, need_bwrap
+from processes import argv, descendants, wait_gone
+from sandbox_kinds import make_sandbox, need_bwrap, skip_or_fail, unprivileged_user
 from test_cli import BRIDGEPROTO
 from upstream import upstream_in_thread
 
 OFFLINE = ["bwrap", "unshare"]
-TEST_USER = "bridgeproto-test"
 
 
 @pytest.mark.anyio
@@ -103,19 +100,6 @@ async def test_the_check_finds_a_launcher_that_hands_on_the_callers_environment(
 # ------------------------------------------------------------------ unprivileged
 
 
-def _unprivileged_user() -> str:
-    """A user without privileges, made here when the tests run as root."""
-    if os.geteuid() != 0:
-        return pwd.getpwuid(os.geteuid()).pw_name
-    try:
-        pwd.getpwnam(TEST_USER)
-    except KeyError:
-        if shutil.which("useradd") is None:
-            pytest.skip("useradd is missing: cannot make an unprivileged user")
-        subprocess.run(["useradd", "--system", "--no-create-home", TEST_USER], check=True)
-    return TEST_USER
-
-
 @pytest.mark.parametrize("kind", OFFLINE)
 def test_offline_sandboxes_hold_for_an_unprivileged_user(kind: str, tmp_path: object) -> None:
     if kind == "bwrap":
@@ -123,13 +107,14 @@ def test_offline_sandboxes_hold_for_an_unprivileged_user(kind: str, tmp_path: ob
     with open("/proc/sys/user/max_user_namespaces") as limit:
         user_namespaces = int(limit.read())
     if user_namespaces == 0:
-        pytest.skip("user namespaces are off on this machine (user.max_user_namespaces = 0)")
+        skip_or_fail("user namespaces are off on this machine (user.max_user_namespaces = 0)")
     python = "/usr/bin/python3"
     probe = subprocess.run([python, "-c", "import sys; print(sys.version_info >= (3, 10))"],
                            capture_output=True, text=True)  # fmt: skip
     if probe.stdout.strip() != "True":
-        pytest.skip(f"{python} (3.10+) is needed to run the host side as another user")
-    user = _unprivileged_user()
+        skip_or_fail(f"{python} (3.10+) is needed to run the host side as another user"
+                     " (apt-get install python3)")  # fmt: skip
+    user = unprivileged_user()
     # The sandbox side's archive carries everything the host side needs too.
     shared = tempfile.mkdtemp(prefix="bridgeproto-unprivileged-")
     os.chmod(shared, 0o755)
@@ -161,7 +146,9 @@ def test_offline_sandboxes_hold_for_an_unprivileged_user(kind: str, tmp_path: ob
     finally:
         shutil.rmtree(shared, ignore_errors=True)
     if "could not build the sandbox" in result.stderr and "ermission" in result.stderr:
-        pytest.skip(f"unprivileged user namespaces are refused here: {result.stderr[-300:]}")
+        # A machine that refuses unprivileged user namespaces (a sysctl, AppArmor)
+        # looks just like a sandbox that broke: CI, which has them, fails instead.
+        skip_or_fail(f"unprivileged user namespaces are refused here: {result.stderr[-300:]}")
     assert result.returncode == 0, result.stderr
     findings = json.loads(result.stdout)
     assert [(name, detail) for name, held, detail in findings if not held] == [], findings
@@ -179,15 +166,8 @@ def _pid_namespace(pid: int) -> str | None:
         return None
 
 
-def _inside(namespace: str) -> list[int]:
-    return [
-        int(name) for name in os.listdir("/proc")
-        if name.isdigit() and _pid_namespace(int(name)) == namespace
-    ]  # fmt: skip
-
-
 @pytest.mark.parametrize("kind", OFFLINE)
-def test_everything_inside_dies_with_the_sandbox_owner(kind: str) -> None:
+def test_everything_inside_dies_with_the_sandbox_owner(kind: str, tmp_path: pathlib.Path) -> None:
     if kind == "bwrap":
         need_bwrap()
     owner_script = (
@@ -195,33 +175,36 @@ def test_everything_inside_dies_with_the_sandbox_owner(kind: str) -> None:
         "from bridgeproto_adapters.sandboxes import BwrapSandbox, UnshareSandbox\n"
         "async def main():\n"
         f"    sandbox = await {'BwrapSandbox' if kind == 'bwrap' else 'UnshareSandbox'}.create()\n"
-        "    await sandbox.open_process(['sh', '-c', 'sleep 1000 & sleep 1000'])\n"
-        "    await sandbox.run(['true'])\n"
+        "    shell = 'sleep 1000 & sleep 1000 & echo up; wait'\n"
+        "    live = await sandbox.open_process(['sh', '-c', shell])\n"
+        "    assert await live.stream.receive() == b'up\\n'  # both sleeps are forked\n"
         "    print(sandbox.holder_pid, sandbox._root, flush=True)\n"
         "    await anyio.sleep(1000)\n"
         "anyio.run(main)\n"
-    )
-    owner = subprocess.Popen([sys.executable, "-c", owner_script], stdout=subprocess.PIPE)
+    )  # fmt: skip
+    owner = subprocess.Popen(
+        [sys.executable, "-c", owner_script], stdout=subprocess.PIPE,
+        env={**os.environ, "TMPDIR": str(tmp_path)},
+    )  # fmt: skip
     try:
         assert owner.stdout is not None
         pid, root = owner.stdout.readline().split()
-        holder = int(pid)
-        namespace = _pid_namespace(holder)
+        namespace = _pid_namespace(int(pid))
         assert namespace is not None
-        deadline = time.monotonic() + 10
-        while len(_inside(namespace)) < 4 and time.monotonic() < deadline:
-            time.sleep(0.05)  # the two sleeps start after the owner's print
-        assert len(_inside(namespace)) >= 4  # init or holder, sh, and two sleeps
+        started = descendants(owner.pid)  # the owner's own: the sandbox and its launchers
+        inside = [pid for pid in started if _pid_namespace(pid) == namespace]
+        assert len(inside) >= 4, inside  # init or holder, sh, and two sleeps
     finally:
         owner.kill()
         owner.wait()
-    deadline = time.monotonic() + 10
-    while _inside(namespace) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert _inside(namespace) == [], "processes of the sandbox outlived its owner"
+    assert wait_gone(started, 10) == [], "processes of the sandbox outlived its owner"
     # Its directory is left behind, and the next sandbox made here sweeps it.
-    assert os.path.isdir(root)
-    anyio.run(_make_and_close, kind)
+    assert os.path.isdir(root) and os.path.dirname(root) == str(tmp_path).encode()
+    tempfile.tempdir = str(tmp_path)  # the next sandbox is made where the first was
+    try:
+        anyio.run(_make_and_close, kind)
+    finally:
+        tempfile.tempdir = None
     assert not os.path.exists(root)
 
 
@@ -390,6 +373,9 @@ def test_a_header_file_the_sandbox_could_read_is_refused(tmp_path: object) -> No
     assert "sk-do-not-show" not in exposed.stderr + hidden.stderr
 
 
+STAY = "import time; print('started', flush=True); time.sleep(1000)"
+
+
 def test_run_stops_with_its_sandbox_when_killed() -> None:
     """SIGKILL of ``bridgeproto run`` itself: the sandbox goes with it."""
     need_bwrap()
@@ -397,22 +383,16 @@ def test_run_stops_with_its_sandbox_when_killed() -> None:
         url = upstream.url
         run = subprocess.Popen(
             [*BRIDGEPROTO, "run", "--upstream", url, "--hide-cwd", "--sandbox", "bwrap", "--",
-             "sh", "-c", "echo started; exec sleep 1000"],
+             "python3", "-c", STAY],
             stdout=subprocess.PIPE, text=True,
         )  # fmt: skip
         assert run.stdout is not None
         assert run.stdout.readline() == "started\n"
-        # The shell execs sleep right after its echo; on a busy machine, a moment later.
-        deadline = time.monotonic() + 10
-        while not (sleepers := pids_where(lambda command: command == [b"sleep", b"1000"])):
-            assert time.monotonic() < deadline, "the command never started sleeping"
-            time.sleep(0.02)
+        started = descendants(run.pid)  # the sandbox, the bridge's processes, the command
+        assert [pid for pid in started if argv(pid)[-1:] == [STAY.encode()]], started
         run.send_signal(signal.SIGKILL)
         run.wait()
-        deadline = time.monotonic() + 10
-        while any(argv(pid) for pid in sleepers) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert not any(argv(pid) for pid in sleepers)
+        assert wait_gone(started, 10) == []
 
 
 def test_docs_security_names_what_the_code_does() -> None:

@@ -12,14 +12,13 @@ import subprocess
 import sys
 import zipfile
 
-import pytest
-
 import bridgeproto as bp
+from sandbox_kinds import need_bwrap, skip_or_fail
 from test_cli import BRIDGEPROTO
 from upstream import upstream_in_thread
 
 ROOT = pathlib.Path(__file__).parent.parent
-PYENV = pathlib.Path("/root/.pyenv/versions")
+PYENV = pathlib.Path(os.environ.get("PYENV_ROOT", os.path.expanduser("~/.pyenv")), "versions")
 
 
 def test_the_wheel_has_the_metadata_an_index_shows(tmp_path: pathlib.Path) -> None:
@@ -57,29 +56,43 @@ def test_python_m_bridgeproto_points_at_the_command() -> None:
     assert "python -m bridgeproto_adapters" in result.stderr
 
 
+def other_python() -> pathlib.Path | None:
+    """A Python 3.10+ of another minor version than this one, oldest first
+    (pyenv's, or the system's), for a sandbox that is not the host's twin."""
+    found = []
+    for minor in range(10, 14):
+        if minor == sys.version_info.minor:
+            continue
+        found += sorted(PYENV.glob(f"3.{minor}.*/bin/python3.{minor}"))
+        found += [pathlib.Path(p) for p in [shutil.which(f"python3.{minor}")] if p]
+    return found[0] if found else None
+
+
 def test_host_and_sandbox_on_different_python_versions() -> None:
-    """A 3.13 host runs ``bridgeproto run`` into a sandbox whose Python is 3.10."""
-    host = next(iter(sorted(PYENV.glob("3.13.*/bin/python3.13"))), None)
-    sandbox_python = next(iter(sorted(PYENV.glob("3.10.*/bin/python3.10"))), None)
-    if host is None or sandbox_python is None or shutil.which("bwrap") is None:
-        pytest.skip("needs Python 3.13 and 3.10 under /root/.pyenv/versions, and bwrap")
-    prefix = str(sandbox_python.parent.parent)
-    # The host's pure-Python dependencies, from this environment's site-packages.
-    site = next(p for p in sys.path if p.endswith("site-packages"))
-    env = {
-        **os.environ,
-        "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(ROOT / "adapters"), site]),
-    }
+    """The host side on this Python runs ``bridgeproto run`` into a sandbox
+    whose Python is another minor version (the oldest one supported if it can)."""
+    need_bwrap()
+    sandbox_python = other_python()
+    if sandbox_python is None:
+        skip_or_fail(
+            f"no Python 3.10+ other than 3.{sys.version_info.minor} was found under {PYENV}"
+            " or on PATH (pyenv install 3.10)"
+        )
+    version = subprocess.run(
+        [str(sandbox_python), "-c", "import sys; print(sys.version_info[:2])"],
+        capture_output=True, text=True, check=True,
+    ).stdout.strip()  # fmt: skip
+    prefix = str(sandbox_python.resolve().parent.parent)
     agent = "import sys, os, urllib.request as u; u.urlopen(os.environ['BRIDGEPROTO_URL'] + '/json'); print(sys.version_info[:2])"  # noqa: E501
     with upstream_in_thread() as upstream:
         result = subprocess.run(
-            [str(host), "-m", "bridgeproto_adapters", "run", "--upstream", upstream.url,
+            [*BRIDGEPROTO, "run", "--upstream", upstream.url,
              "--sandbox", "bwrap", "--hide-cwd", "--ro", prefix, "--python", str(sandbox_python),
              "--", str(sandbox_python), "-c", agent],
-            capture_output=True, text=True, timeout=120, env=env,
+            capture_output=True, text=True, timeout=120,
         )  # fmt: skip
     assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == "(3, 10)"
+    assert result.stdout.strip() == version != str(tuple(sys.version_info[:2]))
     assert "1 exchange," in result.stderr  # and the summary speaks of one in the singular
 
 

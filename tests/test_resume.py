@@ -23,6 +23,7 @@ import bridgeproto as bp
 from bridge import bridge
 from bridgeproto.http import Upstream
 from bridgeproto_adapters.launch import open_bridge
+from cuts import ChannelWatch, bytes_in_flight
 from processes import argv, descendants, is_python
 from sandbox_kinds import make_sandbox, need_bwrap
 from upstream import pattern_bytes, running_upstream
@@ -299,32 +300,77 @@ print(json.dumps(results))
 """
 
 
+class Counted(anyio.abc.ByteStream):
+    """A channel that says when a given number of bytes has crossed it."""
+
+    def __init__(self, inner: anyio.abc.ByteStream, mark: int) -> None:
+        self.inner, self.mark, self.moved = inner, mark, 0
+        self.passed = anyio.Event()
+
+    def _count(self, data: bytes) -> None:
+        self.moved += len(data)
+        if self.moved >= self.mark:
+            self.passed.set()
+
+    async def send(self, item: bytes) -> None:
+        await self.inner.send(item)
+        self._count(item)
+
+    async def receive(self, max_bytes: int = 65536) -> bytes:
+        data = await self.inner.receive(max_bytes)
+        self._count(data)
+        return data
+
+    async def send_eof(self) -> None:
+        await self.inner.send_eof()
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+class Marked:
+    """The session's source of channels, each counted up to a random mark."""
+
+    def __init__(self, inner: Any, chance: random.Random) -> None:
+        self.inner, self.chance = inner, chance
+        self.latest: Counted | None = None
+
+    async def next_channel(self) -> anyio.abc.ByteStream:
+        stream = await self.inner.next_channel()
+        self.latest = Counted(stream, self.chance.randrange(64 << 10, 4 * MiB))
+        return self.latest
+
+
 @pytest.mark.parametrize("drops", [10])
 async def test_dropped_live_channels_lose_nothing(drops: int) -> None:
-    """The live channels of a real offline sandbox dropped at random moments
-    (as a provider drops an exec stream), and their processes killed now and
-    then for good measure, during bulk transfers both ways, an SSE stream the
-    agent paces, and 50 POSTs."""
+    """The live channels of a real offline sandbox dropped (as a provider
+    drops an exec stream) after a random share of the traffic and with bytes
+    in flight, and their processes killed now and then for good measure,
+    during bulk transfers both ways, an SSE stream the agent paces, and 50 POSTs."""
     need_bwrap()
     chance = random.Random(11)
+    in_flight: list[int] = []
     async with (
         running_upstream() as upstream,
         make_sandbox("bwrap") as sandbox,
         open_bridge(sandbox, f"{upstream.url}/rollout/k") as bridge,
     ):
+        session = bridge.session
+        watch = ChannelWatch(session)
+        session.channels = marked = Marked(session.channels, chance)
         agent = await sandbox.open_process(["python3", "-c", AGENT], env=bridge.env)
-        dropped: list[object] = []
         with anyio.fail_after(120):
-            while len(dropped) < drops:
-                await anyio.sleep(chance.uniform(0.05, 0.4))
+            for drop in range(drops):
+                await watch.resumed(drop)
+                if marked.latest is not None:
+                    await marked.latest.passed.wait()  # this channel's share of the traffic
+                in_flight.append(await bytes_in_flight(session))
                 current = bridge.channels.current
-                if current is None or current in dropped:
-                    continue  # the next channel is not up yet
+                assert current is not None
                 for child in descendants(current.process._process.pid):
                     if is_python(argv(child), b"channel") and chance.random() < 0.5:
                         os.kill(child, signal.SIGKILL)  # harmless: it holds nothing
                 await current.aclose()  # the stream drops
-                dropped.append(current)
             output = b""
             while True:
                 try:
@@ -332,9 +378,8 @@ async def test_dropped_live_channels_lose_nothing(drops: int) -> None:
                 except anyio.EndOfStream:
                     break
             await agent.stop()
-            while bridge.session.stats.reconnects < drops:  # the last one may still be under way
-                await anyio.sleep(0.05)
-        reconnects = bridge.session.stats.reconnects
+            await watch.resumed(drops)  # the last one may still be under way
+        reconnects = session.stats.reconnects
     results = json.loads(output)
     assert results["up"] is True
     assert results["down"] == hashlib.sha256(pattern_bytes(64 * MiB)).hexdigest()
@@ -344,6 +389,7 @@ async def test_dropped_live_channels_lose_nothing(drops: int) -> None:
     posts = [r for r in upstream.requests if r["method"] == "POST" and r["body_size"] < 100]
     assert len(posts) == 50  # each exactly once
     assert reconnects == drops
+    assert len(in_flight) == drops and all(in_flight), in_flight  # every cut lost bytes
 
 
 async def test_the_example_transport_in_the_docs_works_and_resumes() -> None:
@@ -382,10 +428,11 @@ async def test_the_example_transport_in_the_docs_works_and_resumes() -> None:
                 async for line in response.aiter_lines():
                     lines.append(line)
                     if len(lines) == 5:
+                        in_flight = await bytes_in_flight(session)  # the next chunk's
                         assert session.stream is not None
                         await session.stream.aclose()  # cut the TCP channel
             assert lines == [f"chunk {i}" for i in range(20)]
-        assert session.stats.reconnects == 1
+        assert session.stats.reconnects == 1 and in_flight > 0
         await session.close()
         tg.cancel_scope.cancel()
 

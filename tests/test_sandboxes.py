@@ -335,7 +335,9 @@ async def test_stop_with_requests_in_flight_is_bounded(kind: str) -> None:
             with anyio.fail_after(10):
                 await upstream.hang_started.wait()
             started = anyio.current_time()
-            with anyio.fail_after(config_grace + 6):
+            # Documented (docs/adapters.md, "Session"): within the grace plus 1 s;
+            # one more second is the margin for a loaded machine.
+            with anyio.fail_after(config_grace + 1 + 1):
                 await bridge.stop()
             await bridge.stop()  # a second stop does nothing
             elapsed = anyio.current_time() - started
@@ -347,5 +349,5 @@ async def test_stop_with_requests_in_flight_is_bounded(kind: str) -> None:
                     except anyio.EndOfStream:
                         break
             await waiting.stop()
-        assert elapsed < config_grace + 6
+        assert elapsed < config_grace + 1 + 1
         assert output.strip() == b"503 shutting-down"

@@ -18,7 +18,7 @@ import anyio
 import pytest
 
 from bridgeproto_adapters.launch import open_bridge
-from processes import is_python, pids_where
+from processes import is_python, started_by
 from sandbox_kinds import make_sandbox, need_bwrap
 from upstream import running_upstream
 
@@ -78,12 +78,7 @@ async def test_soak() -> None:
         open_bridge(sandbox, f"{upstream.url}/rollout/soak") as bridge,
     ):
         upstream.requests = _Forgetful()  # the test upstream's own log would grow
-        (side,) = pids_where(
-            lambda command: (
-                is_python(command, bridge.session.conn.session_id.hex().encode())
-                and b"--daemon" in command
-            )
-        )
+        (side,) = started_by(os.getpid(), lambda command: is_python(command, b"--daemon"))
         for phase in ("keep-alive", "fresh"):
             host_before, side_before = _usage("self"), _usage(side)
             with anyio.fail_after(600):

@@ -22,10 +22,14 @@ import bridgeproto as bp
 from bridge import bridge as local_bridge
 from bridgeproto_adapters.launch import Bridge, open_bridge
 from bridgeproto_adapters.sandboxes import BwrapSandbox
+from cuts import ChannelWatch, bytes_in_flight
 from sandbox_kinds import SITE_PACKAGES, need_bwrap
 from servers_of_kind import PREFIX, serving
 
 pytestmark = pytest.mark.anyio
+# How late an end may reach the agent past the moment the docs name (a timeout
+# or "at once"): a close crossing the bridge, on a machine other work keeps busy.
+MARGIN = 1.0
 SECRET = "Bearer the-hosts-own"
 
 
@@ -42,6 +46,12 @@ class Seen:
     hung_up: anyio.Event = attrs.field(factory=anyio.Event)  # a watched client went away
     flood_over: anyio.Event = attrs.field(factory=anyio.Event)  # the flood's client is gone
     plain: int = 0
+    echoed: int = 0  # messages the echo route sent back
+    echo_heard: anyio.Event = attrs.field(factory=anyio.Event)  # set (and renewed) on each
+
+    async def echoes(self, count: int) -> None:
+        while self.echoed < count:
+            await self.echo_heard.wait()
 
 
 @asynccontextmanager
@@ -61,6 +71,9 @@ async def websocket_upstream() -> AsyncIterator[tuple[str, Seen]]:
                 await ws.send_str(message.data)
             elif message.type == aiohttp.WSMsgType.BINARY:
                 await ws.send_bytes(message.data)
+            seen.echoed += 1
+            seen.echo_heard.set()
+            seen.echo_heard = anyio.Event()
         return ws
 
     async def server_closes(request: web.Request) -> web.WebSocketResponse:
@@ -397,7 +410,7 @@ async def test_an_idle_upgraded_connection_ends_at_the_idle_timeout() -> None:
         out = await run_agent(b, IDLE_AGENT)
         with anyio.fail_after(10):
             await b.seen.hung_up.wait()  # the upstream's side was closed too
-    assert 0.9 <= out["closed_after"] < 10  # type: ignore[operator]
+    assert 0.9 <= out["closed_after"] < 1.0 + MARGIN  # type: ignore[operator]
 
 
 RESUMED_AGENT = """
@@ -420,27 +433,32 @@ asyncio.run(main())
 
 
 async def test_a_websocket_outlives_channels_that_break_under_it() -> None:
-    """The channel is cut three times while messages cross; the session
+    """The channel is cut three times while messages cross (a quarter, half
+    and three quarters of the way, each with bytes in flight); the session
     resumes each time and the WebSocket sees nothing of it."""
     result: list[dict[str, object]] = []
+    in_flight: list[int] = []
     async with bridged() as b:
+        session = b.bridge.session
+        watch = ChannelWatch(session)
 
         async def agent() -> None:
             result.append(await run_agent(b, RESUMED_AGENT))
 
         async with anyio.create_task_group() as tg:
             tg.start_soon(agent)
-            session = b.bridge.session
             for cut in range(3):
-                await anyio.sleep(0.4)
-                with anyio.fail_after(30):  # the last cut's channel is up again
-                    while session.stats.reconnects < cut or session.stream is None:
-                        await anyio.sleep(0.01)
-                await session.stream.aclose()
-        with anyio.fail_after(30):
-            while session.stats.reconnects < 3:
-                await anyio.sleep(0.01)
+                with anyio.fail_after(30):
+                    await watch.resumed(cut)  # the last cut's channel is up again
+                    await b.seen.echoes(75 * (cut + 1))
+                    in_flight.append(await bytes_in_flight(session))
+                    assert session.stream is not None
+                    await session.stream.aclose()
+            with anyio.fail_after(30):
+                await watch.resumed(3)
     assert result == [{"in_order_and_whole": True, "count": 300}]
+    assert len(in_flight) == 3 and all(in_flight), in_flight
+    assert session.stats.reconnects == 3
 
 
 RAW_TOKEN_AGENT = """
@@ -614,7 +632,7 @@ async def test_an_upstream_that_resets_its_connection_drops_the_agents() -> None
         out = await run_agent(b, BROKEN_AGENT)
     assert out["first"] == "breaking"
     assert out["frame"] is False  # no close frame: the connection just went
-    assert out["after"] < 10  # type: ignore[operator]
+    assert out["after"] < MARGIN  # type: ignore[operator]  # at once
 
 
 CHATTY_AGENT = """
@@ -644,7 +662,8 @@ async def test_a_busy_upgraded_connection_ends_at_the_exchange_timeout() -> None
     """Traffic keeps the idle timeout away, but not the exchange's own deadline."""
     async with bridged(config=bp.Config(exchange_timeout=1.5)) as b:
         out = await run_agent(b, CHATTY_AGENT)
-    assert 1.0 <= out["closed_after"] < 10  # type: ignore[operator]
+    # The deadline counts from the request; the agent's clock starts after the 101.
+    assert 1.0 <= out["closed_after"] < 1.5 + MARGIN  # type: ignore[operator]
     assert out["messages"] >= 5  # type: ignore[operator]
 
 
@@ -667,11 +686,11 @@ def kill_the_channel():
 async def main():
     url = os.environ["BRIDGEPROTO_URL"].replace("http://", "ws://") + "/ws/echo"
     sent = [f"message {i} ".encode() * 500 for i in range(200)]
-    got, killed = [], 0
+    got, killed = [], []
     async with connect(url) as ws:
         for i, message in enumerate(sent):
             if i in (50, 100, 150):
-                killed += kill_the_channel()
+                killed.append(kill_the_channel())
             await ws.send(message)
             got.append(await ws.recv())
     print(json.dumps({"killed": killed, "in_order_and_whole": got == sent}))
@@ -687,5 +706,7 @@ async def test_a_websocket_survives_its_channel_process_killed_from_inside() -> 
     the channel itself goes on; a later look finds no process to kill.)"""
     async with bridged() as b:
         out = await run_agent(b, KILLER_AGENT)
-    assert out["killed"] >= 1  # the kill did happen
+        reconnects = b.bridge.session.stats.reconnects
+    assert out["killed"] == [1, 0, 0]  # the relay, then nothing left to kill
     assert out["in_order_and_whole"] is True
+    assert reconnects == 0  # the channel never noticed

@@ -242,22 +242,48 @@ async def running_upstream() -> AsyncIterator[Upstream]:
         tg.cancel_scope.cancel()
 
 
+class ThreadedUpstream:
+    """The test upstream served on a thread of its own; its events are
+    mirrored as ``threading.Event``s so that a blocking test can wait on them."""
+
+    def __init__(self, upstream: Upstream) -> None:
+        self.upstream = upstream
+        self.url = upstream.url
+        self.hang_started = threading.Event()
+        self.hang_closed = threading.Event()
+
+    @property
+    def requests(self) -> list[dict[str, object]]:
+        return self.upstream.requests
+
+    async def mirror(self) -> None:
+        async with anyio.create_task_group() as tg:
+            for name in ("hang_started", "hang_closed"):
+                tg.start_soon(self._mirror_one, name)
+
+    async def _mirror_one(self, name: str) -> None:
+        await getattr(self.upstream, name).wait()
+        getattr(self, name).set()
+
+
 @contextmanager
-def upstream_in_thread() -> Iterator[Upstream]:
+def upstream_in_thread() -> Iterator[ThreadedUpstream]:
     """The test upstream on a thread of its own, for a ``bridgeproto`` process to use."""
     ready, stop = threading.Event(), threading.Event()
-    found: list[Upstream] = []
+    found: list[ThreadedUpstream] = []
 
     async def serve() -> None:
-        async with running_upstream() as upstream:
-            found.append(upstream)
+        async with running_upstream() as upstream, anyio.create_task_group() as tg:
+            threaded = ThreadedUpstream(upstream)
+            tg.start_soon(threaded.mirror)
+            found.append(threaded)
             ready.set()
-            while not stop.is_set():
-                await anyio.sleep(0.02)
+            await anyio.to_thread.run_sync(stop.wait)
+            tg.cancel_scope.cancel()
 
     thread = threading.Thread(target=anyio.run, args=(serve,), daemon=True)
     thread.start()
-    ready.wait(10)
+    assert ready.wait(10), "the test upstream did not start"
     try:
         yield found[0]
     finally:

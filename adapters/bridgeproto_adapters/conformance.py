@@ -34,16 +34,32 @@ from collections.abc import Sequence
 import anyio
 import attrs
 
-from .sandboxes import CommandResult, CommandTimeout, NotSupported, SandboxClient, SandboxError
+from .sandboxes import (
+    CommandResult,
+    CommandTimeout,
+    NotSupported,
+    SandboxClient,
+    SandboxError,
+    check_result,
+)
 
 _ALL_BYTES = bytes(range(256)) * 4
 
 
+def _checked(result: object) -> CommandResult:
+    """``result`` if ``run`` returned the right types, else an AssertionError saying which."""
+    try:
+        return check_result(result)
+    except TypeError as exc:
+        raise AssertionError(str(exc)) from None
+
+
 async def check_run(client: SandboxClient) -> None:
-    result = await client.run(["sh", "-c", "echo out; echo err >&2; exit 3"])
-    assert result.exit_code == 3, f"exit code {result.exit_code}, expected 3"
-    assert result.stdout == b"out\n", f"stdout {result.stdout!r}"
-    assert result.stderr == b"err\n", f"stderr {result.stderr!r}"
+    result = _checked(await client.run(["sh", "-c", "echo out; echo err >&2; exit 3"]))
+    said = f"stdout {result.stdout[-300:]!r}, stderr {result.stderr[-300:]!r}"
+    assert result.exit_code == 3, f"exit code {result.exit_code}, expected 3 ({said})"
+    assert result.stdout == b"out\n", f"stdout should be b'out\\n' ({said})"
+    assert result.stderr == b"err\n", f"stderr should be b'err\\n' ({said})"
     shell = await client.run("printf '%s' \"$GREETING\"", env={"GREETING": "hello there"})
     assert shell.stdout == b"hello there", f"env not passed: {shell.stdout!r}"
     where = await client.run(["pwd"], cwd="/")

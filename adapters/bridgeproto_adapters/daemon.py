@@ -14,6 +14,7 @@ came back within the resume deadline), and removes its directory.
 from __future__ import annotations
 
 import contextlib
+import errno
 import functools
 import os
 import shutil
@@ -27,7 +28,7 @@ import anyio.abc
 from . import eventloop
 from .mailbox_call import channel_dir
 from .relay import channel_socket
-from .sandbox_side import run_sandbox_side
+from .sandbox_side import Listen, run_sandbox_side
 from .settings import SandboxSettings
 from .transports import Acceptor
 from .transports.live import accept_channels
@@ -54,7 +55,7 @@ def start(session_id: bytes, settings: SandboxSettings) -> int:
         if said == "ready\n":
             print("ready", flush=True)
             return 0
-        print(f"bridgeproto: the sandbox side did not start: {said.strip()}", file=sys.stderr)
+        print(f"bridgeproto: {said.strip() or 'the daemon ended without a word'}", file=sys.stderr)
         return 2
     os.close(read_end)
     # Keep nothing the starting command was given but the pipe to it: a
@@ -79,11 +80,27 @@ def start(session_id: bytes, settings: SandboxSettings) -> int:
         status = 0
     except BaseException as exc:
         with contextlib.suppress(OSError):
-            os.write(write_end, f"{exc!r}".encode())
+            os.write(write_end, _why(exc, settings.listen).encode())
         print(f"bridgeproto: the sandbox side failed: {exc!r}", file=sys.stderr)
     finally:
         shutil.rmtree(directory, ignore_errors=True)
         os._exit(status)
+
+
+def _why(exc: BaseException, listen: Listen) -> str:
+    """What stopped the daemon, in words; a port in use says what to do."""
+    pending = [exc]
+    while pending:
+        error = pending.pop()
+        pending += getattr(error, "exceptions", ())  # (exception groups, on any Python)
+        if isinstance(error, OSError) and error.errno == errno.EADDRINUSE:
+            where = listen if isinstance(listen, str) else f"{listen[0]}:{listen[1]}"
+            return (
+                f"{where} is in use in the sandbox: an earlier bridge there still holds it,"
+                " or another program does; stop it, or give this bridge another address"
+                " (open_bridge(listen=...), run --listen)"
+            )
+    return repr(exc)
 
 
 def _claim(directory: str) -> str | None:

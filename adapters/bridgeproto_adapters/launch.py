@@ -14,6 +14,7 @@ caller's.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import pathlib
@@ -36,7 +37,7 @@ from .host_side import HostOptions, HostSide, run_host_side
 from .mailbox_call import channel_dir
 from .packaging import build_zipapp
 from .sandbox_side import AgentLimits, SandboxSide
-from .sandboxes import SandboxClient, SandboxError
+from .sandboxes import CommandResult, SandboxClient, SandboxError, check_result
 from .session import RESUME_TIMEOUT, Session, Tracer
 from .settings import SandboxSettings
 from .transports.live import ProcessChannels
@@ -196,16 +197,30 @@ async def _start_daemon(
         f'test "$(wc -c < {shlex.quote(remote)} 2>/dev/null)" = {size} || exit {_NOT_UPLOADED};'
         f" exec {shlex.join(start)}"
     )
-    run = functools.partial(sandbox.run, ["sh", "-c", script], env=env, timeout=timeout)
+
+    async def run() -> CommandResult:
+        result = await sandbox.run(["sh", "-c", script], env=env, timeout=timeout)
+        return check_result(result)
+
     started = await _retried(run)
     if started.exit_code == _NOT_UPLOADED:
         await _retried(functools.partial(sandbox.write_file, remote, archive.read_bytes()))
         started = await _retried(run)
     if started.exit_code == 0 and started.stdout.strip() == b"ready":
         return
-    await check_python(sandbox, python, env)  # raises, naming the fix, when Python is why
-    said = (started.stderr or started.stdout).decode(errors="replace").strip()
-    raise BridgeStartError(f"the sandbox side did not start: {said or 'no word from it'}")
+    said = _said(started)
+    try:
+        await check_python(sandbox, python, env)  # raises, naming the fix, when Python is why
+    except BridgeStartError as exc:
+        raise BridgeStartError(f"{exc} (the start call: {said})") from None
+    raise BridgeStartError(f"the sandbox side did not start ({said})")
+
+
+def _said(result: CommandResult) -> str:
+    """A failed call's status and the end of what it said, for an error."""
+    words = (result.stderr or result.stdout).decode(errors="replace").strip()
+    words = words.removeprefix("bridgeproto: ")[-500:]
+    return f"status {result.exit_code}: {words or 'no word from it'}"
 
 
 def _bridge_failure(exc: BaseException) -> BaseException | None:
@@ -276,12 +291,14 @@ async def check_python(
     probe = "import sys; print('%d.%d' % sys.version_info[:2])"
     fix = f"install python3 ({MIN_PYTHON[0]}.{MIN_PYTHON[1]} or newer) in the image or in setup"
     try:
-        result = await sandbox.run([python, "-c", probe], env=env, timeout=30)
+        result = check_result(await sandbox.run([python, "-c", probe], env=env, timeout=30))
     except SandboxError as exc:
         raise BridgeStartError(f"cannot run {python} in the sandbox ({exc}); {fix}") from None
     found = result.stdout.decode(errors="replace").strip()
     if result.exit_code != 0 or not found.replace(".", "").isdigit():
-        raise BridgeStartError(f"the sandbox has no working {python} on its PATH; {fix}")
+        raise BridgeStartError(
+            f"the sandbox has no working {python} on its PATH; {fix} ({python} -c: {_said(result)})"
+        )
     version = tuple(int(part) for part in found.split("."))
     if version < MIN_PYTHON:
         raise BridgeStartError(
@@ -352,7 +369,6 @@ async def open_bridge(
         python, remote, "sandbox-side", "--daemon", "--session", session_id.hex(),
         "--settings", settings.to_json(),
     ]  # fmt: skip
-    await _start_daemon(sandbox, archive, start, env, config.handshake_timeout)
     channels: ProcessChannels | MailboxChannels
     if transport == "mailbox":
         channels = MailboxChannels(sandbox, call_command(python), session_id, env, mailbox)
@@ -363,6 +379,7 @@ async def open_bridge(
     url = f"http://{listen[0]}:{listen[1]}{path}"
     bridge: Bridge | None = None
     try:
+        await _start_daemon(sandbox, archive, start, env, config.handshake_timeout)
         async with anyio.create_task_group() as tg:
             if isinstance(channels, MailboxChannels):
                 await tg.start(channels.run)
@@ -388,8 +405,8 @@ async def open_bridge(
                 yield bridge
             finally:
                 await bridge.stop()
-    except Exception as exc:
-        cause = _bridge_failure(exc) if bridge is None else None
+    except BaseExceptionGroup as group:  # the task group's; _start_daemon's pass as raised
+        cause = _bridge_failure(group) if bridge is None else None
         if cause is None:
             raise
         if isinstance(cause, BridgeStartError):
@@ -397,6 +414,7 @@ async def open_bridge(
         raise BridgeStartError(f"the sandbox side did not answer ({cause})") from None
     finally:
         if bridge is None:  # it never started: leave nothing behind
-            with anyio.CancelScope(shield=True):
+            with anyio.CancelScope(shield=True), contextlib.suppress(Exception):
+                # (A cleanup that fails too must not hide why the start failed.)
                 await channels.aclose()
                 await _reap_daemon(sandbox, session_id)

@@ -6,9 +6,12 @@ file of standard library code: the host passes this very source to
 It reads the host's input batch (its
 stdin, or a file the host uploaded just before), hands it to the sandbox
 side over the private Unix socket, waits for the answer (the sandbox side's
-output, armored as one line of text) and prints it. Exit status 3: nothing
-listens there, the sandbox side is not running; 4: the sandbox side has
-moved to a newer epoch, this call is stale.
+output, armored as one line of text) and prints it. ``--got N`` tells the
+sandbox side the host holds its output up to offset N (it may forget that
+much); ``--rewind``, that the host lost what came after N (a call failed or
+came back cut), so this call's answer starts there again. Exit status 3:
+nothing listens there, the sandbox side is not running; 4: the sandbox side
+has moved to a newer epoch, this call is stale.
 """
 
 from __future__ import annotations
@@ -22,10 +25,11 @@ import sys
 
 EXIT_NO_DAEMON = 3  # (the channel relay's too, which takes these from here)
 EXIT_STALE = 4
-# epoch, input batch number (0: none), wait in ms, largest answer, calls that
-# may wait at once (this one too; older ones answer now; 0: none, the host is
-# closing the epoch), input length
-REQUEST = struct.Struct(">QQIIII")
+# epoch, input batch number (0: none), output offset the host holds, wait in
+# ms, largest answer, calls that may wait at once (this one too; older ones
+# answer now; 0: none, the host is closing the epoch), rewind (0 or 1), input
+# length
+REQUEST = struct.Struct(">QQQIIIBI")
 STALE = b"STALE\n"
 
 
@@ -73,16 +77,20 @@ def call(path: str, head: bytes, data: bytes) -> int:
 
 def main(argv: list[str]) -> int:
     """``mailbox --session HEX --epoch N --in K --wait MS --max-out BYTES
-    [--waiting N] [--input FILE]``."""
+    [--got OFFSET] [--rewind] [--waiting N] [--input FILE]``."""
+    rewind = "--rewind" in argv
+    argv = [arg for arg in argv if arg != "--rewind"]
     options = dict(zip(argv[::2], argv[1::2], strict=False))
     try:
         session_id = bytes.fromhex(options["--session"])
-        fields = [int(options[name]) for name in ("--epoch", "--in", "--wait", "--max-out")]
-        fields.append(int(options.get("--waiting", "1")))
+        fields = [int(options[name]) for name in ("--epoch", "--in")]
+        fields.append(int(options.get("--got", "0")))
+        fields += [int(options[name]) for name in ("--wait", "--max-out")]
+        fields += [int(options.get("--waiting", "1")), rewind]
     except (KeyError, ValueError):
         print(
             "usage: bridgeproto mailbox --session HEX --epoch N --in K --wait MS"
-            " --max-out BYTES [--waiting N] [--input FILE]",
+            " --max-out BYTES [--got OFFSET] [--rewind] [--waiting N] [--input FILE]",
             file=sys.stderr,
         )
         return 2

@@ -192,26 +192,33 @@ def table(results: dict[str, Any]) -> str:
             )
         )
     if "scale" in s:
-        sc = s["scale"]["bridgeproto"]
-        rows = [
-            [
+        rows = []
+        for transport, sc in s["scale"].items():
+            rows.append([
+                transport,
                 f"{sc['bridges_held']} of {sc['bridges_wanted']}",
                 f"{sc['start_seconds']:.1f}",
                 f"{sc['host_rss_mib_per_bridge']:.2f}",
-                f"{sc['host_idle_cpu_percent']:.2f}",
-                f"{sc['requests_ok']}",
-            ]
-        ]
+                f"{sc['host_threads_per_bridge']:.2f}",
+                f"{sc['host_fds_per_bridge']:.1f}",
+                f"{sc['host_idle_cpu_percent_per_bridge']:.3f}",
+                f"{sc['call_processes_idle_cpu_percent_per_bridge']:.3f}",
+                f"{sc['host_cpu_ms_per_request_one_busy']:.2f}",
+                f"{sc['host_cpu_ms_per_request_all_busy']:.2f}",
+                f"{sc['requests_ok']} of {sc['requests']}",
+            ])  # fmt: skip
         blocks.append(
             _block(
                 "scale: bridges held by one host process, started together"
-                f" ({sc.get('starting_at_once', 1)} at a time)",
-                ["bridges", "start s (all)", "host MiB/bridge", "idle CPU %", "requests ok"],
+                " (per bridge; CPU % of one core; call processes: the simulated provider's)",
+                ["transport", "bridges", "start s", "MiB", "threads", "fds", "idle CPU %",
+                 "calls' CPU %", "ms/req 1 busy", "ms/req all busy", "requests ok"],
                 rows,
             )
-        )
-        if sc["limit_reason"]:
-            blocks.append(f"  ({sc['limit_reason']})")
+        )  # fmt: skip
+        for sc in s["scale"].values():
+            if sc["limit_reason"]:
+                blocks.append(f"  ({sc['limit_reason']})")
     if "remote" in s:
         direct = s["remote"]["direct"]["seconds"]["median"]
         rows = []

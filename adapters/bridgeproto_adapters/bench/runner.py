@@ -53,7 +53,7 @@ INWARD = "inward"
 REFERENCES = ("limit", "shared")  # measured with socat (references.py), when it is there
 POLL_PORT = 13132
 MiB = 1 << 20
-STARTING_AT_ONCE = 32  # sandboxes and bridges the scale scenario starts at a time
+STARTING_AT_ONCE = 32  # sandboxes the scale scenario makes at a time
 REMOTE_LATENCY = 0.05  # seconds each simulated remote control-plane call adds
 
 
@@ -71,6 +71,7 @@ class Sizes:
     idle_seconds: float
     bridges: int
     scale_idle_seconds: float
+    scale_requests: int
     remote_requests: int
     remote_bulk_bytes: int
     remote_idle_seconds: float
@@ -78,10 +79,12 @@ class Sizes:
 
 
 FULL = Sizes(
-    300, 50, 0.02, (1, 8, 32, 64), 3.0, 256 * MiB, 256 * MiB, 1000, 100, 20.0, 256, 30.0,
+    300, 50, 0.02, (1, 8, 32, 64), 3.0, 256 * MiB, 256 * MiB, 1000, 100, 20.0, 256, 30.0, 20,
     50, 16 * MiB, 60.0, 20,
 )  # fmt: skip
-QUICK = Sizes(20, 10, 0.02, (1, 8), 0.5, 4 * MiB, 1 * MiB, 50, 5, 1.0, 2, 1.0, 5, MiB // 4, 2.0, 3)
+QUICK = Sizes(
+    20, 10, 0.02, (1, 8), 0.5, 4 * MiB, 1 * MiB, 50, 5, 1.0, 2, 1.0, 5, 5, MiB // 4, 2.0, 3
+)
 
 
 class CountingSandbox(HostCommandSandbox):
@@ -465,9 +468,21 @@ class Bench:
         self.record("start", "bridgeproto", {"seconds": summarize(seconds), "raw": seconds})
 
     async def scale(self) -> None:
-        """``bridges`` bridges started at once by this process (each sandbox
-        and bridge held by a task of its own), then held idle, then each
-        asked one request."""
+        """``bridges`` bridges held by this process, on each transport (the
+        mailbox behind the simulated remote control plane, 50 ms a call)."""
+        for transport in ("stream", "mailbox"):
+            self.say(f"bench: scale, {transport} ...")
+            self.record("scale", transport, await self._scale(transport))
+
+    async def _scale(self, transport: str) -> dict[str, Any]:
+        """Start ``bridges`` bridges at once (each sandbox and bridge held by
+        a task of its own), hold them idle, then keep every one busy.
+
+        Host figures are this process's own (the harness's side: its event
+        loop, sockets and the control-plane calls it makes); the sandbox
+        sides and the simulated provider's call processes run apart and are
+        counted apart (``children``: the call processes this process reaped).
+        """
         wanted = self.sizes.bridges
         held: list[tuple[HostCommandSandbox, Bridge]] = []
         failures: list[str] = []
@@ -475,19 +490,31 @@ class Bench:
         release = anyio.Event()
         starting = anyio.CapacityLimiter(STARTING_AT_ONCE)
         upstream = self.url("direct")
+        sandboxes: list[HostCommandSandbox] = []
 
-        async def hold() -> None:
+        # The sandboxes first, a few at a time (the machine's work, not the
+        # bridge's); then every bridge at once.
+        async def make_sandbox() -> None:
             try:
                 async with starting:
                     sandbox, _ = await open_sandbox(self.sandbox_kind)
+                sandboxes.append(sandbox)
             except Exception as exc:  # the machine's limit: say which
-                failures.append(repr(exc))
-                settled.release()
-                return
+                failures.append(f"sandbox: {exc!r}")
+
+        async with anyio.create_task_group() as tg:
+            for _ in range(wanted):
+                tg.start_soon(make_sandbox)
+
+        async def hold(sandbox: HostCommandSandbox) -> None:
+            client: SandboxClient = sandbox
+            if transport == "mailbox":
+                client = HarnessSandbox(
+                    SimulatedProvider(sandbox, Faults(latency=REMOTE_LATENCY)), "scale"
+                )
             try:
-                async with starting:
-                    context = open_bridge(sandbox, upstream)
-                    bridge = await context.__aenter__()
+                context = open_bridge(client, upstream, transport=transport)
+                bridge = await context.__aenter__()
                 try:
                     held.append((sandbox, bridge))
                     settled.release()
@@ -497,49 +524,81 @@ class Bench:
             except Exception as exc:
                 failures.append(repr(exc))
                 settled.release()
-            finally:
-                await sandbox.aclose()
 
-        rss0 = rss_kib()
-        started = time.perf_counter()
-        async with anyio.create_task_group() as tg:
-            for _ in range(wanted):
-                tg.start_soon(hold)
-            for _ in range(wanted):
-                await settled.acquire()
-            start_seconds = time.perf_counter() - started
-            try:
-                count = len(held)
-                rss1 = rss_kib()
-                cpu0 = cpu_seconds()
-                await anyio.sleep(self.sizes.scale_idle_seconds)
-                idle_cpu = (cpu_seconds() - cpu0) * 100 / self.sizes.scale_idle_seconds
-                ok = 0
-                limiter = anyio.CapacityLimiter(8)
+        def facts() -> tuple[float, float, int, int, int]:
+            own = cpu_seconds()
+            threads = len(os.listdir("/proc/self/task"))
+            fds = len(os.listdir("/proc/self/fd"))
+            return own, cpu_seconds(children=True) - own, rss_kib(), threads, fds
 
-                async def one(sandbox: HostCommandSandbox, bridge: Bridge) -> None:
-                    nonlocal ok
-                    async with limiter:
-                        payload = json.dumps({"scenario": "requests", "url": bridge.url, "n": 1})
-                        done = await sandbox.run(["python3", "-c", AGENT_SOURCE, payload])
-                        ok += done.exit_code == 0
-
-                async with anyio.create_task_group() as asking:
-                    for sandbox, bridge in held:
-                        asking.start_soon(one, sandbox, bridge)
-            finally:
-                release.set()
+        idle_seconds = self.sizes.scale_idle_seconds
+        try:
+            async with anyio.create_task_group() as tg:
+                cpu0, _, rss0, threads0, fds0 = facts()
+                started = time.perf_counter()
+                for sandbox in sandboxes:
+                    tg.start_soon(hold, sandbox)
+                for _ in sandboxes:
+                    await settled.acquire()
+                start_seconds = time.perf_counter() - started
+                try:
+                    count = len(held)
+                    cpu1, children1, rss1, threads1, fds1 = facts()
+                    await anyio.sleep(idle_seconds)
+                    cpu2, children2, *_ = facts()
+                    busy_one = await self._busy(held[:1])
+                    busy_all = await self._busy(held)
+                finally:
+                    release.set()
+        finally:
+            with anyio.CancelScope(shield=True):
+                for sandbox in sandboxes:
+                    await sandbox.aclose()
+        per = max(count, 1)
         reason = f"{len(failures)} did not start: {failures[0]}" if failures else ""
-        self.record("scale", "bridgeproto", {
+        return {
             "bridges_wanted": wanted,
             "bridges_held": count,
             "limit_reason": reason,
             "start_seconds": start_seconds,
-            "starting_at_once": STARTING_AT_ONCE,
-            "host_rss_mib_per_bridge": (rss1 - rss0) / 1024 / max(count, 1),
-            "host_idle_cpu_percent": idle_cpu,
-            "requests_ok": ok,
-        })  # fmt: skip
+            "bridges_per_second": count / start_seconds,
+            "host_start_cpu_seconds": cpu1 - cpu0,
+            "host_rss_mib_per_bridge": (rss1 - rss0) / 1024 / per,
+            "host_threads_per_bridge": (threads1 - threads0) / per,
+            "host_fds_per_bridge": (fds1 - fds0) / per,
+            "host_idle_cpu_percent_per_bridge": (cpu2 - cpu1) * 100 / idle_seconds / per,
+            "call_processes_idle_cpu_percent_per_bridge": (
+                (children2 - children1) * 100 / idle_seconds / per
+            ),
+            "host_cpu_ms_per_request_one_busy": busy_one["cpu_ms_per_request"],
+            "host_cpu_ms_per_request_all_busy": busy_all["cpu_ms_per_request"],
+            "requests_ok": busy_all["ok"],
+            "requests": busy_all["requests"],
+        }
+
+    async def _busy(self, bridges: Sequence[tuple[HostCommandSandbox, Bridge]]) -> dict[str, Any]:
+        """Every bridge in ``bridges`` asked ``scale_requests`` requests at once
+        by an agent of its own; the host's CPU per request counts only this
+        process (starting the agents is the harness's work either way)."""
+        n = self.sizes.scale_requests
+        ok = 0
+
+        async def one(sandbox: HostCommandSandbox, bridge: Bridge) -> None:
+            nonlocal ok
+            payload = json.dumps({"scenario": "requests", "url": bridge.url, "n": n})
+            done = await sandbox.run(["python3", "-c", AGENT_SOURCE, payload], timeout=600)
+            ok += n if done.exit_code == 0 else 0
+
+        cpu0 = cpu_seconds()
+        async with anyio.create_task_group() as tg:
+            for sandbox, bridge in bridges:
+                tg.start_soon(one, sandbox, bridge)
+        requests = n * len(bridges)
+        return {
+            "ok": ok,
+            "requests": requests,
+            "cpu_ms_per_request": (cpu_seconds() - cpu0) * 1000 / max(requests, 1),
+        }
 
     async def remote(self) -> None:
         """Mailbox and polling behind the same simulated remote control plane."""

@@ -2,7 +2,7 @@
 
 One module per family of backends:
 
-- ``base``: the ``SandboxClient`` interface, its errors, and
+- ``base``: the ``SandboxClient`` interface, its errors, ``check_result``, and
   ``HostCommandSandbox``, the base of the backends below that enter the
   sandbox by running a host command;
 - ``offline``: ``BwrapSandbox`` and ``UnshareSandbox``, offline sandboxes on
@@ -26,6 +26,7 @@ from .base import (
     SandboxClient,
     SandboxError,
     SandboxUnavailable,
+    check_result,
 )
 from .harness import HarnessClient, HarnessSandbox
 from .local import CommandPrefixSandbox, LocalSandbox
@@ -50,5 +51,6 @@ __all__ = [
     "SandboxUnavailable",
     "SimulatedProvider",
     "UnshareSandbox",
+    "check_result",
     "open_sandbox",
 ]

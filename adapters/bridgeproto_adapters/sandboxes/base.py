@@ -53,6 +53,20 @@ class CommandResult:
     stderr: bytes
 
 
+def check_result(result: object, method: str = "run") -> CommandResult:
+    """``result`` if it is what a client's ``method`` must return; else a
+    ``TypeError`` naming the method, the field and what it held instead."""
+    for name, kind in (("exit_code", int), ("stdout", bytes), ("stderr", bytes)):
+        value = getattr(result, name, None)
+        if not isinstance(value, kind):
+            held = f"{type(value).__name__} {value!r:.40}" if hasattr(result, name) else "nothing"
+            raise TypeError(
+                f"the sandbox client's {method}() returned {name} as {held}; it must return"
+                f" a CommandResult with {name} as {kind.__name__}"
+            )
+    return result  # type: ignore[return-value]  # (any object with these fields will do)
+
+
 class LiveProcess:
     """A process in the sandbox whose stdin and stdout are a byte stream."""
 

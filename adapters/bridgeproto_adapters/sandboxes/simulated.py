@@ -5,7 +5,8 @@ does (``execute_command`` / ``read_file`` / ``upload_bytes``, results as
 text) but runs everything in a real sandbox client on this machine, adding
 what remote control planes do, by configuration and seeded randomness:
 latency per call, calls that fail before running, calls that run and then
-lose their answer, output cut at a size, and a cap on calls in flight. It
+lose their answer, output cut at a size or at a random point, and a cap on
+calls in flight. It
 counts calls per method. Wrap it in ``HarnessSandbox`` to use it.
 
 It is a simulation, named as one: nothing in it talks to a real provider.
@@ -34,6 +35,7 @@ class Faults:
     fail_before: float = 0.0  # share of calls that fail without running
     fail_after: float = 0.0  # share of calls that run, then lose their answer
     truncate_at: int | None = None  # stdout is cut to this many bytes
+    cut: float = 0.0  # share of answers over 1 KiB cut at a random point
     text_only: bool = True  # results come back as str, as most clients give them
     max_in_flight: int | None = None  # calls past this wait for a free place
     seed: int = 0
@@ -83,6 +85,8 @@ class SimulatedProvider:
             stdout = result.stdout
             if self.faults.truncate_at is not None:
                 stdout = stdout[: self.faults.truncate_at]
+            if len(stdout) > 1024 and self._random.random() < self.faults.cut:
+                stdout = stdout[: self._random.randrange(len(stdout))]
             return ExecResult(result.exit_code, *self._as_text(stdout, result.stderr))
 
         return await self._call("execute_command", run)

@@ -26,11 +26,24 @@ the host, armored as one line of text.
   while one is on its way back finds the next); with input in calls, one
   waits and the others carry input. Batches are numbered both ways and put
   back in order.
-* **Exactly once.** When a call or an upload fails (before it ran, or
-  after, with its answer lost) or an answer or an upload is cut or damaged
-  (lengths and CRCs tell), the epoch ends: the session opens the next one
-  and resumes, which resends everything unacknowledged, and the receiving
-  core drops what it already has. A half batch is never applied.
+* **Repair within the epoch.** The sandbox side numbers its output by byte
+  offset and keeps it until a call of the host says it holds it (``--got``);
+  a call whose answer was lost, cut or damaged (lengths and CRCs tell) is
+  made again, asking for the output from the last offset the host holds
+  (``--rewind``). Input batches are numbered, so one sent twice (its call
+  ran, its answer was lost) is applied once; a failed upload is made again.
+  So every call that gets an answer through makes progress, and what the
+  host holds only grows. Output the host was never given back (code inside
+  took it with a call of its own) is handed out again to the next waiting
+  call once it has gone unacknowledged for ``_RESEND_AFTER`` seconds.
+* **Exactly once across epochs.** Only repeated failures (``_FAILURES_TO_END``
+  in a row), a stale epoch or output that cannot be had again end an epoch:
+  the session then opens the next one and resumes, which resends
+  everything unacknowledged, and the receiving core drops what it already
+  has. A half batch is never applied.
+* **Batches that fit.** An answer that comes back cut halves the output
+  batch; full answers that come back whole grow it again, more slowly each
+  time growing led straight to a cut (a provider's fixed output limit).
 """
 
 from __future__ import annotations
@@ -42,6 +55,7 @@ import os
 import pathlib
 import socket
 import struct
+import time
 import zlib
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 
@@ -53,12 +67,12 @@ from bridgeproto.wire import END_OF_INPUT, ArmorDecoder, FrameType, armor
 
 from .. import mailbox_call
 from ..errors import STREAM_ERRORS
-from ..mailbox_call import EXIT_NO_DAEMON, channel_dir
-from ..sandboxes import SandboxClient, SandboxError
+from ..mailbox_call import EXIT_NO_DAEMON, EXIT_STALE, channel_dir
+from ..sandboxes import SandboxClient, SandboxError, check_result
 from ..streams import FdStream
 from . import Acceptor, NoChannel
 
-_NUMBER = struct.Struct(">Q")  # an answer's batch number, before its bytes
+_OFFSET = struct.Struct(">Q")  # where an answer's bytes start in the epoch's output
 _QUIET = frozenset({FrameType.ACK, FrameType.PING, FrameType.PONG})
 _MAX_INPUT = 256 << 20  # what one call may hand the sandbox side, at most
 _SMALL = 64 << 10  # output of this size is a request or two, not a bulk transfer
@@ -66,6 +80,11 @@ _SMALL = 64 << 10  # output of this size is a request or two, not a bulk transfe
 _UPLOAD = struct.Struct(">QQQI")
 _GATHER = 0.001  # seconds without new output before an upload goes
 _SPOOL_POLL = 1.0  # seconds between looks at the spool, besides inotify's word (0.05 without)
+_RESEND_AFTER = 2.0  # seconds output may go unacknowledged before a waiting call takes it again
+_FAILURES_TO_END = 5  # calls and uploads failing in a row that end an epoch
+_MIN_BATCH = 4096  # the smallest output batch cut answers shrink it to
+_GROW_AFTER = 4  # full answers in a row before the batch grows again (at first)
+_CLOSING_WAIT = 3.0  # seconds a stopping bridge gives the session to close its epoch
 
 
 def spool_dir(session_id: bytes) -> str:
@@ -130,13 +149,50 @@ class _Reorder:
         return taken
 
 
+class _Reassembly:
+    """Output of the sandbox side by offset in, bytes out in order: what
+    came twice is dropped, what came early waits for the gap before it."""
+
+    def __init__(self) -> None:
+        self.data = bytearray()
+        self.got = 0  # offset up to which every byte arrived
+        self._early: dict[int, bytes] = {}
+
+    @property
+    def gap(self) -> bool:
+        return bool(self._early)
+
+    def add(self, start: int, data: bytes) -> None:
+        if start > self.got:
+            if len(data) > len(self._early.get(start, b"")):
+                self._early[start] = data
+            return
+        self._extend(start, data)
+        while self._early:
+            first = min(self._early)
+            if first > self.got:
+                break
+            self._extend(first, self._early.pop(first))
+
+    def _extend(self, start: int, data: bytes) -> None:
+        end = start + len(data)
+        if end > self.got:
+            self.data += data[self.got - start :]
+            self.got = end
+
+    def take(self, limit: int) -> bytes:
+        taken = bytes(self.data[:limit])
+        del self.data[:limit]
+        return taken
+
+
 class _EpochStream(anyio.abc.ByteStream):
-    """What both ends share: an outbox, an inbox and one wake-up for changes."""
+    """What both ends share: an inbox, a way out and one wake-up for changes."""
+
+    inbox: _Reorder | _Reassembly
 
     def __init__(self, epoch: int) -> None:
         self.epoch = epoch
-        self.outbox = _Outbox()
-        self.inbox = _Reorder()
         self.ended: str | None = None  # why no more bytes will cross
         self._changed = anyio.Event()
 
@@ -157,8 +213,11 @@ class _EpochStream(anyio.abc.ByteStream):
     async def send(self, item: bytes) -> None:
         if self.ended is not None:
             raise anyio.BrokenResourceError(self.ended)
-        self.outbox.add(item)
+        self.queue(item)
         self.changed()
+
+    def queue(self, item: bytes) -> None:
+        raise NotImplementedError
 
     async def send_eof(self) -> None:
         pass
@@ -176,11 +235,26 @@ class _EpochStream(anyio.abc.ByteStream):
 
 
 class _SandboxEpoch(_EpochStream):
+    """The sandbox side's end: output kept by offset until the host holds it."""
+
+    inbox: _Reorder
+
     def __init__(self, epoch: int) -> None:
         super().__init__(epoch)
-        self._next_out = 1
+        self.inbox = _Reorder()
+        self.kept = bytearray()  # output from ``acked`` on
+        self.acked = 0  # the host said it holds everything before this
+        self.sent = 0  # where the next answer starts
+        self.handed = 0  # the furthest any answer reached
+        self._urgent_until = 0  # output up to here holds something urgent
+        self._unacked_since: float | None = None  # when output went out unacknowledged
         self._tickets = 0  # one per call that waits here
         self._released_below = 0  # calls with a lower ticket answer now
+
+    def queue(self, item: bytes) -> None:
+        self.kept += item
+        if _urgent(item):
+            self._urgent_until = self.acked + len(self.kept)
 
     def answer_all_now(self) -> None:
         """The host is closing this epoch: no call waits here any more."""
@@ -192,6 +266,21 @@ class _SandboxEpoch(_EpochStream):
             self.inbox.add(number, data)
             self.changed()
 
+    def acknowledge(self, got: int, rewind: bool) -> None:
+        """The host holds the output before ``got``; with ``rewind`` it lost
+        what it was handed after that, so the next answer starts again where
+        the host stands (or the furthest a call of the host's said it stood:
+        a lower ``got`` comes from a call that was overtaken)."""
+        got = min(got, self.handed)  # never beyond what was handed out
+        if got > self.acked:
+            del self.kept[: got - self.acked]
+            self.acked = got
+            self.sent = max(self.sent, got)
+            self._unacked_since = time.monotonic() if self.handed > got else None
+        if rewind:
+            self.sent = self.acked
+        self.changed()
+
     def call_arrived(self, waiting: int) -> None:
         """A call arrived that may wait with ``waiting - 1`` others: the calls
         waiting before those answer now. The host asks for one call waiting
@@ -201,20 +290,41 @@ class _SandboxEpoch(_EpochStream):
         self._released_below = max(self._released_below, self._tickets - max(waiting, 1) + 1)
         self.changed()
 
+    def _resend_at(self) -> float | None:
+        """When output handed out but not acknowledged is handed out again."""
+        if self._unacked_since is None:
+            return None
+        return self._unacked_since + _RESEND_AFTER
+
     async def answer(self, wait: float, max_out: int) -> bytes:
         """Wait for urgent output (or ``wait`` seconds, or the next call's
-        arrival); the armored answer line, or ``STALE`` if the epoch ended."""
+        arrival, or output to hand out again); the armored answer line, or
+        ``STALE`` if the epoch ended."""
         ticket, self._tickets = self._tickets, self._tickets + 1
-        with anyio.move_on_after(wait):
-            while self.ended is None and not self.outbox.urgent and ticket >= self._released_below:
+        deadline = time.monotonic() + wait
+        while self.ended is None and ticket >= self._released_below:
+            if self._urgent_until > self.sent:
+                break
+            now, resend_at = time.monotonic(), self._resend_at()
+            if resend_at is not None and now >= resend_at:
+                self.sent = self.acked  # lost on its way, or taken by another
+                self._unacked_since = now
+                break
+            until = deadline if resend_at is None else min(deadline, resend_at)
+            if now >= until:
+                break
+            with anyio.move_on_after(until - now):
                 await self.wait_for_change()
         if self.ended is not None:
             return mailbox_call.STALE  # the host resumes on a new epoch
-        data = self.outbox.take(max_out)
-        number = 0
+        start = self.sent
+        data = bytes(self.kept[start - self.acked : start - self.acked + max_out])
         if data:
-            number, self._next_out = self._next_out, self._next_out + 1
-        return armor(_NUMBER.pack(number) + data).encode("ascii")
+            self.sent += len(data)
+            if self.handed <= self.acked:
+                self._unacked_since = time.monotonic()
+            self.handed = max(self.handed, self.sent)
+        return armor(_OFFSET.pack(start) + data).encode("ascii")
 
 
 async def _receive_exactly(stream: anyio.abc.ByteStream, size: int) -> bytes:
@@ -270,7 +380,7 @@ async def serve_mailbox(
             try:
                 head = await _receive_exactly(conn, mailbox_call.REQUEST.size)
                 fields = mailbox_call.REQUEST.unpack(head)
-                epoch, number, wait_ms, max_out, waiting, length = fields
+                epoch, number, got, wait_ms, max_out, waiting, rewind, length = fields
                 if length > _MAX_INPUT or max_out < 1:
                     return
                 data = await _receive_exactly(conn, length)
@@ -281,6 +391,7 @@ async def serve_mailbox(
                 line = mailbox_call.STALE
             else:
                 epoch_stream.take_input(number, data)
+                epoch_stream.acknowledge(got, bool(rewind))
                 if waiting == 0:
                     epoch_stream.answer_all_now()
                 else:
@@ -422,19 +533,35 @@ class MailboxStats:
     uploads: int = 0  # input uploaded, to the spool or for a call
     failed: int = 0  # calls and uploads that failed, or came back cut or damaged
     epochs: int = 0
+    cut: int = 0  # answers that came back cut short
+    batch_bytes: int = 0  # the output batch now
 
 
 class _CallFailed(Exception):
-    def __init__(self, reason: str, *, final: bool = False, cut: bool = False) -> None:
+    """A call or an upload that did not get through. ``final``: the sandbox
+    side is gone; ``stale``: the sandbox side moved past this epoch; else it
+    may simply be made again."""
+
+    def __init__(
+        self, reason: str, *, final: bool = False, stale: bool = False, cut: bool = False
+    ) -> None:
         super().__init__(reason)
         self.final = final
+        self.stale = stale
         self.cut = cut
 
 
 class _HostEpoch(_EpochStream):
+    inbox: _Reassembly
+
     def __init__(self, owner: MailboxChannels, epoch: int) -> None:
         super().__init__(epoch)
         self._owner = owner
+        self.outbox = _Outbox()
+        self.inbox = _Reassembly()
+        self._rewind = False  # the next call asks for the output after ``got`` again
+        self._gap_before = False  # the last answer left a gap too
+        self._failures = 0  # calls and uploads failed in a row
         self._next_in = 1
         self._in_flight = 0  # calls
         self._uploads = 0  # in flight
@@ -505,28 +632,71 @@ class _HostEpoch(_EpochStream):
         number, self._next_in = self._next_in, self._next_in + 1
         return number, data
 
-    async def _call(self, waiting: int, number: int, data: bytes) -> None:
-        try:
-            answer_number, answer = await self._owner.call(
-                self.epoch, number, data, waiting=waiting
-            )
-        except _CallFailed as exc:
+    def queue(self, item: bytes) -> None:
+        self.outbox.add(item)
+
+    def _failed(self, exc: _CallFailed) -> bool:
+        """Count a failure; whether it ended the epoch (else: make it again)."""
+        self._failures += 1
+        if exc.final or exc.stale:
             self.end(str(exc))
-            return
+        elif self._failures >= _FAILURES_TO_END:
+            self.end(f"{self._failures} calls in a row failed (the last: {exc})")
+        return self.ended is not None
+
+    async def _call(self, waiting: int, number: int, data: bytes) -> None:
+        """One call, made again until it gets through (its input, if any,
+        is applied once), unless the epoch ends first."""
+        try:
+            while self.ended is None:
+                rewind, self._rewind = self._rewind, False
+                try:
+                    start, answer = await self._owner.call(
+                        self.epoch, number, data, got=self.inbox.got, rewind=rewind,
+                        waiting=waiting,
+                    )  # fmt: skip
+                except _CallFailed as exc:
+                    self._rewind = True  # its answer may have held output: ask again
+                    if self._failed(exc):
+                        return
+                    continue
+                self._took(start, answer, rewind)
+                return
         finally:
             self._in_flight -= 1
+            self.changed()
+
+    def _took(self, start: int, answer: bytes, rewound: bool) -> None:
+        """An answer came back whole: place its bytes by offset."""
+        self._failures = 0
+        if rewound and start > self.inbox.got:
+            # Output the host never held was acknowledged by another caller
+            # (code inside, on the call socket): it cannot be had again here.
+            self.end("output of this epoch went to another caller")
+            return
+        self.inbox.add(start, answer)
+        # Answers may overtake each other: a gap that outlives the next
+        # answer too is output lost on its way, to be asked for again.
+        if self.inbox.gap and self._gap_before:
+            self._rewind = True
+        self._gap_before = self.inbox.gap
         self._streak = self._streak + 1 if answer else 0
         # (Bulk does not wait for answers; uploads carry them without waiting.)
         self._request_out = 0 < len(answer) < _SMALL and not self._owner.options.upload_input
-        if answer_number:
-            self.inbox.add(answer_number, answer)
-        self.changed()
 
     async def _upload(self, number: int, data: bytes) -> None:
+        """Upload one input batch, again until it lands (the sandbox side
+        applies a batch once), unless the epoch ends first."""
         try:
-            await self._owner.upload(self.epoch, number, data)
-        except _CallFailed as exc:
-            self.end(str(exc))
+            while self.ended is None:
+                try:
+                    await self._owner.upload(self.epoch, number, data)
+                except _CallFailed as exc:
+                    if self._failed(exc):
+                        return
+                    continue
+                self._failures = 0
+                return
         finally:
             self._uploads -= 1
             self.changed()
@@ -541,12 +711,15 @@ class _HostEpoch(_EpochStream):
             self._closing = True
             number, data = self._next_input()
             with anyio.move_on_after(self._owner.options.call_timeout):
-                with contextlib.suppress(_CallFailed):
-                    self._in_flight += 1
+                for _ in range(_FAILURES_TO_END):
                     try:
-                        await self._owner.call(self.epoch, number, data, wait=0.0, waiting=0)
-                    finally:
-                        self._in_flight -= 1
+                        await self._owner.call(
+                            self.epoch, number, data, got=self.inbox.got, wait=0.0, waiting=0
+                        )
+                        break
+                    except _CallFailed as exc:
+                        if exc.final or exc.stale:
+                            break
                 while (self._in_flight or self._uploads) and self.ended is None:
                     await self.wait_for_change()
         self.end("the epoch is over")
@@ -579,11 +752,14 @@ class MailboxChannels:
         self.command = list(command)
         self.env = env
         self.options = options or MailboxOptions()
-        self.stats = MailboxStats()
+        self.stats = MailboxStats(batch_bytes=self.options.batch_bytes)
         self._session_hex = session_id.hex()
         self._upload_dir = channel_dir(session_id)
         self._spool = spool_dir(session_id)
         self._batch_bytes = self.options.batch_bytes
+        self._grow_after = _GROW_AFTER  # full answers in a row before the batch doubles
+        self._full_in_row = 0
+        self._grew = False  # the batch's size came from growing
         self._epoch = 0
         self._answered_epoch = 0  # the last epoch a call came back from
         self._current: _HostEpoch | None = None
@@ -603,9 +779,17 @@ class MailboxChannels:
         self._task_group = None
 
     async def aclose(self) -> None:
-        """Stop making calls (from any task); idempotent."""
-        if self._current is not None:
-            self._current.end("the bridge is stopping")
+        """Stop making calls (from any task); idempotent. The session closes
+        its epoch itself as it ends, with one last call that carries its
+        final frames and answers every call waiting in the sandbox: that is
+        given a moment first, so a stop neither waits out a long-poll nor
+        breaks the channel under the session."""
+        current = self._current
+        if current is not None:
+            with anyio.move_on_after(_CLOSING_WAIT):
+                while current.ended is None:
+                    await current.wait_for_change()
+            current.end("the bridge is stopping")
         self._closed.set()
 
     async def next_channel(self) -> anyio.abc.ByteStream:
@@ -623,28 +807,33 @@ class MailboxChannels:
                 # new epoch before offering it, so the session's resume
                 # deadline counts. Its answer is the epoch's first.
                 try:
-                    number, answer = await self.call(self._epoch, 0, b"", wait=0.0)
+                    start, answer = await self.call(self._epoch, 0, b"", wait=0.0)
                 except _CallFailed as exc:
                     raise NoChannel(str(exc), final=exc.final) from None
-                if number:
-                    epoch.inbox.add(number, answer)
+                epoch.inbox.add(start, answer)
         self._current = epoch
         self._task_group.start_soon(epoch.pump)
         return epoch
 
     async def call(
-        self, epoch: int, number: int, data: bytes, wait: float | None = None, waiting: int = 1
-    ) -> tuple[int, bytes]:
-        """One control-plane call: hand over ``data``, get the sandbox's answer
-        (``waiting``: calls that may wait in the sandbox at once, this one
-        too; 0: none, the host is closing the epoch)."""
+        self, epoch: int, number: int, data: bytes, *, got: int = 0, rewind: bool = False,
+        wait: float | None = None, waiting: int = 1,
+    ) -> tuple[int, bytes]:  # fmt: skip
+        """One control-plane call: hand over ``data``, say the output before
+        ``got`` arrived (``rewind``: and what came after it was lost), get the
+        sandbox's answer: where its bytes start, and the bytes. ``waiting``:
+        calls that may wait in the sandbox at once, this one too; 0: none,
+        the host is closing the epoch."""
         options = self.options
         wait = options.wait if wait is None else wait
+        max_out = self._batch_bytes
         argv = [
             *self.command, "--session", self._session_hex, "--epoch", str(epoch),
-            "--in", str(number), "--wait", str(math.ceil(wait * 1000)),
-            "--max-out", str(self._batch_bytes), "--waiting", str(waiting),
+            "--in", str(number), "--got", str(got), "--wait", str(math.ceil(wait * 1000)),
+            "--max-out", str(max_out), "--waiting", str(waiting),
         ]  # fmt: skip
+        if rewind:
+            argv.append("--rewind")
         stdin = data if number else None
         try:
             if len(data) > options.inline_bytes:
@@ -654,29 +843,64 @@ class MailboxChannels:
                 argv += ["--input", path]
                 stdin = None
             self.stats.calls += 1
-            result = await self.sandbox.run(
-                argv, stdin=stdin, env=self.env, timeout=wait + options.call_timeout
+            result = check_result(
+                await self.sandbox.run(
+                    argv, stdin=stdin, env=self.env, timeout=wait + options.call_timeout
+                )
             )
         except SandboxError as exc:
             self.stats.failed += 1
             raise _CallFailed(f"a call failed: {exc}") from None
+        except TypeError as exc:  # the client returned the wrong types: no call will do
+            self._final = str(exc)
+            raise _CallFailed(self._final, final=True) from None
         if result.exit_code != 0:
             self.stats.failed += 1
             said = result.stderr.decode(errors="replace").strip()[-300:]
             if result.exit_code == EXIT_NO_DAEMON:
                 self._final = f"the sandbox side is not running ({said})"
                 raise _CallFailed(self._final, final=True)
-            raise _CallFailed(f"a call ended with status {result.exit_code}: {said}")
+            raise _CallFailed(
+                f"a call ended with status {result.exit_code}: {said}",
+                stale=result.exit_code == EXIT_STALE,
+            )
         try:
-            answer = self._parse(result.stdout)
+            answer = self._parse(result.stdout, max_out)
         except _CallFailed as exc:
             self.stats.failed += 1
-            if exc.cut and self._batch_bytes > 4096:
-                # The provider cuts output shorter than our batches: use smaller ones.
-                self._batch_bytes //= 2
+            if exc.cut:
+                self._shrink_batch(max_out)
             raise
         self._answered_epoch = epoch
+        if len(answer[1]) >= max_out:
+            self._full_answer(max_out)
         return answer
+
+    def _shrink_batch(self, size: int) -> None:
+        """An answer of ``size`` bytes at most came back cut: halve the batch.
+        If it had just grown to that size, wait longer before growing again."""
+        if size < self._batch_bytes:
+            return  # a smaller batch is in use already
+        if self._grew:
+            self._grow_after = min(self._grow_after * 2, 64)
+        self.stats.cut += 1
+        self._batch_bytes = self.stats.batch_bytes = max(_MIN_BATCH, size // 2)
+        self._grew = False
+        self._full_in_row = 0
+
+    def _full_answer(self, size: int) -> None:
+        """A full batch came back whole: after enough in a row, grow it again."""
+        if size < self._batch_bytes:
+            return  # asked for before the batch grew
+        self._full_in_row += 1
+        if self._grew:
+            self._grow_after = _GROW_AFTER  # the size it grew to holds
+            self._grew = False
+        if self._full_in_row >= self._grow_after and self._batch_bytes < self.options.batch_bytes:
+            self._batch_bytes = min(self.options.batch_bytes, self._batch_bytes * 2)
+            self.stats.batch_bytes = self._batch_bytes
+            self._grew = True
+            self._full_in_row = 0
 
     async def upload(self, epoch: int, number: int, data: bytes) -> None:
         """Upload input batch ``number`` to the sandbox side's spool."""
@@ -689,8 +913,8 @@ class MailboxChannels:
             self.stats.failed += 1
             raise _CallFailed(f"an upload failed: {str(exc) or 'it took too long'}") from None
 
-    def _parse(self, stdout: bytes) -> tuple[int, bytes]:
-        decoder = ArmorDecoder(self._batch_bytes + _NUMBER.size)
+    def _parse(self, stdout: bytes, max_out: int) -> tuple[int, bytes]:
+        decoder = ArmorDecoder(max_out + _OFFSET.size)
         try:
             decoder.receive_data(stdout.decode("ascii"))
             decoder.receive_data("")
@@ -707,5 +931,5 @@ class MailboxChannels:
             ) from None
         if not isinstance(batch, bytes) or rest is not END_OF_INPUT or len(batch) < 8:
             raise _CallFailed("a call answered with no batch, or more than one")
-        (number,) = _NUMBER.unpack_from(batch)
-        return number, batch[_NUMBER.size :]
+        (start,) = _OFFSET.unpack_from(batch)
+        return start, batch[_OFFSET.size :]

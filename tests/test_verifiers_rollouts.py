@@ -1,0 +1,142 @@
+"""Real verifiers v1 rollouts through BridgedRuntime(OfflineRuntime): verifiers'
+own Agent, Rollout and InterceptionServer (per-rollout secrets, its state
+channel), a host-side model that streams and calls a tool, and an agent in
+an offline bubblewrap sandbox using the openai SDK at the URL verifiers gave
+it. Both transports; no tunnel opened; 16 rollouts at once; a channel cut
+mid-turn loses no turn and duplicates none.
+
+Skipped without verifiers, unless BRIDGEPROTO_REQUIRE_VERIFIERS=1 (.ci/run
+runs them in a second venv that has it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import pytest
+
+from sandbox_kinds import SITE_PACKAGES, need_bwrap
+from vf_kit import Model, make_agent, make_task, need_verifiers, running_model
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"  # verifiers runs on asyncio only
+
+
+@pytest.fixture
+def tunnels(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[object]]:
+    """Every tunnel verifiers' interception would open, recorded and refused."""
+    need_verifiers()
+    need_bwrap()
+    import verifiers.v1.interception.server as server
+
+    opened: list[object] = []
+
+    def no_tunnel(config: object) -> object:
+        opened.append(config)
+        raise AssertionError("verifiers opened a tunnel")
+
+    monkeypatch.setattr(server, "make_tunnel", no_tunnel)
+    yield opened
+
+
+@asynccontextmanager
+async def bridged_runtime(transport: str) -> AsyncIterator[Any]:
+    from bridgeproto_adapters.verifiers import BridgedRuntime, OfflineRuntime
+
+    inner = OfflineRuntime(ro=[SITE_PACKAGES], live_processes=transport == "stream")
+    runtime = BridgedRuntime(inner)
+    await runtime.start()
+    try:
+        yield runtime
+    finally:
+        await runtime.stop()
+
+
+def assert_solved(trace: Any, model: Model, *, requests: int = 2) -> None:
+    """Two turns (the tool call, the answer), each asked of the model once."""
+    assert trace.ok, trace.errors
+    assert trace.stop_condition == "agent_completed"
+    assert trace.num_turns == 2
+    roles = [(node.message.role, node.message.content) for node in trace.nodes]
+    assert roles == [
+        ("user", "what is 2 + 3?"),
+        ("assistant", None),
+        ("tool", "5"),
+        ("assistant", "the sum is 5"),
+    ]
+    assert len(model.requests) == requests
+    assert all(body["stream"] for body in model.requests)
+
+
+@pytest.mark.parametrize("transport", ["stream", "mailbox"])
+async def test_a_rollout_reaches_its_interception_server_over_the_bridge(
+    transport: str, tunnels: list[object]
+) -> None:
+    async with running_model() as model, bridged_runtime(transport) as runtime:
+        trace = await make_agent(model).run(make_task(), runtime=runtime)
+        assert_solved(trace, model)
+        assert tunnels == []
+        # One bridge, to the interception server on host loopback, of the kind asked.
+        (origin,) = runtime.bridges
+        held = runtime.bridges[origin]
+        assert origin.startswith("http://127.0.0.1:") and held.listen_port == 13131
+        kind = type(held.bridge.channels).__name__
+        assert kind == ("ProcessChannels" if transport == "stream" else "MailboxChannels")
+        # Inside, that host port is not reachable: the bridge was the only way.
+        port = int(origin.rsplit(":", 1)[1])
+        probe = f"import socket; socket.create_connection(('127.0.0.1', {port}), 3)"
+        direct = await runtime.run(["python3", "-c", probe], {})
+        assert direct.exit_code != 0 and "refused" in direct.stderr.lower()
+        # Nothing of the bridge's or the host's went into the agent's environment.
+        seen = await runtime.run(["env"], {})
+        assert "OPENAI" not in seen.stdout and "BRIDGEPROTO" not in seen.stdout
+
+
+async def test_sixteen_rollouts_at_once(tunnels: list[object]) -> None:
+    """16 runtimes, each its own offline sandbox and bridge, one entered
+    Agent (so one shared interception server, its secrets per rollout)."""
+    async with running_model() as model:
+        agent = make_agent(model)
+        async with agent:
+
+            async def one() -> Any:
+                async with bridged_runtime("stream") as runtime:
+                    return await agent.run(make_task(), runtime=runtime)
+
+            traces = await asyncio.gather(*(one() for _ in range(16)))
+        for trace in traces:
+            assert trace.ok, trace.errors
+            assert trace.num_turns == 2
+        assert len(model.requests) == 32
+        assert len({trace.id for trace in traces}) == 16
+        assert tunnels == []
+
+
+async def test_a_channel_cut_mid_turn_loses_no_turn_and_duplicates_none(
+    tunnels: list[object],
+) -> None:
+    """The model holds its first answer; meanwhile the bridge's channel
+    process is stopped under it. The session resumes on a new channel, the
+    turn arrives once, the agent (openai SDK, no retries) never notices."""
+    async with running_model() as model, bridged_runtime("stream") as runtime:
+        model.hold = asyncio.Event()
+        run = asyncio.create_task(make_agent(model).run(make_task(), runtime=runtime))
+        await asyncio.wait_for(model.held.wait(), 60)
+        (held,) = runtime.bridges.values()
+        channels = held.bridge.channels
+        assert channels.opened == 1
+        await channels.current.aclose()  # the channel process, stopped mid-turn
+        model.hold.set()
+        trace = await asyncio.wait_for(run, 60)
+        assert_solved(trace, model)
+        assert channels.opened >= 2
+        first = json.dumps(model.requests[0]["messages"])
+        assert sum(json.dumps(r["messages"]) == first for r in model.requests) == 1
