@@ -377,7 +377,6 @@ class Bench:
         bench upstream runs inside the sandbox, exposed with ``Bridge.expose``,
         and the agent runs on the host. Recorded next to the outward rows."""
         assert self.bridge is not None and self.bridge_box is not None
-        side = self.sandbox_side_pid
         server = await self.bridge_box.inner.open_process(
             ["python3", "-m", "bridgeproto_adapters.bench.upstream"],
             env={"PYTHONPATH": ":".join(code_paths())},
@@ -386,33 +385,50 @@ class Bench:
             with anyio.fail_after(60):
                 port = int((await server.stream.receive()).split()[0])
             self.inward_url = f"{await self.bridge.expose(port)}/bench"
-            raw = await self.agent(INWARD, "latency", n=self.sizes.latency_requests)
-            self.record(
-                "latency", INWARD, {"seconds": summarize(raw["seconds"]), "raw": raw["seconds"]}
-            )
-            raw = await self.agent(
-                INWARD, "stream", n=self.sizes.stream_events, gap=self.sizes.stream_gap
-            )
-            self.record("streaming", INWARD, {
-                "first_event_seconds": raw["first_event"],
-                "event_delay_seconds": summarize(raw["delays"]),
-                "raw": raw["delays"],
-            })  # fmt: skip
-            size = self.sizes.bulk_bytes
-            figures: dict[str, Any] = {"bytes": size}
-            for direction in ("upload", "download"):  # host to sandbox, sandbox to host
-                reset_peak_rss()
-                if side:
-                    reset_peak_rss(side)
-                raw = await self.agent(INWARD, direction, size=size)
-                figures[direction] = {
-                    "mb_per_second": size / raw["seconds"] / 1e6,
-                    "host_peak_rss_mib": rss_kib("self", "VmHWM") / 1024,
-                    "sandbox_side_peak_rss_mib": rss_kib(side, "VmHWM") / 1024 if side else None,
-                }
-            self.record("bulk", INWARD, figures)
+            # Each table needs its direct row, which --only may have left out.
+            scenarios = self.results["scenarios"]
+            for system in (INWARD, "direct"):
+                if system == INWARD or "direct" not in scenarios.get("latency", {}):
+                    await self._inward_latency(system)
+                if system == INWARD or "direct" not in scenarios.get("streaming", {}):
+                    await self._inward_streaming(system)
+                if system == INWARD or "direct" not in scenarios.get("bulk", {}):
+                    await self._inward_bulk(system)
         finally:
             await server.stop()
+
+    async def _inward_latency(self, system: str) -> None:
+        raw = await self.agent(system, "latency", n=self.sizes.latency_requests)
+        self.record(
+            "latency", system, {"seconds": summarize(raw["seconds"]), "raw": raw["seconds"]}
+        )
+
+    async def _inward_streaming(self, system: str) -> None:
+        raw = await self.agent(
+            system, "stream", n=self.sizes.stream_events, gap=self.sizes.stream_gap
+        )
+        self.record("streaming", system, {
+            "first_event_seconds": raw["first_event"],
+            "event_delay_seconds": summarize(raw["delays"]),
+            "raw": raw["delays"],
+        })  # fmt: skip
+
+    async def _inward_bulk(self, system: str) -> None:
+        """Inward, "upload" is host to sandbox and "download" sandbox to host."""
+        side = self.sandbox_side_pid if system == INWARD else None
+        size = self.sizes.bulk_bytes
+        figures: dict[str, Any] = {"bytes": size}
+        for direction in ("upload", "download"):
+            reset_peak_rss()
+            if side:
+                reset_peak_rss(side)
+            raw = await self.agent(system, direction, size=size)
+            figures[direction] = {
+                "mb_per_second": size / raw["seconds"] / 1e6,
+                "host_peak_rss_mib": rss_kib("self", "VmHWM") / 1024,
+                "sandbox_side_peak_rss_mib": rss_kib(side, "VmHWM") / 1024 if side else None,
+            }
+        self.record("bulk", system, figures)
 
     async def cost(self) -> None:
         if "shared" in self.systems:
