@@ -159,6 +159,7 @@ class Bridge:
                     await self.session.close(grace=grace)
             for scope in self._listeners:  # drained: the host listeners go
                 scope.cancel()
+            await self.session.wait_final_flush()  # the sandbox side's last acknowledgement
             await self.channels.aclose()
             await _reap_daemon(self.sandbox, self.session.conn.session_id)
         self._stopped = True
