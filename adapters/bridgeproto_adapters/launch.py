@@ -4,7 +4,8 @@
 as a daemon (in one call; the sandbox's Python is examined only if that
 fails, to say why), opens the first channel (with the stream transport, a
 process whose stdin and stdout this side holds, and which hands them to the
-daemon; with the mailbox transport, an epoch of long-polled calls) and
+daemon: started first, it waits for the daemon, so that the two start
+together; with the mailbox transport, an epoch of long-polled calls) and
 returns only when the handshake is done, which means the daemon's listener
 already accepts connections. When a channel breaks, the session opens
 another and resumes (``transports``). It yields a ``Bridge`` with the URL
@@ -381,6 +382,8 @@ async def open_bridge(
     url = f"http://{listen[0]}:{listen[1]}{path}"
     bridge: Bridge | None = None
     try:
+        if isinstance(channels, ProcessChannels):
+            await channels.start_early(wait=config.handshake_timeout)
         await _start_daemon(sandbox, archive, start, env, config.handshake_timeout)
         async with anyio.create_task_group() as tg:
             if isinstance(channels, MailboxChannels):

@@ -439,7 +439,8 @@ class Session:
     def _break_channel(self, reason: str) -> None:
         if not self._channel_broke.is_set():
             self._broke_because = reason
-            self._say(f"the channel broke: {reason}")
+            if not self.finished.is_set():  # a channel closed by a stop did not break
+                self._say(f"the channel broke: {reason}")
             self._channel_broke.set()
 
     async def _reader(self, stream: anyio.abc.ByteStream) -> None:
