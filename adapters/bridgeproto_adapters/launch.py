@@ -91,7 +91,11 @@ class Bridge:
         """
         if self._host is None or self._stopped:
             raise BridgeError("add_route on a bridge that is not running")
-        host, port, path = parse_upstream(upstream_url)
+        try:
+            host, port, path = parse_upstream(upstream_url)
+            bp.RequestHead(1, b"GET", b"/", headers)  # the headers' names and values, checked
+        except (BridgeError, bp.LocalProtocolError) as exc:
+            raise BridgeError(f"add_route({upstream_url!r}): {exc}") from None
         config = self.session.conn.config
         policy = HttpPolicy(
             allowed_prefixes=allowed_prefixes or [path or "/"],
@@ -113,6 +117,10 @@ class Bridge:
         """
         if self._task_group is None or self._stopped:
             raise BridgeError("expose on a bridge that is not running")
+        if not 0 < port < 65536 or not 0 <= host_port < 65536:
+            raise BridgeError(
+                f"expose({port}, {host_port}): ports are 1-65535 (host_port 0 picks a free one)"
+            )
         known = self.exposed.get(port)
         if known is not None and host_port in (0, int(known.rsplit(":", 1)[1])):
             return known
