@@ -186,7 +186,10 @@ async def served_inside(
         await sandbox.aclose()
 
 
-@pytest.mark.parametrize("transport", ["stream", "mailbox"])
+@pytest.mark.parametrize(
+    ("transport", "anyio_backend"),
+    [("stream", "asyncio"), ("mailbox", "asyncio"), ("stream", "trio"), ("mailbox", "trio")],
+)
 async def test_a_server_inside_answers_the_host_while_the_agent_calls_out(transport: str) -> None:
     async with served_inside(transport) as inside, httpx.AsyncClient(timeout=60) as client:
         assert inside.url.startswith("http://127.0.0.1:")
@@ -244,6 +247,7 @@ async def test_websocket_and_a_client_that_hangs_up_inward(transport: str) -> No
             assert response.json() == {"hung_up": True}
 
 
+@pytest.mark.parametrize("anyio_backend", ["asyncio", "trio"])
 async def test_the_host_listener_is_loopback_only_and_ports_are_checked() -> None:
     async with served_inside("stream") as inside:
         port = int(inside.url.rsplit(":", 1)[1])
