@@ -17,6 +17,7 @@ import httpx
 import pytest
 
 import bridgeproto as bp
+from bridgeproto_adapters.errors import BridgeError
 from bridgeproto_adapters.launch import MAILBOX_LIMITS, Bridge, open_bridge
 from bridgeproto_adapters.mailbox_call import channel_dir
 from bridgeproto_adapters.sandboxes import BwrapSandbox, LiveProcess, SandboxClient
@@ -355,6 +356,8 @@ async def test_the_bridge_going_down_mid_upload_fails_the_client_not_the_host() 
             with anyio.fail_after(30):
                 await inside.bridge.session.finished.wait()
             go_on.set()
+        with pytest.raises(BridgeError, match=r"expose\(9999\): the bridge is down \(the session"):
+            await inside.bridge.expose(9999)
         (result,) = outcome
         if isinstance(result, httpx.Response):
             assert result.status_code == 502 and result.headers["x-bridge-error"] == "bridge-down"

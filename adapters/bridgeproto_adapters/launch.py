@@ -128,6 +128,11 @@ class Bridge:
         route = next(
             (r for r, p in conn.routes.items() if p == port), max(conn.routes, default=0) + 1
         )
+        try:  # (a declared route is never withdrawn: harmless if listening fails below)
+            conn.declare_route(route, port)
+        except bp.LocalProtocolError as exc:
+            raise BridgeError(f"expose({port}): the bridge is down ({exc})") from None
+        self.session.core_changed()
         try:
             listener = await anyio.create_tcp_listener(
                 local_host="127.0.0.1", local_port=host_port, reuse_port=False
@@ -137,8 +142,6 @@ class Bridge:
                 f"cannot listen on 127.0.0.1:{host_port} for port {port} inside:"
                 f" {exc.strerror or exc}; choose another host port, or 0 for a free one"
             ) from None
-        conn.declare_route(route, port)
-        self.session.core_changed()
         config = conn.config
         policy = HttpPolicy(
             max_header_bytes=config.limits.max_header_bytes, max_body_bytes=config.max_body_bytes
