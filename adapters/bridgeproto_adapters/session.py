@@ -352,6 +352,14 @@ class Session:
 
     # ---------------------------------------------------------------- running
 
+    async def wait_final_flush(self) -> None:
+        """Once the session has finished, until its writer has sent the last
+        frames (at most the final flush time): a channel closed before them
+        leaves the peer waiting for an acknowledgement that never comes."""
+        if self.finished.is_set() and self.stream is not None and not self._channel_broke.is_set():
+            with anyio.move_on_after(_FINAL_FLUSH_SECONDS):
+                await self._writer_done.wait()
+
     async def run(self) -> None:
         self.conn.start(self.now())
         try:

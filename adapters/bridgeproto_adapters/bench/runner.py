@@ -8,12 +8,14 @@ agent's own calls are the benchmark's, not theirs, and are not counted.
 
 The ``remote`` scenario puts the mailbox transport and the polling baseline
 behind the same simulated remote control plane (every call 50 ms slower, as
-a provider's API is), both with calls only.
+a provider's API is), both with calls only; then the mailbox alone with a
+share of its operations failing (``faults.py``).
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import pathlib
@@ -41,6 +43,7 @@ from ..sandboxes import (
     SimulatedProvider,
     open_sandbox,
 )
+from .faults import SHARES, fault_figures
 from .polling import PollingBaseline
 from .processes import find_process
 from .references import MISSING, References, have_socat
@@ -76,15 +79,16 @@ class Sizes:
     remote_bulk_bytes: int
     remote_idle_seconds: float
     starts: int
+    fault_body_bytes: int  # the large POST of the faults rows
 
 
 FULL = Sizes(
     300, 50, 0.02, (1, 8, 32, 64), 3.0, 256 * MiB, 256 * MiB, 1000, 100, 20.0, 256, 30.0, 20,
-    50, 16 * MiB, 60.0, 20,
+    50, 16 * MiB, 60.0, 20, 200_000,
 )  # fmt: skip
 QUICK = Sizes(
-    20, 10, 0.02, (1, 8), 0.5, 4 * MiB, 1 * MiB, 50, 5, 1.0, 2, 1.0, 5, 5, MiB // 4, 2.0, 3
-)
+    20, 10, 0.02, (1, 8), 0.5, 4 * MiB, 1 * MiB, 50, 5, 1.0, 2, 1.0, 5, 5, MiB // 4, 2.0, 3, 40_000
+)  # fmt: skip
 
 
 class CountingSandbox(HostCommandSandbox):
@@ -646,6 +650,20 @@ class Bench:
         finally:
             await polling.aclose()
             await inner.aclose()
+        await self.remote_faults(target)
+
+    async def remote_faults(self, target: str) -> None:
+        """The mailbox behind the same provider, failing a share of its operations."""
+        for share in SHARES:
+            real, _ = await open_sandbox(self.sandbox_kind)
+            try:
+                figures = await fault_figures(
+                    real, target, share, REMOTE_LATENCY, self.sizes.remote_requests,
+                    self.sizes.fault_body_bytes, functools.partial(_agent_in, real),
+                )  # fmt: skip
+            finally:
+                await real.aclose()
+            self.record("remote_faults", f"{share:.0%}", figures)
 
     async def _remote(
         self, sandbox: HostCommandSandbox, url: str, calls: Any, control_plane: SandboxClient
@@ -774,3 +792,13 @@ def _raise_file_limit() -> None:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft < hard:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+async def _agent_in(sandbox: SandboxClient, url: str, args: dict[str, Any]) -> dict[str, Any]:
+    """The benchmark's agent, run in ``sandbox`` against ``url``; its figures."""
+    payload = json.dumps({"url": url, **args})
+    done = await sandbox.run(["python3", "-c", AGENT_SOURCE, payload], timeout=600)
+    if done.exit_code != 0:
+        raise RuntimeError(f"the agent failed: {done.stderr[-500:]!r}")
+    answer: dict[str, Any] = json.loads(done.stdout)
+    return answer
