@@ -92,7 +92,11 @@ class Bridge:
         """
         if self._host is None or self._stopped:
             raise BridgeError("add_route on a bridge that is not running")
-        host, port, path = parse_upstream(upstream_url)
+        try:
+            host, port, path = parse_upstream(upstream_url)
+            bp.RequestHead(1, b"GET", b"/", headers)  # the headers' names and values, checked
+        except (BridgeError, bp.LocalProtocolError) as exc:
+            raise BridgeError(f"add_route({upstream_url!r}): {exc}") from None
         config = self.session.conn.config
         policy = HttpPolicy(
             allowed_prefixes=allowed_prefixes or [path or "/"],
@@ -114,6 +118,10 @@ class Bridge:
         """
         if self._task_group is None or self._stopped:
             raise BridgeError("expose on a bridge that is not running")
+        if not 0 < port < 65536 or not 0 <= host_port < 65536:
+            raise BridgeError(
+                f"expose({port}, {host_port}): ports are 1-65535 (host_port 0 picks a free one)"
+            )
         known = self.exposed.get(port)
         if known is not None and host_port in (0, int(known.rsplit(":", 1)[1])):
             return known
@@ -121,6 +129,11 @@ class Bridge:
         route = next(
             (r for r, p in conn.routes.items() if p == port), max(conn.routes, default=0) + 1
         )
+        try:  # (a declared route is never withdrawn: harmless if listening fails below)
+            conn.declare_route(route, port)
+        except bp.LocalProtocolError as exc:
+            raise BridgeError(f"expose({port}): the bridge is down ({exc})") from None
+        self.session.core_changed()
         try:
             listener = await anyio.create_tcp_listener(
                 local_host="127.0.0.1", local_port=host_port, reuse_port=False
@@ -130,8 +143,6 @@ class Bridge:
                 f"cannot listen on 127.0.0.1:{host_port} for port {port} inside:"
                 f" {exc.strerror or exc}; choose another host port, or 0 for a free one"
             ) from None
-        conn.declare_route(route, port)
-        self.session.core_changed()
         config = conn.config
         policy = HttpPolicy(
             max_header_bytes=config.limits.max_header_bytes, max_body_bytes=config.max_body_bytes
