@@ -574,14 +574,27 @@ async def test_stopping_the_bridge_with_a_websocket_open_is_bounded() -> None:
         try:
             with anyio.fail_after(30):
                 assert await holder.stream.receive() == b"watching\n"
+            session = b.bridge.session
             started = anyio.current_time()
-            await b.bridge.stop(grace=1.0)
+            ended: list[float] = []
+
+            async def session_end() -> None:
+                await session.finished.wait()
+                ended.append(anyio.current_time() - started)
+
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(session_end)
+                await b.bridge.stop(grace=1.0)
             stopped_in = anyio.current_time() - started
             with anyio.fail_after(10):
                 await b.seen.hung_up.wait()  # the upstream's side was closed
         finally:
             await holder.stop()
-    assert stopped_in < 3, stopped_in  # the grace asked for, not the config's 5 s
+    # The session ends within the grace asked for plus 1 s (docs/adapters.md,
+    # "Session"), not the config's 5 s; MARGIN for a loaded machine.
+    assert ended[0] < 1 + 1 + MARGIN, ended
+    # Then the daemon gets up to 5 s to answer its agents and exit (docs/sandboxes.md).
+    assert stopped_in < 1 + 1 + 5 + MARGIN, stopped_in
 
 
 BODY_AGENT = (
