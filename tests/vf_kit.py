@@ -37,14 +37,16 @@ def need_verifiers() -> None:
 # The agent: asks the model (streamed), runs the tool it calls, sends the
 # result back, prints the answer. max_retries=0: a lost turn would show.
 AGENT = r"""
-import json, sys
+import json, sys, time
 from openai import OpenAI
 base_url, api_key, model, prompt = sys.argv[1:5]
 client = OpenAI(base_url=base_url, api_key=api_key, max_retries=0, timeout=120)
 tools = [{"type": "function", "function": {"name": "add", "parameters": {
     "type": "object", "properties": {"a": {"type": "integer"}, "b": {"type": "integer"}}}}}]
 messages = [{"role": "user", "content": prompt}]
+turns = []
 for _ in range(4):
+    started = time.perf_counter()
     stream = client.chat.completions.create(
         model=model, messages=messages, tools=tools, stream=True)
     text, calls = "", {}
@@ -58,6 +60,7 @@ for _ in range(4):
             slot["id"] += call.id or ""
             slot["name"] += (call.function.name or "") if call.function else ""
             slot["arguments"] += (call.function.arguments or "") if call.function else ""
+    turns.append(time.perf_counter() - started)
     if not calls:
         print(text)
         break
@@ -69,6 +72,8 @@ for _ in range(4):
         args = json.loads(c["arguments"])
         answer = str(args["a"] + args["b"])
         messages.append({"role": "tool", "tool_call_id": c["id"], "content": answer})
+with open("turns.json", "w") as f:  # each model turn as the agent saw it (bench_verifiers.py)
+    json.dump(turns, f)
 """
 
 
