@@ -190,3 +190,21 @@ async def test_a_tool_server_inside_is_reached_through_expose(
         log = await runtime.read("tool.log")
         assert log == b"served POST /tools/add\n"
         assert tunnels == []
+
+
+async def test_an_interaction_borrows_the_runtime_turn_by_turn(tunnels: list[object]) -> None:
+    """agent.interaction(task, runtime=...): the caller is the user; each turn
+    relaunches the agent on the conversation, through the same bridge."""
+    async with running_model() as model, bridged_runtime("stream") as runtime:
+        agent = make_agent(model)
+        async with agent.interaction(make_task(prompt=None), runtime=runtime) as talk:
+            first = await talk.turn("what is 2 + 3?")
+            second = await talk.turn("and once more?")
+        assert first.last_reply == second.last_reply == "the sum is 5"
+        trace = talk.trace
+        assert trace.ok, trace.errors
+        assert trace.num_turns == 4 and len(model.requests) == 4
+        assert [m["role"] for m in model.requests[-1]["messages"]] == [
+            "user", "assistant", "tool", "assistant", "user", "assistant", "tool",
+        ]  # fmt: skip
+        assert tunnels == []

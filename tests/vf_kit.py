@@ -43,7 +43,11 @@ base_url, api_key, model, prompt = sys.argv[1:5]
 client = OpenAI(base_url=base_url, api_key=api_key, max_retries=0, timeout=120)
 tools = [{"type": "function", "function": {"name": "add", "parameters": {
     "type": "object", "properties": {"a": {"type": "integer"}, "b": {"type": "integer"}}}}}]
-messages = [{"role": "user", "content": prompt}]
+if prompt.startswith("@"):  # a conversation to continue (a resumed exchange), as JSON
+    with open(prompt[1:]) as f:
+        messages = json.load(f)
+else:
+    messages = [{"role": "user", "content": prompt}]
 turns = []
 for _ in range(4):
     started = time.perf_counter()
@@ -153,6 +157,7 @@ def make_agent(model: Model) -> Any:
     """A verifiers Agent: this project's harness, the host model."""
     from verifiers.v1 import AgentConfig
     from verifiers.v1.clients import EvalClientConfig
+    from verifiers.v1.configs.agent import TimeoutConfig
     from verifiers.v1.runtimes import SubprocessConfig
 
     from vf_agent import AgentHarnessConfig
@@ -164,13 +169,16 @@ def make_agent(model: Model) -> Any:
         runtime=SubprocessConfig(),
         client=EvalClientConfig(base_url=model.url, api_key_var="BRIDGEPROTO_TEST_MODEL_KEY"),
         harness=AgentHarnessConfig(id="vf_agent"),
+        # A rollout timeout makes verifiers look the runtime's type up in its
+        # fixed table (a KeyError for a type it does not know).
+        timeout=TimeoutConfig(rollout=300),
     )
     from verifiers.v1 import Agent
 
     return Agent(config)
 
 
-def make_task(prompt: str = "what is 2 + 3?") -> Any:
+def make_task(prompt: str | None = "what is 2 + 3?") -> Any:
     from verifiers.v1 import Task, TaskData
 
     return Task(TaskData(prompt=prompt))
