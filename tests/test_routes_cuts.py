@@ -150,6 +150,8 @@ async def test_a_mailbox_that_fails_and_cuts_calls_during_both_directions_loses_
             found = await both_ways(inside)
         channels = inside.bridge.channels
         assert isinstance(channels, MailboxChannels)
-        epochs = channels.stats.epochs
+        repaired = channels.stats.failed
     check(found, inside)
-    assert sum(providers[0].failed.values()) > 5 and epochs > 1
+    # The faults hit live traffic: failed or cut calls were repaired (within
+    # their epoch, or by a new one) while both directions ran.
+    assert sum(providers[0].failed.values()) > 5 and repaired > 5

@@ -17,7 +17,7 @@ import httpx
 import pytest
 
 import bridgeproto as bp
-from bridgeproto_adapters.launch import Bridge, open_bridge
+from bridgeproto_adapters.launch import MAILBOX_LIMITS, Bridge, open_bridge
 from bridgeproto_adapters.sandboxes import BwrapSandbox, LiveProcess, SandboxClient
 from sandbox_kinds import SITE_PACKAGES, need_bwrap
 from upstream import Upstream, running_upstream
@@ -68,6 +68,16 @@ async def pattern(request):
     await response.write_eof()
     return response
 
+async def broken(request):
+    response = web.StreamResponse(headers={"content-length": "1000"})
+    await response.prepare(request)
+    await response.write(b"partial")
+    request.transport.abort()  # the server dies mid-body
+    return response
+
+async def stall(request):
+    await asyncio.sleep(3600)
+
 async def advance(request):
     next_event.set()
     return web.json_response({})
@@ -96,6 +106,8 @@ app.router.add_post("/digest", digest)
 app.router.add_get("/sse", sse)
 app.router.add_post("/advance", advance)
 app.router.add_get("/posts", posts)
+app.router.add_get("/broken", broken)
+app.router.add_get("/stall", stall)
 app.router.add_get("/bytes", pattern)
 app.router.add_get("/hang", hang)
 app.router.add_get("/hangups", hangups)
@@ -138,7 +150,9 @@ class Inside:
 
 @asynccontextmanager
 async def served_inside(
-    transport: str, wrap: Callable[[BwrapSandbox], SandboxClient] | None = None
+    transport: str,
+    wrap: Callable[[BwrapSandbox], SandboxClient] | None = None,
+    config: bp.Config | None = None,
 ) -> AsyncIterator[Inside]:
     """A bridge into a bwrap sandbox with SERVER running inside and exposed.
     With ``wrap``, the bridge reaches the sandbox through what it makes of it
@@ -149,7 +163,9 @@ async def served_inside(
     try:
         async with (
             running_upstream() as upstream,
-            open_bridge(reached, f"{upstream.url}/rollout/k", transport=transport) as bridge,
+            open_bridge(
+                reached, f"{upstream.url}/rollout/k", transport=transport, config=config
+            ) as bridge,
         ):
             env = {**bridge.env, "PYTHONPATH": SITE_PACKAGES}
             server = await sandbox.open_process(["python3", "-c", SERVER, str(PORT)], env=env)
@@ -266,3 +282,34 @@ def _non_loopback_address() -> str | None:
             return None
         address: str = probe.getsockname()[0]
     return None if address.startswith("127.") else address
+
+
+@pytest.mark.parametrize("transport", ["stream", "mailbox"])
+async def test_inward_failures_and_timeouts_reach_the_host_client(transport: str) -> None:
+    quick = bp.Config(idle_timeout=1.0)
+    if transport == "mailbox":
+        quick = bp.Config(limits=MAILBOX_LIMITS, idle_timeout=1.0)
+    async with (
+        served_inside(transport, config=quick) as inside,
+        httpx.AsyncClient(timeout=30) as client,
+    ):
+        # A chunked upload from the host arrives whole.
+        pieces = [os.urandom(64 << 10) for _ in range(16)]
+
+        async def chunks() -> AsyncIterator[bytes]:
+            for piece in pieces:
+                yield piece
+
+        response = await client.post(f"{inside.url}/digest", content=chunks())
+        whole = b"".join(pieces)
+        assert response.json() == {"size": len(whole), "sha256": hashlib.sha256(whole).hexdigest()}
+        # A server that dies mid-body: the client sees an error, never a short
+        # body that looks complete.
+        with pytest.raises(httpx.RemoteProtocolError):
+            await client.get(f"{inside.url}/broken")
+        # A server that never answers: the exchange's idle timeout, named.
+        response = await client.get(f"{inside.url}/stall")
+        assert response.status_code == 504
+        assert response.headers["x-bridge-error"] == "idle-timeout"
+        # And the route still serves.
+        assert (await client.get(f"{inside.url}/hello")).status_code == 200

@@ -3,6 +3,7 @@ URLs printed before the command starts and again in the summary."""
 
 from __future__ import annotations
 
+import pathlib
 import re
 import subprocess
 import urllib.request
@@ -32,11 +33,11 @@ for t in threads: t.join()
 """
 
 
-def test_run_exposes_ports_inside_at_free_or_chosen_host_ports() -> None:
+def test_run_exposes_ports_inside_at_free_or_chosen_host_ports(tmp_path: pathlib.Path) -> None:
     need_bwrap()
     chosen = free_port()
     command = ["--sandbox", "bwrap", "--expose", "8700", "--expose", f"{chosen}:8701"]
-    with Running(*command, "--", "python3", "-c", SERVERS) as run:
+    with Running(*command, "--", "python3", "-c", SERVERS, tmp=tmp_path) as run:
         run.wait_for(run.stdout, "listening")
         # Printed before the command started, so already there.
         text = "\n".join(run.stderr)

@@ -39,8 +39,9 @@ HANG = (
 
 # What a stop may take beyond its documented bound (grace + 1 s, docs/adapters.md,
 # "Session"): killing the sandbox, removing its directory and the process's
-# own exit, on a machine that other work keeps busy.
-MARGIN = 1.0
+# own exit, on a machine that other work keeps busy (the suite's two workers
+# beside other jobs on two cores: a signalled run took 3.2 s for grace + 1 = 2).
+MARGIN = 2.0
 
 
 class Running:
@@ -306,10 +307,12 @@ BREAK_ONCE = (
     "            continue\n"
     "        if argv[1:3] == [b'-I', b'-S']:\n"
     "            yield int(pid)\n"
-    "for pid in calls():  # a mailbox call waiting for bytes: the channel breaks\n"
-    "    os.kill(pid, signal.SIGKILL)\n"
-    "    print('killed', flush=True)\n"
-    "    break\n"
+    "killed = set()\n"
+    "while len(killed) < 5:  # five calls in a row fail: the epoch ends\n"
+    "    for pid in set(calls()) - killed:\n"
+    "        os.kill(pid, signal.SIGKILL)\n"
+    "        killed.add(pid)\n"
+    "print('killed', flush=True)\n"
     "time.sleep(60)\n"
 )
 
@@ -319,7 +322,8 @@ def test_verbose_says_when_a_channel_comes_back_and_sums_up_every_5_s(
 ) -> None:
     """``-v`` (docs/sandboxes.md): a line when a broken channel is replaced,
     and the summary every 5 s. The command breaks the channel once, as a
-    provider that drops a call would: it kills one of the mailbox's calls."""
+    provider that drops calls would: it kills five of the mailbox's calls in
+    a row (one is repaired within its epoch, with no new channel to report)."""
     need_bwrap()
     with upstream_in_thread() as upstream, Running(
         "--upstream", upstream.url, "--sandbox", "bwrap", "--hide-cwd", "-v",

@@ -351,3 +351,45 @@ async def test_stop_with_requests_in_flight_is_bounded(kind: str) -> None:
             await waiting.stop()
         assert elapsed < config_grace + 1 + 1
         assert output.strip() == b"503 shutting-down"
+
+
+async def test_a_daemon_that_does_not_exit_is_killed_after_5_s() -> None:
+    """The stop's last step (docs/sandboxes.md): one command that waits up to
+    5 s for the daemon to exit, and kills it otherwise. A daemon frozen with
+    SIGSTOP never exits on its own."""
+    import signal
+
+    from bridgeproto_adapters.launch import _reap_daemon
+    from processes import is_python, started_by, wait_gone
+
+    async with (
+        running_upstream() as upstream,
+        make_sandbox("bwrap") as sandbox,
+        open_bridge(sandbox, upstream.url, resume_timeout=0.5) as bridge,
+    ):
+        (daemon,) = started_by(os.getpid(), lambda command: is_python(command, b"--daemon"))
+        os.kill(daemon, signal.SIGSTOP)
+        started = anyio.current_time()
+        await _reap_daemon(sandbox, bridge.session.conn.session_id)
+        elapsed = anyio.current_time() - started
+        gone = await anyio.to_thread.run_sync(wait_gone, [daemon], 1)
+        assert gone == []  # killed (a stopped process dies of SIGKILL)
+    # The 5 s, and one more for the command's own start and its checks on a busy machine.
+    assert 5 <= elapsed < 5 + 1, elapsed
+
+
+@pytest.mark.parametrize("kind", OFFLINE)
+async def test_orphans_inside_are_reaped(kind: str) -> None:
+    # The sandbox side is such an orphan: a daemon left a zombie looks alive
+    # to the stop, which then waited 5 s to kill it.
+    async with make_sandbox(kind) as sandbox:
+        for _ in range(3):
+            await sandbox.run(["sh", "-c", "(sleep 0.1 &)"])
+        states: list[str] = []
+        for _ in range(200):  # 10 s at most
+            listed = await sandbox.run(["ps", "-eo", "stat=,args="])
+            states = listed.stdout.decode().splitlines()
+            if not any("sleep 0.1" in line or line.startswith("Z") for line in states):
+                break
+            await anyio.sleep(0.05)
+        assert not any(line.startswith("Z") for line in states), states

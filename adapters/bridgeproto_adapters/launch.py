@@ -252,12 +252,13 @@ async def _retried(call: Callable[[], Awaitable[T]]) -> T:
     raise AssertionError("unreachable")
 
 
-async def _reap_daemon(sandbox: SandboxClient, session_id: bytes) -> None:
-    """Give the sandbox side 5 s to answer its agents and exit, then kill it."""
+async def _reap_daemon(sandbox: SandboxClient, session_id: bytes, patience: int = 50) -> None:
+    """Give the sandbox side ``patience`` tenths of a second (5 s) to answer
+    its agents and exit, then kill it."""
     directory = shlex.quote(channel_dir(session_id))
     script = (
         f"p=$(cat {directory}/pid 2>/dev/null) || exit 0;"
-        " for i in $(seq 50); do kill -0 $p 2>/dev/null || exit 0; sleep 0.1; done;"
+        f" for i in $(seq {patience}); do kill -0 $p 2>/dev/null || exit 0; sleep 0.1; done;"
         f" kill -9 $p; rm -rf {directory}"
     )
     await _retried(functools.partial(sandbox.run, ["sh", "-c", script], timeout=15))
@@ -418,4 +419,4 @@ async def open_bridge(
             with anyio.CancelScope(shield=True), contextlib.suppress(Exception):
                 # (A cleanup that fails too must not hide why the start failed.)
                 await channels.aclose()
-                await _reap_daemon(sandbox, session_id)
+                await _reap_daemon(sandbox, session_id, patience=0)  # it has no agents

@@ -384,6 +384,9 @@ class BwrapSandbox(_OfflineSandbox):
 # anything of the sandbox's runs. Arguments: ROOT TMP, then (kind, source,
 # target) triples. It prints the holder's host pid (read from the host's /proc
 # before the view replaces it), then ``ready``.
+# The script ends as the pid namespace's init: its ``wait`` reaps every
+# orphan inside too (the daemon, a call's leftovers), which ``exec sleep``
+# never did: they stayed zombies, and a stop waited 5 s on a daemon gone.
 _UNSHARE_VIEW = r"""
 set -eu
 read -r pid rest < /proc/self/stat
@@ -410,7 +413,7 @@ mount -o remount,bind,ro /
 hostname bridgeproto
 echo "{\"child-pid\": $pid}"
 echo ready
-exec sleep infinity
+sleep infinity & wait
 """
 
 
