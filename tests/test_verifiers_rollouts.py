@@ -127,23 +127,25 @@ async def test_sixteen_rollouts_at_once(tunnels: list[object]) -> None:
         assert tunnels == []
 
 
+@pytest.mark.parametrize("transport", ["stream", "mailbox"])
 async def test_a_channel_cut_mid_turn_loses_no_turn_and_duplicates_none(
-    tunnels: list[object],
+    transport: str, tunnels: list[object]
 ) -> None:
-    """The model holds its first answer; meanwhile the bridge's channel
-    process is stopped under it. The session resumes on a new channel, the
-    turn arrives once, the agent (openai SDK, no retries) never notices."""
-    async with running_model() as model, bridged_runtime("stream") as runtime:
+    """The model holds its first answer; meanwhile the bridge's channel (the
+    relay process, or the mailbox's epoch of calls) is closed under it. The
+    session resumes on a new channel, the turn arrives once, and the agent
+    (openai SDK, no retries) never notices."""
+    async with running_model() as model, bridged_runtime(transport) as runtime:
         model.hold = asyncio.Event()
         run = asyncio.create_task(make_agent(model).run(make_task(), runtime=runtime))
         await asyncio.wait_for(model.held.wait(), 60)
-        channels = runtime.bridge.channels
-        assert channels.opened == 1
-        await channels.current.aclose()  # the channel process, stopped mid-turn
+        session = runtime.bridge.session
+        assert session.stats.reconnects == 0 and session.stream is not None
+        await session.stream.aclose()  # the channel, gone mid-turn
         model.hold.set()
         trace = await asyncio.wait_for(run, 60)
         assert_solved(trace, model)
-        assert channels.opened >= 2
+        assert session.stats.reconnects >= 1
         first = json.dumps(model.requests[0]["messages"])
         assert sum(json.dumps(r["messages"]) == first for r in model.requests) == 1
 
@@ -189,4 +191,22 @@ async def test_a_tool_server_inside_is_reached_through_expose(
         assert answer.status_code == 200 and answer.json() == {"sum": 5}
         log = await runtime.read("tool.log")
         assert log == b"served POST /tools/add\n"
+        assert tunnels == []
+
+
+async def test_an_interaction_borrows_the_runtime_turn_by_turn(tunnels: list[object]) -> None:
+    """agent.interaction(task, runtime=...): the caller is the user; each turn
+    relaunches the agent on the conversation, through the same bridge."""
+    async with running_model() as model, bridged_runtime("stream") as runtime:
+        agent = make_agent(model)
+        async with agent.interaction(make_task(prompt=None), runtime=runtime) as talk:
+            first = await talk.turn("what is 2 + 3?")
+            second = await talk.turn("and once more?")
+        assert first.last_reply == second.last_reply == "the sum is 5"
+        trace = talk.trace
+        assert trace.ok, trace.errors
+        assert trace.num_turns == 4 and len(model.requests) == 4
+        assert [m["role"] for m in model.requests[-1]["messages"]] == [
+            "user", "assistant", "tool", "assistant", "user", "assistant", "tool",
+        ]  # fmt: skip
         assert tunnels == []
