@@ -74,6 +74,11 @@ def test_quick_bench_produces_every_figure(tmp_path: object) -> None:
         remote = scenarios["remote"][system]
         assert remote["seconds"]["n"] == 5 and remote["calls_per_request"] > 0
         assert remote["upload_mb_per_second"] > 0 and remote["download_mb_per_second"] > 0
+    faults = scenarios["remote_faults"]
+    assert set(faults) == {"0%", "10%", "20%", "40%"}
+    for row in faults.values():
+        assert row["operations_per_request"] > 0 and row["body_bytes_per_call"] > 0
+    assert "remote faults: the mailbox with a share of operations failing" in result.stdout
     assert scenarios["start"]["bridgeproto"]["seconds"]["n"] == 3
     assert "start: a ready sandbox to a bridge that accepts agents" in result.stdout
     assert "remote: calls only, each 50 ms slower" in result.stdout

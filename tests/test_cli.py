@@ -111,6 +111,11 @@ def test_trace_and_decode(tmp_path: object) -> None:
             {},
             "at least 2 (one call waits for output while another carries input)",
         ),
+        (
+            ["run", "--upstream", "UP", "--max-body", "0", "--", "true"],
+            {},
+            "'0': a body limit must be 1 byte or more",
+        ),
         (["run", "--upstream", "http://127.0.0.1:1"], {}, "no command given"),
         (
             ["run", "--upstream", "UP", "--sandbox", "bwrap", "--", "true"],

@@ -326,6 +326,9 @@ def test_routes_are_declared_once_each_and_only_by_the_host() -> None:
     host, sandbox_peer = connected(bp.Role.HOST)
     (failed,) = host.receive_data(sandbox_peer.frame(bp.Route(1, 80)), 0.0)
     assert isinstance(failed, bp.SessionFailed) and "only sent to the sandbox side" in failed.reason
+    fresh = bp.Connection(bp.Role.HOST, SID)
+    with pytest.raises(bp.LocalProtocolError, match="before start"):
+        fresh.declare_route(1, 80)
     pair = Pair()
     pair.host.declare_route(3, 9000)
     pair.host.declare_route(3, 9000)  # the same again: nothing new

@@ -1,5 +1,6 @@
 """Both sides of a session driven at random through a link that loses,
-duplicates and reorders batches, with cancels, timeouts, shutdowns and link
+duplicates and reorders batches, with exchanges opened by either side (the
+host's on a declared inward route), cancels, timeouts, shutdowns and link
 restarts. Whatever happens, the invariants below must hold.
 
 Run with --hypothesis-show-statistics to see how often each event was reached.
@@ -38,6 +39,11 @@ CONFIG = bp.Config(
 # exchanges, plus the body bytes its credit allows, plus room for the small
 # frames (ends, resets, windows) a run of this length can queue.
 RETAINED_BOUND = CONFIG.max_retained_bytes + LIMITS.session_window + 64 * 1024
+INWARD_ROUTE = 1
+
+
+def opened_by(exchange_id: int) -> bp.Role:
+    return bp.Role.SANDBOX if exchange_id % 2 else bp.Role.HOST
 
 
 def pattern(exchange_id: int, direction: int, start: int, n: int) -> bytes:
@@ -76,6 +82,7 @@ class BridgeMachine(RuleBasedStateMachine):
         sandbox.start(self.now)
         host.start(self.now)
         self.settle()
+        host.declare_route(INWARD_ROUTE, 8080)
 
     # ---------------------------------------------------------- plumbing
 
@@ -160,23 +167,27 @@ class BridgeMachine(RuleBasedStateMachine):
 
     # ---------------------------------------------------------- application
 
-    @rule(n=st.integers(0, 400), end=st.booleans())
-    def start_exchange(self, n: int, end: bool) -> None:
-        app = self.app(bp.Role.SANDBOX)
-        if not self.usable(bp.Role.SANDBOX):
+    @rule(role=st.sampled_from(bp.Role), n=st.integers(0, 400), end=st.booleans())
+    def start_exchange(self, role: bp.Role, n: int, end: bool) -> None:
+        app = self.app(role)
+        if not self.usable(role):
             return
+        route = INWARD_ROUTE if role is bp.Role.HOST else 0
         try:
-            xid = app.conn.start_exchange(b"POST", b"/v1/chat", [(b"x-n", b"%d" % n)], self.now)
+            xid = app.conn.start_exchange(
+                b"POST", b"/v1/chat", [(b"x-n", b"%d" % n)], self.now, route=route
+            )
         except bp.LocalProtocolError as exc:
             # Only the documented refusals: too many in flight, shutting down,
             # or waiting for acknowledgements.
             assert exc.status_hint == 503, exc
             return
+        assert opened_by(xid) is role
         app.known.add(xid)
         app.head_sent.add(xid)
-        self.send_body(bp.Role.SANDBOX, xid, n)
+        self.send_body(role, xid, n)
         if end:
-            self.send_end(bp.Role.SANDBOX, xid)
+            self.send_end(role, xid)
 
     @rule(role=st.sampled_from(bp.Role), index=st.integers(0, 10), n=st.integers(1, 500))
     def send_more(self, role: bp.Role, index: int, n: int) -> None:
@@ -192,27 +203,36 @@ class BridgeMachine(RuleBasedStateMachine):
         if xid is not None and self.usable(role):
             self.send_end(role, xid)
 
-    @rule(index=st.integers(0, 10), status=st.sampled_from([100, 200, 404, 500]))
-    def respond(self, index: int, status: int) -> None:
-        app = self.app(bp.Role.HOST)
-        xid = self.pick([x for x in app.open() if x not in app.head_sent], index)
-        if xid is None or not self.usable(bp.Role.HOST):
+    def unanswered(self, role: bp.Role) -> list[int]:
+        """Exchanges the peer opened that ``role`` has not answered yet."""
+        app = self.app(role)
+        return [x for x in app.open() if opened_by(x) is role.peer and x not in app.head_sent]
+
+    @rule(
+        role=st.sampled_from(bp.Role),
+        index=st.integers(0, 10),
+        status=st.sampled_from([100, 200, 404, 500]),
+    )
+    def respond(self, role: bp.Role, index: int, status: int) -> None:
+        app = self.app(role)
+        xid = self.pick(self.unanswered(role), index)
+        if xid is None or not self.usable(role):
             return
         app.conn.send_response(xid, status, b"", [], self.now)
         if status >= 200:
             app.head_sent.add(xid)
 
-    @rule(index=st.integers(0, 10), n=st.integers(0, 400))
-    def answer_whole(self, index: int, n: int) -> None:
-        """The host answers an exchange in one go: head, body, end."""
-        app = self.app(bp.Role.HOST)
-        xid = self.pick([x for x in app.open() if x not in app.head_sent], index)
-        if xid is None or not self.usable(bp.Role.HOST):
+    @rule(role=st.sampled_from(bp.Role), index=st.integers(0, 10), n=st.integers(0, 400))
+    def answer_whole(self, role: bp.Role, index: int, n: int) -> None:
+        """A side answers an exchange the peer opened in one go: head, body, end."""
+        app = self.app(role)
+        xid = self.pick(self.unanswered(role), index)
+        if xid is None or not self.usable(role):
             return
         app.conn.send_response(xid, 200, b"OK", [], self.now)
         app.head_sent.add(xid)
-        self.send_body(bp.Role.HOST, xid, n)
-        self.send_end(bp.Role.HOST, xid)
+        self.send_body(role, xid, n)
+        self.send_end(role, xid)
 
     @rule(role=st.sampled_from(bp.Role), index=st.integers(0, 10))
     def cancel(self, role: bp.Role, index: int) -> None:
@@ -336,7 +356,7 @@ class BridgeMachine(RuleBasedStateMachine):
                 if not self.usable(role):
                     continue
                 for xid in app.open():
-                    if role is bp.Role.HOST and xid not in app.head_sent:
+                    if opened_by(xid) is role.peer and xid not in app.head_sent:
                         app.conn.send_response(xid, 200, b"", [], self.now)
                         app.head_sent.add(xid)
                     if self.can_send_body(role, xid):

@@ -559,3 +559,12 @@ def test_the_room_rule_accepts_exactly_1024_bytes_and_not_one_less() -> None:
 def test_the_sentinels_print_as_their_names() -> None:
     assert repr(NEED_DATA) == "NEED_DATA" and repr(END_OF_INPUT) == "END_OF_INPUT"
     assert str([NEED_DATA]) == "[NEED_DATA]"
+
+
+@pytest.mark.parametrize(
+    "field", ["max_body_bytes", "closed_exchange_memory", "max_retained_bytes",
+              "max_unacknowledged_bytes"],
+)  # fmt: skip
+def test_config_refuses_sizes_that_are_not_positive(field: str) -> None:
+    with pytest.raises(bp.LocalProtocolError, match=f"{field} must be positive"):
+        bp.Config(**{field: 0})

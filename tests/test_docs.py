@@ -68,6 +68,9 @@ def test_worked_examples_are_right() -> None:
     hex_parts = [line.split("   ")[0] for line in example.strip().splitlines()]
     hex_parts = [p for p in hex_parts if re.fullmatch(r"[0-9a-f ]+", p)]
     assert bytes.fromhex("".join(hex_parts)) == ack  # the CRC included
+    example = PROTOCOL[PROTOCOL.index("Example: ROUTE") :].split("```")[1]
+    hex_parts = [line.split("   ")[0] for line in example.strip().splitlines()]
+    assert bytes.fromhex("".join(hex_parts)) == encode_frame(bp.Route(1, 8080), 3)
     # Every hex dump in the spec is a whole frame with a right CRC.
     for block in PROTOCOL.split("```")[1::2]:
         rows = [" ".join(line.split("   ")[0].split()) for line in block.strip().splitlines()]

@@ -9,6 +9,7 @@ import json
 import pytest
 
 from bridgeproto.http import split_route
+from bridgeproto_adapters.errors import BridgeError
 from bridgeproto_adapters.launch import open_bridge
 from sandbox_kinds import make_sandbox
 from upstream import running_upstream
@@ -98,3 +99,28 @@ async def test_two_routes_with_their_own_credentials_each_refused_the_others_pat
     # Nothing refused reached either upstream, and each saw only its own key.
     assert [r["target"] for r in tools.requests] == ["/tools/echo"]
     assert [r["target"] for r in model.requests] == ["/model/echo"]
+
+
+async def test_bad_routes_are_refused_with_the_cause_named() -> None:
+    async with (
+        running_upstream() as upstream,
+        make_sandbox("bwrap") as sandbox,
+        open_bridge(sandbox, f"{upstream.url}/rollout/k") as bridge,
+    ):
+        with pytest.raises(BridgeError, match="is not an http:// URL"):
+            bridge.add_route("https://127.0.0.1:9/x")
+        with pytest.raises(BridgeError, match="header name b'bad name' is not a token"):
+            bridge.add_route(f"{upstream.url}/x", [(b"bad name", b"v")])
+        with pytest.raises(BridgeError, match="CR, LF or NUL"):
+            bridge.add_route(f"{upstream.url}/x", [(b"authorization", b"a\r\nb")])
+        for port, host_port in ((0, 0), (70000, 0), (80, -1)):
+            with pytest.raises(BridgeError, match="ports are 1-65535"):
+                await bridge.expose(port, host_port)
+        url = await bridge.expose(80)
+        taken = int(url.rsplit(":", 1)[1])
+        with pytest.raises(BridgeError, match=f"cannot listen on 127.0.0.1:{taken} for port 81"):
+            await bridge.expose(81, taken)
+    with pytest.raises(BridgeError, match="not running"):
+        bridge.add_route(f"{upstream.url}/x")
+    with pytest.raises(BridgeError, match="not running"):
+        await bridge.expose(82)

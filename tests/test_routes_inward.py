@@ -17,7 +17,9 @@ import httpx
 import pytest
 
 import bridgeproto as bp
-from bridgeproto_adapters.launch import Bridge, open_bridge
+from bridgeproto_adapters.errors import BridgeError
+from bridgeproto_adapters.launch import MAILBOX_LIMITS, Bridge, open_bridge
+from bridgeproto_adapters.mailbox_call import channel_dir
 from bridgeproto_adapters.sandboxes import BwrapSandbox, LiveProcess, SandboxClient
 from sandbox_kinds import SITE_PACKAGES, need_bwrap
 from upstream import Upstream, running_upstream
@@ -68,6 +70,16 @@ async def pattern(request):
     await response.write_eof()
     return response
 
+async def broken(request):
+    response = web.StreamResponse(headers={"content-length": "1000"})
+    await response.prepare(request)
+    await response.write(b"partial")
+    request.transport.abort()  # the server dies mid-body
+    return response
+
+async def stall(request):
+    await asyncio.sleep(3600)
+
 async def advance(request):
     next_event.set()
     return web.json_response({})
@@ -96,6 +108,8 @@ app.router.add_post("/digest", digest)
 app.router.add_get("/sse", sse)
 app.router.add_post("/advance", advance)
 app.router.add_get("/posts", posts)
+app.router.add_get("/broken", broken)
+app.router.add_get("/stall", stall)
 app.router.add_get("/bytes", pattern)
 app.router.add_get("/hang", hang)
 app.router.add_get("/hangups", hangups)
@@ -138,7 +152,10 @@ class Inside:
 
 @asynccontextmanager
 async def served_inside(
-    transport: str, wrap: Callable[[BwrapSandbox], SandboxClient] | None = None
+    transport: str,
+    wrap: Callable[[BwrapSandbox], SandboxClient] | None = None,
+    config: bp.Config | None = None,
+    resume_timeout: float = 30.0,
 ) -> AsyncIterator[Inside]:
     """A bridge into a bwrap sandbox with SERVER running inside and exposed.
     With ``wrap``, the bridge reaches the sandbox through what it makes of it
@@ -149,7 +166,13 @@ async def served_inside(
     try:
         async with (
             running_upstream() as upstream,
-            open_bridge(reached, f"{upstream.url}/rollout/k", transport=transport) as bridge,
+            open_bridge(
+                reached,
+                f"{upstream.url}/rollout/k",
+                transport=transport,
+                config=config,
+                resume_timeout=resume_timeout,
+            ) as bridge,
         ):
             env = {**bridge.env, "PYTHONPATH": SITE_PACKAGES}
             server = await sandbox.open_process(["python3", "-c", SERVER, str(PORT)], env=env)
@@ -164,7 +187,10 @@ async def served_inside(
         await sandbox.aclose()
 
 
-@pytest.mark.parametrize("transport", ["stream", "mailbox"])
+@pytest.mark.parametrize(
+    ("transport", "anyio_backend"),
+    [("stream", "asyncio"), ("mailbox", "asyncio"), ("stream", "trio"), ("mailbox", "trio")],
+)
 async def test_a_server_inside_answers_the_host_while_the_agent_calls_out(transport: str) -> None:
     async with served_inside(transport) as inside, httpx.AsyncClient(timeout=60) as client:
         assert inside.url.startswith("http://127.0.0.1:")
@@ -222,6 +248,7 @@ async def test_websocket_and_a_client_that_hangs_up_inward(transport: str) -> No
             assert response.json() == {"hung_up": True}
 
 
+@pytest.mark.parametrize("anyio_backend", ["asyncio", "trio"])
 async def test_the_host_listener_is_loopback_only_and_ports_are_checked() -> None:
     async with served_inside("stream") as inside:
         port = int(inside.url.rsplit(":", 1)[1])
@@ -266,3 +293,73 @@ def _non_loopback_address() -> str | None:
             return None
         address: str = probe.getsockname()[0]
     return None if address.startswith("127.") else address
+
+
+@pytest.mark.parametrize("transport", ["stream", "mailbox"])
+async def test_inward_failures_and_timeouts_reach_the_host_client(transport: str) -> None:
+    quick = bp.Config(idle_timeout=1.0)
+    if transport == "mailbox":
+        quick = bp.Config(limits=MAILBOX_LIMITS, idle_timeout=1.0)
+    async with (
+        served_inside(transport, config=quick) as inside,
+        httpx.AsyncClient(timeout=30) as client,
+    ):
+        # A chunked upload from the host arrives whole.
+        pieces = [os.urandom(64 << 10) for _ in range(16)]
+
+        async def chunks() -> AsyncIterator[bytes]:
+            for piece in pieces:
+                yield piece
+
+        response = await client.post(f"{inside.url}/digest", content=chunks())
+        whole = b"".join(pieces)
+        assert response.json() == {"size": len(whole), "sha256": hashlib.sha256(whole).hexdigest()}
+        # A server that dies mid-body: the client sees an error, never a short
+        # body that looks complete.
+        with pytest.raises(httpx.RemoteProtocolError):
+            await client.get(f"{inside.url}/broken")
+        # A server that never answers: the exchange's idle timeout, named.
+        response = await client.get(f"{inside.url}/stall")
+        assert response.status_code == 504
+        assert response.headers["x-bridge-error"] == "idle-timeout"
+        # And the route still serves.
+        assert (await client.get(f"{inside.url}/hello")).status_code == 200
+
+
+async def test_the_bridge_going_down_mid_upload_fails_the_client_not_the_host() -> None:
+    """The sandbox side killed while a host client uploads to a server inside:
+    the client gets an error, and the host's bridge (its caller's task group)
+    carries on to a clean stop."""
+    async with served_inside("stream", resume_timeout=1.0) as inside:
+        first_sent, go_on = anyio.Event(), anyio.Event()
+
+        async def body() -> AsyncIterator[bytes]:
+            yield b"x" * 1000
+            first_sent.set()
+            await go_on.wait()
+            yield b"y" * 1000
+
+        async with httpx.AsyncClient(timeout=30) as client, anyio.create_task_group() as tg:
+            outcome: list[object] = []
+
+            async def upload() -> None:
+                try:
+                    outcome.append(await client.post(f"{inside.url}/digest", content=body()))
+                except httpx.HTTPError as exc:
+                    outcome.append(exc)
+
+            tg.start_soon(upload)
+            await first_sent.wait()
+            directory = channel_dir(inside.bridge.session.conn.session_id)
+            killed = await inside.sandbox.run(["sh", "-c", f"kill -9 $(cat {directory}/pid)"])
+            assert killed.exit_code == 0, killed.stderr
+            with anyio.fail_after(30):
+                await inside.bridge.session.finished.wait()
+            go_on.set()
+        with pytest.raises(BridgeError, match=r"expose\(9999\): the bridge is down \(the session"):
+            await inside.bridge.expose(9999)
+        (result,) = outcome
+        if isinstance(result, httpx.Response):
+            assert result.status_code == 502 and result.headers["x-bridge-error"] == "bridge-down"
+        else:
+            assert isinstance(result, httpx.HTTPError)

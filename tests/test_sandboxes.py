@@ -252,9 +252,11 @@ async def test_python_missing_or_too_old_is_a_clear_error(kind: str) -> None:
 
 
 async def test_the_sandbox_side_is_uploaded_once_and_started_in_few_calls() -> None:
-    """Control-plane calls to start a bridge: the first in a sandbox tries to
-    start, uploads, starts, opens the channel (4); later ones start and open
-    the channel (2). Stopping costs one."""
+    """Control-plane calls to start a bridge: the first in a sandbox opens
+    the channel (its process waits for the sandbox side, and for the archive),
+    tries to start, uploads, starts (4); later ones open the channel and start
+    (2): the two Python starts run at once. No channel is lost on the way.
+    Stopping costs one call."""
     need_bwrap()
     calls: list[str] = []
 
@@ -280,15 +282,17 @@ async def test_the_sandbox_side_is_uploaded_once_and_started_in_few_calls() -> N
         try:
             for _ in range(2):
                 calls.clear()
-                async with open_bridge(sandbox, upstream.url) as bridge:
+                heard: list[str] = []
+                async with open_bridge(sandbox, upstream.url, on_channel=heard.append) as bridge:
                     assert bridge.session.ready.is_set()
                     started.append(list(calls))
                 assert calls[len(started[-1]) :] == ["run"]  # the stop
+                assert heard == []
         finally:
             await sandbox.aclose()
     # The archive goes into the private /tmp from the host: no command runs for it.
     upload = [f"write /tmp/{archive.name}"]
-    assert started == [["run", *upload, "run", "open_process"], ["run", "open_process"]]
+    assert started == [["open_process", "run", *upload, "run"], ["open_process", "run"]]
 
 
 async def test_a_failed_stop_can_be_retried_and_leaves_nothing_running() -> None:

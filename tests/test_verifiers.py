@@ -96,15 +96,18 @@ async def test_a_bridge_runs_into_a_verifiers_runtime(transport: str) -> None:
             assert result.stdout.count(b"data: ") == 3
 
 
-async def test_a_bridge_into_a_runtime_ends_its_sandbox_side_without_the_reaper() -> None:
+@pytest.mark.parametrize("live_processes", [True, False])
+async def test_a_bridge_into_a_runtime_ends_its_sandbox_side_without_the_reaper(
+    live_processes: bool,
+) -> None:
     """Stopping the bridge lets the sandbox side finish its session and exit
-    by itself: the reaper, which kills it only after 5 s, finds it gone. (The
-    channel's stream closed before the host's last acknowledgement went out
-    left it waiting for those 5 s.) Stream transport: over the mailbox the
-    reaper finds the sandbox side still there with any sandbox client."""
+    by itself: the reaper, which kills it only after 5 s, finds it gone.
+    (Bridge.stop closed the channel while the session's last frames were
+    still to be written, and a runtime process ends its input at once: the
+    sandbox side waited for an acknowledgement that never came.)"""
     from bridgeproto_adapters.verifiers import RuntimeSandbox
 
-    async with offline_runtime() as runtime:
+    async with offline_runtime(live_processes=live_processes) as runtime:
         sandbox = RuntimeSandbox(runtime)
         reaped: list[float] = []
         original = launch._reap_daemon
@@ -204,24 +207,46 @@ async def test_offline_runtime_alone_names_the_fix_for_host_urls() -> None:
 
 
 async def test_bridged_runtime_answers_host_urls_from_every_view() -> None:
-    """Each loopback origin gets its own listen port inside, paths kept;
-    other URLs come back unchanged; a with_env view shares the bridges; the
-    runtime says it is local and carries inner's config and live processes."""
+    """Each loopback URL gets an outward route of its own, the path kept and
+    the query too; the same URL the same route; other URLs come back
+    unchanged; a with_env view shares the bridge; the runtime says it is
+    local and carries inner's config and live processes."""
     need_verifiers()
+    need_bwrap()
     from bridgeproto_adapters.verifiers import BridgedRuntime, OfflineRuntime
 
     inner = OfflineRuntime(live_processes=False)
     runtime = BridgedRuntime(inner)
-    view = runtime.with_env({"A": "1"})
-    assert view.host_url("http://127.0.0.1:4000/v1") == "http://127.0.0.1:13131/v1"
-    assert runtime.host_url("http://127.0.0.1:4000/state?x=1") == "http://127.0.0.1:13131/state?x=1"
-    assert runtime.host_url("http://127.0.0.1:4001/mcp") == "http://127.0.0.1:13132/mcp"
-    assert runtime.host_url("http://localhost:4002/") == "http://127.0.0.1:13133/"
-    assert view.host_url("https://example.com/v1") == "https://example.com/v1"
-    assert sorted(runtime.bridges) == [
-        "http://127.0.0.1:4000",
-        "http://127.0.0.1:4001",
-        "http://localhost:4002",
-    ]
-    assert runtime.is_local and runtime.config is inner.config and runtime.type == "subprocess"
-    assert not runtime.supports_live_processes
+    await runtime.start()
+    try:
+        view = runtime.with_env({"A": "1"})
+        assert view.host_url("http://127.0.0.1:4000/v1") == "http://127.0.0.1:13131/_routes/1/v1"
+        assert runtime.host_url("http://127.0.0.1:4000/v1") == "http://127.0.0.1:13131/_routes/1/v1"
+        assert runtime.host_url("http://127.0.0.1:4000/state?x=1") == (
+            "http://127.0.0.1:13131/_routes/2/state?x=1"
+        )
+        assert view.host_url("ws://localhost:9222/devtools/browser/abc") == (
+            "ws://127.0.0.1:13131/_routes/3/devtools/browser/abc"
+        )
+        assert view.host_url("https://example.com/v1") == "https://example.com/v1"
+        assert view.bridge is runtime.bridge
+        assert type(runtime.bridge.channels).__name__ == "MailboxChannels"
+        assert runtime.is_local and runtime.config is inner.config and runtime.type == "subprocess"
+        assert not runtime.supports_live_processes
+    finally:
+        await runtime.stop()
+    assert inner.sandbox is None  # inner stopped too
+
+
+async def test_bridged_runtime_before_start_says_so() -> None:
+    need_verifiers()
+    from verifiers.v1.errors import SandboxError
+
+    from bridgeproto_adapters.verifiers import BridgedRuntime, OfflineRuntime
+
+    runtime = BridgedRuntime(OfflineRuntime())
+    with pytest.raises(SandboxError, match=r"start\(\) the runtime"):
+        runtime.host_url("http://127.0.0.1:4000/v1")
+    assert runtime.host_url("https://example.com/v1") == "https://example.com/v1"
+    with pytest.raises(ValueError, match="choose auto, stream or mailbox"):
+        BridgedRuntime(OfflineRuntime(), transport="tcp")

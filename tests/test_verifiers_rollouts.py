@@ -16,6 +16,7 @@ import json
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 
@@ -84,17 +85,23 @@ async def test_a_rollout_reaches_its_interception_server_over_the_bridge(
         trace = await make_agent(model).run(make_task(), runtime=runtime)
         assert_solved(trace, model)
         assert tunnels == []
-        # One bridge, to the interception server on host loopback, of the kind asked.
-        (origin,) = runtime.bridges
-        held = runtime.bridges[origin]
-        assert origin.startswith("http://127.0.0.1:") and held.listen_port == 13131
-        kind = type(held.bridge.channels).__name__
+        # verifiers asked for the interception server's /v1 on host loopback
+        # and got a route of the one bridge, of the transport asked for.
+        (asked,) = [url for url in runtime.routes if url.endswith("/v1")]
+        assert asked.startswith("http://127.0.0.1:")
+        assert runtime.routes[asked] == "http://127.0.0.1:13131/_routes/1/v1"
+        kind = type(runtime.bridge.channels).__name__
         assert kind == ("ProcessChannels" if transport == "stream" else "MailboxChannels")
-        # Inside, that host port is not reachable: the bridge was the only way.
-        port = int(origin.rsplit(":", 1)[1])
+        # Inside, that host port is not reachable: the bridge was the only way;
+        # and the route reaches only its own path (/v1), not the server's /state.
+        port = urlsplit(asked).port
         probe = f"import socket; socket.create_connection(('127.0.0.1', {port}), 3)"
         direct = await runtime.run(["python3", "-c", probe], {})
         assert direct.exit_code != 0 and "refused" in direct.stderr.lower()
+        state = "http://127.0.0.1:13131/_routes/1/state"
+        fetch = f"import urllib.request as u; u.urlopen({state!r})"
+        refused = await runtime.run(["python3", "-c", fetch], {})
+        assert "403" in refused.stderr
         # Nothing of the bridge's or the host's went into the agent's environment.
         seen = await runtime.run(["env"], {})
         assert "OPENAI" not in seen.stdout and "BRIDGEPROTO" not in seen.stdout
@@ -120,23 +127,86 @@ async def test_sixteen_rollouts_at_once(tunnels: list[object]) -> None:
         assert tunnels == []
 
 
+@pytest.mark.parametrize("transport", ["stream", "mailbox"])
 async def test_a_channel_cut_mid_turn_loses_no_turn_and_duplicates_none(
-    tunnels: list[object],
+    transport: str, tunnels: list[object]
 ) -> None:
-    """The model holds its first answer; meanwhile the bridge's channel
-    process is stopped under it. The session resumes on a new channel, the
-    turn arrives once, the agent (openai SDK, no retries) never notices."""
-    async with running_model() as model, bridged_runtime("stream") as runtime:
+    """The model holds its first answer; meanwhile the bridge's channel (the
+    relay process, or the mailbox's epoch of calls) is closed under it. The
+    session resumes on a new channel, the turn arrives once, and the agent
+    (openai SDK, no retries) never notices."""
+    async with running_model() as model, bridged_runtime(transport) as runtime:
         model.hold = asyncio.Event()
         run = asyncio.create_task(make_agent(model).run(make_task(), runtime=runtime))
         await asyncio.wait_for(model.held.wait(), 60)
-        (held,) = runtime.bridges.values()
-        channels = held.bridge.channels
-        assert channels.opened == 1
-        await channels.current.aclose()  # the channel process, stopped mid-turn
+        session = runtime.bridge.session
+        assert session.stats.reconnects == 0 and session.stream is not None
+        await session.stream.aclose()  # the channel, gone mid-turn
         model.hold.set()
         trace = await asyncio.wait_for(run, 60)
         assert_solved(trace, model)
-        assert channels.opened >= 2
+        assert session.stats.reconnects >= 1
         first = json.dumps(model.requests[0]["messages"])
         assert sum(json.dumps(r["messages"]) == first for r in model.requests) == 1
+
+
+TOOL_SERVER = r"""
+import http.server, json, os
+class Tool(http.server.BaseHTTPRequestHandler):
+    def do_POST(self):
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        out = json.dumps({"sum": body["a"] + body["b"]}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(out)))
+        self.end_headers()
+        self.wfile.write(out)
+    def log_message(self, *args):
+        print("served", self.command, self.path, flush=True)
+server = http.server.HTTPServer(("127.0.0.1", 0), Tool)
+with open("port.tmp", "w") as f:
+    f.write(str(server.server_address[1]))
+os.rename("port.tmp", "port")
+server.serve_forever()
+"""
+
+
+@pytest.mark.parametrize("transport", ["stream", "mailbox"])
+async def test_a_tool_server_inside_is_reached_through_expose(
+    transport: str, tunnels: list[object]
+) -> None:
+    """A server started inside with verifiers' run_background answers the host
+    at the loopback URL expose gave, once per request."""
+    import httpx
+
+    async with bridged_runtime(transport) as runtime:
+        await runtime.run_background(["python3", "-c", TOOL_SERVER], {}, "tool.log")
+        found = await runtime.run(
+            ["sh", "-c", "until test -s port; do sleep 0.01; done; cat port"], {}
+        )
+        url = await runtime.expose(int(found.stdout))
+        assert urlsplit(url).hostname == "127.0.0.1"
+        async with httpx.AsyncClient(timeout=30) as client:
+            answer = await client.post(f"{url}/tools/add", json={"a": 2, "b": 3})
+        assert answer.status_code == 200 and answer.json() == {"sum": 5}
+        log = await runtime.read("tool.log")
+        assert log == b"served POST /tools/add\n"
+        assert tunnels == []
+
+
+async def test_an_interaction_borrows_the_runtime_turn_by_turn(tunnels: list[object]) -> None:
+    """agent.interaction(task, runtime=...): the caller is the user; each turn
+    relaunches the agent on the conversation, through the same bridge."""
+    async with running_model() as model, bridged_runtime("stream") as runtime:
+        agent = make_agent(model)
+        async with agent.interaction(make_task(prompt=None), runtime=runtime) as talk:
+            first = await talk.turn("what is 2 + 3?")
+            second = await talk.turn("and once more?")
+        assert first.last_reply == second.last_reply == "the sum is 5"
+        trace = talk.trace
+        assert trace.ok, trace.errors
+        assert trace.num_turns == 4 and len(model.requests) == 4
+        assert [m["role"] for m in model.requests[-1]["messages"]] == [
+            "user", "assistant", "tool", "assistant", "user", "assistant", "tool",
+        ]  # fmt: skip
+        assert tunnels == []

@@ -37,14 +37,20 @@ def need_verifiers() -> None:
 # The agent: asks the model (streamed), runs the tool it calls, sends the
 # result back, prints the answer. max_retries=0: a lost turn would show.
 AGENT = r"""
-import json, sys
+import json, sys, time
 from openai import OpenAI
 base_url, api_key, model, prompt = sys.argv[1:5]
 client = OpenAI(base_url=base_url, api_key=api_key, max_retries=0, timeout=120)
 tools = [{"type": "function", "function": {"name": "add", "parameters": {
     "type": "object", "properties": {"a": {"type": "integer"}, "b": {"type": "integer"}}}}}]
-messages = [{"role": "user", "content": prompt}]
+if prompt.startswith("@"):  # a conversation to continue (a resumed exchange), as JSON
+    with open(prompt[1:]) as f:
+        messages = json.load(f)
+else:
+    messages = [{"role": "user", "content": prompt}]
+turns = []
 for _ in range(4):
+    started = time.perf_counter()
     stream = client.chat.completions.create(
         model=model, messages=messages, tools=tools, stream=True)
     text, calls = "", {}
@@ -58,6 +64,7 @@ for _ in range(4):
             slot["id"] += call.id or ""
             slot["name"] += (call.function.name or "") if call.function else ""
             slot["arguments"] += (call.function.arguments or "") if call.function else ""
+    turns.append(time.perf_counter() - started)
     if not calls:
         print(text)
         break
@@ -69,6 +76,8 @@ for _ in range(4):
         args = json.loads(c["arguments"])
         answer = str(args["a"] + args["b"])
         messages.append({"role": "tool", "tool_call_id": c["id"], "content": answer})
+with open("turns.json", "w") as f:  # each model turn as the agent saw it (bench_verifiers.py)
+    json.dump(turns, f)
 """
 
 
@@ -148,6 +157,7 @@ def make_agent(model: Model) -> Any:
     """A verifiers Agent: this project's harness, the host model."""
     from verifiers.v1 import AgentConfig
     from verifiers.v1.clients import EvalClientConfig
+    from verifiers.v1.configs.agent import TimeoutConfig
     from verifiers.v1.runtimes import SubprocessConfig
 
     from vf_agent import AgentHarnessConfig
@@ -159,13 +169,16 @@ def make_agent(model: Model) -> Any:
         runtime=SubprocessConfig(),
         client=EvalClientConfig(base_url=model.url, api_key_var="BRIDGEPROTO_TEST_MODEL_KEY"),
         harness=AgentHarnessConfig(id="vf_agent"),
+        # A rollout timeout makes verifiers look the runtime's type up in its
+        # fixed table (a KeyError for a type it does not know).
+        timeout=TimeoutConfig(rollout=300),
     )
     from verifiers.v1 import Agent
 
     return Agent(config)
 
 
-def make_task(prompt: str = "what is 2 + 3?") -> Any:
+def make_task(prompt: str | None = "what is 2 + 3?") -> Any:
     from verifiers.v1 import Task, TaskData
 
     return Task(TaskData(prompt=prompt))

@@ -88,6 +88,13 @@ def _batch_bytes(text: str) -> int:
     return value
 
 
+def _body_bytes(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: a body limit must be 1 byte or more")
+    return value
+
+
 def _calls(text: str) -> int:
     value = int(text)
     if value < 2:
@@ -365,7 +372,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     run_p.add_argument(
         "--max-body",
-        type=int,
+        type=_body_bytes,
         default=None,
         metavar="BYTES",
         help="largest request or response body (default: no limit); larger ones get 413",

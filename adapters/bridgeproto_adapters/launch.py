@@ -4,7 +4,8 @@
 as a daemon (in one call; the sandbox's Python is examined only if that
 fails, to say why), opens the first channel (with the stream transport, a
 process whose stdin and stdout this side holds, and which hands them to the
-daemon; with the mailbox transport, an epoch of long-polled calls) and
+daemon: started first, it waits for the daemon, so that the two start
+together; with the mailbox transport, an epoch of long-polled calls) and
 returns only when the handshake is done, which means the daemon's listener
 already accepts connections. When a channel breaks, the session opens
 another and resumes (``transports``). It yields a ``Bridge`` with the URL
@@ -91,7 +92,11 @@ class Bridge:
         """
         if self._host is None or self._stopped:
             raise BridgeError("add_route on a bridge that is not running")
-        host, port, path = parse_upstream(upstream_url)
+        try:
+            host, port, path = parse_upstream(upstream_url)
+            bp.RequestHead(1, b"GET", b"/", headers)  # the headers' names and values, checked
+        except (BridgeError, bp.LocalProtocolError) as exc:
+            raise BridgeError(f"add_route({upstream_url!r}): {exc}") from None
         config = self.session.conn.config
         policy = HttpPolicy(
             allowed_prefixes=allowed_prefixes or [path or "/"],
@@ -113,6 +118,10 @@ class Bridge:
         """
         if self._task_group is None or self._stopped:
             raise BridgeError("expose on a bridge that is not running")
+        if not 0 < port < 65536 or not 0 <= host_port < 65536:
+            raise BridgeError(
+                f"expose({port}, {host_port}): ports are 1-65535 (host_port 0 picks a free one)"
+            )
         known = self.exposed.get(port)
         if known is not None and host_port in (0, int(known.rsplit(":", 1)[1])):
             return known
@@ -120,6 +129,11 @@ class Bridge:
         route = next(
             (r for r, p in conn.routes.items() if p == port), max(conn.routes, default=0) + 1
         )
+        try:  # (a declared route is never withdrawn: harmless if listening fails below)
+            conn.declare_route(route, port)
+        except bp.LocalProtocolError as exc:
+            raise BridgeError(f"expose({port}): the bridge is down ({exc})") from None
+        self.session.core_changed()
         try:
             listener = await anyio.create_tcp_listener(
                 local_host="127.0.0.1", local_port=host_port, reuse_port=False
@@ -129,8 +143,6 @@ class Bridge:
                 f"cannot listen on 127.0.0.1:{host_port} for port {port} inside:"
                 f" {exc.strerror or exc}; choose another host port, or 0 for a free one"
             ) from None
-        conn.declare_route(route, port)
-        self.session.core_changed()
         config = conn.config
         policy = HttpPolicy(
             max_header_bytes=config.limits.max_header_bytes, max_body_bytes=config.max_body_bytes
@@ -159,6 +171,7 @@ class Bridge:
                     await self.session.close(grace=grace)
             for scope in self._listeners:  # drained: the host listeners go
                 scope.cancel()
+            await self.session.wait_final_flush()  # the sandbox side's last acknowledgement
             await self.channels.aclose()
             await _reap_daemon(self.sandbox, self.session.conn.session_id)
         self._stopped = True
@@ -251,12 +264,13 @@ async def _retried(call: Callable[[], Awaitable[T]]) -> T:
     raise AssertionError("unreachable")
 
 
-async def _reap_daemon(sandbox: SandboxClient, session_id: bytes) -> None:
-    """Give the sandbox side 5 s to answer its agents and exit, then kill it."""
+async def _reap_daemon(sandbox: SandboxClient, session_id: bytes, patience: int = 50) -> None:
+    """Give the sandbox side ``patience`` tenths of a second (5 s) to answer
+    its agents and exit, then kill it."""
     directory = shlex.quote(channel_dir(session_id))
     script = (
         f"p=$(cat {directory}/pid 2>/dev/null) || exit 0;"
-        " for i in $(seq 50); do kill -0 $p 2>/dev/null || exit 0; sleep 0.1; done;"
+        f" for i in $(seq {patience}); do kill -0 $p 2>/dev/null || exit 0; sleep 0.1; done;"
         f" kill -9 $p; rm -rf {directory}"
     )
     await _retried(functools.partial(sandbox.run, ["sh", "-c", script], timeout=15))
@@ -379,6 +393,8 @@ async def open_bridge(
     url = f"http://{listen[0]}:{listen[1]}{path}"
     bridge: Bridge | None = None
     try:
+        if isinstance(channels, ProcessChannels):
+            await channels.start_early(wait=config.handshake_timeout)
         await _start_daemon(sandbox, archive, start, env, config.handshake_timeout)
         async with anyio.create_task_group() as tg:
             if isinstance(channels, MailboxChannels):
@@ -417,4 +433,4 @@ async def open_bridge(
             with anyio.CancelScope(shield=True), contextlib.suppress(Exception):
                 # (A cleanup that fails too must not hide why the start failed.)
                 await channels.aclose()
-                await _reap_daemon(sandbox, session_id)
+                await _reap_daemon(sandbox, session_id, patience=0)  # it has no agents

@@ -24,7 +24,7 @@ import zipfile
 # The sandbox side's import closure. Optional ones are skipped when absent.
 PACKAGES = ("bridgeproto", "bridgeproto_adapters", "h11", "anyio", "attr", "attrs", "idna")
 OPTIONAL = ("sniffio", "typing_extensions", "exceptiongroup")
-HOST_ONLY = ("bench",)  # subpackages the sandbox never runs
+HOST_ONLY = ("bench", "verifiers")  # subpackages the sandbox never runs
 # The channel relay and the mailbox call run for every channel and every call:
 # they skip the command line's imports.
 MAIN = b"""import sys

@@ -9,16 +9,19 @@ stdout to the sandbox side (``SCM_RIGHTS``): from then on the bytes flow
 between the host and the sandbox side directly, through no copy of ours.
 It then only waits, holding nothing of the channel, until the sandbox side
 is done with it. Exit status 3 means nothing listens there: the sandbox side
-is not running.
+is not running. With ``--wait``, the first channel looks for the socket
+until the sandbox side, started at the same time, has made it.
 """
 
 from __future__ import annotations
 
+import _socket
 import array
 import contextlib
 import os
 import socket
 import sys
+import time
 from collections.abc import Sequence
 
 from .mailbox_call import EXIT_NO_DAEMON, channel_dir, connect
@@ -30,8 +33,8 @@ def channel_socket(session_id: bytes) -> str:
     return os.path.join(channel_dir(session_id), "channel.sock")
 
 
-def relay(path: str) -> int:
-    sock = connect(path, "channel")
+def relay(path: str, wait: float = 0.0) -> int:
+    sock = _connect_within(path, wait)
     if sock is None:
         return EXIT_NO_DAEMON
     os.write(1, READY)
@@ -46,14 +49,33 @@ def relay(path: str) -> int:
     return 0
 
 
+def _connect_within(path: str, wait: float) -> _socket.socket | None:
+    """The sandbox side's socket; one that is not there yet is looked for
+    again every 5 ms for ``wait`` seconds (the first channel starts while
+    the sandbox side is still starting)."""
+    deadline = time.monotonic() + wait
+    while time.monotonic() < deadline:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.connect(path)
+            return sock
+        except OSError:
+            sock.close()
+            time.sleep(0.005)
+    return connect(path, "channel")  # the last try says why on stderr
+
+
 def main(argv: Sequence[str]) -> int:
-    """``channel --session HEX``."""
-    if len(argv) != 2 or argv[0] != "--session":
-        print("usage: bridgeproto channel --session HEX", file=sys.stderr)
+    """``channel --session HEX [--wait SECONDS]``."""
+    usage = "usage: bridgeproto channel --session HEX [--wait SECONDS]"
+    if len(argv) not in (2, 4) or argv[0] != "--session" or argv[2:3] not in ([], ["--wait"]):
+        print(usage, file=sys.stderr)
         return 2
     try:
         session_id = bytes.fromhex(argv[1])
+        wait = float(argv[3]) if len(argv) == 4 else 0.0
     except ValueError:
-        print("bridgeproto channel: --session must be hex digits", file=sys.stderr)
+        print(f"bridgeproto channel: --session takes hex digits, --wait seconds; {usage}",
+              file=sys.stderr)  # fmt: skip
         return 2
-    return relay(channel_socket(session_id))
+    return relay(channel_socket(session_id), wait)

@@ -352,6 +352,14 @@ class Session:
 
     # ---------------------------------------------------------------- running
 
+    async def wait_final_flush(self) -> None:
+        """Once the session has finished, until its writer has sent the last
+        frames (at most the final flush time): a channel closed before them
+        leaves the peer waiting for an acknowledgement that never comes."""
+        if self.finished.is_set() and self.stream is not None and not self._channel_broke.is_set():
+            with anyio.move_on_after(_FINAL_FLUSH_SECONDS):
+                await self._writer_done.wait()
+
     async def run(self) -> None:
         self.conn.start(self.now())
         try:
@@ -431,7 +439,8 @@ class Session:
     def _break_channel(self, reason: str) -> None:
         if not self._channel_broke.is_set():
             self._broke_because = reason
-            self._say(f"the channel broke: {reason}")
+            if not self.finished.is_set():  # a channel closed by a stop did not break
+                self._say(f"the channel broke: {reason}")
             self._channel_broke.set()
 
     async def _reader(self, stream: anyio.abc.ByteStream) -> None:

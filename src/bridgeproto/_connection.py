@@ -110,13 +110,14 @@ class Config:
     ping_interval: float | None = attrs.field(default=20.0, validator=_optional_positive)
     peer_timeout: float | None = attrs.field(default=60.0, validator=_optional_positive)
     shutdown_grace: float = attrs.field(default=5.0, validator=_positive)
-    max_body_bytes: int | None = attrs.field(default=None)  # each way, sent or received
-    closed_exchange_memory: int = attrs.field(default=1024)
+    # each way, sent or received
+    max_body_bytes: int | None = attrs.field(default=None, validator=_optional_positive)
+    closed_exchange_memory: int = attrs.field(default=1024, validator=_positive)
     # New exchanges wait while this many sent bytes are unacknowledged, and
     # the session fails past ``max_unacknowledged_bytes`` (a peer that keeps
     # talking but never acknowledges would otherwise pin this side's memory).
-    max_retained_bytes: int = attrs.field(default=32 << 20)
-    max_unacknowledged_bytes: int = attrs.field(default=64 << 20)
+    max_retained_bytes: int = attrs.field(default=32 << 20, validator=_positive)
+    max_unacknowledged_bytes: int = attrs.field(default=64 << 20, validator=_positive)
 
 
 def _half_input(record: Record) -> HalfInput:

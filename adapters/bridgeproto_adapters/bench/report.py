@@ -257,6 +257,38 @@ def table(results: dict[str, Any]) -> str:
                 rows,
             )
         )
+    if "remote_faults" in s:
+        rows = []
+        for share, r in s["remote_faults"].items():
+            rows.append(
+                [
+                    share,
+                    f"{r['operations_per_request']:.2f}",
+                    _ms(r["seconds_median"]),
+                    _ms(r["one_call_median"]),
+                    f"{r['seconds_median'] / r['one_call_median']:.2f}",
+                    str(r["epochs"]),
+                    f"{r['body_bytes_per_call']:.0f}",
+                    f"{r['body_seconds']:.1f}",
+                ]
+            )
+        blocks.append(
+            _block(
+                "remote faults: the mailbox with a share of operations failing"
+                " (half before running, half after)",
+                [
+                    "failing",
+                    "ops/request",
+                    "request ms",
+                    "one call ms",
+                    "request / call",
+                    "epochs",
+                    "bytes/call (4 KiB batches)",
+                    "large POST s",
+                ],
+                rows,
+            )
+        )
     machine = results["machine"]
     head = (
         f"bridgeproto bench on {machine['cpus']} CPUs ({machine['cpu_model']}), "

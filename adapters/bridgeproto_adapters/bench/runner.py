@@ -8,12 +8,14 @@ agent's own calls are the benchmark's, not theirs, and are not counted.
 
 The ``remote`` scenario puts the mailbox transport and the polling baseline
 behind the same simulated remote control plane (every call 50 ms slower, as
-a provider's API is), both with calls only.
+a provider's API is), both with calls only; then the mailbox alone with a
+share of its operations failing (``faults.py``).
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import pathlib
@@ -41,6 +43,7 @@ from ..sandboxes import (
     SimulatedProvider,
     open_sandbox,
 )
+from .faults import SHARES, fault_figures
 from .polling import PollingBaseline
 from .processes import find_process
 from .references import MISSING, References, have_socat
@@ -76,15 +79,16 @@ class Sizes:
     remote_bulk_bytes: int
     remote_idle_seconds: float
     starts: int
+    fault_body_bytes: int  # the large POST of the faults rows
 
 
 FULL = Sizes(
     300, 50, 0.02, (1, 8, 32, 64), 3.0, 256 * MiB, 256 * MiB, 1000, 100, 20.0, 256, 30.0, 20,
-    50, 16 * MiB, 60.0, 20,
+    50, 16 * MiB, 60.0, 20, 200_000,
 )  # fmt: skip
 QUICK = Sizes(
-    20, 10, 0.02, (1, 8), 0.5, 4 * MiB, 1 * MiB, 50, 5, 1.0, 2, 1.0, 5, 5, MiB // 4, 2.0, 3
-)
+    20, 10, 0.02, (1, 8), 0.5, 4 * MiB, 1 * MiB, 50, 5, 1.0, 2, 1.0, 5, 5, MiB // 4, 2.0, 3, 40_000
+)  # fmt: skip
 
 
 class CountingSandbox(HostCommandSandbox):
@@ -373,7 +377,6 @@ class Bench:
         bench upstream runs inside the sandbox, exposed with ``Bridge.expose``,
         and the agent runs on the host. Recorded next to the outward rows."""
         assert self.bridge is not None and self.bridge_box is not None
-        side = self.sandbox_side_pid
         server = await self.bridge_box.inner.open_process(
             ["python3", "-m", "bridgeproto_adapters.bench.upstream"],
             env={"PYTHONPATH": ":".join(code_paths())},
@@ -382,33 +385,50 @@ class Bench:
             with anyio.fail_after(60):
                 port = int((await server.stream.receive()).split()[0])
             self.inward_url = f"{await self.bridge.expose(port)}/bench"
-            raw = await self.agent(INWARD, "latency", n=self.sizes.latency_requests)
-            self.record(
-                "latency", INWARD, {"seconds": summarize(raw["seconds"]), "raw": raw["seconds"]}
-            )
-            raw = await self.agent(
-                INWARD, "stream", n=self.sizes.stream_events, gap=self.sizes.stream_gap
-            )
-            self.record("streaming", INWARD, {
-                "first_event_seconds": raw["first_event"],
-                "event_delay_seconds": summarize(raw["delays"]),
-                "raw": raw["delays"],
-            })  # fmt: skip
-            size = self.sizes.bulk_bytes
-            figures: dict[str, Any] = {"bytes": size}
-            for direction in ("upload", "download"):  # host to sandbox, sandbox to host
-                reset_peak_rss()
-                if side:
-                    reset_peak_rss(side)
-                raw = await self.agent(INWARD, direction, size=size)
-                figures[direction] = {
-                    "mb_per_second": size / raw["seconds"] / 1e6,
-                    "host_peak_rss_mib": rss_kib("self", "VmHWM") / 1024,
-                    "sandbox_side_peak_rss_mib": rss_kib(side, "VmHWM") / 1024 if side else None,
-                }
-            self.record("bulk", INWARD, figures)
+            # Each table needs its direct row, which --only may have left out.
+            scenarios = self.results["scenarios"]
+            for system in (INWARD, "direct"):
+                if system == INWARD or "direct" not in scenarios.get("latency", {}):
+                    await self._inward_latency(system)
+                if system == INWARD or "direct" not in scenarios.get("streaming", {}):
+                    await self._inward_streaming(system)
+                if system == INWARD or "direct" not in scenarios.get("bulk", {}):
+                    await self._inward_bulk(system)
         finally:
             await server.stop()
+
+    async def _inward_latency(self, system: str) -> None:
+        raw = await self.agent(system, "latency", n=self.sizes.latency_requests)
+        self.record(
+            "latency", system, {"seconds": summarize(raw["seconds"]), "raw": raw["seconds"]}
+        )
+
+    async def _inward_streaming(self, system: str) -> None:
+        raw = await self.agent(
+            system, "stream", n=self.sizes.stream_events, gap=self.sizes.stream_gap
+        )
+        self.record("streaming", system, {
+            "first_event_seconds": raw["first_event"],
+            "event_delay_seconds": summarize(raw["delays"]),
+            "raw": raw["delays"],
+        })  # fmt: skip
+
+    async def _inward_bulk(self, system: str) -> None:
+        """Inward, "upload" is host to sandbox and "download" sandbox to host."""
+        side = self.sandbox_side_pid if system == INWARD else None
+        size = self.sizes.bulk_bytes
+        figures: dict[str, Any] = {"bytes": size}
+        for direction in ("upload", "download"):
+            reset_peak_rss()
+            if side:
+                reset_peak_rss(side)
+            raw = await self.agent(system, direction, size=size)
+            figures[direction] = {
+                "mb_per_second": size / raw["seconds"] / 1e6,
+                "host_peak_rss_mib": rss_kib("self", "VmHWM") / 1024,
+                "sandbox_side_peak_rss_mib": rss_kib(side, "VmHWM") / 1024 if side else None,
+            }
+        self.record("bulk", system, figures)
 
     async def cost(self) -> None:
         if "shared" in self.systems:
@@ -630,6 +650,20 @@ class Bench:
         finally:
             await polling.aclose()
             await inner.aclose()
+        await self.remote_faults(target)
+
+    async def remote_faults(self, target: str) -> None:
+        """The mailbox behind the same provider, failing a share of its operations."""
+        for share in SHARES:
+            real, _ = await open_sandbox(self.sandbox_kind)
+            try:
+                figures = await fault_figures(
+                    real, target, share, REMOTE_LATENCY, self.sizes.remote_requests,
+                    self.sizes.fault_body_bytes, functools.partial(_agent_in, real),
+                )  # fmt: skip
+            finally:
+                await real.aclose()
+            self.record("remote_faults", f"{share:.0%}", figures)
 
     async def _remote(
         self, sandbox: HostCommandSandbox, url: str, calls: Any, control_plane: SandboxClient
@@ -758,3 +792,13 @@ def _raise_file_limit() -> None:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft < hard:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+async def _agent_in(sandbox: SandboxClient, url: str, args: dict[str, Any]) -> dict[str, Any]:
+    """The benchmark's agent, run in ``sandbox`` against ``url``; its figures."""
+    payload = json.dumps({"url": url, **args})
+    done = await sandbox.run(["python3", "-c", AGENT_SOURCE, payload], timeout=600)
+    if done.exit_code != 0:
+        raise RuntimeError(f"the agent failed: {done.stderr[-500:]!r}")
+    answer: dict[str, Any] = json.loads(done.stdout)
+    return answer

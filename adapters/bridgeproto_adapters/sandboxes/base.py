@@ -219,8 +219,13 @@ class HostCommandSandbox(abc.ABC):
         return CommandResult(code, stdout, stderr)
 
     async def write_file(self, path: str, data: bytes) -> None:
+        # Written under another name and renamed: nobody inside sees a part of it.
         directory = os.path.dirname(path) or "/"
-        script = f"mkdir -p {shlex.quote(directory)} && cat > {shlex.quote(path)}"
+        partial = shlex.quote(f"{directory.rstrip('/')}/.{os.path.basename(path)}.partial")
+        script = (
+            f"mkdir -p {shlex.quote(directory)} && cat > {partial} && mv -f {partial}"
+            f" {shlex.quote(path)}"
+        )
         result = await self.run(script, stdin=data)
         if result.exit_code != 0:
             raise SandboxError(f"{self.name}: cannot write {path}: {_text(result.stderr)}")

@@ -20,6 +20,7 @@ that merely broke.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import stat
@@ -130,10 +131,28 @@ class ProcessChannels:
         self.env = env
         self.current: ProcessChannel | None = None
         self.opened = 0
+        self._early: LiveProcess | None = None
+
+    async def start_early(self, wait: float) -> None:
+        """Start the first channel process now, to look for the sandbox side
+        for up to ``wait`` seconds: it starts while the sandbox side does,
+        instead of after it (a bridge's start is two Python starts in a row
+        otherwise). If it cannot start, the first channel starts as any other."""
+        # (The first bridge in a sandbox uploads the archive the process
+        # runs from: it waits for that too. Uploads land whole, by a rename.)
+        archive = self.command[1]
+        command = [
+            "sh", "-c", 'until [ -e "$0" ]; do sleep 0.01; done; exec "$@"', archive,
+            *self.command, "--wait", f"{wait:g}",
+        ]  # fmt: skip
+        with contextlib.suppress(SandboxError):
+            self._early = await self.sandbox.open_process(command, env=self.env)
 
     async def next_channel(self) -> anyio.abc.ByteStream:
+        process, self._early = self._early, None
         try:
-            process = await self.sandbox.open_process(self.command, env=self.env)
+            if process is None:
+                process = await self.sandbox.open_process(self.command, env=self.env)
         except SandboxError as exc:
             raise NoChannel(f"cannot start a channel process: {exc}") from None
         channel = ProcessChannel(process)
@@ -155,5 +174,8 @@ class ProcessChannels:
         return channel
 
     async def aclose(self) -> None:
+        if self._early is not None:  # the bridge never started
+            await self._early.stop(grace=0.5)
+            self._early = None
         if self.current is not None:
             await self.current.aclose()

@@ -535,6 +535,7 @@ class MailboxStats:
     epochs: int = 0
     cut: int = 0  # answers that came back cut short
     batch_bytes: int = 0  # the output batch now
+    last_failure: str = ""  # what the last failed call or upload said
 
 
 class _CallFailed(Exception):
@@ -636,7 +637,13 @@ class _HostEpoch(_EpochStream):
         self.outbox.add(item)
 
     def _failed(self, exc: _CallFailed) -> bool:
-        """Count a failure; whether it ended the epoch (else: make it again)."""
+        """Count a failure; whether it ended the epoch (else: make it again).
+        Once the epoch is closing, a call that fails was overtaken by the end
+        (the sandbox side may be gone already): not made again, not counted."""
+        if self._closing:
+            return True
+        self._owner.stats.failed += 1
+        self._owner.stats.last_failure = str(exc)
         self._failures += 1
         if exc.final or exc.stale:
             self.end(str(exc))
@@ -718,6 +725,8 @@ class _HostEpoch(_EpochStream):
                         )
                         break
                     except _CallFailed as exc:
+                        self._owner.stats.failed += 1
+                        self._owner.stats.last_failure = str(exc)
                         if exc.final or exc.stale:
                             break
                 while (self._in_flight or self._uploads) and self.ended is None:
@@ -809,6 +818,8 @@ class MailboxChannels:
                 try:
                     start, answer = await self.call(self._epoch, 0, b"", wait=0.0)
                 except _CallFailed as exc:
+                    self.stats.failed += 1
+                    self.stats.last_failure = str(exc)
                     raise NoChannel(str(exc), final=exc.final) from None
                 epoch.inbox.add(start, answer)
         self._current = epoch
@@ -849,13 +860,11 @@ class MailboxChannels:
                 )
             )
         except SandboxError as exc:
-            self.stats.failed += 1
             raise _CallFailed(f"a call failed: {exc}") from None
         except TypeError as exc:  # the client returned the wrong types: no call will do
             self._final = str(exc)
             raise _CallFailed(self._final, final=True) from None
         if result.exit_code != 0:
-            self.stats.failed += 1
             said = result.stderr.decode(errors="replace").strip()[-300:]
             if result.exit_code == EXIT_NO_DAEMON:
                 self._final = f"the sandbox side is not running ({said})"
@@ -867,7 +876,6 @@ class MailboxChannels:
         try:
             answer = self._parse(result.stdout, max_out)
         except _CallFailed as exc:
-            self.stats.failed += 1
             if exc.cut:
                 self._shrink_batch(max_out)
             raise
@@ -910,7 +918,6 @@ class MailboxChannels:
             with anyio.fail_after(self.options.call_timeout):
                 await self.sandbox.write_file(f"{self._spool}/{epoch}-{number}", blob)
         except (SandboxError, TimeoutError) as exc:
-            self.stats.failed += 1
             raise _CallFailed(f"an upload failed: {str(exc) or 'it took too long'}") from None
 
     def _parse(self, stdout: bytes, max_out: int) -> tuple[int, bytes]:

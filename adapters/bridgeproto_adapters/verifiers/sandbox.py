@@ -128,20 +128,21 @@ class RuntimeLiveProcess(LiveProcess):
         return self._code
 
     async def stop(self, grace: float = 2.0) -> int:
-        """Terminate (then kill after ``grace`` seconds); idempotent. The
-        stream closes last, as a pipe would: the session may still be
-        sending its final acknowledgements."""
-        if self._code is not None:
-            await self._stream.aclose()
-            return self._code
+        """End of input first, where the process can take it (the relay then
+        ends once the sandbox side has read everything before it), else or
+        after ``grace`` seconds terminate, then kill; idempotent. The stream
+        closes last, as a pipe would."""
         with anyio.CancelScope(shield=True):
-            self._code = await self._runtime_process.poll()
-            if self._code is None:
-                await self._runtime_process.terminate()
-                with anyio.move_on_after(grace):
-                    await self.wait()
-            if self._code is None:
-                await self._runtime_process.kill()
+            if self._code is None and await self._runtime_process.poll() is None:
+                if await self._stream.end_input():
+                    with anyio.move_on_after(grace):
+                        await self.wait()
+                if self._code is None:
+                    await self._runtime_process.terminate()
+                    with anyio.move_on_after(grace):
+                        await self.wait()
+                if self._code is None:
+                    await self._runtime_process.kill()
             code = await self.wait()
             await self._stream.aclose()
         return code
@@ -182,12 +183,17 @@ class _ProcessStream(anyio.abc.ByteStream):
             raise anyio.BrokenResourceError(str(exc)) from exc
 
     async def send_eof(self) -> None:
-        """verifiers' contract has no end of input; a process that offers
-        ``close_stdin`` (``OfflineRuntime``'s) gets it, others none (the
-        bridge then ends a channel by stopping its process)."""
+        await self.end_input()
+
+    async def end_input(self) -> bool:
+        """Whether input could be ended: verifiers' contract has no end of
+        input, so only a process that offers ``close_stdin`` (an
+        ``OfflineRuntime``'s) gets one; the bridge stops the others."""
         close_stdin = getattr(self._process, "close_stdin", None)
-        if close_stdin is not None:
-            await close_stdin()
+        if close_stdin is None:
+            return False
+        await close_stdin()
+        return True
 
     async def aclose(self) -> None:
         self._closed = True
