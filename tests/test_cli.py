@@ -15,7 +15,11 @@ from sandbox_kinds import need_bwrap
 from upstream import upstream_in_thread
 
 BRIDGEPROTO = [sys.executable, "-m", "bridgeproto_adapters"]
-FETCH_JSON = "import os, urllib.request as u; u.urlopen(os.environ['BRIDGEPROTO_URL'] + '/json')"
+# The agent reads the body: one that left after the head would cancel the
+# exchange before the body's frame crossed (and the trace would lack it).
+FETCH_JSON = (
+    "import os, urllib.request as u; u.urlopen(os.environ['BRIDGEPROTO_URL'] + '/json').read()"
+)
 
 
 def bridgeproto(
