@@ -253,3 +253,11 @@ def test_the_routing_headers_dropped_are_the_ones_the_adapter_docs_list() -> Non
     listed.discard("upstream(..., pass_routing_headers=true)")
     code = {n.decode() for n in ROUTING_HEADERS} | {p.decode() + "*" for p in ROUTING_PREFIXES}
     assert listed == code
+
+
+def test_ci_runs_the_readmes_test_command_verbatim() -> None:
+    readme = (DOCS.parent / "README.md").read_text()
+    commands = re.findall(r"^python3 -m venv \.venv && .*pytest.*$", readme, re.MULTILINE)
+    assert len(commands) == 1, commands
+    assert "tests/test_verifiers.py" in commands[0]  # the second environment's tests too
+    assert commands[0] in (DOCS.parent / ".ci" / "run").read_text().splitlines()
