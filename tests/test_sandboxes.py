@@ -21,6 +21,7 @@ from bridgeproto_adapters.sandboxes import (
     LocalSandbox,
     SandboxError,
 )
+from bridgeproto_adapters.transports.live import ProcessChannels
 from sandbox_kinds import make_sandbox, need_bwrap
 from upstream import running_upstream
 
@@ -293,6 +294,48 @@ async def test_the_sandbox_side_is_uploaded_once_and_started_in_few_calls() -> N
     # The archive goes into the private /tmp from the host: no command runs for it.
     upload = [f"write /tmp/{archive.name}"]
     assert started == [["open_process", "run", *upload, "run"], ["open_process", "run"]]
+
+
+async def test_a_first_channel_that_gave_up_waiting_is_replaced(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The first channel process waits for the sandbox side only so long (a
+    host starting hundreds of bridges can take longer): when it has given
+    up, another is started once the sandbox side is there, and the bridge
+    starts as usual."""
+    need_bwrap()
+    opened: list[str] = []
+    early = ProcessChannels.start_early
+
+    async def impatient(self: ProcessChannels, wait: float) -> None:
+        await early(self, wait=0.2)
+
+    monkeypatch.setattr(ProcessChannels, "start_early", impatient)
+
+    class SlowToStart(BwrapSandbox):
+        async def run(self, command: Any, **kwargs: Any) -> Any:
+            if "--daemon" in " ".join(command):
+                await anyio.sleep(1.0)  # the early channel process gives up meanwhile
+            return await super().run(command, **kwargs)
+
+        async def open_process(self, *args: Any, **kwargs: Any) -> Any:
+            opened.append("channel")
+            return await super().open_process(*args, **kwargs)
+
+    async with running_upstream() as upstream:
+        sandbox = await SlowToStart.create()
+        try:
+            heard: list[str] = []
+            async with open_bridge(sandbox, upstream.url, on_channel=heard.append) as bridge:
+                answer = await sandbox.run(
+                    ["python3", "-c", "import urllib.request, os; print(urllib.request.urlopen("
+                     "os.environ['BRIDGEPROTO_URL'] + '/json').status)"],
+                    env=bridge.env,
+                )  # fmt: skip
+        finally:
+            await sandbox.aclose()
+    assert answer.stdout.strip() == b"200", answer
+    assert opened == ["channel", "channel"] and heard == [], (opened, heard)
 
 
 async def test_a_failed_stop_can_be_retried_and_leaves_nothing_running() -> None:

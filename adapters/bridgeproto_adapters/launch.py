@@ -393,8 +393,8 @@ async def open_bridge(
     url = f"http://{listen[0]}:{listen[1]}{path}"
     bridge: Bridge | None = None
     try:
-        if isinstance(channels, ProcessChannels):
-            await channels.start_early(wait=config.handshake_timeout)
+        if isinstance(channels, ProcessChannels):  # as long as the daemon's start may take
+            await channels.start_early(wait=_ATTEMPTS * config.handshake_timeout)
         await _start_daemon(sandbox, archive, start, env, config.handshake_timeout)
         async with anyio.create_task_group() as tg:
             if isinstance(channels, MailboxChannels):

@@ -149,12 +149,18 @@ class ProcessChannels:
             self._early = await self.sandbox.open_process(command, env=self.env)
 
     async def next_channel(self) -> anyio.abc.ByteStream:
-        process, self._early = self._early, None
+        early, self._early = self._early, None
+        if early is not None:
+            with contextlib.suppress(NoChannel):  # it gave up waiting: start another
+                return await self._connected(early)
         try:
-            if process is None:
-                process = await self.sandbox.open_process(self.command, env=self.env)
+            process = await self.sandbox.open_process(self.command, env=self.env)
         except SandboxError as exc:
             raise NoChannel(f"cannot start a channel process: {exc}") from None
+        return await self._connected(process)
+
+    async def _connected(self, process: LiveProcess) -> anyio.abc.ByteStream:
+        """``process`` once it says it handed its stdin and stdout over."""
         channel = ProcessChannel(process)
         ready = b""
         try:
