@@ -28,6 +28,7 @@ from urllib.parse import urlsplit
 import anyio
 import anyio.abc
 import attrs
+from anyio.lowlevel import RunVar
 from exceptiongroup import BaseExceptionGroup
 
 import bridgeproto as bp
@@ -248,6 +249,23 @@ def _bridge_failure(exc: BaseException) -> BaseException | None:
     return None
 
 
+# Bridges that start at once in one event loop; the others queue. Starts are
+# CPU-bound on the sandbox's side (a Python start each) and a start that
+# takes longer than the handshake timeout fails: 256 started together on two
+# cores took over 30 s each and many failed; in turns they all start.
+STARTING_AT_ONCE = 16
+_STARTING: RunVar[anyio.CapacityLimiter] = RunVar("bridgeproto_starting")
+
+
+def _start_limiter() -> anyio.CapacityLimiter:
+    try:
+        return _STARTING.get()
+    except LookupError:
+        limiter = anyio.CapacityLimiter(STARTING_AT_ONCE)
+        _STARTING.set(limiter)
+        return limiter
+
+
 T = TypeVar("T")
 _ATTEMPTS = 4
 
@@ -392,6 +410,9 @@ async def open_bridge(
         )
     url = f"http://{listen[0]}:{listen[1]}{path}"
     bridge: Bridge | None = None
+    starting = _start_limiter()
+    await starting.acquire()
+    held = True
     try:
         if isinstance(channels, ProcessChannels):  # as long as the daemon's start may take
             await channels.start_early(wait=_ATTEMPTS * config.handshake_timeout)
@@ -406,6 +427,8 @@ async def open_bridge(
                     on_channel=on_channel,
                 )
             )  # fmt: skip
+            starting.release()  # started: the next may
+            held = False
             agent_env = sandbox_env(url) if upstream_url else {"BRIDGEPROTO_URL": url}
             bridge = Bridge(
                 url,
@@ -427,8 +450,11 @@ async def open_bridge(
             raise
         if isinstance(cause, BridgeStartError):
             raise cause from None
-        raise BridgeStartError(f"the sandbox side did not answer ({cause})") from None
+        said = str(cause) or type(cause).__name__
+        raise BridgeStartError(f"the sandbox side did not answer ({said})") from None
     finally:
+        if held:
+            starting.release()
         if bridge is None:  # it never started: leave nothing behind
             with anyio.CancelScope(shield=True), contextlib.suppress(Exception):
                 # (A cleanup that fails too must not hide why the start failed.)

@@ -51,9 +51,11 @@ def relay(path: str, wait: float = 0.0) -> int:
 
 def _connect_within(path: str, wait: float) -> _socket.socket | None:
     """The sandbox side's socket; one that is not there yet is looked for
-    again every 5 ms for ``wait`` seconds (the first channel starts while
-    the sandbox side is still starting)."""
+    again for ``wait`` seconds (the first channel starts while the sandbox
+    side is still starting): every 5 ms at first, then less and less often,
+    so that many waiting at once do not take the CPU their daemons need."""
     deadline = time.monotonic() + wait
+    pause = 0.005
     while time.monotonic() < deadline:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
@@ -61,7 +63,8 @@ def _connect_within(path: str, wait: float) -> _socket.socket | None:
             return sock
         except OSError:
             sock.close()
-            time.sleep(0.005)
+            time.sleep(pause)
+            pause = min(pause * 1.25, 0.1)
     return connect(path, "channel")  # the last try says why on stderr
 
 
