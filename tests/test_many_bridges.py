@@ -11,10 +11,12 @@ import resource
 import threading
 from collections.abc import Iterator
 
+import anyio
 import httpx
 import pytest
 
 from bridge import bridge
+from bridgeproto_adapters import launch
 from bridgeproto_adapters.launch import BridgeStartError, open_bridge
 from bridgeproto_adapters.mailbox_call import channel_dir
 from bridgeproto_adapters.sandboxes import BwrapSandbox
@@ -105,3 +107,46 @@ async def test_a_start_that_cannot_finish_is_one_bridge_start_error(transport: s
         finally:
             await sandbox.aclose()
     assert "did not answer" in str(caught.value), caught.value
+
+
+async def test_bridges_opened_together_start_in_turns(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A start is a Python start in the sandbox (CPU-bound) that must finish
+    # within the handshake timeout: hundreds at once on a small host all
+    # took too long. In one event loop, at most STARTING_AT_ONCE start at a
+    # time; the others wait their turn, and then every one serves.
+    need_bwrap()
+    monkeypatch.setattr(launch, "STARTING_AT_ONCE", 2)
+    starting = 0
+    most = 0
+
+    class Counted(BwrapSandbox):
+        async def run(self, command, **kwargs):  # type: ignore[no-untyped-def, override]
+            nonlocal starting, most
+            daemon = "--daemon" in " ".join(command)
+            starting += daemon
+            most = max(most, starting)
+            try:
+                return await super().run(command, **kwargs)
+            finally:
+                starting -= daemon
+
+    async with running_upstream() as upstream, contextlib.AsyncExitStack() as stack:
+        sandboxes = [await Counted.create() for _ in range(5)]
+        for sandbox in sandboxes:
+            stack.push_async_callback(sandbox.aclose)
+        bridges: list[object] = []
+        all_up, done = anyio.Event(), anyio.Event()
+
+        async def hold(sandbox: BwrapSandbox) -> None:
+            async with open_bridge(sandbox, upstream.url + "/k") as bridge:
+                bridges.append(bridge)
+                if len(bridges) == len(sandboxes):
+                    all_up.set()
+                await done.wait()
+
+        async with anyio.create_task_group() as tg:
+            for sandbox in sandboxes:
+                tg.start_soon(hold, sandbox)
+            await all_up.wait()
+            done.set()
+    assert most == 2, most
