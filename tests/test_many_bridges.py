@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import re
 import resource
 import threading
 from collections.abc import Iterator
@@ -18,8 +17,7 @@ import pytest
 from bridge import bridge
 from bridgeproto_adapters import launch
 from bridgeproto_adapters.launch import BridgeStartError, open_bridge
-from bridgeproto_adapters.mailbox_call import channel_dir
-from bridgeproto_adapters.sandboxes import BwrapSandbox
+from bridgeproto_adapters.sandboxes import BwrapSandbox, SandboxError
 from sandbox_kinds import need_bwrap
 from upstream import running_upstream
 
@@ -81,32 +79,34 @@ async def test_a_bridge_costs_the_host_no_thread(transport: str) -> None:
         assert counts[-1] == counts[0], counts
 
 
-class DaemonKilledAfterStart(BwrapSandbox):
-    """Kills the sandbox side as soon as it says it is ready, before any
-    channel reaches it (as a host too busy to start its channels in time
-    sees it: the daemon gone by the time the first channel comes)."""
+class ChannelsRefused(BwrapSandbox):
+    """Starts the sandbox side, then refuses every channel: live processes,
+    and the mailbox's calls (as a provider too busy to take them in time)."""
 
     async def run(self, command, **kwargs):  # type: ignore[no-untyped-def, override]
-        result = await super().run(command, **kwargs)
-        started = re.search(r"--daemon --session ([0-9a-f]+)", " ".join(command))
-        if started:
-            directory = channel_dir(bytes.fromhex(started[1]))
-            await super().run(["sh", "-c", f"kill -9 $(cat {directory}/pid)"])
-        return result
+        if list(command[1:3]) == ["-I", "-S"]:  # a mailbox call
+            raise SandboxError("the provider refused the call")
+        return await super().run(command, **kwargs)
+
+    async def open_process(self, command, **kwargs):  # type: ignore[no-untyped-def, override]
+        raise SandboxError("the provider refused the process")
 
 
 @pytest.mark.parametrize("transport", ["stream", "mailbox"])
 async def test_a_start_that_cannot_finish_is_one_bridge_start_error(transport: str) -> None:
     need_bwrap()
     async with running_upstream() as upstream:
-        sandbox = await DaemonKilledAfterStart.create()
+        sandbox = await ChannelsRefused.create()
         try:
             with pytest.raises(BridgeStartError) as caught:
-                async with open_bridge(sandbox, upstream.url + "/k", transport=transport):
+                async with open_bridge(
+                    sandbox, upstream.url + "/k", transport=transport, resume_timeout=1.0
+                ):
                     pass
         finally:
             await sandbox.aclose()
     assert "did not answer" in str(caught.value), caught.value
+    assert "the provider refused the" in str(caught.value), caught.value
 
 
 async def test_bridges_opened_together_start_in_turns(monkeypatch: pytest.MonkeyPatch) -> None:
