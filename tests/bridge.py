@@ -35,13 +35,9 @@ from bridgeproto_adapters.transports import (
     Wrap,
     memory_channels,
 )
-from bridgeproto_adapters.transports.mailbox import (
-    MailboxChannels,
-    MailboxOptions,
-    call_command,
-    serve_mailbox,
-    spool_dir,
-)
+from bridgeproto_adapters.transports.mailbox import MailboxChannels, MailboxOptions, call_command
+from bridgeproto_adapters.transports.mailbox_epoch import spool_dir
+from bridgeproto_adapters.transports.mailbox_sandbox import serve_mailbox
 from sandbox_kinds import need_bwrap
 from upstream import Upstream, running_upstream
 

@@ -35,7 +35,7 @@ from bridgeproto_adapters.sandboxes import (
     SandboxClient,
     SimulatedProvider,
 )
-from bridgeproto_adapters.transports import mailbox
+from bridgeproto_adapters.transports import mailbox_sandbox
 from bridgeproto_adapters.transports.mailbox import MailboxChannels, MailboxOptions
 from sandbox_kinds import SITE_PACKAGES, need_bwrap
 from upstream import pattern_bytes, running_upstream
@@ -188,7 +188,7 @@ async def test_junk_in_the_spool_harms_no_real_exchange() -> None:
 def test_the_spool_watch_wakes_when_a_file_is_written_or_moved_in(tmp_path: pathlib.Path) -> None:
     spool = tmp_path / "spool"
     spool.mkdir()
-    fd = mailbox._inotify(str(spool))
+    fd = mailbox_sandbox._inotify(str(spool))
     assert fd is not None
     try:
         for land in (
@@ -206,7 +206,7 @@ def test_the_spool_watch_wakes_when_a_file_is_written_or_moved_in(tmp_path: path
 
 
 async def test_without_inotify_the_spool_is_polled(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(mailbox, "_inotify", lambda directory: None)
+    monkeypatch.setattr(mailbox_sandbox, "_inotify", lambda directory: None)
     async with local_bridge(transport="mailbox") as bridged, httpx.AsyncClient() as client:
         stats = bridged.mailbox.stats if bridged.mailbox is not None else None
         assert stats is not None

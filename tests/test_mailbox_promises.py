@@ -17,7 +17,7 @@ from bridge import bridge
 from bridgeproto_adapters.launch import open_bridge
 from bridgeproto_adapters.sandboxes import BwrapSandbox
 from bridgeproto_adapters.sandboxes.base import Command, CommandResult
-from bridgeproto_adapters.transports import mailbox
+from bridgeproto_adapters.transports import mailbox_sandbox
 from bridgeproto_adapters.transports.mailbox import MailboxOptions
 from sandbox_kinds import need_bwrap
 from test_run_lifecycle import Running
@@ -191,7 +191,7 @@ async def test_without_inotify_the_spool_is_looked_at_every_50_ms(
     """Uploads land in the sandbox side's spool; where the system has no
     inotify, the sandbox side looks every 50 ms (its look once a second
     would add half a second to a request on average)."""
-    monkeypatch.setattr(mailbox, "_inotify", lambda directory: None)
+    monkeypatch.setattr(mailbox_sandbox, "_inotify", lambda directory: None)
     async with (
         bridge(transport="mailbox", mailbox=MailboxOptions(wait=2.0, upload_input=True)) as b,
         httpx.AsyncClient(base_url=b.url, timeout=30) as client,

@@ -31,8 +31,8 @@ from .relay import channel_socket
 from .sandbox_side import Listen, run_sandbox_side
 from .settings import SandboxSettings
 from .transports import Acceptor
-from .transports.live import accept_channels
-from .transports.mailbox import serve_mailbox
+from .transports.live_sandbox import accept_channels
+from .transports.mailbox_sandbox import serve_mailbox
 
 
 def start(session_id: bytes, settings: SandboxSettings) -> int:
