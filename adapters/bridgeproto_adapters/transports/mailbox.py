@@ -316,9 +316,11 @@ class _HostEpoch(_EpochStream):
                         )
                         break
                     except _CallFailed as exc:
+                        if exc.final:  # the sandbox side has ended already: closed
+                            break
                         self._owner.stats.failed += 1
                         self._owner.stats.last_failure = str(exc)
-                        if exc.final or exc.stale:
+                        if exc.stale:
                             break
                 while (self._in_flight or self._uploads) and self.ended is None:
                     await self.wait_for_change()
