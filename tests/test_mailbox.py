@@ -321,6 +321,31 @@ async def test_exactly_once_through_a_provider_that_fails_and_cuts_calls(
     assert stats.epochs <= 1 + stats.failed // 5, stats
 
 
+IDLE_MARGIN = 0.5  # a call's own time on top of its 1 s wait, on a busy machine
+
+
+async def idle_call_gaps(provider: SimulatedProvider, calls: int = 5) -> list[float]:
+    """The times between the starts of the next ``calls`` calls, the last
+    three of them: by then the start's and the handshake's calls are over,
+    and an idle bridge makes one call per wait (each starts as the last
+    returns), so each gap is the wait."""
+    starts: list[float] = []
+    original = provider.execute_command
+
+    async def recorded(*args: Any, **kwargs: Any) -> Any:
+        starts.append(anyio.current_time())
+        return await original(*args, **kwargs)
+
+    provider.execute_command = recorded  # type: ignore[method-assign]
+    try:
+        with anyio.fail_after(calls * (1.0 + IDLE_MARGIN) + 5):
+            while len(starts) < calls:
+                await anyio.sleep(0.05)
+    finally:
+        del provider.execute_command
+    return [later - earlier for earlier, later in zip(starts[-4:], starts[-3:], strict=False)]
+
+
 @pytest.mark.parametrize("upload_input", [True, False], ids=["uploads", "calls-only"])
 async def test_calls_to_start_per_request_and_per_idle_wait(upload_input: bool) -> None:
     async with running_upstream() as upstream, offline() as real:
@@ -335,11 +360,10 @@ async def test_calls_to_start_per_request_and_per_idle_wait(upload_input: bool) 
             print("start:", dict(provider.calls))
             assert provider.calls["upload_bytes"] == 1 + upload_input
             assert 4 - upload_input <= provider.calls["execute_command"] <= 5, provider.calls
-            await anyio.sleep(1.5)  # settle: one call waits
-            before = sum(provider.calls.values())
-            await anyio.sleep(3.2)
-            idle = sum(provider.calls.values()) - before
-            assert 2 <= idle <= 4  # one call per wait of 1 s, nothing else
+            uploads = provider.calls["upload_bytes"]
+            gaps = await idle_call_gaps(provider)
+            assert all(0.9 <= gap <= 1.0 + IDLE_MARGIN for gap in gaps), gaps
+            assert provider.calls["upload_bytes"] == uploads  # one call per wait, nothing else
             script = (
                 "import os, urllib.request\n"
                 "print(urllib.request.urlopen(os.environ['BRIDGEPROTO_URL'] + '/json').read())"
@@ -373,11 +397,8 @@ async def test_an_epoch_opened_after_calls_failed_idles_at_one_call_per_wait() -
             with anyio.fail_after(10):
                 while channels(bridge).stats.epochs == epochs:  # the probed epoch opens
                     await anyio.sleep(0.05)
-            await anyio.sleep(0.5)  # its handshake settles
-            before = provider.calls["execute_command"]
-            await anyio.sleep(3.2)
-            idle = provider.calls["execute_command"] - before
-            assert 2 <= idle <= 5, idle  # one call per wait of 1 s
+            gaps = await idle_call_gaps(provider)
+            assert all(0.9 <= gap <= 1.0 + IDLE_MARGIN for gap in gaps), gaps  # one per wait
             script = (
                 "import os, urllib.request\n"
                 "print(urllib.request.urlopen(os.environ['BRIDGEPROTO_URL'] + '/json').read())"
