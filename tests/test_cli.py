@@ -236,3 +236,21 @@ def test_the_head_timeout_default_is_the_sandbox_sides() -> None:
 
     shown = bridgeproto("run", "--help").stdout
     assert f"gets 408 (default {AgentLimits().head_timeout:g})" in " ".join(shown.split())
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["channel", "--session", "00" * 16, "--wait", "0.1"],
+        ["mailbox", "--session", "00" * 16, "--epoch", "1", "--in", "0", "--wait", "0",
+         "--max-out", "4096", "--got", "0", "--rewind"],
+    ],
+)  # fmt: skip
+def test_the_commands_the_host_runs_inside_take_every_option_the_host_gives(
+    args: list[str],
+) -> None:
+    # The installed command and the archive's entry take the same options;
+    # with no sandbox side for this session, both say so and exit 3.
+    result = bridgeproto(*args)
+    assert result.returncode == 3, result
+    assert "the sandbox side is not running" in result.stderr

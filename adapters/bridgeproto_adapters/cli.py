@@ -405,7 +405,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     bench_p = commands.add_parser(
         "bench", help="measure direct, bridged and a polling baseline side by side"
     )
-    bench_p.add_argument("--quick", action="store_true", help="every scenario, small (< 30 s)")
+    bench_p.add_argument(
+        "--quick", action="store_true", help="every scenario, small (about a minute)"
+    )
     bench_p.add_argument("--json", help="write every figure and the machine to this file")
     bench_p.add_argument("--plot", help="write latency and streaming plots to this PNG")
     bench_p.add_argument("--bridges", type=int, help="bridges for the scale scenario")
@@ -425,9 +427,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     side.add_argument(
         "--daemon", action="store_true", help="detach, and take channels on the private socket"
     )
-    commands.add_parser(
-        "channel", help="relay stdin/stdout to the sandbox side's socket (the host starts it)"
-    ).add_argument("--session", required=True, help="the session id, in hex")
+    channel = commands.add_parser(
+        "channel", help="hand stdin/stdout to the sandbox side's socket (the host starts it)"
+    )
+    channel.add_argument("--session", required=True, help="the session id, in hex")
+    channel.add_argument(
+        "--wait", default="0", metavar="SECONDS", help="look for the socket this long (default 0)"
+    )
     call = commands.add_parser(
         "mailbox", help="one call of the mailbox transport (the host starts it)"
     )
@@ -435,6 +441,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     for name in ("--epoch", "--in", "--wait", "--max-out"):
         call.add_argument(name, required=True)
     call.add_argument("--waiting", default="1", help="calls that may wait at once")
+    call.add_argument("--got", default="0", help="the output offset the host holds")
+    call.add_argument("--rewind", action="store_true", help="the host lost what came after --got")
     call.add_argument("--input", help="a file holding the input batch (else stdin)")
 
     args = parser.parse_args(argv)
@@ -456,15 +464,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command_name == "channel":
         from .relay import main as relay_main
 
-        return relay_main(["--session", args.session])
+        return relay_main(["--session", args.session, "--wait", args.wait])
     if args.command_name == "mailbox":
         from .mailbox_call import main as call_main
 
         given = {"--epoch": args.epoch, "--in": getattr(args, "in"), "--wait": args.wait}
         given |= {"--max-out": args.max_out, "--waiting": args.waiting, "--session": args.session}
+        given["--got"] = args.got
         if args.input:
             given["--input"] = args.input
-        return call_main([item for pair in given.items() for item in pair])
+        return call_main(
+            [item for pair in given.items() for item in pair] + ["--rewind"] * args.rewind
+        )
     return sandbox_side(args)
 
 

@@ -109,10 +109,10 @@ class UpstreamPool:
                 f" {self.options.connect_timeout:g} s",
             ) from None
         except OSError as exc:
+            said = " ".join(filter(None, (errno.errorcode.get(exc.errno or 0), exc.strerror)))
             raise UpstreamError(
                 bp.ErrorCode.UPSTREAM_UNREACHABLE,
-                f"cannot connect to the upstream {self.host}:{self.port}:"
-                f" {errno.errorcode.get(exc.errno or 0, '')} {exc.strerror or exc}".strip(),
+                f"cannot connect to the upstream {self.host}:{self.port}: {said or exc}",
             ) from None
         self.connections_opened += 1
         return UpstreamConnection(stream)

@@ -13,8 +13,10 @@ interface, ``Channels``, with one method:
 Here: ``OneChannel`` (a fixed stream, no second channel), ``Acceptor`` (the
 sandbox side's end of any transport that opens channels toward it) and
 ``memory_channels()`` (both sides in one process). ``live.py`` has the
-live-stream transport: a relay process in the sandbox whose stdin and
-stdout the host holds, connected to the sandbox side's private Unix socket.
+live-stream transport: a process in the sandbox whose stdin and stdout the
+host holds, and which hands them to the sandbox side over its private Unix
+socket; ``mailbox.py`` the transport of calls and files. Each has its
+sandbox side's half in a module of its own (``*_sandbox.py``).
 """
 
 from __future__ import annotations
