@@ -24,7 +24,7 @@ import resource
 import statistics
 import sys
 import time
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 import anyio
@@ -359,18 +359,8 @@ class Bench:
         for system in self.systems:
             size = self.sizes.polling_bulk_bytes if system == "polling" else self.sizes.bulk_bytes
             _, side = self.sandbox_of(system)
-            figures: dict[str, Any] = {"bytes": size}
-            for direction in ("upload", "download"):
-                reset_peak_rss()
-                if side:
-                    reset_peak_rss(side)
-                raw = await self.with_polling(system, direction, size=size)
-                figures[direction] = {
-                    "mb_per_second": size / raw["seconds"] / 1e6,
-                    "host_peak_rss_mib": rss_kib("self", "VmHWM") / 1024,
-                    "sandbox_side_peak_rss_mib": rss_kib(side, "VmHWM") / 1024 if side else None,
-                }
-            self.record("bulk", system, figures)
+            transfer = functools.partial(self.with_polling, system, size=size)
+            self.record("bulk", system, await _bulk_figures(size, side, transfer))
 
     async def inward(self) -> None:
         """The latency, streaming and bulk rows with the roles swapped: the
@@ -417,18 +407,8 @@ class Bench:
         """Inward, "upload" is host to sandbox and "download" sandbox to host."""
         side = self.sandbox_side_pid if system == INWARD else None
         size = self.sizes.bulk_bytes
-        figures: dict[str, Any] = {"bytes": size}
-        for direction in ("upload", "download"):
-            reset_peak_rss()
-            if side:
-                reset_peak_rss(side)
-            raw = await self.agent(system, direction, size=size)
-            figures[direction] = {
-                "mb_per_second": size / raw["seconds"] / 1e6,
-                "host_peak_rss_mib": rss_kib("self", "VmHWM") / 1024,
-                "sandbox_side_peak_rss_mib": rss_kib(side, "VmHWM") / 1024 if side else None,
-            }
-        self.record("bulk", system, figures)
+        transfer = functools.partial(self.agent, system, size=size)
+        self.record("bulk", system, await _bulk_figures(size, side, transfer))
 
     async def cost(self) -> None:
         if "shared" in self.systems:
@@ -786,6 +766,25 @@ def code_paths() -> list[str]:
     paths = [pathlib.Path(adapters_init).parent.parent]
     paths += [pathlib.Path(module).parent.parent for module in (anyio.__file__, h11.__file__)]
     return list(dict.fromkeys(str(path) for path in paths))
+
+
+async def _bulk_figures(
+    size: int, side: int | None, transfer: Callable[[str], Awaitable[dict[str, Any]]]
+) -> dict[str, Any]:
+    """``size`` bytes each way through ``transfer(direction)``: the rate, and
+    the peak memory of the host and of the sandbox side (pid ``side``)."""
+    figures: dict[str, Any] = {"bytes": size}
+    for direction in ("upload", "download"):
+        reset_peak_rss()
+        if side:
+            reset_peak_rss(side)
+        raw = await transfer(direction)
+        figures[direction] = {
+            "mb_per_second": size / raw["seconds"] / 1e6,
+            "host_peak_rss_mib": rss_kib("self", "VmHWM") / 1024,
+            "sandbox_side_peak_rss_mib": rss_kib(side, "VmHWM") / 1024 if side else None,
+        }
+    return figures
 
 
 def _raise_file_limit() -> None:
