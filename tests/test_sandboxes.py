@@ -383,8 +383,9 @@ async def test_stop_with_requests_in_flight_is_bounded(kind: str) -> None:
                 await upstream.hang_started.wait()
             started = anyio.current_time()
             # Documented (docs/adapters.md, "Session"): within the grace plus 1 s;
-            # one more second is the margin for a loaded machine.
-            with anyio.fail_after(config_grace + 1 + 1):
+            # two more seconds are the margin for a loaded machine (as test_run_lifecycle's:
+            # with another bridge and two CPU-bound processes beside the suite it took 3.06 s).
+            with anyio.fail_after(config_grace + 1 + 2):
                 await bridge.stop()
             await bridge.stop()  # a second stop does nothing
             elapsed = anyio.current_time() - started
@@ -396,7 +397,7 @@ async def test_stop_with_requests_in_flight_is_bounded(kind: str) -> None:
                     except anyio.EndOfStream:
                         break
             await waiting.stop()
-        assert elapsed < config_grace + 1 + 1
+        assert elapsed < config_grace + 1 + 2
         assert output.strip() == b"503 shutting-down"
 
 
