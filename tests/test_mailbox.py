@@ -388,9 +388,11 @@ async def test_an_epoch_opened_after_calls_failed_idles_at_one_call_per_wait() -
         provider = SimulatedProvider(real, Faults())
         sandbox = HarnessSandbox(provider, "sim-5")
         async with open_bridge(sandbox, upstream.url, mailbox=MailboxOptions(wait=1.0)) as bridge:
+            epochs = channels(bridge).stats.epochs
             provider.faults = Faults(fail_before=1.0)
-            with anyio.fail_after(10):
-                while provider.failed["execute_command"] < 3:  # epochs whose calls all failed
+            with anyio.fail_after(20):
+                # The epoch ends (calls failing in a row), and a new one's probe fails too.
+                while channels(bridge).stats.epochs < epochs + 2:
                     await anyio.sleep(0.05)
             epochs = channels(bridge).stats.epochs
             provider.faults = Faults()
