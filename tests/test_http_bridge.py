@@ -20,7 +20,7 @@ import openai
 import pytest
 
 import bridgeproto as bp
-from bridge import bridge, free_port
+from bridge import bridge
 from bridgeproto.http import HttpPolicy, Upstream
 from bridgeproto_adapters.host_side import HostOptions
 from upstream import pattern_bytes
@@ -244,8 +244,15 @@ async def test_openai_sdk_chat_completions(transport: str) -> None:
 
 
 async def test_upstream_down_is_502() -> None:
-    async with bridge(upstream_port=free_port()) as b, httpx.AsyncClient(base_url=b.url) as client:
-        response = await client.get("/json")
+    # A port bound and never listened on refuses connections, and no other
+    # test running beside this one can take it meanwhile.
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        async with (
+            bridge(upstream_port=held.getsockname()[1]) as b,
+            httpx.AsyncClient(base_url=b.url) as client,
+        ):
+            response = await client.get("/json")
         assert response.status_code == 502
         assert response.headers["x-bridge-error"] == "upstream-unreachable"
         assert "cannot connect to the upstream" in response.json()["error"]["message"]
