@@ -193,6 +193,10 @@ class Session:
     given, hears of every channel change (for ``-v``).
     """
 
+    # Seconds an acknowledgement may wait for other frames to ride with: a
+    # request's rides with its answer, an answer's with the next request.
+    ack_delay = 0.01
+
     def __init__(
         self,
         conn: bp.Connection,
@@ -226,6 +230,8 @@ class Session:
         # Set after the next flush; made only when a sender waits for one.
         self._flushed: anyio.Event | None = None
         self._writer_done = anyio.Event()
+        # When bytes that may need acknowledging first arrived since the last write.
+        self._received_at: float | None = None
         self._task_group: anyio.abc.TaskGroup | None = None
         # Senders waiting for the core to take a new exchange, first come first served.
         self._slot_waiters: deque[anyio.Event] = deque()
@@ -454,12 +460,24 @@ class Session:
                 self.tracer("<", data)
             if self.conn.failure is not None:
                 return
+            if self._received_at is None:
+                self._received_at = self.now()
             self._dispatch(self.conn.receive_data(data, self.now()))
             self._sample_round_trips()
 
     async def _writer(self, stream: anyio.abc.ByteStream) -> None:
         while True:
             await self._wake_writer.wait()
+            self._wake_writer = anyio.Event()
+            if self._only_ack_due():
+                if self._received_at is None:
+                    continue  # nothing to send, not even an acknowledgement
+                # Hold the acknowledgement a little, for the answer (or the
+                # next request) to carry it instead of waking the peer alone.
+                with anyio.move_on_after(self._received_at + self.ack_delay - self.now()):
+                    while self._only_ack_due():
+                        await self._wake_writer.wait()
+                        self._wake_writer = anyio.Event()
             # Let the tasks that are ready queue their frames too, so that a
             # request's head, body and end leave in one write.
             await anyio.lowlevel.checkpoint()
@@ -473,8 +491,14 @@ class Session:
                 self._writer_done.set()
                 return
 
+    def _only_ack_due(self) -> bool:
+        """Whether the core has at most an acknowledgement to send, in an
+        open session (a closing one drains only once all is acknowledged)."""
+        return self.conn.unsent_bytes == 0 and self.conn.state is bp.SessionState.OPEN
+
     async def _flush(self, stream: anyio.abc.ByteStream) -> bool:
         """Send what the core has queued; False when the channel failed."""
+        self._received_at = None  # what is due is acknowledged with this
         # In pieces, so a large backlog is never copied into one buffer.
         while data := self.conn.data_to_send(_WRITE_SIZE):
             if self.tracer is not None:

@@ -1,0 +1,82 @@
+"""What a request costs in hand-offs: writes on the channel and to the
+upstream, counted on real sockets through a whole bridge (in-memory
+channels, so each side's writes can be counted at the host's end)."""
+
+from __future__ import annotations
+
+import anyio
+import anyio.abc
+import httpx
+import pytest
+
+import bridgeproto as bp
+from bridge import bridge
+from bridgeproto.wire import FrameDecoder
+from bridgeproto_adapters.session import Session
+
+pytestmark = pytest.mark.anyio
+REQUESTS = 20
+
+
+def only_acks(write: bytes) -> bool:
+    """Whether a write carries nothing but acknowledgements."""
+    decoder = FrameDecoder(1 << 20)
+    decoder.receive_data(write)
+    records = []
+    while isinstance(frame := decoder.next_frame(), bp.wire.Frame):
+        records.append(frame.record)
+    return all(isinstance(record, bp.Ack) for record in records)
+
+
+class CountingStream(anyio.abc.ByteStream):
+    """The host's end of a channel, counting each side's writes, and those
+    that carry only acknowledgements: a send is the host's, a receive the
+    sandbox side's (an in-memory channel hands over each write whole)."""
+
+    def __init__(self, inner: anyio.abc.ByteStream, counts: dict[str, int]) -> None:
+        self.inner = inner
+        self.counts = counts
+
+    def count(self, side: str, write: bytes) -> None:
+        self.counts[side] += 1
+        if only_acks(write):
+            self.counts[side + " acks alone"] += 1
+
+    async def send(self, item: bytes) -> None:
+        self.count("host", item)
+        await self.inner.send(item)
+
+    async def receive(self, max_bytes: int = 65536) -> bytes:
+        data = await self.inner.receive(max_bytes)
+        self.count("sandbox", data)
+        return data
+
+    async def send_eof(self) -> None:
+        await self.inner.send_eof()
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+async def test_acknowledgements_ride_with_the_traffic(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The acknowledgement of a request rides with its answer, and that of
+    the answer with the next request, instead of each waking the peer with a
+    write of its own. (Held up to 5 s here, so that a loaded machine's slow
+    client cannot outwait the hold; the bridge's own is 10 ms.)"""
+    monkeypatch.setattr(Session, "ack_delay", 5.0)
+    counts = dict.fromkeys(("host", "sandbox", "host acks alone", "sandbox acks alone"), 0)
+    async with (
+        bridge(transport="channels", wrap=lambda s: CountingStream(s, counts)) as b,
+        httpx.AsyncClient(base_url=b.url) as client,
+    ):
+        for _ in range(3):  # the connections are open and the pool warm
+            assert (await client.post("/echo", content=b"x" * 100)).status_code == 200
+        before = dict(counts)
+        for _ in range(REQUESTS):
+            assert (await client.post("/echo", content=b"x" * 100)).status_code == 200
+        alone = {side: counts[side] - before[side] for side in counts if "alone" in side}
+    # The last answer's acknowledgement goes alone (nothing followed it),
+    # and one more of margin: an acknowledgement written at once, as each
+    # side did before, makes 20 writes of acknowledgements alone.
+    assert alone["host acks alone"] <= 2, counts
+    assert alone["sandbox acks alone"] <= 2, counts
