@@ -4,6 +4,8 @@ channels, so each side's writes can be counted at the host's end)."""
 
 from __future__ import annotations
 
+import re
+
 import anyio
 import anyio.abc
 import httpx
@@ -12,6 +14,7 @@ import pytest
 import bridgeproto as bp
 from bridge import bridge
 from bridgeproto.wire import FrameDecoder
+from bridgeproto_adapters import host_side
 from bridgeproto_adapters.session import Session
 
 pytestmark = pytest.mark.anyio
@@ -80,3 +83,50 @@ async def test_acknowledgements_ride_with_the_traffic(monkeypatch: pytest.Monkey
     # side did before, makes 20 writes of acknowledgements alone.
     assert alone["host acks alone"] <= 2, counts
     assert alone["sandbox acks alone"] <= 2, counts
+
+
+class CountingUpstreamConnection(host_side.UpstreamConnection):
+    """The host side's connection to the upstream, counting its writes."""
+
+    writes = 0
+
+    def __init__(self, stream: anyio.abc.SocketStream) -> None:
+        super().__init__(stream)
+        inner_send = stream.send
+
+        async def send(item: bytes) -> None:
+            CountingUpstreamConnection.writes += 1
+            await inner_send(item)
+
+        self.stream.send = send  # type: ignore[method-assign]
+
+
+async def test_a_small_request_reaches_the_upstream_in_one_write(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Head, body and end of a small request that crossed together leave
+    for the upstream in one write, not one for the head and one for the body."""
+    monkeypatch.setattr(host_side, "UpstreamConnection", CountingUpstreamConnection)
+    body = b"x" * 100
+    request = b"POST /echo HTTP/1.1\r\nHost: a\r\nContent-Length: 100\r\n\r\n" + body
+    async with bridge() as b:
+        host, port = b.url.removeprefix("http://").split(":")
+        async with await anyio.connect_tcp(host, int(port)) as agent:
+            for number in range(REQUESTS):
+                if number == 1:  # the first opened the upstream connection
+                    CountingUpstreamConnection.writes = 0
+                await agent.send(request)  # one write: it crosses as one
+                assert b'"body_size": 100' in await read_answer(agent)
+    assert CountingUpstreamConnection.writes == REQUESTS - 1
+
+
+async def read_answer(stream: anyio.abc.ByteStream) -> bytes:
+    """One whole answer with a Content-Length, read off a keep-alive connection."""
+    answer = b""
+    while b"\r\n\r\n" not in answer:
+        answer += await stream.receive()
+    head, body = answer.split(b"\r\n\r\n", 1)
+    length = int(re.search(rb"(?i)content-length: *(\d+)", head).group(1))  # type: ignore[union-attr]
+    while len(body) < length:
+        body += await stream.receive()
+    return body

@@ -40,6 +40,7 @@ from .session import RESUME_TIMEOUT, Exchange, Session, Tracer, first_of
 from .transports import Channels
 
 _REQUEST_TAIL_SECONDS = 5.0
+_FIRST_WRITE = 256 << 10  # body bytes at most that go with the head (the rest: the upload task)
 _UPSTREAM_IO_ERRORS = (*STREAM_ERRORS, h11.RemoteProtocolError, h11.LocalProtocolError)
 
 
@@ -213,45 +214,98 @@ class HostSide:
         completed = kept = False
         request_sent = anyio.Event()
         try:
-            await conn.send(request)
-            if not _has_body(request):
-                await conn.send(h11.EndOfMessage())
-                # (An upgrade's request is sent when the bridge's body ends:
-                # before a 101 that is at once, after one it is a half-close.)
-                if upgrade_token(request.headers.raw_items()) is None:
-                    request_sent.set()
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(self._upload, exchange, conn, tg.cancel_scope, errors, request_sent)
-                try:
-                    await self._download(exchange, conn)
-                except (*_UPSTREAM_IO_ERRORS, TimeoutError, ExchangeAborted) as exc:
-                    errors.append(exc)
-                except bp.LocalProtocolError as exc:  # past a limit of the core's: max_body_bytes
-                    if exc.code is None:
-                        raise  # the core was misused: a bug, for the session's net
-                    errors.append(exc)
-                else:
-                    # An upstream that knows the body's length may answer
-                    # before the bridge's end-of-body is through; the
-                    # connection can be reused once it is. A switched one
-                    # carries the agent's bytes until it closes its side.
-                    switched = conn.h11.our_state is h11.SWITCHED_PROTOCOL
-                    with anyio.move_on_after(math.inf if switched else _REQUEST_TAIL_SECONDS):
-                        await request_sent.wait()
-                    completed = True
-                # The response is complete or failed: the upload has nothing left to do.
-                tg.cancel_scope.cancel()
+            if await self._send_request(exchange, conn, request):
+                request_sent.set()
+                completed = await self._answer(exchange, conn, errors)
+            else:
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(
+                        self._upload, exchange, conn, tg.cancel_scope, errors, request_sent
+                    )
+                    if await self._download_noting(exchange, conn, errors):
+                        # An upstream that knows the body's length may answer
+                        # before the bridge's end-of-body is through; the
+                        # connection can be reused once it is. A switched one
+                        # carries the agent's bytes until it closes its side.
+                        switched = conn.h11.our_state is h11.SWITCHED_PROTOCOL
+                        with anyio.move_on_after(math.inf if switched else _REQUEST_TAIL_SECONDS):
+                            await request_sent.wait()
+                        completed = True
+                    # The response is complete or failed: the upload has nothing left to do.
+                    tg.cancel_scope.cancel()
             # Back to the pool only now: until the upload task has ended, it may
             # still act on this connection (a cancelled task runs on to its next
             # checkpoint), and the connection would already be another exchange's.
             kept = completed and not errors and pool.keep(conn)
-        except _UPSTREAM_IO_ERRORS as exc:  # sending the request head
+        except _UPSTREAM_IO_ERRORS as exc:  # sending the request
             errors.append(exc)
         finally:
             if not kept:
                 await pool.discard(conn)
         if errors:
             exchange.reset(*self._reset_for(errors[0], exchange.head_sent))
+
+    async def _send_request(
+        self, exchange: Exchange, conn: UpstreamConnection, request: h11.Request
+    ) -> bool:
+        """Send the head with as much of the body as has arrived, in one
+        write; True when that was the whole request (nothing left to upload)."""
+        out = [conn.h11.send(request) or b""]
+        whole = False
+        if not _has_body(request):
+            out.append(conn.h11.send(h11.EndOfMessage()) or b"")
+            # (An upgrade's request is sent when the bridge's body ends:
+            # before a 101 that is at once, after one it is a half-close.)
+            whole = upgrade_token(request.headers.raw_items()) is None
+        else:
+            consumed = 0
+            while consumed < _FIRST_WRITE and isinstance(
+                event := exchange.events.peek(), (bp.Data, bp.EndOfBody)
+            ):
+                exchange.events.receive_nowait()
+                if isinstance(event, bp.EndOfBody):
+                    out.append(conn.h11.send(h11.EndOfMessage()) or b"")
+                    whole = True
+                    break
+                out.append(conn.h11.send(h11.Data(data=event.data)) or b"")
+                consumed += len(event.data)
+            if consumed:
+                exchange.consume(consumed)
+        await conn.stream.send(b"".join(out))
+        return whole
+
+    async def _answer(
+        self, exchange: Exchange, conn: UpstreamConnection, errors: list[Exception]
+    ) -> bool:
+        """The response, once the whole request is sent: in this task alone,
+        cancelled by a reset from the sandbox. True when it completed."""
+        with anyio.CancelScope() as scope:
+            exchange.on_reset = scope.cancel
+            try:
+                if exchange.ended_by is None:
+                    return await self._download_noting(exchange, conn, errors)
+            finally:
+                exchange.on_reset = None
+        reset = exchange.ended_by
+        assert reset is not None
+        errors.append(ExchangeAborted(reset.code, reset.reason))
+        return False
+
+    async def _download_noting(
+        self, exchange: Exchange, conn: UpstreamConnection, errors: list[Exception]
+    ) -> bool:
+        """``_download``, its failures noted in ``errors``; True when it completed."""
+        try:
+            await self._download(exchange, conn)
+        except (*_UPSTREAM_IO_ERRORS, TimeoutError, ExchangeAborted) as exc:
+            errors.append(exc)
+        except bp.LocalProtocolError as exc:  # past a limit of the core's: max_body_bytes
+            if exc.code is None:
+                raise  # the core was misused: a bug, for the session's net
+            errors.append(exc)
+        else:
+            return True
+        return False
 
     def _reset_for(self, error: Exception, head_sent: bool) -> tuple[bp.ErrorCode, str]:
         """The one place upstream failures become reset codes."""

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+from collections.abc import Callable
 
 import anyio
 import anyio.abc
@@ -107,6 +108,9 @@ class _Agent:
         self.http = http
         self.stream = stream
         self._send, self.chunks = anyio.create_memory_object_stream[bytes](0)
+        # Told at once when the agent hangs up, while nobody takes chunks
+        # (a request wholly read, its answer under way).
+        self.on_hangup: Callable[[], None] | None = None
 
     async def pump(self) -> None:
         async with self._send:
@@ -115,6 +119,8 @@ class _Agent:
                     data = await self.stream.receive(_AGENT_READ)
                 except STREAM_ERRORS:
                     data = b""
+                if not data and self.on_hangup is not None:
+                    self.on_hangup()
                 try:
                     await self._send.send(data)
                 except (anyio.BrokenResourceError, anyio.ClosedResourceError):
@@ -304,8 +310,24 @@ class SandboxSide:
     async def _carry(self, agent: _Agent, exchange: Exchange, upgrade: bool) -> bool:
         outcome = _Outcome()
         complete = False
+        whole, first = False, None
+        if not upgrade:
+            whole, first = await self._body_at_hand(agent, exchange, outcome)
+        if outcome.abort:
+            return False
+        if whole:
+            # The request is in: answer it in this task alone; an agent that
+            # hangs up now cancels the exchange.
+            outcome.request_read.set()
+            with anyio.CancelScope() as scope:
+                agent.on_hangup = functools.partial(_hung_up, exchange, outcome, scope)
+                try:
+                    complete = await self._download(agent, exchange, outcome, upgrade)
+                finally:
+                    agent.on_hangup = None
+            return complete and not outcome.abort
         async with anyio.create_task_group() as tg:
-            tg.start_soon(self._upload, agent, exchange, tg.cancel_scope, outcome, upgrade)
+            tg.start_soon(self._upload, agent, exchange, tg.cancel_scope, outcome, upgrade, first)
             complete = await self._download(agent, exchange, outcome, upgrade)
             if complete:
                 # The upstream may answer before the agent's last request
@@ -319,6 +341,33 @@ class SandboxSide:
             return False
         return complete and not outcome.abort
 
+    async def _body_at_hand(
+        self, agent: _Agent, exchange: Exchange, outcome: _Outcome
+    ) -> tuple[bool, AgentEvent | None]:
+        """Send the body bytes already read, as far as the credit allows them
+        at once, and end the request if its end was read too: (True, None).
+        Otherwise (False, the event taken but not handled, if any): the
+        upload task goes on from there. A reset meanwhile is the answer's to
+        give: (True, None) too."""
+        try:
+            while True:
+                event = agent.http.next_event()
+                if isinstance(event, AgentBody) and len(event.data) <= exchange.send_credit:
+                    await exchange.send_data(event.data)
+                elif isinstance(event, AgentEnd):
+                    exchange.end()
+                    return True, None
+                else:
+                    return False, event
+        except ExchangeAborted:
+            return True, None
+        except bp.LocalProtocolError as exc:  # a limit of the core's: the exchange ends here
+            if exc.code is None:
+                raise  # the core was misused: a bug
+            exchange.reset(exc.code, str(exc))
+            outcome.abort = True
+            return False, None
+
     async def _upload(
         self,
         agent: _Agent,
@@ -326,10 +375,12 @@ class SandboxSide:
         scope: anyio.CancelScope,
         outcome: _Outcome,
         upgrade: bool,
+        first: AgentEvent | None = None,
     ) -> None:
         try:
             while True:
-                event = await agent.next_event()
+                event = first if first is not None else await agent.next_event()
+                first = None
                 if isinstance(event, AgentBody):
                     await exchange.send_data(event.data)
                 elif isinstance(event, AgentEnd):
@@ -449,6 +500,13 @@ class SandboxSide:
         async for event in exchange.events:  # ends once the agent's side has ended too
             if isinstance(event, bp.ExchangeReset):
                 return
+
+
+def _hung_up(exchange: Exchange, outcome: _Outcome, scope: anyio.CancelScope) -> None:
+    """The agent hung up on a request it sent whole: cancel the exchange."""
+    exchange.reset(bp.ErrorCode.CANCELLED, "the agent closed its connection")
+    outcome.abort = True
+    scope.cancel()
 
 
 def _bridge_down(reason: str) -> tuple[int, str, str]:

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import itertools
 import logging
-import math
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable
 
@@ -28,7 +27,6 @@ import anyio
 import anyio.abc
 import anyio.lowlevel
 import attrs
-from anyio.streams.memory import MemoryObjectSendStream
 
 import bridgeproto as bp
 
@@ -45,6 +43,65 @@ _RETRY_SECONDS = (0.05, 0.1, 0.2, 0.5, 1.0)  # waits between failed attempts to 
 _WRITE_SIZE = 256 << 10
 
 
+class EventBuffer:
+    """The records of one exchange, from the session's reader to the task
+    that carries the exchange: a plain queue and one waiter (never more
+    than one task reads an exchange's records at a time)."""
+
+    def __init__(self) -> None:
+        self._items: deque[ExchangeEvent] = deque()
+        self._closed = False
+        self._waiter: anyio.Event | None = None
+
+    def put(self, event: ExchangeEvent) -> bool:
+        """Add a record; False once the buffer is closed (nobody will read it)."""
+        if self._closed:
+            return False
+        self._items.append(event)
+        self._wake()
+        return True
+
+    def close(self) -> None:
+        """No more records: a reader gets those buffered, then ``EndOfStream``."""
+        self._closed = True
+        self._wake()
+
+    def _wake(self) -> None:
+        if self._waiter is not None:
+            self._waiter.set()
+            self._waiter = None
+
+    def peek(self) -> ExchangeEvent | None:
+        """The next record if one is buffered, left in place."""
+        return self._items[0] if self._items else None
+
+    def receive_nowait(self) -> ExchangeEvent:
+        """The next record; ``WouldBlock`` if none is buffered yet,
+        ``EndOfStream`` if none will come."""
+        if self._items:
+            return self._items.popleft()
+        if self._closed:
+            raise anyio.EndOfStream
+        raise anyio.WouldBlock
+
+    async def receive(self) -> ExchangeEvent:
+        while True:
+            try:
+                return self.receive_nowait()
+            except anyio.WouldBlock:
+                self._waiter = anyio.Event()
+                await self._waiter.wait()
+
+    def __aiter__(self) -> EventBuffer:
+        return self
+
+    async def __anext__(self) -> ExchangeEvent:
+        try:
+            return await self.receive()
+        except anyio.EndOfStream:
+            raise StopAsyncIteration from None
+
+
 class Exchange:
     """One exchange, as the code that carries it sees it.
 
@@ -57,11 +114,13 @@ class Exchange:
     def __init__(self, session: Session, exchange_id: int) -> None:
         self.id = exchange_id
         self._session = session
-        self._send: MemoryObjectSendStream[ExchangeEvent]
         # Unbounded is safe: the core's credit bounds how much can arrive.
-        self._send, self.events = anyio.create_memory_object_stream[ExchangeEvent](math.inf)
+        self.events = EventBuffer()
         self._credit = anyio.Event()
         self.ended_by: bp.ExchangeReset | None = None  # the reset that ended it, if one did
+        # Called when a reset arrives, by a task that reads no records while
+        # it waits on something else (the host side's, once the request is in).
+        self.on_reset: Callable[[], None] | None = None
         self.head_sent = False  # a final response head (not 1xx, or a 101) went out
 
     @property
@@ -83,6 +142,11 @@ class Exchange:
             self._session.stats.body_bytes_sent += len(chunk)
             self._session.core_changed()
             await self._session.writer_caught_up()
+
+    @property
+    def send_credit(self) -> int:
+        """Body bytes ``send_data`` can send now without waiting."""
+        return self.conn.send_credit(self.id) if self.conn.is_open(self.id) else 0
 
     def _credit_now(self) -> int:
         self._check_alive()
@@ -128,11 +192,10 @@ class Exchange:
     def _deliver(self, event: ExchangeEvent) -> None:
         if isinstance(event, bp.ExchangeReset):
             self.ended_by = event
-        try:
-            self._send.send_nowait(event)
-        except (anyio.ClosedResourceError, anyio.BrokenResourceError):
-            if isinstance(event, bp.Data):  # nobody will read it: release the credit
-                self.consume(len(event.data))
+            if self.on_reset is not None:
+                self.on_reset()
+        if not self.events.put(event) and isinstance(event, bp.Data):
+            self.consume(len(event.data))  # nobody will read it: release the credit
         self._credit.set()
         # The core has already processed the whole batch, so "not open" may
         # be true before this event's successors are delivered: close only
@@ -141,7 +204,7 @@ class Exchange:
             isinstance(event, bp.EndOfBody) and not self.conn.is_open(self.id)
         )
         if ended:
-            self._send.close()
+            self.events.close()
 
 
 @attrs.define
@@ -326,17 +389,17 @@ class Session:
         """Close the exchange's event stream once the core says it is over."""
         self.core_changed()
         if not self.conn.is_open(exchange.id):
-            exchange._send.close()
+            exchange.events.close()
 
     def forget(self, exchange: Exchange) -> None:
         self._exchanges.pop(exchange.id, None)
-        exchange._send.close()
+        exchange.events.close()
         self._wake_slot_waiter()
         # Bytes delivered but never read still hold credit: give it back.
         while True:
             try:
                 event = exchange.events.receive_nowait()
-            except (anyio.WouldBlock, anyio.EndOfStream, anyio.ClosedResourceError):
+            except (anyio.WouldBlock, anyio.EndOfStream):
                 break
             if isinstance(event, bp.Data):
                 exchange.consume(len(event.data))
@@ -593,7 +656,7 @@ class Session:
     def _end_all(self, reason: str) -> None:
         self._dispatch(self.conn.abort(reason))  # does nothing if the session already ended
         for exchange in list(self._exchanges.values()):
-            exchange._send.close()
+            exchange.events.close()
             exchange._credit.set()
         self.finished.set()
         self._writer_done.set()
