@@ -11,7 +11,12 @@ import shutil
 import subprocess
 import sys
 
-from sandbox_kinds import need_bwrap
+import anyio
+import pytest
+
+from bridgeproto_adapters.bench import cpu
+from bridgeproto_adapters.bench.processes import find_process
+from sandbox_kinds import make_sandbox, need_bwrap
 
 
 def test_quick_bench_produces_every_figure(tmp_path: object) -> None:
@@ -62,6 +67,7 @@ def test_quick_bench_produces_every_figure(tmp_path: object) -> None:
         cost = scenarios["cost"][system]
         assert {"host_cpu_seconds_per_1000", "sandbox_cpu_seconds_per_1000",
                 "calls_per_request", "calls_per_idle_minute"} <= set(cost)  # fmt: skip
+        assert cost["host_pid"] != cost["sandbox_pid"]  # each side its own process
         side = scenarios["bulk"][system]["upload"]["sandbox_side_peak_rss_mib"]
         assert side is not None and side > 5  # the real sandbox-side process was found
     assert scenarios["bulk"]["direct"]["upload"]["sandbox_side_peak_rss_mib"] is None  # no sandbox
@@ -85,3 +91,35 @@ def test_quick_bench_produces_every_figure(tmp_path: object) -> None:
     assert "latency: small JSON POSTs" in result.stdout
     assert "websocket: 64-byte messages echoed" in result.stdout
     assert "scale: bridges held by one host process, started together" in result.stdout
+
+
+@pytest.mark.anyio
+async def test_cost_figures_refuse_a_process_that_is_not_the_other_side() -> None:
+    """The cost table reads each side from its own process: the sandbox
+    side's must be another process, inside the sandbox (its own pid
+    namespace); one process given as both, or a host process given as the
+    sandbox side, is refused instead of measured."""
+    marker = f"cost-check-{os.getpid()}"
+    async with make_sandbox("bwrap") as sandbox:
+        inside = sandbox.start(
+            ["python3", "-c", "import sys; print('up', flush=True); sys.stdin.read()", marker]
+        )
+        on_host = await anyio.open_process(["sleep", "30"])
+        try:
+            assert inside.stdout is not None
+            with anyio.fail_after(30):
+                assert b"up" in await inside.stdout.receive()
+            pid = find_process(b"python", lambda argv: marker.encode() in argv)
+            assert pid is not None and pid != inside.pid  # the process itself, not its wrapper
+            cpu.check_apart(os.getpid(), pid)  # two processes, the second inside: measured
+            assert cpu.cpu_seconds(pid) > 0
+            with pytest.raises(RuntimeError, match="one process"):
+                cpu.check_apart(os.getpid(), os.getpid())
+            with pytest.raises(RuntimeError, match="not the process inside the sandbox"):
+                cpu.check_apart(os.getpid(), on_host.pid)
+        finally:
+            on_host.kill()
+            await on_host.wait()
+            inside.kill()
+            await inside.wait()
+            await inside.aclose()

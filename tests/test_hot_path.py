@@ -15,7 +15,7 @@ import bridgeproto as bp
 from bridge import bridge
 from bridgeproto.wire import FrameDecoder
 from bridgeproto_adapters import host_side
-from bridgeproto_adapters.session import Session
+from bridgeproto_adapters.channel_writer import ChannelWriter
 
 pytestmark = pytest.mark.anyio
 REQUESTS = 20
@@ -66,7 +66,7 @@ async def test_acknowledgements_ride_with_the_traffic(monkeypatch: pytest.Monkey
     the answer with the next request, instead of each waking the peer with a
     write of its own. (Held up to 5 s here, so that a loaded machine's slow
     client cannot outwait the hold; the bridge's own is 10 ms.)"""
-    monkeypatch.setattr(Session, "ack_delay", 5.0)
+    monkeypatch.setattr(ChannelWriter, "ack_delay", 5.0)
     counts = dict.fromkeys(("host", "sandbox", "host acks alone", "sandbox acks alone"), 0)
     async with (
         bridge(transport="channels", wrap=lambda s: CountingStream(s, counts)) as b,

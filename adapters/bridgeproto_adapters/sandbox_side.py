@@ -1,11 +1,14 @@
 """The sandbox side: an HTTP/1.1 listener whose requests cross the bridge.
 
-One task per agent connection. For each request, one task streams the body
-from the agent into the bridge and then watches for the agent hanging up,
-while the connection's task streams the answer back. Whatever ends first
-decides: a complete response keeps the connection alive; a reset before the
-response head becomes a JSON error answer; a reset after it, or an agent that
-hangs up, aborts the connection and resets the exchange.
+One task per agent connection answers its requests one after another (a
+second, the pump, reads its socket: ``agents.py``). A request whose body
+came with its head is sent whole and answered in that task alone; one
+whose body is still arriving gets a task of its own that streams the rest
+into the bridge while the answer streams back (``agent_upload.py``).
+Whatever ends first decides: a complete response keeps the connection
+alive; a reset before the response head becomes a JSON error answer; a
+reset after it, or an agent that hangs up, aborts the connection and
+resets the exchange.
 
 Agents are bounded before they cost the bridge anything (``AgentLimits``): a
 request head must arrive within ``head_timeout``, at most
@@ -30,7 +33,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-from collections.abc import Callable
 
 import anyio
 import anyio.abc
@@ -40,9 +42,7 @@ import h11
 import bridgeproto as bp
 from bridgeproto.http import (
     ROUTES_PREFIX,
-    AgentBody,
     AgentConnection,
-    AgentEnd,
     AgentEvent,
     AgentRefused,
     AgentRequest,
@@ -52,111 +52,35 @@ from bridgeproto.http import (
     split_route,
 )
 
+from .agent_upload import Outcome, body_at_hand, hung_up, upload
+from .agents import (
+    DEFAULT_LISTEN,
+    Agent,
+    AgentLimits,
+    Listen,
+    _stop_eager_reading,
+    listener_address,
+    open_listener,
+)
 from .errors import STREAM_ERRORS, ExchangeAborted, SessionEnded
 from .host_side import HostSide
 from .session import RESUME_TIMEOUT, Exchange, Session
 from .transports import Channels
 
-DEFAULT_LISTEN = ("127.0.0.1", 13131)
+__all__ = [
+    "DEFAULT_LISTEN",
+    "AgentLimits",
+    "Listen",
+    "SandboxSide",
+    "_stop_eager_reading",
+    "inward_upstream",
+    "listener_address",
+    "open_listener",
+    "run_sandbox_side",
+]
+
 _ANSWER_GRACE_SECONDS = 2.0
 _REQUEST_TAIL_SECONDS = 5.0
-_LINGER_SECONDS = 2.0
-_AGENT_READ = 1 << 20  # an upload is carried in large frames, as the channel takes them
-
-
-@attrs.frozen
-class AgentLimits:
-    """What agent connections may cost the sandbox side before they are refused.
-
-    ``head_timeout``: seconds from a connection being ready for a request
-    (accepted, or its previous answer sent) to the whole request head; a
-    connection that sent nothing is closed quietly, one that sent part of a
-    head gets 408 ``request-timeout``. ``max_pending_connections``:
-    connections waiting for a request head at once; more get 503
-    ``too-many-connections``. ``max_queued`` requests wait for a free
-    exchange when the session's limit is reached, each for at most
-    ``queue_timeout`` seconds; past either bound the answer is 503
-    ``bridge-busy``.
-    """
-
-    head_timeout: float = 60.0
-    max_pending_connections: int = 1024
-    max_queued: int = 4096
-    queue_timeout: float = 120.0
-
-
-@attrs.define
-class _Outcome:
-    """What the body task tells the connection task when it stops early."""
-
-    abort: bool = False
-    reply: bytes | None = None
-    request_read: anyio.Event = attrs.field(factory=anyio.Event)
-    answered: anyio.Event = attrs.field(factory=anyio.Event)  # a final head went out
-
-
-class _Agent:
-    """One agent connection: its HTTP state and its bytes.
-
-    A single task (``pump``) reads the socket for the whole connection and
-    hands chunks over one at a time, so reading still stops when the bridge
-    has no credit, and no read on the socket is ever cancelled (anyio's
-    asyncio Unix sockets cannot take that).
-    """
-
-    def __init__(self, http: AgentConnection, stream: anyio.abc.ByteStream) -> None:
-        self.http = http
-        self.stream = stream
-        self._send, self.chunks = anyio.create_memory_object_stream[bytes](0)
-        # Told at once when the agent hangs up, while nobody takes chunks
-        # (a request wholly read, its answer under way).
-        self.on_hangup: Callable[[], None] | None = None
-
-    async def pump(self) -> None:
-        async with self._send:
-            while True:
-                try:
-                    data = await self.stream.receive(_AGENT_READ)
-                except STREAM_ERRORS:
-                    data = b""
-                if not data and self.on_hangup is not None:
-                    self.on_hangup()
-                try:
-                    await self._send.send(data)
-                except (anyio.BrokenResourceError, anyio.ClosedResourceError):
-                    return
-                if not data:
-                    return
-
-    async def next_event(self) -> AgentEvent:
-        while True:
-            event = self.http.next_event()
-            if event is not None:
-                return event
-            try:
-                data = await self.chunks.receive()
-            except anyio.EndOfStream:
-                data = b""
-            self.http.receive_data(data)
-
-    async def refuse(self, reply: bytes) -> None:
-        """Answer and close, letting the agent read the answer.
-
-        An agent may still be sending the request we refused; closing a
-        socket with unread input resets it, and the agent would see the
-        reset instead of our answer. So: answer, stop writing, and drain
-        what it still sends, for a bounded time.
-        """
-        await self.stream.send(reply)
-        with contextlib.suppress(*STREAM_ERRORS):
-            await self.stream.send_eof()
-            with anyio.move_on_after(_LINGER_SECONDS):
-                while await self.chunks.receive():
-                    pass
-
-    async def close(self) -> None:
-        self.chunks.close()  # a pump waiting to hand over a chunk stops
-        await self.stream.aclose()  # a pump waiting on the socket wakes and stops
 
 
 class SandboxSide:
@@ -196,7 +120,7 @@ class SandboxSide:
 
     async def handle_agent(self, stream: anyio.abc.ByteStream) -> None:
         _stop_eager_reading(stream)
-        agent = _Agent(AgentConnection(self.policy), stream)
+        agent = Agent(AgentConnection(self.policy), stream)
         if self._pending >= self.limits.max_pending_connections:
             with contextlib.suppress(*STREAM_ERRORS):
                 await stream.send(
@@ -219,7 +143,7 @@ class SandboxSide:
             finally:
                 await agent.close()
 
-    async def _next_head(self, agent: _Agent) -> AgentEvent | None:
+    async def _next_head(self, agent: Agent) -> AgentEvent | None:
         """The next request (or refusal) within the head timeout; None: close."""
         self._pending += 1
         try:
@@ -236,7 +160,7 @@ class SandboxSide:
             )
         return None  # an idle connection is closed quietly
 
-    async def _one_request(self, agent: _Agent) -> bool:
+    async def _one_request(self, agent: Agent) -> bool:
         event = await self._next_head(agent)
         if isinstance(event, AgentRefused):
             if event.reply is not None:
@@ -307,12 +231,12 @@ class SandboxSide:
         finally:
             self._queued -= 1
 
-    async def _carry(self, agent: _Agent, exchange: Exchange, upgrade: bool) -> bool:
-        outcome = _Outcome()
+    async def _carry(self, agent: Agent, exchange: Exchange, upgrade: bool) -> bool:
+        outcome = Outcome()
         complete = False
         whole, first = False, None
         if not upgrade:
-            whole, first = await self._body_at_hand(agent, exchange, outcome)
+            whole, first = await body_at_hand(agent, exchange, outcome)
         if outcome.abort:
             return False
         if whole:
@@ -320,14 +244,14 @@ class SandboxSide:
             # hangs up now cancels the exchange.
             outcome.request_read.set()
             with anyio.CancelScope() as scope:
-                agent.on_hangup = functools.partial(_hung_up, exchange, outcome, scope)
+                agent.on_hangup = functools.partial(hung_up, exchange, outcome, scope)
                 try:
                     complete = await self._download(agent, exchange, outcome, upgrade)
                 finally:
                     agent.on_hangup = None
             return complete and not outcome.abort
         async with anyio.create_task_group() as tg:
-            tg.start_soon(self._upload, agent, exchange, tg.cancel_scope, outcome, upgrade, first)
+            tg.start_soon(upload, agent, exchange, tg.cancel_scope, outcome, upgrade, first)
             complete = await self._download(agent, exchange, outcome, upgrade)
             if complete:
                 # The upstream may answer before the agent's last request
@@ -341,99 +265,8 @@ class SandboxSide:
             return False
         return complete and not outcome.abort
 
-    async def _body_at_hand(
-        self, agent: _Agent, exchange: Exchange, outcome: _Outcome
-    ) -> tuple[bool, AgentEvent | None]:
-        """Send the body bytes already read, as far as the credit allows them
-        at once, and end the request if its end was read too: (True, None).
-        Otherwise (False, the event taken but not handled, if any): the
-        upload task goes on from there. A reset meanwhile is the answer's to
-        give: (True, None) too."""
-        try:
-            while True:
-                event = agent.http.next_event()
-                if isinstance(event, AgentBody) and len(event.data) <= exchange.send_credit:
-                    await exchange.send_data(event.data)
-                elif isinstance(event, AgentEnd):
-                    exchange.end()
-                    return True, None
-                else:
-                    return False, event
-        except ExchangeAborted:
-            return True, None
-        except bp.LocalProtocolError as exc:  # a limit of the core's: the exchange ends here
-            if exc.code is None:
-                raise  # the core was misused: a bug
-            exchange.reset(exc.code, str(exc))
-            outcome.abort = True
-            return False, None
-
-    async def _upload(
-        self,
-        agent: _Agent,
-        exchange: Exchange,
-        scope: anyio.CancelScope,
-        outcome: _Outcome,
-        upgrade: bool,
-        first: AgentEvent | None = None,
-    ) -> None:
-        try:
-            while True:
-                event = first if first is not None else await agent.next_event()
-                first = None
-                if isinstance(event, AgentBody):
-                    await exchange.send_data(event.data)
-                elif isinstance(event, AgentEnd):
-                    outcome.request_read.set()
-                    if upgrade:  # (no body) the answer tells what the agent's next bytes are
-                        await outcome.answered.wait()
-                        if agent.http.switched:
-                            await self._switched_upload(agent, exchange)
-                        return  # declined: the answer's side ended the request
-                    exchange.end()
-                    break
-                elif isinstance(event, AgentRefused):
-                    exchange.reset(event.refusal.code, event.refusal.message)
-                    outcome.reply = event.reply
-                    outcome.abort = event.reply is None
-                    scope.cancel()
-                    return
-                else:
-                    raise anyio.EndOfStream
-            # The request is in; an agent that hangs up now cancels the exchange.
-            data = await agent.chunks.receive()
-            if not data:
-                raise anyio.EndOfStream
-            agent.http.receive_data(data)  # a pipelined request, kept for the next cycle
-        except STREAM_ERRORS:
-            exchange.reset(bp.ErrorCode.CANCELLED, "the agent closed its connection")
-            outcome.abort = True
-            scope.cancel()
-        except bp.LocalProtocolError as exc:
-            # A limit of the core's (max_body_bytes on a switched connection;
-            # an ordinary body is refused before): the exchange ends here.
-            if exc.code is None:
-                raise  # the core was misused: a bug
-            exchange.reset(exc.code, str(exc))
-            outcome.abort = True
-            scope.cancel()
-        except ExchangeAborted:
-            pass  # the answer task sees the reset and answers it
-
-    async def _switched_upload(self, agent: _Agent, exchange: Exchange) -> None:
-        """After a 101: the agent's bytes as they come (those read ahead
-        first), then its half-close."""
-        data = agent.http.upgraded_data()
-        while True:
-            if data:
-                await exchange.send_data(data)
-            data = await agent.chunks.receive()
-            if not data:
-                break
-        exchange.end()
-
     async def _download(
-        self, agent: _Agent, exchange: Exchange, outcome: _Outcome, upgrade: bool
+        self, agent: Agent, exchange: Exchange, outcome: Outcome, upgrade: bool
     ) -> bool:
         """Stream the answer to the agent; True when it completed (a switched
         connection is never reused: False).
@@ -491,7 +324,7 @@ class SandboxSide:
             exchange.reset(bp.ErrorCode.CANCELLED, "the agent closed its connection")
             return False
 
-    async def _switched_end(self, agent: _Agent, exchange: Exchange) -> None:
+    async def _switched_end(self, agent: Agent, exchange: Exchange) -> None:
         """The upstream closed its side of a switched connection: so does the
         agent's. The agent may send on until it closes its own, or until the
         exchange is reset (its idle timeout, say)."""
@@ -502,32 +335,9 @@ class SandboxSide:
                 return
 
 
-def _hung_up(exchange: Exchange, outcome: _Outcome, scope: anyio.CancelScope) -> None:
-    """The agent hung up on a request it sent whole: cancel the exchange."""
-    exchange.reset(bp.ErrorCode.CANCELLED, "the agent closed its connection")
-    outcome.abort = True
-    scope.cancel()
-
-
 def _bridge_down(reason: str) -> tuple[int, str, str]:
     """The answer for an agent whose bridge is gone: status, cause, message."""
     return 502, "bridge-down", f"the bridge is down: {reason}"
-
-
-def _stop_eager_reading(stream: anyio.abc.ByteStream) -> None:
-    """Make an accepted asyncio socket read only when asked to.
-
-    anyio's asyncio backend starts accepted connections with reading on, and
-    turns it off only after a receive that had to wait. An agent that uploads
-    faster than the bridge's credit allows would then be buffered whole in
-    memory. Pausing up front restores the backpressure (trio needs nothing).
-    The transport is anyio's private attribute: tests/test_dependencies.py
-    pins it.
-    """
-    transport = getattr(stream, "_transport", None)
-    pause = getattr(transport, "pause_reading", None)
-    if pause is not None and transport is not None and not transport.is_closing():
-        pause()
 
 
 def inward_upstream(conn: bp.Connection, route: int) -> Upstream | Refusal:
@@ -537,23 +347,6 @@ def inward_upstream(conn: bp.Connection, route: int) -> Upstream | Refusal:
     if port is None:
         return Refusal(bp.ErrorCode.FORBIDDEN, f"route {route} was never declared")
     return Upstream("127.0.0.1", port, HttpPolicy())
-
-
-Listen = tuple[str, int] | str  # (host, port) or a Unix socket path
-
-
-async def open_listener(listen: Listen) -> anyio.abc.Listener[anyio.abc.SocketStream]:
-    if isinstance(listen, str):
-        return await anyio.create_unix_listener(listen)
-    host, port = listen
-    return await anyio.create_tcp_listener(local_host=host, local_port=port, reuse_port=False)
-
-
-def listener_address(listener: anyio.abc.Listener[anyio.abc.SocketStream]) -> Listen:
-    address = listener.extra(anyio.abc.SocketAttribute.local_address)
-    if isinstance(address, str):
-        return address
-    return (str(address[0]), int(address[1]))
 
 
 async def run_sandbox_side(

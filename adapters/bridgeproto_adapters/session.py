@@ -12,237 +12,41 @@ core resumes there: what the peer did not acknowledge is sent again, and the
 exchanges go on. If no channel comes within ``resume_timeout``, the session
 fails, and so does every exchange in flight.
 
-The writer is its own task so that reading never waits on writing: two sides
-that both have a lot to send still drain each other.
+Its parts, each a module of its own below it: the writer
+(``channel_writer``), one exchange and the buffer of its records
+(``exchange``), the line of exchanges waiting for room in the core
+(``admission``), and what crossed, for the summary line (``session_stats``).
+This module runs the channels one after another, reads them, fires the
+timer and fans the core's events out to the exchanges.
 """
 
 from __future__ import annotations
 
 import itertools
 import logging
-from collections import deque
 from collections.abc import Awaitable, Callable, Iterable
 
 import anyio
 import anyio.abc
 import anyio.lowlevel
-import attrs
 
 import bridgeproto as bp
 
-from .errors import STREAM_ERRORS, ExchangeAborted, SessionEnded
+from .admission import Admission
+from .channel_writer import ChannelWriter, Tracer
+from .errors import STREAM_ERRORS, SessionEnded
+from .exchange import Exchange, ExchangeEvent
+from .session_stats import SessionStats
 from .transports import Channels, NoChannel, OneChannel
 
-ExchangeEvent = bp.ResponseHead | bp.RequestHead | bp.Data | bp.EndOfBody | bp.ExchangeReset
+__all__ = ["RESUME_TIMEOUT", "Exchange", "Session", "SessionStats", "Tracer", "first_of"]
+
 RequestHandler = Callable[["Exchange", bp.RequestHead], Awaitable[None]]
 
 logger = logging.getLogger("bridgeproto")
 _FINAL_FLUSH_SECONDS = 2.0
 RESUME_TIMEOUT = 30.0
 _RETRY_SECONDS = (0.05, 0.1, 0.2, 0.5, 1.0)  # waits between failed attempts to open a channel
-_WRITE_SIZE = 256 << 10
-
-
-class EventBuffer:
-    """The records of one exchange, from the session's reader to the task
-    that carries the exchange: a plain queue and one waiter (never more
-    than one task reads an exchange's records at a time)."""
-
-    def __init__(self) -> None:
-        self._items: deque[ExchangeEvent] = deque()
-        self._closed = False
-        self._waiter: anyio.Event | None = None
-
-    def put(self, event: ExchangeEvent) -> bool:
-        """Add a record; False once the buffer is closed (nobody will read it)."""
-        if self._closed:
-            return False
-        self._items.append(event)
-        self._wake()
-        return True
-
-    def close(self) -> None:
-        """No more records: a reader gets those buffered, then ``EndOfStream``."""
-        self._closed = True
-        self._wake()
-
-    def _wake(self) -> None:
-        if self._waiter is not None:
-            self._waiter.set()
-            self._waiter = None
-
-    def peek(self) -> ExchangeEvent | None:
-        """The next record if one is buffered, left in place."""
-        return self._items[0] if self._items else None
-
-    def receive_nowait(self) -> ExchangeEvent:
-        """The next record; ``WouldBlock`` if none is buffered yet,
-        ``EndOfStream`` if none will come."""
-        if self._items:
-            return self._items.popleft()
-        if self._closed:
-            raise anyio.EndOfStream
-        raise anyio.WouldBlock
-
-    async def receive(self) -> ExchangeEvent:
-        while True:
-            try:
-                return self.receive_nowait()
-            except anyio.WouldBlock:
-                self._waiter = anyio.Event()
-                await self._waiter.wait()
-
-    def __aiter__(self) -> EventBuffer:
-        return self
-
-    async def __anext__(self) -> ExchangeEvent:
-        try:
-            return await self.receive()
-        except anyio.EndOfStream:
-            raise StopAsyncIteration from None
-
-
-class Exchange:
-    """One exchange, as the code that carries it sees it.
-
-    Receive the peer's records from ``events``; send with ``send_data`` (which
-    waits for credit) and ``end``; report what you passed on with
-    ``consume``; always ``close`` when done (it resets an exchange still in
-    flight).
-    """
-
-    def __init__(self, session: Session, exchange_id: int) -> None:
-        self.id = exchange_id
-        self._session = session
-        # Unbounded is safe: the core's credit bounds how much can arrive.
-        self.events = EventBuffer()
-        self._credit = anyio.Event()
-        self.ended_by: bp.ExchangeReset | None = None  # the reset that ended it, if one did
-        # Called when a reset arrives, by a task that reads no records while
-        # it waits on something else (the host side's, once the request is in).
-        self.on_reset: Callable[[], None] | None = None
-        self.head_sent = False  # a final response head (not 1xx, or a 101) went out
-
-    @property
-    def conn(self) -> bp.Connection:
-        return self._session.conn
-
-    async def send_data(self, data: bytes) -> None:
-        """Send body bytes, waiting for credit as often as needed."""
-        view = memoryview(data)
-        while view:
-            credit = self._credit_now()
-            if credit == 0:
-                self._credit = anyio.Event()
-                if self._credit_now() == 0:
-                    await self._credit.wait()
-                continue
-            chunk, view = bytes(view[:credit]), view[credit:]
-            self.conn.send_data(self.id, chunk, self._session.now())
-            self._session.stats.body_bytes_sent += len(chunk)
-            self._session.core_changed()
-            await self._session.writer_caught_up()
-
-    @property
-    def send_credit(self) -> int:
-        """Body bytes ``send_data`` can send now without waiting."""
-        return self.conn.send_credit(self.id) if self.conn.is_open(self.id) else 0
-
-    def _credit_now(self) -> int:
-        self._check_alive()
-        return self.conn.send_credit(self.id)
-
-    def _check_alive(self) -> None:
-        if not self.conn.is_open(self.id):
-            reset = self.ended_by
-            if reset is not None:
-                raise ExchangeAborted(reset.code, reset.reason)
-            raise ExchangeAborted(bp.ErrorCode.CANCELLED, "the exchange has ended")
-        self._session.check_usable()
-
-    def send_response(self, head: bp.ResponseHead) -> None:
-        self._check_alive()
-        self.conn.send_response(
-            self.id, head.status, head.reason, head.headers, self._session.now()
-        )
-        self.head_sent = self.head_sent or head.status >= 200 or head.status == 101
-        self._session.core_changed()
-
-    def end(self) -> None:
-        self._check_alive()
-        self.conn.send_end(self.id, self._session.now())
-        self._session.close_events_if_over(self)
-
-    def consume(self, nbytes: int) -> None:
-        if self._session.usable:
-            self.conn.consume(self.id, nbytes)
-            self._session.core_changed()
-
-    def reset(self, code: bp.ErrorCode, reason: str = "") -> None:
-        if self._session.usable and self.conn.is_open(self.id):
-            self.conn.reset(self.id, code, reason)
-            self._session.core_changed()
-        self._session.close_events_if_over(self)
-
-    def close(self) -> None:
-        """Done with the exchange: reset it if it is still in flight."""
-        self.reset(bp.ErrorCode.CANCELLED, "the exchange was abandoned")
-        self._session.forget(self)
-
-    def _deliver(self, event: ExchangeEvent) -> None:
-        if isinstance(event, bp.ExchangeReset):
-            self.ended_by = event
-            if self.on_reset is not None:
-                self.on_reset()
-        if not self.events.put(event) and isinstance(event, bp.Data):
-            self.consume(len(event.data))  # nobody will read it: release the credit
-        self._credit.set()
-        # The core has already processed the whole batch, so "not open" may
-        # be true before this event's successors are delivered: close only
-        # on the event that ends the exchange.
-        ended = isinstance(event, bp.ExchangeReset) or (
-            isinstance(event, bp.EndOfBody) and not self.conn.is_open(self.id)
-        )
-        if ended:
-            self.events.close()
-
-
-@attrs.define
-class SessionStats:
-    """What crossed the session, for the summary line."""
-
-    exchanges: int = 0
-    reconnects: int = 0  # channels after the first
-    body_bytes_sent: int = 0
-    body_bytes_received: int = 0
-    # Seconds from a frame being written to its acknowledgement arriving:
-    # the time the bridge adds to an exchange, once each way.
-    round_trips: list[float] = attrs.field(factory=list)
-
-    def summary(self, role: bp.Role = bp.Role.HOST) -> str:
-        """One line: exchanges, body bytes each way, added latency."""
-        trips = sorted(self.round_trips)
-        if trips:
-            median = trips[len(trips) // 2] * 1000
-            p99 = trips[min(len(trips) - 1, int(len(trips) * 0.99))] * 1000
-            latency = f"added latency median {median:.2f} ms, p99 {p99:.2f} ms"
-        else:
-            latency = "added latency not measured yet"
-        up, down = self.body_bytes_received, self.body_bytes_sent
-        if role is bp.Role.SANDBOX:
-            up, down = down, up
-        reconnects = f", {_count(self.reconnects, 'reconnect')}" if self.reconnects else ""
-        return (
-            f"bridgeproto: {_count(self.exchanges, 'exchange')}, {up} bytes up, {down} bytes"
-            f" down{reconnects}, {latency}"
-        )
-
-
-def _count(n: int, noun: str) -> str:
-    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
-
-
-Tracer = Callable[[str, bytes], None]  # (direction ">" or "<", bytes)
 
 
 class Session:
@@ -255,10 +59,6 @@ class Session:
     failed; ``ready`` is set once the handshake completes. ``on_channel``, if
     given, hears of every channel change (for ``-v``).
     """
-
-    # Seconds an acknowledgement may wait for other frames to ride with: a
-    # request's rides with its answer, an answer's with the next request.
-    ack_delay = 0.01
 
     def __init__(
         self,
@@ -273,7 +73,6 @@ class Session:
         self.conn = conn
         self.tracer = tracer
         self.stats = SessionStats()
-        self._unacked: deque[tuple[float, int]] = deque()  # (written at, highest seq)
         if isinstance(channels, anyio.abc.ByteStream):
             channels = OneChannel(channels)
         self.channels = channels
@@ -287,17 +86,11 @@ class Session:
         self.finished = anyio.Event()
         self.failure: bp.SessionFailed | None = None
         self._exchanges: dict[int, Exchange] = {}
-        self._wake_writer = anyio.Event()
+        self._writer = ChannelWriter(conn, self.stats, self.finished, self._break_channel, tracer)
         self._wake_timer = anyio.Event()
         self._armed_deadline: float | None = None
-        # Set after the next flush; made only when a sender waits for one.
-        self._flushed: anyio.Event | None = None
-        self._writer_done = anyio.Event()
-        # When bytes that may need acknowledging first arrived since the last write.
-        self._received_at: float | None = None
         self._task_group: anyio.abc.TaskGroup | None = None
-        # Senders waiting for the core to take a new exchange, first come first served.
-        self._slot_waiters: deque[anyio.Event] = deque()
+        self._admission = Admission(lambda: self.usable and self.conn.exchanges_full)
 
     # ---------------------------------------------------------------- API
 
@@ -335,35 +128,17 @@ class Session:
     def must_queue(self) -> bool:
         """Whether a new exchange must wait its turn (the core is full, or
         others already wait)."""
-        return bool(self._slot_waiters) or (self.usable and self.conn.exchanges_full)
+        return self._admission.must_queue()
 
     async def wait_for_exchange_slot(self) -> None:
         """Wait, in arrival order, until the core takes a new exchange (or the
         session ends: ``open_exchange`` then says so)."""
-        turn = anyio.Event()
-        self._slot_waiters.append(turn)
-        try:
-            while True:
-                await turn.wait()
-                if not self.usable or not self.conn.exchanges_full:
-                    return  # the caller opens its exchange before anything else runs
-                turn = anyio.Event()  # woken too early: wait again, first in line
-                self._slot_waiters.appendleft(turn)
-        except BaseException:  # cancelled, or timed out
-            if turn.is_set():
-                self._wake_slot_waiter()  # the slot we leave goes to the next in line
-            else:
-                self._slot_waiters.remove(turn)
-            raise
-
-    def _wake_slot_waiter(self) -> None:
-        if self._slot_waiters and (not self.usable or not self.conn.exchanges_full):
-            self._slot_waiters.popleft().set()
+        await self._admission.wait_for_slot()
 
     def core_changed(self) -> None:
         """Tell the writer and the timer: the core may have something to send
         or a new deadline."""
-        self._wake_writer.set()
+        self._writer.wake()
         # Deadlines mostly move later (activity pushes them back), and the
         # timer re-reads them when it fires; wake it early only when needed.
         deadline = self.conn.next_deadline()
@@ -372,37 +147,14 @@ class Session:
             self._wake_timer.set()
 
     async def writer_caught_up(self) -> None:
-        """Wait until the writer has handed what is queued now to the stream.
-
-        Senders call this after each chunk, so a slow stream slows them down
-        instead of letting bytes pile up in memory. Below one write's worth
-        it returns at once: small bodies go out with whatever follows them.
-        """
-        if self.conn.unsent_bytes > _WRITE_SIZE and not self._writer_done.is_set():
-            if self._flushed is None:
-                self._flushed = anyio.Event()
-            flushed = self._flushed
-            self.core_changed()
-            await flushed.wait()
-
-    def close_events_if_over(self, exchange: Exchange) -> None:
-        """Close the exchange's event stream once the core says it is over."""
-        self.core_changed()
-        if not self.conn.is_open(exchange.id):
-            exchange.events.close()
+        """Wait until the writer has handed what is queued now to the stream
+        (at once below one write's worth)."""
+        await self._writer.caught_up()
 
     def forget(self, exchange: Exchange) -> None:
         self._exchanges.pop(exchange.id, None)
-        exchange.events.close()
-        self._wake_slot_waiter()
-        # Bytes delivered but never read still hold credit: give it back.
-        while True:
-            try:
-                event = exchange.events.receive_nowait()
-            except (anyio.WouldBlock, anyio.EndOfStream):
-                break
-            if isinstance(event, bp.Data):
-                exchange.consume(len(event.data))
+        exchange.release_unread()
+        self._admission.wake_next()
 
     async def close(
         self, code: bp.ErrorCode = bp.ErrorCode.NO_ERROR, reason: str = "",
@@ -427,7 +179,7 @@ class Session:
         leaves the peer waiting for an acknowledgement that never comes."""
         if self.finished.is_set() and self.stream is not None and not self._channel_broke.is_set():
             with anyio.move_on_after(_FINAL_FLUSH_SECONDS):
-                await self._writer_done.wait()
+                await self._writer.done.wait()
 
     async def run(self) -> None:
         self.conn.start(self.now())
@@ -441,7 +193,7 @@ class Session:
                 # Let the writer send the final acknowledgements and resets,
                 # but never wait long on a peer that stopped reading.
                 with anyio.move_on_after(_FINAL_FLUSH_SECONDS):
-                    await self._writer_done.wait()
+                    await self._writer.done.wait()
                 tg.cancel_scope.cancel()
         finally:
             self._end_all("the session ended")
@@ -466,12 +218,12 @@ class Session:
             self._channel_broke = anyio.Event()
             async with anyio.create_task_group() as tg:
                 tg.start_soon(self._reader, stream)
-                tg.start_soon(self._writer, stream)
+                tg.start_soon(self._writer.run, stream)
                 await first_of(self._channel_broke, self.finished)
                 if self.finished.is_set():
                     # The writer sends the last frames; the reader has nothing to do.
                     with anyio.move_on_after(_FINAL_FLUSH_SECONDS):
-                        await self._writer_done.wait()
+                        await self._writer.done.wait()
                 tg.cancel_scope.cancel()
             if not self.finished.is_set():
                 with anyio.CancelScope(shield=True):
@@ -523,65 +275,8 @@ class Session:
                 self.tracer("<", data)
             if self.conn.failure is not None:
                 return
-            if self._received_at is None:
-                self._received_at = self.now()
             self._dispatch(self.conn.receive_data(data, self.now()))
-            self._sample_round_trips()
-
-    async def _writer(self, stream: anyio.abc.ByteStream) -> None:
-        while True:
-            await self._wake_writer.wait()
-            self._wake_writer = anyio.Event()
-            if self._only_ack_due():
-                if self._received_at is None:
-                    continue  # nothing to send, not even an acknowledgement
-                # Hold the acknowledgement a little, for the answer (or the
-                # next request) to carry it instead of waking the peer alone.
-                with anyio.move_on_after(self._received_at + self.ack_delay - self.now()):
-                    while self._only_ack_due():
-                        await self._wake_writer.wait()
-                        self._wake_writer = anyio.Event()
-            # Let the tasks that are ready queue their frames too, so that a
-            # request's head, body and end leave in one write.
-            await anyio.lowlevel.checkpoint()
-            self._wake_writer = anyio.Event()
-            if not await self._flush(stream):
-                return
-            flushed, self._flushed = self._flushed, None
-            if flushed is not None:
-                flushed.set()
-            if self.finished.is_set():
-                self._writer_done.set()
-                return
-
-    def _only_ack_due(self) -> bool:
-        """Whether the core has at most an acknowledgement to send, in an
-        open session (a closing one drains only once all is acknowledged)."""
-        return self.conn.unsent_bytes == 0 and self.conn.state is bp.SessionState.OPEN
-
-    async def _flush(self, stream: anyio.abc.ByteStream) -> bool:
-        """Send what the core has queued; False when the channel failed."""
-        self._received_at = None  # what is due is acknowledged with this
-        # In pieces, so a large backlog is never copied into one buffer.
-        while data := self.conn.data_to_send(_WRITE_SIZE):
-            if self.tracer is not None:
-                self.tracer(">", data)
-            seq = self.conn.sent_seq
-            if seq and (not self._unacked or self._unacked[-1][1] < seq):
-                self._unacked.append((self.now(), seq))
-            try:
-                await stream.send(data)
-            except STREAM_ERRORS as exc:
-                self._break_channel(f"writing failed: {exc!r}")
-                return False
-        return True
-
-    def _sample_round_trips(self) -> None:
-        acked, now = self.conn.acked_seq, self.now()
-        while self._unacked and self._unacked[0][1] <= acked:
-            written, _ = self._unacked.popleft()
-            if len(self.stats.round_trips) < 100_000:
-                self.stats.round_trips.append(now - written)
+            self._writer.received()
 
     async def _timer(self) -> None:
         while True:
@@ -610,7 +305,7 @@ class Session:
                     one = self._exchanges.get(event.exchange_id)
                     waiting = [one] if one is not None else []
                 for exchange in waiting:
-                    exchange._credit.set()
+                    exchange.credit_arrived()
             elif isinstance(event, bp.HandshakeComplete):
                 self.ready.set()
             elif isinstance(event, bp.LinkBroken):
@@ -620,7 +315,7 @@ class Session:
                 self.finished.set()
             elif isinstance(event, bp.SessionClosed):
                 self.finished.set()
-        self._wake_slot_waiter()  # acknowledgements may have made room
+        self._admission.wake_next()  # acknowledgements may have made room
         self.core_changed()
 
     def _to_exchange(self, event: ExchangeEvent) -> None:
@@ -641,7 +336,7 @@ class Session:
             if isinstance(event, bp.Data):  # its handler is gone: release the credit
                 self.conn.consume(event.exchange_id, len(event.data))
             return
-        maybe._deliver(event)
+        maybe.deliver(event)
 
     async def _handle_request(self, exchange: Exchange, head: bp.RequestHead) -> None:
         assert self.on_request is not None
@@ -656,14 +351,10 @@ class Session:
     def _end_all(self, reason: str) -> None:
         self._dispatch(self.conn.abort(reason))  # does nothing if the session already ended
         for exchange in list(self._exchanges.values()):
-            exchange.events.close()
-            exchange._credit.set()
+            exchange.session_ended()
         self.finished.set()
-        self._writer_done.set()
-        if self._flushed is not None:
-            self._flushed.set()
-        while self._slot_waiters:
-            self._slot_waiters.popleft().set()
+        self._writer.release()
+        self._admission.release_all()
 
 
 async def first_of(*events: anyio.Event) -> int:

@@ -43,6 +43,7 @@ from ..sandboxes import (
     SimulatedProvider,
     open_sandbox,
 )
+from . import cpu
 from .faults import SHARES, fault_figures
 from .polling import PollingBaseline
 from .processes import find_process
@@ -403,20 +404,26 @@ class Bench:
         self.record("bulk", system, await _bulk_figures(size, side, transfer))
 
     async def cost(self) -> None:
+        """CPU per request of each side, each read from its own processes
+        (``cpu.check_apart``), and the control-plane calls."""
         if "shared" in self.systems:
             # socat's processes, with the per-connection children they waited for.
             assert self.references is not None
             host_pid, side_pid = self.references.pids["shared"]
+            cpu.check_apart(host_pid, side_pid)
             n = self.sizes.cost_requests
-            host0, side0 = cpu_seconds(host_pid, True), cpu_seconds(side_pid, True)
+            host0, side0 = cpu.cpu_seconds(host_pid, True), cpu.cpu_seconds(side_pid, True)
             await self.agent("shared", "requests", n=n)
             await anyio.sleep(0.2)  # for socat to reap the connection's process
-            host1, side1 = cpu_seconds(host_pid, True), cpu_seconds(side_pid, True)
+            host1, side1 = cpu.cpu_seconds(host_pid, True), cpu.cpu_seconds(side_pid, True)
             self.record("cost", "shared", {
                 "requests": n,
                 "host_cpu_seconds_per_1000": (host1 - host0) * 1000 / n,
                 "sandbox_cpu_seconds_per_1000": (side1 - side0) * 1000 / n,
+                "host_pid": host_pid,
+                "sandbox_pid": side_pid,
             })  # fmt: skip
+        host = os.getpid()  # the host side runs in this process
         for system in ("direct", "bridgeproto", "polling"):
             box, side = self.sandbox_of(system)
             n = (
@@ -424,22 +431,29 @@ class Bench:
                 if system == "polling"
                 else self.sizes.cost_requests
             )
-            host0, side0 = cpu_seconds(), cpu_seconds(side) if side else 0.0
+            if system != "direct":
+                if side is None:
+                    raise RuntimeError(f"the {system} sandbox side's process was not found")
+                cpu.check_apart(host, side)
+            host0, side0 = cpu.cpu_seconds(host), cpu.cpu_seconds(side) if side else 0.0
             calls0 = box.calls if box else 0
             await self.with_polling(system, "requests", n=n)
-            host1, side1 = cpu_seconds(), cpu_seconds(side) if side else 0.0
+            host1, side1 = cpu.cpu_seconds(host), cpu.cpu_seconds(side) if side else 0.0
             figures: dict[str, Any] = {"requests": n}
             if system != "direct":
                 assert box is not None
                 figures["host_cpu_seconds_per_1000"] = (host1 - host0) * 1000 / n
                 figures["sandbox_cpu_seconds_per_1000"] = (side1 - side0) * 1000 / n
+                figures["host_pid"], figures["sandbox_pid"] = host, side
                 figures["calls_per_request"] = (box.calls - calls0) / n
-                idle0, idle_cpu0 = box.calls, cpu_seconds()
+                idle0, idle_cpu0 = box.calls, cpu.cpu_seconds(host)
                 async with self.running(system):
                     await anyio.sleep(self.sizes.idle_seconds)
                 seconds = self.sizes.idle_seconds
                 figures["calls_per_idle_minute"] = (box.calls - idle0) * 60 / seconds
-                figures["host_idle_cpu_percent"] = (cpu_seconds() - idle_cpu0) * 100 / seconds
+                figures["host_idle_cpu_percent"] = (
+                    (cpu.cpu_seconds(host) - idle_cpu0) * 100 / seconds
+                )
             self.record("cost", system, figures)
 
     async def start(self) -> None:

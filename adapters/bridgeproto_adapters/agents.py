@@ -1,0 +1,142 @@
+"""Agent connections on the sandbox side: what one may cost before it is
+refused (``AgentLimits``), its bytes and HTTP state (``Agent``), and the
+listeners agents connect to.
+
+One task (``Agent.pump``) reads an agent's socket for the whole
+connection; the task answering its requests takes the chunks from it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+
+import anyio
+import anyio.abc
+import attrs
+
+from bridgeproto.http import AgentConnection, AgentEvent
+
+from .errors import STREAM_ERRORS
+
+DEFAULT_LISTEN = ("127.0.0.1", 13131)
+_LINGER_SECONDS = 2.0
+_AGENT_READ = 1 << 20  # an upload is carried in large frames, as the channel takes them
+
+
+@attrs.frozen
+class AgentLimits:
+    """What agent connections may cost the sandbox side before they are refused.
+
+    ``head_timeout``: seconds from a connection being ready for a request
+    (accepted, or its previous answer sent) to the whole request head; a
+    connection that sent nothing is closed quietly, one that sent part of a
+    head gets 408 ``request-timeout``. ``max_pending_connections``:
+    connections waiting for a request head at once; more get 503
+    ``too-many-connections``. ``max_queued`` requests wait for a free
+    exchange when the session's limit is reached, each for at most
+    ``queue_timeout`` seconds; past either bound the answer is 503
+    ``bridge-busy``.
+    """
+
+    head_timeout: float = 60.0
+    max_pending_connections: int = 1024
+    max_queued: int = 4096
+    queue_timeout: float = 120.0
+
+
+class Agent:
+    """One agent connection: its HTTP state and its bytes.
+
+    A single task (``pump``) reads the socket for the whole connection and
+    hands chunks over one at a time, so reading still stops when the bridge
+    has no credit, and no read on the socket is ever cancelled (anyio's
+    asyncio Unix sockets cannot take that).
+    """
+
+    def __init__(self, http: AgentConnection, stream: anyio.abc.ByteStream) -> None:
+        self.http = http
+        self.stream = stream
+        self._send, self.chunks = anyio.create_memory_object_stream[bytes](0)
+        # Told at once when the agent hangs up, while nobody takes chunks
+        # (a request wholly read, its answer under way).
+        self.on_hangup: Callable[[], None] | None = None
+
+    async def pump(self) -> None:
+        async with self._send:
+            while True:
+                try:
+                    data = await self.stream.receive(_AGENT_READ)
+                except STREAM_ERRORS:
+                    data = b""
+                if not data and self.on_hangup is not None:
+                    self.on_hangup()
+                try:
+                    await self._send.send(data)
+                except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+                    return
+                if not data:
+                    return
+
+    async def next_event(self) -> AgentEvent:
+        while True:
+            event = self.http.next_event()
+            if event is not None:
+                return event
+            try:
+                data = await self.chunks.receive()
+            except anyio.EndOfStream:
+                data = b""
+            self.http.receive_data(data)
+
+    async def refuse(self, reply: bytes) -> None:
+        """Answer and close, letting the agent read the answer.
+
+        An agent may still be sending the request we refused; closing a
+        socket with unread input resets it, and the agent would see the
+        reset instead of our answer. So: answer, stop writing, and drain
+        what it still sends, for a bounded time.
+        """
+        await self.stream.send(reply)
+        with contextlib.suppress(*STREAM_ERRORS):
+            await self.stream.send_eof()
+            with anyio.move_on_after(_LINGER_SECONDS):
+                while await self.chunks.receive():
+                    pass
+
+    async def close(self) -> None:
+        self.chunks.close()  # a pump waiting to hand over a chunk stops
+        await self.stream.aclose()  # a pump waiting on the socket wakes and stops
+
+
+def _stop_eager_reading(stream: anyio.abc.ByteStream) -> None:
+    """Make an accepted asyncio socket read only when asked to.
+
+    anyio's asyncio backend starts accepted connections with reading on, and
+    turns it off only after a receive that had to wait. An agent that uploads
+    faster than the bridge's credit allows would then be buffered whole in
+    memory. Pausing up front restores the backpressure (trio needs nothing).
+    The transport is anyio's private attribute: tests/test_dependencies.py
+    pins it.
+    """
+    transport = getattr(stream, "_transport", None)
+    pause = getattr(transport, "pause_reading", None)
+    if pause is not None and transport is not None and not transport.is_closing():
+        pause()
+
+
+Listen = tuple[str, int] | str  # (host, port) or a Unix socket path
+
+
+async def open_listener(listen: Listen) -> anyio.abc.Listener[anyio.abc.SocketStream]:
+    if isinstance(listen, str):
+        return await anyio.create_unix_listener(listen)
+    host, port = listen
+    return await anyio.create_tcp_listener(local_host=host, local_port=port, reuse_port=False)
+
+
+def listener_address(listener: anyio.abc.Listener[anyio.abc.SocketStream]) -> Listen:
+    address = listener.extra(anyio.abc.SocketAttribute.local_address)
+    if isinstance(address, str):
+        return address
+    return (str(address[0]), int(address[1]))
