@@ -55,7 +55,8 @@ from ._events import (
     SessionClosed,
     SessionFailed,
 )
-from ._exchanges import Admission, Exchange, Exchanges
+from ._exchange import Exchange
+from ._exchanges import Admission, Exchanges
 from ._liveness import Liveness, Verdict
 from ._records import (
     PROTOCOL_VERSION,
@@ -76,19 +77,15 @@ from ._records import (
     Route,
     Window,
 )
+from ._routes import Routes
 from ._state import (
     ENDED,
     PEER_WATCHED,
-    Half,
-    HalfInput,
     LinkInput,
     LinkState,
     SessionInput,
     SessionState,
-    both_halves_done,
     drained,
-    half_after,
-    half_input,
     link_after,
     session_after,
 )
@@ -134,7 +131,7 @@ class Connection:
         self._liveness = Liveness(self.config, self._exchanges.get)
         # Inward routes: route number -> port inside the sandbox. The host side
         # fills it with ``declare_route``, the sandbox side from ROUTE records.
-        self.routes: dict[int, int] = {}
+        self.routes = Routes()
         self._peer_goaway: GoAway | None = None
 
     # ------------------------------------------------------------ properties
@@ -167,11 +164,7 @@ class Connection:
     def exchanges_full(self) -> bool:
         """Whether ``start_exchange`` would refuse for now only: the peer's
         exchange limit is reached, or too many sent bytes await acknowledgement."""
-        peer = self.peer_limits
-        return peer is not None and (
-            len(self._exchanges) >= peer.max_exchanges
-            or self._delivery.retained_bytes >= self.config.max_retained_bytes
-        )
+        return self.peer_limits is not None and self._too_many_to_start() is not None
 
     def is_open(self, exchange_id: int) -> bool:
         """Whether the exchange is still in flight."""
@@ -253,17 +246,9 @@ class Connection:
             raise LocalProtocolError("only the host side declares inward routes")
         if self.state is SessionState.NEW:
             raise LocalProtocolError("declare_route() before start(); call start() first")
-        record = Route(route, port)
-        known = self.routes.get(route)
-        if known == port:
-            return
-        if known is not None:
-            raise LocalProtocolError(
-                f"route {route} already leads to port {known}; declare port {port}"
-                " under a new route number"
-            )
-        self.routes[route] = port
-        self._delivery.send(record)
+        record = Route(route, port)  # (checks both numbers first)
+        if self.routes.declare(route, port):
+            self._delivery.send(record)
 
     def start_exchange(
         self,
@@ -286,18 +271,9 @@ class Connection:
                 code=ErrorCode.FORBIDDEN,
             )
         peer = self._require_open("start an exchange")
-        if len(self._exchanges) >= peer.max_exchanges:
-            raise LocalProtocolError(
-                f"{len(self._exchanges)} exchanges are in flight and the peer allows"
-                f" {peer.max_exchanges}; wait for one to end",
-                code=ErrorCode.TOO_MANY_EXCHANGES,
-            )
-        if self._delivery.retained_bytes >= self.config.max_retained_bytes:
-            raise LocalProtocolError(
-                f"{self._delivery.retained_bytes} sent bytes await the peer's acknowledgement;"
-                " wait for the link to catch up",
-                code=ErrorCode.TOO_MANY_EXCHANGES,
-            )
+        too_many = self._too_many_to_start()
+        if too_many is not None:
+            raise too_many
         exchange_id = self._exchanges.next_local_id()
         head = RequestHead(exchange_id, method, target, tuple(headers), route=route)
         self._check_head_size(head.head_size, peer)
@@ -331,26 +307,11 @@ class Connection:
         ex = self._exchanges.find(exchange_id)
         if not data:
             return
-        credit = min(ex.credit.can_send, self._credit.can_send)
-        if len(data) > credit:
-            raise LocalProtocolError(
-                f"sending {len(data)} bytes on exchange {exchange_id} exceeds the"
-                f" {credit} bytes of credit the peer granted; wait for CreditAvailable"
-            )
-        self._advance(ex, ex.send_half, HalfInput.DATA, sending=True)
-        limit = self.config.max_body_bytes
-        if limit is not None and ex.sent_body + len(data) > limit:
-            raise LocalProtocolError(
-                f"the body on exchange {exchange_id} would exceed max_body_bytes ({limit})",
-                code=ErrorCode.BODY_TOO_LARGE,
-            )
-        ex.sent_body += len(data)
+        ex.take_body_to_send(len(data), self._credit, self.config.max_body_bytes)
         assert self.peer_limits is not None
         step = self.peer_limits.max_frame_size - 4
         for start in range(0, len(data), step):
             self._send_on(ex, Data(exchange_id, data[start : start + step]), now)
-        ex.credit.spend(len(data))
-        self._credit.spend(len(data))
 
     def send_end(self, exchange_id: int, now: float) -> None:
         """End this side's body for the exchange."""
@@ -381,17 +342,9 @@ class Connection:
         if ex is None:
             self._release_session_credit(self._exchanges.consume_ended(exchange_id, nbytes))
             return
-        if nbytes > ex.unconsumed:
-            raise LocalProtocolError(
-                f"consume({nbytes}) on exchange {exchange_id}, which has only"
-                f" {ex.unconsumed} unconsumed bytes"
-            )
-        ex.unconsumed -= nbytes
-        ex.credit.release(nbytes)
-        if ex.recv_half is Half.OPEN:  # a finished body needs no more credit
-            increment = ex.credit.due()
-            if increment:
-                self._delivery.send(Window(exchange_id, increment))
+        increment = ex.consumed(nbytes)
+        if increment:
+            self._delivery.send(Window(exchange_id, increment))
         self._release_session_credit(nbytes)
 
     def ping(self, now: float) -> None:
@@ -587,43 +540,10 @@ class Connection:
             self._close_exchange(ex, was_reset=True)
             self._emit(ExchangeReset(ex.exchange_id, record.code, record.reason, by_peer=True))
             return
-        ours = self._exchanges.is_ours(ex.exchange_id)
-        expected_head = ResponseHead if ours else RequestHead
-        if isinstance(record, (RequestHead, ResponseHead)) and not isinstance(
-            record, expected_head
-        ):
-            opener = "this side" if ours else "the peer"
-            raise PeerFault(
-                ErrorCode.PROTOCOL_ERROR,
-                f"{type(record).__name__} on exchange {ex.exchange_id}, which {opener} started",
-            )
-        if (
-            isinstance(record, ResponseHead)
-            and record.head_size > self.config.limits.max_header_bytes
-        ):
-            raise PeerFault(
-                ErrorCode.HEADERS_TOO_LARGE,
-                f"response head is {record.head_size} bytes; the limit is"
-                f" {self.config.limits.max_header_bytes}",
-            )
-        ex.recv_half = self._advance(ex, ex.recv_half, half_input(record), sending=False)
-        if isinstance(record, Data):
-            size = len(record.data)
-            if not ex.credit.take(size):
-                raise PeerFault(
-                    ErrorCode.FLOW_CONTROL_ERROR,
-                    f"{size} body bytes arrived with only {ex.credit.can_receive} bytes of credit",
-                )
-            ex.unconsumed += size
-            ex.received_body += size
-            limit = self.config.max_body_bytes
-            if limit is not None and ex.received_body > limit:
-                raise PeerFault(
-                    ErrorCode.BODY_TOO_LARGE,
-                    f"body is larger than the limit of {limit} bytes",
-                )
+        limits = self.config.limits
+        ex.receiving(record, limits.max_header_bytes, self.config.max_body_bytes)
         self._emit(record)  # type: ignore[arg-type]
-        if both_halves_done(ex.send_half, ex.recv_half):
+        if ex.done:
             self._close_exchange(ex, was_reset=False)
 
     def _receive_window(self, window: Window) -> None:
@@ -659,13 +579,7 @@ class Connection:
     def _receive_route(self, route: Route) -> None:
         if self.role is not Role.SANDBOX:
             raise PeerFault(ErrorCode.PROTOCOL_ERROR, "ROUTE is only sent to the sandbox side")
-        known = self.routes.get(route.route)
-        if known is not None and known != route.port:
-            raise PeerFault(
-                ErrorCode.PROTOCOL_ERROR,
-                f"route {route.route} was declared for port {known} and again for {route.port}",
-            )
-        self.routes[route.route] = route.port
+        self.routes.learn(route.route, route.port)
 
     def _receive_goaway(self, goaway: GoAway, now: float) -> None:
         if goaway.code is not ErrorCode.NO_ERROR:
@@ -734,6 +648,26 @@ class Connection:
             )
         return self.peer_limits
 
+    def _too_many_to_start(self) -> LocalProtocolError | None:
+        """Why a new exchange must wait, if it must: the peer's exchange limit
+        is reached, or too many sent bytes await acknowledgement."""
+        assert self.peer_limits is not None
+        allowed = self.peer_limits.max_exchanges
+        if len(self._exchanges) >= allowed:
+            return LocalProtocolError(
+                f"{len(self._exchanges)} exchanges are in flight and the peer allows"
+                f" {allowed}; wait for one to end",
+                code=ErrorCode.TOO_MANY_EXCHANGES,
+            )
+        retained = self._delivery.retained_bytes
+        if retained >= self.config.max_retained_bytes:
+            return LocalProtocolError(
+                f"{retained} sent bytes await the peer's acknowledgement;"
+                " wait for the link to catch up",
+                code=ErrorCode.TOO_MANY_EXCHANGES,
+            )
+        return None
+
     def _check_head_size(self, size: int, peer: Limits) -> None:
         if size > peer.max_header_bytes:
             raise LocalProtocolError(
@@ -753,25 +687,12 @@ class Connection:
         self._liveness.watch(ex)
         return ex
 
-    def _advance(self, ex: Exchange, half: Half, what: HalfInput, *, sending: bool) -> Half:
-        new = half_after(half, what)
-        if new is None:
-            direction = "send" if sending else "receive"
-            message = (
-                f"exchange {ex.exchange_id}: cannot {direction} {what.value} while its"
-                f" {direction} half is {half.value}"
-            )
-            if sending:
-                raise LocalProtocolError(message)
-            raise PeerFault(ErrorCode.PROTOCOL_ERROR, message)
-        return new
-
     def _send_on(self, ex: Exchange, record: Record, now: float) -> None:
         """Send a head, data or end on an exchange, moving its send half."""
-        ex.send_half = self._advance(ex, ex.send_half, half_input(record), sending=True)
+        ex.sending(record)
         self._liveness.touch(ex, now)
         self._delivery.send(record)
-        if both_halves_done(ex.send_half, ex.recv_half):
+        if ex.done:
             self._close_exchange(ex, was_reset=False)
 
     def _local_reset(self, ex: Exchange, code: ErrorCode, reason: str) -> None:

@@ -18,6 +18,7 @@ from typing import NamedTuple
 
 from ._credit import Credit
 from ._errors import ErrorCode, LocalProtocolError
+from ._exchange import Exchange
 from ._records import (
     MAX_EXCHANGE_ID,
     Data,
@@ -28,38 +29,6 @@ from ._records import (
     ResponseHead,
     Role,
 )
-from ._state import Half
-
-
-class Exchange:
-    """Book-keeping for one exchange in flight."""
-
-    __slots__ = (
-        "credit",
-        "deadline",
-        "exchange_id",
-        "last_activity",
-        "received_body",
-        "recv_half",
-        "send_half",
-        "sent_body",
-        "serial",
-        "unconsumed",
-    )
-
-    def __init__(
-        self, exchange_id: int, serial: int, now: float, credit: Credit, deadline: float | None
-    ) -> None:
-        self.exchange_id = exchange_id
-        self.serial = serial  # the order it opened in, by either side
-        self.send_half = Half.IDLE
-        self.recv_half = Half.IDLE
-        self.credit = credit
-        self.unconsumed = 0  # delivered to the application, not yet consumed
-        self.received_body = 0
-        self.sent_body = 0
-        self.last_activity = now
-        self.deadline = deadline
 
 
 class Admission(enum.Enum):
@@ -147,7 +116,14 @@ class Exchanges:
         if self.is_ours(exchange_id):
             self._next_local_id = exchange_id + 2
         self._serial += 1
-        ex = Exchange(exchange_id, self._serial, now, credit, deadline)
+        ex = Exchange(
+            exchange_id,
+            serial=self._serial,
+            ours=self.is_ours(exchange_id),
+            now=now,
+            credit=credit,
+            deadline=deadline,
+        )
         self._open[exchange_id] = ex
         return ex
 

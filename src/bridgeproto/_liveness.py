@@ -38,7 +38,7 @@ import attrs
 
 from ._config import Config
 from ._errors import ErrorCode
-from ._exchanges import Exchange
+from ._exchange import Exchange
 from ._timers import Key, LazyDeadlines
 
 
