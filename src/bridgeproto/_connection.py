@@ -35,16 +35,12 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from ._codec import NEED_DATA, FrameDecoder, Sentinel
 from ._config import Config
 from ._credit import Credit
-from ._delivery import Arrival, Delivery
 from ._errors import (
-    CorruptFrameError,
     ErrorCode,
     LocalProtocolError,
     PeerFault,
-    RemoteProtocolError,
 )
 from ._events import (
     CreditAvailable,
@@ -57,18 +53,16 @@ from ._events import (
 )
 from ._exchange import Exchange
 from ._exchanges import Admission, Exchanges
+from ._link import Link
 from ._liveness import Liveness, Verdict
 from ._records import (
-    PROTOCOL_VERSION,
     SESSION_ID_BYTES,
-    Ack,
     Data,
     EndOfBody,
     GoAway,
     Hello,
     Limits,
     Ping,
-    Pong,
     Record,
     RequestHead,
     Reset,
@@ -76,30 +70,20 @@ from ._records import (
     Role,
     Route,
     Window,
+    clip_reason,
 )
 from ._routes import Routes
 from ._state import (
     ENDED,
     PEER_WATCHED,
-    LinkInput,
     LinkState,
     SessionInput,
     SessionState,
     drained,
-    link_after,
     session_after,
 )
 
 __all__ = ["Config", "Connection"]
-
-
-def _clip(reason: str) -> str:
-    """Reasons we pass on may quote the peer; keep them within the record limit."""
-    return reason if len(reason) <= 300 else reason[:297] + "..."
-
-
-def _reset(exchange_id: int, code: ErrorCode, reason: str) -> Reset:
-    return Reset(exchange_id, code, _clip(reason))
 
 
 class Connection:
@@ -118,12 +102,11 @@ class Connection:
         self.session_id = session_id
         self.config = config or Config()
         self.state = SessionState.NEW
-        self.link = LinkState.UP
         self.peer_limits: Limits | None = None
         self.failure: SessionFailed | None = None
 
-        self._decoder = FrameDecoder(self.config.limits.max_frame_size)
-        self._delivery = Delivery()
+        self._link = Link(self.role, session_id, self.config.limits)
+        self._delivery = self._link.delivery
         self._credit = Credit(0, self.config.limits.session_window)  # session-wide
         self._events: list[Event] = []
 
@@ -135,6 +118,10 @@ class Connection:
         self._peer_goaway: GoAway | None = None
 
     # ------------------------------------------------------------ properties
+
+    @property
+    def link(self) -> LinkState:
+        return self._link.state
 
     @property
     def retained_bytes(self) -> int:
@@ -164,7 +151,7 @@ class Connection:
     def exchanges_full(self) -> bool:
         """Whether ``start_exchange`` would refuse for now only: the peer's
         exchange limit is reached, or too many sent bytes await acknowledgement."""
-        return self.peer_limits is not None and self._too_many_to_start() is not None
+        return self.peer_limits is not None and self._start_refusal() is not None
 
     def is_open(self, exchange_id: int) -> bool:
         """Whether the exchange is still in flight."""
@@ -182,7 +169,7 @@ class Connection:
             raise LocalProtocolError("start() was already called")
         self._move(SessionInput.START)
         self._liveness.started(now)
-        self._delivery.send_control(self._hello())
+        self._link.start()
 
     def resume(self, now: float) -> None:
         """Begin a new link for the same session after the old one broke.
@@ -193,9 +180,7 @@ class Connection:
         self._check_usable()
         if self.state is SessionState.NEW:
             raise LocalProtocolError("resume() before start(); call start() first")
-        self._decoder = FrameDecoder(self.config.limits.max_frame_size)
-        self._move_link(LinkInput.RESUME)
-        self._delivery.resume(self._hello())
+        self._link.resume()
 
     def close(
         self,
@@ -271,9 +256,9 @@ class Connection:
                 code=ErrorCode.FORBIDDEN,
             )
         peer = self._require_open("start an exchange")
-        too_many = self._too_many_to_start()
-        if too_many is not None:
-            raise too_many
+        refusal = self._start_refusal()
+        if refusal is not None:
+            raise refusal
         exchange_id = self._exchanges.next_local_id()
         head = RequestHead(exchange_id, method, target, tuple(headers), route=route)
         self._check_head_size(head.head_size, peer)
@@ -368,13 +353,13 @@ class Connection:
         """When ``handle_timer`` should next be called, or None."""
         if self.state is SessionState.NEW or self.state in ENDED:
             return None
-        return self._liveness.next_deadline(self.state in PEER_WATCHED, self._frame_waiting())
+        return self._liveness.next_deadline(self.state in PEER_WATCHED, self._link.frame_waiting)
 
     def handle_timer(self, now: float) -> list[Event]:
         """Fire every timer due at ``now``; returns what happened."""
         if self.state is SessionState.NEW or self.state in ENDED:
             return []
-        for fired in self._liveness.due(now, self.state in PEER_WATCHED, self._frame_waiting()):
+        for fired in self._liveness.due(now, self.state in PEER_WATCHED, self._link.frame_waiting):
             verdict = fired.verdict
             if verdict is Verdict.RESET_EXCHANGE:
                 ex = self._exchanges.get(fired.exchange_id)
@@ -399,10 +384,6 @@ class Connection:
         self._check_drained()
         return self._take_events()
 
-    def _frame_waiting(self) -> bool:
-        """Whether the link holds part of a frame (the stall timer runs)."""
-        return self.link is LinkState.UP and self._decoder.buffered > 0
-
     # ------------------------------------------------------------ input
 
     def receive_data(self, data: bytes, now: float) -> list[Event]:
@@ -417,76 +398,34 @@ class Connection:
             raise LocalProtocolError("receive_data() before start()")
         if self.link is LinkState.BROKEN:
             return []
-        self._decoder.receive_data(data)
+        self._link.feed(data)
         while self.link is LinkState.UP and self.state is not SessionState.FAILED:
             try:
-                frame = self._decoder.next_frame()
-            except CorruptFrameError as exc:
-                self._break_link(str(exc))
-                break
-            except RemoteProtocolError as exc:
-                self._fail_session(ErrorCode.PROTOCOL_ERROR, str(exc), by_peer=False)
-                break
-            if isinstance(frame, Sentinel):
-                if frame is not NEED_DATA:
-                    self._break_link("the peer closed the link")
-                break
-            self._liveness.heard(now)
-            try:
-                self._receive_frame(frame.seq, frame.record, now)
+                frame = self._link.next_frame()
+                if frame is None:
+                    break  # more bytes needed
+                if isinstance(frame, LinkBroken):
+                    self._emit(frame)
+                    break
+                self._liveness.heard(now)
+                self._receive(self._link.take(frame), now)
             except PeerFault as exc:
                 self._fail_session(exc.code, exc.reason, by_peer=False)
         self._check_retention()
         self._check_drained()
         return self._take_events()
 
-    def _receive_frame(self, seq: int, record: Record, now: float) -> None:
-        if isinstance(record, Hello):
-            self._receive_hello(record)
-            return
-        if self.peer_limits is None:
-            raise PeerFault(
-                ErrorCode.PROTOCOL_ERROR,
-                f"{type(record).__name__} arrived before HELLO; a session opens with HELLO",
-            )
-        if isinstance(record, Ack):
-            self._delivery.receive_ack(record.seq)
-        elif isinstance(record, Ping):
-            self._delivery.send_control(Pong(record.payload))
-        elif isinstance(record, Pong):
-            pass  # any frame proves liveness, and heard() noted it
-        else:
-            arrival = self._delivery.arrival(seq)
-            if arrival is Arrival.NEXT:
-                self._receive_sequenced(record, now)
-            elif arrival is Arrival.GAP:
-                self._break_link(
-                    "frames were lost: expected sequence number"
-                    f" {self._delivery.received_seq + 1}, got {seq}"
-                )
-
-    def _receive_hello(self, hello: Hello) -> None:
-        # (A hello of another wire version never gets here: the decoder refuses it.)
-        if hello.role is not self.role.peer:
-            raise PeerFault(
-                ErrorCode.PROTOCOL_ERROR,
-                f"both sides claim the {self.role.name.lower()} role; one must be the"
-                f" {self.role.peer.name.lower()} side",
-            )
-        if hello.session_id != self.session_id:
-            raise PeerFault(
-                ErrorCode.PROTOCOL_ERROR,
-                f"session id mismatch: the peer has {hello.session_id.hex()}, this side"
-                f" {self.session_id.hex()}; the peer restarted or belongs to another bridge",
-            )
-        if self.peer_limits is None:
-            self.peer_limits = hello.limits
-            self._credit.can_send = hello.limits.session_window
+    def _receive(self, taken: Hello | Record | LinkBroken | None, now: float) -> None:
+        if isinstance(taken, Hello):  # the peer's first
+            self.peer_limits = taken.limits
+            self._credit.can_send = taken.limits.session_window
             self._liveness.hello_received()
             self._move(SessionInput.PEER_HELLO)
-            self._emit(HandshakeComplete(hello))
-        else:
-            self._delivery.resend_unacknowledged()  # the peer reopened the link
+            self._emit(HandshakeComplete(taken))
+        elif isinstance(taken, LinkBroken):
+            self._emit(taken)
+        elif taken is not None:
+            self._receive_sequenced(taken, now)
 
     def _receive_sequenced(self, record: Record, now: float) -> None:
         if isinstance(record, Window):
@@ -529,7 +468,7 @@ class Connection:
         if admission is Admission.OPEN:
             return self._open_exchange(record.exchange_id, now)
         if admission is not Admission.DROP:
-            self._delivery.send(_reset(record.exchange_id, admission.code, admission.reason))
+            self._send_reset(record.exchange_id, admission.code, admission.reason)
             if admission.remember:
                 self._release_session_credit(self._exchanges.remember_ended(record.exchange_id, 0))
         return None
@@ -559,13 +498,8 @@ class Connection:
         if ex is None:
             exchange_id = window.exchange_id
             if not self._exchanges.ended(exchange_id):
-                self._delivery.send(
-                    _reset(
-                        exchange_id,
-                        ErrorCode.PROTOCOL_ERROR,
-                        f"WINDOW for exchange {exchange_id}, which was never opened",
-                    )
-                )
+                reason = f"WINDOW for exchange {exchange_id}, which was never opened"
+                self._send_reset(exchange_id, ErrorCode.PROTOCOL_ERROR, reason)
             return  # (credit for an exchange that has ended is ignored)
         if not ex.credit.grant(window.increment):
             self._local_reset(
@@ -615,21 +549,12 @@ class Connection:
             raise AssertionError(f"{what.value} while the session is {self.state.value}")
         self.state = new
 
-    def _move_link(self, what: LinkInput) -> None:
-        new = link_after(self.link, what)
-        if new is None:
-            raise AssertionError(f"{what.value} while the link is {self.link.value}")
-        self.link = new
-
     def _emit(self, event: Event) -> None:
         self._events.append(event)
 
     def _take_events(self) -> list[Event]:
         events, self._events = self._events, []
         return events
-
-    def _hello(self) -> Hello:
-        return Hello(PROTOCOL_VERSION, self.role, self.session_id, self.config.limits)
 
     def _check_usable(self) -> None:
         if self.failure is not None:
@@ -648,25 +573,13 @@ class Connection:
             )
         return self.peer_limits
 
-    def _too_many_to_start(self) -> LocalProtocolError | None:
-        """Why a new exchange must wait, if it must: the peer's exchange limit
-        is reached, or too many sent bytes await acknowledgement."""
+    def _start_refusal(self) -> LocalProtocolError | None:
         assert self.peer_limits is not None
-        allowed = self.peer_limits.max_exchanges
-        if len(self._exchanges) >= allowed:
-            return LocalProtocolError(
-                f"{len(self._exchanges)} exchanges are in flight and the peer allows"
-                f" {allowed}; wait for one to end",
-                code=ErrorCode.TOO_MANY_EXCHANGES,
-            )
-        retained = self._delivery.retained_bytes
-        if retained >= self.config.max_retained_bytes:
-            return LocalProtocolError(
-                f"{retained} sent bytes await the peer's acknowledgement;"
-                " wait for the link to catch up",
-                code=ErrorCode.TOO_MANY_EXCHANGES,
-            )
-        return None
+        return self._exchanges.start_refusal(
+            self.peer_limits.max_exchanges,
+            self._delivery.retained_bytes,
+            self.config.max_retained_bytes,
+        )
 
     def _check_head_size(self, size: int, peer: Limits) -> None:
         if size > peer.max_header_bytes:
@@ -697,9 +610,12 @@ class Connection:
 
     def _local_reset(self, ex: Exchange, code: ErrorCode, reason: str) -> None:
         """End an exchange from this side: tell the peer and the application."""
-        self._delivery.send(_reset(ex.exchange_id, code, reason))
+        self._send_reset(ex.exchange_id, code, reason)
         self._close_exchange(ex, was_reset=True)
         self._emit(ExchangeReset(ex.exchange_id, code, reason, by_peer=False))
+
+    def _send_reset(self, exchange_id: int, code: ErrorCode, reason: str) -> None:
+        self._delivery.send(Reset(exchange_id, code, clip_reason(reason)))
 
     def _close_exchange(self, ex: Exchange, *, was_reset: bool) -> None:
         if was_reset:
@@ -745,8 +661,7 @@ class Connection:
             self._delivery.forget_unacknowledged()
 
     def _break_link(self, reason: str) -> None:
-        self._move_link(LinkInput.BREAK)
-        self._emit(LinkBroken(reason))
+        self._emit(self._link.broken(reason))
 
     def _fail_session(self, code: ErrorCode, reason: str, *, by_peer: bool) -> None:
         """End the session for good: every open exchange is reset first."""
@@ -755,7 +670,7 @@ class Connection:
             self._emit(ExchangeReset(ex.exchange_id, code, reason, by_peer=by_peer))
         if not by_peer:
             # Best effort: tell the peer why, so it need not wait for a timeout.
-            self._delivery.send(GoAway(self._exchanges.highest_peer_id, code, _clip(reason)))
+            self._delivery.send(GoAway(self._exchanges.highest_peer_id, code, clip_reason(reason)))
         self._move(SessionInput.FAILURE)
         self.failure = SessionFailed(code, reason, by_peer)
         self._emit(self.failure)

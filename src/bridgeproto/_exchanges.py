@@ -110,6 +110,25 @@ class Exchanges:
             )
         return self._next_local_id
 
+    def start_refusal(
+        self, peer_allows: int, retained_bytes: int, max_retained_bytes: int
+    ) -> LocalProtocolError | None:
+        """Why this side's next exchange must wait, if it must: the peer's
+        exchange limit is reached, or too many sent bytes await its ack."""
+        if len(self._open) >= peer_allows:
+            return LocalProtocolError(
+                f"{len(self._open)} exchanges are in flight and the peer allows"
+                f" {peer_allows}; wait for one to end",
+                code=ErrorCode.TOO_MANY_EXCHANGES,
+            )
+        if retained_bytes >= max_retained_bytes:
+            return LocalProtocolError(
+                f"{retained_bytes} sent bytes await the peer's acknowledgement;"
+                " wait for the link to catch up",
+                code=ErrorCode.TOO_MANY_EXCHANGES,
+            )
+        return None
+
     def open(
         self, exchange_id: int, now: float, credit: Credit, deadline: float | None
     ) -> Exchange:
