@@ -9,22 +9,17 @@ the ``now`` argument of every call that can start or stop a timer. The caller
 arms a timer for ``next_deadline()`` and calls ``handle_timer(now)`` when it
 fires.
 
-``Connection`` composes five parts, each in its own module:
+``Connection`` decides what each input means and what it sends and
+reports; what it composes has a module each:
 
-* **the lifecycle** (``_state``): the session, the link and the two halves
-  of every exchange, each a table of allowed transitions, and the rules
-  that move them by state (drained, both halves done, the 101 rule);
-* **delivery** (``_delivery``): sequence numbers, retained frames, acks and
-  resume, so every record takes effect exactly once;
-* **credit** (``_credit``): the per-exchange and session-wide windows;
-* **the exchange registry** (``_exchanges``): the exchanges in flight, whose
-  ids are whose, admission of the peer's, and the ended ids remembered in a
-  bounded map so that late frames for them are dropped quietly;
-* **liveness** (``_liveness``): every timer, each a deadline and a verdict,
-  and the earliest of them known without a walk over the exchanges.
-
-``Connection`` itself decides what each input means and what it sends and
-reports.
+* ``_state``: the session, the link and each exchange's halves as tables of
+  allowed moves, and the rules that move them by state;
+* ``_link``: frames in and out, hellos, acks, pings, breaks and resumes,
+  over ``_delivery``: sequence numbers, so each record takes effect once;
+* ``_exchanges``: the registry (ids, admission, the ended ids remembered in
+  a bounded map), and ``_exchange``: one exchange's halves, body and credit;
+* ``_credit``: the windows; ``_routes``: the inward routes;
+* ``_liveness``: every timer, each a deadline and a verdict.
 
 An input a half's table does not allow is a protocol error for that exchange
 only: it is reset and the session goes on. Events gather in one buffer that
@@ -36,7 +31,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from ._config import Config
-from ._credit import Credit
+from ._credit import Credit, SessionCredit
 from ._errors import (
     ErrorCode,
     LocalProtocolError,
@@ -52,7 +47,7 @@ from ._events import (
     SessionFailed,
 )
 from ._exchange import Exchange
-from ._exchanges import Admission, Exchanges
+from ._exchanges import Admission, ExchangeRecord, Exchanges
 from ._link import Link
 from ._liveness import Liveness, Verdict
 from ._records import (
@@ -107,7 +102,7 @@ class Connection:
 
         self._link = Link(self.role, session_id, self.config.limits)
         self._delivery = self._link.delivery
-        self._credit = Credit(0, self.config.limits.session_window)  # session-wide
+        self._credit = SessionCredit(0, self.config.limits.session_window)
         self._events: list[Event] = []
 
         self._exchanges = Exchanges(self.role, self.config.closed_exchange_memory)
@@ -429,21 +424,19 @@ class Connection:
 
     def _receive_sequenced(self, record: Record, now: float) -> None:
         if isinstance(record, Window):
-            self._receive_window(record)
+            self._receive_window(record, now)
             return
         if isinstance(record, GoAway):
             self._receive_goaway(record, now)
             return
         if isinstance(record, Route):
-            self._receive_route(record)
+            if self.role is not Role.SANDBOX:
+                raise PeerFault(ErrorCode.PROTOCOL_ERROR, "ROUTE is only sent to the sandbox side")
+            self.routes.learn(record.route, record.port)
             return
         assert isinstance(record, (RequestHead, ResponseHead, Data, EndOfBody, Reset))
-        if isinstance(record, Data) and not self._credit.take(len(record.data)):
-            raise PeerFault(
-                ErrorCode.FLOW_CONTROL_ERROR,
-                f"{len(record.data)} body bytes arrived with only {self._credit.can_receive}"
-                " bytes of session credit left",
-            )
+        if isinstance(record, Data):
+            self._credit.take_from_peer(len(record.data))
         ex = self._exchanges.get(record.exchange_id) or self._admit(record, now)
         if ex is None:
             if isinstance(record, Data):  # nobody will consume these bytes
@@ -454,9 +447,7 @@ class Connection:
         except PeerFault as exc:  # a fault in one exchange's record resets only it
             self._local_reset(ex, exc.code, exc.reason)
 
-    def _admit(
-        self, record: RequestHead | ResponseHead | Data | EndOfBody | Reset, now: float
-    ) -> Exchange | None:
+    def _admit(self, record: ExchangeRecord, now: float) -> Exchange | None:
         """The exchange a record for an id not in flight opens, if any.
         Refusals are answered here; late frames are dropped."""
         admission = self._exchanges.admission(
@@ -476,8 +467,7 @@ class Connection:
     def _receive_on(self, ex: Exchange, record: Record, now: float) -> None:
         self._liveness.touch(ex, now)
         if isinstance(record, Reset):
-            self._close_exchange(ex, was_reset=True)
-            self._emit(ExchangeReset(ex.exchange_id, record.code, record.reason, by_peer=True))
+            self._end_exchange(ex, record.code, record.reason, by_peer=True)
             return
         limits = self.config.limits
         ex.receiving(record, limits.max_header_bytes, self.config.max_body_bytes)
@@ -485,35 +475,19 @@ class Connection:
         if ex.done:
             self._close_exchange(ex, was_reset=False)
 
-    def _receive_window(self, window: Window) -> None:
+    def _receive_window(self, window: Window, now: float) -> None:
         if window.exchange_id == 0:
-            if not self._credit.grant(window.increment):
-                raise PeerFault(
-                    ErrorCode.FLOW_CONTROL_ERROR,
-                    "session credit would exceed 2**32-1 bytes",
-                )
+            self._credit.granted_by_peer(window.increment)
             self._emit(CreditAvailable(0))
             return
-        ex = self._exchanges.get(window.exchange_id)
+        ex = self._exchanges.get(window.exchange_id) or self._admit(window, now)
         if ex is None:
-            exchange_id = window.exchange_id
-            if not self._exchanges.ended(exchange_id):
-                reason = f"WINDOW for exchange {exchange_id}, which was never opened"
-                self._send_reset(exchange_id, ErrorCode.PROTOCOL_ERROR, reason)
-            return  # (credit for an exchange that has ended is ignored)
+            return
         if not ex.credit.grant(window.increment):
-            self._local_reset(
-                ex,
-                ErrorCode.FLOW_CONTROL_ERROR,
-                "the peer granted more than 2**32-1 bytes of credit",
-            )
+            reason = "the peer granted more than 2**32-1 bytes of credit"
+            self._local_reset(ex, ErrorCode.FLOW_CONTROL_ERROR, reason)
             return
         self._emit(CreditAvailable(ex.exchange_id))
-
-    def _receive_route(self, route: Route) -> None:
-        if self.role is not Role.SANDBOX:
-            raise PeerFault(ErrorCode.PROTOCOL_ERROR, "ROUTE is only sent to the sandbox side")
-        self.routes.learn(route.route, route.port)
 
     def _receive_goaway(self, goaway: GoAway, now: float) -> None:
         if goaway.code is not ErrorCode.NO_ERROR:
@@ -522,17 +496,10 @@ class Connection:
             )
             return
         self._peer_goaway = goaway
+        refused = "the peer is shutting down and did not process this exchange; retry it"
         for ex in self._exchanges.in_flight():
-            if self._exchanges.is_ours(ex.exchange_id) and ex.exchange_id > goaway.last_exchange_id:
-                self._close_exchange(ex, was_reset=True)
-                self._emit(
-                    ExchangeReset(
-                        ex.exchange_id,
-                        ErrorCode.REFUSED,
-                        "the peer is shutting down and did not process this exchange; retry it",
-                        by_peer=True,
-                    )
-                )
+            if ex.ours and ex.exchange_id > goaway.last_exchange_id:
+                self._end_exchange(ex, ErrorCode.REFUSED, refused, by_peer=True)
         self._emit(goaway)
         if session_after(self.state, SessionInput.GOAWAY_SENT) is not None:
             # Answer it: both sides drain.
@@ -611,8 +578,12 @@ class Connection:
     def _local_reset(self, ex: Exchange, code: ErrorCode, reason: str) -> None:
         """End an exchange from this side: tell the peer and the application."""
         self._send_reset(ex.exchange_id, code, reason)
+        self._end_exchange(ex, code, reason, by_peer=False)
+
+    def _end_exchange(self, ex: Exchange, code: ErrorCode, reason: str, *, by_peer: bool) -> None:
+        """Reset an exchange and tell the application."""
         self._close_exchange(ex, was_reset=True)
-        self._emit(ExchangeReset(ex.exchange_id, code, reason, by_peer=False))
+        self._emit(ExchangeReset(ex.exchange_id, code, reason, by_peer=by_peer))
 
     def _send_reset(self, exchange_id: int, code: ErrorCode, reason: str) -> None:
         self._delivery.send(Reset(exchange_id, code, clip_reason(reason)))
@@ -651,12 +622,11 @@ class Connection:
         limit = self.config.max_unacknowledged_bytes
         retained = self._delivery.retained_bytes
         if retained > limit and self.state is not SessionState.FAILED:
-            self._fail_session(
-                ErrorCode.PEER_UNRESPONSIVE,
+            reason = (
                 f"the peer has left {retained} sent bytes unacknowledged (the limit is"
-                f" {limit}); it is not reading its link, or it is not a bridgeproto peer",
-                by_peer=False,
+                f" {limit}); it is not reading its link, or it is not a bridgeproto peer"
             )
+            self._fail_session(ErrorCode.PEER_UNRESPONSIVE, reason, by_peer=False)
             # What it never acknowledged will never be resent: let it go.
             self._delivery.forget_unacknowledged()
 
@@ -666,8 +636,7 @@ class Connection:
     def _fail_session(self, code: ErrorCode, reason: str, *, by_peer: bool) -> None:
         """End the session for good: every open exchange is reset first."""
         for ex in self._exchanges.in_flight():
-            self._close_exchange(ex, was_reset=True)
-            self._emit(ExchangeReset(ex.exchange_id, code, reason, by_peer=by_peer))
+            self._end_exchange(ex, code, reason, by_peer=by_peer)
         if not by_peer:
             # Best effort: tell the peer why, so it need not wait for a timeout.
             self._delivery.send(GoAway(self._exchanges.highest_peer_id, code, clip_reason(reason)))

@@ -28,7 +28,11 @@ from ._records import (
     Reset,
     ResponseHead,
     Role,
+    Window,
 )
+
+# Records that name an exchange.
+ExchangeRecord = RequestHead | ResponseHead | Data | EndOfBody | Reset | Window
 
 
 class Admission(enum.Enum):
@@ -148,7 +152,7 @@ class Exchanges:
 
     def admission(
         self,
-        record: RequestHead | ResponseHead | Data | EndOfBody | Reset,
+        record: ExchangeRecord,
         *,
         accepting: bool,
         routes: Mapping[int, int],
@@ -161,10 +165,12 @@ class Exchanges:
             return Admission.DROP  # a late frame for an exchange that has ended
         if isinstance(record, Reset):
             return Admission.DROP  # nothing to reset
+        if isinstance(record, Window):  # (credit for no exchange)
+            reason = f"WINDOW for exchange {exchange_id}, which was never opened"
+            return Refusal(ErrorCode.PROTOCOL_ERROR, reason, False)
         if self.is_ours(exchange_id):
-            return Refusal(
-                ErrorCode.PROTOCOL_ERROR, f"exchange {exchange_id} was never opened", False
-            )
+            reason = f"exchange {exchange_id} was never opened"
+            return Refusal(ErrorCode.PROTOCOL_ERROR, reason, False)
         if not isinstance(record, RequestHead):
             return Refusal(
                 ErrorCode.PROTOCOL_ERROR,
