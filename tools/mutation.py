@@ -25,6 +25,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 MODULES = [
     "_connection.py",
+    "_link.py",
+    "_exchanges.py",
+    "_exchange.py",
+    "_liveness.py",
+    "_timers.py",
+    "_routes.py",
+    "_config.py",
     "_state.py",
     "_delivery.py",
     "_credit.py",
@@ -38,6 +45,8 @@ MODULES = [
 # Fast and pointed first: with -x, most mutants die in the first second.
 TESTS = [
     "test_state.py",
+    "test_timers.py",
+    "test_liveness.py",
     "test_delivery.py",
     "test_credit.py",
     "test_core_edges.py",
