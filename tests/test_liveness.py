@@ -6,8 +6,10 @@ from __future__ import annotations
 import pytest
 
 import bridgeproto as bp
-from bridgeproto._exchanges import Exchange, Exchanges
+from bridgeproto._exchange import Exchange
+from bridgeproto._exchanges import Exchanges
 from bridgeproto._liveness import Timer
+from bridgeproto.wire import FrameDecoder, Sentinel
 from pair import Pair
 
 QUIET = {"ping_interval": None, "peer_timeout": None}
@@ -31,6 +33,29 @@ def test_timers_due_together_fire_as_the_exchanges_opened_then_the_ping() -> Non
     ]
     assert s.open_exchanges == []
     assert s.next_deadline() == 23.0  # a ping went out at 20
+    assert records(s.data_to_send()).count("Ping") == 1
+
+
+def records(data: bytes) -> list[str]:
+    decoder = FrameDecoder(bp.Limits().max_frame_size)
+    decoder.receive_data(data)
+    names = []
+    while not isinstance(frame := decoder.next_frame(), Sentinel):
+        names.append(type(frame.record).__name__)
+    return names
+
+
+def test_the_next_ping_is_an_interval_after_the_last_ping_or_frame_whichever_is_later() -> None:
+    config = bp.Config(ping_interval=20.0, peer_timeout=None, idle_timeout=None)
+    pair = Pair(config, config)
+    s = pair.sandbox
+    assert s.next_deadline() == 20.0
+    s.handle_timer(20.0)  # pings
+    assert s.next_deadline() == 40.0
+    pair.now = 25.0
+    pair.deliver(s)
+    pair.deliver(pair.host)  # the pong, heard at 25
+    assert s.next_deadline() == 45.0
 
 
 def test_a_verdict_that_ends_the_session_ends_the_round() -> None:
@@ -55,6 +80,16 @@ def test_an_idle_deadline_follows_time_that_went_back() -> None:
     assert s.next_deadline() == 350.0
     (reset,) = s.handle_timer(350.0)
     assert isinstance(reset, bp.ExchangeReset) and reset.code is bp.ErrorCode.IDLE_TIMEOUT
+
+
+def test_a_new_exchange_s_idle_deadline_is_armed_exactly(lookups: list[int]) -> None:
+    pair = Pair(bp.Config(**QUIET))
+    s = pair.sandbox
+    for n in range(10):
+        s.start_exchange(b"GET", b"/", [], float(n))
+    lookups.clear()
+    assert s.next_deadline() == 300.0
+    assert len(lookups) == 1  # the top entry was already right: nothing corrected
 
 
 @pytest.fixture

@@ -47,6 +47,7 @@ TESTS = [
     "test_state.py",
     "test_timers.py",
     "test_liveness.py",
+    "test_link.py",
     "test_delivery.py",
     "test_credit.py",
     "test_core_edges.py",
