@@ -203,9 +203,12 @@ class Liveness:
         """Every timer due at ``now``, in firing order. The exchanges' timers
         are taken off: the caller resets those exchanges."""
         session = [timer for when, timer in self.armed(peer_watched, frame_waiting) if now >= when]
+        due_exchanges = self._exchange_timers.pop_due(now)
+        if not session and not due_exchanges:
+            return []  # (the common case: woken early, or by a deadline that moved)
         fired = [self._fired(timer) for timer in session if timer < Timer.TOTAL]
         exchanges = []
-        for exchange_id, kind in self._exchange_timers.pop_due(now):
+        for exchange_id, kind in due_exchanges:
             ex = self._exchange(exchange_id)
             assert ex is not None  # (a timer whose exchange ended is never due)
             exchanges.append((ex.serial, kind, exchange_id))
