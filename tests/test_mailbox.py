@@ -728,3 +728,35 @@ async def test_a_starved_host_still_serves_every_request_exactly_once() -> None:
                 results = json.loads(await agent(real, bridge, MIXED, "80", timeout=170))
     check_mixed(results, 80, upstream.requests, bridge)
     assert bridge.session.conn.failure is None
+
+
+SMALL_POSTS = """
+import json, os, sys, urllib.request
+for i in range(int(sys.argv[1])):
+    url = os.environ['BRIDGEPROTO_URL'] + f'/echo?n={i}'
+    request = urllib.request.Request(url, data=b'{"small": true}', method='POST')
+    assert json.loads(urllib.request.urlopen(request).read())['target'] == f'/echo?n={i}'
+print('ok')
+"""
+
+
+async def test_while_operations_fail_responses_ride_in_calls_not_uploads() -> None:
+    """With a fifth of operations failing, each one saved is a failure
+    avoided: a small request's response rides in the call that goes to wait
+    for the next request instead of an upload of its own (one operation a
+    request, not two), and every POST still reaches the upstream once."""
+    requests = 40
+    async with running_upstream() as upstream, offline() as real:
+        provider = SimulatedProvider(real, Faults(fail_before=0.1, fail_after=0.1, seed=13))
+        sandbox = HarnessSandbox(provider, "sim-ride")
+        with anyio.fail_after(120):
+            async with open_bridge(sandbox, upstream.url, transport="mailbox") as bridge:
+                before = collections.Counter(provider.calls)
+                assert "ok" in await agent(real, bridge, SMALL_POSTS, str(requests))
+                used = provider.calls - before
+    print("operations:", dict(used), "failed:", dict(provider.failed))
+    assert sum(provider.failed.values()) > 5  # the faults did happen
+    posts = [r for r in upstream.requests if r["method"] == "POST"]
+    assert sorted(int(str(r["target"]).split("=")[1]) for r in posts) == list(range(requests))
+    # Uploaded, every response would cost an upload (more with failures).
+    assert used["upload_bytes"] < requests / 2, used

@@ -71,6 +71,7 @@ _FAILURES_TO_END = 5  # calls and uploads failing in a row that end an epoch
 _MIN_BATCH = 4096  # the smallest output batch cut answers shrink it to
 _GROW_AFTER = 4  # full answers in a row before the batch grows again (at first)
 _CLOSING_WAIT = 3.0  # seconds a stopping bridge gives the session to close its epoch
+_FAULTY = 0.05  # share of recent operations failing above which answers ride in calls
 
 
 @attrs.frozen
@@ -90,9 +91,11 @@ class MailboxOptions:
     calls, which costs fewer operations per request and more latency.
     ``inline_bytes``: input up to this size rides in a call itself;
     larger input is uploaded as a file first (one more operation).
-    ``linger`` (without ``upload_input``): when output came back and no call
-    waits, how long to hold the next call for input (a fast upstream's
-    answer then costs no call of its own).
+    ``linger``: when a request came back, how long to hold the next call
+    for its answer (a fast upstream's answer then costs no operation of its
+    own); done when input rides in calls, and while operations fail (more
+    than one in twenty lately), at the price of that call's start on the
+    answer's way.
     """
 
     wait: float = 15.0
@@ -154,6 +157,7 @@ class _HostEpoch(_EpochStream):
         self._rewind = False  # the next call asks for the output after ``got`` again
         self._gap_before = False  # the last answer left a gap too
         self._failures = 0  # calls and uploads failed in a row
+        self._failing = 0.0  # share of recent calls and uploads that failed (moving average)
         self._next_in = 1
         self._in_flight = 0  # calls
         self._uploads = 0  # in flight
@@ -181,13 +185,12 @@ class _HostEpoch(_EpochStream):
                 if self._closing:
                     pass
                 elif self._in_flight < self._wanted():
-                    if self._request_out and not self._in_flight and not self.outbox.urgent:
+                    if self._request_out and not self.outbox.urgent:
                         # A request has likely just gone upstream: a fast answer
                         # rides in the next call instead of a call of its own.
                         self._request_out = False
-                        with anyio.move_on_after(options.linger):
-                            while self.ended is None and not self.outbox.urgent:
-                                await self.wait_for_change()
+                        if await self._urgent_within(options.linger):
+                            await self._gathered()  # the answer's head and body together
                         continue
                     # Take the input now, so the next turn sees what is left.
                     self._in_flight += 1
@@ -205,6 +208,12 @@ class _HostEpoch(_EpochStream):
                     continue
                 await self.wait_for_change()
             tasks.cancel_scope.cancel()
+
+    async def _urgent_within(self, seconds: float) -> bool:
+        with anyio.move_on_after(seconds):
+            while self.ended is None and not self.outbox.urgent:
+                await self.wait_for_change()
+        return self.outbox.urgent
 
     async def _gathered(self) -> None:
         """Let output that belongs together (a response's head and body, sent
@@ -236,6 +245,7 @@ class _HostEpoch(_EpochStream):
         self._owner.stats.failed += 1
         self._owner.stats.last_failure = str(exc)
         self._failures += 1
+        self._count_outcome(failed=True)
         if exc.final or exc.stale:
             self.end(str(exc))
         elif self._failures >= _FAILURES_TO_END:
@@ -267,6 +277,7 @@ class _HostEpoch(_EpochStream):
     def _took(self, start: int, answer: bytes, rewound: bool) -> None:
         """An answer came back whole: place its bytes by offset."""
         self._failures = 0
+        self._count_outcome(failed=False)
         if rewound and start > self.inbox.got:
             # Output the host never held was acknowledged by another caller
             # (code inside, on the call socket): it cannot be had again here.
@@ -279,8 +290,17 @@ class _HostEpoch(_EpochStream):
             self._rewind = True
         self._gap_before = self.inbox.gap
         self._streak = self._streak + 1 if answer else 0
-        # (Bulk does not wait for answers; uploads carry them without waiting.)
-        self._request_out = 0 < len(answer) < _SMALL and not self._owner.options.upload_input
+        # A request likely went upstream: its answer may ride in the next
+        # call rather than in an upload, one operation instead of two, at the
+        # price of that call's start in the sandbox on the answer's way. Worth
+        # it when operations fail (each is one more chance to), or when input
+        # rides in calls anyway. (Bulk does not wait for answers.)
+        self._request_out = 0 < len(answer) < _SMALL and (
+            not self._owner.options.upload_input or self._failing > _FAULTY
+        )
+
+    def _count_outcome(self, *, failed: bool) -> None:
+        self._failing = 0.9 * self._failing + (0.1 if failed else 0.0)
 
     async def _upload(self, number: int, data: bytes) -> None:
         """Upload one input batch, again until it lands (the sandbox side
@@ -294,6 +314,7 @@ class _HostEpoch(_EpochStream):
                         return
                     continue
                 self._failures = 0
+                self._count_outcome(failed=False)
                 return
         finally:
             self._uploads -= 1

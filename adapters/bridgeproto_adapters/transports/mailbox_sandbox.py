@@ -234,7 +234,11 @@ async def _watch_spool(spool: str, enter: Callable[[int], Awaitable[_SandboxEpoc
     fd = _inotify(spool)
     try:
         while True:
-            for name in os.listdir(spool):
+            try:
+                names = os.listdir(spool)
+            except FileNotFoundError:
+                return  # the bridge is stopping and took its directory away
+            for name in names:
                 if not name.startswith("."):  # a name being written, to be renamed
                     await _take_upload(os.path.join(spool, name), enter)
             if fd is None:
