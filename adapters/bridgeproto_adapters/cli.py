@@ -25,6 +25,7 @@ from bridgeproto.wire import ArmorDecoder, Frame, FrameDecoder
 
 from . import eventloop
 from .errors import BridgeError
+from .transports import registry
 
 EXIT_START_FAILED = 2
 
@@ -280,10 +281,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     run_p.add_argument(
         "--transport",
-        choices=["auto", "stream", "mailbox"],
+        choices=["auto", *registry.names()],
         default="auto",
         help="stream: a live process per channel; mailbox: only run-a-command calls, long-polled;"
-        " auto: stream where the sandbox has live processes (default)",
+        " or one registered in transports.registry; auto: stream where the sandbox has live"
+        " processes (default)",
     )
     run_p.add_argument(
         "--mailbox-wait",
