@@ -28,10 +28,18 @@ import attrs
 
 import bridgeproto as bp
 
+from ..mailbox_call import channel_dir
 from . import Channels
 
 if TYPE_CHECKING:  # (the daemon imports this module, and no sandbox backend)
     from ..sandboxes.base import SandboxClient
+
+
+def private_dir(session_id: bytes) -> str:
+    """The sandbox side's directory for a session, only its user may enter:
+    where a transport's sandbox end keeps what its host end reads (the
+    daemon makes it before it starts the sandbox end, and removes it)."""
+    return channel_dir(session_id)
 
 
 @attrs.frozen
