@@ -15,11 +15,14 @@ from types import ModuleType
 import anyio.abc
 import pytest
 
+import bridgeproto as bp
 from bridge import free_port
+from bridgeproto.wire import FrameType, encode_frame, frame_types
 from bridgeproto_adapters.conformance import check_channels
 from bridgeproto_adapters.errors import BridgeError
 from bridgeproto_adapters.sandboxes import LocalSandbox
 from bridgeproto_adapters.transports import NoChannel, registry
+from bridgeproto_adapters.transports.mailbox_epoch import _urgent
 from bridgeproto_adapters.transports.transport import Transport
 from sandbox_kinds import make_sandbox
 from upstream import upstream_in_thread
@@ -129,3 +132,25 @@ def test_the_docs_tcp_transport_through_bridgeproto_run(tmp_path: pathlib.Path) 
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout) == "/rollout/k/echo"
     assert [r["target"] for r in requests] == ["/rollout/k/echo"]
+
+
+def test_frame_types_reads_whole_frames_from_their_headers() -> None:
+    frames = [
+        encode_frame(bp.Ack(7)),
+        encode_frame(bp.Data(1, b"x" * 300), seq=3),
+        encode_frame(bp.Ping(b"12345678")),
+    ]
+    data = b"".join(frames)
+    assert frame_types(data) == [FrameType.ACK, FrameType.DATA, FrameType.PING]
+    assert frame_types(b"") == []
+    assert frame_types(data[:-1]) is None  # the last frame cut short
+    assert frame_types(data + data[:10]) is None  # a header cut short
+    assert frame_types(b"XX" + data[2:]) is None  # not a frame
+
+
+def test_the_mailbox_lets_only_acks_pings_and_pongs_wait() -> None:
+    quiet = encode_frame(bp.Ack(7)) + encode_frame(bp.Ping(b"12345678"))
+    quiet += encode_frame(bp.Pong(b"12345678"))
+    assert not _urgent(quiet)
+    assert _urgent(quiet + encode_frame(bp.Data(1, b"x"), seq=4))
+    assert _urgent(quiet[:-1])  # bytes that do not parse go at once, to be safe
