@@ -154,3 +154,27 @@ def test_the_mailbox_lets_only_acks_pings_and_pongs_wait() -> None:
     assert not _urgent(quiet)
     assert _urgent(quiet + encode_frame(bp.Data(1, b"x"), seq=4))
     assert _urgent(quiet[:-1])  # bytes that do not parse go at once, to be safe
+
+
+@pytest.mark.parametrize(
+    ("transport", "end"), [("stream", "live_sandbox"), ("mailbox", "mailbox_sandbox")]
+)
+def test_the_daemon_imports_its_transports_sandbox_end_and_no_other(
+    transport: str, end: str
+) -> None:
+    """What a daemon serving ``transport`` holds of the transports: its own
+    sandbox end (with what it shares), the registry's light records, and no
+    host end, no other transport's end, no sandbox backend."""
+    listing = (
+        "import sys, bridgeproto_adapters.daemon as d\n"
+        "from bridgeproto_adapters.transports import registry, transport\n"
+        f"transport.load(registry.{transport.upper()}.sandbox_end)\n"
+        "print(' '.join(sorted(m for m in sys.modules if m.startswith('bridgeproto_adapters.'))))"
+    )
+    found = subprocess.run(
+        [sys.executable, "-c", listing], capture_output=True, text=True, check=True
+    ).stdout.split()
+    ours = {m.rsplit(".", 1)[1] for m in found if m.startswith("bridgeproto_adapters.transports.")}
+    shared = {"registry", "transport", "mailbox_options"}  # the records settings carry
+    assert ours == shared | {end} | ({"mailbox_epoch"} if transport == "mailbox" else set())
+    assert not [m for m in found if m.startswith("bridgeproto_adapters.sandboxes")], found

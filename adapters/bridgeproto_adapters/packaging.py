@@ -26,16 +26,11 @@ from collections.abc import Sequence
 PACKAGES = ("bridgeproto", "bridgeproto_adapters", "h11", "anyio", "attr", "attrs", "idna")
 OPTIONAL = ("sniffio", "typing_extensions", "exceptiongroup")
 HOST_ONLY = ("bench", "verifiers")  # subpackages the sandbox never runs
-# The channel relay and the mailbox call run for every channel and every call:
-# they skip the command line's imports.
+# The archive starts where the installed command does: ``entry`` sends the
+# channel relay and the mailbox call (run for every channel and every call)
+# to their modules before the command line's imports.
 MAIN = b"""import sys
-if sys.argv[1:2] == ["channel"]:
-    from bridgeproto_adapters.relay import main
-    sys.exit(main(sys.argv[2:]))
-if sys.argv[1:2] == ["mailbox"]:
-    from bridgeproto_adapters.mailbox_call import main
-    sys.exit(main(sys.argv[2:]))
-from bridgeproto_adapters.cli import main
+from bridgeproto_adapters.entry import main
 sys.exit(main())
 """
 
