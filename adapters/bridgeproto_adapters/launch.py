@@ -239,34 +239,23 @@ def _said(result: CommandResult) -> str:
 
 
 class _StartFailed(Exception):
-    """What ``_start_daemon`` raised, marked to leave the task group as it was raised."""
-
-    def __init__(self, error: Exception) -> None:
-        super().__init__(error)
-        self.error = error
+    """What ``_start_daemon`` raised (its cause), marked to leave the task group as raised."""
 
 
-def _start_failed(exc: BaseException) -> Exception | None:
-    """What ``_start_daemon`` raised, if ``exc`` holds it."""
-    if isinstance(exc, _StartFailed):
-        return exc.error
-    if isinstance(exc, BaseExceptionGroup):
-        for inner in exc.exceptions:
-            if (found := _start_failed(inner)) is not None:
-                return found
+def _found(exc: BaseException, kinds: tuple[type[BaseException], ...]) -> BaseException | None:
+    """The first exception of ``kinds`` in ``exc``, looking through task groups."""
+    if isinstance(exc, kinds):
+        return exc
+    for inner in getattr(exc, "exceptions", ()):
+        if (found := _found(inner, kinds)) is not None:
+            return found
     return None
 
 
 def _bridge_failure(exc: BaseException) -> BaseException | None:
-    """The bridge error or timeout in ``exc``, looking through task groups
-    (a start that fails is one ``BridgeStartError``, never nested groups)."""
-    if isinstance(exc, (BridgeError, TimeoutError)):
-        return exc
-    if isinstance(exc, BaseExceptionGroup):
-        for inner in exc.exceptions:
-            if (found := _bridge_failure(inner)) is not None:
-                return found
-    return None
+    """The bridge error or timeout in ``exc`` (a start that fails is one
+    ``BridgeStartError``, never nested groups)."""
+    return _found(exc, (BridgeError, TimeoutError))
 
 
 # Bridges that start at once in one event loop; the others queue. Starts are
@@ -442,7 +431,7 @@ async def open_bridge(
             try:
                 await _start_daemon(sandbox, archive, start, env, config.handshake_timeout)
             except Exception as exc:
-                raise _StartFailed(exc) from exc
+                raise _StartFailed() from exc
             session = await tg.start(
                 functools.partial(
                     run_host_side, channels, session_id, host_side, config=config,
@@ -468,9 +457,9 @@ async def open_bridge(
             finally:
                 await bridge.stop()
     except BaseExceptionGroup as group:  # the task group's; _start_daemon's pass as raised
-        failed = _start_failed(group)
-        if failed is not None:
-            raise failed from None
+        failed = _found(group, (_StartFailed,))
+        if failed is not None and failed.__cause__ is not None:
+            raise failed.__cause__ from None
         cause = _bridge_failure(group) if bridge is None else None
         if cause is None:
             raise
