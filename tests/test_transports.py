@@ -90,7 +90,7 @@ async def test_check_channels_fails_a_transport_that_never_says_the_sandbox_side
     """The docs' TCP transport without its final word: trying until the
     resume deadline is a failure of the check, which says so."""
 
-    class Hopeful(tcp_transport.TcpHostEnd):  # type: ignore[name-defined,misc]
+    class Hopeful(tcp_transport.TcpHostEnd):  # type: ignore[name-defined]
         async def next_channel(self) -> anyio.abc.ByteStream:
             try:
                 return await super().next_channel()  # type: ignore[no-any-return]
