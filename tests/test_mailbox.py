@@ -464,16 +464,23 @@ async def test_mailbox_options_are_checked() -> None:
         MailboxOptions(max_calls=1)
 
 
-async def test_the_calls_look_for_the_sockets_where_the_daemon_listens() -> None:
+@pytest.mark.parametrize("transport", ["mailbox", "stream"])
+async def test_the_calls_look_for_the_sockets_where_the_daemon_listens(transport: str) -> None:
+    """The calls (or channel processes) find the daemon's socket, and the
+    daemon serves only the transport its settings name: no other socket."""
     async with (
         running_upstream() as upstream,
         offline() as sandbox,
-        open_bridge(sandbox, upstream.url, transport="mailbox") as bridge,
+        open_bridge(sandbox, upstream.url, transport=transport) as bridge,
     ):
         session_id = bridge.session.conn.session_id
-        for path in (mailbox_socket(session_id), channel_socket(session_id)):
+        sockets = {"mailbox": mailbox_socket(session_id), "stream": channel_socket(session_id)}
+        for name, path in sockets.items():
             listening = await sandbox.run(["test", "-S", path])
-            assert listening.exit_code == 0, f"no socket at {path}"
+            if name == transport:
+                assert listening.exit_code == 0, f"no socket at {path}"
+            else:
+                assert listening.exit_code == 1, f"a {transport} bridge's daemon listens at {path}"
 
 
 class CountingProvider(SimulatedProvider):
