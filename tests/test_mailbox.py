@@ -205,6 +205,28 @@ def test_the_spool_watch_wakes_when_a_file_is_written_or_moved_in(tmp_path: path
         os.close(fd)
 
 
+@pytest.mark.parametrize("inotify", [True, False], ids=["inotify", "polled"])
+async def test_the_spool_watch_ends_quietly_when_a_stop_removes_the_spool(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch, inotify: bool
+) -> None:
+    """A stop removes the bridge's directory while the watch may be looking:
+    the watch ends, it does not fail the sandbox side with FileNotFoundError."""
+    if not inotify:
+        monkeypatch.setattr(mailbox_sandbox, "_inotify", lambda directory: None)
+    spool = tmp_path / "spool"
+    spool.mkdir()
+
+    async def no_epoch(epoch: int) -> None:
+        return None
+
+    with anyio.fail_after(10):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(mailbox_sandbox._watch_spool, str(spool), no_epoch)
+            await anyio.wait_all_tasks_blocked()
+            spool.rmdir()
+    # the task group exits only once the watch has ended by itself
+
+
 async def test_without_inotify_the_spool_is_polled(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(mailbox_sandbox, "_inotify", lambda directory: None)
     async with local_bridge(transport="mailbox") as bridged, httpx.AsyncClient() as client:
