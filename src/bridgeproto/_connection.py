@@ -32,11 +32,7 @@ from collections.abc import Iterable
 
 from ._config import Config
 from ._credit import Credit, SessionCredit
-from ._errors import (
-    ErrorCode,
-    LocalProtocolError,
-    PeerFault,
-)
+from ._errors import ErrorCode, LocalProtocolError, PeerFault
 from ._events import (
     CreditAvailable,
     Event,
