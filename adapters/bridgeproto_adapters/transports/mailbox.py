@@ -55,7 +55,6 @@ from collections.abc import Mapping, Sequence
 
 import anyio
 import anyio.abc
-import attrs
 
 from bridgeproto.wire import END_OF_INPUT, ArmorDecoder
 
@@ -66,24 +65,12 @@ from . import NoChannel
 from .mailbox_epoch import _OFFSET, _UPLOAD, spool_dir
 from .mailbox_host_epoch import _CallFailed, _HostEpoch
 from .mailbox_options import MailboxOptions as MailboxOptions
+from .mailbox_options import MailboxStats as MailboxStats
 from .transport import ChannelPlace
 
 _MIN_BATCH = 4096  # the smallest output batch cut answers shrink it to
 _GROW_AFTER = 4  # full answers in a row before the batch grows again (at first)
 _CLOSING_WAIT = 3.0  # seconds a stopping bridge gives the session to close its epoch
-
-
-@attrs.define
-class MailboxStats:
-    """Control-plane calls the transport made, for accounting and the benchmark."""
-
-    calls: int = 0
-    uploads: int = 0  # input uploaded, to the spool or for a call
-    failed: int = 0  # calls and uploads that failed, or came back cut or damaged
-    epochs: int = 0
-    cut: int = 0  # answers that came back cut short
-    batch_bytes: int = 0  # the output batch now
-    last_failure: str = ""  # what the last failed call or upload said
 
 
 def call_command(python: str = "python3") -> list[str]:

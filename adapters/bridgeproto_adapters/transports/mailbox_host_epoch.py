@@ -5,14 +5,12 @@ until it gets through, and placing the answers' bytes by offset.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import anyio
 
 from .mailbox_epoch import _EpochStream, _Outbox, _Reassembly
-
-if TYPE_CHECKING:
-    from .mailbox import MailboxChannels
+from .mailbox_options import MailboxOptions, MailboxStats
 
 _SMALL = 64 << 10  # output of this size is a request or two, not a bulk transfer
 _GATHER = 0.001  # seconds without new output before an upload goes
@@ -34,10 +32,24 @@ class _CallFailed(Exception):
         self.cut = cut
 
 
+class _ControlPlane(Protocol):
+    """What an epoch needs of its owner (``MailboxChannels``)."""
+
+    options: MailboxOptions
+    stats: MailboxStats
+
+    async def call(
+        self, epoch: int, number: int, data: bytes, *, got: int = 0, rewind: bool = False,
+        wait: float | None = None, waiting: int = 1,
+    ) -> tuple[int, bytes]: ...  # fmt: skip
+
+    async def upload(self, epoch: int, number: int, data: bytes) -> None: ...
+
+
 class _HostEpoch(_EpochStream):
     inbox: _Reassembly
 
-    def __init__(self, owner: MailboxChannels, epoch: int) -> None:
+    def __init__(self, owner: _ControlPlane, epoch: int) -> None:
         super().__init__(epoch)
         self._owner = owner
         self.outbox = _Outbox()

@@ -49,3 +49,16 @@ class MailboxOptions:
                 "MailboxOptions needs wait > 0, max_calls >= 2 (one call waits for output"
                 " while another carries input), and batch_bytes and input_bytes >= 1024"
             )
+
+
+@attrs.define
+class MailboxStats:
+    """Control-plane calls the transport made, for accounting and the benchmark."""
+
+    calls: int = 0
+    uploads: int = 0  # input uploaded, to the spool or for a call
+    failed: int = 0  # calls and uploads that failed, or came back cut or damaged
+    epochs: int = 0
+    cut: int = 0  # answers that came back cut short
+    batch_bytes: int = 0  # the output batch now
+    last_failure: str = ""  # what the last failed call or upload said
