@@ -42,11 +42,12 @@ from .sandbox_side import AgentLimits, SandboxSide
 from .sandboxes import CommandResult, SandboxClient, SandboxError, check_result
 from .session import RESUME_TIMEOUT, Session, Tracer
 from .settings import SandboxSettings
-from .transports.live import ProcessChannels
-from .transports.mailbox import MailboxChannels, MailboxOptions, call_command
+from .transports import registry
+from .transports.mailbox_options import MailboxOptions
+from .transports.registry import MAILBOX_LIMITS as MAILBOX_LIMITS
+from .transports.transport import ChannelPlace, HostChannels, Transport
 
 PLACEHOLDER_KEY = "bridgeproto-placeholder-key"
-MAILBOX_LIMITS = bp.Limits(initial_window=16 << 20, session_window=32 << 20)
 MIN_PYTHON = (3, 10)
 
 
@@ -67,7 +68,7 @@ class Bridge:
     env: Mapping[str, str]  # for commands run in the sandbox
     session: Session
     sandbox: SandboxClient
-    channels: ProcessChannels | MailboxChannels
+    channels: HostChannels
     _stopped: bool = False
     _host: HostSide | None = None
     _task_group: anyio.abc.TaskGroup | None = None
@@ -216,10 +217,16 @@ async def _start_daemon(
         result = await sandbox.run(["sh", "-c", script], env=env, timeout=timeout)
         return check_result(result)
 
-    started = await _retried(run)
-    if started.exit_code == _NOT_UPLOADED:
-        await _retried(functools.partial(sandbox.write_file, remote, archive.read_bytes()))
+    try:
         started = await _retried(run)
+        if started.exit_code == _NOT_UPLOADED:
+            await _retried(functools.partial(sandbox.write_file, remote, archive.read_bytes()))
+            started = await _retried(run)
+    except SandboxError as exc:
+        raise BridgeStartError(
+            f"the sandbox side could not be started: the sandbox's control plane failed"
+            f" {_ATTEMPTS} times in a row (the last: {exc}); check the provider, then retry"
+        ) from exc
     if started.exit_code == 0 and started.stdout.strip() == b"ready":
         return
     said = _said(started)
@@ -237,16 +244,24 @@ def _said(result: CommandResult) -> str:
     return f"status {result.exit_code}: {words or 'no word from it'}"
 
 
-def _bridge_failure(exc: BaseException) -> BaseException | None:
-    """The bridge error or timeout in ``exc``, looking through task groups
-    (a start that fails is one ``BridgeStartError``, never nested groups)."""
-    if isinstance(exc, (BridgeError, TimeoutError)):
+class _StartFailed(Exception):
+    """What ``_start_daemon`` raised (its cause), marked to leave the task group as raised."""
+
+
+def _found(exc: BaseException, kinds: tuple[type[BaseException], ...]) -> BaseException | None:
+    """The first exception of ``kinds`` in ``exc``, looking through task groups."""
+    if isinstance(exc, kinds):
         return exc
-    if isinstance(exc, BaseExceptionGroup):
-        for inner in exc.exceptions:
-            if (found := _bridge_failure(inner)) is not None:
-                return found
+    for inner in getattr(exc, "exceptions", ()):
+        if (found := _found(inner, kinds)) is not None:
+            return found
     return None
+
+
+def _bridge_failure(exc: BaseException) -> BaseException | None:
+    """The bridge error or timeout in ``exc`` (a start that fails is one
+    ``BridgeStartError``, never nested groups)."""
+    return _found(exc, (BridgeError, TimeoutError))
 
 
 # Bridges that start at once in one event loop; the others queue. Starts are
@@ -356,7 +371,7 @@ async def open_bridge(
     limits: AgentLimits | None = None,
     resume_timeout: float = RESUME_TIMEOUT,
     on_channel: Callable[[str], None] | None = None,
-    transport: str = "auto",
+    transport: str | Transport = "auto",
     mailbox: MailboxOptions | None = None,
 ) -> AsyncIterator[Bridge]:
     """Run a bridge into ``sandbox`` forwarding to ``upstream_url``.
@@ -370,21 +385,24 @@ async def open_bridge(
     sandbox side runs with (its PATH decides which ``python`` is found).
     ``limits`` bounds what agents may cost the sandbox side; ``resume_timeout``
     how long a broken channel may take to come back; ``on_channel`` hears of
-    every channel that breaks or comes up. ``transport`` is ``stream`` (a live
-    process per channel), ``mailbox`` (calls only; ``mailbox`` tunes them) or
-    ``auto``: stream where the sandbox has live processes, mailbox otherwise.
-    Without a ``config``, a mailbox bridge uses ``MAILBOX_LIMITS`` (windows of
-    16 MiB per exchange and 32 MiB per session).
+    every channel that breaks or comes up. ``transport`` names a transport of
+    the registry (``transports.registry``): ``stream`` (a live process per
+    channel), ``mailbox`` (calls only; ``mailbox`` tunes them), one
+    registered there, or ``auto``: stream where the sandbox has live
+    processes, mailbox otherwise; or it is the ``Transport`` itself.
+    Without a ``config``, the bridge uses the transport's limits (a mailbox
+    bridge: ``MAILBOX_LIMITS``, windows of 16 MiB per exchange and 32 MiB
+    per session).
     """
-    if transport == "auto":
-        transport = "stream" if getattr(sandbox, "live_processes", True) else "mailbox"
-    if transport not in ("stream", "mailbox"):
-        raise BridgeStartError(f"unknown transport {transport!r}; use stream, mailbox or auto")
+    try:
+        chosen = registry.choose(transport, live_processes=getattr(sandbox, "live_processes", True))
+    except BridgeError as exc:
+        raise BridgeStartError(str(exc)) from None
+    if mailbox is not None and chosen.name == registry.MAILBOX.name:
+        chosen = chosen.with_options(mailbox)
     host, port, path = parse_upstream(upstream_url) if upstream_url else ("", 0, "")
     if config is None:
-        # Over the mailbox every window update costs a call's round trip, so
-        # its windows are larger (still under max_retained_bytes).
-        config = bp.Config(limits=MAILBOX_LIMITS) if transport == "mailbox" else bp.Config()
+        config = bp.Config(limits=chosen.limits)
     # The body and head limits are the core's; the HTTP policy takes them from there.
     policy = HttpPolicy(
         allowed_prefixes=allowed_prefixes or [path or "/"],
@@ -393,33 +411,33 @@ async def open_bridge(
     )
     upstream = Upstream(host, port, policy, tuple(headers)) if upstream_url else None
     host_side = HostSide(upstream, options)
-    archive = build_zipapp()
+    archive = build_zipapp(extra=chosen.modules())
     remote = f"/tmp/{archive.name}"
     session_id = os.urandom(bp.SESSION_ID_BYTES)
-    settings = SandboxSettings(config, policy, limits or AgentLimits(), listen, resume_timeout)
+    settings = SandboxSettings(
+        config, policy, limits or AgentLimits(), listen, resume_timeout, chosen.sandbox_settings()
+    )
     start = [
         python, remote, "sandbox-side", "--daemon", "--session", session_id.hex(),
         "--settings", settings.to_json(),
     ]  # fmt: skip
-    channels: ProcessChannels | MailboxChannels
-    if transport == "mailbox":
-        channels = MailboxChannels(sandbox, call_command(python), session_id, env, mailbox)
-    else:
-        channels = ProcessChannels(
-            sandbox, [python, remote, "channel", "--session", session_id.hex()], env
-        )
+    # (The first channel may wait for the daemon as long as its start may take.)
+    place = ChannelPlace(
+        sandbox, session_id, python, remote, env, _ATTEMPTS * config.handshake_timeout
+    )
+    channels = chosen.host_channels(place)
     url = f"http://{listen[0]}:{listen[1]}{path}"
     bridge: Bridge | None = None
     starting = _start_limiter()
     await starting.acquire()
     held = True
     try:
-        if isinstance(channels, ProcessChannels):  # as long as the daemon's start may take
-            await channels.start_early(wait=_ATTEMPTS * config.handshake_timeout)
-        await _start_daemon(sandbox, archive, start, env, config.handshake_timeout)
         async with anyio.create_task_group() as tg:
-            if isinstance(channels, MailboxChannels):
-                await tg.start(channels.run)
+            await tg.start(channels.run)  # before the daemon: a first channel may start early
+            try:
+                await _start_daemon(sandbox, archive, start, env, config.handshake_timeout)
+            except Exception as exc:
+                raise _StartFailed() from exc
             session = await tg.start(
                 functools.partial(
                     run_host_side, channels, session_id, host_side, config=config,
@@ -445,6 +463,9 @@ async def open_bridge(
             finally:
                 await bridge.stop()
     except BaseExceptionGroup as group:  # the task group's; _start_daemon's pass as raised
+        failed = _found(group, (_StartFailed,))
+        if failed is not None and failed.__cause__ is not None:
+            raise failed.__cause__ from None
         cause = _bridge_failure(group) if bridge is None else None
         if cause is None:
             raise

@@ -38,11 +38,12 @@ from bridgeproto.wire import armor
 
 from .cli import parse_header
 from .errors import BridgeError
-from .launch import MAILBOX_LIMITS, Bridge, open_bridge, parse_upstream
+from .launch import Bridge, open_bridge, parse_upstream
 from .sandbox_side import AgentLimits
 from .sandboxes import HostCommandSandbox, open_sandbox
 from .session import Session, first_of
-from .transports.mailbox import MailboxOptions
+from .transports import registry
+from .transports.mailbox_options import MailboxOptions
 
 EXIT_BRIDGE_DOWN = 3
 
@@ -210,8 +211,9 @@ class Run:
         args = self.args
         self.sandbox, note = await open_sandbox(args.sandbox, ro=args.ro, rw=args.rw)
         say(note)
+        transport = registry.choose(args.transport, live_processes=self.sandbox.live_processes)
         config = bp.Config(
-            limits=MAILBOX_LIMITS if args.transport == "mailbox" else bp.Limits(),
+            limits=transport.limits,
             idle_timeout=args.idle_timeout,
             exchange_timeout=args.timeout,
             shutdown_grace=args.grace,
@@ -224,7 +226,7 @@ class Run:
                 config=config, python=args.python, tracer=TraceWriter(trace) if trace else None,
                 on_channel=say if args.verbose else None, resume_timeout=args.resume_timeout,
                 limits=AgentLimits(head_timeout=args.head_timeout),
-                transport=args.transport, mailbox=MailboxOptions(
+                transport=transport, mailbox=MailboxOptions(
                     wait=args.mailbox_wait, batch_bytes=args.mailbox_batch,
                     max_calls=args.mailbox_calls, upload_input=args.mailbox_input == "upload",
                 ),

@@ -18,6 +18,8 @@ from bridgeproto.http import HttpPolicy
 
 from .sandbox_side import DEFAULT_LISTEN, AgentLimits, Listen
 from .session import RESUME_TIMEOUT
+from .transports.registry import STREAM
+from .transports.transport import SandboxEnd
 
 
 @attrs.frozen
@@ -27,6 +29,7 @@ class SandboxSettings:
     limits: AgentLimits = attrs.field(factory=AgentLimits)
     listen: Listen = DEFAULT_LISTEN
     resume_timeout: float = RESUME_TIMEOUT
+    transport: SandboxEnd = attrs.field(factory=STREAM.sandbox_settings)
 
     def to_json(self) -> str:
         data = attrs.asdict(self, recurse=True)
@@ -48,6 +51,7 @@ class SandboxSettings:
                 limits=AgentLimits(**data["limits"]),
                 listen=listen if isinstance(listen, str) else (str(listen[0]), int(listen[1])),
                 resume_timeout=float(data["resume_timeout"]),
+                transport=SandboxEnd(**data["transport"]),
             )
         except (KeyError, TypeError, ValueError, bp.LocalProtocolError) as exc:
             raise ValueError(f"the sandbox side's settings are not valid: {exc!r}") from None
