@@ -16,8 +16,9 @@ class SessionStats:
     reconnects: int = 0  # channels after the first
     body_bytes_sent: int = 0
     body_bytes_received: int = 0
-    # Seconds from a frame being written to its acknowledgement arriving:
-    # the time the bridge adds to an exchange, once each way.
+    # Seconds from a frame being written to its acknowledgement arriving: at
+    # most the time the bridge adds to an exchange, once each way (the peer
+    # holds an acknowledgement up to its ack delay for traffic to carry it).
     round_trips: list[float] = attrs.field(factory=list)
 
     def summary(self, role: bp.Role = bp.Role.HOST) -> str:
