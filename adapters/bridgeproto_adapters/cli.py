@@ -25,6 +25,7 @@ from bridgeproto.wire import ArmorDecoder, Frame, FrameDecoder
 
 from . import eventloop
 from .errors import BridgeError
+from .headers import parse_header
 
 EXIT_START_FAILED = 2
 
@@ -60,18 +61,6 @@ def _expose_spec(text: str) -> tuple[int, int]:
             " 9000 to port 8000 inside)"
         )
     return int(numbers[0]), int(numbers[1])
-
-
-def parse_header(text: str) -> tuple[bytes, bytes]:
-    """``Name: value`` as the bridge will send it; ``ArgumentTypeError`` if it cannot be."""
-    name, sep, value = text.partition(":")
-    try:
-        header = bp.RequestHead(1, b"GET", b"/", [(name.strip().encode(), value.strip().encode())])
-    except (bp.LocalProtocolError, UnicodeEncodeError):
-        header = None
-    if not sep or header is None:
-        raise argparse.ArgumentTypeError(f"{text!r} is not 'Name: value'")
-    return header.headers[0][0].lower(), header.headers[0][1]
 
 
 def _seconds(text: str) -> float:
@@ -226,12 +215,7 @@ def sandbox_side(args: argparse.Namespace) -> int:
 
         return start(session_id, settings)
     try:
-        eventloop.run(
-            functools.partial(
-                run_sandbox_side, FdStream.stdio(), session_id, listen=settings.listen,
-                policy=settings.policy, config=settings.config, limits=settings.limits,
-            )
-        )  # fmt: skip
+        eventloop.run(run_sandbox_side, FdStream.stdio(), session_id, settings)
     except OSError as exc:
         return _error(f"the sandbox side cannot listen on {settings.listen}: {exc.strerror or exc}")
     except KeyboardInterrupt:

@@ -28,8 +28,8 @@ import anyio.abc
 from . import eventloop
 from .mailbox_call import channel_dir
 from .relay import channel_socket
-from .sandbox_side import Listen, run_sandbox_side
-from .settings import SandboxSettings
+from .sandbox_side import run_sandbox_side
+from .settings import Listen, SandboxSettings
 from .transports import Acceptor
 from .transports.live_sandbox import accept_channels
 from .transports.mailbox_sandbox import serve_mailbox
@@ -153,11 +153,7 @@ async def _serve(session_id: bytes, settings: SandboxSettings, ready: Callable[[
         await tg.start(serve_mailbox, acceptor, session_id)
 
         async def sandbox_side(*, task_status: anyio.abc.TaskStatus[object]) -> None:
-            await run_sandbox_side(
-                acceptor, session_id, listen=settings.listen, policy=settings.policy,
-                config=settings.config, limits=settings.limits,
-                resume_timeout=settings.resume_timeout, task_status=task_status,
-            )  # fmt: skip
+            await run_sandbox_side(acceptor, session_id, settings, task_status=task_status)
             tg.cancel_scope.cancel()  # the session is over: stop taking channels
 
         await tg.start(sandbox_side)

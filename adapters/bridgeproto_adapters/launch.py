@@ -32,16 +32,16 @@ from anyio.lowlevel import RunVar
 from exceptiongroup import BaseExceptionGroup
 
 import bridgeproto as bp
-from bridgeproto.http import HttpPolicy, Upstream
+from bridgeproto.http import Upstream
 
 from .errors import BridgeError
 from .host_side import HostOptions, HostSide, run_host_side
 from .mailbox_call import channel_dir
 from .packaging import build_zipapp
-from .sandbox_side import AgentLimits, SandboxSide
+from .sandbox_side import SandboxSide
 from .sandboxes import CommandResult, SandboxClient, SandboxError, check_result
-from .session import RESUME_TIMEOUT, Session, Tracer
-from .settings import SandboxSettings
+from .session import Session, Tracer
+from .settings import RESUME_TIMEOUT, AgentLimits, SandboxSettings, http_policy
 from .transports.live import ProcessChannels
 from .transports.mailbox import MailboxChannels, MailboxOptions, call_command
 
@@ -98,12 +98,7 @@ class Bridge:
             bp.RequestHead(1, b"GET", b"/", headers)  # the headers' names and values, checked
         except (BridgeError, bp.LocalProtocolError) as exc:
             raise BridgeError(f"add_route({upstream_url!r}): {exc}") from None
-        config = self.session.conn.config
-        policy = HttpPolicy(
-            allowed_prefixes=allowed_prefixes or [path or "/"],
-            max_header_bytes=config.limits.max_header_bytes,
-            max_body_bytes=config.max_body_bytes,
-        )
+        policy = http_policy(self.session.conn.config, allowed_prefixes or [path or "/"])
         route = self._host.add_route(Upstream(host, port, policy, tuple(headers)))
         return f"http://{self._listen[0]}:{self._listen[1]}/_routes/{route}{path}"
 
@@ -144,11 +139,7 @@ class Bridge:
                 f"cannot listen on 127.0.0.1:{host_port} for port {port} inside:"
                 f" {exc.strerror or exc}; choose another host port, or 0 for a free one"
             ) from None
-        config = conn.config
-        policy = HttpPolicy(
-            max_header_bytes=config.limits.max_header_bytes, max_body_bytes=config.max_body_bytes
-        )
-        side = SandboxSide(self.session, policy, route=route)
+        side = SandboxSide(self.session, http_policy(conn.config), route=route)
         scope = await self._task_group.start(_serve, listener, side)
         self._listeners.append(scope)
         bound = listener.extra(anyio.abc.SocketAttribute.local_port)
@@ -385,12 +376,7 @@ async def open_bridge(
         # Over the mailbox every window update costs a call's round trip, so
         # its windows are larger (still under max_retained_bytes).
         config = bp.Config(limits=MAILBOX_LIMITS) if transport == "mailbox" else bp.Config()
-    # The body and head limits are the core's; the HTTP policy takes them from there.
-    policy = HttpPolicy(
-        allowed_prefixes=allowed_prefixes or [path or "/"],
-        max_header_bytes=config.limits.max_header_bytes,
-        max_body_bytes=config.max_body_bytes,
-    )
+    policy = http_policy(config, allowed_prefixes or [path or "/"])
     upstream = Upstream(host, port, policy, tuple(headers)) if upstream_url else None
     host_side = HostSide(upstream, options)
     archive = build_zipapp()

@@ -36,12 +36,12 @@ import anyio.abc
 import bridgeproto as bp
 from bridgeproto.wire import armor
 
-from .cli import parse_header
 from .errors import BridgeError
+from .headers import read_header_file
 from .launch import MAILBOX_LIMITS, Bridge, open_bridge, parse_upstream
-from .sandbox_side import AgentLimits
 from .sandboxes import HostCommandSandbox, open_sandbox
 from .session import Session, first_of
+from .settings import AgentLimits
 from .transports.mailbox import MailboxOptions
 
 EXIT_BRIDGE_DOWN = 3
@@ -60,30 +60,6 @@ class TraceWriter:
 
     def __call__(self, direction: str, data: bytes) -> None:
         self.file.write(f"{time.monotonic() - self.start:.6f} {direction} {armor(data)}")
-
-
-def read_header_file(path: str) -> list[tuple[bytes, bytes]]:
-    """``Name: value`` lines (blank lines and ``#`` comments skipped).
-
-    The recommended way to give credentials: they never appear in a command
-    line, where any user of the host could read them.
-    """
-    try:
-        with open(path) as file:
-            lines = file.read().splitlines()
-    except OSError as exc:
-        raise BridgeError(f"cannot read the header file {path}: {exc.strerror}") from None
-    headers = []
-    for number, line in enumerate(lines, 1):
-        if not line.strip() or line.lstrip().startswith("#"):
-            continue
-        try:
-            headers.append(parse_header(line))
-        except argparse.ArgumentTypeError:
-            raise BridgeError(
-                f"{path}:{number} is not a 'Name: value' header line"
-            ) from None  # the line itself may be a secret: never echo it
-    return headers
 
 
 def expose_cwd(args: argparse.Namespace) -> None:

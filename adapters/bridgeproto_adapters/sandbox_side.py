@@ -53,35 +53,14 @@ from bridgeproto.http import (
 
 from .errors import STREAM_ERRORS, ExchangeAborted, SessionEnded
 from .host_side import HostSide
-from .session import RESUME_TIMEOUT, Exchange, Session
+from .session import Exchange, Session
+from .settings import AgentLimits, Listen, SandboxSettings
 from .transports import Channels
 
-DEFAULT_LISTEN = ("127.0.0.1", 13131)
 _ANSWER_GRACE_SECONDS = 2.0
 _REQUEST_TAIL_SECONDS = 5.0
 _LINGER_SECONDS = 2.0
 _AGENT_READ = 1 << 20  # an upload is carried in large frames, as the channel takes them
-
-
-@attrs.frozen
-class AgentLimits:
-    """What agent connections may cost the sandbox side before they are refused.
-
-    ``head_timeout``: seconds from a connection being ready for a request
-    (accepted, or its previous answer sent) to the whole request head; a
-    connection that sent nothing is closed quietly, one that sent part of a
-    head gets 408 ``request-timeout``. ``max_pending_connections``:
-    connections waiting for a request head at once; more get 503
-    ``too-many-connections``. ``max_queued`` requests wait for a free
-    exchange when the session's limit is reached, each for at most
-    ``queue_timeout`` seconds; past either bound the answer is 503
-    ``bridge-busy``.
-    """
-
-    head_timeout: float = 60.0
-    max_pending_connections: int = 1024
-    max_queued: int = 4096
-    queue_timeout: float = 120.0
 
 
 @attrs.define
@@ -481,9 +460,6 @@ def inward_upstream(conn: bp.Connection, route: int) -> Upstream | Refusal:
     return Upstream("127.0.0.1", port, HttpPolicy())
 
 
-Listen = tuple[str, int] | str  # (host, port) or a Unix socket path
-
-
 async def open_listener(listen: Listen) -> anyio.abc.Listener[anyio.abc.SocketStream]:
     if isinstance(listen, str):
         return await anyio.create_unix_listener(listen)
@@ -501,25 +477,23 @@ def listener_address(listener: anyio.abc.Listener[anyio.abc.SocketStream]) -> Li
 async def run_sandbox_side(
     channels: Channels | anyio.abc.ByteStream,
     session_id: bytes,
+    settings: SandboxSettings | None = None,
     *,
-    listen: Listen = DEFAULT_LISTEN,
-    policy: HttpPolicy | None = None,
-    config: bp.Config | None = None,
-    limits: AgentLimits | None = None,
-    resume_timeout: float = RESUME_TIMEOUT,
     task_status: anyio.abc.TaskStatus[Listen] = anyio.TASK_STATUS_IGNORED,
 ) -> None:
     """Run the sandbox side of a session until it ends.
 
     The listener is bound before the hello goes out, so once the host side
     sees the handshake complete, agents can connect. With
-    ``task_group.start`` it returns the bound address.
+    ``task_group.start`` it returns the bound address. ``settings`` is the
+    record the host made (``SandboxSettings``; its defaults without one).
     """
-    listener = await open_listener(listen)
-    conn = bp.Connection(bp.Role.SANDBOX, session_id, config)
+    settings = settings or SandboxSettings()
+    listener = await open_listener(settings.listen)
+    conn = bp.Connection(bp.Role.SANDBOX, session_id, settings.config)
     inward = HostSide(None, lookup=functools.partial(inward_upstream, conn))
-    session = Session(conn, channels, inward.handle, resume_timeout=resume_timeout)
-    side = SandboxSide(session, policy, limits)
+    session = Session(conn, channels, inward.handle, resume_timeout=settings.resume_timeout)
+    side = SandboxSide(session, settings.policy, settings.limits)
     try:
         async with listener, anyio.create_task_group() as tg:
             tg.start_soon(session.run)

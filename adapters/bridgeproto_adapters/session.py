@@ -33,6 +33,7 @@ from anyio.streams.memory import MemoryObjectSendStream
 import bridgeproto as bp
 
 from .errors import STREAM_ERRORS, ExchangeAborted, SessionEnded
+from .settings import RESUME_TIMEOUT
 from .transports import Channels, NoChannel, OneChannel
 
 ExchangeEvent = bp.ResponseHead | bp.RequestHead | bp.Data | bp.EndOfBody | bp.ExchangeReset
@@ -40,7 +41,6 @@ RequestHandler = Callable[["Exchange", bp.RequestHead], Awaitable[None]]
 
 logger = logging.getLogger("bridgeproto")
 _FINAL_FLUSH_SECONDS = 2.0
-RESUME_TIMEOUT = 30.0
 _RETRY_SECONDS = (0.05, 0.1, 0.2, 0.5, 1.0)  # waits between failed attempts to open a channel
 _WRITE_SIZE = 256 << 10
 
