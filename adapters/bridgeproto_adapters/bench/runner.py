@@ -42,6 +42,7 @@ from ..sandboxes import (
     SandboxClient,
     SimulatedProvider,
     open_sandbox,
+    stop_process,
 )
 from .faults import SHARES, fault_figures
 from .polling import PollingBaseline
@@ -369,7 +370,7 @@ class Bench:
         )
         try:
             with anyio.fail_after(60):
-                port = int((await server.stream.receive()).split()[0])
+                port = int((await server.read(1024)).split()[0])
             self.inward_url = f"{await self.bridge.expose(port)}/bench"
             # Each table needs its direct row, which --only may have left out.
             scenarios = self.results["scenarios"]
@@ -381,7 +382,7 @@ class Bench:
                 if system == INWARD or "direct" not in scenarios.get("bulk", {}):
                     await self._inward_bulk(system)
         finally:
-            await server.stop()
+            await stop_process(server)
 
     async def _inward_latency(self, system: str) -> None:
         raw = await self.agent(system, "latency", n=self.sizes.latency_requests)

@@ -23,10 +23,12 @@ from .base import (
     HostCommandSandbox,
     LiveProcess,
     NotSupported,
+    PipedProcess,
     SandboxClient,
     SandboxError,
     SandboxUnavailable,
     check_result,
+    stop_process,
 )
 from .harness import HarnessClient, HarnessSandbox
 from .local import CommandPrefixSandbox, LocalSandbox
@@ -46,6 +48,7 @@ __all__ = [
     "LiveProcess",
     "LocalSandbox",
     "NotSupported",
+    "PipedProcess",
     "SandboxClient",
     "SandboxError",
     "SandboxUnavailable",
@@ -53,4 +56,5 @@ __all__ = [
     "UnshareSandbox",
     "check_result",
     "open_sandbox",
+    "stop_process",
 ]

@@ -11,6 +11,7 @@ wrapper's one ``except``), so callers see only these.
 from __future__ import annotations
 
 import abc
+import contextlib
 import os
 import shlex
 from collections.abc import Mapping, Sequence
@@ -67,8 +68,48 @@ def check_result(result: object, method: str = "run") -> CommandResult:
     return result  # type: ignore[return-value]  # (any object with these fields will do)
 
 
-class LiveProcess:
-    """A process in the sandbox whose stdin and stdout are a byte stream."""
+class LiveProcess(Protocol):
+    """A process in the sandbox that the bridge holds: bytes to its stdin,
+    bytes from its stdout. This is all the bridge calls; errors from ``write``
+    and ``read`` may be of any type (the bridge takes any as a broken stream)."""
+
+    async def write(self, data: bytes) -> None:
+        """All of ``data`` to its stdin."""
+        ...
+
+    async def read(self, max_bytes: int) -> bytes:
+        """Up to ``max_bytes`` of its stdout, as soon as there are any; ``b""``
+        at the end of its output, and once ``close`` was called."""
+        ...
+
+    async def close(self) -> None:
+        """The bridge is done with its streams: its stdin ends, and a ``read``
+        waiting wakes with ``b""`` (even if the process holds on). Idempotent."""
+        ...
+
+    async def wait(self) -> int:
+        """Its exit status, once it has exited."""
+        ...
+
+    async def kill(self) -> None:
+        """Kill it at once; nothing if it has exited."""
+        ...
+
+
+async def stop_process(process: LiveProcess) -> int:
+    """Close a live process's streams, kill it and return its status; the
+    whole stop runs even in a cancelled scope, so nothing is left behind."""
+    with anyio.CancelScope(shield=True):
+        await process.close()
+        await process.kill()
+        code = await process.wait()
+    return code
+
+
+class PipedProcess:
+    """A host process's pipes as a ``LiveProcess`` (the backends here start
+    one per live process). ``stream`` offers the same pipes as one anyio byte
+    stream, for code on the host that wants one."""
 
     def __init__(self, process: anyio.abc.Process) -> None:
         self._process = process
@@ -79,8 +120,25 @@ class LiveProcess:
     def returncode(self) -> int | None:
         return self._process.returncode
 
+    async def write(self, data: bytes) -> None:
+        await self.stream.send(data)
+
+    async def read(self, max_bytes: int = 65536) -> bytes:
+        try:
+            return await self.stream.receive(max_bytes)
+        except (anyio.EndOfStream, anyio.ClosedResourceError):
+            return b""
+
+    async def close(self) -> None:
+        await self.stream.aclose()
+
     async def wait(self) -> int:
         return await self._process.wait()
+
+    async def kill(self) -> None:
+        if self._process.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                self._process.kill()
 
     async def stop(self, grace: float = 2.0) -> int:
         """Terminate (then kill after ``grace`` seconds); idempotent."""
@@ -239,7 +297,7 @@ class HostCommandSandbox(abc.ABC):
     async def open_process(
         self, command: Sequence[str], *, env: Mapping[str, str] | None = None
     ) -> LiveProcess:
-        return LiveProcess(self.start(list(command), env=env, stderr=None))
+        return PipedProcess(self.start(list(command), env=env, stderr=None))
 
     async def aclose(self) -> None:  # noqa: B027 - most backends hold nothing
         """Release what the sandbox holds."""
