@@ -23,7 +23,7 @@ from typing import NoReturn
 import bridgeproto as bp
 from bridgeproto.wire import ArmorDecoder, Frame, FrameDecoder
 
-from . import eventloop
+from . import eventloop, providers
 from .errors import BridgeError
 from .headers import parse_header
 
@@ -258,9 +258,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     run_p.add_argument(
         "--sandbox",
-        choices=["auto", "bwrap", "unshare", "local"],
+        choices=providers.names(),
         default="auto",
-        help="auto picks bwrap, else unshare; local has no isolation",
+        help="the sandbox provider; auto picks the first isolated one this host has (bwrap,"
+        " else unshare); local has no isolation",
     )
     run_p.add_argument(
         "--transport",
@@ -384,7 +385,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     run_p.add_argument("command", nargs=argparse.REMAINDER, help="-- CMD [ARG...]")
 
     demo_p = commands.add_parser("demo", help="the whole bridge end to end, with nothing else")
-    demo_p.add_argument("--sandbox", choices=["auto", "bwrap", "unshare", "local"], default="auto")
+    demo_p.add_argument("--sandbox", choices=providers.names(), default="auto")
 
     bench_p = commands.add_parser(
         "bench", help="measure direct, bridged and a polling baseline side by side"
@@ -395,7 +396,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     bench_p.add_argument("--json", help="write every figure and the machine to this file")
     bench_p.add_argument("--plot", help="write latency and streaming plots to this PNG")
     bench_p.add_argument("--bridges", type=int, help="bridges for the scale scenario")
-    bench_p.add_argument("--sandbox", choices=["auto", "bwrap", "unshare"], default="auto")
+    bench_p.add_argument("--sandbox", choices=providers.names(isolated_only=True), default="auto")
     bench_p.add_argument(
         "--only", metavar="NAMES", help="comma-separated scenarios to run (default: all)"
     )

@@ -21,7 +21,6 @@ removed before ``run`` exits.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import signal
 import sys
@@ -37,9 +36,11 @@ import bridgeproto as bp
 from bridgeproto.wire import armor
 
 from .errors import BridgeError
+from .foreground import Foreground, start_foreground
 from .headers import read_header_file
 from .launch import MAILBOX_LIMITS, Bridge, open_bridge, parse_upstream
-from .sandboxes import HostCommandSandbox, open_sandbox
+from .providers import open_sandbox, provider
+from .sandboxes import HostCommandSandbox, SandboxClient
 from .session import Session, first_of
 from .settings import AgentLimits
 from .transports.mailbox import MailboxOptions
@@ -77,7 +78,7 @@ def expose_cwd(args: argparse.Namespace) -> None:
             " shared files); use --ro PATH for what the command needs"
         )
         return
-    if args.sandbox != "local":
+    if provider(args.sandbox).isolated:  # (one that is not sees the whole host)
         args.ro.append(cwd)
     args.cwd = cwd
 
@@ -137,8 +138,8 @@ class Run:
         self.signal: int | None = None  # the first signal that asked us to stop
         self.stop_requested = anyio.Event()
         self.hard_stop = anyio.CancelScope()  # cancelled when stopping at once
-        self.sandbox: HostCommandSandbox | None = None
-        self.command: anyio.abc.Process | None = None
+        self.sandbox: SandboxClient | None = None
+        self.command: Foreground | None = None
 
     async def main(self) -> int:
         code: int | None = None
@@ -178,9 +179,10 @@ class Run:
             else:
                 say(f"{name}: stopping at once")
                 self.hard_stop.cancel()
-                if self.sandbox is not None:
+                if isinstance(self.sandbox, HostCommandSandbox):
                     self.sandbox.kill()  # everything inside; the bridge ends with it
-                self._signal_command(signal.SIGKILL)
+                if self.command is not None:
+                    self.command.signal(signal.SIGKILL)
 
     async def _run(self) -> int:
         args = self.args
@@ -211,11 +213,7 @@ class Run:
                 ]
                 for line in exposed:  # before CMD starts, so the caller can wait for it
                     say(line)
-                # A session of its own: the terminal's signals come to us, not to it.
-                self.command = self.sandbox.start(
-                    args.command, env=bridge.env, cwd=args.cwd,
-                    stdin=None, stdout=None, stderr=None, start_new_session=True,
-                )  # fmt: skip
+                self.command = start_foreground(self.sandbox, args.command, bridge.env, args.cwd)
                 code = await self._supervise(bridge, self.command)
             print(bridge.session.stats.summary(), file=sys.stderr)
             for line in exposed:
@@ -225,7 +223,7 @@ class Run:
             if trace:
                 trace.close()
 
-    async def _supervise(self, bridge: Bridge, command: anyio.abc.Process) -> int:
+    async def _supervise(self, bridge: Bridge, command: Foreground) -> int:
         exited = anyio.Event()
         async with anyio.create_task_group() as tg:
 
@@ -251,22 +249,9 @@ class Run:
             return command.returncode
         return EXIT_BRIDGE_DOWN
 
-    def _signal_command(self, signum: int) -> None:
-        if self.command is not None and self.command.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.command.pid, signum)
-
     async def _stop_command(self) -> None:
-        """Stop the command's host process group (a sandbox's own processes die with it)."""
-        command = self.command
-        if command is None:
-            return
-        self._signal_command(signal.SIGTERM)
-        with anyio.move_on_after(2):
-            await command.wait()
-        self._signal_command(signal.SIGKILL)
-        await command.wait()
-        await command.aclose()
+        if self.command is not None:
+            await self.command.stop()
 
 
 async def _live_summary(session: Session, interval: float = 5.0) -> None:

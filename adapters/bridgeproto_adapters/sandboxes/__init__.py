@@ -6,7 +6,7 @@ One module per family of backends:
   ``HostCommandSandbox``, the base of the backends below that enter the
   sandbox by running a host command;
 - ``offline``: ``BwrapSandbox`` and ``UnshareSandbox``, offline sandboxes on
-  this machine that hold against the code inside them, and ``open_sandbox``;
+  this machine that hold against the code inside them;
 - ``local``: ``LocalSandbox`` (no isolation, only when asked for by name)
   and ``CommandPrefixSandbox`` (``docker exec -i ID``, ``kubectl exec -i POD
   --``, ``ssh HOST``);
@@ -20,6 +20,7 @@ from .base import (
     Command,
     CommandResult,
     CommandTimeout,
+    FilesThroughRun,
     HostCommandSandbox,
     LiveProcess,
     NotSupported,
@@ -32,7 +33,7 @@ from .base import (
 )
 from .harness import HarnessClient, HarnessSandbox
 from .local import CommandPrefixSandbox, LocalSandbox
-from .offline import BwrapSandbox, UnshareSandbox, open_sandbox
+from .offline import BwrapSandbox, UnshareSandbox
 from .simulated import Faults, SimulatedProvider
 
 __all__ = [
@@ -42,6 +43,7 @@ __all__ = [
     "CommandResult",
     "CommandTimeout",
     "Faults",
+    "FilesThroughRun",
     "HarnessClient",
     "HarnessSandbox",
     "HostCommandSandbox",
@@ -55,6 +57,5 @@ __all__ = [
     "SimulatedProvider",
     "UnshareSandbox",
     "check_result",
-    "open_sandbox",
     "stop_process",
 ]

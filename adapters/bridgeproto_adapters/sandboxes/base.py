@@ -183,6 +183,42 @@ class SandboxClient(Protocol):
     async def aclose(self) -> None: ...
 
 
+class FilesThroughRun:
+    """``write_file`` and ``read_file`` through ``run`` (``sh``, ``mkdir``, ``cat``
+    and ``mv`` inside), for a client whose provider has only a command call."""
+
+    name: str
+
+    async def run(
+        self,
+        command: Command,
+        *,
+        env: Mapping[str, str] | None = None,
+        cwd: str | None = None,
+        stdin: bytes | None = None,
+        timeout: float | None = None,
+    ) -> CommandResult:
+        raise NotImplementedError
+
+    async def write_file(self, path: str, data: bytes) -> None:
+        # Written under another name and renamed: nobody inside sees a part of it.
+        directory = os.path.dirname(path) or "/"
+        partial = shlex.quote(f"{directory.rstrip('/')}/.{os.path.basename(path)}.partial")
+        script = (
+            f"mkdir -p {shlex.quote(directory)} && cat > {partial} && mv -f {partial}"
+            f" {shlex.quote(path)}"
+        )
+        result = await self.run(script, stdin=data)
+        if result.exit_code != 0:
+            raise SandboxError(f"{self.name}: cannot write {path}: {_text(result.stderr)}")
+
+    async def read_file(self, path: str) -> bytes:
+        result = await self.run(["cat", path])
+        if result.exit_code != 0:
+            raise SandboxError(f"{self.name}: cannot read {path}: {_text(result.stderr)}")
+        return result.stdout
+
+
 def _argv(command: Command) -> list[str]:
     return ["sh", "-c", command] if isinstance(command, str) else list(command)
 
@@ -197,7 +233,7 @@ class Launch:
     env: Mapping[str, str] | None
 
 
-class HostCommandSandbox(abc.ABC):
+class HostCommandSandbox(FilesThroughRun, abc.ABC):
     """A sandbox entered by running a host command (bwrap, nsenter, a prefix).
 
     Subclasses say how to wrap an argv (``wrap``) and where files live.
@@ -276,33 +312,15 @@ class HostCommandSandbox(abc.ABC):
             raise SandboxUnavailable(f"{self.name}: cannot start {launch.argv[0]}: {exc}") from None
         return CommandResult(code, stdout, stderr)
 
-    async def write_file(self, path: str, data: bytes) -> None:
-        # Written under another name and renamed: nobody inside sees a part of it.
-        directory = os.path.dirname(path) or "/"
-        partial = shlex.quote(f"{directory.rstrip('/')}/.{os.path.basename(path)}.partial")
-        script = (
-            f"mkdir -p {shlex.quote(directory)} && cat > {partial} && mv -f {partial}"
-            f" {shlex.quote(path)}"
-        )
-        result = await self.run(script, stdin=data)
-        if result.exit_code != 0:
-            raise SandboxError(f"{self.name}: cannot write {path}: {_text(result.stderr)}")
-
-    async def read_file(self, path: str) -> bytes:
-        result = await self.run(["cat", path])
-        if result.exit_code != 0:
-            raise SandboxError(f"{self.name}: cannot read {path}: {_text(result.stderr)}")
-        return result.stdout
-
     async def open_process(
         self, command: Sequence[str], *, env: Mapping[str, str] | None = None
     ) -> LiveProcess:
         return PipedProcess(self.start(list(command), env=env, stderr=None))
 
-    async def aclose(self) -> None:  # noqa: B027 - most backends hold nothing
+    async def aclose(self) -> None:
         """Release what the sandbox holds."""
 
-    def kill(self) -> None:  # noqa: B027 - most backends hold nothing to kill
+    def kill(self) -> None:
         """Kill everything running in the sandbox now, where the backend can."""
 
 

@@ -44,7 +44,6 @@ import anyio.abc
 
 from ..processes import DEVNULL, start_process
 from .base import SANDBOX_PATH, HostCommandSandbox, SandboxError, SandboxUnavailable
-from .local import LocalSandbox
 
 # Host directories every sandbox sees read-only (the ones this machine has).
 SYSTEM_PATHS = ("/usr", "/etc", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
@@ -436,22 +435,3 @@ class UnshareSandbox(_OfflineSandbox):
             "sh", "-c", _UNSHARE_VIEW, "sh", root, os.path.join(root, "tmp"),
             *[part for step in view for part in step],
         ]  # fmt: skip
-
-
-async def open_sandbox(
-    kind: str = "auto", *, ro: Sequence[str] = (), rw: Sequence[str] = ()
-) -> tuple[HostCommandSandbox, str]:
-    """Create a sandbox of ``kind`` (auto, bwrap, unshare, local) exposing
-    ``ro``/``rw``; returns it with a note for the user about what was picked."""
-    if kind == "auto":
-        if shutil.which("bwrap"):
-            return await BwrapSandbox.create(ro=ro, rw=rw), "sandbox: bwrap (offline)"
-        sandbox = await UnshareSandbox.create(ro=ro, rw=rw)
-        return sandbox, "sandbox: unshare (offline; bwrap not found)"
-    if kind == "bwrap":
-        return await BwrapSandbox.create(ro=ro, rw=rw), "sandbox: bwrap (offline)"
-    if kind == "unshare":
-        return await UnshareSandbox.create(ro=ro, rw=rw), "sandbox: unshare (offline)"
-    if kind == "local":
-        return LocalSandbox(), "sandbox: local -- NO ISOLATION: the command can reach the network"
-    raise SandboxUnavailable(f"unknown sandbox {kind!r}; choose auto, bwrap, unshare or local")
