@@ -83,8 +83,9 @@ class LiveProcess(Protocol):
         ...
 
     async def close(self) -> None:
-        """The bridge is done with its streams: its stdin ends, and a ``read``
-        waiting wakes with ``b""`` (even if the process holds on). Idempotent."""
+        """The bridge is done with its streams: a ``read`` waiting wakes with
+        ``b""`` (even if the process holds on), and its stdin ends where the
+        provider can end it (the bridge kills it next anyway). Idempotent."""
         ...
 
     async def wait(self) -> int:
