@@ -70,8 +70,10 @@ def _system_view() -> list[tuple[str, str, str]]:
 
 
 def exposures(ro: Sequence[str] = (), rw: Sequence[str] = ()) -> list[tuple[str, str, str]]:
-    """The host paths to show inside at the same place, checked and resolved."""
+    """The host paths to show inside at the same place, checked and resolved;
+    with them, read-only, the Python of each virtual environment shown."""
     steps = []
+    shown: list[str] = []
     for kind, paths in (("ro", ro), ("rw", rw)):
         for path in paths:
             real = os.path.realpath(path)
@@ -82,13 +84,51 @@ def exposures(ro: Sequence[str] = (), rw: Sequence[str] = ()) -> list[tuple[str,
                     "exposing / would show the whole host to the sandbox; expose the"
                     " directories the command needs instead"
                 )
-            # Parents made open to all (bwrap would make them 0700).
-            parents = [os.path.dirname(real)]
-            while parents[-1] != "/":
-                parents.append(os.path.dirname(parents[-1]))
-            steps += [("dir", "", p) for p in reversed(parents) if p not in ("/", "/tmp")]
-            steps.append((kind, real, real))
+            steps += _shown_at(kind, real)
+            shown.append(real)
+    visible = [*shown, *(p for p in SYSTEM_PATHS if os.path.isdir(p))]
+    for base in _venv_bases(shown):
+        if not any(base == v or base.startswith(v.rstrip("/") + "/") for v in visible):
+            steps += _shown_at("ro", base)
+            visible.append(base)
     return steps
+
+
+def _shown_at(kind: str, real: str) -> list[tuple[str, str, str]]:
+    """The steps that show ``real``: its parents made open to all (bwrap would
+    make them 0700), then the path itself."""
+    parents = [os.path.dirname(real)]
+    while parents[-1] != "/":
+        parents.append(os.path.dirname(parents[-1]))
+    return [
+        *(("dir", "", p) for p in reversed(parents) if p not in ("/", "/tmp")),
+        (kind, real, real),
+    ]
+
+
+def _venv_bases(shown: Sequence[str]) -> list[str]:
+    """The Python installations the virtual environments in ``shown`` (each
+    path, or a directory right inside it such as ``.venv``) run from: a venv's
+    ``python`` is a link into one, which may lie where nothing else is shown
+    (a ``pyenv`` under a home directory only its owner may enter)."""
+    bases = []
+    for path in shown:
+        configs = [os.path.join(path, "pyvenv.cfg")]
+        if os.path.isdir(path):
+            with contextlib.suppress(OSError):
+                configs += [os.path.join(path, n, "pyvenv.cfg") for n in os.listdir(path)]
+        for config in configs:
+            try:
+                with open(config) as file:
+                    lines = file.read().splitlines()
+            except OSError:
+                continue
+            for line in lines:
+                key, _, value = line.partition("=")
+                home = os.path.realpath(value.strip())
+                if key.strip() == "home" and os.path.isdir(home):
+                    bases.append(os.path.dirname(home) if home.endswith("/bin") else home)
+    return bases
 
 
 ROOT_PREFIX = "bridgeproto-sandbox-"
