@@ -145,3 +145,36 @@ def test_an_unknown_provider_is_refused_naming_the_choices() -> None:
         providers.provider("nowhere")
     with pytest.raises(ValueError, match="not 'auto'"):
         providers.register(providers.Provider("auto", providers.PROVIDERS["bwrap"].create, "x"))
+
+
+def test_open_bridge_takes_one_settings_record_and_its_fields_as_keywords() -> None:
+    """``open_bridge``'s keywords are ``BridgeSettings``' fields, neither more
+    nor less, so the calls written with keywords keep working."""
+    import typing
+
+    import attrs
+
+    from bridgeproto_adapters.bridge_settings import BridgeKeywords, BridgeSettings
+
+    fields = {field.name: field.type for field in attrs.fields(BridgeSettings)}
+    keywords = typing.get_type_hints(BridgeKeywords)
+    assert set(keywords) == set(fields)
+    hints = typing.get_type_hints(BridgeSettings)
+    assert all(keywords[name] == hints[name] for name in fields), (keywords, hints)
+
+
+@pytest.mark.anyio
+async def test_open_bridge_refuses_a_bad_option_naming_it() -> None:
+    from bridgeproto_adapters.bridge_settings import BridgeSettings
+    from bridgeproto_adapters.launch import BridgeStartError
+
+    nowhere: Any = object()  # (never reached: the options are checked first)
+    with pytest.raises(BridgeStartError, match="unknown transport 'pigeon'; use stream, mailbox"):
+        async with open_bridge(nowhere, None, transport="pigeon"):  # type: ignore[typeddict-item]
+            pass
+    with pytest.raises(BridgeStartError, match="unexpected keyword argument 'listen_on'"):
+        async with open_bridge(nowhere, None, BridgeSettings(), listen_on=("h", 1)):  # type: ignore[call-arg]
+            pass
+    with pytest.raises(BridgeStartError, match=r"listen is \(host, port\)"):
+        async with open_bridge(nowhere, None, listen="127.0.0.1:1"):  # type: ignore[typeddict-item]
+            pass

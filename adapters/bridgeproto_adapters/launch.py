@@ -22,7 +22,7 @@ import pathlib
 import shlex
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 from urllib.parse import urlsplit
 
 import anyio
@@ -34,16 +34,20 @@ from exceptiongroup import BaseExceptionGroup
 import bridgeproto as bp
 from bridgeproto.http import Upstream
 
+from .bridge_settings import BridgeKeywords, BridgeSettings
 from .errors import BridgeError
-from .host_side import HostOptions, HostSide, run_host_side
+from .host_side import HostSide, run_host_side
 from .mailbox_call import channel_dir
 from .packaging import build_zipapp
 from .sandbox_side import SandboxSide
 from .sandboxes import CommandResult, SandboxClient, SandboxError, check_result
-from .session import Session, Tracer
-from .settings import RESUME_TIMEOUT, AgentLimits, SandboxSettings, http_policy
+from .session import Session
+from .settings import AgentLimits, SandboxSettings, http_policy
 from .transports.live import ProcessChannels
-from .transports.mailbox import MailboxChannels, MailboxOptions, call_command
+from .transports.mailbox import MailboxChannels, call_command
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
 PLACEHOLDER_KEY = "bridgeproto-placeholder-key"
 MAILBOX_LIMITS = bp.Limits(initial_window=16 << 20, session_window=32 << 20)
@@ -335,22 +339,14 @@ async def check_python(
 async def open_bridge(
     sandbox: SandboxClient,
     upstream_url: str | None,
-    *,
-    headers: Sequence[tuple[bytes, bytes]] = (),
-    listen: tuple[str, int] = ("127.0.0.1", 13131),
-    allowed_prefixes: Sequence[str] | None = None,
-    config: bp.Config | None = None,
-    options: HostOptions | None = None,
-    python: str = "python3",
-    env: Mapping[str, str] | None = None,
-    tracer: Tracer | None = None,
-    limits: AgentLimits | None = None,
-    resume_timeout: float = RESUME_TIMEOUT,
-    on_channel: Callable[[str], None] | None = None,
-    transport: str = "auto",
-    mailbox: MailboxOptions | None = None,
+    settings: BridgeSettings | None = None,
+    **keywords: Unpack[BridgeKeywords],
 ) -> AsyncIterator[Bridge]:
     """Run a bridge into ``sandbox`` forwarding to ``upstream_url``.
+
+    ``settings`` (``BridgeSettings``) holds every option below; keywords of
+    the same names change its fields (``open_bridge(sandbox, url,
+    transport="mailbox")``).
 
     With ``upstream_url`` None the bridge has no default upstream: only the
     routes added with ``Bridge.add_route`` (and ``Bridge.expose``) carry.
@@ -367,29 +363,34 @@ async def open_bridge(
     Without a ``config``, a mailbox bridge uses ``MAILBOX_LIMITS`` (windows of
     16 MiB per exchange and 32 MiB per session).
     """
+    try:
+        settings = attrs.evolve(settings or BridgeSettings(), **keywords)
+    except (TypeError, ValueError) as exc:
+        raise BridgeStartError(f"open_bridge: {exc}") from None
+    listen, config, python, env = settings.listen, settings.config, settings.python, settings.env
+    transport: str = settings.transport
     if transport == "auto":
         transport = "stream" if getattr(sandbox, "live_processes", True) else "mailbox"
-    if transport not in ("stream", "mailbox"):
-        raise BridgeStartError(f"unknown transport {transport!r}; use stream, mailbox or auto")
     host, port, path = parse_upstream(upstream_url) if upstream_url else ("", 0, "")
     if config is None:
         # Over the mailbox every window update costs a call's round trip, so
         # its windows are larger (still under max_retained_bytes).
         config = bp.Config(limits=MAILBOX_LIMITS) if transport == "mailbox" else bp.Config()
-    policy = http_policy(config, allowed_prefixes or [path or "/"])
-    upstream = Upstream(host, port, policy, tuple(headers)) if upstream_url else None
-    host_side = HostSide(upstream, options)
+    policy = http_policy(config, settings.allowed_prefixes or [path or "/"])
+    upstream = Upstream(host, port, policy, tuple(settings.headers)) if upstream_url else None
+    host_side = HostSide(upstream, settings.options)
     archive = build_zipapp()
     remote = f"/tmp/{archive.name}"
     session_id = os.urandom(bp.SESSION_ID_BYTES)
-    settings = SandboxSettings(config, policy, limits or AgentLimits(), listen, resume_timeout)
+    limits = settings.limits or AgentLimits()
+    for_sandbox = SandboxSettings(config, policy, limits, listen, settings.resume_timeout)
     start = [
         python, remote, "sandbox-side", "--daemon", "--session", session_id.hex(),
-        "--settings", settings.to_json(),
+        "--settings", for_sandbox.to_json(),
     ]  # fmt: skip
     channels: ProcessChannels | MailboxChannels
     if transport == "mailbox":
-        channels = MailboxChannels(sandbox, call_command(python), session_id, env, mailbox)
+        channels = MailboxChannels(sandbox, call_command(python), session_id, env, settings.mailbox)
     else:
         channels = ProcessChannels(
             sandbox, [python, remote, "channel", "--session", session_id.hex()], env
@@ -409,8 +410,8 @@ async def open_bridge(
             session = await tg.start(
                 functools.partial(
                     run_host_side, channels, session_id, host_side, config=config,
-                    options=options, tracer=tracer, resume_timeout=resume_timeout,
-                    on_channel=on_channel,
+                    options=settings.options, tracer=settings.tracer,
+                    resume_timeout=settings.resume_timeout, on_channel=settings.on_channel,
                 )
             )  # fmt: skip
             starting.release()  # started: the next may

@@ -35,6 +35,7 @@ import anyio.abc
 import bridgeproto as bp
 from bridgeproto.wire import armor
 
+from .bridge_settings import BridgeSettings
 from .errors import BridgeError
 from .foreground import Foreground, start_foreground
 from .headers import read_header_file
@@ -197,16 +198,17 @@ class Run:
         )
         trace = _private_file(args.trace) if args.trace else None
         try:
-            async with open_bridge(
-                self.sandbox, args.upstream, headers=self.headers, listen=args.listen,
-                config=config, python=args.python, tracer=TraceWriter(trace) if trace else None,
+            settings = BridgeSettings(
+                headers=self.headers, listen=args.listen, config=config, python=args.python,
+                tracer=TraceWriter(trace) if trace else None,
                 on_channel=say if args.verbose else None, resume_timeout=args.resume_timeout,
                 limits=AgentLimits(head_timeout=args.head_timeout),
                 transport=args.transport, mailbox=MailboxOptions(
                     wait=args.mailbox_wait, batch_bytes=args.mailbox_batch,
                     max_calls=args.mailbox_calls, upload_input=args.mailbox_input == "upload",
                 ),
-            ) as bridge:  # fmt: skip
+            )  # fmt: skip
+            async with open_bridge(self.sandbox, args.upstream, settings) as bridge:
                 exposed = [
                     f"port {port} inside is at {await bridge.expose(port, host_port)}"
                     for host_port, port in args.expose

@@ -21,7 +21,7 @@ import bridgeproto as bp
 from bridgeproto.http import HttpPolicy
 
 Listen = tuple[str, int] | str  # (host, port) or a Unix socket path
-DEFAULT_LISTEN: Listen = ("127.0.0.1", 13131)
+DEFAULT_LISTEN: tuple[str, int] = ("127.0.0.1", 13131)
 RESUME_TIMEOUT = 30.0  # seconds a broken channel may take to come back
 
 
