@@ -55,3 +55,16 @@ def test_no_adapter_module_is_in_an_import_circle() -> None:
 
 def test_the_settings_record_imports_nothing_of_the_adapters() -> None:
     assert _imports()["bridgeproto_adapters.settings"] == set()
+
+
+def test_every_public_list_names_what_its_module_has() -> None:
+    import importlib
+
+    for name in _imports():
+        if name.startswith(("bridgeproto_adapters.bench", "bridgeproto_adapters.verifiers")):
+            continue  # (their names come lazily, from optional packages)
+        if name.endswith("__main__"):
+            continue  # (it runs the command)
+        module = importlib.import_module(name)
+        missing = [n for n in getattr(module, "__all__", ()) if not hasattr(module, n)]
+        assert not missing, f"{name}.__all__ names what it lacks: {missing}"

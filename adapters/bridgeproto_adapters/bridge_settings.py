@@ -19,6 +19,13 @@ from .session import Tracer
 from .settings import DEFAULT_LISTEN, RESUME_TIMEOUT, AgentLimits
 from .transports.mailbox import MailboxOptions
 
+__all__ = [
+    "TRANSPORT_NAMES",
+    "BridgeKeywords",
+    "BridgeSettings",
+    "TransportName",
+]
+
 TransportName = Literal["auto", "stream", "mailbox"]
 TRANSPORT_NAMES: tuple[TransportName, ...] = ("auto", "stream", "mailbox")
 

@@ -7,6 +7,14 @@ import anyio
 
 import bridgeproto as bp
 
+__all__ = [
+    "STREAM_ERRORS",
+    "BridgeError",
+    "ExchangeAborted",
+    "SessionEnded",
+    "UpstreamError",
+]
+
 # What a byte stream raises when it ends or fails, whatever carries it: the
 # one list every adapter catches.
 STREAM_ERRORS = (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError, OSError)

@@ -22,6 +22,11 @@ import anyio
 from .processes import HostProcess
 from .sandboxes import HostCommandSandbox, SandboxClient, SandboxError, check_result
 
+__all__ = [
+    "Foreground",
+    "start_foreground",
+]
+
 
 class Foreground(Protocol):
     @property

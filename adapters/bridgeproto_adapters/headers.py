@@ -12,6 +12,8 @@ import bridgeproto as bp
 
 from .errors import BridgeError
 
+__all__ = ["parse_header", "read_header_file"]
+
 
 def parse_header(text: str) -> tuple[bytes, bytes]:
     """``Name: value`` as the bridge will send it; ``ArgumentTypeError`` if it cannot be."""

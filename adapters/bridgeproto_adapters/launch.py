@@ -49,6 +49,20 @@ from .transports.mailbox import MailboxChannels, call_command
 if TYPE_CHECKING:
     from typing_extensions import Unpack
 
+__all__ = [
+    "MAILBOX_LIMITS",
+    "MIN_PYTHON",
+    "PLACEHOLDER_KEY",
+    "STARTING_AT_ONCE",
+    "Bridge",
+    "BridgeSettings",
+    "BridgeStartError",
+    "check_python",
+    "open_bridge",
+    "parse_upstream",
+    "sandbox_env",
+]
+
 PLACEHOLDER_KEY = "bridgeproto-placeholder-key"
 MAILBOX_LIMITS = bp.Limits(initial_window=16 << 20, session_window=32 << 20)
 MIN_PYTHON = (3, 10)

@@ -22,6 +22,19 @@ if TYPE_CHECKING:
     from .sandboxes import HostCommandSandbox, SandboxClient
 
 
+__all__ = [
+    "PROVIDERS",
+    "Create",
+    "Provider",
+    "SandboxChoiceError",
+    "names",
+    "open_host_sandbox",
+    "open_sandbox",
+    "provider",
+    "register",
+]
+
+
 class SandboxChoiceError(BridgeError):
     """No provider by that name, or none that fits."""
 

@@ -20,6 +20,15 @@ import attrs
 import bridgeproto as bp
 from bridgeproto.http import HttpPolicy
 
+__all__ = [
+    "DEFAULT_LISTEN",
+    "RESUME_TIMEOUT",
+    "AgentLimits",
+    "Listen",
+    "SandboxSettings",
+    "http_policy",
+]
+
 Listen = tuple[str, int] | str  # (host, port) or a Unix socket path
 DEFAULT_LISTEN: tuple[str, int] = ("127.0.0.1", 13131)
 RESUME_TIMEOUT = 30.0  # seconds a broken channel may take to come back

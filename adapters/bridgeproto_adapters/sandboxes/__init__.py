@@ -31,7 +31,7 @@ from .base import (
     check_result,
     stop_process,
 )
-from .harness import HarnessClient, HarnessSandbox
+from .harness import CommandOutput, HarnessClient, HarnessSandbox
 from .local import CommandPrefixSandbox, LocalSandbox
 from .offline import BwrapSandbox, UnshareSandbox
 from .simulated import Faults, SimulatedProvider
@@ -39,6 +39,7 @@ from .simulated import Faults, SimulatedProvider
 __all__ = [
     "BwrapSandbox",
     "Command",
+    "CommandOutput",
     "CommandPrefixSandbox",
     "CommandResult",
     "CommandTimeout",
