@@ -168,7 +168,7 @@ async def test_a_venv_shown_runs_inside_though_its_python_lies_under_a_closed_ho
     import subprocess
     import sys
 
-    from bridgeproto_adapters.sandboxes.offline import SYSTEM_PATHS
+    from bridgeproto_adapters.sandboxes.views import SYSTEM_PATHS
 
     base = os.path.realpath(sys.base_prefix)
     if any(base == p or base.startswith(p + "/") for p in SYSTEM_PATHS):

@@ -21,7 +21,6 @@ from collections.abc import Sequence
 from typing import NoReturn
 
 import bridgeproto as bp
-from bridgeproto.wire import ArmorDecoder, Frame, FrameDecoder
 
 from . import eventloop, providers
 from .errors import BridgeError
@@ -111,46 +110,6 @@ def run(args: argparse.Namespace) -> int:
         return _error(str(exc))
     except KeyboardInterrupt:  # before the signal handlers were in place
         return 130
-
-
-# ---------------------------------------------------------------- decode
-
-
-def _describe(record: bp.Record) -> str:
-    if isinstance(record, bp.Data):
-        preview = record.data[:24]
-        more = "..." if len(record.data) > 24 else ""
-        return f"Data(exchange {record.exchange_id}, {len(record.data)} bytes: {preview!r}{more})"
-    if isinstance(record, bp.Hello):
-        return f"Hello(version {record.version}, {record.role.name.lower()} side, {record.limits})"
-    if isinstance(record, (bp.RequestHead, bp.ResponseHead)):
-        text = repr(record)
-        return text if len(text) < 200 else text[:197] + "..."
-    return repr(record)
-
-
-def decode(args: argparse.Namespace) -> int:
-    decoders = {">": FrameDecoder(2**32 - 1), "<": FrameDecoder(2**32 - 1)}
-    try:
-        with open(args.trace) as file:
-            lines = file.read().splitlines()
-    except OSError as exc:
-        return _error(f"cannot read {args.trace}: {exc.strerror}")
-    for number, line in enumerate(lines, 1):
-        try:
-            stamp, direction, armored = line.split(" ", 2)
-            unarmor = ArmorDecoder(2**32 - 1)
-            unarmor.receive_data(armored + "\n")
-            batch = unarmor.next_batch()
-            assert isinstance(batch, bytes) and direction in decoders
-            decoder = decoders[direction]
-            decoder.receive_data(batch)
-            while isinstance(frame := decoder.next_frame(), Frame):
-                arrow = "host <- sandbox" if direction == "<" else "host -> sandbox"
-                print(f"{float(stamp):10.6f} {arrow} seq={frame.seq:<5} {_describe(frame.record)}")
-        except (ValueError, AssertionError, bp.ProtocolError) as exc:
-            return _error(f"{args.trace}:{number} is not a bridgeproto trace line ({exc})")
-    return 0
 
 
 # ---------------------------------------------------------------- bench
@@ -443,7 +402,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         except BridgeError as exc:
             return _error(str(exc))
     if args.command_name == "decode":
-        return decode(args)
+        from .traces import decode
+
+        try:
+            for line in decode(args.trace):
+                print(line)
+        except BridgeError as exc:
+            return _error(str(exc))
+        return 0
     if args.command_name == "bench":
         return bench(args)
     if args.command_name == "channel":

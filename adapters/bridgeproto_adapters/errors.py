@@ -10,6 +10,7 @@ import bridgeproto as bp
 __all__ = [
     "STREAM_ERRORS",
     "BridgeError",
+    "BridgeStartError",
     "ExchangeAborted",
     "SessionEnded",
     "UpstreamError",
@@ -22,6 +23,10 @@ STREAM_ERRORS = (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResou
 
 class BridgeError(Exception):
     """Base of every error the adapters raise."""
+
+
+class BridgeStartError(BridgeError):
+    """The bridge could not start; the message names the cause and the fix."""
 
 
 class SessionEnded(BridgeError):

@@ -18,11 +18,9 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
-import pathlib
-import shlex
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 import anyio
@@ -35,12 +33,13 @@ import bridgeproto as bp
 from bridgeproto.http import Upstream
 
 from .bridge_settings import BridgeKeywords, BridgeSettings
-from .errors import BridgeError
+from .errors import BridgeError, BridgeStartError
 from .host_side import HostSide, run_host_side
-from .mailbox_call import channel_dir
 from .packaging import build_zipapp
 from .sandbox_side import SandboxSide
-from .sandboxes import CommandResult, SandboxClient, SandboxError, check_result
+from .sandbox_start import ATTEMPTS, MIN_PYTHON, check_python, start_daemon
+from .sandbox_start import reap_daemon as _reap_daemon  # (tests time it here)
+from .sandboxes import SandboxClient
 from .session import Session
 from .settings import AgentLimits, SandboxSettings, http_policy
 from .transports.live import ProcessChannels
@@ -65,11 +64,6 @@ __all__ = [
 
 PLACEHOLDER_KEY = "bridgeproto-placeholder-key"
 MAILBOX_LIMITS = bp.Limits(initial_window=16 << 20, session_window=32 << 20)
-MIN_PYTHON = (3, 10)
-
-
-class BridgeStartError(BridgeError):
-    """The bridge could not start; the message names the cause and the fix."""
 
 
 @attrs.define
@@ -200,52 +194,6 @@ async def _serve(
             await listener.serve(side.handle_agent)
 
 
-_NOT_UPLOADED = 93  # the start command's word for "the archive is not there yet"
-
-
-async def _start_daemon(
-    sandbox: SandboxClient,
-    archive: pathlib.Path,
-    start: list[str],
-    env: Mapping[str, str] | None,
-    timeout: float,
-) -> None:
-    """Start the sandbox side in one control-plane call (two, plus the upload,
-    the first time in a sandbox). Only when that fails is the sandbox's
-    Python looked at, to say why in words. Every step is safe to repeat, so
-    a call that fails (before it ran, or after, its answer lost) is retried."""
-    python, remote = start[0], start[1]
-    size = archive.stat().st_size
-    script = (
-        f'test "$(wc -c < {shlex.quote(remote)} 2>/dev/null)" = {size} || exit {_NOT_UPLOADED};'
-        f" exec {shlex.join(start)}"
-    )
-
-    async def run() -> CommandResult:
-        result = await sandbox.run(["sh", "-c", script], env=env, timeout=timeout)
-        return check_result(result)
-
-    started = await _retried(run)
-    if started.exit_code == _NOT_UPLOADED:
-        await _retried(functools.partial(sandbox.write_file, remote, archive.read_bytes()))
-        started = await _retried(run)
-    if started.exit_code == 0 and started.stdout.strip() == b"ready":
-        return
-    said = _said(started)
-    try:
-        await check_python(sandbox, python, env)  # raises, naming the fix, when Python is why
-    except BridgeStartError as exc:
-        raise BridgeStartError(f"{exc} (the start call: {said})") from None
-    raise BridgeStartError(f"the sandbox side did not start ({said})")
-
-
-def _said(result: CommandResult) -> str:
-    """A failed call's status and the end of what it said, for an error."""
-    words = (result.stderr or result.stdout).decode(errors="replace").strip()
-    words = words.removeprefix("bridgeproto: ")[-500:]
-    return f"status {result.exit_code}: {words or 'no word from it'}"
-
-
 def _bridge_failure(exc: BaseException) -> BaseException | None:
     """The bridge error or timeout in ``exc``, looking through task groups
     (a start that fails is one ``BridgeStartError``, never nested groups)."""
@@ -275,34 +223,6 @@ def _start_limiter() -> anyio.CapacityLimiter:
         return limiter
 
 
-T = TypeVar("T")
-_ATTEMPTS = 4
-
-
-async def _retried(call: Callable[[], Awaitable[T]]) -> T:
-    """A control-plane call that is safe to repeat, tried up to four times."""
-    for attempt in range(1, _ATTEMPTS + 1):
-        try:
-            return await call()
-        except SandboxError:
-            if attempt == _ATTEMPTS:
-                raise
-            await anyio.sleep(0.1 * attempt)
-    raise AssertionError("unreachable")
-
-
-async def _reap_daemon(sandbox: SandboxClient, session_id: bytes, patience: int = 50) -> None:
-    """Give the sandbox side ``patience`` tenths of a second (5 s) to answer
-    its agents and exit, then kill it."""
-    directory = shlex.quote(channel_dir(session_id))
-    script = (
-        f"p=$(cat {directory}/pid 2>/dev/null) || exit 0;"
-        f" for i in $(seq {patience}); do kill -0 $p 2>/dev/null || exit 0; sleep 0.1; done;"
-        f" kill -9 $p; rm -rf {directory}"
-    )
-    await _retried(functools.partial(sandbox.run, ["sh", "-c", script], timeout=15))
-
-
 def sandbox_env(url: str) -> dict[str, str]:
     """What commands in the sandbox get: URLs and placeholder keys, never a secret."""
     return {
@@ -323,30 +243,6 @@ def parse_upstream(url: str) -> tuple[str, int, str]:
             " http://127.0.0.1:8000/rollout/abc (TLS upstreams are not supported)"
         )
     return parts.hostname, parts.port or 80, parts.path.rstrip("/")
-
-
-async def check_python(
-    sandbox: SandboxClient, python: str = "python3", env: Mapping[str, str] | None = None
-) -> str:
-    """The sandbox's Python version, or a ``BridgeStartError`` saying how to get one."""
-    probe = "import sys; print('%d.%d' % sys.version_info[:2])"
-    fix = f"install python3 ({MIN_PYTHON[0]}.{MIN_PYTHON[1]} or newer) in the image or in setup"
-    try:
-        result = check_result(await sandbox.run([python, "-c", probe], env=env, timeout=30))
-    except SandboxError as exc:
-        raise BridgeStartError(f"cannot run {python} in the sandbox ({exc}); {fix}") from None
-    found = result.stdout.decode(errors="replace").strip()
-    if result.exit_code != 0 or not found.replace(".", "").isdigit():
-        raise BridgeStartError(
-            f"the sandbox has no working {python} on its PATH; {fix} ({python} -c: {_said(result)})"
-        )
-    version = tuple(int(part) for part in found.split("."))
-    if version < MIN_PYTHON:
-        raise BridgeStartError(
-            f"the sandbox has Python {found}, and the sandbox side needs"
-            f" {MIN_PYTHON[0]}.{MIN_PYTHON[1]}+; {fix}"
-        )
-    return found
 
 
 @asynccontextmanager
@@ -416,8 +312,8 @@ async def open_bridge(
     held = True
     try:
         if isinstance(channels, ProcessChannels):  # as long as the daemon's start may take
-            await channels.start_early(wait=_ATTEMPTS * config.handshake_timeout)
-        await _start_daemon(sandbox, archive, start, env, config.handshake_timeout)
+            await channels.start_early(wait=ATTEMPTS * config.handshake_timeout)
+        await start_daemon(sandbox, archive, start, env, config.handshake_timeout)
         async with anyio.create_task_group() as tg:
             if isinstance(channels, MailboxChannels):
                 await tg.start(channels.run)
@@ -445,7 +341,7 @@ async def open_bridge(
                 yield bridge
             finally:
                 await bridge.stop()
-    except BaseExceptionGroup as group:  # the task group's; _start_daemon's pass as raised
+    except BaseExceptionGroup as group:  # the task group's; start_daemon's pass as raised
         cause = _bridge_failure(group) if bridge is None else None
         if cause is None:
             raise

@@ -25,7 +25,6 @@ import os
 import signal
 import sys
 import tempfile
-import time
 from collections.abc import AsyncIterator, Sequence
 from typing import TextIO
 
@@ -33,7 +32,6 @@ import anyio
 import anyio.abc
 
 import bridgeproto as bp
-from bridgeproto.wire import armor
 
 from .bridge_settings import BridgeSettings
 from .errors import BridgeError
@@ -44,6 +42,7 @@ from .providers import open_sandbox, provider
 from .sandboxes import HostCommandSandbox, SandboxClient
 from .session import Session, first_of
 from .settings import AgentLimits
+from .traces import TraceWriter
 from .transports.mailbox import MailboxOptions
 
 EXIT_BRIDGE_DOWN = 3
@@ -51,17 +50,6 @@ EXIT_BRIDGE_DOWN = 3
 
 def say(message: str) -> None:
     print(f"bridgeproto: {message}", file=sys.stderr, flush=True)
-
-
-class TraceWriter:
-    """Records every frame crossing the bridge: time, direction, armored bytes."""
-
-    def __init__(self, file: TextIO) -> None:
-        self.file = file
-        self.start = time.monotonic()
-
-    def __call__(self, direction: str, data: bytes) -> None:
-        self.file.write(f"{time.monotonic() - self.start:.6f} {direction} {armor(data)}")
 
 
 def expose_cwd(args: argparse.Namespace) -> None:
