@@ -814,7 +814,7 @@ def test_consume_after_a_closed_exchange_was_forgotten_is_ignored() -> None:
 
 def test_exchange_ids_run_out_cleanly() -> None:
     pair = Pair()
-    pair.sandbox._next_local_id = 2**32 - 1  # the last odd id
+    pair.sandbox._exchanges._next_local_id = 2**32 - 1  # the last odd id
     pair.sandbox.start_exchange(b"GET", b"/", [], 0.0)
     with pytest.raises(bp.LocalProtocolError, match="exchange ids are exhausted"):
         pair.sandbox.start_exchange(b"GET", b"/", [], 0.0)

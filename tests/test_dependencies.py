@@ -21,6 +21,40 @@ def test_h11_still_exposes_the_size_of_the_chunk_it_reads() -> None:
     assert conn._reader._bytes_in_chunk == 0x1F - 2  # type: ignore[union-attr]
 
 
+def test_an_h11_that_moved_the_chunk_size_stops_the_http_layer_loudly(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from bridgeproto import _http
+
+    _http.check_h11()  # this h11 has it
+
+    class ChunkedReaderWithoutSize:  # what a release that renamed the field looks like
+        pass
+
+    monkeypatch.setattr(_http, "_ChunkedReader", ChunkedReaderWithoutSize)
+    with pytest.raises(ImportError, match=r"_bytes_in_chunk.*install h11 0\.14 to 0\.16"):
+        _http.check_h11()
+
+
+def test_the_early_chunk_refusals_still_fire() -> None:
+    # What the private field serves: a chunk past the body limit, or larger
+    # than any body, is refused from its size line alone.
+    from bridgeproto.http import AgentConnection, AgentRefused, AgentRequest, HttpPolicy
+
+    head = b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n"
+    for policy, size_line, status in (
+        (HttpPolicy(max_body_bytes=10), b"b\r\n", 413),
+        (HttpPolicy(), b"8000000000000000\r\n", 400),
+    ):
+        agent = AgentConnection(policy)
+        agent.receive_data(head)
+        assert isinstance(agent.next_event(), AgentRequest)
+        assert agent.next_event() is None
+        agent.receive_data(size_line)
+        refused = agent.next_event()
+        assert isinstance(refused, AgentRefused) and refused.refusal.status == status
+
+
 @pytest.mark.anyio
 @pytest.mark.parametrize("anyio_backend", ["asyncio"])
 async def test_anyio_asyncio_sockets_still_have_a_transport_to_pause() -> None:

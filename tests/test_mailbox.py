@@ -205,6 +205,28 @@ def test_the_spool_watch_wakes_when_a_file_is_written_or_moved_in(tmp_path: path
         os.close(fd)
 
 
+@pytest.mark.parametrize("inotify", [True, False], ids=["inotify", "polled"])
+async def test_the_spool_watch_ends_quietly_when_a_stop_removes_the_spool(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch, inotify: bool
+) -> None:
+    """A stop removes the bridge's directory while the watch may be looking:
+    the watch ends, it does not fail the sandbox side with FileNotFoundError."""
+    if not inotify:
+        monkeypatch.setattr(mailbox_sandbox, "_inotify", lambda directory: None)
+    spool = tmp_path / "spool"
+    spool.mkdir()
+
+    async def no_epoch(epoch: int) -> None:
+        return None
+
+    with anyio.fail_after(10):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(mailbox_sandbox._watch_spool, str(spool), no_epoch)
+            await anyio.wait_all_tasks_blocked()
+            spool.rmdir()
+    # the task group exits only once the watch has ended by itself
+
+
 async def test_without_inotify_the_spool_is_polled(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(mailbox_sandbox, "_inotify", lambda directory: None)
     async with local_bridge(transport="mailbox") as bridged, httpx.AsyncClient() as client:
@@ -464,16 +486,23 @@ async def test_mailbox_options_are_checked() -> None:
         MailboxOptions(max_calls=1)
 
 
-async def test_the_calls_look_for_the_sockets_where_the_daemon_listens() -> None:
+@pytest.mark.parametrize("transport", ["mailbox", "stream"])
+async def test_the_calls_look_for_the_sockets_where_the_daemon_listens(transport: str) -> None:
+    """The calls (or channel processes) find the daemon's socket, and the
+    daemon serves only the transport its settings name: no other socket."""
     async with (
         running_upstream() as upstream,
         offline() as sandbox,
-        open_bridge(sandbox, upstream.url, transport="mailbox") as bridge,
+        open_bridge(sandbox, upstream.url, transport=transport) as bridge,
     ):
         session_id = bridge.session.conn.session_id
-        for path in (mailbox_socket(session_id), channel_socket(session_id)):
+        sockets = {"mailbox": mailbox_socket(session_id), "stream": channel_socket(session_id)}
+        for name, path in sockets.items():
             listening = await sandbox.run(["test", "-S", path])
-            assert listening.exit_code == 0, f"no socket at {path}"
+            if name == transport:
+                assert listening.exit_code == 0, f"no socket at {path}"
+            else:
+                assert listening.exit_code == 1, f"a {transport} bridge's daemon listens at {path}"
 
 
 class CountingProvider(SimulatedProvider):
@@ -728,3 +757,35 @@ async def test_a_starved_host_still_serves_every_request_exactly_once() -> None:
                 results = json.loads(await agent(real, bridge, MIXED, "80", timeout=170))
     check_mixed(results, 80, upstream.requests, bridge)
     assert bridge.session.conn.failure is None
+
+
+SMALL_POSTS = """
+import json, os, sys, urllib.request
+for i in range(int(sys.argv[1])):
+    url = os.environ['BRIDGEPROTO_URL'] + f'/echo?n={i}'
+    request = urllib.request.Request(url, data=b'{"small": true}', method='POST')
+    assert json.loads(urllib.request.urlopen(request).read())['target'] == f'/echo?n={i}'
+print('ok')
+"""
+
+
+async def test_while_operations_fail_responses_ride_in_calls_not_uploads() -> None:
+    """With a fifth of operations failing, each one saved is a failure
+    avoided: a small request's response rides in the call that goes to wait
+    for the next request instead of an upload of its own (one operation a
+    request, not two), and every POST still reaches the upstream once."""
+    requests = 40
+    async with running_upstream() as upstream, offline() as real:
+        provider = SimulatedProvider(real, Faults(fail_before=0.1, fail_after=0.1, seed=13))
+        sandbox = HarnessSandbox(provider, "sim-ride")
+        with anyio.fail_after(120):
+            async with open_bridge(sandbox, upstream.url, transport="mailbox") as bridge:
+                before = collections.Counter(provider.calls)
+                assert "ok" in await agent(real, bridge, SMALL_POSTS, str(requests))
+                used = provider.calls - before
+    print("operations:", dict(used), "failed:", dict(provider.failed))
+    assert sum(provider.failed.values()) > 5  # the faults did happen
+    posts = [r for r in upstream.requests if r["method"] == "POST"]
+    assert sorted(int(str(r["target"]).split("=")[1]) for r in posts) == list(range(requests))
+    # Uploaded, every response would cost an upload (more with failures).
+    assert used["upload_bytes"] < requests / 2, used

@@ -12,7 +12,14 @@ import pytest
 
 from bridgeproto_adapters.conformance import check_run
 from bridgeproto_adapters.launch import BridgeStartError, open_bridge
-from bridgeproto_adapters.sandboxes import BwrapSandbox, LiveProcess, LocalSandbox
+from bridgeproto_adapters.sandboxes import (
+    BwrapSandbox,
+    Faults,
+    HarnessSandbox,
+    LiveProcess,
+    LocalSandbox,
+    SimulatedProvider,
+)
 from sandbox_kinds import need_bwrap
 from upstream import running_upstream
 
@@ -121,6 +128,21 @@ async def test_a_start_that_fails_says_the_status_and_stderr_of_the_call() -> No
     assert message.startswith("the sandbox has no working /nowhere/python3 on its PATH")
     assert "(/nowhere/python3 -c: status 127: " in message  # the probe's own status
     assert "(the start call: status 127: " in message and "not found" in message, message
+
+
+async def test_a_control_plane_that_keeps_failing_fails_the_start_clearly() -> None:
+    """Every try of the start call fails: the caller gets a BridgeStartError
+    that says how often and what the provider said, not the provider's
+    error bare."""
+    async with running_upstream() as upstream, offline() as real:
+        provider = SimulatedProvider(real, Faults(fail_before=1.0))
+        with pytest.raises(BridgeStartError) as raised:
+            async with open_bridge(HarnessSandbox(provider, "down"), upstream.url):
+                pass
+    message = str(raised.value)
+    assert "control plane failed 4 times in a row" in message, message
+    assert "simulated: execute_command failed before it ran" in message
+    assert await bridge_dirs(real) == []
 
 
 async def test_the_conformance_check_names_the_method_and_type_and_shows_stderr() -> None:

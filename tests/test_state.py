@@ -7,13 +7,17 @@ import pytest
 import bridgeproto as bp
 from bridgeproto._state import (
     ENDED,
+    PEER_WATCHED,
     Half,
     HalfInput,
     LinkInput,
     LinkState,
     SessionInput,
     SessionState,
+    both_halves_done,
+    drained,
     half_after,
+    half_input,
     link_after,
     session_after,
 )
@@ -65,6 +69,35 @@ def test_a_half_goes_idle_open_done_and_nothing_else() -> None:
         (Half.OPEN, HalfInput.DATA): Half.OPEN,
         (Half.OPEN, HalfInput.END): Half.DONE,
     }
+
+
+def test_the_rules_moved_by_state() -> None:
+    # The 101 rule: an informational head leaves the half idle, but not 101.
+    heads = {status: half_input(bp.ResponseHead(1, status)) for status in (100, 101, 103, 199, 200)}
+    assert heads == {
+        100: HalfInput.INFORMATIONAL_HEAD,
+        101: HalfInput.HEAD,
+        103: HalfInput.INFORMATIONAL_HEAD,
+        199: HalfInput.INFORMATIONAL_HEAD,
+        200: HalfInput.HEAD,
+    }
+    assert half_input(bp.RequestHead(1, b"GET", b"/")) is HalfInput.HEAD
+    assert half_input(bp.Data(1, b"x")) is HalfInput.DATA
+    assert half_input(bp.EndOfBody(1)) is HalfInput.END
+    # Both halves done, and only then.
+    assert [(a, b) for a in Half for b in Half if both_halves_done(a, b)] == [
+        (Half.DONE, Half.DONE)
+    ]
+
+    # Drained: closing, the peer's goaway in, nothing open, all acknowledged.
+    def is_drained(state: SessionState, goaway: bool, open_: int, acked: bool) -> bool:
+        return drained(state, peer_said_goaway=goaway, exchanges_open=open_, all_acknowledged=acked)
+
+    assert [state for state in S if is_drained(state, True, 0, True)] == [S.CLOSING]
+    assert not is_drained(S.CLOSING, False, 0, True)
+    assert not is_drained(S.CLOSING, True, 1, True)
+    assert not is_drained(S.CLOSING, True, 0, False)
+    assert frozenset({S.OPEN, S.CLOSING}) == PEER_WATCHED
 
 
 def test_a_connection_walks_the_table_from_new_to_closed() -> None:

@@ -8,7 +8,7 @@ the record's fields, so calls written either way keep working.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from typing import Literal, TypedDict
+from typing import TypedDict
 
 import attrs
 
@@ -17,17 +17,13 @@ import bridgeproto as bp
 from .host_side import HostOptions
 from .session import Tracer
 from .settings import DEFAULT_LISTEN, RESUME_TIMEOUT, AgentLimits
-from .transports.mailbox import MailboxOptions
+from .transports.mailbox_options import MailboxOptions
+from .transports.transport import Transport
 
 __all__ = [
-    "TRANSPORT_NAMES",
     "BridgeKeywords",
     "BridgeSettings",
-    "TransportName",
 ]
-
-TransportName = Literal["auto", "stream", "mailbox"]
-TRANSPORT_NAMES: tuple[TransportName, ...] = ("auto", "stream", "mailbox")
 
 
 @attrs.frozen(kw_only=True)
@@ -38,8 +34,9 @@ class BridgeSettings:
     ``allowed_prefixes`` default to the upstream URL's path; ``config`` is
     the core's (both sides get it); ``options`` the host side's; ``python``
     and ``env`` start the sandbox side; ``limits`` bound its agents;
-    ``transport`` is ``stream``, ``mailbox`` (tuned by ``mailbox``) or
-    ``auto``.
+    ``transport`` names a transport of ``transports.registry`` (``stream``,
+    ``mailbox``, tuned by ``mailbox``, one registered there, or ``auto``),
+    or is the ``Transport`` itself.
     """
 
     headers: Sequence[tuple[bytes, bytes]] = ()
@@ -53,20 +50,13 @@ class BridgeSettings:
     limits: AgentLimits | None = None
     resume_timeout: float = RESUME_TIMEOUT
     on_channel: Callable[[str], None] | None = None
-    transport: TransportName = attrs.field(default="auto")
+    transport: str | Transport = "auto"
     mailbox: MailboxOptions | None = None
 
     @listen.validator
     def _check_listen(self, _: object, listen: object) -> None:
         if not isinstance(listen, tuple) or len(listen) != 2 or not isinstance(listen[1], int):
             raise ValueError(f"listen is (host, port), e.g. ('127.0.0.1', 13131): {listen!r}")
-
-    @transport.validator
-    def _check_transport(self, _: object, transport: str) -> None:
-        if transport not in TRANSPORT_NAMES:
-            raise ValueError(
-                f"unknown transport {transport!r}; use {', '.join(TRANSPORT_NAMES[1:])} or auto"
-            )
 
 
 class BridgeKeywords(TypedDict, total=False):
@@ -83,5 +73,5 @@ class BridgeKeywords(TypedDict, total=False):
     limits: AgentLimits | None
     resume_timeout: float
     on_channel: Callable[[str], None] | None
-    transport: TransportName
+    transport: str | Transport
     mailbox: MailboxOptions | None

@@ -4,8 +4,9 @@
     bridgeproto demo
     bridgeproto decode TRACE
     bridgeproto sandbox-side --session HEX --settings JSON [--daemon]
-    bridgeproto channel --session HEX            (these three started by the host side)
+    bridgeproto channel --session HEX            (these three started by the host side;
     bridgeproto mailbox --session HEX --epoch N --in K --wait MS --max-out BYTES [...]
+                                                 the last two dispatched by entry.py)
 
 Every failure to start prints one line naming the cause and the fix and
 exits 2; otherwise ``run`` exits as ``run.py`` describes (the command's own
@@ -25,6 +26,7 @@ import bridgeproto as bp
 from . import eventloop, providers
 from .errors import BridgeError
 from .headers import parse_header
+from .transports import registry
 
 EXIT_START_FAILED = 2
 
@@ -186,9 +188,11 @@ def sandbox_side(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
     parser = _Parser(
         prog="bridgeproto",
         description="Carry HTTP between an offline sandbox and services on its host.",
+        epilog="The host also runs 'channel' and 'mailbox' inside the sandbox (see entry.py).",
     )
     parser.add_argument(
         "--version",
@@ -224,10 +228,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     run_p.add_argument(
         "--transport",
-        choices=["auto", "stream", "mailbox"],
+        choices=["auto", *registry.names()],
         default="auto",
         help="stream: a live process per channel; mailbox: only run-a-command calls, long-polled;"
-        " auto: stream where the sandbox has live processes (default)",
+        " or one registered in transports.registry; auto: stream where the sandbox has live"
+        " processes (default)",
     )
     run_p.add_argument(
         "--mailbox-wait",
@@ -371,24 +376,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     side.add_argument(
         "--daemon", action="store_true", help="detach, and take channels on the private socket"
     )
-    channel = commands.add_parser(
-        "channel", help="hand stdin/stdout to the sandbox side's socket (the host starts it)"
-    )
-    channel.add_argument("--session", required=True, help="the session id, in hex")
-    channel.add_argument(
-        "--wait", default="0", metavar="SECONDS", help="look for the socket this long (default 0)"
-    )
-    call = commands.add_parser(
-        "mailbox", help="one call of the mailbox transport (the host starts it)"
-    )
-    call.add_argument("--session", required=True, help="the session id, in hex")
-    for name in ("--epoch", "--in", "--wait", "--max-out"):
-        call.add_argument(name, required=True)
-    call.add_argument("--waiting", default="1", help="calls that may wait at once")
-    call.add_argument("--got", default="0", help="the output offset the host holds")
-    call.add_argument("--rewind", action="store_true", help="the host lost what came after --got")
-    call.add_argument("--input", help="a file holding the input batch (else stdin)")
-
     args = parser.parse_args(argv)
     if args.command_name == "run":
         if args.command and args.command[0] == "--":
@@ -412,21 +399,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if args.command_name == "bench":
         return bench(args)
-    if args.command_name == "channel":
-        from .relay import main as relay_main
-
-        return relay_main(["--session", args.session, "--wait", args.wait])
-    if args.command_name == "mailbox":
-        from .mailbox_call import main as call_main
-
-        given = {"--epoch": args.epoch, "--in": getattr(args, "in"), "--wait": args.wait}
-        given |= {"--max-out": args.max_out, "--waiting": args.waiting, "--session": args.session}
-        given["--got"] = args.got
-        if args.input:
-            given["--input"] = args.input
-        return call_main(
-            [item for pair in given.items() for item in pair] + ["--rewind"] * args.rewind
-        )
     return sandbox_side(args)
 
 

@@ -9,6 +9,12 @@ Each check raises ``AssertionError`` naming what the client got wrong.
 Pass ``live_process=False`` for clients without live processes: they must
 then raise ``NotSupported`` from ``open_process``.
 
+``check_channels(client, transport)`` holds a transport to what a session
+needs of its channels (cuts, damage, resume, a final failure), over a real
+bridge into the client's sandbox (``channel_checks``)::
+
+    await check_channels(MyClient(...), "mailbox")
+
 ``check_offline_isolation(client)`` holds a sandbox to the offline bar from
 inside, as untrusted code would try it, and returns a report of what held::
 
@@ -34,6 +40,7 @@ from collections.abc import Sequence
 import anyio
 import attrs
 
+from .channel_checks import check_channels as check_channels
 from .sandboxes import (
     CommandResult,
     CommandTimeout,

@@ -1,10 +1,10 @@
-"""The sandbox side as a daemon, for the live-stream and mailbox transports.
+"""The sandbox side as a daemon, for any transport that opens channels toward it.
 
 ``bridgeproto sandbox-side --daemon`` starts the sandbox side detached from
 the command that starts it (a new session, its output to a log in its
 private directory), so it outlives every channel. The starting command
-returns once the daemon listens for agents, for channels and for mailbox
-calls: it prints
+returns once the daemon listens for agents and takes channels (the one
+transport its settings name: ``settings.transport.serve``): it prints
 ``ready``, or the reason it could not start and exits 2.
 
 The daemon ends when its session does (the host closed it, or no channel
@@ -27,12 +27,10 @@ import anyio.abc
 
 from . import eventloop
 from .mailbox_call import channel_dir
-from .relay import channel_socket
 from .sandbox_side import run_sandbox_side
 from .settings import Listen, SandboxSettings
 from .transports import Acceptor
-from .transports.live_sandbox import accept_channels
-from .transports.mailbox_sandbox import serve_mailbox
+from .transports.transport import load
 
 
 def start(session_id: bytes, settings: SandboxSettings) -> int:
@@ -149,8 +147,8 @@ async def _serve(session_id: bytes, settings: SandboxSettings, ready: Callable[[
     print(f"bridgeproto sandbox side {os.getpid()}: settings {settings.to_json()}", flush=True)
     acceptor = Acceptor()
     async with anyio.create_task_group() as tg:
-        await tg.start(accept_channels, acceptor, channel_socket(session_id))
-        await tg.start(serve_mailbox, acceptor, session_id)
+        transport = settings.transport  # its sandbox end only: the daemon imports no other
+        await tg.start(load(transport.serve), acceptor, session_id, transport.options)
 
         async def sandbox_side(*, task_status: anyio.abc.TaskStatus[object]) -> None:
             await run_sandbox_side(acceptor, session_id, settings, task_status=task_status)

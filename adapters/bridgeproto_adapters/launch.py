@@ -42,8 +42,9 @@ from .sandbox_start import reap_daemon as _reap_daemon  # (tests time it here)
 from .sandboxes import SandboxClient
 from .session import Session
 from .settings import AgentLimits, SandboxSettings, http_policy
-from .transports.live import ProcessChannels
-from .transports.mailbox import MailboxChannels, call_command
+from .transports import registry
+from .transports.registry import MAILBOX_LIMITS
+from .transports.transport import ChannelPlace, HostChannels
 
 if TYPE_CHECKING:
     from typing_extensions import Unpack
@@ -63,7 +64,6 @@ __all__ = [
 ]
 
 PLACEHOLDER_KEY = "bridgeproto-placeholder-key"
-MAILBOX_LIMITS = bp.Limits(initial_window=16 << 20, session_window=32 << 20)
 
 
 @attrs.define
@@ -79,7 +79,7 @@ class Bridge:
     env: Mapping[str, str]  # for commands run in the sandbox
     session: Session
     sandbox: SandboxClient
-    channels: ProcessChannels | MailboxChannels
+    channels: HostChannels
     _stopped: bool = False
     _host: HostSide | None = None
     _task_group: anyio.abc.TaskGroup | None = None
@@ -194,16 +194,24 @@ async def _serve(
             await listener.serve(side.handle_agent)
 
 
-def _bridge_failure(exc: BaseException) -> BaseException | None:
-    """The bridge error or timeout in ``exc``, looking through task groups
-    (a start that fails is one ``BridgeStartError``, never nested groups)."""
-    if isinstance(exc, (BridgeError, TimeoutError)):
+class _StartFailed(Exception):
+    """What ``start_daemon`` raised (its cause), marked to leave the task group as raised."""
+
+
+def _found(exc: BaseException, kinds: tuple[type[BaseException], ...]) -> BaseException | None:
+    """The first exception of ``kinds`` in ``exc``, looking through task groups."""
+    if isinstance(exc, kinds):
         return exc
-    if isinstance(exc, BaseExceptionGroup):
-        for inner in exc.exceptions:
-            if (found := _bridge_failure(inner)) is not None:
-                return found
+    for inner in getattr(exc, "exceptions", ()):
+        if (found := _found(inner, kinds)) is not None:
+            return found
     return None
+
+
+def _bridge_failure(exc: BaseException) -> BaseException | None:
+    """The bridge error or timeout in ``exc`` (a start that fails is one
+    ``BridgeStartError``, never nested groups)."""
+    return _found(exc, (BridgeError, TimeoutError))
 
 
 # Bridges that start at once in one event loop; the others queue. Starts are
@@ -267,56 +275,59 @@ async def open_bridge(
     sandbox side runs with (its PATH decides which ``python`` is found).
     ``limits`` bounds what agents may cost the sandbox side; ``resume_timeout``
     how long a broken channel may take to come back; ``on_channel`` hears of
-    every channel that breaks or comes up. ``transport`` is ``stream`` (a live
-    process per channel), ``mailbox`` (calls only; ``mailbox`` tunes them) or
-    ``auto``: stream where the sandbox has live processes, mailbox otherwise.
-    Without a ``config``, a mailbox bridge uses ``MAILBOX_LIMITS`` (windows of
-    16 MiB per exchange and 32 MiB per session).
+    every channel that breaks or comes up. ``transport`` names a transport of
+    the registry (``transports.registry``): ``stream`` (a live process per
+    channel), ``mailbox`` (calls only; ``mailbox`` tunes them), one
+    registered there, or ``auto``: stream where the sandbox has live
+    processes, mailbox otherwise; or it is the ``Transport`` itself.
+    Without a ``config``, the bridge uses the transport's limits (a mailbox
+    bridge: ``MAILBOX_LIMITS``, windows of 16 MiB per exchange and 32 MiB
+    per session).
     """
     try:
         settings = attrs.evolve(settings or BridgeSettings(), **keywords)
-    except (TypeError, ValueError) as exc:
+        chosen = registry.choose(
+            settings.transport, live_processes=getattr(sandbox, "live_processes", True)
+        )
+    except (TypeError, ValueError, BridgeError) as exc:
         raise BridgeStartError(f"open_bridge: {exc}") from None
     listen, config, python, env = settings.listen, settings.config, settings.python, settings.env
-    transport: str = settings.transport
-    if transport == "auto":
-        transport = "stream" if getattr(sandbox, "live_processes", True) else "mailbox"
+    if settings.mailbox is not None and chosen.name == registry.MAILBOX.name:
+        chosen = chosen.with_options(settings.mailbox)
     host, port, path = parse_upstream(upstream_url) if upstream_url else ("", 0, "")
     if config is None:
-        # Over the mailbox every window update costs a call's round trip, so
-        # its windows are larger (still under max_retained_bytes).
-        config = bp.Config(limits=MAILBOX_LIMITS) if transport == "mailbox" else bp.Config()
+        config = bp.Config(limits=chosen.limits)
     policy = http_policy(config, settings.allowed_prefixes or [path or "/"])
     upstream = Upstream(host, port, policy, tuple(settings.headers)) if upstream_url else None
     host_side = HostSide(upstream, settings.options)
-    archive = build_zipapp()
+    archive = build_zipapp(extra=chosen.modules())
     remote = f"/tmp/{archive.name}"
     session_id = os.urandom(bp.SESSION_ID_BYTES)
     limits = settings.limits or AgentLimits()
-    for_sandbox = SandboxSettings(config, policy, limits, listen, settings.resume_timeout)
+    for_sandbox = SandboxSettings(
+        config, policy, limits, listen, settings.resume_timeout, chosen.sandbox_settings()
+    )
     start = [
         python, remote, "sandbox-side", "--daemon", "--session", session_id.hex(),
         "--settings", for_sandbox.to_json(),
     ]  # fmt: skip
-    channels: ProcessChannels | MailboxChannels
-    if transport == "mailbox":
-        channels = MailboxChannels(sandbox, call_command(python), session_id, env, settings.mailbox)
-    else:
-        channels = ProcessChannels(
-            sandbox, [python, remote, "channel", "--session", session_id.hex()], env
-        )
+    # (The first channel may wait for the daemon as long as its start may take.)
+    place = ChannelPlace(
+        sandbox, session_id, python, remote, env, ATTEMPTS * config.handshake_timeout
+    )
+    channels = chosen.host_channels(place)
     url = f"http://{listen[0]}:{listen[1]}{path}"
     bridge: Bridge | None = None
     starting = _start_limiter()
     await starting.acquire()
     held = True
     try:
-        if isinstance(channels, ProcessChannels):  # as long as the daemon's start may take
-            await channels.start_early(wait=ATTEMPTS * config.handshake_timeout)
-        await start_daemon(sandbox, archive, start, env, config.handshake_timeout)
         async with anyio.create_task_group() as tg:
-            if isinstance(channels, MailboxChannels):
-                await tg.start(channels.run)
+            await tg.start(channels.run)  # before the daemon: a first channel may start early
+            try:
+                await start_daemon(sandbox, archive, start, env, config.handshake_timeout)
+            except Exception as exc:
+                raise _StartFailed() from exc
             session = await tg.start(
                 functools.partial(
                     run_host_side, channels, session_id, host_side, config=config,
@@ -342,6 +353,9 @@ async def open_bridge(
             finally:
                 await bridge.stop()
     except BaseExceptionGroup as group:  # the task group's; start_daemon's pass as raised
+        failed = _found(group, (_StartFailed,))
+        if failed is not None and failed.__cause__ is not None:
+            raise failed.__cause__ from None
         cause = _bridge_failure(group) if bridge is None else None
         if cause is None:
             raise

@@ -20,21 +20,17 @@ import os
 import pathlib
 import tempfile
 import zipfile
+from collections.abc import Sequence
 
 # The sandbox side's import closure. Optional ones are skipped when absent.
 PACKAGES = ("bridgeproto", "bridgeproto_adapters", "h11", "anyio", "attr", "attrs", "idna")
 OPTIONAL = ("sniffio", "typing_extensions", "exceptiongroup")
 HOST_ONLY = ("bench", "verifiers")  # subpackages the sandbox never runs
-# The channel relay and the mailbox call run for every channel and every call:
-# they skip the command line's imports.
+# The archive starts where the installed command does: ``entry`` sends the
+# channel relay and the mailbox call (run for every channel and every call)
+# to their modules before the command line's imports.
 MAIN = b"""import sys
-if sys.argv[1:2] == ["channel"]:
-    from bridgeproto_adapters.relay import main
-    sys.exit(main(sys.argv[2:]))
-if sys.argv[1:2] == ["mailbox"]:
-    from bridgeproto_adapters.mailbox_call import main
-    sys.exit(main(sys.argv[2:]))
-from bridgeproto_adapters.cli import main
+from bridgeproto_adapters.entry import main
 sys.exit(main())
 """
 
@@ -57,7 +53,7 @@ def _sources(name: str) -> list[tuple[str, pathlib.Path]]:
 
 
 @functools.cache
-def _contents() -> tuple[list[tuple[str, bytes]], str]:
+def _contents(extra: tuple[str, ...] = ()) -> tuple[list[tuple[str, bytes]], str]:
     """Every file of the archive (name, bytes) and their content hash (hex).
 
     Read once per process: the installed code does not change under it, and
@@ -66,6 +62,9 @@ def _contents() -> tuple[list[tuple[str, bytes]], str]:
     files: list[tuple[str, pathlib.Path]] = []
     for name in PACKAGES:
         files += _sources(name)
+    for name in dict.fromkeys(module.partition(".")[0] for module in extra):
+        if name not in PACKAGES + OPTIONAL:  # a transport's package of its own
+            files += _sources(name)
     for name in OPTIONAL:
         if importlib.util.find_spec(name) is not None:
             files += _sources(name)
@@ -91,9 +90,11 @@ def _bytecode(arcname: str, source: bytes) -> bytes:
     )
 
 
-def build_zipapp(cache_dir: str | None = None) -> pathlib.Path:
-    """Build (or reuse) the archive in ``cache_dir``; returns its path."""
-    contents, digest = _contents()
+def build_zipapp(cache_dir: str | None = None, extra: Sequence[str] = ()) -> pathlib.Path:
+    """Build (or reuse) the archive in ``cache_dir``; returns its path.
+    ``extra``: modules it holds besides the sandbox side's own (a registered
+    transport's, which may live in a package of its own), whole packages."""
+    contents, digest = _contents(tuple(sorted(extra)))
     directory = pathlib.Path(cache_dir or os.path.join(tempfile.gettempdir(), "bridgeproto-cache"))
     directory.mkdir(parents=True, exist_ok=True)
     target = directory / f"bridgeproto-{digest}.pyz"

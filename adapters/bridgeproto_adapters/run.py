@@ -37,13 +37,14 @@ from .bridge_settings import BridgeSettings
 from .errors import BridgeError
 from .foreground import Foreground, start_foreground
 from .headers import read_header_file
-from .launch import MAILBOX_LIMITS, Bridge, open_bridge, parse_upstream
+from .launch import Bridge, open_bridge, parse_upstream
 from .providers import open_sandbox, provider
 from .sandboxes import HostCommandSandbox, SandboxClient
 from .session import Session, first_of
 from .settings import AgentLimits
 from .traces import TraceWriter
-from .transports.mailbox import MailboxOptions
+from .transports import registry
+from .transports.mailbox_options import MailboxOptions
 
 EXIT_BRIDGE_DOWN = 3
 
@@ -177,8 +178,9 @@ class Run:
         args = self.args
         self.sandbox, note = await open_sandbox(args.sandbox, ro=args.ro, rw=args.rw)
         say(note)
+        transport = registry.choose(args.transport, live_processes=self.sandbox.live_processes)
         config = bp.Config(
-            limits=MAILBOX_LIMITS if args.transport == "mailbox" else bp.Limits(),
+            limits=transport.limits,
             idle_timeout=args.idle_timeout,
             exchange_timeout=args.timeout,
             shutdown_grace=args.grace,
@@ -191,7 +193,7 @@ class Run:
                 tracer=TraceWriter(trace) if trace else None,
                 on_channel=say if args.verbose else None, resume_timeout=args.resume_timeout,
                 limits=AgentLimits(head_timeout=args.head_timeout),
-                transport=args.transport, mailbox=MailboxOptions(
+                transport=transport, mailbox=MailboxOptions(
                     wait=args.mailbox_wait, batch_bytes=args.mailbox_batch,
                     max_calls=args.mailbox_calls, upload_input=args.mailbox_input == "upload",
                 ),

@@ -56,10 +56,16 @@ async def start_daemon(
         result = await sandbox.run(["sh", "-c", script], env=env, timeout=timeout)
         return check_result(result)
 
-    started = await retried(run)
-    if started.exit_code == _NOT_UPLOADED:
-        await retried(functools.partial(sandbox.write_file, remote, archive.read_bytes()))
+    try:
         started = await retried(run)
+        if started.exit_code == _NOT_UPLOADED:
+            await retried(functools.partial(sandbox.write_file, remote, archive.read_bytes()))
+            started = await retried(run)
+    except SandboxError as exc:
+        raise BridgeStartError(
+            f"the sandbox side could not be started: the sandbox's control plane failed"
+            f" {ATTEMPTS} times in a row (the last: {exc}); check the provider, then retry"
+        ) from exc
     if started.exit_code == 0 and started.stdout.strip() == b"ready":
         return
     said = _said(started)

@@ -1,7 +1,7 @@
 """The sandbox side's settings, as one record that crosses to it whole.
 
-It sits at the bottom of the adapters (it imports only the core), so both
-sides and the command line take their records from here.
+It sits low in the adapters (it imports only the core and the transports'
+records), so both sides and the command line take their records from here.
 
 The host decides every setting (timeouts, limits, the path allowlist, what
 agents may cost) and hands the sandbox side this record as JSON on its
@@ -19,6 +19,9 @@ import attrs
 
 import bridgeproto as bp
 from bridgeproto.http import HttpPolicy
+
+from .transports.registry import STREAM
+from .transports.transport import SandboxEnd
 
 __all__ = [
     "DEFAULT_LISTEN",
@@ -72,6 +75,7 @@ class SandboxSettings:
     limits: AgentLimits = attrs.field(factory=AgentLimits)
     listen: Listen = DEFAULT_LISTEN
     resume_timeout: float = RESUME_TIMEOUT
+    transport: SandboxEnd = attrs.field(factory=STREAM.sandbox_settings)
 
     def to_json(self) -> str:
         data = attrs.asdict(self, recurse=True)
@@ -93,6 +97,7 @@ class SandboxSettings:
                 limits=AgentLimits(**data["limits"]),
                 listen=listen if isinstance(listen, str) else (str(listen[0]), int(listen[1])),
                 resume_timeout=float(data["resume_timeout"]),
+                transport=SandboxEnd(**data["transport"]),
             )
         except (KeyError, TypeError, ValueError, bp.LocalProtocolError) as exc:
             raise ValueError(f"the sandbox side's settings are not valid: {exc!r}") from None

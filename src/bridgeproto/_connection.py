@@ -9,15 +9,17 @@ the ``now`` argument of every call that can start or stop a timer. The caller
 arms a timer for ``next_deadline()`` and calls ``handle_timer(now)`` when it
 fires.
 
-``Connection`` composes four parts, each in its own module:
+``Connection`` decides what each input means and what it sends and
+reports; what it composes has a module each:
 
-* **the lifecycle** (``_state``): the session, the link and the two halves
-  of every exchange, each a table of allowed transitions;
-* **delivery** (``_delivery``): sequence numbers, retained frames, acks and
-  resume, so every record takes effect exactly once;
-* **credit** (``_credit``): the per-exchange and session-wide windows;
-* **exchanges**, here: the ones in flight, and the closed ids remembered in a
-  bounded map so that late frames for them are dropped quietly.
+* ``_state``: the session, the link and each exchange's halves as tables of
+  allowed moves, and the rules that move them by state;
+* ``_link``: frames in and out, hellos, acks, pings, breaks and resumes,
+  over ``_delivery``: sequence numbers, so each record takes effect once;
+* ``_exchanges``: the registry (ids, admission, the ended ids remembered in
+  a bounded map), and ``_exchange``: one exchange's halves, body and credit;
+* ``_credit``: the windows; ``_routes``: the inward routes;
+* ``_liveness``: every timer, each a deadline and a verdict.
 
 An input a half's table does not allow is a protocol error for that exchange
 only: it is reset and the session goes on. Events gather in one buffer that
@@ -26,22 +28,11 @@ only: it is reset and the session goes on. Events gather in one buffer that
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from collections.abc import Iterable
-from typing import Any
 
-import attrs
-
-from ._codec import NEED_DATA, FrameDecoder, Sentinel
-from ._credit import Credit
-from ._delivery import Arrival, Delivery
-from ._errors import (
-    CorruptFrameError,
-    ErrorCode,
-    LocalProtocolError,
-    PeerFault,
-    RemoteProtocolError,
-)
+from ._config import Config
+from ._credit import Credit, SessionCredit
+from ._errors import ErrorCode, LocalProtocolError, PeerFault
 from ._events import (
     CreditAvailable,
     Event,
@@ -51,18 +42,18 @@ from ._events import (
     SessionClosed,
     SessionFailed,
 )
+from ._exchange import Exchange
+from ._exchanges import Admission, ExchangeRecord, Exchanges
+from ._link import Link
+from ._liveness import Liveness, Verdict
 from ._records import (
-    MAX_EXCHANGE_ID,
-    PROTOCOL_VERSION,
     SESSION_ID_BYTES,
-    Ack,
     Data,
     EndOfBody,
     GoAway,
     Hello,
     Limits,
     Ping,
-    Pong,
     Record,
     RequestHead,
     Reset,
@@ -70,102 +61,20 @@ from ._records import (
     Role,
     Route,
     Window,
+    clip_reason,
 )
+from ._routes import Routes
 from ._state import (
     ENDED,
-    Half,
-    HalfInput,
-    LinkInput,
+    PEER_WATCHED,
     LinkState,
     SessionInput,
     SessionState,
-    half_after,
-    link_after,
+    drained,
     session_after,
 )
 
-
-def _optional_positive(_: object, attribute: attrs.Attribute[Any], value: float | None) -> None:
-    if value is not None and not value > 0:
-        raise LocalProtocolError(f"{attribute.name} must be positive or None, got {value!r}")
-
-
-def _positive(_: object, attribute: attrs.Attribute[Any], value: float) -> None:
-    if not value > 0:
-        raise LocalProtocolError(f"{attribute.name} must be positive, got {value!r}")
-
-
-@attrs.frozen
-class Config:
-    """Limits and timers for one side. Times are in seconds; None disables.
-
-    The defaults suit model calls that think for minutes: an exchange may sit
-    idle (no body bytes either way) for 5 minutes and has no total deadline.
-    """
-
-    limits: Limits = attrs.field(factory=Limits)
-    idle_timeout: float | None = attrs.field(default=300.0, validator=_optional_positive)
-    exchange_timeout: float | None = attrs.field(default=None, validator=_optional_positive)
-    handshake_timeout: float = attrs.field(default=30.0, validator=_positive)
-    ping_interval: float | None = attrs.field(default=20.0, validator=_optional_positive)
-    peer_timeout: float | None = attrs.field(default=60.0, validator=_optional_positive)
-    shutdown_grace: float = attrs.field(default=5.0, validator=_positive)
-    # each way, sent or received
-    max_body_bytes: int | None = attrs.field(default=None, validator=_optional_positive)
-    closed_exchange_memory: int = attrs.field(default=1024, validator=_positive)
-    # New exchanges wait while this many sent bytes are unacknowledged, and
-    # the session fails past ``max_unacknowledged_bytes`` (a peer that keeps
-    # talking but never acknowledges would otherwise pin this side's memory).
-    max_retained_bytes: int = attrs.field(default=32 << 20, validator=_positive)
-    max_unacknowledged_bytes: int = attrs.field(default=64 << 20, validator=_positive)
-
-
-def _half_input(record: Record) -> HalfInput:
-    if isinstance(record, Data):
-        return HalfInput.DATA
-    if isinstance(record, EndOfBody):
-        return HalfInput.END
-    if isinstance(record, ResponseHead) and record.status < 200 and record.status != 101:
-        return HalfInput.INFORMATIONAL_HEAD  # 101 is final: the bodies carry the new protocol
-    return HalfInput.HEAD
-
-
-class _Exchange:
-    """Book-keeping for one exchange in flight."""
-
-    __slots__ = (
-        "credit",
-        "deadline",
-        "exchange_id",
-        "last_activity",
-        "received_body",
-        "recv_half",
-        "send_half",
-        "sent_body",
-        "unconsumed",
-    )
-
-    def __init__(
-        self, exchange_id: int, now: float, credit: Credit, deadline: float | None
-    ) -> None:
-        self.exchange_id = exchange_id
-        self.send_half = Half.IDLE
-        self.recv_half = Half.IDLE
-        self.credit = credit
-        self.unconsumed = 0  # delivered to the application, not yet consumed
-        self.received_body = 0
-        self.sent_body = 0
-        self.last_activity = now
-        self.deadline = deadline
-
-
-def _clip(reason: str) -> str:
-    """Reasons we pass on may quote the peer; keep them within the record limit."""
-    return reason if len(reason) <= 300 else reason[:297] + "..."
-
-
-def _reset(exchange_id: int, code: ErrorCode, reason: str) -> Reset:
-    return Reset(exchange_id, code, _clip(reason))
+__all__ = ["Config", "Connection"]
 
 
 class Connection:
@@ -184,33 +93,26 @@ class Connection:
         self.session_id = session_id
         self.config = config or Config()
         self.state = SessionState.NEW
-        self.link = LinkState.UP
         self.peer_limits: Limits | None = None
         self.failure: SessionFailed | None = None
 
-        self._decoder = FrameDecoder(self.config.limits.max_frame_size)
-        self._delivery = Delivery()
-        self._credit = Credit(0, self.config.limits.session_window)  # session-wide
+        self._link = Link(self.role, session_id, self.config.limits)
+        self._delivery = self._link.delivery
+        self._credit = SessionCredit(0, self.config.limits.session_window)
         self._events: list[Event] = []
 
-        self._exchanges: dict[int, _Exchange] = {}
-        # Closed ids -> bytes the application may still consume on them.
-        self._closed: OrderedDict[int, int] = OrderedDict()
-        self._next_local_id = 1 if self.role is Role.SANDBOX else 2
-        self._highest_peer_id = 0
+        self._exchanges = Exchanges(self.role, self.config.closed_exchange_memory)
+        self._liveness = Liveness(self.config, self._exchanges.get)
         # Inward routes: route number -> port inside the sandbox. The host side
         # fills it with ``declare_route``, the sandbox side from ROUTE records.
-        self.routes: dict[int, int] = {}
+        self.routes = Routes()
         self._peer_goaway: GoAway | None = None
 
-        # Timers.
-        self._handshake_deadline: float | None = None
-        self._last_received = 0.0
-        self._last_ping_sent: float | None = None
-        self._ping_count = 0
-        self._close_deadline: float | None = None
-
     # ------------------------------------------------------------ properties
+
+    @property
+    def link(self) -> LinkState:
+        return self._link.state
 
     @property
     def retained_bytes(self) -> int:
@@ -219,7 +121,7 @@ class Connection:
 
     @property
     def open_exchanges(self) -> list[int]:
-        return list(self._exchanges)
+        return self._exchanges.ids()
 
     @property
     def unsent_bytes(self) -> int:
@@ -240,19 +142,15 @@ class Connection:
     def exchanges_full(self) -> bool:
         """Whether ``start_exchange`` would refuse for now only: the peer's
         exchange limit is reached, or too many sent bytes await acknowledgement."""
-        peer = self.peer_limits
-        return peer is not None and (
-            len(self._exchanges) >= peer.max_exchanges
-            or self._delivery.retained_bytes >= self.config.max_retained_bytes
-        )
+        return self.peer_limits is not None and self._start_refusal() is not None
 
     def is_open(self, exchange_id: int) -> bool:
         """Whether the exchange is still in flight."""
-        return exchange_id in self._exchanges
+        return self._exchanges.get(exchange_id) is not None
 
     def send_credit(self, exchange_id: int) -> int:
         """How many body bytes ``send_data`` accepts now for this exchange."""
-        return min(self._exchange(exchange_id).credit.can_send, self._credit.can_send)
+        return min(self._exchanges.find(exchange_id).credit.can_send, self._credit.can_send)
 
     # ------------------------------------------------------------ lifecycle
 
@@ -261,9 +159,8 @@ class Connection:
         if self.state is not SessionState.NEW:
             raise LocalProtocolError("start() was already called")
         self._move(SessionInput.START)
-        self._last_received = now
-        self._handshake_deadline = now + self.config.handshake_timeout
-        self._delivery.send_control(self._hello())
+        self._liveness.started(now)
+        self._link.start()
 
     def resume(self, now: float) -> None:
         """Begin a new link for the same session after the old one broke.
@@ -274,9 +171,7 @@ class Connection:
         self._check_usable()
         if self.state is SessionState.NEW:
             raise LocalProtocolError("resume() before start(); call start() first")
-        self._decoder = FrameDecoder(self.config.limits.max_frame_size)
-        self._move_link(LinkInput.RESUME)
-        self._delivery.resume(self._hello())
+        self._link.resume()
 
     def close(
         self,
@@ -299,8 +194,7 @@ class Connection:
             raise LocalProtocolError("close() before start()")
         deadline = now + (self.config.shutdown_grace if grace is None else grace)
         if self.state is SessionState.CLOSING:
-            assert self._close_deadline is not None
-            self._close_deadline = min(self._close_deadline, deadline)
+            self._liveness.closing(deadline)
             return
         self._send_goaway(now, code, reason, deadline)
 
@@ -328,17 +222,9 @@ class Connection:
             raise LocalProtocolError("only the host side declares inward routes")
         if self.state is SessionState.NEW:
             raise LocalProtocolError("declare_route() before start(); call start() first")
-        record = Route(route, port)
-        known = self.routes.get(route)
-        if known == port:
-            return
-        if known is not None:
-            raise LocalProtocolError(
-                f"route {route} already leads to port {known}; declare port {port}"
-                " under a new route number"
-            )
-        self.routes[route] = port
-        self._delivery.send(record)
+        record = Route(route, port)  # (checks both numbers first)
+        if self.routes.declare(route, port):
+            self._delivery.send(record)
 
     def start_exchange(
         self,
@@ -361,26 +247,13 @@ class Connection:
                 code=ErrorCode.FORBIDDEN,
             )
         peer = self._require_open("start an exchange")
-        if len(self._exchanges) >= peer.max_exchanges:
-            raise LocalProtocolError(
-                f"{len(self._exchanges)} exchanges are in flight and the peer allows"
-                f" {peer.max_exchanges}; wait for one to end",
-                code=ErrorCode.TOO_MANY_EXCHANGES,
-            )
-        if self._delivery.retained_bytes >= self.config.max_retained_bytes:
-            raise LocalProtocolError(
-                f"{self._delivery.retained_bytes} sent bytes await the peer's acknowledgement;"
-                " wait for the link to catch up",
-                code=ErrorCode.TOO_MANY_EXCHANGES,
-            )
-        if self._next_local_id > MAX_EXCHANGE_ID:
-            raise LocalProtocolError(
-                "exchange ids are exhausted; open a new session", code=ErrorCode.REFUSED
-            )
-        head = RequestHead(self._next_local_id, method, target, tuple(headers), route=route)
+        refusal = self._start_refusal()
+        if refusal is not None:
+            raise refusal
+        exchange_id = self._exchanges.next_local_id()
+        head = RequestHead(exchange_id, method, target, tuple(headers), route=route)
         self._check_head_size(head.head_size, peer)
-        self._next_local_id += 2
-        self._send_on(self._open_exchange(head.exchange_id, now), head, now)
+        self._send_on(self._open_exchange(exchange_id, now), head, now)
         return head.exchange_id
 
     def send_response(
@@ -394,8 +267,8 @@ class Connection:
         """Send a response head (or a 1xx informational head) for an exchange
         the peer started."""
         self._check_usable()
-        ex = self._exchange(exchange_id)
-        if self._is_ours(exchange_id):
+        ex = self._exchanges.find(exchange_id)
+        if self._exchanges.is_ours(exchange_id):
             raise LocalProtocolError(
                 f"exchange {exchange_id} was started by this side; only the peer answers it"
             )
@@ -407,41 +280,26 @@ class Connection:
     def send_data(self, exchange_id: int, data: bytes, now: float) -> None:
         """Send body bytes; at most ``send_credit(exchange_id)`` of them."""
         self._check_usable()
-        ex = self._exchange(exchange_id)
+        ex = self._exchanges.find(exchange_id)
         if not data:
             return
-        credit = min(ex.credit.can_send, self._credit.can_send)
-        if len(data) > credit:
-            raise LocalProtocolError(
-                f"sending {len(data)} bytes on exchange {exchange_id} exceeds the"
-                f" {credit} bytes of credit the peer granted; wait for CreditAvailable"
-            )
-        self._advance(ex, ex.send_half, HalfInput.DATA, sending=True)
-        limit = self.config.max_body_bytes
-        if limit is not None and ex.sent_body + len(data) > limit:
-            raise LocalProtocolError(
-                f"the body on exchange {exchange_id} would exceed max_body_bytes ({limit})",
-                code=ErrorCode.BODY_TOO_LARGE,
-            )
-        ex.sent_body += len(data)
+        ex.take_body_to_send(len(data), self._credit, self.config.max_body_bytes)
         assert self.peer_limits is not None
         step = self.peer_limits.max_frame_size - 4
         for start in range(0, len(data), step):
             self._send_on(ex, Data(exchange_id, data[start : start + step]), now)
-        ex.credit.spend(len(data))
-        self._credit.spend(len(data))
 
     def send_end(self, exchange_id: int, now: float) -> None:
         """End this side's body for the exchange."""
         self._check_usable()
-        self._send_on(self._exchange(exchange_id), EndOfBody(exchange_id), now)
+        self._send_on(self._exchanges.find(exchange_id), EndOfBody(exchange_id), now)
 
     def reset(self, exchange_id: int, code: ErrorCode, reason: str = "") -> None:
         """Abandon one exchange. Resetting an exchange that already ended does nothing."""
         self._check_usable()
-        if exchange_id in self._closed:
+        if self._exchanges.recently_ended(exchange_id):
             return
-        ex = self._exchange(exchange_id)
+        ex = self._exchanges.find(exchange_id)
         self._delivery.send(Reset(exchange_id, code, reason))
         self._close_exchange(ex, was_reset=True)
 
@@ -458,34 +316,17 @@ class Connection:
             raise LocalProtocolError(f"cannot consume a negative byte count ({nbytes})")
         ex = self._exchanges.get(exchange_id)
         if ex is None:
-            remaining = self._closed.get(exchange_id)
-            if remaining is None:
-                if not self._existed(exchange_id):
-                    raise LocalProtocolError(f"exchange {exchange_id} is unknown")
-                return  # forgotten; its bytes were released when it was
-            nbytes = min(nbytes, remaining)
-            self._closed[exchange_id] = remaining - nbytes
-            self._release_session_credit(nbytes)
+            self._release_session_credit(self._exchanges.consume_ended(exchange_id, nbytes))
             return
-        if nbytes > ex.unconsumed:
-            raise LocalProtocolError(
-                f"consume({nbytes}) on exchange {exchange_id}, which has only"
-                f" {ex.unconsumed} unconsumed bytes"
-            )
-        ex.unconsumed -= nbytes
-        ex.credit.release(nbytes)
-        if ex.recv_half is Half.OPEN:  # a finished body needs no more credit
-            increment = ex.credit.due()
-            if increment:
-                self._delivery.send(Window(exchange_id, increment))
+        increment = ex.consumed(nbytes)
+        if increment:
+            self._delivery.send(Window(exchange_id, increment))
         self._release_session_credit(nbytes)
 
     def ping(self, now: float) -> None:
         """Send a ping now; any frame back proves the peer alive."""
         self._check_usable()
-        self._ping_count += 1
-        self._last_ping_sent = now
-        self._delivery.send_control(Ping(self._ping_count.to_bytes(8, "big")))
+        self._delivery.send_control(Ping(self._liveness.ping_sent(now)))
 
     # ------------------------------------------------------------ output
 
@@ -503,76 +344,33 @@ class Connection:
         """When ``handle_timer`` should next be called, or None."""
         if self.state is SessionState.NEW or self.state in ENDED:
             return None
-        candidates = [self._handshake_deadline, self._close_deadline, self._stall_deadline()]
-        cfg = self.config
-        if self.state is not SessionState.HANDSHAKING:
-            if cfg.ping_interval is not None:
-                candidates.append(self._next_ping_due())
-            if cfg.peer_timeout is not None:
-                candidates.append(self._last_received + cfg.peer_timeout)
-        for ex in self._exchanges.values():
-            candidates.append(ex.deadline)
-            if cfg.idle_timeout is not None:
-                candidates.append(ex.last_activity + cfg.idle_timeout)
-        return min((c for c in candidates if c is not None), default=None)
+        return self._liveness.next_deadline(self.state in PEER_WATCHED, self._link.frame_waiting)
 
     def handle_timer(self, now: float) -> list[Event]:
         """Fire every timer due at ``now``; returns what happened."""
         if self.state is SessionState.NEW or self.state in ENDED:
             return []
-        cfg = self.config
-        opened = self.state is not SessionState.HANDSHAKING
-        if self._handshake_deadline is not None and now >= self._handshake_deadline:
-            self._fail_session(
-                ErrorCode.PEER_UNRESPONSIVE,
-                f"no hello from the peer within {cfg.handshake_timeout:g} s;"
-                " is the other side running and connected?",
-                by_peer=False,
-            )
-            return self._take_events()
-        if (
-            opened
-            and cfg.peer_timeout is not None
-            and now >= self._last_received + cfg.peer_timeout
-        ):
-            self._fail_session(
-                ErrorCode.PEER_UNRESPONSIVE,
-                f"nothing heard from the peer for {cfg.peer_timeout:g} s;"
-                " it is gone or the link is down",
-                by_peer=False,
-            )
-            return self._take_events()
-        if self._close_deadline is not None and now >= self._close_deadline:
-            for ex in list(self._exchanges.values()):
-                self._local_reset(
-                    ex, ErrorCode.SHUTTING_DOWN, "the session's shutdown grace period ran out"
-                )
-            self._move(SessionInput.GRACE_OVER)
-            self._emit(SessionClosed(forced=True))
-            return self._take_events()
-        for ex in list(self._exchanges.values()):
-            if ex.deadline is not None and now >= ex.deadline:
-                self._local_reset(
-                    ex,
-                    ErrorCode.DEADLINE_EXCEEDED,
-                    f"exchange took longer than {cfg.exchange_timeout:g} s",
-                )
-            elif cfg.idle_timeout is not None and now >= ex.last_activity + cfg.idle_timeout:
-                self._local_reset(
-                    ex,
-                    ErrorCode.IDLE_TIMEOUT,
-                    f"no activity on the exchange for {cfg.idle_timeout:g} s",
-                )
-        stall = self._stall_deadline()
-        if stall is not None and now >= stall:
-            assert cfg.ping_interval is not None
-            self._break_link(
-                f"part of a frame has waited {cfg.ping_interval:g} s for the rest:"
-                " bytes were lost or damaged on the link"
-            )
-            return self._take_events()
-        if opened and cfg.ping_interval is not None and now >= self._next_ping_due():
-            self.ping(now)
+        for fired in self._liveness.due(now, self.state in PEER_WATCHED, self._link.frame_waiting):
+            verdict = fired.verdict
+            if verdict is Verdict.RESET_EXCHANGE:
+                ex = self._exchanges.get(fired.exchange_id)
+                if ex is not None:  # (its other timer may have reset it already)
+                    self._local_reset(ex, fired.code, fired.reason)
+            elif verdict is Verdict.PING:
+                self.ping(now)
+            elif verdict is Verdict.FAIL_SESSION:
+                self._fail_session(fired.code, fired.reason, by_peer=False)
+                return self._take_events()
+            elif verdict is Verdict.END_GRACE:
+                for ex in self._exchanges.in_flight():
+                    self._local_reset(ex, fired.code, fired.reason)
+                self._move(SessionInput.GRACE_OVER)
+                self._emit(SessionClosed(forced=True))
+                return self._take_events()
+            else:
+                assert verdict is Verdict.BREAK_LINK, verdict
+                self._break_link(fired.reason)
+                return self._take_events()
         self._check_retention()
         self._check_drained()
         return self._take_events()
@@ -591,94 +389,50 @@ class Connection:
             raise LocalProtocolError("receive_data() before start()")
         if self.link is LinkState.BROKEN:
             return []
-        self._decoder.receive_data(data)
+        self._link.feed(data)
         while self.link is LinkState.UP and self.state is not SessionState.FAILED:
             try:
-                frame = self._decoder.next_frame()
-            except CorruptFrameError as exc:
-                self._break_link(str(exc))
-                break
-            except RemoteProtocolError as exc:
-                self._fail_session(ErrorCode.PROTOCOL_ERROR, str(exc), by_peer=False)
-                break
-            if isinstance(frame, Sentinel):
-                if frame is not NEED_DATA:
-                    self._break_link("the peer closed the link")
-                break
-            self._last_received = now
-            try:
-                self._receive_frame(frame.seq, frame.record, now)
+                frame = self._link.next_frame()
+                if frame is None:
+                    break  # more bytes needed
+                if isinstance(frame, LinkBroken):
+                    self._emit(frame)
+                    break
+                self._liveness.heard(now)
+                self._receive(self._link.take(frame), now)
             except PeerFault as exc:
                 self._fail_session(exc.code, exc.reason, by_peer=False)
         self._check_retention()
         self._check_drained()
         return self._take_events()
 
-    def _receive_frame(self, seq: int, record: Record, now: float) -> None:
-        if isinstance(record, Hello):
-            self._receive_hello(record)
-            return
-        if self.peer_limits is None:
-            raise PeerFault(
-                ErrorCode.PROTOCOL_ERROR,
-                f"{type(record).__name__} arrived before HELLO; a session opens with HELLO",
-            )
-        if isinstance(record, Ack):
-            self._delivery.receive_ack(record.seq)
-        elif isinstance(record, Ping):
-            self._delivery.send_control(Pong(record.payload))
-        elif isinstance(record, Pong):
-            pass  # any frame proves liveness; _last_received was updated
-        else:
-            arrival = self._delivery.arrival(seq)
-            if arrival is Arrival.NEXT:
-                self._receive_sequenced(record, now)
-            elif arrival is Arrival.GAP:
-                self._break_link(
-                    "frames were lost: expected sequence number"
-                    f" {self._delivery.received_seq + 1}, got {seq}"
-                )
-
-    def _receive_hello(self, hello: Hello) -> None:
-        # (A hello of another wire version never gets here: the decoder refuses it.)
-        if hello.role is not self.role.peer:
-            raise PeerFault(
-                ErrorCode.PROTOCOL_ERROR,
-                f"both sides claim the {self.role.name.lower()} role; one must be the"
-                f" {self.role.peer.name.lower()} side",
-            )
-        if hello.session_id != self.session_id:
-            raise PeerFault(
-                ErrorCode.PROTOCOL_ERROR,
-                f"session id mismatch: the peer has {hello.session_id.hex()}, this side"
-                f" {self.session_id.hex()}; the peer restarted or belongs to another bridge",
-            )
-        if self.peer_limits is None:
-            self.peer_limits = hello.limits
-            self._credit.can_send = hello.limits.session_window
-            self._handshake_deadline = None
+    def _receive(self, taken: Hello | Record | LinkBroken | None, now: float) -> None:
+        if isinstance(taken, Hello):  # the peer's first
+            self.peer_limits = taken.limits
+            self._credit.can_send = taken.limits.session_window
+            self._liveness.hello_received()
             self._move(SessionInput.PEER_HELLO)
-            self._emit(HandshakeComplete(hello))
-        else:
-            self._delivery.resend_unacknowledged()  # the peer reopened the link
+            self._emit(HandshakeComplete(taken))
+        elif isinstance(taken, LinkBroken):
+            self._emit(taken)
+        elif taken is not None:
+            self._receive_sequenced(taken, now)
 
     def _receive_sequenced(self, record: Record, now: float) -> None:
         if isinstance(record, Window):
-            self._receive_window(record)
+            self._receive_window(record, now)
             return
         if isinstance(record, GoAway):
             self._receive_goaway(record, now)
             return
         if isinstance(record, Route):
-            self._receive_route(record)
+            if self.role is not Role.SANDBOX:
+                raise PeerFault(ErrorCode.PROTOCOL_ERROR, "ROUTE is only sent to the sandbox side")
+            self.routes.learn(record.route, record.port)
             return
         assert isinstance(record, (RequestHead, ResponseHead, Data, EndOfBody, Reset))
-        if isinstance(record, Data) and not self._credit.take(len(record.data)):
-            raise PeerFault(
-                ErrorCode.FLOW_CONTROL_ERROR,
-                f"{len(record.data)} body bytes arrived with only {self._credit.can_receive}"
-                " bytes of session credit left",
-            )
+        if isinstance(record, Data):
+            self._credit.take_from_peer(len(record.data))
         ex = self._exchanges.get(record.exchange_id) or self._admit(record, now)
         if ex is None:
             if isinstance(record, Data):  # nobody will consume these bytes
@@ -689,145 +443,47 @@ class Connection:
         except PeerFault as exc:  # a fault in one exchange's record resets only it
             self._local_reset(ex, exc.code, exc.reason)
 
-    def _admit(
-        self, record: RequestHead | ResponseHead | Data | EndOfBody | Reset, now: float
-    ) -> _Exchange | None:
-        """The exchange a record for an unknown id opens, if any. Refusals
-        (and late frames for ended exchanges) are answered here."""
-        exchange_id = record.exchange_id
-        if exchange_id in self._closed or self._existed(exchange_id):
-            return None  # a late frame for an exchange that has ended (maybe long ago)
-        if self._is_ours(exchange_id):
-            if not isinstance(record, Reset):
-                reason = f"exchange {exchange_id} was never opened"
-                self._delivery.send(_reset(exchange_id, ErrorCode.PROTOCOL_ERROR, reason))
-            return None
-        if not isinstance(record, RequestHead):
-            if not isinstance(record, Reset):
-                self._refuse(
-                    exchange_id,
-                    ErrorCode.PROTOCOL_ERROR,
-                    f"{type(record).__name__} for exchange {exchange_id},"
-                    " which has no request head",
-                )
-            return None
-        self._highest_peer_id = exchange_id
-        limits = self.config.limits
-        if self.state is not SessionState.OPEN:
-            self._refuse(
-                exchange_id,
-                ErrorCode.REFUSED,
-                f"the {self.role.name.lower()} side is shutting down;"
-                " the request was not processed",
-            )
-        elif self.role is Role.SANDBOX and record.route not in self.routes:
-            self._refuse(
-                exchange_id,
-                ErrorCode.FORBIDDEN,
-                f"route {record.route} was never declared: the sandbox side only"
-                " answers requests for the ports the host side exposed",
-            )
-        elif len(self._exchanges) >= limits.max_exchanges:
-            self._refuse(
-                exchange_id,
-                ErrorCode.TOO_MANY_EXCHANGES,
-                f"{limits.max_exchanges} exchanges are already in flight",
-            )
-        elif record.head_size > limits.max_header_bytes:
-            self._refuse(
-                exchange_id,
-                ErrorCode.HEADERS_TOO_LARGE,
-                f"request head is {record.head_size} bytes; the limit is {limits.max_header_bytes}",
-            )
-        else:
-            return self._open_exchange(exchange_id, now)
+    def _admit(self, record: ExchangeRecord, now: float) -> Exchange | None:
+        """The exchange a record for an id not in flight opens, if any.
+        Refusals are answered here; late frames are dropped."""
+        admission = self._exchanges.admission(
+            record,
+            accepting=self.state is SessionState.OPEN,
+            routes=self.routes,
+            limits=self.config.limits,
+        )
+        if admission is Admission.OPEN:
+            return self._open_exchange(record.exchange_id, now)
+        if admission is not Admission.DROP:
+            self._send_reset(record.exchange_id, admission.code, admission.reason)
+            if admission.remember:
+                self._release_session_credit(self._exchanges.remember_ended(record.exchange_id, 0))
         return None
 
-    def _receive_on(self, ex: _Exchange, record: Record, now: float) -> None:
-        ex.last_activity = now
+    def _receive_on(self, ex: Exchange, record: Record, now: float) -> None:
+        self._liveness.touch(ex, now)
         if isinstance(record, Reset):
-            self._close_exchange(ex, was_reset=True)
-            self._emit(ExchangeReset(ex.exchange_id, record.code, record.reason, by_peer=True))
+            self._end_exchange(ex, record.code, record.reason, by_peer=True)
             return
-        ours = self._is_ours(ex.exchange_id)
-        expected_head = ResponseHead if ours else RequestHead
-        if isinstance(record, (RequestHead, ResponseHead)) and not isinstance(
-            record, expected_head
-        ):
-            opener = "this side" if ours else "the peer"
-            raise PeerFault(
-                ErrorCode.PROTOCOL_ERROR,
-                f"{type(record).__name__} on exchange {ex.exchange_id}, which {opener} started",
-            )
-        if (
-            isinstance(record, ResponseHead)
-            and record.head_size > self.config.limits.max_header_bytes
-        ):
-            raise PeerFault(
-                ErrorCode.HEADERS_TOO_LARGE,
-                f"response head is {record.head_size} bytes; the limit is"
-                f" {self.config.limits.max_header_bytes}",
-            )
-        ex.recv_half = self._advance(ex, ex.recv_half, _half_input(record), sending=False)
-        if isinstance(record, Data):
-            size = len(record.data)
-            if not ex.credit.take(size):
-                raise PeerFault(
-                    ErrorCode.FLOW_CONTROL_ERROR,
-                    f"{size} body bytes arrived with only {ex.credit.can_receive} bytes of credit",
-                )
-            ex.unconsumed += size
-            ex.received_body += size
-            limit = self.config.max_body_bytes
-            if limit is not None and ex.received_body > limit:
-                raise PeerFault(
-                    ErrorCode.BODY_TOO_LARGE,
-                    f"body is larger than the limit of {limit} bytes",
-                )
+        limits = self.config.limits
+        ex.receiving(record, limits.max_header_bytes, self.config.max_body_bytes)
         self._emit(record)  # type: ignore[arg-type]
-        if ex.send_half is Half.DONE and ex.recv_half is Half.DONE:
+        if ex.done:
             self._close_exchange(ex, was_reset=False)
 
-    def _receive_window(self, window: Window) -> None:
+    def _receive_window(self, window: Window, now: float) -> None:
         if window.exchange_id == 0:
-            if not self._credit.grant(window.increment):
-                raise PeerFault(
-                    ErrorCode.FLOW_CONTROL_ERROR,
-                    "session credit would exceed 2**32-1 bytes",
-                )
+            self._credit.granted_by_peer(window.increment)
             self._emit(CreditAvailable(0))
             return
-        ex = self._exchanges.get(window.exchange_id)
+        ex = self._exchanges.get(window.exchange_id) or self._admit(window, now)
         if ex is None:
-            exchange_id = window.exchange_id
-            if exchange_id not in self._closed and not self._existed(exchange_id):
-                self._delivery.send(
-                    _reset(
-                        exchange_id,
-                        ErrorCode.PROTOCOL_ERROR,
-                        f"WINDOW for exchange {exchange_id}, which was never opened",
-                    )
-                )
-            return  # (credit for an exchange that has ended is ignored)
+            return
         if not ex.credit.grant(window.increment):
-            self._local_reset(
-                ex,
-                ErrorCode.FLOW_CONTROL_ERROR,
-                "the peer granted more than 2**32-1 bytes of credit",
-            )
+            reason = "the peer granted more than 2**32-1 bytes of credit"
+            self._local_reset(ex, ErrorCode.FLOW_CONTROL_ERROR, reason)
             return
         self._emit(CreditAvailable(ex.exchange_id))
-
-    def _receive_route(self, route: Route) -> None:
-        if self.role is not Role.SANDBOX:
-            raise PeerFault(ErrorCode.PROTOCOL_ERROR, "ROUTE is only sent to the sandbox side")
-        known = self.routes.get(route.route)
-        if known is not None and known != route.port:
-            raise PeerFault(
-                ErrorCode.PROTOCOL_ERROR,
-                f"route {route.route} was declared for port {known} and again for {route.port}",
-            )
-        self.routes[route.route] = route.port
 
     def _receive_goaway(self, goaway: GoAway, now: float) -> None:
         if goaway.code is not ErrorCode.NO_ERROR:
@@ -836,17 +492,10 @@ class Connection:
             )
             return
         self._peer_goaway = goaway
-        for ex in list(self._exchanges.values()):
-            if self._is_ours(ex.exchange_id) and ex.exchange_id > goaway.last_exchange_id:
-                self._close_exchange(ex, was_reset=True)
-                self._emit(
-                    ExchangeReset(
-                        ex.exchange_id,
-                        ErrorCode.REFUSED,
-                        "the peer is shutting down and did not process this exchange; retry it",
-                        by_peer=True,
-                    )
-                )
+        refused = "the peer is shutting down and did not process this exchange; retry it"
+        for ex in self._exchanges.in_flight():
+            if ex.ours and ex.exchange_id > goaway.last_exchange_id:
+                self._end_exchange(ex, ErrorCode.REFUSED, refused, by_peer=True)
         self._emit(goaway)
         if session_after(self.state, SessionInput.GOAWAY_SENT) is not None:
             # Answer it: both sides drain.
@@ -863,21 +512,12 @@ class Connection:
             raise AssertionError(f"{what.value} while the session is {self.state.value}")
         self.state = new
 
-    def _move_link(self, what: LinkInput) -> None:
-        new = link_after(self.link, what)
-        if new is None:
-            raise AssertionError(f"{what.value} while the link is {self.link.value}")
-        self.link = new
-
     def _emit(self, event: Event) -> None:
         self._events.append(event)
 
     def _take_events(self) -> list[Event]:
         events, self._events = self._events, []
         return events
-
-    def _hello(self) -> Hello:
-        return Hello(PROTOCOL_VERSION, self.role, self.session_id, self.config.limits)
 
     def _check_usable(self) -> None:
         if self.failure is not None:
@@ -896,6 +536,14 @@ class Connection:
             )
         return self.peer_limits
 
+    def _start_refusal(self) -> LocalProtocolError | None:
+        assert self.peer_limits is not None
+        return self._exchanges.start_refusal(
+            self.peer_limits.max_exchanges,
+            self._delivery.retained_bytes,
+            self.config.max_retained_bytes,
+        )
+
     def _check_head_size(self, size: int, peer: Limits) -> None:
         if size > peer.max_header_bytes:
             raise LocalProtocolError(
@@ -903,81 +551,47 @@ class Connection:
                 code=ErrorCode.HEADERS_TOO_LARGE,
             )
 
-    def _is_ours(self, exchange_id: int) -> bool:
-        """Whether this side opens exchanges with ids of this parity."""
-        return exchange_id % 2 == self._next_local_id % 2
-
-    def _existed(self, exchange_id: int) -> bool:
-        """Whether the id was ever opened, by either side."""
-        if self._is_ours(exchange_id):
-            return 0 < exchange_id < self._next_local_id
-        return 0 < exchange_id <= self._highest_peer_id
-
-    def _exchange(self, exchange_id: int) -> _Exchange:
-        ex = self._exchanges.get(exchange_id)
-        if ex is not None:
-            return ex
-        if exchange_id in self._closed:
-            raise LocalProtocolError(f"exchange {exchange_id} has already ended")
-        raise LocalProtocolError(f"exchange {exchange_id} does not exist")
-
-    def _open_exchange(self, exchange_id: int, now: float) -> _Exchange:
+    def _open_exchange(self, exchange_id: int, now: float) -> Exchange:
         assert self.peer_limits is not None  # exchanges open only after the hello
         timeout = self.config.exchange_timeout
-        ex = _Exchange(
+        ex = self._exchanges.open(
             exchange_id,
             now,
             Credit(self.peer_limits.initial_window, self.config.limits.initial_window),
             None if timeout is None else now + timeout,
         )
-        self._exchanges[exchange_id] = ex
+        self._liveness.watch(ex)
         return ex
 
-    def _advance(self, ex: _Exchange, half: Half, what: HalfInput, *, sending: bool) -> Half:
-        new = half_after(half, what)
-        if new is None:
-            direction = "send" if sending else "receive"
-            message = (
-                f"exchange {ex.exchange_id}: cannot {direction} {what.value} while its"
-                f" {direction} half is {half.value}"
-            )
-            if sending:
-                raise LocalProtocolError(message)
-            raise PeerFault(ErrorCode.PROTOCOL_ERROR, message)
-        return new
-
-    def _send_on(self, ex: _Exchange, record: Record, now: float) -> None:
+    def _send_on(self, ex: Exchange, record: Record, now: float) -> None:
         """Send a head, data or end on an exchange, moving its send half."""
-        ex.send_half = self._advance(ex, ex.send_half, _half_input(record), sending=True)
-        ex.last_activity = now
+        ex.sending(record)
+        self._liveness.touch(ex, now)
         self._delivery.send(record)
-        if ex.send_half is Half.DONE and ex.recv_half is Half.DONE:
+        if ex.done:
             self._close_exchange(ex, was_reset=False)
 
-    def _refuse(self, exchange_id: int, code: ErrorCode, reason: str) -> None:
-        self._delivery.send(_reset(exchange_id, code, reason))
-        self._remember_closed(exchange_id, 0)
-
-    def _local_reset(self, ex: _Exchange, code: ErrorCode, reason: str) -> None:
+    def _local_reset(self, ex: Exchange, code: ErrorCode, reason: str) -> None:
         """End an exchange from this side: tell the peer and the application."""
-        self._delivery.send(_reset(ex.exchange_id, code, reason))
-        self._close_exchange(ex, was_reset=True)
-        self._emit(ExchangeReset(ex.exchange_id, code, reason, by_peer=False))
+        self._send_reset(ex.exchange_id, code, reason)
+        self._end_exchange(ex, code, reason, by_peer=False)
 
-    def _close_exchange(self, ex: _Exchange, *, was_reset: bool) -> None:
-        del self._exchanges[ex.exchange_id]
+    def _end_exchange(self, ex: Exchange, code: ErrorCode, reason: str, *, by_peer: bool) -> None:
+        """Reset an exchange and tell the application."""
+        self._close_exchange(ex, was_reset=True)
+        self._emit(ExchangeReset(ex.exchange_id, code, reason, by_peer=by_peer))
+
+    def _send_reset(self, exchange_id: int, code: ErrorCode, reason: str) -> None:
+        self._delivery.send(Reset(exchange_id, code, clip_reason(reason)))
+
+    def _close_exchange(self, ex: Exchange, *, was_reset: bool) -> None:
         if was_reset:
             # The application drops a reset exchange's bytes, so release them.
             self._release_session_credit(ex.unconsumed)
-            self._remember_closed(ex.exchange_id, 0)
+            forgotten = self._exchanges.close(ex, 0)
         else:
-            self._remember_closed(ex.exchange_id, ex.unconsumed)
-
-    def _remember_closed(self, exchange_id: int, unconsumed: int) -> None:
-        self._closed[exchange_id] = unconsumed
-        while len(self._closed) > self.config.closed_exchange_memory:
-            _, forgotten = self._closed.popitem(last=False)
-            self._release_session_credit(forgotten)
+            forgotten = self._exchanges.close(ex, ex.unconsumed)
+        self._release_session_credit(forgotten)  # (nobody consumes a forgotten id's bytes)
 
     def _release_session_credit(self, nbytes: int) -> None:
         self._credit.release(nbytes)
@@ -985,24 +599,17 @@ class Connection:
         if increment:
             self._delivery.send(Window(0, increment))
 
-    def _next_ping_due(self) -> float:
-        assert self.config.ping_interval is not None
-        last = self._last_received
-        if self._last_ping_sent is not None and self._last_ping_sent > last:
-            last = self._last_ping_sent
-        return last + self.config.ping_interval
-
     def _send_goaway(self, now: float, code: ErrorCode, reason: str, deadline: float) -> None:
-        self._delivery.send(GoAway(self._highest_peer_id, code, reason))
+        self._delivery.send(GoAway(self._exchanges.highest_peer_id, code, reason))
         self._move(SessionInput.GOAWAY_SENT)
-        self._close_deadline = deadline
+        self._liveness.closing(deadline)
 
     def _check_drained(self) -> None:
-        if (
-            self.state is SessionState.CLOSING
-            and self._peer_goaway is not None
-            and not self._exchanges
-            and self._delivery.settled
+        if drained(
+            self.state,
+            peer_said_goaway=self._peer_goaway is not None,
+            exchanges_open=len(self._exchanges),
+            all_acknowledged=self._delivery.settled,
         ):
             self._move(SessionInput.DRAINED)
             self._emit(SessionClosed(forced=False))
@@ -1011,35 +618,24 @@ class Connection:
         limit = self.config.max_unacknowledged_bytes
         retained = self._delivery.retained_bytes
         if retained > limit and self.state is not SessionState.FAILED:
-            self._fail_session(
-                ErrorCode.PEER_UNRESPONSIVE,
+            reason = (
                 f"the peer has left {retained} sent bytes unacknowledged (the limit is"
-                f" {limit}); it is not reading its link, or it is not a bridgeproto peer",
-                by_peer=False,
+                f" {limit}); it is not reading its link, or it is not a bridgeproto peer"
             )
+            self._fail_session(ErrorCode.PEER_UNRESPONSIVE, reason, by_peer=False)
             # What it never acknowledged will never be resent: let it go.
             self._delivery.forget_unacknowledged()
 
-    def _stall_deadline(self) -> float | None:
-        """When a part of a frame the link holds is given up as lost: a live
-        peer answers our pings within ``ping_interval``, so the rest is not coming."""
-        interval = self.config.ping_interval
-        if interval is None or self.link is LinkState.BROKEN or not self._decoder.buffered:
-            return None
-        return self._last_received + interval
-
     def _break_link(self, reason: str) -> None:
-        self._move_link(LinkInput.BREAK)
-        self._emit(LinkBroken(reason))
+        self._emit(self._link.broken(reason))
 
     def _fail_session(self, code: ErrorCode, reason: str, *, by_peer: bool) -> None:
         """End the session for good: every open exchange is reset first."""
-        for ex in list(self._exchanges.values()):
-            self._close_exchange(ex, was_reset=True)
-            self._emit(ExchangeReset(ex.exchange_id, code, reason, by_peer=by_peer))
+        for ex in self._exchanges.in_flight():
+            self._end_exchange(ex, code, reason, by_peer=by_peer)
         if not by_peer:
             # Best effort: tell the peer why, so it need not wait for a timeout.
-            self._delivery.send(GoAway(self._highest_peer_id, code, _clip(reason)))
+            self._delivery.send(GoAway(self._exchanges.highest_peer_id, code, clip_reason(reason)))
         self._move(SessionInput.FAILURE)
         self.failure = SessionFailed(code, reason, by_peer)
         self._emit(self.failure)

@@ -10,6 +10,7 @@ gathered, so credit updates cost one small record per half window.
 
 from __future__ import annotations
 
+from ._errors import ErrorCode, PeerFault
 from ._records import MAX_WINDOW
 
 
@@ -54,3 +55,24 @@ class Credit:
         increment, self.unreturned = self.unreturned, 0
         self.can_receive += increment
         return increment
+
+
+class SessionCredit(Credit):
+    """The session-wide windows: a peer that overruns them breaks the whole
+    session, so these raise ``PeerFault`` instead of answering False."""
+
+    __slots__ = ()
+
+    def take_from_peer(self, nbytes: int) -> None:
+        if not self.take(nbytes):
+            raise PeerFault(
+                ErrorCode.FLOW_CONTROL_ERROR,
+                f"{nbytes} body bytes arrived with only {self.can_receive}"
+                " bytes of session credit left",
+            )
+
+    def granted_by_peer(self, increment: int) -> None:
+        if not self.grant(increment):
+            raise PeerFault(
+                ErrorCode.FLOW_CONTROL_ERROR, "session credit would exceed 2**32-1 bytes"
+            )

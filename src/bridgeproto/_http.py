@@ -35,6 +35,32 @@ import h11
 from ._errors import ErrorCode
 from ._records import Headers, RequestHead, ResponseHead
 
+_H11_MOVED = (
+    "h11 {version} no longer keeps the size of the chunk it reads where bridgeproto.http"
+    " reads it (h11._readers.ChunkedReader._bytes_in_chunk, through h11.Connection._reader),"
+    " so chunks past the body limit could no longer be refused before their bytes come;"
+    " install h11 0.14 to 0.16, or a bridgeproto made for this h11"
+)
+try:
+    from h11._readers import ChunkedReader as _ChunkedReader
+except ImportError:
+    raise ImportError(_H11_MOVED.format(version=getattr(h11, "__version__", "?"))) from None
+
+
+def check_h11() -> None:
+    """The one private part of h11 the HTTP layer reads: the size of the
+    chunk being read (h11 has no public way to tell it before the chunk's
+    bytes come). Checked when this module loads, so an h11 that moved it
+    stops the import with what to do, rather than turning the check off in
+    silence; tests/test_dependencies.py pins it too."""
+    if not isinstance(getattr(_ChunkedReader(), "_bytes_in_chunk", None), int) or not hasattr(
+        h11.Connection(h11.SERVER), "_reader"
+    ):
+        raise ImportError(_H11_MOVED.format(version=getattr(h11, "__version__", "?")))
+
+
+check_h11()
+
 BRIDGE_ERROR_HEADER = b"x-bridge-error"
 MAX_CHUNK_SIZE = 1 << 63
 VIA = (b"via", b"1.1 bridgeproto")
@@ -389,8 +415,9 @@ class AgentConnection:
     def _chunk_refusal(self) -> Refusal | None:
         """A chunk size no body could have (h11 takes up to 20 hex digits,
         and would wait forever for 2**64 bytes), or one past the body limit.
-        The size is h11's private state: tests/test_dependencies.py pins it."""
-        declared = getattr(getattr(self._h11, "_reader", None), "_bytes_in_chunk", 0)
+        The size is h11's private state: ``check_h11`` made sure it is there."""
+        reader = self._h11._reader
+        declared = reader._bytes_in_chunk if isinstance(reader, _ChunkedReader) else 0
         limit = self.policy.max_body_bytes
         if limit is not None and self._body_bytes + declared > limit:
             return _body_too_large(limit)

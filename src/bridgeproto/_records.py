@@ -88,6 +88,11 @@ def _reason(_: Any, attribute: attrs.Attribute[str], value: str) -> None:
         raise _invalid(f"{attribute.name} is longer than {MAX_REASON_BYTES} bytes")
 
 
+def clip_reason(reason: str) -> str:
+    """Reasons a side passes on may quote the peer; keep them within the limit."""
+    return reason if len(reason) <= 300 else reason[:297] + "..."
+
+
 def _code(value: int) -> ErrorCode:
     try:
         return ErrorCode(value)

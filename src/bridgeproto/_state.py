@@ -18,11 +18,20 @@ The session::
 The link under it (the bytes between the two sides) breaks and is resumed
 without touching the session. Each half of an exchange (the request half,
 the response half) goes IDLE --head--> OPEN --data...--> OPEN --end--> DONE.
+
+Three moves are triggered by state rather than by a call, and their rules
+live here too: a session CLOSING is ``drained`` once both sides said goaway,
+no exchange is open and the peer holds everything sent; an exchange ends
+when ``both_halves_done``; and a response head below 200 leaves its half
+IDLE, except 101, after which the bodies carry the new protocol
+(``half_input``). The peer's silence is watched only in ``PEER_WATCHED``.
 """
 
 from __future__ import annotations
 
 import enum
+
+from ._records import Data, EndOfBody, Record, ResponseHead
 
 
 class SessionState(enum.Enum):
@@ -58,11 +67,26 @@ _SESSION: dict[tuple[SessionState, SessionInput], SessionState] = {
 
 # States in which the session has ended: timers stop and close() does nothing.
 ENDED = frozenset({SessionState.CLOSED, SessionState.FAILED})
+# States past the handshake's wait, in which the peer's silence is timed and
+# pings go out (CLOSING too when the close came before the peer's hello).
+PEER_WATCHED = frozenset({SessionState.OPEN, SessionState.CLOSING})
 
 
 def session_after(state: SessionState, what: SessionInput) -> SessionState | None:
     """The session's next state, or None if ``what`` cannot happen in ``state``."""
     return _SESSION.get((state, what))
+
+
+def drained(
+    state: SessionState, *, peer_said_goaway: bool, exchanges_open: int, all_acknowledged: bool
+) -> bool:
+    """Whether a closing session has nothing left to wait for (``DRAINED``)."""
+    return (
+        state is SessionState.CLOSING
+        and peer_said_goaway
+        and not exchanges_open
+        and all_acknowledged
+    )
 
 
 class LinkState(enum.Enum):
@@ -117,3 +141,19 @@ _HALF: dict[tuple[Half, HalfInput], Half] = {
 def half_after(half: Half, what: HalfInput) -> Half | None:
     """The half's next state, or None if ``what`` cannot happen on it now."""
     return _HALF.get((half, what))
+
+
+def half_input(record: Record) -> HalfInput:
+    """What a head, data or end record is to its half."""
+    if isinstance(record, Data):
+        return HalfInput.DATA
+    if isinstance(record, EndOfBody):
+        return HalfInput.END
+    if isinstance(record, ResponseHead) and record.status < 200 and record.status != 101:
+        return HalfInput.INFORMATIONAL_HEAD  # 101 is final: the bodies carry the new protocol
+    return HalfInput.HEAD
+
+
+def both_halves_done(send: Half, receive: Half) -> bool:
+    """Whether an exchange is complete: each side has ended its body."""
+    return send is Half.DONE and receive is Half.DONE

@@ -31,7 +31,6 @@ import anyio
 import anyio.abc
 import attrs
 
-from ..bridge_settings import TRANSPORT_NAMES, TransportName
 from ..eventloop import uvloop_in_use
 from ..launch import Bridge, open_bridge
 from ..providers import open_host_sandbox
@@ -464,11 +463,11 @@ class Bench:
     async def scale(self) -> None:
         """``bridges`` bridges held by this process, on each transport (the
         mailbox behind the simulated remote control plane, 50 ms a call)."""
-        for transport in TRANSPORT_NAMES[1:]:
+        for transport in ("stream", "mailbox"):
             self.say(f"bench: scale, {transport} ...")
             self.record("scale", transport, await self._scale(transport))
 
-    async def _scale(self, transport: TransportName) -> dict[str, Any]:
+    async def _scale(self, transport: str) -> dict[str, Any]:
         """Start ``bridges`` bridges at once (each sandbox and bridge held by
         a task of its own), hold them idle, then keep every one busy.
 

@@ -17,6 +17,13 @@ live-stream transport: a process in the sandbox whose stdin and stdout the
 host holds, and which hands them to the sandbox side over its private Unix
 socket; ``mailbox.py`` the transport of calls and files. Each has its
 sandbox side's half in a module of its own (``*_sandbox.py``).
+
+A bridge chooses its transport once, by name, from ``registry.py``: a
+``Transport`` (``transport.py``) names its host end and its sandbox end,
+its default limits and its options. The two commands that run inside the
+sandbox for every channel and every call (``relay.py``, ``mailbox_call.py``)
+live outside this package: importing it loads anyio, which they must not
+wait for.
 """
 
 from __future__ import annotations

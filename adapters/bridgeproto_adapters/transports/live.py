@@ -30,6 +30,7 @@ from ..mailbox_call import EXIT_NO_DAEMON
 from ..relay import READY
 from ..sandboxes import LiveProcess, SandboxClient, SandboxError, stop_process
 from . import NoChannel
+from .transport import ChannelPlace, HostEnd
 
 
 class ProcessChannel(anyio.abc.ByteStream):
@@ -67,21 +68,41 @@ class ProcessChannel(anyio.abc.ByteStream):
         await stop_process(self.process)
 
 
-class ProcessChannels:
-    """The host's channels: a new relay process in the sandbox each time."""
+def host_channels(place: ChannelPlace, options: None) -> ProcessChannels:
+    """The live-stream transport's host end (see ``registry.STREAM``): each
+    channel runs the archive's ``channel`` command."""
+    command = [place.python, place.archive, "channel", "--session", place.session_id.hex()]
+    return ProcessChannels(place.sandbox, command, place.env, start_wait=place.start_wait)
+
+
+class ProcessChannels(HostEnd):
+    """The host's channels: a new relay process in the sandbox each time.
+
+    ``run`` starts the first one early (``start_early``) when given a
+    ``start_wait``."""
 
     def __init__(
         self,
         sandbox: SandboxClient,
         command: Sequence[str],
         env: Mapping[str, str] | None = None,
+        *,
+        start_wait: float = 0.0,
     ) -> None:
         self.sandbox = sandbox
+        self.start_wait = start_wait
         self.command = list(command)
         self.env = env
         self.current: ProcessChannel | None = None
         self.opened = 0
         self._early: LiveProcess | None = None
+
+    async def run(
+        self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
+        if self.start_wait:
+            await self.start_early(wait=self.start_wait)
+        await super().run(task_status=task_status)
 
     async def start_early(self, wait: float) -> None:
         """Start the first channel process now, to look for the sandbox side
@@ -130,6 +151,7 @@ class ProcessChannels:
         return channel
 
     async def aclose(self) -> None:
+        await super().aclose()
         if self._early is not None:  # the bridge never started
             await stop_process(self._early)
             self._early = None

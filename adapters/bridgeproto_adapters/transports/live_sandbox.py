@@ -8,11 +8,14 @@ from __future__ import annotations
 import fcntl
 import os
 import stat
+from collections.abc import Mapping
+from typing import Any
 
 import anyio
 import anyio.abc
 
 from ..errors import STREAM_ERRORS
+from ..relay import channel_socket
 from ..streams import FdStream
 from . import Acceptor
 
@@ -28,6 +31,17 @@ class PassedChannel(FdStream):
     async def aclose(self) -> None:
         await super().aclose()
         await self.handle.aclose()
+
+
+async def serve_channels(
+    acceptor: Acceptor,
+    session_id: bytes,
+    options: Mapping[str, Any],
+    *,
+    task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
+) -> None:
+    """The live-stream transport's sandbox end (see ``registry.STREAM``)."""
+    await accept_channels(acceptor, channel_socket(session_id), task_status=task_status)
 
 
 async def accept_channels(

@@ -55,7 +55,6 @@ from collections.abc import Mapping, Sequence
 
 import anyio
 import anyio.abc
-import attrs
 
 from bridgeproto.wire import END_OF_INPUT, ArmorDecoder
 
@@ -63,267 +62,15 @@ from .. import mailbox_call
 from ..mailbox_call import EXIT_NO_DAEMON, EXIT_STALE, channel_dir
 from ..sandboxes import SandboxClient, SandboxError, check_result
 from . import NoChannel
-from .mailbox_epoch import _OFFSET, _UPLOAD, _EpochStream, _Outbox, _Reassembly, spool_dir
+from .mailbox_epoch import _OFFSET, _UPLOAD, spool_dir
+from .mailbox_host_epoch import _CallFailed, _HostEpoch
+from .mailbox_options import MailboxOptions as MailboxOptions
+from .mailbox_options import MailboxStats as MailboxStats
+from .transport import ChannelPlace
 
-_SMALL = 64 << 10  # output of this size is a request or two, not a bulk transfer
-_GATHER = 0.001  # seconds without new output before an upload goes
-_FAILURES_TO_END = 5  # calls and uploads failing in a row that end an epoch
 _MIN_BATCH = 4096  # the smallest output batch cut answers shrink it to
 _GROW_AFTER = 4  # full answers in a row before the batch grows again (at first)
 _CLOSING_WAIT = 3.0  # seconds a stopping bridge gives the session to close its epoch
-
-
-@attrs.frozen
-class MailboxOptions:
-    """How the host side uses the control plane.
-
-    ``wait``: seconds a call may wait in the sandbox for output (an idle
-    bridge costs one call per ``wait``). ``batch_bytes``: the most bytes one
-    call brings back; keep its armored size (4/3 of it) under the provider's
-    output limit. ``input_bytes``: the most one call takes in (uploads are
-    not cut as output is). ``max_calls``: calls in flight at once, at least
-    2 (one waits for output while another carries input or waits beside
-    it), and uploads in flight at once.
-    ``upload_input``: while a call waits in the sandbox, upload input that
-    cannot wait to the sandbox side's spool instead of making another call
-    (it lands sooner: an upload starts no process); off, all input rides in
-    calls, which costs fewer operations per request and more latency.
-    ``inline_bytes``: input up to this size rides in a call itself;
-    larger input is uploaded as a file first (one more operation).
-    ``linger`` (without ``upload_input``): when output came back and no call
-    waits, how long to hold the next call for input (a fast upstream's
-    answer then costs no call of its own).
-    """
-
-    wait: float = 15.0
-    batch_bytes: int = 1 << 20
-    input_bytes: int = 8 << 20
-    max_calls: int = 2
-    upload_input: bool = True
-    inline_bytes: int = 48 << 10
-    linger: float = 0.02  # after output came back, how long input may take to join the next call
-    call_timeout: float = 30.0  # on top of ``wait``
-
-    def __attrs_post_init__(self) -> None:
-        if (
-            not self.wait > 0
-            or self.max_calls < 2
-            or min(self.batch_bytes, self.input_bytes) < 1024
-        ):
-            raise ValueError(
-                "MailboxOptions needs wait > 0, max_calls >= 2 (one call waits for output"
-                " while another carries input), and batch_bytes and input_bytes >= 1024"
-            )
-
-
-@attrs.define
-class MailboxStats:
-    """Control-plane calls the transport made, for accounting and the benchmark."""
-
-    calls: int = 0
-    uploads: int = 0  # input uploaded, to the spool or for a call
-    failed: int = 0  # calls and uploads that failed, or came back cut or damaged
-    epochs: int = 0
-    cut: int = 0  # answers that came back cut short
-    batch_bytes: int = 0  # the output batch now
-    last_failure: str = ""  # what the last failed call or upload said
-
-
-class _CallFailed(Exception):
-    """A call or an upload that did not get through. ``final``: the sandbox
-    side is gone; ``stale``: the sandbox side moved past this epoch; else it
-    may simply be made again."""
-
-    def __init__(
-        self, reason: str, *, final: bool = False, stale: bool = False, cut: bool = False
-    ) -> None:
-        super().__init__(reason)
-        self.final = final
-        self.stale = stale
-        self.cut = cut
-
-
-class _HostEpoch(_EpochStream):
-    inbox: _Reassembly
-
-    def __init__(self, owner: MailboxChannels, epoch: int) -> None:
-        super().__init__(epoch)
-        self._owner = owner
-        self.outbox = _Outbox()
-        self.inbox = _Reassembly()
-        self._rewind = False  # the next call asks for the output after ``got`` again
-        self._gap_before = False  # the last answer left a gap too
-        self._failures = 0  # calls and uploads failed in a row
-        self._next_in = 1
-        self._in_flight = 0  # calls
-        self._uploads = 0  # in flight
-        self._streak = 0  # answers in a row that carried data: more is likely
-        self._closing = False  # no new calls: the last one is out
-        self._request_out = False  # a small answer just came: an answer may follow
-
-    def _wanted(self) -> int:
-        """Calls to keep in flight now. Idle: one, waiting in the sandbox.
-        While data flows, more: with input in calls, all but one place (kept
-        for input); with input uploaded, all, waiting there together, from the
-        second answer in a row with data on (a lone request costs no spare)."""
-        options = self._owner.options
-        most = options.max_calls
-        if options.upload_input:
-            return most if self._streak >= 2 else 1
-        if self.outbox.urgent:
-            return most
-        return most - 1 if self._streak else 1
-
-    async def pump(self) -> None:
-        options = self._owner.options
-        async with anyio.create_task_group() as tasks:
-            while self.ended is None:
-                if self._closing:
-                    pass
-                elif self._in_flight < self._wanted():
-                    if self._request_out and not self._in_flight and not self.outbox.urgent:
-                        # A request has likely just gone upstream: a fast answer
-                        # rides in the next call instead of a call of its own.
-                        self._request_out = False
-                        with anyio.move_on_after(options.linger):
-                            while self.ended is None and not self.outbox.urgent:
-                                await self.wait_for_change()
-                        continue
-                    # Take the input now, so the next turn sees what is left.
-                    self._in_flight += 1
-                    tasks.start_soon(self._call, self._wanted(), *self._next_input())
-                    continue
-                elif (
-                    options.upload_input
-                    and self.outbox.urgent
-                    and self._uploads < options.max_calls
-                ):
-                    await self._gathered()
-                    if self.ended is None and not self._closing and self.outbox.urgent:
-                        self._uploads += 1
-                        tasks.start_soon(self._upload, *self._next_input())
-                    continue
-                await self.wait_for_change()
-            tasks.cancel_scope.cancel()
-
-    async def _gathered(self) -> None:
-        """Let output that belongs together (a response's head and body, sent
-        one after the other) gather into one upload: wait until none came for
-        a millisecond, five at most."""
-        for _ in range(5):
-            with anyio.move_on_after(_GATHER) as quiet:
-                await self.wait_for_change()
-            if quiet.cancelled_caught:
-                return
-
-    def _next_input(self) -> tuple[int, bytes]:
-        """The next call's input and its number (0: none)."""
-        data = self.outbox.take(self._owner.options.input_bytes)
-        if not data:
-            return 0, b""
-        number, self._next_in = self._next_in, self._next_in + 1
-        return number, data
-
-    def queue(self, item: bytes) -> None:
-        self.outbox.add(item)
-
-    def _failed(self, exc: _CallFailed) -> bool:
-        """Count a failure; whether it ended the epoch (else: make it again).
-        Once the epoch is closing, a call that fails was overtaken by the end
-        (the sandbox side may be gone already): not made again, not counted."""
-        if self._closing:
-            return True
-        self._owner.stats.failed += 1
-        self._owner.stats.last_failure = str(exc)
-        self._failures += 1
-        if exc.final or exc.stale:
-            self.end(str(exc))
-        elif self._failures >= _FAILURES_TO_END:
-            self.end(f"{self._failures} calls in a row failed (the last: {exc})")
-        return self.ended is not None
-
-    async def _call(self, waiting: int, number: int, data: bytes) -> None:
-        """One call, made again until it gets through (its input, if any,
-        is applied once), unless the epoch ends first."""
-        try:
-            while self.ended is None:
-                rewind, self._rewind = self._rewind, False
-                try:
-                    start, answer = await self._owner.call(
-                        self.epoch, number, data, got=self.inbox.got, rewind=rewind,
-                        waiting=waiting,
-                    )  # fmt: skip
-                except _CallFailed as exc:
-                    self._rewind = True  # its answer may have held output: ask again
-                    if self._failed(exc):
-                        return
-                    continue
-                self._took(start, answer, rewind)
-                return
-        finally:
-            self._in_flight -= 1
-            self.changed()
-
-    def _took(self, start: int, answer: bytes, rewound: bool) -> None:
-        """An answer came back whole: place its bytes by offset."""
-        self._failures = 0
-        if rewound and start > self.inbox.got:
-            # Output the host never held was acknowledged by another caller
-            # (code inside, on the call socket): it cannot be had again here.
-            self.end("output of this epoch went to another caller")
-            return
-        self.inbox.add(start, answer)
-        # Answers may overtake each other: a gap that outlives the next
-        # answer too is output lost on its way, to be asked for again.
-        if self.inbox.gap and self._gap_before:
-            self._rewind = True
-        self._gap_before = self.inbox.gap
-        self._streak = self._streak + 1 if answer else 0
-        # (Bulk does not wait for answers; uploads carry them without waiting.)
-        self._request_out = 0 < len(answer) < _SMALL and not self._owner.options.upload_input
-
-    async def _upload(self, number: int, data: bytes) -> None:
-        """Upload one input batch, again until it lands (the sandbox side
-        applies a batch once), unless the epoch ends first."""
-        try:
-            while self.ended is None:
-                try:
-                    await self._owner.upload(self.epoch, number, data)
-                except _CallFailed as exc:
-                    if self._failed(exc):
-                        return
-                    continue
-                self._failures = 0
-                return
-        finally:
-            self._uploads -= 1
-            self.changed()
-
-    async def aclose(self) -> None:
-        """End the epoch once what was sent has crossed: a session's final
-        frames count as sent when they are in a call. One last call that
-        does not wait carries the rest, and tells the sandbox side to answer
-        every waiting call now; then the calls and uploads still out are
-        waited for."""
-        if self.ended is None:
-            self._closing = True
-            number, data = self._next_input()
-            with anyio.move_on_after(self._owner.options.call_timeout):
-                for _ in range(_FAILURES_TO_END):
-                    try:
-                        await self._owner.call(
-                            self.epoch, number, data, got=self.inbox.got, wait=0.0, waiting=0
-                        )
-                        break
-                    except _CallFailed as exc:
-                        # Not counted as failed: the sandbox side ends as soon
-                        # as it has the session's last frames, so this call
-                        # may find it gone or be cut off by its exit.
-                        if exc.final or exc.stale:
-                            break
-                while (self._in_flight or self._uploads) and self.ended is None:
-                    await self.wait_for_change()
-        self.end("the epoch is over")
 
 
 def call_command(python: str = "python3") -> list[str]:
@@ -332,6 +79,12 @@ def call_command(python: str = "python3") -> list[str]:
     standard library, and starts in about a third of the zipapp's time)."""
     source = pathlib.Path(mailbox_call.__file__).read_text()
     return [python, "-I", "-S", "-c", source]
+
+
+def host_channels(place: ChannelPlace, options: MailboxOptions | None) -> MailboxChannels:
+    """The mailbox transport's host end (see ``registry.MAILBOX``)."""
+    command = call_command(place.python)
+    return MailboxChannels(place.sandbox, command, place.session_id, place.env, options)
 
 
 class MailboxChannels:

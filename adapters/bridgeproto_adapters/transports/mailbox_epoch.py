@@ -11,7 +11,7 @@ import struct
 import anyio
 import anyio.abc
 
-from bridgeproto.wire import FrameType
+from bridgeproto.wire import FrameType, frame_types
 
 from ..mailbox_call import channel_dir
 
@@ -28,14 +28,9 @@ def spool_dir(session_id: bytes) -> str:
 def _urgent(data: bytes) -> bool:
     """Whether whole frames ``data`` hold anything worth ending a wait for:
     anything but acknowledgements, pings and pongs (or bytes that do not
-    parse as frames, to be safe). Frames: 2 magic, version, type, 4-byte
-    length, 8-byte sequence number, payload, 4-byte CRC."""
-    pos = 0
-    while pos + 8 <= len(data):
-        if data[pos + 3] not in _QUIET:
-            return True
-        pos += 20 + int.from_bytes(data[pos + 4 : pos + 8], "big")
-    return pos != len(data)
+    parse as frames, to be safe)."""
+    types = frame_types(data)
+    return types is None or any(kind not in _QUIET for kind in types)
 
 
 class _Outbox:

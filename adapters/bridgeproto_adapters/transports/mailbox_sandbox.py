@@ -12,7 +12,8 @@ import os
 import socket
 import time
 import zlib
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
 
 import anyio
 import anyio.abc
@@ -151,12 +152,14 @@ async def _accept(listener: socket.socket) -> FdStream:
 async def serve_mailbox(
     acceptor: Acceptor,
     session_id: bytes,
+    options: Mapping[str, Any] | None = None,
     *,
     task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
 ) -> None:
     """Take calls on the session's mailbox socket and uploads in its spool.
     A newer epoch starts a new channel (the session resumes on it); a call
-    of an older or ended one is told it is stale."""
+    of an older or ended one is told it is stale. (The mailbox transport's
+    sandbox end, ``registry.MAILBOX``: its options are the host's only.)"""
     spool = spool_dir(session_id)
     os.makedirs(spool, 0o700, exist_ok=True)
     current: _SandboxEpoch | None = None
@@ -234,7 +237,11 @@ async def _watch_spool(spool: str, enter: Callable[[int], Awaitable[_SandboxEpoc
     fd = _inotify(spool)
     try:
         while True:
-            for name in os.listdir(spool):
+            try:
+                names = os.listdir(spool)
+            except FileNotFoundError:
+                return  # the bridge is stopping and took its directory away
+            for name in names:
                 if not name.startswith("."):  # a name being written, to be renamed
                     await _take_upload(os.path.join(spool, name), enter)
             if fd is None:

@@ -35,7 +35,6 @@ import contextlib
 from typing import TYPE_CHECKING, Any, cast
 from urllib.parse import urlsplit, urlunsplit
 
-from ..bridge_settings import TRANSPORT_NAMES, TransportName
 from ..launch import Bridge, open_bridge
 from .contract import ProgramResultLike, RuntimeProcessLike, VerifiersTypes
 from .offline import is_loopback
@@ -57,7 +56,7 @@ class HeldBridge:
         self._stop = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
-    async def open(self, sandbox: RuntimeSandbox, transport: TransportName) -> Bridge:
+    async def open(self, sandbox: RuntimeSandbox, transport: str) -> Bridge:
         self._task = asyncio.create_task(self._hold(sandbox, transport))
         ready = asyncio.create_task(self._ready.wait())
         await asyncio.wait({self._task, ready}, return_when=asyncio.FIRST_COMPLETED)
@@ -67,7 +66,7 @@ class HeldBridge:
             raise AssertionError("the bridge's task ended without a bridge")
         return self.bridge
 
-    async def _hold(self, sandbox: RuntimeSandbox, transport: TransportName) -> None:
+    async def _hold(self, sandbox: RuntimeSandbox, transport: str) -> None:
         async with open_bridge(sandbox, None, listen=LISTEN, transport=transport) as bridge:
             self.bridge = bridge
             self._ready.set()
@@ -93,13 +92,11 @@ class BridgedRuntimeBase:
 
         def process_env(self, env: dict[str, str]) -> dict[str, str]: ...
 
-    def __init__(
-        self, inner: Any, *, transport: TransportName = "auto", name: str | None = None
-    ) -> None:
+    def __init__(self, inner: Any, *, transport: str = "auto", name: str | None = None) -> None:
         """``inner``: any verifiers runtime, not yet started (this one starts
         and stops it). ``transport``: ``auto`` (stream where ``inner`` has
         live processes, else mailbox), ``stream`` or ``mailbox``."""
-        if transport not in TRANSPORT_NAMES:
+        if transport not in ("auto", "stream", "mailbox"):
             raise ValueError(f"transport={transport!r}: choose auto, stream or mailbox")
         cast(Any, super()).__init__(name or f"bridged-{inner.name}")
         self.inner = inner
