@@ -2,11 +2,13 @@
 
 One module per family of backends:
 
-- ``base``: the ``SandboxClient`` interface, its errors, ``check_result``, and
-  ``HostCommandSandbox``, the base of the backends below that enter the
-  sandbox by running a host command;
+- ``base``: the ``SandboxClient`` and ``LiveProcess`` protocols, their
+  errors, ``check_result``, ``FilesThroughRun`` (files through ``run``),
+  ``PipedProcess`` and ``HostCommandSandbox``, the base of the backends
+  below that enter the sandbox by running a host command;
 - ``offline``: ``BwrapSandbox`` and ``UnshareSandbox``, offline sandboxes on
-  this machine that hold against the code inside them;
+  this machine that hold against the code inside them (``views``: what
+  they show of the host);
 - ``local``: ``LocalSandbox`` (no isolation, only when asked for by name)
   and ``CommandPrefixSandbox`` (``docker exec -i ID``, ``kubectl exec -i POD
   --``, ``ssh HOST``);
@@ -14,6 +16,8 @@ One module per family of backends:
   ``execute_command``, ``read_file`` and ``upload_bytes`` (no live process);
 - ``simulated``: ``SimulatedProvider``, a harness-style client over a real
   sandbox with the latency and faults of a remote provider (tests, benchmark).
+
+``bridgeproto_adapters.providers`` names them for ``--sandbox NAME``.
 """
 
 from .base import (
