@@ -178,3 +178,13 @@ def test_the_daemon_imports_its_transports_sandbox_end_and_no_other(
     shared = {"registry", "transport", "mailbox_options"}  # the records settings carry
     assert ours == shared | {end} | ({"mailbox_epoch"} if transport == "mailbox" else set())
     assert not [m for m in found if m.startswith("bridgeproto_adapters.sandboxes")], found
+
+
+def test_the_daemon_leaves_what_only_its_end_needs_unimported() -> None:
+    """A bridge's start waits for the daemon's imports: shutil (and the
+    fnmatch and compression modules it pulls in) only serves the cleanup."""
+    listing = "import sys, bridgeproto_adapters.daemon\nprint(' '.join(sorted(sys.modules)))"
+    found = subprocess.run(
+        [sys.executable, "-I", "-c", listing], capture_output=True, text=True, check=True
+    ).stdout.split()
+    assert "shutil" not in found

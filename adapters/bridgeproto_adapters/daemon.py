@@ -17,7 +17,6 @@ import contextlib
 import errno
 import functools
 import os
-import shutil
 import signal
 import sys
 from collections.abc import Callable
@@ -81,7 +80,7 @@ def start(session_id: bytes, settings: SandboxSettings) -> int:
             os.write(write_end, _why(exc, settings.listen).encode())
         print(f"bridgeproto: the sandbox side failed: {exc!r}", file=sys.stderr)
     finally:
-        shutil.rmtree(directory, ignore_errors=True)
+        _remove(directory)
         os._exit(status)
 
 
@@ -101,6 +100,12 @@ def _why(exc: BaseException, listen: Listen) -> str:
     return repr(exc)
 
 
+def _remove(directory: str) -> None:
+    import shutil  # here, not at the top: the start waits for every import
+
+    shutil.rmtree(directory, ignore_errors=True)
+
+
 def _claim(directory: str) -> str | None:
     """Make the private directory; None, or why it cannot be had."""
     try:
@@ -111,7 +116,7 @@ def _claim(directory: str) -> str | None:
     pid = _pid_in(directory)
     if pid is not None:
         return f"a sandbox side already runs for this session (pid {pid})"
-    shutil.rmtree(directory, ignore_errors=True)  # left by one that died
+    _remove(directory)  # left by one that died
     try:
         os.mkdir(directory, 0o700)
     except OSError as exc:
