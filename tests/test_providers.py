@@ -30,7 +30,7 @@ SECTION = "## A sandbox provider of your own"
 # over a bubblewrap sandbox of its own) and the one line that registers it.
 PROVIDER = """
 from bridgeproto_adapters.providers import Provider, register
-from bridgeproto_adapters.sandboxes import BwrapSandbox
+from bridgeproto_adapters.sandboxes import BwrapSandbox, HarnessSandbox, SimulatedProvider
 from bridgeproto_adapters.sandboxes.base import SANDBOX_PATH
 
 
@@ -49,6 +49,23 @@ async def create(*, ro, rw):
 
 
 register(Provider("exec-bwrap", create, "offline"))
+
+
+# And one with no live process at all: a harness client's calls (the mailbox).
+class OwnedHarness(HarnessSandbox):
+    def __init__(self, box: BwrapSandbox) -> None:
+        super().__init__(SimulatedProvider(box), "sim")
+        self.box = box
+
+    async def aclose(self) -> None:
+        await self.box.aclose()
+
+
+async def create_harness(*, ro, rw):
+    return OwnedHarness(await BwrapSandbox.create(ro=ro, rw=rw))
+
+
+register(Provider("harness-bwrap", create_harness, "offline"))
 """
 
 
@@ -112,7 +129,13 @@ async def test_a_new_provider_carries_a_bridge_through_open_bridge(provider_modu
         await sandbox.aclose()
 
 
-def test_a_new_provider_carries_a_bridge_through_bridgeproto_run(provider_module: str) -> None:
+@pytest.mark.parametrize("name", ["exec-bwrap", "harness-bwrap"])
+def test_a_new_provider_carries_a_bridge_through_bridgeproto_run(
+    provider_module: str, name: str
+) -> None:
+    """Live processes (the stream transport) or none (the mailbox): either way
+    the command runs through the provider's own client, and its status and
+    output come back."""
     need_bwrap()
     script = (
         "import json, os, urllib.request\n"
@@ -128,7 +151,7 @@ def test_a_new_provider_carries_a_bridge_through_bridgeproto_run(provider_module
     with upstream_in_thread() as upstream:
         result = subprocess.run(
             [
-                sys.executable, "-c", launcher, provider_module, "run", "--sandbox", "exec-bwrap",
+                sys.executable, "-c", launcher, provider_module, "run", "--sandbox", name, "-v",
                 "--upstream", upstream.url, "--header", "Authorization: Bearer hush",
                 "--", "python3", "-c", script,
             ],
@@ -136,7 +159,7 @@ def test_a_new_provider_carries_a_bridge_through_bridgeproto_run(provider_module
         )  # fmt: skip
     assert result.returncode == 7, result.stderr
     assert result.stdout.splitlines() == ["['Bearer hush']", f"in {ROOT}"]
-    assert "bridgeproto: sandbox: exec-bwrap (offline)" in result.stderr
+    assert f"bridgeproto: sandbox: {name} (offline)" in result.stderr
     assert "bridgeproto: 1 exchange," in result.stderr
 
 
