@@ -79,6 +79,13 @@ async def bridge(
         session_id = os.urandom(bp.SESSION_ID_BYTES)
         port = upstream_port or upstream.port
         target = bp_http.Upstream("127.0.0.1", port, policy or bp_http.HttpPolicy(), added_headers)
+        settings = SandboxSettings(
+            config=sandbox_config or bp.Config(),
+            policy=policy or bp_http.HttpPolicy(),
+            limits=limits or AgentLimits(),
+            listen=("127.0.0.1", 0),
+            resume_timeout=resume_timeout,
+        )
         async with anyio.create_task_group() as tg:
             process = connector = mailbox_channels = owned_sandbox = None
             host_channels: Channels | anyio.abc.ByteStream
@@ -96,12 +103,8 @@ async def bridge(
                             os.chown(path, SANDBOX_UID, SANDBOX_UID)
                     calls_through = owned_sandbox = await BwrapSandbox.create(rw=[directory])
                 host, port = await tg.start(
-                    functools.partial(
-                        run_sandbox_side, acceptor, session_id, listen=("127.0.0.1", 0),
-                        policy=policy, config=sandbox_config, limits=limits,
-                        resume_timeout=resume_timeout,
-                    )
-                )  # fmt: skip
+                    functools.partial(run_sandbox_side, acceptor, session_id, settings)
+                )
                 host_channels = mailbox_channels = MailboxChannels(
                     calls_through, call_command("python3"), session_id, options=mailbox
                 )
@@ -114,25 +117,11 @@ async def bridge(
                     connector, sandbox_channels = memory_channels(wrap)
                     host_channels = connector
                 host, port = await tg.start(
-                    functools.partial(
-                        run_sandbox_side,
-                        sandbox_channels,
-                        session_id,
-                        listen=("127.0.0.1", 0),
-                        policy=policy,
-                        config=sandbox_config,
-                        limits=limits,
-                        resume_timeout=resume_timeout,
-                    )
+                    functools.partial(run_sandbox_side, sandbox_channels, session_id, settings)
                 )
             else:
                 port = free_port()
-                settings = SandboxSettings(
-                    config=sandbox_config or bp.Config(),
-                    policy=policy or bp_http.HttpPolicy(),
-                    limits=limits or AgentLimits(),
-                    listen=("127.0.0.1", port),
-                )
+                settings = attrs.evolve(settings, listen=("127.0.0.1", port))
                 command = [
                     sys.executable, "-m", "bridgeproto_adapters", "sandbox-side",
                     "--session", session_id.hex(), "--settings", settings.to_json(),

@@ -308,6 +308,7 @@ async def test_a_slow_reader_gets_its_answer_after_the_session_ends_for_up_to_2_
 
     from bridgeproto_adapters.host_side import run_host_side
     from bridgeproto_adapters.sandbox_side import run_sandbox_side
+    from bridgeproto_adapters.settings import SandboxSettings
     from bridgeproto_adapters.streams import memory_stream_pair
     from upstream import pattern_bytes, running_upstream
 
@@ -321,10 +322,8 @@ async def test_a_slow_reader_gets_its_answer_after_the_session_ends_for_up_to_2_
     got: list[bytes] = []
 
     async def sandbox_side(*, task_status: Any) -> None:
-        await run_sandbox_side(
-            sandbox_end, session_id, listen=("127.0.0.1", 0), config=config,
-            task_status=task_status,
-        )  # fmt: skip
+        settings = SandboxSettings(config=config, listen=("127.0.0.1", 0))
+        await run_sandbox_side(sandbox_end, session_id, settings, task_status=task_status)
         ended.set()
 
     async with running_upstream() as upstream, anyio.create_task_group() as tg:

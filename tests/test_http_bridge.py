@@ -432,6 +432,7 @@ async def test_header_hygiene_and_credentials_stay_on_the_host(transport: str) -
 async def test_unix_socket_listener(tmp_path: object) -> None:
     from bridgeproto_adapters.host_side import run_host_side
     from bridgeproto_adapters.sandbox_side import run_sandbox_side
+    from bridgeproto_adapters.settings import SandboxSettings
     from bridgeproto_adapters.streams import memory_stream_pair
     from upstream import running_upstream
 
@@ -441,7 +442,7 @@ async def test_unix_socket_listener(tmp_path: object) -> None:
         a, c = memory_stream_pair()
         await tg.start(
             lambda task_status: run_sandbox_side(
-                a, session_id, listen=path, task_status=task_status
+                a, session_id, SandboxSettings(listen=path), task_status=task_status
             )
         )
         session = await tg.start(

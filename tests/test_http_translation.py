@@ -209,8 +209,9 @@ def test_a_malformed_request_is_a_bad_request_and_an_oversized_one_a_431() -> No
 
 def test_a_request_head_of_exactly_the_limit_passes_and_one_byte_more_is_431() -> None:
     head = b"GET /abc HTTP/1.1\r\nHost: a\r\nx-pad: "
-    # The size counted: method + target + each header's name, value and 4 bytes.
-    size_without_pad = 3 + 4 + (4 + 1 + 4) + (5 + 4)
+    # The size counted is docs/protocol.md's, the session's own: 8 + method
+    # + target + each header's name, value and 8 bytes.
+    size_without_pad = 8 + 3 + 4 + (4 + 1 + 8) + (5 + 8)
     limit = size_without_pad + 20
     for pad, allowed in ((20, True), (21, False)):
         events = feed(

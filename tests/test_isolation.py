@@ -397,13 +397,13 @@ def test_run_stops_with_its_sandbox_when_killed() -> None:
 
 def test_docs_security_names_what_the_code_does() -> None:
     from bridgeproto_adapters import isolation_probe
-    from bridgeproto_adapters.sandboxes import offline
+    from bridgeproto_adapters.sandboxes import offline, views
 
     text = (pathlib.Path(__file__).parent.parent / "docs" / "security.md").read_text()
     for directory in isolation_probe.WRITE_TARGETS:
         if directory not in ("/", "/usr/local/bin"):
             assert f"`{directory}`" in text, directory
-    for device in offline.DEVICES:
+    for device in views.DEVICES:
         assert f"`{device}`" in text or f"`/dev/{device}`" in text, device
     assert f"`nobody` ({offline.SANDBOX_UID})" in text
     for tool in offline.UnshareSandbox.tools:

@@ -400,8 +400,10 @@ async def test_the_example_transport_in_the_docs_works_and_resumes() -> None:
 
     from bridgeproto_adapters.host_side import run_host_side
     from bridgeproto_adapters.sandbox_side import run_sandbox_side
+    from bridgeproto_adapters.settings import SandboxSettings
     from bridgeproto_adapters.transports import Acceptor
 
+    quick_settings = SandboxSettings(config=QUICK, listen=("127.0.0.1", 0))
     text = (pathlib.Path(__file__).parent.parent / "docs" / "adapters.md").read_text()
     example = text.split("A complete transport of your own", 1)[1]
     code = example.split("```python\n", 1)[1].split("```", 1)[0]
@@ -414,9 +416,8 @@ async def test_the_example_transport_in_the_docs_works_and_resumes() -> None:
         acceptor = Acceptor()
         tg.start_soon(namespace["accept_tcp"], acceptor, listener)
         address = await tg.start(
-            functools.partial(run_sandbox_side, acceptor, session_id, listen=("127.0.0.1", 0),
-                              config=QUICK)
-        )  # fmt: skip
+            functools.partial(run_sandbox_side, acceptor, session_id, quick_settings)
+        )
         channels = namespace["TcpChannels"]("127.0.0.1", port)
         session = await tg.start(
             functools.partial(run_host_side, channels, session_id,
@@ -447,8 +448,11 @@ async def test_the_sandbox_side_resumes_on_the_newest_channel_not_one_the_host_l
 
     from bridgeproto_adapters.host_side import run_host_side
     from bridgeproto_adapters.sandbox_side import run_sandbox_side
+    from bridgeproto_adapters.settings import SandboxSettings
     from bridgeproto_adapters.streams import memory_stream_pair
     from bridgeproto_adapters.transports import Acceptor
+
+    quick_settings = SandboxSettings(config=QUICK, listen=("127.0.0.1", 0))
 
     acceptor = Acceptor()
     abandoned: list[anyio.abc.ByteStream] = []
@@ -472,9 +476,8 @@ async def test_the_sandbox_side_resumes_on_the_newest_channel_not_one_the_host_l
     session_id = bytes(range(16))
     async with running_upstream() as upstream, anyio.create_task_group() as tg:
         address = await tg.start(
-            functools.partial(run_sandbox_side, acceptor, session_id, listen=("127.0.0.1", 0),
-                              config=QUICK)
-        )  # fmt: skip
+            functools.partial(run_sandbox_side, acceptor, session_id, quick_settings)
+        )
         session = await tg.start(
             functools.partial(run_host_side, AbandonsOneEachTime(), session_id,
                               Upstream("127.0.0.1", upstream.port), config=QUICK)

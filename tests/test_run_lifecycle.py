@@ -16,6 +16,7 @@ import time
 import anyio
 import pytest
 
+from bridgeproto_adapters import providers
 from bridgeproto_adapters.launch import open_bridge
 from bridgeproto_adapters.sandboxes import offline
 from processes import is_python, started_by, wait_gone
@@ -363,14 +364,14 @@ def test_listen_puts_the_agents_address_where_asked(tmp_path: pathlib.Path) -> N
 @pytest.mark.anyio
 async def test_auto_picks_bwrap_and_falls_back_to_unshare(monkeypatch: pytest.MonkeyPatch) -> None:
     need_bwrap()
-    sandbox, note = await offline.open_sandbox("auto")
+    sandbox, note = await providers.open_sandbox("auto")
     await sandbox.aclose()
     assert isinstance(sandbox, offline.BwrapSandbox) and note == "sandbox: bwrap (offline)"
-    real_which = offline.shutil.which
+    real_which = providers.shutil.which
     monkeypatch.setattr(
-        offline.shutil, "which", lambda name: None if name == "bwrap" else real_which(name)
+        providers.shutil, "which", lambda name: None if name == "bwrap" else real_which(name)
     )
-    sandbox, note = await offline.open_sandbox("auto")
+    sandbox, note = await providers.open_sandbox("auto")
     await sandbox.aclose()
     assert isinstance(sandbox, offline.UnshareSandbox)
     assert note == "sandbox: unshare (offline; bwrap not found)"

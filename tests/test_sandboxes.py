@@ -20,6 +20,7 @@ from bridgeproto_adapters.sandboxes import (
     HarnessSandbox,
     LocalSandbox,
     SandboxError,
+    UnshareSandbox,
 )
 from bridgeproto_adapters.transports.live import ProcessChannels
 from sandbox_kinds import make_sandbox, need_bwrap
@@ -155,6 +156,41 @@ async def test_bwrap_sees_the_host_read_only_with_a_private_tmp() -> None:
         await sandbox.run(["sh", "-c", "echo inside > /tmp/private"])
         assert not os.path.exists("/tmp/private")  # the host's /tmp is untouched
         assert await sandbox.read_file("/tmp/private") == b"inside\n"
+
+
+@pytest.mark.parametrize("kind", OFFLINE)
+async def test_a_venv_shown_runs_inside_though_its_python_lies_under_a_closed_home(
+    kind: str, tmp_path: pathlib.Path
+) -> None:
+    """A venv's python is a link into the Python it was made from (here, a
+    pyenv under a 0700 home); showing the venv, or a directory holding it,
+    shows that Python too, read-only, and nothing else of the home."""
+    import subprocess
+    import sys
+
+    from bridgeproto_adapters.sandboxes.views import SYSTEM_PATHS
+
+    base = os.path.realpath(sys.base_prefix)
+    if any(base == p or base.startswith(p + "/") for p in SYSTEM_PATHS):
+        pytest.skip(f"this Python lies in the system view ({base}): nothing to show")
+    project = tmp_path / "project"
+    project.mkdir()
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", project / ".venv"], check=True)
+    (tmp_path / "home-secret").write_text("not shown")
+    if kind == "bwrap":
+        need_bwrap()
+    for shown in (project / ".venv", project):
+        kinds = {"bwrap": BwrapSandbox, "unshare": UnshareSandbox}
+        sandbox = await kinds[kind].create(ro=[str(shown)])
+        try:
+            probe = "import sys; print(sys.prefix, sys.base_prefix)"
+            result = await sandbox.run([f"{project}/.venv/bin/python", "-c", probe])
+            assert result.exit_code == 0, result
+            assert result.stdout.split() == [str(project / ".venv").encode(), base.encode()]
+            hidden = await sandbox.run(["cat", str(tmp_path / "home-secret")])
+            assert hidden.exit_code != 0
+        finally:
+            await sandbox.aclose()
 
 
 # ------------------------------------------------------------------ bridges

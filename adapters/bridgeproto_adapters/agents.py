@@ -1,6 +1,6 @@
-"""Agent connections on the sandbox side: what one may cost before it is
-refused (``AgentLimits``), its bytes and HTTP state (``Agent``), and the
-listeners agents connect to.
+"""Agent connections on the sandbox side: one's bytes and HTTP state
+(``Agent``), and the listeners agents connect to (what one may cost before
+it is refused, ``AgentLimits``, is a setting: ``settings.py``).
 
 One task (``Agent.pump``) reads an agent's socket for the whole
 connection; the task answering its requests takes the chunks from it.
@@ -13,36 +13,14 @@ from collections.abc import Callable
 
 import anyio
 import anyio.abc
-import attrs
 
 from bridgeproto.http import AgentConnection, AgentEvent
 
 from .errors import STREAM_ERRORS
+from .settings import Listen
 
-DEFAULT_LISTEN = ("127.0.0.1", 13131)
 _LINGER_SECONDS = 2.0
 _AGENT_READ = 1 << 20  # an upload is carried in large frames, as the channel takes them
-
-
-@attrs.frozen
-class AgentLimits:
-    """What agent connections may cost the sandbox side before they are refused.
-
-    ``head_timeout``: seconds from a connection being ready for a request
-    (accepted, or its previous answer sent) to the whole request head; a
-    connection that sent nothing is closed quietly, one that sent part of a
-    head gets 408 ``request-timeout``. ``max_pending_connections``:
-    connections waiting for a request head at once; more get 503
-    ``too-many-connections``. ``max_queued`` requests wait for a free
-    exchange when the session's limit is reached, each for at most
-    ``queue_timeout`` seconds; past either bound the answer is 503
-    ``bridge-busy``.
-    """
-
-    head_timeout: float = 60.0
-    max_pending_connections: int = 1024
-    max_queued: int = 4096
-    queue_timeout: float = 120.0
 
 
 class Agent:
@@ -123,9 +101,6 @@ def _stop_eager_reading(stream: anyio.abc.ByteStream) -> None:
     pause = getattr(transport, "pause_reading", None)
     if pause is not None and transport is not None and not transport.is_closing():
         pause()
-
-
-Listen = tuple[str, int] | str  # (host, port) or a Unix socket path
 
 
 async def open_listener(listen: Listen) -> anyio.abc.Listener[anyio.abc.SocketStream]:

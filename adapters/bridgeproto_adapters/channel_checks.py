@@ -33,7 +33,8 @@ from exceptiongroup import BaseExceptionGroup
 import bridgeproto as bp
 
 from .h11io import H11Stream
-from .launch import Bridge, _reap_daemon, open_bridge
+from .launch import Bridge, open_bridge
+from .sandbox_start import reap_daemon
 from .sandboxes import SandboxClient, check_result
 from .session import Session
 from .transports import Channels, NoChannel, registry
@@ -210,7 +211,7 @@ async def check_damage(
 
 async def check_final_failure(bridge: Bridge, watch: _WatchedChannels) -> None:
     session = bridge.session
-    await _reap_daemon(bridge.sandbox, session.conn.session_id, patience=0)  # the sandbox side dies
+    await reap_daemon(bridge.sandbox, session.conn.session_id, patience=0)  # the sandbox side dies
     if session.stream is not None:
         await _cut(session)
     with anyio.fail_after(session.resume_timeout + 5):

@@ -22,11 +22,10 @@ from collections.abc import Sequence
 from typing import NoReturn
 
 import bridgeproto as bp
-from bridgeproto.wire import ArmorDecoder, Frame, FrameDecoder
 
-from . import eventloop
-from .entry import run_fast
+from . import eventloop, providers
 from .errors import BridgeError
+from .headers import parse_header
 from .transports import registry
 
 EXIT_START_FAILED = 2
@@ -63,18 +62,6 @@ def _expose_spec(text: str) -> tuple[int, int]:
             " 9000 to port 8000 inside)"
         )
     return int(numbers[0]), int(numbers[1])
-
-
-def parse_header(text: str) -> tuple[bytes, bytes]:
-    """``Name: value`` as the bridge will send it; ``ArgumentTypeError`` if it cannot be."""
-    name, sep, value = text.partition(":")
-    try:
-        header = bp.RequestHead(1, b"GET", b"/", [(name.strip().encode(), value.strip().encode())])
-    except (bp.LocalProtocolError, UnicodeEncodeError):
-        header = None
-    if not sep or header is None:
-        raise argparse.ArgumentTypeError(f"{text!r} is not 'Name: value'")
-    return header.headers[0][0].lower(), header.headers[0][1]
 
 
 def _seconds(text: str) -> float:
@@ -125,46 +112,6 @@ def run(args: argparse.Namespace) -> int:
         return _error(str(exc))
     except KeyboardInterrupt:  # before the signal handlers were in place
         return 130
-
-
-# ---------------------------------------------------------------- decode
-
-
-def _describe(record: bp.Record) -> str:
-    if isinstance(record, bp.Data):
-        preview = record.data[:24]
-        more = "..." if len(record.data) > 24 else ""
-        return f"Data(exchange {record.exchange_id}, {len(record.data)} bytes: {preview!r}{more})"
-    if isinstance(record, bp.Hello):
-        return f"Hello(version {record.version}, {record.role.name.lower()} side, {record.limits})"
-    if isinstance(record, (bp.RequestHead, bp.ResponseHead)):
-        text = repr(record)
-        return text if len(text) < 200 else text[:197] + "..."
-    return repr(record)
-
-
-def decode(args: argparse.Namespace) -> int:
-    decoders = {">": FrameDecoder(2**32 - 1), "<": FrameDecoder(2**32 - 1)}
-    try:
-        with open(args.trace) as file:
-            lines = file.read().splitlines()
-    except OSError as exc:
-        return _error(f"cannot read {args.trace}: {exc.strerror}")
-    for number, line in enumerate(lines, 1):
-        try:
-            stamp, direction, armored = line.split(" ", 2)
-            unarmor = ArmorDecoder(2**32 - 1)
-            unarmor.receive_data(armored + "\n")
-            batch = unarmor.next_batch()
-            assert isinstance(batch, bytes) and direction in decoders
-            decoder = decoders[direction]
-            decoder.receive_data(batch)
-            while isinstance(frame := decoder.next_frame(), Frame):
-                arrow = "host <- sandbox" if direction == "<" else "host -> sandbox"
-                print(f"{float(stamp):10.6f} {arrow} seq={frame.seq:<5} {_describe(frame.record)}")
-        except (ValueError, AssertionError, bp.ProtocolError) as exc:
-            return _error(f"{args.trace}:{number} is not a bridgeproto trace line ({exc})")
-    return 0
 
 
 # ---------------------------------------------------------------- bench
@@ -229,12 +176,7 @@ def sandbox_side(args: argparse.Namespace) -> int:
 
         return start(session_id, settings)
     try:
-        eventloop.run(
-            functools.partial(
-                run_sandbox_side, FdStream.stdio(), session_id, listen=settings.listen,
-                policy=settings.policy, config=settings.config, limits=settings.limits,
-            )
-        )  # fmt: skip
+        eventloop.run(run_sandbox_side, FdStream.stdio(), session_id, settings)
     except OSError as exc:
         return _error(f"the sandbox side cannot listen on {settings.listen}: {exc.strerror or exc}")
     except KeyboardInterrupt:
@@ -247,9 +189,6 @@ def sandbox_side(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    fast = run_fast(argv)  # channel and mailbox: dispatched there, never parsed here
-    if fast is not None:
-        return fast
     parser = _Parser(
         prog="bridgeproto",
         description="Carry HTTP between an offline sandbox and services on its host.",
@@ -282,9 +221,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     run_p.add_argument(
         "--sandbox",
-        choices=["auto", "bwrap", "unshare", "local"],
+        choices=providers.names(),
         default="auto",
-        help="auto picks bwrap, else unshare; local has no isolation",
+        help="the sandbox provider; auto picks the first isolated one this host has (bwrap,"
+        " else unshare); local has no isolation",
     )
     run_p.add_argument(
         "--transport",
@@ -409,7 +349,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     run_p.add_argument("command", nargs=argparse.REMAINDER, help="-- CMD [ARG...]")
 
     demo_p = commands.add_parser("demo", help="the whole bridge end to end, with nothing else")
-    demo_p.add_argument("--sandbox", choices=["auto", "bwrap", "unshare", "local"], default="auto")
+    demo_p.add_argument("--sandbox", choices=providers.names(), default="auto")
 
     bench_p = commands.add_parser(
         "bench", help="measure direct, bridged and a polling baseline side by side"
@@ -420,7 +360,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     bench_p.add_argument("--json", help="write every figure and the machine to this file")
     bench_p.add_argument("--plot", help="write latency and streaming plots to this PNG")
     bench_p.add_argument("--bridges", type=int, help="bridges for the scale scenario")
-    bench_p.add_argument("--sandbox", choices=["auto", "bwrap", "unshare"], default="auto")
+    bench_p.add_argument("--sandbox", choices=providers.names(isolated_only=True), default="auto")
     bench_p.add_argument(
         "--only", metavar="NAMES", help="comma-separated scenarios to run (default: all)"
     )
@@ -449,7 +389,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         except BridgeError as exc:
             return _error(str(exc))
     if args.command_name == "decode":
-        return decode(args)
+        from .traces import decode
+
+        try:
+            for line in decode(args.trace):
+                print(line)
+        except BridgeError as exc:
+            return _error(str(exc))
+        return 0
     if args.command_name == "bench":
         return bench(args)
     return sandbox_side(args)

@@ -48,6 +48,7 @@ from .sandboxes import (
     SandboxClient,
     SandboxError,
     check_result,
+    stop_process,
 )
 
 _ALL_BYTES = bytes(range(256)) * 4
@@ -109,15 +110,35 @@ async def check_live_process(client: SandboxClient, live_process: bool = True) -
     process = await client.open_process(["cat"])
     try:
         with anyio.fail_after(10):
-            await process.stream.send(b"ping\n")
+            await process.write(b"ping\n")
             got = b""
             while len(got) < 5:
-                got += await process.stream.receive()
-        assert got == b"ping\n", f"the live process echoed {got!r}"
+                data = await process.read(1024)
+                assert data, f"the live process's output ended after {got!r}"
+                got += data
+            assert got == b"ping\n", f"the live process echoed {got!r}"
+            await process.close()
+            assert await process.read(1024) == b"", "read() after close() must return b''"
     finally:
-        await process.stop()
-    assert process.returncode is not None, "stop() left the process running"
-    await process.stop()  # idempotent
+        await stop_process(process)
+    await stop_process(process)  # idempotent, after the end too
+    sleeper = await client.open_process(["sleep", "60"])
+    try:
+        reading = anyio.Event()
+        async with anyio.create_task_group() as tg:
+
+            async def read_until_closed() -> None:
+                reading.set()
+                assert await sleeper.read(1024) == b"", "read() must return b'' once closed"
+
+            tg.start_soon(read_until_closed)
+            await reading.wait()
+            with anyio.fail_after(10):
+                await sleeper.close()  # wakes the read, though sleep holds its stdout
+    finally:
+        with anyio.fail_after(10):
+            await sleeper.kill()
+            await sleeper.wait()
 
 
 async def check_sandbox_client(client: SandboxClient, *, live_process: bool = True) -> None:

@@ -26,8 +26,8 @@ import anyio.abc
 
 from . import eventloop
 from .mailbox_call import channel_dir
-from .sandbox_side import Listen, run_sandbox_side
-from .settings import SandboxSettings
+from .sandbox_side import run_sandbox_side
+from .settings import Listen, SandboxSettings
 from .transports import Acceptor
 from .transports.transport import load
 
@@ -156,11 +156,7 @@ async def _serve(session_id: bytes, settings: SandboxSettings, ready: Callable[[
         await tg.start(load(transport.serve), acceptor, session_id, transport.options)
 
         async def sandbox_side(*, task_status: anyio.abc.TaskStatus[object]) -> None:
-            await run_sandbox_side(
-                acceptor, session_id, listen=settings.listen, policy=settings.policy,
-                config=settings.config, limits=settings.limits,
-                resume_timeout=settings.resume_timeout, task_status=task_status,
-            )  # fmt: skip
+            await run_sandbox_side(acceptor, session_id, settings, task_status=task_status)
             tg.cancel_scope.cancel()  # the session is over: stop taking channels
 
         await tg.start(sandbox_side)

@@ -17,9 +17,10 @@ import anyio
 import anyio.abc
 import h11
 
+from .foreground import start_foreground
 from .h11io import H11Stream
 from .launch import open_bridge
-from .sandboxes import open_sandbox
+from .providers import open_sandbox
 
 DEMO_KEY = b"Bearer demo-secret-stays-on-the-host"
 TOKENS = ["Hello", " from", " the", " host", ",", " one", " token", " at", " a", " time", "."]
@@ -109,10 +110,11 @@ async def run_demo(sandbox_kind: str = "auto") -> int:
                 print(f"host: the bridge is up; inside, OPENAI_BASE_URL={inside}")
                 print("host: the real key stays here; the sandbox has a placeholder", flush=True)
                 env = {**bridge.env, "DEMO_UPSTREAM": f"127.0.0.1:{port}"}
-                client = sandbox.start(
-                    ["python3", "-u", "-c", CLIENT], env=env, stdin=None, stdout=None, stderr=None
-                )
-                code = await client.wait()
+                client = start_foreground(sandbox, ["python3", "-u", "-c", CLIENT], env, None)
+                try:
+                    code = await client.wait()
+                finally:
+                    await client.stop()
             print(bridge.session.stats.summary(), file=sys.stderr)
             return code
         finally:

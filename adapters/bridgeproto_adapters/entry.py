@@ -4,8 +4,8 @@
 every call, so they go straight to their standard-library modules
 (``relay``, ``mailbox_call``) before anything else is imported; every other
 subcommand goes to ``cli``. The archive's ``__main__``, ``python -m
-bridgeproto_adapters`` and the installed ``bridgeproto`` (``cli.main``) all
-pass through ``run_fast``.
+bridgeproto_adapters`` and the installed ``bridgeproto`` all start at
+``main`` here (``cli`` never imports this module: no circle).
 """
 
 from __future__ import annotations

@@ -7,6 +7,15 @@ import anyio
 
 import bridgeproto as bp
 
+__all__ = [
+    "STREAM_ERRORS",
+    "BridgeError",
+    "BridgeStartError",
+    "ExchangeAborted",
+    "SessionEnded",
+    "UpstreamError",
+]
+
 # What a byte stream raises when it ends or fails, whatever carries it: the
 # one list every adapter catches.
 STREAM_ERRORS = (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError, OSError)
@@ -14,6 +23,10 @@ STREAM_ERRORS = (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResou
 
 class BridgeError(Exception):
     """Base of every error the adapters raise."""
+
+
+class BridgeStartError(BridgeError):
+    """The bridge could not start; the message names the cause and the fix."""
 
 
 class SessionEnded(BridgeError):

@@ -36,7 +36,8 @@ from bridgeproto.http import Refusal, Upstream, clean_headers, upgrade_token, up
 
 from .errors import STREAM_ERRORS, ExchangeAborted, SessionEnded, UpstreamError
 from .h11io import H11Stream
-from .session import RESUME_TIMEOUT, Exchange, Session, Tracer, first_of
+from .session import Exchange, Session, Tracer, first_of
+from .settings import RESUME_TIMEOUT
 from .transports import Channels
 
 _REQUEST_TAIL_SECONDS = 5.0

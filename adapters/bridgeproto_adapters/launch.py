@@ -18,11 +18,9 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
-import pathlib
-import shlex
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
-from typing import TypeVar
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 import anyio
@@ -32,27 +30,40 @@ from anyio.lowlevel import RunVar
 from exceptiongroup import BaseExceptionGroup
 
 import bridgeproto as bp
-from bridgeproto.http import HttpPolicy, Upstream
+from bridgeproto.http import Upstream
 
-from .errors import BridgeError
-from .host_side import HostOptions, HostSide, run_host_side
-from .mailbox_call import channel_dir
+from .bridge_settings import BridgeKeywords, BridgeSettings
+from .errors import BridgeError, BridgeStartError
+from .host_side import HostSide, run_host_side
 from .packaging import build_zipapp
-from .sandbox_side import AgentLimits, SandboxSide
-from .sandboxes import CommandResult, SandboxClient, SandboxError, check_result
-from .session import RESUME_TIMEOUT, Session, Tracer
-from .settings import SandboxSettings
+from .sandbox_side import SandboxSide
+from .sandbox_start import ATTEMPTS, MIN_PYTHON, check_python, start_daemon
+from .sandbox_start import reap_daemon as _reap_daemon  # (tests time it here)
+from .sandboxes import SandboxClient
+from .session import Session
+from .settings import AgentLimits, SandboxSettings, http_policy
 from .transports import registry
-from .transports.mailbox_options import MailboxOptions
-from .transports.registry import MAILBOX_LIMITS as MAILBOX_LIMITS
-from .transports.transport import ChannelPlace, HostChannels, Transport
+from .transports.registry import MAILBOX_LIMITS
+from .transports.transport import ChannelPlace, HostChannels
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
+
+__all__ = [
+    "MAILBOX_LIMITS",
+    "MIN_PYTHON",
+    "PLACEHOLDER_KEY",
+    "STARTING_AT_ONCE",
+    "Bridge",
+    "BridgeSettings",
+    "BridgeStartError",
+    "check_python",
+    "open_bridge",
+    "parse_upstream",
+    "sandbox_env",
+]
 
 PLACEHOLDER_KEY = "bridgeproto-placeholder-key"
-MIN_PYTHON = (3, 10)
-
-
-class BridgeStartError(BridgeError):
-    """The bridge could not start; the message names the cause and the fix."""
 
 
 @attrs.define
@@ -99,12 +110,7 @@ class Bridge:
             bp.RequestHead(1, b"GET", b"/", headers)  # the headers' names and values, checked
         except (BridgeError, bp.LocalProtocolError) as exc:
             raise BridgeError(f"add_route({upstream_url!r}): {exc}") from None
-        config = self.session.conn.config
-        policy = HttpPolicy(
-            allowed_prefixes=allowed_prefixes or [path or "/"],
-            max_header_bytes=config.limits.max_header_bytes,
-            max_body_bytes=config.max_body_bytes,
-        )
+        policy = http_policy(self.session.conn.config, allowed_prefixes or [path or "/"])
         route = self._host.add_route(Upstream(host, port, policy, tuple(headers)))
         return f"http://{self._listen[0]}:{self._listen[1]}/_routes/{route}{path}"
 
@@ -145,11 +151,7 @@ class Bridge:
                 f"cannot listen on 127.0.0.1:{host_port} for port {port} inside:"
                 f" {exc.strerror or exc}; choose another host port, or 0 for a free one"
             ) from None
-        config = conn.config
-        policy = HttpPolicy(
-            max_header_bytes=config.limits.max_header_bytes, max_body_bytes=config.max_body_bytes
-        )
-        side = SandboxSide(self.session, policy, route=route)
+        side = SandboxSide(self.session, http_policy(conn.config), route=route)
         scope = await self._task_group.start(_serve, listener, side)
         self._listeners.append(scope)
         bound = listener.extra(anyio.abc.SocketAttribute.local_port)
@@ -192,60 +194,8 @@ async def _serve(
             await listener.serve(side.handle_agent)
 
 
-_NOT_UPLOADED = 93  # the start command's word for "the archive is not there yet"
-
-
-async def _start_daemon(
-    sandbox: SandboxClient,
-    archive: pathlib.Path,
-    start: list[str],
-    env: Mapping[str, str] | None,
-    timeout: float,
-) -> None:
-    """Start the sandbox side in one control-plane call (two, plus the upload,
-    the first time in a sandbox). Only when that fails is the sandbox's
-    Python looked at, to say why in words. Every step is safe to repeat, so
-    a call that fails (before it ran, or after, its answer lost) is retried."""
-    python, remote = start[0], start[1]
-    size = archive.stat().st_size
-    script = (
-        f'test "$(wc -c < {shlex.quote(remote)} 2>/dev/null)" = {size} || exit {_NOT_UPLOADED};'
-        f" exec {shlex.join(start)}"
-    )
-
-    async def run() -> CommandResult:
-        result = await sandbox.run(["sh", "-c", script], env=env, timeout=timeout)
-        return check_result(result)
-
-    try:
-        started = await _retried(run)
-        if started.exit_code == _NOT_UPLOADED:
-            await _retried(functools.partial(sandbox.write_file, remote, archive.read_bytes()))
-            started = await _retried(run)
-    except SandboxError as exc:
-        raise BridgeStartError(
-            f"the sandbox side could not be started: the sandbox's control plane failed"
-            f" {_ATTEMPTS} times in a row (the last: {exc}); check the provider, then retry"
-        ) from exc
-    if started.exit_code == 0 and started.stdout.strip() == b"ready":
-        return
-    said = _said(started)
-    try:
-        await check_python(sandbox, python, env)  # raises, naming the fix, when Python is why
-    except BridgeStartError as exc:
-        raise BridgeStartError(f"{exc} (the start call: {said})") from None
-    raise BridgeStartError(f"the sandbox side did not start ({said})")
-
-
-def _said(result: CommandResult) -> str:
-    """A failed call's status and the end of what it said, for an error."""
-    words = (result.stderr or result.stdout).decode(errors="replace").strip()
-    words = words.removeprefix("bridgeproto: ")[-500:]
-    return f"status {result.exit_code}: {words or 'no word from it'}"
-
-
 class _StartFailed(Exception):
-    """What ``_start_daemon`` raised (its cause), marked to leave the task group as raised."""
+    """What ``start_daemon`` raised (its cause), marked to leave the task group as raised."""
 
 
 def _found(exc: BaseException, kinds: tuple[type[BaseException], ...]) -> BaseException | None:
@@ -281,34 +231,6 @@ def _start_limiter() -> anyio.CapacityLimiter:
         return limiter
 
 
-T = TypeVar("T")
-_ATTEMPTS = 4
-
-
-async def _retried(call: Callable[[], Awaitable[T]]) -> T:
-    """A control-plane call that is safe to repeat, tried up to four times."""
-    for attempt in range(1, _ATTEMPTS + 1):
-        try:
-            return await call()
-        except SandboxError:
-            if attempt == _ATTEMPTS:
-                raise
-            await anyio.sleep(0.1 * attempt)
-    raise AssertionError("unreachable")
-
-
-async def _reap_daemon(sandbox: SandboxClient, session_id: bytes, patience: int = 50) -> None:
-    """Give the sandbox side ``patience`` tenths of a second (5 s) to answer
-    its agents and exit, then kill it."""
-    directory = shlex.quote(channel_dir(session_id))
-    script = (
-        f"p=$(cat {directory}/pid 2>/dev/null) || exit 0;"
-        f" for i in $(seq {patience}); do kill -0 $p 2>/dev/null || exit 0; sleep 0.1; done;"
-        f" kill -9 $p; rm -rf {directory}"
-    )
-    await _retried(functools.partial(sandbox.run, ["sh", "-c", script], timeout=15))
-
-
 def sandbox_env(url: str) -> dict[str, str]:
     """What commands in the sandbox get: URLs and placeholder keys, never a secret."""
     return {
@@ -331,50 +253,18 @@ def parse_upstream(url: str) -> tuple[str, int, str]:
     return parts.hostname, parts.port or 80, parts.path.rstrip("/")
 
 
-async def check_python(
-    sandbox: SandboxClient, python: str = "python3", env: Mapping[str, str] | None = None
-) -> str:
-    """The sandbox's Python version, or a ``BridgeStartError`` saying how to get one."""
-    probe = "import sys; print('%d.%d' % sys.version_info[:2])"
-    fix = f"install python3 ({MIN_PYTHON[0]}.{MIN_PYTHON[1]} or newer) in the image or in setup"
-    try:
-        result = check_result(await sandbox.run([python, "-c", probe], env=env, timeout=30))
-    except SandboxError as exc:
-        raise BridgeStartError(f"cannot run {python} in the sandbox ({exc}); {fix}") from None
-    found = result.stdout.decode(errors="replace").strip()
-    if result.exit_code != 0 or not found.replace(".", "").isdigit():
-        raise BridgeStartError(
-            f"the sandbox has no working {python} on its PATH; {fix} ({python} -c: {_said(result)})"
-        )
-    version = tuple(int(part) for part in found.split("."))
-    if version < MIN_PYTHON:
-        raise BridgeStartError(
-            f"the sandbox has Python {found}, and the sandbox side needs"
-            f" {MIN_PYTHON[0]}.{MIN_PYTHON[1]}+; {fix}"
-        )
-    return found
-
-
 @asynccontextmanager
 async def open_bridge(
     sandbox: SandboxClient,
     upstream_url: str | None,
-    *,
-    headers: Sequence[tuple[bytes, bytes]] = (),
-    listen: tuple[str, int] = ("127.0.0.1", 13131),
-    allowed_prefixes: Sequence[str] | None = None,
-    config: bp.Config | None = None,
-    options: HostOptions | None = None,
-    python: str = "python3",
-    env: Mapping[str, str] | None = None,
-    tracer: Tracer | None = None,
-    limits: AgentLimits | None = None,
-    resume_timeout: float = RESUME_TIMEOUT,
-    on_channel: Callable[[str], None] | None = None,
-    transport: str | Transport = "auto",
-    mailbox: MailboxOptions | None = None,
+    settings: BridgeSettings | None = None,
+    **keywords: Unpack[BridgeKeywords],
 ) -> AsyncIterator[Bridge]:
     """Run a bridge into ``sandbox`` forwarding to ``upstream_url``.
+
+    ``settings`` (``BridgeSettings``) holds every option below; keywords of
+    the same names change its fields (``open_bridge(sandbox, url,
+    transport="mailbox")``).
 
     With ``upstream_url`` None the bridge has no default upstream: only the
     routes added with ``Bridge.add_route`` (and ``Bridge.expose``) carry.
@@ -395,35 +285,35 @@ async def open_bridge(
     per session).
     """
     try:
-        chosen = registry.choose(transport, live_processes=getattr(sandbox, "live_processes", True))
-    except BridgeError as exc:
-        raise BridgeStartError(str(exc)) from None
-    if mailbox is not None and chosen.name == registry.MAILBOX.name:
-        chosen = chosen.with_options(mailbox)
+        settings = attrs.evolve(settings or BridgeSettings(), **keywords)
+        chosen = registry.choose(
+            settings.transport, live_processes=getattr(sandbox, "live_processes", True)
+        )
+    except (TypeError, ValueError, BridgeError) as exc:
+        raise BridgeStartError(f"open_bridge: {exc}") from None
+    listen, config, python, env = settings.listen, settings.config, settings.python, settings.env
+    if settings.mailbox is not None and chosen.name == registry.MAILBOX.name:
+        chosen = chosen.with_options(settings.mailbox)
     host, port, path = parse_upstream(upstream_url) if upstream_url else ("", 0, "")
     if config is None:
         config = bp.Config(limits=chosen.limits)
-    # The body and head limits are the core's; the HTTP policy takes them from there.
-    policy = HttpPolicy(
-        allowed_prefixes=allowed_prefixes or [path or "/"],
-        max_header_bytes=config.limits.max_header_bytes,
-        max_body_bytes=config.max_body_bytes,
-    )
-    upstream = Upstream(host, port, policy, tuple(headers)) if upstream_url else None
-    host_side = HostSide(upstream, options)
+    policy = http_policy(config, settings.allowed_prefixes or [path or "/"])
+    upstream = Upstream(host, port, policy, tuple(settings.headers)) if upstream_url else None
+    host_side = HostSide(upstream, settings.options)
     archive = build_zipapp(extra=chosen.modules())
     remote = f"/tmp/{archive.name}"
     session_id = os.urandom(bp.SESSION_ID_BYTES)
-    settings = SandboxSettings(
-        config, policy, limits or AgentLimits(), listen, resume_timeout, chosen.sandbox_settings()
+    limits = settings.limits or AgentLimits()
+    for_sandbox = SandboxSettings(
+        config, policy, limits, listen, settings.resume_timeout, chosen.sandbox_settings()
     )
     start = [
         python, remote, "sandbox-side", "--daemon", "--session", session_id.hex(),
-        "--settings", settings.to_json(),
+        "--settings", for_sandbox.to_json(),
     ]  # fmt: skip
     # (The first channel may wait for the daemon as long as its start may take.)
     place = ChannelPlace(
-        sandbox, session_id, python, remote, env, _ATTEMPTS * config.handshake_timeout
+        sandbox, session_id, python, remote, env, ATTEMPTS * config.handshake_timeout
     )
     channels = chosen.host_channels(place)
     url = f"http://{listen[0]}:{listen[1]}{path}"
@@ -435,14 +325,14 @@ async def open_bridge(
         async with anyio.create_task_group() as tg:
             await tg.start(channels.run)  # before the daemon: a first channel may start early
             try:
-                await _start_daemon(sandbox, archive, start, env, config.handshake_timeout)
+                await start_daemon(sandbox, archive, start, env, config.handshake_timeout)
             except Exception as exc:
                 raise _StartFailed() from exc
             session = await tg.start(
                 functools.partial(
                     run_host_side, channels, session_id, host_side, config=config,
-                    options=options, tracer=tracer, resume_timeout=resume_timeout,
-                    on_channel=on_channel,
+                    options=settings.options, tracer=settings.tracer,
+                    resume_timeout=settings.resume_timeout, on_channel=settings.on_channel,
                 )
             )  # fmt: skip
             starting.release()  # started: the next may
@@ -462,7 +352,7 @@ async def open_bridge(
                 yield bridge
             finally:
                 await bridge.stop()
-    except BaseExceptionGroup as group:  # the task group's; _start_daemon's pass as raised
+    except BaseExceptionGroup as group:  # the task group's; start_daemon's pass as raised
         failed = _found(group, (_StartFailed,))
         if failed is not None and failed.__cause__ is not None:
             raise failed.__cause__ from None

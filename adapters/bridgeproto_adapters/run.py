@@ -21,12 +21,10 @@ removed before ``run`` exits.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import signal
 import sys
 import tempfile
-import time
 from collections.abc import AsyncIterator, Sequence
 from typing import TextIO
 
@@ -34,14 +32,17 @@ import anyio
 import anyio.abc
 
 import bridgeproto as bp
-from bridgeproto.wire import armor
 
-from .cli import parse_header
+from .bridge_settings import BridgeSettings
 from .errors import BridgeError
+from .foreground import Foreground, start_foreground
+from .headers import read_header_file
 from .launch import Bridge, open_bridge, parse_upstream
-from .sandbox_side import AgentLimits
-from .sandboxes import HostCommandSandbox, open_sandbox
+from .providers import open_sandbox, provider
+from .sandboxes import HostCommandSandbox, SandboxClient
 from .session import Session, first_of
+from .settings import AgentLimits
+from .traces import TraceWriter
 from .transports import registry
 from .transports.mailbox_options import MailboxOptions
 
@@ -50,41 +51,6 @@ EXIT_BRIDGE_DOWN = 3
 
 def say(message: str) -> None:
     print(f"bridgeproto: {message}", file=sys.stderr, flush=True)
-
-
-class TraceWriter:
-    """Records every frame crossing the bridge: time, direction, armored bytes."""
-
-    def __init__(self, file: TextIO) -> None:
-        self.file = file
-        self.start = time.monotonic()
-
-    def __call__(self, direction: str, data: bytes) -> None:
-        self.file.write(f"{time.monotonic() - self.start:.6f} {direction} {armor(data)}")
-
-
-def read_header_file(path: str) -> list[tuple[bytes, bytes]]:
-    """``Name: value`` lines (blank lines and ``#`` comments skipped).
-
-    The recommended way to give credentials: they never appear in a command
-    line, where any user of the host could read them.
-    """
-    try:
-        with open(path) as file:
-            lines = file.read().splitlines()
-    except OSError as exc:
-        raise BridgeError(f"cannot read the header file {path}: {exc.strerror}") from None
-    headers = []
-    for number, line in enumerate(lines, 1):
-        if not line.strip() or line.lstrip().startswith("#"):
-            continue
-        try:
-            headers.append(parse_header(line))
-        except argparse.ArgumentTypeError:
-            raise BridgeError(
-                f"{path}:{number} is not a 'Name: value' header line"
-            ) from None  # the line itself may be a secret: never echo it
-    return headers
 
 
 def expose_cwd(args: argparse.Namespace) -> None:
@@ -102,7 +68,7 @@ def expose_cwd(args: argparse.Namespace) -> None:
             " shared files); use --ro PATH for what the command needs"
         )
         return
-    if args.sandbox != "local":
+    if provider(args.sandbox).isolated:  # (one that is not sees the whole host)
         args.ro.append(cwd)
     args.cwd = cwd
 
@@ -162,8 +128,8 @@ class Run:
         self.signal: int | None = None  # the first signal that asked us to stop
         self.stop_requested = anyio.Event()
         self.hard_stop = anyio.CancelScope()  # cancelled when stopping at once
-        self.sandbox: HostCommandSandbox | None = None
-        self.command: anyio.abc.Process | None = None
+        self.sandbox: SandboxClient | None = None
+        self.command: Foreground | None = None
 
     async def main(self) -> int:
         code: int | None = None
@@ -203,9 +169,10 @@ class Run:
             else:
                 say(f"{name}: stopping at once")
                 self.hard_stop.cancel()
-                if self.sandbox is not None:
+                if isinstance(self.sandbox, HostCommandSandbox):
                     self.sandbox.kill()  # everything inside; the bridge ends with it
-                self._signal_command(signal.SIGKILL)
+                if self.command is not None:
+                    self.command.signal(signal.SIGKILL)
 
     async def _run(self) -> int:
         args = self.args
@@ -221,27 +188,24 @@ class Run:
         )
         trace = _private_file(args.trace) if args.trace else None
         try:
-            async with open_bridge(
-                self.sandbox, args.upstream, headers=self.headers, listen=args.listen,
-                config=config, python=args.python, tracer=TraceWriter(trace) if trace else None,
+            settings = BridgeSettings(
+                headers=self.headers, listen=args.listen, config=config, python=args.python,
+                tracer=TraceWriter(trace) if trace else None,
                 on_channel=say if args.verbose else None, resume_timeout=args.resume_timeout,
                 limits=AgentLimits(head_timeout=args.head_timeout),
                 transport=transport, mailbox=MailboxOptions(
                     wait=args.mailbox_wait, batch_bytes=args.mailbox_batch,
                     max_calls=args.mailbox_calls, upload_input=args.mailbox_input == "upload",
                 ),
-            ) as bridge:  # fmt: skip
+            )  # fmt: skip
+            async with open_bridge(self.sandbox, args.upstream, settings) as bridge:
                 exposed = [
                     f"port {port} inside is at {await bridge.expose(port, host_port)}"
                     for host_port, port in args.expose
                 ]
                 for line in exposed:  # before CMD starts, so the caller can wait for it
                     say(line)
-                # A session of its own: the terminal's signals come to us, not to it.
-                self.command = self.sandbox.start(
-                    args.command, env=bridge.env, cwd=args.cwd,
-                    stdin=None, stdout=None, stderr=None, start_new_session=True,
-                )  # fmt: skip
+                self.command = start_foreground(self.sandbox, args.command, bridge.env, args.cwd)
                 code = await self._supervise(bridge, self.command)
             print(bridge.session.stats.summary(), file=sys.stderr)
             for line in exposed:
@@ -251,7 +215,7 @@ class Run:
             if trace:
                 trace.close()
 
-    async def _supervise(self, bridge: Bridge, command: anyio.abc.Process) -> int:
+    async def _supervise(self, bridge: Bridge, command: Foreground) -> int:
         exited = anyio.Event()
         async with anyio.create_task_group() as tg:
 
@@ -277,22 +241,9 @@ class Run:
             return command.returncode
         return EXIT_BRIDGE_DOWN
 
-    def _signal_command(self, signum: int) -> None:
-        if self.command is not None and self.command.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.command.pid, signum)
-
     async def _stop_command(self) -> None:
-        """Stop the command's host process group (a sandbox's own processes die with it)."""
-        command = self.command
-        if command is None:
-            return
-        self._signal_command(signal.SIGTERM)
-        with anyio.move_on_after(2):
-            await command.wait()
-        self._signal_command(signal.SIGKILL)
-        await command.wait()
-        await command.aclose()
+        if self.command is not None:
+            await self.command.stop()
 
 
 async def _live_summary(session: Session, interval: float = 5.0) -> None:

@@ -53,31 +53,12 @@ from bridgeproto.http import (
 )
 
 from .agent_upload import Outcome, body_at_hand, hung_up, upload
-from .agents import (
-    DEFAULT_LISTEN,
-    Agent,
-    AgentLimits,
-    Listen,
-    _stop_eager_reading,
-    listener_address,
-    open_listener,
-)
+from .agents import Agent, _stop_eager_reading, listener_address, open_listener
 from .errors import STREAM_ERRORS, ExchangeAborted, SessionEnded
 from .host_side import HostSide
-from .session import RESUME_TIMEOUT, Exchange, Session
+from .session import Exchange, Session
+from .settings import AgentLimits, Listen, SandboxSettings
 from .transports import Channels
-
-__all__ = [
-    "DEFAULT_LISTEN",
-    "AgentLimits",
-    "Listen",
-    "SandboxSide",
-    "_stop_eager_reading",
-    "inward_upstream",
-    "listener_address",
-    "open_listener",
-    "run_sandbox_side",
-]
 
 _ANSWER_GRACE_SECONDS = 2.0
 _REQUEST_TAIL_SECONDS = 5.0
@@ -352,25 +333,23 @@ def inward_upstream(conn: bp.Connection, route: int) -> Upstream | Refusal:
 async def run_sandbox_side(
     channels: Channels | anyio.abc.ByteStream,
     session_id: bytes,
+    settings: SandboxSettings | None = None,
     *,
-    listen: Listen = DEFAULT_LISTEN,
-    policy: HttpPolicy | None = None,
-    config: bp.Config | None = None,
-    limits: AgentLimits | None = None,
-    resume_timeout: float = RESUME_TIMEOUT,
     task_status: anyio.abc.TaskStatus[Listen] = anyio.TASK_STATUS_IGNORED,
 ) -> None:
     """Run the sandbox side of a session until it ends.
 
     The listener is bound before the hello goes out, so once the host side
     sees the handshake complete, agents can connect. With
-    ``task_group.start`` it returns the bound address.
+    ``task_group.start`` it returns the bound address. ``settings`` is the
+    record the host made (``SandboxSettings``; its defaults without one).
     """
-    listener = await open_listener(listen)
-    conn = bp.Connection(bp.Role.SANDBOX, session_id, config)
+    settings = settings or SandboxSettings()
+    listener = await open_listener(settings.listen)
+    conn = bp.Connection(bp.Role.SANDBOX, session_id, settings.config)
     inward = HostSide(None, lookup=functools.partial(inward_upstream, conn))
-    session = Session(conn, channels, inward.handle, resume_timeout=resume_timeout)
-    side = SandboxSide(session, policy, limits)
+    session = Session(conn, channels, inward.handle, resume_timeout=settings.resume_timeout)
+    side = SandboxSide(session, settings.policy, settings.limits)
     try:
         async with listener, anyio.create_task_group() as tg:
             tg.start_soon(session.run)

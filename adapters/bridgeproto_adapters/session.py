@@ -37,6 +37,7 @@ from .channel_writer import ChannelWriter, Tracer
 from .errors import STREAM_ERRORS, SessionEnded
 from .exchange import Exchange, ExchangeEvent
 from .session_stats import SessionStats
+from .settings import RESUME_TIMEOUT
 from .transports import Channels, NoChannel, OneChannel
 
 __all__ = ["RESUME_TIMEOUT", "Exchange", "Session", "SessionStats", "Tracer", "first_of"]
@@ -45,7 +46,6 @@ RequestHandler = Callable[["Exchange", bp.RequestHead], Awaitable[None]]
 
 logger = logging.getLogger("bridgeproto")
 _FINAL_FLUSH_SECONDS = 2.0
-RESUME_TIMEOUT = 30.0
 _RETRY_SECONDS = (0.05, 0.1, 0.2, 0.5, 1.0)  # waits between failed attempts to open a channel
 
 

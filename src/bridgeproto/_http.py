@@ -33,7 +33,7 @@ import attrs
 import h11
 
 from ._errors import ErrorCode
-from ._records import Headers, RequestHead, ResponseHead
+from ._records import Headers, RequestHead, ResponseHead, request_head_size
 
 _H11_MOVED = (
     "h11 {version} no longer keeps the size of the chunk it reads where bridgeproto.http"
@@ -453,11 +453,7 @@ class AgentConnection:
         if refusal is None and upgrade:
             refusal = _upgrade_with_body(request.headers)
         # h11 bounds only heads that arrive in pieces; a whole one is checked here.
-        size = (
-            len(request.method)
-            + len(request.target)
-            + sum(len(name) + len(value) + 4 for name, value in request.headers)
-        )
+        size = request_head_size(request.method, request.target, request.headers)
         if refusal is None and size > self.policy.max_header_bytes:
             refusal = Refusal(
                 ErrorCode.HEADERS_TOO_LARGE,

@@ -118,9 +118,16 @@ def _headers(value: Iterable[tuple[bytes, bytes]]) -> Headers:
     return tuple(result)
 
 
-def headers_size(headers: Headers) -> int:
+def headers_size(headers: Iterable[tuple[bytes, bytes]]) -> int:
     """Bytes a header list counts against ``max_header_bytes``: its encoded size."""
     return sum(len(n) + len(v) + 8 for n, v in headers)
+
+
+def request_head_size(method: bytes, target: bytes, headers: Iterable[tuple[bytes, bytes]]) -> int:
+    """The size of a request head as docs/protocol.md defines it, the one
+    measure of ``max_header_bytes`` (the agent's side checks it too, so it
+    refuses exactly the heads the session would)."""
+    return 8 + len(method) + len(target) + headers_size(headers)
 
 
 @attrs.frozen
@@ -194,7 +201,7 @@ class RequestHead:
 
     @property
     def head_size(self) -> int:
-        return 8 + len(self.method) + len(self.target) + headers_size(self.headers)
+        return request_head_size(self.method, self.target, self.headers)
 
 
 @attrs.frozen

@@ -17,7 +17,7 @@ import anyio
 import h11
 
 from ..host_side import HostOptions, UpstreamPool
-from ..sandboxes import LiveProcess, SandboxClient
+from ..sandboxes import LiveProcess, SandboxClient, SandboxError, stop_process
 
 HOST_POLL_SECONDS = 0.2
 DIRECTORY = "/tmp/bp-poll"
@@ -37,7 +37,10 @@ class PollingBaseline:
         ready = b""
         with anyio.fail_after(20):
             while b"ready" not in ready:
-                ready += await self.process.stream.receive()
+                data = await self.process.read(1024)
+                if not data:
+                    raise SandboxError(f"the polling server ended before it was ready: {ready!r}")
+                ready += data
 
     async def run(self) -> None:
         """The host loop; runs until cancelled."""
@@ -84,5 +87,5 @@ class PollingBaseline:
 
     async def aclose(self) -> None:
         if self.process is not None:
-            await self.process.stop()
+            await stop_process(self.process)
         await self.pool.aclose()

@@ -23,7 +23,8 @@ from collections.abc import AsyncIterator
 import anyio
 import anyio.abc
 
-from ..sandboxes import HostCommandSandbox, open_sandbox
+from ..providers import open_host_sandbox
+from ..sandboxes import HostCommandSandbox
 from ..sandboxes.offline import SANDBOX_UID
 from ..streams import grow_pipe
 from .processes import find_process
@@ -86,7 +87,7 @@ class References:
         os.chmod(directory, 0o755)
         if os.geteuid() == 0:  # commands in the sandbox run as its user
             os.chown(directory, SANDBOX_UID, SANDBOX_UID)
-        sandbox, _ = await open_sandbox(kind, rw=[directory])
+        sandbox, _ = await open_host_sandbox(kind, rw=[directory])
         references = cls(sandbox, directory, upstream_port)
         try:
             async with references._shared_kernel():

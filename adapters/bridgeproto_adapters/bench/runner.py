@@ -33,6 +33,7 @@ import attrs
 
 from ..eventloop import uvloop_in_use
 from ..launch import Bridge, open_bridge
+from ..providers import open_host_sandbox
 from ..sandboxes import (
     CommandResult,
     Faults,
@@ -41,7 +42,7 @@ from ..sandboxes import (
     LiveProcess,
     SandboxClient,
     SimulatedProvider,
-    open_sandbox,
+    stop_process,
 )
 from . import cpu
 from .faults import SHARES, fault_figures
@@ -370,7 +371,7 @@ class Bench:
         )
         try:
             with anyio.fail_after(60):
-                port = int((await server.stream.receive()).split()[0])
+                port = int((await server.read(1024)).split()[0])
             self.inward_url = f"{await self.bridge.expose(port)}/bench"
             # Each table needs its direct row, which --only may have left out.
             scenarios = self.results["scenarios"]
@@ -382,7 +383,7 @@ class Bench:
                 if system == INWARD or "direct" not in scenarios.get("bulk", {}):
                     await self._inward_bulk(system)
         finally:
-            await server.stop()
+            await stop_process(server)
 
     async def _inward_latency(self, system: str) -> None:
         raw = await self.agent(system, "latency", n=self.sizes.latency_requests)
@@ -460,7 +461,7 @@ class Bench:
         """From a ready sandbox (the archive already there) to a bridge that
         accepts agents: how long ``open_bridge`` takes, ``starts`` times."""
         target = self.url("direct")
-        sandbox, _ = await open_sandbox(self.sandbox_kind)
+        sandbox, _ = await open_host_sandbox(self.sandbox_kind)
         seconds = []
         try:
             async with open_bridge(sandbox, target):
@@ -503,7 +504,7 @@ class Bench:
         async def make_sandbox() -> None:
             try:
                 async with starting:
-                    sandbox, _ = await open_sandbox(self.sandbox_kind)
+                    sandbox, _ = await open_host_sandbox(self.sandbox_kind)
                 sandboxes.append(sandbox)
             except Exception as exc:  # the machine's limit: say which
                 failures.append(f"sandbox: {exc!r}")
@@ -611,7 +612,7 @@ class Bench:
         direct = await self.agent("direct", "latency", n=self.sizes.remote_requests)
         self.record("remote", "direct", {"seconds": summarize(direct["seconds"])})
         target = self.url("direct")
-        real, _ = await open_sandbox(self.sandbox_kind)
+        real, _ = await open_host_sandbox(self.sandbox_kind)
         try:
             provider = SimulatedProvider(real, Faults(latency=REMOTE_LATENCY))
             client = HarnessSandbox(provider, "bench")
@@ -622,7 +623,7 @@ class Bench:
             self.record("remote", "mailbox", figures)
         finally:
             await real.aclose()
-        inner, _ = await open_sandbox(self.sandbox_kind)
+        inner, _ = await open_host_sandbox(self.sandbox_kind)
         box = SlowSandbox(inner, REMOTE_LATENCY)
         polling = PollingBaseline(box, "127.0.0.1", self.upstream_port)
         try:
@@ -641,7 +642,7 @@ class Bench:
     async def remote_faults(self, target: str) -> None:
         """The mailbox behind the same provider, failing a share of its operations."""
         for share in SHARES:
-            real, _ = await open_sandbox(self.sandbox_kind)
+            real, _ = await open_host_sandbox(self.sandbox_kind)
             try:
                 figures = await fault_figures(
                     real, target, share, REMOTE_LATENCY, self.sizes.remote_requests,
@@ -707,8 +708,8 @@ class Bench:
             self.upstream_port = int((await upstream.stdout.receive()).split()[0])
             # (The bridge's sandbox also sees this code, read-only, to run
             # the bench upstream inside for the inward rows.)
-            bridge_sandbox, note = await open_sandbox(self.sandbox_kind, ro=code_paths())
-            poll_sandbox, _ = await open_sandbox(self.sandbox_kind)
+            bridge_sandbox, note = await open_host_sandbox(self.sandbox_kind, ro=code_paths())
+            poll_sandbox, _ = await open_host_sandbox(self.sandbox_kind)
             self.say(f"bench: {note}; upstream on 127.0.0.1:{self.upstream_port}")
             self.results["sandbox"] = note
             has_uvloop = await bridge_sandbox.run(

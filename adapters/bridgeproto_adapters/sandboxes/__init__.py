@@ -2,11 +2,13 @@
 
 One module per family of backends:
 
-- ``base``: the ``SandboxClient`` interface, its errors, ``check_result``, and
-  ``HostCommandSandbox``, the base of the backends below that enter the
-  sandbox by running a host command;
+- ``base``: the ``SandboxClient`` and ``LiveProcess`` protocols, their
+  errors, ``check_result``, ``FilesThroughRun`` (files through ``run``),
+  ``PipedProcess`` and ``HostCommandSandbox``, the base of the backends
+  below that enter the sandbox by running a host command;
 - ``offline``: ``BwrapSandbox`` and ``UnshareSandbox``, offline sandboxes on
-  this machine that hold against the code inside them, and ``open_sandbox``;
+  this machine that hold against the code inside them (``views``: what
+  they show of the host);
 - ``local``: ``LocalSandbox`` (no isolation, only when asked for by name)
   and ``CommandPrefixSandbox`` (``docker exec -i ID``, ``kubectl exec -i POD
   --``, ``ssh HOST``);
@@ -14,43 +16,51 @@ One module per family of backends:
   ``execute_command``, ``read_file`` and ``upload_bytes`` (no live process);
 - ``simulated``: ``SimulatedProvider``, a harness-style client over a real
   sandbox with the latency and faults of a remote provider (tests, benchmark).
+
+``bridgeproto_adapters.providers`` names them for ``--sandbox NAME``.
 """
 
 from .base import (
     Command,
     CommandResult,
     CommandTimeout,
+    FilesThroughRun,
     HostCommandSandbox,
     LiveProcess,
     NotSupported,
+    PipedProcess,
     SandboxClient,
     SandboxError,
     SandboxUnavailable,
     check_result,
+    stop_process,
 )
-from .harness import HarnessClient, HarnessSandbox
+from .harness import CommandOutput, HarnessClient, HarnessSandbox
 from .local import CommandPrefixSandbox, LocalSandbox
-from .offline import BwrapSandbox, UnshareSandbox, open_sandbox
+from .offline import BwrapSandbox, UnshareSandbox
 from .simulated import Faults, SimulatedProvider
 
 __all__ = [
     "BwrapSandbox",
     "Command",
+    "CommandOutput",
     "CommandPrefixSandbox",
     "CommandResult",
     "CommandTimeout",
     "Faults",
+    "FilesThroughRun",
     "HarnessClient",
     "HarnessSandbox",
     "HostCommandSandbox",
     "LiveProcess",
     "LocalSandbox",
     "NotSupported",
+    "PipedProcess",
     "SandboxClient",
     "SandboxError",
     "SandboxUnavailable",
     "SimulatedProvider",
     "UnshareSandbox",
     "check_result",
-    "open_sandbox",
+    "stop_process",
 ]

@@ -11,6 +11,7 @@ wrapper's one ``except``), so callers see only these.
 from __future__ import annotations
 
 import abc
+import contextlib
 import os
 import shlex
 from collections.abc import Mapping, Sequence
@@ -67,8 +68,49 @@ def check_result(result: object, method: str = "run") -> CommandResult:
     return result  # type: ignore[return-value]  # (any object with these fields will do)
 
 
-class LiveProcess:
-    """A process in the sandbox whose stdin and stdout are a byte stream."""
+class LiveProcess(Protocol):
+    """A process in the sandbox that the bridge holds: bytes to its stdin,
+    bytes from its stdout. This is all the bridge calls; errors from ``write``
+    and ``read`` may be of any type (the bridge takes any as a broken stream)."""
+
+    async def write(self, data: bytes) -> None:
+        """All of ``data`` to its stdin."""
+        ...
+
+    async def read(self, max_bytes: int) -> bytes:
+        """Up to ``max_bytes`` of its stdout, as soon as there are any; ``b""``
+        at the end of its output, and once ``close`` was called."""
+        ...
+
+    async def close(self) -> None:
+        """The bridge is done with its streams: a ``read`` waiting wakes with
+        ``b""`` (even if the process holds on), and its stdin ends where the
+        provider can end it (the bridge kills it next anyway). Idempotent."""
+        ...
+
+    async def wait(self) -> int:
+        """Its exit status, once it has exited."""
+        ...
+
+    async def kill(self) -> None:
+        """Kill it at once; nothing if it has exited."""
+        ...
+
+
+async def stop_process(process: LiveProcess) -> int:
+    """Close a live process's streams, kill it and return its status; the
+    whole stop runs even in a cancelled scope, so nothing is left behind."""
+    with anyio.CancelScope(shield=True):
+        await process.close()
+        await process.kill()
+        code = await process.wait()
+    return code
+
+
+class PipedProcess:
+    """A host process's pipes as a ``LiveProcess`` (the backends here start
+    one per live process). ``stream`` offers the same pipes as one anyio byte
+    stream, for code on the host that wants one."""
 
     def __init__(self, process: anyio.abc.Process) -> None:
         self._process = process
@@ -79,8 +121,25 @@ class LiveProcess:
     def returncode(self) -> int | None:
         return self._process.returncode
 
+    async def write(self, data: bytes) -> None:
+        await self.stream.send(data)
+
+    async def read(self, max_bytes: int = 65536) -> bytes:
+        try:
+            return await self.stream.receive(max_bytes)
+        except (anyio.EndOfStream, anyio.ClosedResourceError):
+            return b""
+
+    async def close(self) -> None:
+        await self.stream.aclose()
+
     async def wait(self) -> int:
         return await self._process.wait()
+
+    async def kill(self) -> None:
+        if self._process.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                self._process.kill()
 
     async def stop(self, grace: float = 2.0) -> int:
         """Terminate (then kill after ``grace`` seconds); idempotent."""
@@ -125,6 +184,42 @@ class SandboxClient(Protocol):
     async def aclose(self) -> None: ...
 
 
+class FilesThroughRun:
+    """``write_file`` and ``read_file`` through ``run`` (``sh``, ``mkdir``, ``cat``
+    and ``mv`` inside), for a client whose provider has only a command call."""
+
+    name: str
+
+    async def run(
+        self,
+        command: Command,
+        *,
+        env: Mapping[str, str] | None = None,
+        cwd: str | None = None,
+        stdin: bytes | None = None,
+        timeout: float | None = None,
+    ) -> CommandResult:
+        raise NotImplementedError
+
+    async def write_file(self, path: str, data: bytes) -> None:
+        # Written under another name and renamed: nobody inside sees a part of it.
+        directory = os.path.dirname(path) or "/"
+        partial = shlex.quote(f"{directory.rstrip('/')}/.{os.path.basename(path)}.partial")
+        script = (
+            f"mkdir -p {shlex.quote(directory)} && cat > {partial} && mv -f {partial}"
+            f" {shlex.quote(path)}"
+        )
+        result = await self.run(script, stdin=data)
+        if result.exit_code != 0:
+            raise SandboxError(f"{self.name}: cannot write {path}: {_text(result.stderr)}")
+
+    async def read_file(self, path: str) -> bytes:
+        result = await self.run(["cat", path])
+        if result.exit_code != 0:
+            raise SandboxError(f"{self.name}: cannot read {path}: {_text(result.stderr)}")
+        return result.stdout
+
+
 def _argv(command: Command) -> list[str]:
     return ["sh", "-c", command] if isinstance(command, str) else list(command)
 
@@ -139,7 +234,7 @@ class Launch:
     env: Mapping[str, str] | None
 
 
-class HostCommandSandbox(abc.ABC):
+class HostCommandSandbox(FilesThroughRun, abc.ABC):
     """A sandbox entered by running a host command (bwrap, nsenter, a prefix).
 
     Subclasses say how to wrap an argv (``wrap``) and where files live.
@@ -218,33 +313,15 @@ class HostCommandSandbox(abc.ABC):
             raise SandboxUnavailable(f"{self.name}: cannot start {launch.argv[0]}: {exc}") from None
         return CommandResult(code, stdout, stderr)
 
-    async def write_file(self, path: str, data: bytes) -> None:
-        # Written under another name and renamed: nobody inside sees a part of it.
-        directory = os.path.dirname(path) or "/"
-        partial = shlex.quote(f"{directory.rstrip('/')}/.{os.path.basename(path)}.partial")
-        script = (
-            f"mkdir -p {shlex.quote(directory)} && cat > {partial} && mv -f {partial}"
-            f" {shlex.quote(path)}"
-        )
-        result = await self.run(script, stdin=data)
-        if result.exit_code != 0:
-            raise SandboxError(f"{self.name}: cannot write {path}: {_text(result.stderr)}")
-
-    async def read_file(self, path: str) -> bytes:
-        result = await self.run(["cat", path])
-        if result.exit_code != 0:
-            raise SandboxError(f"{self.name}: cannot read {path}: {_text(result.stderr)}")
-        return result.stdout
-
     async def open_process(
         self, command: Sequence[str], *, env: Mapping[str, str] | None = None
     ) -> LiveProcess:
-        return LiveProcess(self.start(list(command), env=env, stderr=None))
+        return PipedProcess(self.start(list(command), env=env, stderr=None))
 
-    async def aclose(self) -> None:  # noqa: B027 - most backends hold nothing
+    async def aclose(self) -> None:
         """Release what the sandbox holds."""
 
-    def kill(self) -> None:  # noqa: B027 - most backends hold nothing to kill
+    def kill(self) -> None:
         """Kill everything running in the sandbox now, where the backend can."""
 
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import base64
 import os
 import shlex
-from collections.abc import Mapping, Sequence
-from typing import Any, Protocol
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import Protocol, TypeVar
 
 from .base import (
     Command,
@@ -19,17 +19,34 @@ from .base import (
     _text,
 )
 
+T = TypeVar("T")
+
+
+class CommandOutput(Protocol):
+    """What a harness client's ``execute_command`` answers (text or bytes)."""
+
+    @property
+    def exit_code(self) -> int | None: ...
+
+    @property
+    def stdout(self) -> str | bytes | None: ...
+
+    @property
+    def stderr(self) -> str | bytes | None: ...
+
 
 class HarnessClient(Protocol):
-    """The shape of harness sandbox clients this project wraps."""
+    """The shape of harness sandbox clients this project wraps (called by name)."""
 
-    async def execute_command(self, sandbox_id: str, command: str, timeout: Any = ...) -> Any: ...
+    async def execute_command(
+        self, sandbox_id: str, command: str, timeout: float | None = ...
+    ) -> CommandOutput: ...
 
-    async def read_file(self, sandbox_id: str, file_path: str) -> Any: ...
+    async def read_file(self, sandbox_id: str, file_path: str) -> object: ...
 
     async def upload_bytes(
         self, sandbox_id: str, file_path: str, file_bytes: bytes, filename: str
-    ) -> Any: ...
+    ) -> object: ...
 
 
 class HarnessSandbox:
@@ -70,9 +87,9 @@ class HarnessSandbox:
             line += f"( {body} )"
         result = await self._call(
             "execute_command",
-            sandbox_id=self.sandbox_id,
-            command=line,
-            timeout=timeout if timeout else 60,
+            lambda: self.client.execute_command(
+                sandbox_id=self.sandbox_id, command=line, timeout=timeout if timeout else 60
+            ),
         )
         return CommandResult(
             int(getattr(result, "exit_code", 0) or 0),
@@ -83,10 +100,12 @@ class HarnessSandbox:
     async def write_file(self, path: str, data: bytes) -> None:
         await self._call(
             "upload_bytes",
-            sandbox_id=self.sandbox_id,
-            file_path=path,
-            file_bytes=data,
-            filename=os.path.basename(path),
+            lambda: self.client.upload_bytes(
+                sandbox_id=self.sandbox_id,
+                file_path=path,
+                file_bytes=data,
+                filename=os.path.basename(path),
+            ),
         )
 
     async def read_file(self, path: str) -> bytes:
@@ -109,11 +128,11 @@ class HarnessSandbox:
     async def aclose(self) -> None:
         pass
 
-    async def _call(self, method: str, **kwargs: Any) -> Any:
+    async def _call(self, method: str, call: Callable[[], Awaitable[T]]) -> T:
         """The one place a harness client's own exceptions become ours. The
         arguments go by name, the names the common clients use."""
         try:
-            return await getattr(self.client, method)(**kwargs)
+            return await call()
         except Exception as exc:
             # Clients name their timeouts differently; all of them mean this.
             if isinstance(exc, TimeoutError) or "timeout" in type(exc).__name__.lower():
@@ -121,7 +140,7 @@ class HarnessSandbox:
             raise SandboxError(f"{self.name}: {method} failed: {exc!r}") from exc
 
 
-def _as_bytes(value: Any) -> bytes:
+def _as_bytes(value: object) -> bytes:
     if value is None:
         return b""
     if isinstance(value, bytes):

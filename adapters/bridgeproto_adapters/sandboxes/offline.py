@@ -44,52 +44,10 @@ import anyio.abc
 
 from ..processes import DEVNULL, start_process
 from .base import SANDBOX_PATH, HostCommandSandbox, SandboxError, SandboxUnavailable
-from .local import LocalSandbox
+from .views import exposures, system_view
 
-# Host directories every sandbox sees read-only (the ones this machine has).
-SYSTEM_PATHS = ("/usr", "/etc", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
 # The uid commands run as when the host user is root.
 SANDBOX_UID = 65534
-# Device nodes one by one (bwrap's --dev would make a nested user namespace
-# for an unprivileged user, which nsenter cannot join).
-DEVICES = ("null", "zero", "full", "random", "urandom", "tty")
-DEVICE_LINKS = {"fd": "/proc/self/fd", "stdin": "/proc/self/fd/0", "stdout": "/proc/self/fd/1",
-                "stderr": "/proc/self/fd/2"}  # fmt: skip
-
-
-def _system_view() -> list[tuple[str, str, str]]:
-    """(kind, source, target) steps: ``ro`` binds, ``dev`` nodes and ``symlink``s."""
-    steps = []
-    for path in SYSTEM_PATHS:
-        if os.path.islink(path):
-            steps.append(("symlink", os.readlink(path), path))
-        elif os.path.isdir(path):
-            steps.append(("ro", path, path))
-    steps += [("dev", f"/dev/{name}", f"/dev/{name}") for name in DEVICES]
-    steps += [("symlink", target, f"/dev/{name}") for name, target in DEVICE_LINKS.items()]
-    return steps
-
-
-def exposures(ro: Sequence[str] = (), rw: Sequence[str] = ()) -> list[tuple[str, str, str]]:
-    """The host paths to show inside at the same place, checked and resolved."""
-    steps = []
-    for kind, paths in (("ro", ro), ("rw", rw)):
-        for path in paths:
-            real = os.path.realpath(path)
-            if not os.path.exists(real):
-                raise SandboxUnavailable(f"cannot expose {path!r} to the sandbox: no such path")
-            if real == "/":
-                raise SandboxUnavailable(
-                    "exposing / would show the whole host to the sandbox; expose the"
-                    " directories the command needs instead"
-                )
-            # Parents made open to all (bwrap would make them 0700).
-            parents = [os.path.dirname(real)]
-            while parents[-1] != "/":
-                parents.append(os.path.dirname(parents[-1]))
-            steps += [("dir", "", p) for p in reversed(parents) if p not in ("/", "/tmp")]
-            steps.append((kind, real, real))
-    return steps
 
 
 ROOT_PREFIX = "bridgeproto-sandbox-"
@@ -218,7 +176,7 @@ class _OfflineSandbox(HostCommandSandbox):
         for tool in cls.tools:
             if shutil.which(tool) is None:
                 raise SandboxUnavailable(f"{tool} is not installed; {cls.missing_tool_fix}")
-        view = [*_system_view(), *exposures(ro, rw)]
+        view = [*system_view(), *exposures(ro, rw)]
         _sweep_stale_roots()
         root = tempfile.mkdtemp(prefix=ROOT_PREFIX)
         try:
@@ -436,22 +394,3 @@ class UnshareSandbox(_OfflineSandbox):
             "sh", "-c", _UNSHARE_VIEW, "sh", root, os.path.join(root, "tmp"),
             *[part for step in view for part in step],
         ]  # fmt: skip
-
-
-async def open_sandbox(
-    kind: str = "auto", *, ro: Sequence[str] = (), rw: Sequence[str] = ()
-) -> tuple[HostCommandSandbox, str]:
-    """Create a sandbox of ``kind`` (auto, bwrap, unshare, local) exposing
-    ``ro``/``rw``; returns it with a note for the user about what was picked."""
-    if kind == "auto":
-        if shutil.which("bwrap"):
-            return await BwrapSandbox.create(ro=ro, rw=rw), "sandbox: bwrap (offline)"
-        sandbox = await UnshareSandbox.create(ro=ro, rw=rw)
-        return sandbox, "sandbox: unshare (offline; bwrap not found)"
-    if kind == "bwrap":
-        return await BwrapSandbox.create(ro=ro, rw=rw), "sandbox: bwrap (offline)"
-    if kind == "unshare":
-        return await UnshareSandbox.create(ro=ro, rw=rw), "sandbox: unshare (offline)"
-    if kind == "local":
-        return LocalSandbox(), "sandbox: local -- NO ISOLATION: the command can reach the network"
-    raise SandboxUnavailable(f"unknown sandbox {kind!r}; choose auto, bwrap, unshare or local")

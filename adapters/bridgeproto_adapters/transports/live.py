@@ -28,28 +28,44 @@ import anyio.abc
 
 from ..mailbox_call import EXIT_NO_DAEMON
 from ..relay import READY
-from ..sandboxes import LiveProcess, SandboxClient, SandboxError
+from ..sandboxes import LiveProcess, SandboxClient, SandboxError, stop_process
 from . import NoChannel
 from .transport import ChannelPlace, HostEnd
 
 
 class ProcessChannel(anyio.abc.ByteStream):
-    """A relay process's stdin and stdout as a byte stream; closing it stops the process."""
+    """A relay process's stdin and stdout as a byte stream; closing it stops the process.
+
+    Whatever a provider's process raises becomes ``BrokenResourceError`` here,
+    the one error a broken channel is to the session."""
 
     def __init__(self, process: LiveProcess) -> None:
         self.process = process
+        self._closed = False
 
     async def receive(self, max_bytes: int = 1 << 20) -> bytes:
-        return await self.process.stream.receive(max_bytes)
+        try:
+            data = await self.process.read(max_bytes)
+        except Exception as exc:
+            raise anyio.BrokenResourceError(f"reading the channel process: {exc!r}") from exc
+        if not data:
+            raise anyio.ClosedResourceError if self._closed else anyio.EndOfStream
+        return data
 
     async def send(self, item: bytes) -> None:
-        await self.process.stream.send(item)
+        if self._closed:
+            raise anyio.ClosedResourceError
+        try:
+            await self.process.write(item)
+        except Exception as exc:
+            raise anyio.BrokenResourceError(f"writing the channel process: {exc!r}") from exc
 
     async def send_eof(self) -> None:
-        await self.process.stream.send_eof()
+        """Nothing: a session ends by goaway, never by the end of a stream."""
 
     async def aclose(self) -> None:
-        await self.process.stop(grace=0.5)
+        self._closed = True
+        await stop_process(self.process)
 
 
 def host_channels(place: ChannelPlace, options: None) -> ProcessChannels:
@@ -121,14 +137,14 @@ class ProcessChannels(HostEnd):
         try:
             with anyio.fail_after(30):
                 while len(ready) < len(READY):
-                    ready += await process.stream.receive(len(READY) - len(ready))
+                    ready += await channel.receive(len(READY) - len(ready))
         except (anyio.EndOfStream, anyio.BrokenResourceError, TimeoutError):
-            code = await process.stop(grace=0.5)
+            code = await stop_process(process)
             final = code == EXIT_NO_DAEMON  # nobody listens: the sandbox side is gone
             why = "the sandbox side is not running" if final else f"it ended ({code})"
             raise NoChannel(f"the channel process did not connect: {why}", final=final) from None
         if ready != READY:
-            await process.stop(grace=0.5)
+            await stop_process(process)
             raise NoChannel(f"the channel process said {ready!r}, not {READY!r}")
         self.current = channel
         self.opened += 1
@@ -137,7 +153,7 @@ class ProcessChannels(HostEnd):
     async def aclose(self) -> None:
         await super().aclose()
         if self._early is not None:  # the bridge never started
-            await self._early.stop(grace=0.5)
+            await stop_process(self._early)
             self._early = None
         if self.current is not None:
             await self.current.aclose()

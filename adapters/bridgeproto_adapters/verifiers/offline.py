@@ -28,8 +28,8 @@ from urllib.parse import urlsplit
 import anyio
 
 from ..processes import DEVNULL, PIPE, HostProcess
+from ..providers import open_host_sandbox
 from ..sandboxes import BwrapSandbox, HostCommandSandbox, SandboxError, UnshareSandbox
-from ..sandboxes.offline import open_sandbox
 from .contract import ProgramResultLike, VerifiersTypes
 
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
@@ -164,7 +164,7 @@ class OfflineRuntimeBase:
         return self.live
 
     async def start(self) -> None:
-        self.sandbox, _ = await open_sandbox(self.kind, ro=self.ro, rw=self.rw)
+        self.sandbox, _ = await open_host_sandbox(self.kind, ro=self.ro, rw=self.rw)
         self.info.id = f"{self.sandbox.name}:{self.name}"
 
     def _box(self) -> HostCommandSandbox:

@@ -103,53 +103,14 @@ class RuntimeSandbox:
         pass
 
 
-class RuntimeLiveProcess(LiveProcess):
+class RuntimeLiveProcess:
     """A verifiers ``RuntimeProcess`` as the bridge's ``LiveProcess``.
 
     A runtime process has no way to close its pipes, and the bridge's relay
-    hands them on (the process may end while they carry on), so stopping it
-    also closes the byte stream on this side: its reader wakes at once and
-    the session takes the channel as broken.
+    hands them on (the process may end while they carry on), so ``close``
+    wakes a read waiting here itself, and ends input only where the process
+    offers ``close_stdin`` (an ``OfflineRuntime``'s).
     """
-
-    def __init__(self, process: RuntimeProcessLike) -> None:
-        self._runtime_process = process
-        self._code: int | None = None
-        self._stream = _ProcessStream(process)
-        self.stream: anyio.abc.ByteStream = self._stream
-
-    @property
-    def returncode(self) -> int | None:
-        return self._code
-
-    async def wait(self) -> int:
-        if self._code is None:
-            self._code = await self._runtime_process.wait()
-        return self._code
-
-    async def stop(self, grace: float = 2.0) -> int:
-        """End of input first, where the process can take it (the relay then
-        ends once the sandbox side has read everything before it), else or
-        after ``grace`` seconds terminate, then kill; idempotent. The stream
-        closes last, as a pipe would."""
-        with anyio.CancelScope(shield=True):
-            if self._code is None and await self._runtime_process.poll() is None:
-                if await self._stream.end_input():
-                    with anyio.move_on_after(grace):
-                        await self.wait()
-                if self._code is None:
-                    await self._runtime_process.terminate()
-                    with anyio.move_on_after(grace):
-                        await self.wait()
-                if self._code is None:
-                    await self._runtime_process.kill()
-            code = await self.wait()
-            await self._stream.aclose()
-        return code
-
-
-class _ProcessStream(anyio.abc.ByteStream):
-    """stdin and stdout of a runtime process as one byte stream."""
 
     def __init__(self, process: RuntimeProcessLike) -> None:
         self._process = process
@@ -157,45 +118,42 @@ class _ProcessStream(anyio.abc.ByteStream):
         self._pending = b""
         self._closed = False
         self._reading: anyio.CancelScope | None = None
+        self._code: int | None = None
 
-    async def receive(self, max_bytes: int = 65536) -> bytes:
+    async def write(self, data: bytes) -> None:
+        if self._closed:
+            raise anyio.ClosedResourceError
+        await self._process.write(data)
+
+    async def read(self, max_bytes: int = 65536) -> bytes:
         if not self._pending:
+            if self._closed:
+                return b""
             with anyio.CancelScope() as self._reading:
-                if self._closed:
-                    raise anyio.ClosedResourceError
                 try:
                     self._pending = await anext(self._stdout)
                 except StopAsyncIteration:
-                    raise anyio.EndOfStream from None
-                except Exception as exc:
-                    raise anyio.BrokenResourceError(str(exc)) from exc
+                    return b""
             if self._reading.cancelled_caught:  # closed under the reader
-                raise anyio.ClosedResourceError
+                return b""
         data, self._pending = self._pending[:max_bytes], self._pending[max_bytes:]
         return data
 
-    async def send(self, item: bytes) -> None:
+    async def close(self) -> None:
         if self._closed:
-            raise anyio.ClosedResourceError
-        try:
-            await self._process.write(item)
-        except Exception as exc:  # a closed pipe, whatever the runtime calls it
-            raise anyio.BrokenResourceError(str(exc)) from exc
-
-    async def send_eof(self) -> None:
-        await self.end_input()
-
-    async def end_input(self) -> bool:
-        """Whether input could be ended: verifiers' contract has no end of
-        input, so only a process that offers ``close_stdin`` (an
-        ``OfflineRuntime``'s) gets one; the bridge stops the others."""
-        close_stdin = getattr(self._process, "close_stdin", None)
-        if close_stdin is None:
-            return False
-        await close_stdin()
-        return True
-
-    async def aclose(self) -> None:
+            return
         self._closed = True
         if self._reading is not None:
             self._reading.cancel()
+        close_stdin = getattr(self._process, "close_stdin", None)
+        if close_stdin is not None and await self._process.poll() is None:
+            await close_stdin()
+
+    async def wait(self) -> int:
+        if self._code is None:
+            self._code = await self._process.wait()
+        return self._code
+
+    async def kill(self) -> None:
+        if self._code is None and await self._process.poll() is None:
+            await self._process.kill()

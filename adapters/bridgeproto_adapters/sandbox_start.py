@@ -1,0 +1,135 @@
+"""Starting the sandbox side through the control plane, and reaping it.
+
+Every call here is safe to repeat, so a call that fails (before it ran, or
+after, its answer lost) is retried; the sandbox's Python is examined only
+when a start fails, to say why in words.
+"""
+
+from __future__ import annotations
+
+import functools
+import pathlib
+import shlex
+from collections.abc import Awaitable, Callable, Mapping
+from typing import TypeVar
+
+import anyio
+
+from .errors import BridgeStartError
+from .mailbox_call import channel_dir
+from .sandboxes import CommandResult, SandboxClient, SandboxError, check_result
+
+__all__ = [
+    "ATTEMPTS",
+    "MIN_PYTHON",
+    "check_python",
+    "reap_daemon",
+    "retried",
+    "start_daemon",
+]
+
+MIN_PYTHON = (3, 10)
+
+
+_NOT_UPLOADED = 93  # the start command's word for "the archive is not there yet"
+
+
+async def start_daemon(
+    sandbox: SandboxClient,
+    archive: pathlib.Path,
+    start: list[str],
+    env: Mapping[str, str] | None,
+    timeout: float,
+) -> None:
+    """Start the sandbox side in one control-plane call (two, plus the upload,
+    the first time in a sandbox). Only when that fails is the sandbox's
+    Python looked at, to say why in words. Every step is safe to repeat, so
+    a call that fails (before it ran, or after, its answer lost) is retried."""
+    python, remote = start[0], start[1]
+    size = archive.stat().st_size
+    script = (
+        f'test "$(wc -c < {shlex.quote(remote)} 2>/dev/null)" = {size} || exit {_NOT_UPLOADED};'
+        f" exec {shlex.join(start)}"
+    )
+
+    async def run() -> CommandResult:
+        result = await sandbox.run(["sh", "-c", script], env=env, timeout=timeout)
+        return check_result(result)
+
+    try:
+        started = await retried(run)
+        if started.exit_code == _NOT_UPLOADED:
+            await retried(functools.partial(sandbox.write_file, remote, archive.read_bytes()))
+            started = await retried(run)
+    except SandboxError as exc:
+        raise BridgeStartError(
+            f"the sandbox side could not be started: the sandbox's control plane failed"
+            f" {ATTEMPTS} times in a row (the last: {exc}); check the provider, then retry"
+        ) from exc
+    if started.exit_code == 0 and started.stdout.strip() == b"ready":
+        return
+    said = _said(started)
+    try:
+        await check_python(sandbox, python, env)  # raises, naming the fix, when Python is why
+    except BridgeStartError as exc:
+        raise BridgeStartError(f"{exc} (the start call: {said})") from None
+    raise BridgeStartError(f"the sandbox side did not start ({said})")
+
+
+def _said(result: CommandResult) -> str:
+    """A failed call's status and the end of what it said, for an error."""
+    words = (result.stderr or result.stdout).decode(errors="replace").strip()
+    words = words.removeprefix("bridgeproto: ")[-500:]
+    return f"status {result.exit_code}: {words or 'no word from it'}"
+
+
+T = TypeVar("T")
+ATTEMPTS = 4
+
+
+async def retried(call: Callable[[], Awaitable[T]]) -> T:
+    """A control-plane call that is safe to repeat, tried up to four times."""
+    for attempt in range(1, ATTEMPTS + 1):
+        try:
+            return await call()
+        except SandboxError:
+            if attempt == ATTEMPTS:
+                raise
+            await anyio.sleep(0.1 * attempt)
+    raise AssertionError("unreachable")
+
+
+async def reap_daemon(sandbox: SandboxClient, session_id: bytes, patience: int = 50) -> None:
+    """Give the sandbox side ``patience`` tenths of a second (5 s) to answer
+    its agents and exit, then kill it."""
+    directory = shlex.quote(channel_dir(session_id))
+    script = (
+        f"p=$(cat {directory}/pid 2>/dev/null) || exit 0;"
+        f" for i in $(seq {patience}); do kill -0 $p 2>/dev/null || exit 0; sleep 0.1; done;"
+        f" kill -9 $p; rm -rf {directory}"
+    )
+    await retried(functools.partial(sandbox.run, ["sh", "-c", script], timeout=15))
+
+
+async def check_python(
+    sandbox: SandboxClient, python: str = "python3", env: Mapping[str, str] | None = None
+) -> str:
+    """The sandbox's Python version, or a ``BridgeStartError`` saying how to get one."""
+    probe = "import sys; print('%d.%d' % sys.version_info[:2])"
+    fix = f"install python3 ({MIN_PYTHON[0]}.{MIN_PYTHON[1]} or newer) in the image or in setup"
+    try:
+        result = check_result(await sandbox.run([python, "-c", probe], env=env, timeout=30))
+    except SandboxError as exc:
+        raise BridgeStartError(f"cannot run {python} in the sandbox ({exc}); {fix}") from None
+    found = result.stdout.decode(errors="replace").strip()
+    if result.exit_code != 0 or not found.replace(".", "").isdigit():
+        raise BridgeStartError(
+            f"the sandbox has no working {python} on its PATH; {fix} ({python} -c: {_said(result)})"
+        )
+    version = tuple(int(part) for part in found.split("."))
+    if version < MIN_PYTHON:
+        raise BridgeStartError(
+            f"the sandbox has Python {found}, and the sandbox side needs"
+            f" {MIN_PYTHON[0]}.{MIN_PYTHON[1]}+; {fix}"
+        )
+    return found
