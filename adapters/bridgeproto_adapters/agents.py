@@ -94,7 +94,7 @@ def _stop_eager_reading(stream: anyio.abc.ByteStream) -> None:
     turns it off only after a receive that had to wait. An agent that uploads
     faster than the bridge's credit allows would then be buffered whole in
     memory. Pausing up front restores the backpressure (trio needs nothing).
-    The transport is anyio's private attribute: tests/test_dependencies.py
+    The transport is anyio's private attribute: tests/adapters/test_dependencies.py
     pins it.
     """
     transport = getattr(stream, "_transport", None)

@@ -52,7 +52,7 @@ def check_h11() -> None:
     chunk being read (h11 has no public way to tell it before the chunk's
     bytes come). Checked when this module loads, so an h11 that moved it
     stops the import with what to do, rather than turning the check off in
-    silence; tests/test_dependencies.py pins it too."""
+    silence; tests/adapters/test_dependencies.py pins it too."""
     if not isinstance(getattr(_ChunkedReader(), "_bytes_in_chunk", None), int) or not hasattr(
         h11.Connection(h11.SERVER), "_reader"
     ):

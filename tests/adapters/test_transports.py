@@ -27,7 +27,7 @@ from bridgeproto_adapters.transports.transport import Transport
 from sandbox_kinds import make_sandbox
 from upstream import upstream_in_thread
 
-DOCS = pathlib.Path(__file__).parent.parent / "docs" / "adapters.md"
+DOCS = pathlib.Path(__file__).parents[2] / "docs" / "adapters.md"
 
 
 def docs_tcp_module() -> str:

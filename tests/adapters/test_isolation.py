@@ -399,7 +399,7 @@ def test_docs_security_names_what_the_code_does() -> None:
     from bridgeproto_adapters import isolation_probe
     from bridgeproto_adapters.sandboxes import offline, views
 
-    text = (pathlib.Path(__file__).parent.parent / "docs" / "security.md").read_text()
+    text = (pathlib.Path(__file__).parents[2] / "docs" / "security.md").read_text()
     for directory in isolation_probe.WRITE_TARGETS:
         if directory not in ("/", "/usr/local/bin"):
             assert f"`{directory}`" in text, directory

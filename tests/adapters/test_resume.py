@@ -404,7 +404,7 @@ async def test_the_example_transport_in_the_docs_works_and_resumes() -> None:
     from bridgeproto_adapters.transports import Acceptor
 
     quick_settings = SandboxSettings(config=QUICK, listen=("127.0.0.1", 0))
-    text = (pathlib.Path(__file__).parent.parent / "docs" / "adapters.md").read_text()
+    text = (pathlib.Path(__file__).parents[2] / "docs" / "adapters.md").read_text()
     example = text.split("A complete transport of your own", 1)[1]
     code = example.split("```python\n", 1)[1].split("```", 1)[0]
     namespace: dict[str, Any] = {}

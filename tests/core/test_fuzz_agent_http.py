@@ -4,7 +4,7 @@ into ``AgentConnection``.
 Under pytest it runs a fixed number of hypothesis examples. With atheris
 installed it is a coverage-guided fuzzer (for N minutes: N * 60 seconds)::
 
-    pip install atheris && python tests/test_fuzz_agent_http.py -max_total_time=600
+    pip install atheris && python tests/core/test_fuzz_agent_http.py -max_total_time=600
 
 Whatever the agent sends, in whatever pieces: ``AgentConnection`` never
 raises, every request it lets through passes the path policy and carries no

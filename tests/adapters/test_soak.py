@@ -2,7 +2,7 @@
 sandbox, watching for errors and for anything that grows. Not in the default
 run (it takes a minute or two); run it with::
 
-    .venv/bin/python -m pytest -m soak -s tests/test_soak.py
+    .venv/bin/python -m pytest -m soak -s tests/adapters/test_soak.py
 
 It prints one line per phase (requests, errors, p50 and p99 latency, RSS and
 open file descriptors of both sides before and after); docs/benchmarks.md

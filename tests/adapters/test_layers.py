@@ -7,7 +7,7 @@ from __future__ import annotations
 import ast
 import pathlib
 
-PACKAGE = pathlib.Path(__file__).parent.parent / "adapters" / "bridgeproto_adapters"
+PACKAGE = pathlib.Path(__file__).parents[2] / "adapters" / "bridgeproto_adapters"
 
 
 def _module_name(path: pathlib.Path) -> str:

@@ -24,7 +24,7 @@ from bridgeproto_adapters.sandboxes import BwrapSandbox
 from sandbox_kinds import need_bwrap
 from upstream import running_upstream, upstream_in_thread
 
-ROOT = pathlib.Path(__file__).parent.parent
+ROOT = pathlib.Path(__file__).parents[2]
 SECTION = "## A sandbox provider of your own"
 # What an author writes besides the page's client: how to make one (here,
 # over a bubblewrap sandbox of its own) and the one line that registers it.

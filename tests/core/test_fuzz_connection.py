@@ -7,7 +7,7 @@ resets, windows, goaways and acknowledgements in any order, while this side
 answers the way a host side does. Under pytest it runs a fixed number of
 hypothesis examples; with atheris, for N minutes (N * 60 seconds)::
 
-    pip install atheris && python tests/test_fuzz_connection.py -max_total_time=600
+    pip install atheris && python tests/core/test_fuzz_connection.py -max_total_time=600
 
 What must hold: ``receive_data`` and ``handle_timer`` never raise; the
 exchanges in flight never exceed the limit this side announced; what this

@@ -70,3 +70,25 @@ def test_the_protocol_layer_does_not_load_the_http_layer() -> None:
     import bridgeproto.http  # noqa: F401  (and the layer above does load it)
 
     assert "h11" in sys.modules
+
+
+def test_the_core_tests_use_the_core_alone() -> None:
+    """tests/core mirrors the purity rule: its tests import the core and test
+    libraries, never the adapters or the adapters' test helpers, so the
+    core's suite runs (and is mutation-tested) on the core alone."""
+    here = pathlib.Path(__file__).parent
+    adapters_helpers = {path.stem for path in (here.parent / "adapters").glob("*.py")}
+    offenders = []
+    for path in sorted(here.glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names = [node.module]
+            else:
+                continue
+            for name in names:
+                top = name.split(".")[0]
+                if top == "bridgeproto_adapters" or top in adapters_helpers:
+                    offenders.append(f"{path.name} imports {name}")
+    assert offenders == []

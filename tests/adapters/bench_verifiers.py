@@ -1,7 +1,7 @@
 """A model turn's added latency through BridgedRuntime(OfflineRuntime), next to
 verifiers' own SubprocessRuntime, in one run (docs/verifiers.md quotes it).
 
-    .venv-verifiers/bin/python tests/bench_verifiers.py [ROLLOUTS]
+    .venv-verifiers/bin/python tests/adapters/bench_verifiers.py [ROLLOUTS]
 
 Each round runs one rollout on each runtime (interleaved, so load hits all
 alike): verifiers' Agent, its interception server, the host model of

@@ -3,7 +3,7 @@
 Under pytest it runs on hypothesis. With atheris installed it is a
 coverage-guided fuzzer too::
 
-    pip install atheris && python tests/test_fuzz_decoder.py -max_total_time=60
+    pip install atheris && python tests/core/test_fuzz_decoder.py -max_total_time=60
 
 Whatever the input, the binary decoder and the armor decoder may only raise
 ``RemoteProtocolError``, and a ``Connection`` fed the bytes after a valid

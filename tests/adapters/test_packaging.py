@@ -17,7 +17,7 @@ from sandbox_kinds import need_bwrap, skip_or_fail
 from test_cli import BRIDGEPROTO
 from upstream import upstream_in_thread
 
-ROOT = pathlib.Path(__file__).parent.parent
+ROOT = pathlib.Path(__file__).parents[2]
 PYENV = pathlib.Path(os.environ.get("PYENV_ROOT", os.path.expanduser("~/.pyenv")), "versions")
 
 
