@@ -32,6 +32,7 @@ from exceptiongroup import BaseExceptionGroup
 
 import bridgeproto as bp
 
+from .errors import found_in
 from .h11io import H11Stream
 from .launch import Bridge, open_bridge
 from .sandbox_start import reap_daemon
@@ -236,19 +237,10 @@ async def check_channels(
     try:
         await _check_channels(sandbox, transport, python, env, listen, resume_timeout)
     except BaseExceptionGroup as group:  # (the bridge's task groups): the check's own word
-        failed = _assertion_in(group)
+        failed = found_in(group, AssertionError)
         if failed is None:
             raise
         raise failed from None
-
-
-def _assertion_in(exc: BaseException) -> AssertionError | None:
-    if isinstance(exc, AssertionError):
-        return exc
-    for inner in getattr(exc, "exceptions", ()):
-        if (found := _assertion_in(inner)) is not None:
-            return found
-    return None
 
 
 async def _check_channels(

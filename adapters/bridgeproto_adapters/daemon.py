@@ -25,6 +25,7 @@ import anyio
 import anyio.abc
 
 from . import eventloop
+from .errors import found_in
 from .mailbox_call import channel_dir
 from .sandbox_side import run_sandbox_side
 from .settings import Listen, SandboxSettings
@@ -86,17 +87,13 @@ def start(session_id: bytes, settings: SandboxSettings) -> int:
 
 def _why(exc: BaseException, listen: Listen) -> str:
     """What stopped the daemon, in words; a port in use says what to do."""
-    pending = [exc]
-    while pending:
-        error = pending.pop()
-        pending += getattr(error, "exceptions", ())  # (exception groups, on any Python)
-        if isinstance(error, OSError) and error.errno == errno.EADDRINUSE:
-            where = listen if isinstance(listen, str) else f"{listen[0]}:{listen[1]}"
-            return (
-                f"{where} is in use in the sandbox: an earlier bridge there still holds it,"
-                " or another program does; stop it, or give this bridge another address"
-                " (open_bridge(listen=...), run --listen)"
-            )
+    if found_in(exc, OSError, lambda error: error.errno == errno.EADDRINUSE):
+        where = listen if isinstance(listen, str) else f"{listen[0]}:{listen[1]}"
+        return (
+            f"{where} is in use in the sandbox: an earlier bridge there still holds it,"
+            " or another program does; stop it, or give this bridge another address"
+            " (open_bridge(listen=...), run --listen)"
+        )
     return repr(exc)
 
 

@@ -3,6 +3,9 @@ place per adapter, so callers never see a backend's exception types."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import TypeVar
+
 import anyio
 
 import bridgeproto as bp
@@ -14,6 +17,7 @@ __all__ = [
     "ExchangeAborted",
     "SessionEnded",
     "UpstreamError",
+    "found_in",
 ]
 
 # What a byte stream raises when it ends or fails, whatever carries it: the
@@ -49,3 +53,21 @@ class UpstreamError(BridgeError):
         super().__init__(reason)
         self.code = code
         self.reason = reason
+
+
+E = TypeVar("E", bound=BaseException)
+
+
+def found_in(
+    exc: BaseException,
+    kinds: type[E] | tuple[type[E], ...],
+    matches: Callable[[E], bool] = lambda _: True,
+) -> E | None:
+    """The first exception of ``kinds`` in ``exc`` that ``matches``, looking
+    through exception groups (a task group's failure holds the real cause)."""
+    if isinstance(exc, kinds) and matches(exc):
+        return exc
+    for inner in getattr(exc, "exceptions", ()):
+        if (found := found_in(inner, kinds, matches)) is not None:
+            return found
+    return None

@@ -33,7 +33,7 @@ import bridgeproto as bp
 from bridgeproto.http import Upstream
 
 from .bridge_settings import BridgeKeywords, BridgeSettings
-from .errors import BridgeError, BridgeStartError
+from .errors import BridgeError, BridgeStartError, found_in
 from .host_side import HostSide, run_host_side
 from .packaging import build_zipapp
 from .sandbox_side import SandboxSide
@@ -198,20 +198,10 @@ class _StartFailed(Exception):
     """What ``start_daemon`` raised (its cause), marked to leave the task group as raised."""
 
 
-def _found(exc: BaseException, kinds: tuple[type[BaseException], ...]) -> BaseException | None:
-    """The first exception of ``kinds`` in ``exc``, looking through task groups."""
-    if isinstance(exc, kinds):
-        return exc
-    for inner in getattr(exc, "exceptions", ()):
-        if (found := _found(inner, kinds)) is not None:
-            return found
-    return None
-
-
 def _bridge_failure(exc: BaseException) -> BaseException | None:
     """The bridge error or timeout in ``exc`` (a start that fails is one
     ``BridgeStartError``, never nested groups)."""
-    return _found(exc, (BridgeError, TimeoutError))
+    return found_in(exc, (BridgeError, TimeoutError))
 
 
 # Bridges that start at once in one event loop; the others queue. Starts are
@@ -353,7 +343,7 @@ async def open_bridge(
             finally:
                 await bridge.stop()
     except BaseExceptionGroup as group:  # the task group's; start_daemon's pass as raised
-        failed = _found(group, (_StartFailed,))
+        failed = found_in(group, _StartFailed)
         if failed is not None and failed.__cause__ is not None:
             raise failed.__cause__ from None
         cause = _bridge_failure(group) if bridge is None else None

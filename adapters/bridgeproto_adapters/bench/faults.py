@@ -9,29 +9,38 @@ that never finished when every failure ended the epoch).
 
 from __future__ import annotations
 
+import functools
 import statistics
 import time
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 from ..launch import open_bridge
+from ..providers import open_host_sandbox
 from ..sandboxes import Faults, HarnessSandbox, HostCommandSandbox, SimulatedProvider
 from ..transports.mailbox import MailboxChannels, MailboxOptions
+from .common import REMOTE_LATENCY, _agent_in
 
 SHARES = (0.0, 0.1, 0.2, 0.4)  # of operations failing
 SMALL_BATCH = 4096  # bytes an answer brings back, for the large POST
 
 
 async def fault_figures(
-    real: HostCommandSandbox,
-    target: str,
-    share: float,
-    latency: float,
-    requests: int,
-    body_bytes: int,
-    agent: Callable[[str, dict[str, Any]], Awaitable[dict[str, Any]]],
+    sandbox_kind: str, target: str, share: float, requests: int, body_bytes: int
 ) -> dict[str, Any]:
-    """``agent(url, args)`` runs the benchmark's agent in ``real``."""
+    """The figures at ``share`` of operations failing, in a new sandbox of
+    ``sandbox_kind`` where the benchmark's agent runs."""
+    real, _ = await open_host_sandbox(sandbox_kind)
+    try:
+        return await _figures(real, target, share, requests, body_bytes)
+    finally:
+        await real.aclose()
+
+
+async def _figures(
+    real: HostCommandSandbox, target: str, share: float, requests: int, body_bytes: int
+) -> dict[str, Any]:
+    latency = REMOTE_LATENCY
+    agent = functools.partial(_agent_in, real)
     faults = Faults(latency=latency, fail_before=share / 2, fail_after=share / 2, seed=1)
     clean = SimulatedProvider(real, Faults(latency=latency))
     one_call = []
