@@ -297,8 +297,8 @@ async def open_bridge(
     for_sandbox = SandboxSettings(
         config, policy, limits, listen, settings.resume_timeout, chosen.sandbox_settings()
     )
-    start = [
-        python, remote, "sandbox-side", "--daemon", "--session", session_id.hex(),
+    arguments = [
+        "sandbox-side", "--daemon", "--session", session_id.hex(),
         "--settings", for_sandbox.to_json(),
     ]  # fmt: skip
     # (The first channel may wait for the daemon as long as its start may take.)
@@ -315,7 +315,9 @@ async def open_bridge(
         async with anyio.create_task_group() as tg:
             await tg.start(channels.run)  # before the daemon: a first channel may start early
             try:
-                await start_daemon(sandbox, archive, start, env, config.handshake_timeout)
+                await start_daemon(
+                    sandbox, archive, python, remote, arguments, env, config.handshake_timeout
+                )
             except Exception as exc:
                 raise _StartFailed() from exc
             session = await tg.start(

@@ -37,16 +37,24 @@ _NOT_UPLOADED = 93  # the start command's word for "the archive is not there yet
 async def start_daemon(
     sandbox: SandboxClient,
     archive: pathlib.Path,
-    start: list[str],
+    python: str,
+    remote: str,
+    arguments: list[str],
     env: Mapping[str, str] | None,
     timeout: float,
 ) -> None:
     """Start the sandbox side in one control-plane call (two, plus the upload,
-    the first time in a sandbox). Only when that fails is the sandbox's
+    the first time in a sandbox): ``python`` runs the archive, uploaded at
+    ``remote``, with ``arguments``. Only when that fails is the sandbox's
     Python looked at, to say why in words. Every step is safe to repeat, so
-    a call that fails (before it ran, or after, its answer lost) is retried."""
-    python, remote = start[0], start[1]
+    a call that fails (before it ran, or after, its answer lost) is retried.
+
+    Python runs isolated and without ``site`` (``-I -S``): the archive holds
+    everything the sandbox side imports, so nothing of the sandbox's own
+    (PYTHON* variables, the working directory, site-packages and their .pth
+    files) reaches it, and its start skips site's work."""
     size = archive.stat().st_size
+    start = [python, "-I", "-S", remote, *arguments]
     script = (
         f'test "$(wc -c < {shlex.quote(remote)} 2>/dev/null)" = {size} || exit {_NOT_UPLOADED};'
         f" exec {shlex.join(start)}"

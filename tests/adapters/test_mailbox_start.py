@@ -162,3 +162,20 @@ async def test_the_conformance_check_names_the_method_and_type_and_shows_stderr(
         await check_run(NoShell())
     assert "exit code 127, expected 3" in str(raised.value)
     assert "env: 'sh': No such file or directory" in str(raised.value)  # the why, from stderr
+
+
+@pytest.mark.parametrize("transport", ["stream", "mailbox"])
+async def test_the_sandbox_side_ignores_the_sandboxs_python_settings(transport: str) -> None:
+    """The sandbox side runs the archive isolated and without site: a
+    PYTHONPATH in its start's environment holding a sitecustomize (code
+    inside could leave one) is never imported, and the bridge works."""
+    async with running_upstream() as upstream, offline() as sandbox:
+        await sandbox.write_file(
+            "/tmp/planted/sitecustomize.py",
+            b"open('/tmp/planted/imported', 'w').close()\n",
+        )
+        env = {"PYTHONPATH": "/tmp/planted", "PATH": "/usr/bin:/bin"}
+        async with open_bridge(sandbox, upstream.url, transport=transport, env=env) as bridge:
+            assert bridge.session.conn.failure is None
+        listing = await sandbox.run(["ls", "/tmp/planted"])
+    assert listing.stdout.split() == [b"sitecustomize.py"]

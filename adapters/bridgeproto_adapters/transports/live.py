@@ -70,9 +70,13 @@ class ProcessChannel(anyio.abc.ByteStream):
 
 def host_channels(place: ChannelPlace, options: None) -> ProcessChannels:
     """The live-stream transport's host end (see ``registry.STREAM``): each
-    channel runs the archive's ``channel`` command."""
-    command = [place.python, place.archive, "channel", "--session", place.session_id.hex()]
-    return ProcessChannels(place.sandbox, command, place.env, start_wait=place.start_wait)
+    channel runs the archive's ``channel`` command (isolated and without
+    site, as the sandbox side is: see ``sandbox_start.start_daemon``)."""
+    command = [place.python, "-I", "-S", place.archive, "channel"]
+    command += ["--session", place.session_id.hex()]
+    return ProcessChannels(
+        place.sandbox, command, place.env, start_wait=place.start_wait, archive=place.archive
+    )
 
 
 class ProcessChannels(HostEnd):
@@ -88,9 +92,11 @@ class ProcessChannels(HostEnd):
         env: Mapping[str, str] | None = None,
         *,
         start_wait: float = 0.0,
+        archive: str = "",
     ) -> None:
         self.sandbox = sandbox
         self.start_wait = start_wait
+        self.archive = archive  # the file the command runs from, if it may not be there yet
         self.command = list(command)
         self.env = env
         self.current: ProcessChannel | None = None
@@ -111,9 +117,8 @@ class ProcessChannels(HostEnd):
         otherwise). If it cannot start, the first channel starts as any other."""
         # (The first bridge in a sandbox uploads the archive the process
         # runs from: it waits for that too. Uploads land whole, by a rename.)
-        archive = self.command[1]
         command = [
-            "sh", "-c", 'until [ -e "$0" ]; do sleep 0.01; done; exec "$@"', archive,
+            "sh", "-c", 'until [ -e "$0" ]; do sleep 0.01; done; exec "$@"', self.archive or "/",
             *self.command, "--wait", f"{wait:g}",
         ]  # fmt: skip
         with contextlib.suppress(SandboxError):
