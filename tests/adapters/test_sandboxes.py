@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 import pathlib
-from typing import Any
+from typing import Any, ClassVar
 
 import anyio
 import attrs
@@ -129,6 +129,29 @@ async def test_harness_results_may_be_text_or_bytes() -> None:
     client.answer = _Result(0, "not base64 at all!", "")
     with pytest.raises(SandboxError, match="gave no base64 back"):
         await HarnessSandbox(client, "x").read_file("/f")  # type: ignore[arg-type]
+
+
+async def test_harness_runs_pass_the_timeout_asked_for_and_need_an_exit_status() -> None:
+    """``timeout=None`` means no limit (docs/sandboxes.md): the client is
+    asked for none, not for 60 s; others go in whole seconds; an answer
+    without an exit status is an error, never a success."""
+
+    class Client:
+        timeouts: ClassVar[list[Any]] = []
+        answer: Any = _Result(0, "", "")
+
+        async def execute_command(self, sandbox_id: str, command: str, timeout: Any = None) -> Any:
+            self.timeouts.append(timeout)
+            return self.answer
+
+    client = Client()
+    sandbox = HarnessSandbox(client, "x")  # type: ignore[arg-type]
+    await sandbox.run(["true"])
+    await sandbox.run(["true"], timeout=4.2)
+    assert client.timeouts == [None, 5]  # whole seconds, as such clients take them
+    client.answer = _Result(None, "", "")  # type: ignore[arg-type]
+    with pytest.raises(SandboxError, match="answered no exit_code"):
+        await sandbox.run(["true"])
 
 
 # ------------------------------------------------------------------ offline

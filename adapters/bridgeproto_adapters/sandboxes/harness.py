@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import math
 import os
 import shlex
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -88,11 +89,20 @@ class HarnessSandbox:
         result = await self._call(
             "execute_command",
             lambda: self.client.execute_command(
-                sandbox_id=self.sandbox_id, command=line, timeout=timeout if timeout else 60
+                sandbox_id=self.sandbox_id,
+                command=line,
+                # Whole seconds, as such clients take them (prime-sandboxes: int).
+                timeout=None if timeout is None else math.ceil(timeout),
             ),
         )
+        status = getattr(result, "exit_code", None)
+        if status is None:  # not a success: nothing says the command ran at all
+            raise SandboxError(
+                f"{self.name}: execute_command answered no exit_code ({type(result).__name__});"
+                " the client must report the command's exit status"
+            )
         return CommandResult(
-            int(getattr(result, "exit_code", 0) or 0),
+            int(status),
             _as_bytes(getattr(result, "stdout", b"")),
             _as_bytes(getattr(result, "stderr", b"")),
         )
