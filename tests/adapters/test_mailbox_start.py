@@ -179,3 +179,14 @@ async def test_the_sandbox_side_ignores_the_sandboxs_python_settings(transport: 
             assert bridge.session.conn.failure is None
         listing = await sandbox.run(["ls", "/tmp/planted"])
     assert listing.stdout.split() == [b"sitecustomize.py"]
+
+
+async def test_a_stop_the_control_plane_cannot_finish_warns_and_does_not_raise() -> None:
+    """The provider fails every call once the bridge is up: the stop cannot
+    reap the sandbox side, which ends by itself with its session. Leaving the
+    bridge raises nothing (a harness's teardown goes on) and says why."""
+    async with running_upstream() as upstream, offline() as real:
+        provider = SimulatedProvider(real, Faults())
+        with pytest.warns(RuntimeWarning, match="the sandbox side could not be reaped"):
+            async with open_bridge(HarnessSandbox(provider, "gone"), upstream.url):
+                provider.faults = Faults(fail_before=1.0)
