@@ -84,7 +84,7 @@ class ChannelsRefused(BwrapSandbox):
     and the mailbox's calls (as a provider too busy to take them in time)."""
 
     async def run(self, command, **kwargs):  # type: ignore[no-untyped-def, override]
-        if list(command[1:3]) == ["-I", "-S"]:  # a mailbox call
+        if list(command[1:4]) == ["-I", "-S", "-c"]:  # a mailbox call
             raise SandboxError("the provider refused the call")
         return await super().run(command, **kwargs)
 

@@ -307,7 +307,7 @@ BREAK_ONCE = (
     "            argv = open(f'/proc/{pid}/cmdline', 'rb').read().split(b'\\0')\n"
     "        except OSError:\n"
     "            continue\n"
-    "        if argv[1:3] == [b'-I', b'-S']:\n"
+    "        if argv[1:4] == [b'-I', b'-S', b'-c']:  # a call, not the daemon\n"
     "            yield int(pid)\n"
     "killed = set()\n"
     "while len(killed) < 5:  # five calls in a row fail: the epoch ends\n"
