@@ -114,6 +114,9 @@ class _Reassembly:
         return taken
 
 
+_GATHER = 0.001  # seconds without new bytes before gathered ones go
+
+
 class _EpochStream(anyio.abc.ByteStream):
     """What both ends share: an inbox, a way out and one wake-up for changes."""
 
@@ -130,6 +133,17 @@ class _EpochStream(anyio.abc.ByteStream):
 
     async def wait_for_change(self) -> None:
         await self._changed.wait()
+
+    async def gathered(self) -> None:
+        """Let bytes that belong together gather before they go: a response's
+        head and body (the host's uploads), a request's head and the body the
+        agent wrote a moment later (the sandbox side's answers). Waits until
+        none came for a millisecond, five at most."""
+        for _ in range(5):
+            with anyio.move_on_after(_GATHER) as quiet:
+                await self.wait_for_change()
+            if quiet.cancelled_caught:
+                return
 
     async def receive(self, max_bytes: int = 65536) -> bytes:
         while not self.inbox.data:

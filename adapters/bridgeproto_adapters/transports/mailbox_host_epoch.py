@@ -13,7 +13,6 @@ from .mailbox_epoch import _EpochStream, _Outbox, _Reassembly
 from .mailbox_options import MailboxOptions, MailboxStats
 
 _SMALL = 64 << 10  # output of this size is a request or two, not a bulk transfer
-_GATHER = 0.001  # seconds without new output before an upload goes
 _FAILURES_TO_END = 5  # calls and uploads failing in a row that end an epoch
 _FAULTY = 0.05  # share of recent operations failing above which answers ride in calls
 
@@ -90,7 +89,7 @@ class _HostEpoch(_EpochStream):
                         # rides in the next call instead of a call of its own.
                         self._request_out = False
                         if await self._urgent_within(options.linger):
-                            await self._gathered()  # the answer's head and body together
+                            await self.gathered()  # the answer's head and body together
                         continue
                     # Take the input now, so the next turn sees what is left.
                     self._in_flight += 1
@@ -101,7 +100,7 @@ class _HostEpoch(_EpochStream):
                     and self.outbox.urgent
                     and self._uploads < options.max_calls
                 ):
-                    await self._gathered()
+                    await self.gathered()
                     if self.ended is None and not self._closing and self.outbox.urgent:
                         self._uploads += 1
                         tasks.start_soon(self._upload, *self._next_input())
@@ -114,16 +113,6 @@ class _HostEpoch(_EpochStream):
             while self.ended is None and not self.outbox.urgent:
                 await self.wait_for_change()
         return self.outbox.urgent
-
-    async def _gathered(self) -> None:
-        """Let output that belongs together (a response's head and body, sent
-        one after the other) gather into one upload: wait until none came for
-        a millisecond, five at most."""
-        for _ in range(5):
-            with anyio.move_on_after(_GATHER) as quiet:
-                await self.wait_for_change()
-            if quiet.cancelled_caught:
-                return
 
     def _next_input(self) -> tuple[int, bytes]:
         """The next call's input and its number (0: none)."""

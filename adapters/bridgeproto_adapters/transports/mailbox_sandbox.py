@@ -28,7 +28,6 @@ from .mailbox_epoch import _OFFSET, _UPLOAD, _EpochStream, _Reorder, _urgent, sp
 
 _MAX_INPUT = 256 << 20  # what one call may hand the sandbox side, at most
 _SPOOL_POLL = 1.0  # seconds between looks at the spool, besides inotify's word (0.05 without)
-_GATHER = 0.001  # seconds without new output before an answer goes
 _RESEND_AFTER = 2.0  # seconds output may go unacknowledged before a waiting call takes it again
 
 
@@ -94,17 +93,6 @@ class _SandboxEpoch(_EpochStream):
             return None
         return self._unacked_since + _RESEND_AFTER
 
-    async def _gathered(self) -> None:
-        """Let output that belongs together gather into one answer: a
-        request's head is sent as soon as it is read, and its body, which
-        the agent may write a moment later, would otherwise take a call of
-        its own. Wait until none came for a millisecond, five at most."""
-        for _ in range(5):
-            with anyio.move_on_after(_GATHER) as quiet:
-                await self.wait_for_change()
-            if quiet.cancelled_caught:
-                return
-
     async def answer(self, wait: float, max_out: int) -> bytes:
         """Wait for urgent output (or ``wait`` seconds, or the next call's
         arrival, or output to hand out again); the armored answer line, or
@@ -113,7 +101,7 @@ class _SandboxEpoch(_EpochStream):
         deadline = time.monotonic() + wait
         while self.ended is None and ticket >= self._released_below:
             if self._urgent_until > self.sent:
-                await self._gathered()
+                await self.gathered()
                 break
             now, resend_at = time.monotonic(), self._resend_at()
             if resend_at is not None and now >= resend_at:
