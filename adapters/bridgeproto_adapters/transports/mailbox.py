@@ -18,7 +18,10 @@ the host, armored as one line of text.
   once it is whole. An upload starts no process in the sandbox, so it lands
   sooner than a call would. Other input rides in the next call (on its
   stdin when small, in a file uploaded just before when large); with
-  ``upload_input`` off, all of it does.
+  ``upload_input`` off, all of it does. While operations fail, a small
+  request's response rides in the call that goes to wait next instead of
+  an upload of its own (``linger``): each operation saved is a failure
+  avoided.
 * **Calls in flight** (``max_calls``). Each call says how many calls may
   wait in the sandbox at once; one that arrives makes the older ones
   beyond that return at once with what there is. Idle, one waits. While
