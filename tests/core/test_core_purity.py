@@ -29,17 +29,24 @@ FORBIDDEN = {
 CORE = pathlib.Path(bridgeproto.__file__).parent
 
 
+def imported(path: pathlib.Path) -> list[str]:
+    """The absolute imports of a module's source, by module name."""
+    names: list[str] = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names += [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names.append(node.module)
+    return names
+
+
 def test_core_sources_import_nothing_forbidden() -> None:
-    offenders = []
-    for path in sorted(CORE.glob("*.py")):
-        for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.Import):
-                names = [alias.name for alias in node.names]
-            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-                names = [node.module]
-            else:
-                continue
-            offenders += [f"{path.name}: {n}" for n in names if n.split(".")[0] in FORBIDDEN]
+    offenders = [
+        f"{path.name}: {name}"
+        for path in sorted(CORE.glob("*.py"))
+        for name in imported(path)
+        if name.split(".")[0] in FORBIDDEN
+    ]
     assert offenders == []
 
 
@@ -78,17 +85,10 @@ def test_the_core_tests_use_the_core_alone() -> None:
     core's suite runs (and is mutation-tested) on the core alone."""
     here = pathlib.Path(__file__).parent
     adapters_helpers = {path.stem for path in (here.parent / "adapters").glob("*.py")}
-    offenders = []
-    for path in sorted(here.glob("*.py")):
-        for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.Import):
-                names = [alias.name for alias in node.names]
-            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-                names = [node.module]
-            else:
-                continue
-            for name in names:
-                top = name.split(".")[0]
-                if top == "bridgeproto_adapters" or top in adapters_helpers:
-                    offenders.append(f"{path.name} imports {name}")
+    offenders = [
+        f"{path.name} imports {name}"
+        for path in sorted(here.glob("*.py"))
+        for name in imported(path)
+        if name.split(".")[0] == "bridgeproto_adapters" or name.split(".")[0] in adapters_helpers
+    ]
     assert offenders == []
