@@ -113,13 +113,6 @@ class SlowSandbox(CountingSandbox):
         await super().write_file(path, data)
 
 
-def cpu_seconds(pid: int | str = "self", children: bool = False) -> float:
-    """User and system time of ``pid`` (with ``children``: and of the children it waited for)."""
-    fields = pathlib.Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    ticks = sum(int(field) for field in fields[11 : 15 if children else 13])
-    return ticks / os.sysconf("SC_CLK_TCK")
-
-
 def rss_kib(pid: int | str = "self", field: str = "VmRSS") -> int:
     for line in pathlib.Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith(field + ":"):

@@ -14,7 +14,8 @@ import anyio
 from ..launch import Bridge, open_bridge
 from ..providers import open_host_sandbox
 from ..sandboxes import Faults, HarnessSandbox, HostCommandSandbox, SandboxClient, SimulatedProvider
-from .common import AGENT_SOURCE, REMOTE_LATENCY, Sizes, cpu_seconds, rss_kib
+from . import cpu
+from .common import AGENT_SOURCE, REMOTE_LATENCY, Sizes, rss_kib
 
 STARTING_AT_ONCE = 32  # sandboxes the scale scenario makes at a time
 
@@ -72,10 +73,10 @@ async def scale_figures(
             settled.release()
 
     def facts() -> tuple[float, float, int, int, int]:
-        own = cpu_seconds()
+        own = cpu.cpu_seconds(os.getpid())
         threads = len(os.listdir("/proc/self/task"))
         fds = len(os.listdir("/proc/self/fd"))
-        return own, cpu_seconds(children=True) - own, rss_kib(), threads, fds
+        return own, cpu.cpu_seconds(os.getpid(), children=True) - own, rss_kib(), threads, fds
 
     idle_seconds = sizes.scale_idle_seconds
     try:
@@ -135,7 +136,7 @@ async def _busy(bridges: Sequence[tuple[HostCommandSandbox, Bridge]], n: int) ->
         done = await sandbox.run(["python3", "-c", AGENT_SOURCE, payload], timeout=600)
         ok += n if done.exit_code == 0 else 0
 
-    cpu0 = cpu_seconds()
+    cpu0 = cpu.cpu_seconds(os.getpid())
     async with anyio.create_task_group() as tg:
         for sandbox, bridge in bridges:
             tg.start_soon(one, sandbox, bridge)
@@ -143,5 +144,5 @@ async def _busy(bridges: Sequence[tuple[HostCommandSandbox, Bridge]], n: int) ->
     return {
         "ok": ok,
         "requests": requests,
-        "cpu_ms_per_request": (cpu_seconds() - cpu0) * 1000 / max(requests, 1),
+        "cpu_ms_per_request": (cpu.cpu_seconds(os.getpid()) - cpu0) * 1000 / max(requests, 1),
     }
