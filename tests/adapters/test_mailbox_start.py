@@ -167,18 +167,25 @@ async def test_the_conformance_check_names_the_method_and_type_and_shows_stderr(
 @pytest.mark.parametrize("transport", ["stream", "mailbox"])
 async def test_the_sandbox_side_ignores_the_sandboxs_python_settings(transport: str) -> None:
     """The sandbox side runs the archive isolated and without site: a
-    PYTHONPATH in its start's environment holding a sitecustomize (code
-    inside could leave one) is never imported, and the bridge works."""
+    PYTHONPATH in its start's environment holding a sitecustomize, and a
+    usercustomize in the user site of its HOME (code inside could leave
+    either), are never imported, and the bridge works."""
     async with running_upstream() as upstream, offline() as sandbox:
-        await sandbox.write_file(
-            "/tmp/planted/sitecustomize.py",
-            b"open('/tmp/planted/imported', 'w').close()\n",
+        env = {"PYTHONPATH": "/tmp/planted", "HOME": "/tmp/home", "PATH": "/usr/bin:/bin"}
+        user_site = await sandbox.run(
+            ["python3", "-c", "import site; print(site.getusersitepackages())"], env=env
         )
-        env = {"PYTHONPATH": "/tmp/planted", "PATH": "/usr/bin:/bin"}
+        planted = {
+            "/tmp/planted/sitecustomize.py": "/tmp/planted/imported",
+            user_site.stdout.decode().strip() + "/usercustomize.py": "/tmp/home/imported",
+        }
+        for path, marker in planted.items():
+            await sandbox.write_file(path, f"open({marker!r}, 'w').close()\n".encode())
         async with open_bridge(sandbox, upstream.url, transport=transport, env=env) as bridge:
             assert bridge.session.conn.failure is None
-        listing = await sandbox.run(["ls", "/tmp/planted"])
-    assert listing.stdout.split() == [b"sitecustomize.py"]
+        markers = " ".join(planted.values())
+        found = await sandbox.run(f"for m in {markers}; do test -e $m && echo $m; done; true")
+    assert found.stdout == b"", found
 
 
 async def test_a_stop_the_control_plane_cannot_finish_warns_and_does_not_raise() -> None:
