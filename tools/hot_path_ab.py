@@ -7,8 +7,9 @@ code first on ``PYTHONPATH`` (the sandbox side's archive is built from it
 too): small POSTs one after another (300), the SSE first event (30 events),
 requests per second at 1 and 32 clients (2 s each), 32 MiB up and down, and
 the CPU per request of each side over 1000 sequential POSTs, each read from
-its own process (``bench/cpu.py``), to the nanosecond. Direct and the raw pipe are measured
-in the same process, for the ratios. Prints the median of the rounds per
+its own process (``bench/cpu.py``), to the nanosecond, and a bridge's start
+(10). Direct and the raw pipe are measured in the same process, for the
+ratios. Prints the median of the rounds per
 figure and tree. A loaded machine moves every figure; interleaving keeps the
 comparison fair, not the figures absolute.
 """
@@ -45,7 +46,7 @@ except ImportError:  # a tree from before bench/cpu.py: the same reading, here
         ) / 1e9
 
 SIZES = runner.Sizes(
-    300, 30, 0.02, (1, 32), 2.0, 32 << 20, 0, 1000, 0, 0.1, 0, 0, 0, 0, 0, 0, 0, 0
+    300, 30, 0.02, (1, 32), 2.0, 32 << 20, 0, 1000, 0, 0.1, 0, 0, 0, 0, 0, 0, 10, 0
 )
 
 
@@ -64,7 +65,7 @@ class Rows(runner.Bench):
         })
 
 
-only = ["latency", "streaming", "throughput", "bulk", "cost"]
+only = ["latency", "streaming", "throughput", "bulk", "cost", "start"]
 bench = Rows(SIZES, "auto", lambda *a: None, only)
 found = eventloop.run(bench.run)["scenarios"]
 out = {}
@@ -81,6 +82,7 @@ for system, rows in found["bulk"].items():
 cost = found["cost"]["bridgeproto"]
 out["CPU ms/request, host"] = cost["host_ms"]
 out["CPU ms/request, sandbox side"] = cost["sandbox_ms"]
+out["start ms"] = found["start"]["bridgeproto"]["seconds"]["median"] * 1000
 print(json.dumps(out))
 """
 

@@ -52,11 +52,13 @@ def relay(path: str, wait: float = 0.0) -> int:
 def _connect_within(path: str, wait: float) -> _socket.socket | None:
     """The sandbox side's socket; one that is not there yet is looked for
     again for ``wait`` seconds (the first channel starts while the sandbox
-    side is still starting): every 5 ms at first, then less and less often,
-    so that many waiting at once do not take the CPU their daemons need."""
-    deadline = time.monotonic() + wait
-    pause = 0.005
-    while time.monotonic() < deadline:
+    side is still starting): every 2 ms for as long as a start takes on an
+    idle machine (the bridge waits for this connect: a long pause would be
+    added to every start), then less and less often, so that many waiting at
+    once on a busy machine do not take the CPU their daemons need."""
+    started = time.monotonic()
+    pause = 0.002
+    while time.monotonic() - started < wait:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             sock.connect(path)
@@ -64,7 +66,8 @@ def _connect_within(path: str, wait: float) -> _socket.socket | None:
         except OSError:
             sock.close()
             time.sleep(pause)
-            pause = min(pause * 1.25, 0.1)
+            if time.monotonic() - started > 0.3:
+                pause = min(pause * 1.25, 0.1)
     return connect(path, "channel")  # the last try says why on stderr
 
 
