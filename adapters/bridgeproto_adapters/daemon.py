@@ -26,7 +26,7 @@ import anyio.abc
 
 from . import eventloop
 from .errors import found_in
-from .mailbox_call import channel_dir
+from .sandbox_calls import channel_dir
 from .sandbox_side import run_sandbox_side
 from .settings import Listen, SandboxSettings
 from .transports import Acceptor

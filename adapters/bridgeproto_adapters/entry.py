@@ -1,29 +1,26 @@
 """Where the ``bridgeproto`` command starts: each subcommand is dispatched here once.
 
-``channel`` and ``mailbox`` run inside the sandbox for every channel and
-every call, so they go straight to their standard-library modules
-(``relay``, ``mailbox_call``) before anything else is imported; every other
-subcommand goes to ``cli``. The archive's ``__main__``, ``python -m
-bridgeproto_adapters`` and the installed ``bridgeproto`` all start at
-``main`` here (``cli`` never imports this module: no circle).
+``channel`` and ``mailbox`` go straight to their standard-library module
+(``sandbox_calls``, which the host runs as source, not from the archive)
+before anything else is imported; every other subcommand goes to ``cli``.
+The archive's ``__main__``, ``python -m bridgeproto_adapters`` and the
+installed ``bridgeproto`` all start at ``main`` here (``cli`` never imports
+this module: no circle).
 """
 
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 
 def run_fast(argv: Sequence[str]) -> int | None:
     """Run ``channel`` or ``mailbox`` with the rest of ``argv``; None for any other."""
-    command: Callable[[list[str]], int]
-    if argv[:1] == ["channel"]:
-        from .relay import main as command
-    elif argv[:1] == ["mailbox"]:
-        from .mailbox_call import main as command
-    else:
+    if argv[:1] not in (["channel"], ["mailbox"]):
         return None
-    return command(list(argv[1:]))
+    from .sandbox_calls import main as run_call
+
+    return run_call(list(argv))
 
 
 def main() -> int:

@@ -164,7 +164,8 @@ class Bridge:
 
         Goaway and drain (at most the grace period), then the channel process
         is stopped and the daemon is given a few seconds to answer its agents
-        and exit before it is killed (if the control plane cannot reach it
+        and exit before it is killed (at once after the session failed: the
+        daemon cannot have heard the goaway; if the control plane cannot reach it
         for that, a ``RuntimeWarning`` says so: the daemon ends by itself with
         its session). Each step is idempotent, so a stop interrupted by an
         error can be retried and finishes the job.
@@ -180,8 +181,10 @@ class Bridge:
                 scope.cancel()
             await self.session.wait_final_flush()  # the sandbox side's last acknowledgement
             await self.channels.aclose()
+            # A failed session cannot tell the daemon to finish: no waiting for it.
+            patience = 50 if self.session.failure is None else 0
             try:
-                await _reap_daemon(self.sandbox, self.session.conn.session_id)
+                await _reap_daemon(self.sandbox, self.session.conn.session_id, patience)
             except SandboxError as exc:
                 # The reap only hastens the daemon's end: it exits by itself
                 # once its session is over (at once after a clean close, at

@@ -16,7 +16,7 @@ from typing import TypeVar
 import anyio
 
 from .errors import BridgeStartError
-from .mailbox_call import channel_dir
+from .sandbox_calls import channel_dir
 from .sandboxes import CommandResult, SandboxClient, SandboxError, check_result
 
 __all__ = [

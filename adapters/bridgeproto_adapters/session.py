@@ -81,6 +81,10 @@ class Session:
         self.stream: anyio.abc.ByteStream | None = None  # the channel in use
         self._channel_broke = anyio.Event()
         self._broke_because = ""
+        # Since when no channel has carried the peer's word: a channel that
+        # connects and breaks before saying anything does not reset the
+        # resume deadline, or one that keeps doing so would hold it off forever.
+        self._unheard_since: float | None = None
         self.on_request = on_request
         self.ready = anyio.Event()
         self.finished = anyio.Event()
@@ -234,7 +238,9 @@ class Session:
         """The next channel, trying until the resume deadline; None if none came
         (the session has then failed)."""
         reason = f"no channel came within {self.resume_timeout:g} s"
-        with anyio.move_on_after(self.resume_timeout):
+        if self._unheard_since is None:
+            self._unheard_since = self.now()
+        with anyio.move_on_after(self._unheard_since + self.resume_timeout - self.now()):
             for attempt in itertools.count():
                 try:
                     return await self.channels.next_channel()
@@ -271,6 +277,7 @@ class Session:
             except STREAM_ERRORS as exc:
                 self._break_channel(f"reading failed: {exc!r}")
                 return
+            self._unheard_since = None
             if self.tracer is not None:
                 self.tracer("<", data)
             if self.conn.failure is not None:

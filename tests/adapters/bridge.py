@@ -21,7 +21,7 @@ import attrs
 import bridgeproto as bp
 import bridgeproto.http as bp_http
 from bridgeproto_adapters.host_side import HostOptions, run_host_side
-from bridgeproto_adapters.mailbox_call import channel_dir, mailbox_socket
+from bridgeproto_adapters.sandbox_calls import channel_dir, mailbox_socket
 from bridgeproto_adapters.sandbox_side import AgentLimits, run_sandbox_side
 from bridgeproto_adapters.sandboxes import BwrapSandbox, SandboxClient
 from bridgeproto_adapters.sandboxes.offline import SANDBOX_UID

@@ -11,7 +11,7 @@ import anyio
 import pytest
 
 from bridgeproto_adapters.launch import Bridge, open_bridge
-from bridgeproto_adapters.relay import channel_socket
+from bridgeproto_adapters.sandbox_calls import channel_socket
 from bridgeproto_adapters.sandboxes import HostCommandSandbox
 from sandbox_kinds import make_sandbox
 from upstream import running_upstream

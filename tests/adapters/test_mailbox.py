@@ -26,8 +26,7 @@ import pytest
 from bridge import bridge as local_bridge
 from bridgeproto.wire import armor
 from bridgeproto_adapters.launch import MAILBOX_LIMITS, Bridge, open_bridge
-from bridgeproto_adapters.mailbox_call import mailbox_socket
-from bridgeproto_adapters.relay import channel_socket
+from bridgeproto_adapters.sandbox_calls import channel_socket, mailbox_socket
 from bridgeproto_adapters.sandboxes import (
     BwrapSandbox,
     Faults,

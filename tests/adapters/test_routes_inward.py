@@ -19,7 +19,7 @@ import pytest
 import bridgeproto as bp
 from bridgeproto_adapters.errors import BridgeError
 from bridgeproto_adapters.launch import MAILBOX_LIMITS, Bridge, open_bridge
-from bridgeproto_adapters.mailbox_call import channel_dir
+from bridgeproto_adapters.sandbox_calls import channel_dir
 from bridgeproto_adapters.sandboxes import BwrapSandbox, LiveProcess, SandboxClient
 from sandbox_kinds import SITE_PACKAGES, need_bwrap
 from upstream import Upstream, running_upstream

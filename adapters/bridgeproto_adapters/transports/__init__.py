@@ -20,10 +20,9 @@ sandbox side's half in a module of its own (``*_sandbox.py``).
 
 A bridge chooses its transport once, by name, from ``registry.py``: a
 ``Transport`` (``transport.py``) names its host end and its sandbox end,
-its default limits and its options. The two commands that run inside the
-sandbox for every channel and every call (``relay.py``, ``mailbox_call.py``)
-live outside this package: importing it loads anyio, which they must not
-wait for.
+its default limits and its options. The two programs that run inside the
+sandbox for every channel and every call (``sandbox_calls.py``) live
+outside this package: they are standard library code alone, sent as source.
 """
 
 from __future__ import annotations

@@ -15,7 +15,7 @@ import anyio
 import anyio.abc
 
 from ..errors import STREAM_ERRORS
-from ..relay import channel_socket
+from ..sandbox_calls import channel_socket
 from ..streams import FdStream
 from . import Acceptor
 

@@ -2,7 +2,7 @@
 
 Some sandbox providers offer no live process: only "run this command and
 give me its output" and "write this file". Over those, a channel is an
-**epoch** of calls. Each call runs ``mailbox_call.py`` in the sandbox, which
+**epoch** of calls. Each call runs ``sandbox_calls.py``'s ``mailbox`` in the sandbox, which
 hands the host's input batch to the sandbox side (over a private Unix
 socket, as the live transport does) and prints what the sandbox side has for
 the host, armored as one line of text.
@@ -52,7 +52,6 @@ the host, armored as one line of text.
 from __future__ import annotations
 
 import math
-import pathlib
 import zlib
 from collections.abc import Mapping, Sequence
 
@@ -61,8 +60,8 @@ import anyio.abc
 
 from bridgeproto.wire import END_OF_INPUT, ArmorDecoder
 
-from .. import mailbox_call
-from ..mailbox_call import EXIT_NO_DAEMON, EXIT_STALE, channel_dir
+from .. import sandbox_calls
+from ..sandbox_calls import EXIT_NO_DAEMON, EXIT_STALE, channel_dir
 from ..sandboxes import SandboxClient, SandboxError, check_result
 from . import NoChannel
 from .mailbox_epoch import _OFFSET, _UPLOAD, spool_dir
@@ -77,11 +76,8 @@ _CLOSING_WAIT = 3.0  # seconds a stopping bridge gives the session to close its 
 
 
 def call_command(python: str = "python3") -> list[str]:
-    """The argv of a call: ``mailbox_call.py``'s own source, run by the
-    sandbox's Python in isolated mode without ``site`` (it needs only the
-    standard library, and starts in about a third of the zipapp's time)."""
-    source = pathlib.Path(mailbox_call.__file__).read_text()
-    return [python, "-I", "-S", "-c", source]
+    """The argv of a call (``sandbox_calls.py``'s ``mailbox``)."""
+    return sandbox_calls.command_line(python, "mailbox")
 
 
 def host_channels(place: ChannelPlace, options: MailboxOptions | None) -> MailboxChannels:
@@ -94,7 +90,7 @@ class MailboxChannels:
     """The host's channels over calls; each ``next_channel`` starts an epoch.
 
     Its ``run`` method must be running (it owns the tasks that make calls).
-    ``command`` runs ``mailbox_call.py`` in the sandbox (``call_command``).
+    ``command`` runs a call in the sandbox (``call_command``).
     """
 
     def __init__(

@@ -13,7 +13,7 @@ import anyio.abc
 
 from bridgeproto.wire import FrameType, frame_types
 
-from ..mailbox_call import channel_dir
+from ..sandbox_calls import channel_dir
 
 _OFFSET = struct.Struct(">Q")  # where an answer's bytes start in the epoch's output
 _QUIET = frozenset({FrameType.ACK, FrameType.PING, FrameType.PONG})

@@ -20,7 +20,7 @@ import anyio.abc
 
 from bridgeproto.wire import armor
 
-from .. import mailbox_call
+from .. import sandbox_calls
 from ..errors import STREAM_ERRORS
 from ..streams import FdStream
 from . import Acceptor
@@ -114,7 +114,7 @@ class _SandboxEpoch(_EpochStream):
             with anyio.move_on_after(until - now):
                 await self.wait_for_change()
         if self.ended is not None:
-            return mailbox_call.STALE  # the host resumes on a new epoch
+            return sandbox_calls.STALE  # the host resumes on a new epoch
         start = self.sent
         data = bytes(self.kept[start - self.acked : start - self.acked + max_out])
         if data:
@@ -178,8 +178,8 @@ async def serve_mailbox(
     async def take_call(conn: FdStream) -> None:
         async with conn:
             try:
-                head = await _receive_exactly(conn, mailbox_call.REQUEST.size)
-                fields = mailbox_call.REQUEST.unpack(head)
+                head = await _receive_exactly(conn, sandbox_calls.REQUEST.size)
+                fields = sandbox_calls.REQUEST.unpack(head)
                 epoch, number, got, wait_ms, max_out, waiting, rewind, length = fields
                 if length > _MAX_INPUT or max_out < 1:
                     return
@@ -188,7 +188,7 @@ async def serve_mailbox(
                 return  # not a call, or one that gave up: nothing was applied
             epoch_stream = await enter(epoch)
             if epoch_stream is None:
-                line = mailbox_call.STALE
+                line = sandbox_calls.STALE
             else:
                 epoch_stream.take_input(number, data)
                 epoch_stream.acknowledge(got, bool(rewind))
@@ -201,7 +201,7 @@ async def serve_mailbox(
             with contextlib.suppress(*STREAM_ERRORS):
                 await conn.send(line)
 
-    path = mailbox_call.mailbox_socket(session_id)
+    path = sandbox_calls.mailbox_socket(session_id)
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as listener:
         listener.setblocking(False)
         listener.bind(path)

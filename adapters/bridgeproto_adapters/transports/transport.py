@@ -28,7 +28,7 @@ import attrs
 
 import bridgeproto as bp
 
-from ..mailbox_call import channel_dir
+from ..sandbox_calls import channel_dir
 from . import Channels
 
 if TYPE_CHECKING:  # (the daemon imports this module, and no sandbox backend)
