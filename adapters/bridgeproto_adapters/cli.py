@@ -4,9 +4,9 @@
     bridgeproto demo
     bridgeproto decode TRACE
     bridgeproto sandbox-side --session HEX --settings JSON [--daemon]
-    bridgeproto channel --session HEX            (these three started by the host side;
+    bridgeproto channel --session HEX            (these three started by the host side
     bridgeproto mailbox --session HEX --epoch N --in K --wait MS --max-out BYTES [...]
-                                                 the last two dispatched by entry.py)
+                                                 and dispatched by entry.py)
 
 Every failure to start prints one line naming the cause and the fix and
 exits 2; otherwise ``run`` exits as ``run.py`` describes (the command's own
@@ -151,39 +151,6 @@ def bench(args: argparse.Namespace) -> int:
     return 0
 
 
-# ---------------------------------------------------------------- sandbox side
-
-
-def sandbox_side(args: argparse.Namespace) -> int:
-    """Run the sandbox side: over this process's stdin and stdout, or as a
-    daemon that takes channels on its private socket (``--daemon``)."""
-    from .sandbox_side import run_sandbox_side
-    from .settings import SandboxSettings
-    from .streams import FdStream
-
-    try:
-        session_id = bytes.fromhex(args.session)
-        if len(session_id) != bp.SESSION_ID_BYTES:
-            raise ValueError
-    except ValueError:
-        return _error(f"--session must be {bp.SESSION_ID_BYTES * 2} hex digits")
-    try:
-        settings = SandboxSettings.from_json(args.settings) if args.settings else SandboxSettings()
-    except ValueError as exc:
-        return _error(str(exc))
-    if args.daemon:
-        from .daemon import start
-
-        return start(session_id, settings)
-    try:
-        eventloop.run(run_sandbox_side, FdStream.stdio(), session_id, settings)
-    except OSError as exc:
-        return _error(f"the sandbox side cannot listen on {settings.listen}: {exc.strerror or exc}")
-    except KeyboardInterrupt:
-        return 130
-    return 0
-
-
 # ---------------------------------------------------------------- main
 
 
@@ -192,7 +159,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = _Parser(
         prog="bridgeproto",
         description="Carry HTTP between an offline sandbox and services on its host.",
-        epilog="The host also runs 'channel' and 'mailbox' inside the sandbox (see entry.py).",
+        epilog="The host also runs 'sandbox-side', 'channel' and 'mailbox' inside the sandbox"
+        " (see entry.py).",
     )
     parser.add_argument(
         "--version",
@@ -368,14 +336,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     decode_p = commands.add_parser("decode", help="print a --trace file, one line per frame")
     decode_p.add_argument("trace")
 
-    side = commands.add_parser(
-        "sandbox-side", help="run the sandbox side (the host starts it in the sandbox)"
-    )
-    side.add_argument("--session", required=True, help="the session id, in hex")
-    side.add_argument("--settings", help="the settings record the host made (JSON)")
-    side.add_argument(
-        "--daemon", action="store_true", help="detach, and take channels on the private socket"
-    )
     args = parser.parse_args(argv)
     if args.command_name == "run":
         if args.command and args.command[0] == "--":
@@ -397,9 +357,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         except BridgeError as exc:
             return _error(str(exc))
         return 0
-    if args.command_name == "bench":
-        return bench(args)
-    return sandbox_side(args)
+    return bench(args)
 
 
 if __name__ == "__main__":

@@ -1,8 +1,10 @@
 """Where the ``bridgeproto`` command starts: each subcommand is dispatched here once.
 
-``channel`` and ``mailbox`` go straight to their standard-library module
-(``sandbox_calls``, which the host runs as source, not from the archive)
-before anything else is imported; every other subcommand goes to ``cli``.
+The commands the host runs in the sandbox go straight to their modules
+before anything else is imported: ``channel`` and ``mailbox`` to
+``sandbox_calls`` (standard library alone; the host runs it as source, not
+from the archive), ``sandbox-side`` to ``sandbox_command``. Every other
+subcommand goes to ``cli``.
 The archive's ``__main__``, ``python -m bridgeproto_adapters`` and the
 installed ``bridgeproto`` all start at ``main`` here (``cli`` never imports
 this module: no circle).
@@ -15,7 +17,11 @@ from collections.abc import Sequence
 
 
 def run_fast(argv: Sequence[str]) -> int | None:
-    """Run ``channel`` or ``mailbox`` with the rest of ``argv``; None for any other."""
+    """Run a command the host runs in the sandbox; None for any other."""
+    if argv[:1] == ["sandbox-side"]:
+        from .sandbox_command import main as run_sandbox_side
+
+        return run_sandbox_side(argv[1:])
     if argv[:1] not in (["channel"], ["mailbox"]):
         return None
     from .sandbox_calls import main as run_call

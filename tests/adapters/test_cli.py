@@ -128,6 +128,14 @@ def test_trace_and_decode(tmp_path: object) -> None:
         ),
         (["decode", "/nonexistent/trace"], {}, "cannot read /nonexistent/trace"),
         (["frobnicate"], {}, "invalid choice"),
+        (["sandbox-side", "--session", "xyz"], {}, "--session must be 32 hex digits; usage:"),
+        (["sandbox-side"], {}, "--session must be 32 hex digits; usage:"),
+        (["sandbox-side", "--session"], {}, "unexpected arguments ['--session']; usage:"),
+        (
+            ["sandbox-side", "--session", "00" * 16, "--settings", "{"],
+            {},
+            "the sandbox side's settings are not valid: JSONDecodeError",
+        ),
     ],
 )
 def test_failures_are_one_clear_line_and_exit_2(
