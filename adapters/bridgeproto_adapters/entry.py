@@ -34,6 +34,10 @@ def main() -> int:
     code = run_fast(argv)
     if code is not None:
         return code
-    from .cli import main as cli_main
-
+    try:
+        from .cli import main as cli_main
+    except ImportError:  # the sandbox side's archive, which carries no command line
+        print("bridgeproto: this archive runs the sandbox's commands only:"
+              " sandbox-side, channel, mailbox", file=sys.stderr)  # fmt: skip
+        return 2
     return cli_main(argv)
