@@ -7,9 +7,11 @@ when a start fails, to say why in words.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import pathlib
 import shlex
+import weakref
 from collections.abc import Awaitable, Callable, Mapping
 from typing import TypeVar
 
@@ -33,6 +35,11 @@ MIN_PYTHON = (3, 10)
 
 _NOT_UPLOADED = 93  # the start command's word for "the archive is not there yet"
 
+# The archives this process has put in each sandbox it started a bridge in.
+# A sandbox it never started one in most likely has none yet (a harness
+# opens a sandbox per rollout): its first start uploads before it asks.
+_UPLOADED: weakref.WeakKeyDictionary[SandboxClient, set[str]] = weakref.WeakKeyDictionary()
+
 
 async def start_daemon(
     sandbox: SandboxClient,
@@ -43,9 +50,10 @@ async def start_daemon(
     env: Mapping[str, str] | None,
     timeout: float,
 ) -> None:
-    """Start the sandbox side in one control-plane call (two, plus the upload,
-    the first time in a sandbox): ``python`` runs the archive, uploaded at
-    ``remote``, with ``arguments``. Only when that fails is the sandbox's
+    """Start the sandbox side in one control-plane call (and the upload
+    before it, the first time this process starts one in a sandbox; and
+    once more if the archive has gone since): ``python`` runs the archive,
+    uploaded at ``remote``, with ``arguments``. Only when that fails is the sandbox's
     Python looked at, to say why in words. Every step is safe to repeat, so
     a call that fails (before it ran, or after, its answer lost) is retried.
 
@@ -64,10 +72,17 @@ async def start_daemon(
         result = await sandbox.run(["sh", "-c", script], env=env, timeout=timeout)
         return check_result(result)
 
+    async def upload() -> None:
+        await retried(functools.partial(sandbox.write_file, remote, archive.read_bytes()))
+        with contextlib.suppress(TypeError):  # (a client that cannot be weakly referenced)
+            _UPLOADED.setdefault(sandbox, set()).add(remote)
+
     try:
+        if remote not in _uploaded(sandbox):
+            await upload()
         started = await retried(run)
-        if started.exit_code == _NOT_UPLOADED:
-            await retried(functools.partial(sandbox.write_file, remote, archive.read_bytes()))
+        if started.exit_code == _NOT_UPLOADED:  # removed since, by the code inside
+            await upload()
             started = await retried(run)
     except SandboxError as exc:
         raise BridgeStartError(
@@ -82,6 +97,13 @@ async def start_daemon(
     except BridgeStartError as exc:
         raise BridgeStartError(f"{exc} (the start call: {said})") from None
     raise BridgeStartError(f"the sandbox side did not start ({said})")
+
+
+def _uploaded(sandbox: SandboxClient) -> set[str]:
+    try:
+        return _UPLOADED.get(sandbox, set())
+    except TypeError:
+        return set()
 
 
 def _said(result: CommandResult) -> str:

@@ -374,13 +374,13 @@ async def test_calls_to_start_per_request_and_per_idle_wait(upload_input: bool) 
         sandbox = HarnessSandbox(provider, "sim-2")
         options = MailboxOptions(wait=1.0, upload_input=upload_input)
         async with open_bridge(sandbox, upstream.url, mailbox=options) as bridge:
-            # First time in this sandbox: a start that finds no archive, the
-            # upload, the start; then the handshake: a waiting call and the
-            # host's hello, uploaded or in a call of its own (and, as the
-            # answers cross, perhaps the waiting call's successor already).
+            # First time in this sandbox: the upload, the start; then the
+            # handshake: a waiting call and the host's hello, uploaded or in
+            # a call of its own (and, as the answers cross, perhaps the
+            # waiting call's successor already).
             print("start:", dict(provider.calls))
             assert provider.calls["upload_bytes"] == 1 + upload_input
-            assert 4 - upload_input <= provider.calls["execute_command"] <= 5, provider.calls
+            assert 3 - upload_input <= provider.calls["execute_command"] <= 4, provider.calls
             uploads = provider.calls["upload_bytes"]
             gaps = await idle_call_gaps(provider)
             assert all(0.9 <= gap <= 1.0 + IDLE_MARGIN for gap in gaps), gaps

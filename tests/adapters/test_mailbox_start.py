@@ -141,7 +141,7 @@ async def test_a_control_plane_that_keeps_failing_fails_the_start_clearly() -> N
                 pass
     message = str(raised.value)
     assert "control plane failed 4 times in a row" in message, message
-    assert "simulated: execute_command failed before it ran" in message
+    assert "simulated: upload_bytes failed before it ran" in message  # the first step
     assert await bridge_dirs(real) == []
 
 
