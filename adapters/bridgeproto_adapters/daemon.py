@@ -54,7 +54,7 @@ def start(session_id: bytes, settings: SandboxSettings) -> int:
             print("ready", flush=True)
             # Out at once: the bridge waits for this command, and tearing
             # down an interpreter that imported the sandbox side takes
-            # about 15 ms (an eighth of a start).
+            # about 20 ms (a seventh of a start).
             os._exit(0)
         print(f"bridgeproto: {said.strip() or 'the daemon ended without a word'}", file=sys.stderr)
         return 2

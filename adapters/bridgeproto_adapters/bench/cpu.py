@@ -17,19 +17,21 @@ import pathlib
 
 def cpu_seconds(pid: int, children: bool = False) -> float:
     """User and system time of every thread of ``pid``, to the nanosecond
-    (the scheduler's own count); with ``children``, plus the time of the
-    children it has waited for (in clock ticks: the kernel keeps no finer)."""
+    (the scheduler's own count); with ``children``, plus ``children_seconds``."""
     total = 0
     for path in glob.glob(f"/proc/{pid}/task/*/schedstat"):
         try:
             total += int(pathlib.Path(path).read_text().split()[0])
         except (OSError, IndexError, ValueError):
             continue  # a thread that ended between the listing and the read
-    seconds = total / 1e9
-    if children:
-        fields = pathlib.Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        seconds += sum(int(field) for field in fields[13:15]) / os.sysconf("SC_CLK_TCK")
-    return seconds
+    return total / 1e9 + (children_seconds(pid) if children else 0.0)
+
+
+def children_seconds(pid: int) -> float:
+    """User and system time of the children ``pid`` has waited for (in clock
+    ticks: the kernel keeps no finer)."""
+    fields = pathlib.Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return sum(int(field) for field in fields[13:15]) / os.sysconf("SC_CLK_TCK")
 
 
 def pid_namespace(pid: int) -> str:

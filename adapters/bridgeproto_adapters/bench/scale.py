@@ -76,7 +76,7 @@ async def scale_figures(
         own = cpu.cpu_seconds(os.getpid())
         threads = len(os.listdir("/proc/self/task"))
         fds = len(os.listdir("/proc/self/fd"))
-        return own, cpu.cpu_seconds(os.getpid(), children=True) - own, rss_kib(), threads, fds
+        return own, cpu.children_seconds(os.getpid()), rss_kib(), threads, fds
 
     idle_seconds = sizes.scale_idle_seconds
     try:
