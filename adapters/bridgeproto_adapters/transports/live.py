@@ -7,8 +7,8 @@ directory only the sandbox's user can enter, fixed by the session id
 process the host runs through the sandbox provider (``exec -i``, bwrap,
 ...), whose stdin and stdout the host holds: it connects to that socket,
 says ``READY`` and hands its stdin and stdout to the daemon (``SCM_RIGHTS``,
-see ``relay.py``), so the bytes then flow between the host and the daemon
-with no process in between. When the stream breaks (the provider drops it,
+see ``sandbox_calls.py``), so the bytes then flow between the host and the
+daemon with no process in between. When the stream breaks (the provider drops it,
 either end closes it), the host starts another and the session resumes on
 it; the daemon, and every agent connection it holds, see no more than a
 pause.
