@@ -4,6 +4,8 @@ hands over must not cost the bridge more than the host's next channel."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -94,3 +96,25 @@ async def test_a_channel_of_garbage_from_inside_costs_one_reconnect_at_most() ->
         assert fetched.stdout.split() == [b"200"] * 3, fetched
         assert bridge.channels.opened <= 2
         assert bridge.session.failure is None
+
+
+# The channel program with a sandbox side that drops the connection before
+# it takes the descriptors (it went away, or something else holds the socket).
+DROPPED = """
+import socket, sys
+from bridgeproto_adapters import sandbox_calls
+ours, theirs = socket.socketpair(socket.AF_UNIX)
+theirs.close()
+sandbox_calls._connect_within = lambda path, wait: ours
+sys.exit(sandbox_calls.relay("/nowhere"))
+"""
+
+
+def test_a_channel_the_sandbox_side_does_not_take_says_so_in_one_line() -> None:
+    done = subprocess.run(
+        [sys.executable, "-c", DROPPED], capture_output=True, text=True, timeout=30
+    )
+    assert done.returncode == 1, done
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, done.stderr  # no traceback
+    assert lines[0].startswith("bridgeproto channel: the sandbox side did not take it (")
