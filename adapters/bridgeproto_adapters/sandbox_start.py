@@ -7,7 +7,6 @@ when a start fails, to say why in words.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import pathlib
 import shlex
@@ -74,8 +73,7 @@ async def start_daemon(
 
     async def upload() -> None:
         await retried(functools.partial(sandbox.write_file, remote, archive.read_bytes()))
-        with contextlib.suppress(TypeError):  # (a client that cannot be weakly referenced)
-            _UPLOADED.setdefault(sandbox, set()).add(remote)
+        _uploaded(sandbox).add(remote)
 
     try:
         if remote not in _uploaded(sandbox):
@@ -100,8 +98,10 @@ async def start_daemon(
 
 
 def _uploaded(sandbox: SandboxClient) -> set[str]:
+    """The archives this process put in ``sandbox``, to add to; for a client
+    that cannot be weakly referenced, a set that is forgotten."""
     try:
-        return _UPLOADED.get(sandbox, set())
+        return _UPLOADED.setdefault(sandbox, set())
     except TypeError:
         return set()
 
