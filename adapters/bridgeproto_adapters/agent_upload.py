@@ -19,6 +19,7 @@ from bridgeproto.http import AgentBody, AgentEnd, AgentEvent, AgentRefused
 from .agents import Agent
 from .errors import STREAM_ERRORS, ExchangeAborted
 from .exchange import Exchange
+from .wakeups import Flag
 
 
 @attrs.define
@@ -27,8 +28,8 @@ class Outcome:
 
     abort: bool = False
     reply: bytes | None = None
-    request_read: anyio.Event = attrs.field(factory=anyio.Event)
-    answered: anyio.Event = attrs.field(factory=anyio.Event)  # a final head went out
+    request_read: Flag = attrs.field(factory=Flag)
+    answered: Flag = attrs.field(factory=Flag)  # a final head went out
 
 
 async def body_at_hand(

@@ -27,6 +27,7 @@ import bridgeproto as bp
 
 from .errors import STREAM_ERRORS
 from .session_stats import SessionStats
+from .wakeups import Flag, clock
 
 WRITE_SIZE = 256 << 10
 Tracer = Callable[[str, bytes], None]  # (direction ">" or "<", bytes)
@@ -49,23 +50,23 @@ class ChannelWriter:
         finished: anyio.Event,
         broke: Callable[[str], None],
         tracer: Tracer | None = None,
+        woken: Callable[[], None] = lambda: None,
     ) -> None:
         self.conn = conn
         self.stats = stats
         self.finished = finished
         self.broke = broke
         self.tracer = tracer
+        self.woken = woken  # told each time a wake is taken in (the session re-reads its timer)
+        self.running = False
         self.done = anyio.Event()  # the last frames went out (or never will)
-        self._wake = anyio.Event()
+        self.now = clock()
+        self._wake = Flag()
         # Set after the next flush; made only when a sender waits for one.
-        self._flushed: anyio.Event | None = None
+        self._flushed: Flag | None = None
         # When bytes that may need acknowledging first arrived since the last write.
         self._received_at: float | None = None
         self._unacked: deque[tuple[float, int]] = deque()  # (written at, highest seq)
-
-    @staticmethod
-    def now() -> float:
-        return anyio.current_time()
 
     def wake(self) -> None:
         self._wake.set()
@@ -91,7 +92,7 @@ class ChannelWriter:
         """
         if self.conn.unsent_bytes > WRITE_SIZE and not self.done.is_set():
             if self._flushed is None:
-                self._flushed = anyio.Event()
+                self._flushed = Flag()
             flushed = self._flushed
             self.wake()
             await flushed.wait()
@@ -104,20 +105,25 @@ class ChannelWriter:
 
     async def run(self, stream: anyio.abc.ByteStream) -> None:
         """Write to ``stream`` until the session has finished or the stream fails."""
+        self.running = True
+        try:
+            await self._run(stream)
+        finally:
+            self.running = False
+
+    async def _run(self, stream: anyio.abc.ByteStream) -> None:
         while True:
-            await self._wake.wait()
-            self._wake = anyio.Event()
+            await self._woken()
             if self._only_ack_due():
                 if self._received_at is None:
                     continue  # nothing to send, not even an acknowledgement
-                with anyio.move_on_after(self._received_at + self.ack_delay - self.now()):
-                    while self._only_ack_due():
-                        await self._wake.wait()
-                        self._wake = anyio.Event()
+                due = self._received_at + self.ack_delay
+                while self._only_ack_due() and (left := due - self.now()) > 0:
+                    await self._woken(left)
             # Let the tasks that are ready queue their frames too, so that a
             # request's head, body and end leave in one write.
             await anyio.lowlevel.checkpoint()
-            self._wake = anyio.Event()
+            self._take_wake()
             if not await self._flush(stream):
                 return
             flushed, self._flushed = self._flushed, None
@@ -126,6 +132,14 @@ class ChannelWriter:
             if self.finished.is_set():
                 self.done.set()
                 return
+
+    async def _woken(self, timeout: float | None = None) -> None:
+        await self._wake.wait(timeout)
+        self._take_wake()
+
+    def _take_wake(self) -> None:
+        self._wake.clear()
+        self.woken()
 
     def _only_ack_due(self) -> bool:
         """Whether the core has at most an acknowledgement to send, in an

@@ -20,6 +20,7 @@ import bridgeproto as bp
 
 from .errors import ExchangeAborted
 from .session_stats import SessionStats
+from .wakeups import Flag
 
 ExchangeEvent = bp.ResponseHead | bp.RequestHead | bp.Data | bp.EndOfBody | bp.ExchangeReset
 
@@ -55,7 +56,7 @@ class EventBuffer:
     def __init__(self) -> None:
         self._items: deque[ExchangeEvent] = deque()
         self._closed = False
-        self._waiter: anyio.Event | None = None
+        self._arrived = Flag()
 
     def put(self, event: ExchangeEvent) -> bool:
         """Add a record; False once the buffer is closed (nobody will read it)."""
@@ -71,9 +72,7 @@ class EventBuffer:
         self._wake()
 
     def _wake(self) -> None:
-        if self._waiter is not None:
-            self._waiter.set()
-            self._waiter = None
+        self._arrived.set()
 
     def peek(self) -> ExchangeEvent | None:
         """The next record if one is buffered, left in place."""
@@ -93,8 +92,8 @@ class EventBuffer:
             try:
                 return self.receive_nowait()
             except anyio.WouldBlock:
-                self._waiter = anyio.Event()
-                await self._waiter.wait()
+                self._arrived.clear()
+                await self._arrived.wait()
 
     def __aiter__(self) -> EventBuffer:
         return self
@@ -120,7 +119,7 @@ class Exchange:
         self._session = session
         # Unbounded is safe: the core's credit bounds how much can arrive.
         self.events = EventBuffer()
-        self._credit = anyio.Event()
+        self._credit = Flag()
         self.ended_by: bp.ExchangeReset | None = None  # the reset that ended it, if one did
         # Called when a reset arrives, by a task that reads no records while
         # it waits on something else (the host side's, once the request is in).
@@ -137,7 +136,7 @@ class Exchange:
         while view:
             credit = self._credit_now()
             if credit == 0:
-                self._credit = anyio.Event()
+                self._credit.clear()
                 if self._credit_now() == 0:
                     await self._credit.wait()
                 continue

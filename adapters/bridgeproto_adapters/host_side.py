@@ -21,6 +21,7 @@ body down, and the end of either a half-close.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import math
 import select
@@ -39,6 +40,7 @@ from .h11io import H11Stream
 from .session import Exchange, Session, Tracer, first_of
 from .settings import RESUME_TIMEOUT
 from .transports import Channels
+from .wakeups import Flag
 
 _REQUEST_TAIL_SECONDS = 5.0
 _FIRST_WRITE = 256 << 10  # body bytes at most that go with the head (the rest: the upload task)
@@ -213,7 +215,7 @@ class HostSide:
             return
         errors: list[Exception] = []  # child tasks report here, never raise
         completed = kept = False
-        request_sent = anyio.Event()
+        request_sent = Flag()
         try:
             if await self._send_request(exchange, conn, request):
                 request_sent.set()
@@ -329,7 +331,7 @@ class HostSide:
         conn: UpstreamConnection,
         scope: anyio.CancelScope,
         errors: list[Exception],
-        request_sent: anyio.Event,
+        request_sent: Flag,
     ) -> None:
         """The request body, bridge to upstream; a reset from the sandbox cancels all."""
         try:
@@ -357,7 +359,8 @@ class HostSide:
 
     async def _download(self, exchange: Exchange, conn: UpstreamConnection) -> None:
         """The whole response, upstream to bridge."""
-        with anyio.fail_after(self.options.response_timeout):
+        timeout = self.options.response_timeout
+        with anyio.fail_after(timeout) if timeout is not None else contextlib.nullcontext():
             event = await conn.next_event()
             while isinstance(event, h11.InformationalResponse):
                 exchange.send_response(_head(exchange.id, event))

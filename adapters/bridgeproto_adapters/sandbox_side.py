@@ -184,8 +184,9 @@ class SandboxSide:
         return code.http_status, code.cause, str(error)
 
     async def _open(self, request: AgentRequest, route: int, target: bytes) -> Exchange:
-        with anyio.move_on_after(self.session.conn.config.handshake_timeout):
-            await self.session.ready.wait()
+        if not self.session.ready.is_set():
+            with anyio.move_on_after(self.session.conn.config.handshake_timeout):
+                await self.session.ready.wait()
         if self.session.must_queue():
             await self._queue_for_exchange()
         return await self.session.open_exchange(
@@ -293,7 +294,8 @@ class SandboxSide:
                         done = False
                     if done is not None:
                         break
-                await agent.stream.send(b"".join(out))
+                if data := b"".join(out):  # (an end may have no bytes of its own)
+                    await agent.stream.send(data)
                 if consumed:
                     exchange.consume(consumed)
                 if done and http.switched:

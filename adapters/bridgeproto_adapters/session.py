@@ -39,6 +39,7 @@ from .exchange import Exchange, ExchangeEvent
 from .session_stats import SessionStats
 from .settings import RESUME_TIMEOUT
 from .transports import Channels, NoChannel, OneChannel
+from .wakeups import Flag, clock
 
 __all__ = ["RESUME_TIMEOUT", "Exchange", "Session", "SessionStats", "Tracer", "first_of"]
 
@@ -90,17 +91,16 @@ class Session:
         self.finished = anyio.Event()
         self.failure: bp.SessionFailed | None = None
         self._exchanges: dict[int, Exchange] = {}
-        self._writer = ChannelWriter(conn, self.stats, self.finished, self._break_channel, tracer)
-        self._wake_timer = anyio.Event()
+        self._writer = ChannelWriter(
+            conn, self.stats, self.finished, self._break_channel, tracer, self._rearm_timer
+        )
+        self.now = clock()
+        self._wake_timer = Flag()
         self._armed_deadline: float | None = None
         self._task_group: anyio.abc.TaskGroup | None = None
         self._admission = Admission(lambda: self.usable and self.conn.exchanges_full)
 
     # ---------------------------------------------------------------- API
-
-    @staticmethod
-    def now() -> float:
-        return anyio.current_time()
 
     @property
     def usable(self) -> bool:
@@ -143,8 +143,14 @@ class Session:
         """Tell the writer and the timer: the core may have something to send
         or a new deadline."""
         self._writer.wake()
-        # Deadlines mostly move later (activity pushes them back), and the
-        # timer re-reads them when it fires; wake it early only when needed.
+        if not self._writer.running:  # (else the writer calls it once it wakes)
+            self._rearm_timer()
+
+    def _rearm_timer(self) -> None:
+        """Wake the timer if the core's next deadline is now earlier than
+        the one it waits for. Deadlines mostly move later (activity pushes
+        them back) and the timer re-reads them when it fires, so it is
+        woken early only when needed."""
         deadline = self.conn.next_deadline()
         armed = self._armed_deadline
         if deadline is not None and (armed is None or deadline < armed):
@@ -186,6 +192,7 @@ class Session:
                 await self._writer.done.wait()
 
     async def run(self) -> None:
+        self.now = self._writer.now = clock()  # (made outside the loop, it had anyio's)
         self.conn.start(self.now())
         try:
             async with anyio.create_task_group() as tg:
@@ -287,7 +294,7 @@ class Session:
 
     async def _timer(self) -> None:
         while True:
-            self._wake_timer = anyio.Event()
+            self._wake_timer.clear()
             deadline = self._armed_deadline = self.conn.next_deadline()
             if deadline is None:
                 await self._wake_timer.wait()

@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import fcntl
 import math
@@ -19,6 +20,8 @@ import anyio.abc
 import anyio.lowlevel
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 from anyio.streams.stapled import StapledByteStream
+
+from .wakeups import resolve
 
 # The channel's pipes are grown to hold this much (Linux allows 1 MiB to
 # anyone by default; where it allows less they stay as they are), and read
@@ -67,11 +70,15 @@ def memory_stream_pair(buffer: float = math.inf) -> tuple[MemoryByteStream, Memo
 class Descriptor:
     """A non-blocking descriptor that is closed only once no task waits on it.
 
-    anyio keeps a descriptor's waiter under its number; closing it under a
-    waiter frees the number for the next pipe or socket while that waiter's
-    bookkeeping still holds it, and the next user of the number then finds
-    it busy, or loses its wake-up. So ``close`` wakes the waiters
+    The loop keeps a descriptor's waiter under its number; closing it under
+    a waiter frees the number for the next pipe or socket while that
+    waiter's bookkeeping still holds it, and the next user of the number
+    then finds it busy, or loses its wake-up. So ``close`` wakes the waiters
     (``ClosedResourceError``) and the last one to leave closes it.
+
+    On asyncio a wait is one future and the loop's reader or writer
+    callback: anyio's ``wait_readable`` adds a checkpoint (a turn of the
+    loop) and an event to each, and a channel waits once a request.
     """
 
     def __init__(self, fd: int) -> None:
@@ -79,16 +86,38 @@ class Descriptor:
         self.fd = fd
         self.closed = False
         self._waiters = 0
+        self._futures: list[asyncio.Future[None]] = []
 
     async def wait(self, *, readable: bool) -> None:
         """Until the descriptor is readable (or writable); ``ClosedResourceError`` if closed."""
         self._waiters += 1
         try:
-            await (anyio.wait_readable if readable else anyio.wait_writable)(self.fd)
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:  # trio, through anyio
+                await (anyio.wait_readable if readable else anyio.wait_writable)(self.fd)
+            else:
+                await self._wait_on(loop, readable)
         finally:
             self._waiters -= 1
             if self.closed and not self._waiters:
                 os.close(self.fd)
+
+    async def _wait_on(self, loop: asyncio.AbstractEventLoop, readable: bool) -> None:
+        future = loop.create_future()
+        if readable:
+            loop.add_reader(self.fd, resolve, future)
+        else:
+            loop.add_writer(self.fd, resolve, future)
+        self._futures.append(future)
+        try:
+            await future
+        finally:
+            self._futures.remove(future)
+            if readable:
+                loop.remove_reader(self.fd)
+            else:
+                loop.remove_writer(self.fd)
 
     async def read(self, max_bytes: int = _READ_SIZE) -> bytes:
         """Up to ``max_bytes`` once there are any; ``EndOfStream`` at the end."""
@@ -124,8 +153,12 @@ class Descriptor:
         if self.closed:
             return
         self.closed = True
-        if self._waiters:
-            anyio.notify_closing(self.fd)  # they wake, and the last one closes it
+        if self._waiters:  # they wake, and the last one closes it
+            for future in self._futures:
+                if not future.done():
+                    future.set_exception(anyio.ClosedResourceError())
+            if not self._futures:  # (waiting through anyio)
+                anyio.notify_closing(self.fd)
         else:
             os.close(self.fd)
 
