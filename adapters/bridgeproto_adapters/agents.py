@@ -18,6 +18,7 @@ from bridgeproto.http import AgentConnection, AgentEvent
 
 from .errors import STREAM_ERRORS
 from .settings import Listen
+from .wakeups import Flag
 
 _LINGER_SECONDS = 2.0
 _AGENT_READ = 1 << 20  # an upload is carried in large frames, as the channel takes them
@@ -35,13 +36,13 @@ class Agent:
     def __init__(self, http: AgentConnection, stream: anyio.abc.ByteStream) -> None:
         self.http = http
         self.stream = stream
-        self._send, self.chunks = anyio.create_memory_object_stream[bytes](0)
+        self.chunks = Handoff()
         # Told at once when the agent hangs up, while nobody takes chunks
         # (a request wholly read, its answer under way).
         self.on_hangup: Callable[[], None] | None = None
 
     async def pump(self) -> None:
-        async with self._send:
+        try:
             while True:
                 try:
                     data = await self.stream.receive(_AGENT_READ)
@@ -49,12 +50,10 @@ class Agent:
                     data = b""
                 if not data and self.on_hangup is not None:
                     self.on_hangup()
-                try:
-                    await self._send.send(data)
-                except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+                if not await self.chunks.send(data) or not data:
                     return
-                if not data:
-                    return
+        finally:
+            self.chunks.end()
 
     async def next_event(self) -> AgentEvent:
         while True:
@@ -85,6 +84,53 @@ class Agent:
     async def close(self) -> None:
         self.chunks.close()  # a pump waiting to hand over a chunk stops
         await self.stream.aclose()  # a pump waiting on the socket wakes and stops
+
+
+class Handoff:
+    """Chunks from the pump to the task reading them, one at a time: the
+    pump waits until its chunk is taken. (Two flags, where anyio's memory
+    object stream costs two extra turns of the loop a chunk.)"""
+
+    def __init__(self) -> None:
+        self._chunk: bytes | None = None
+        self._given = Flag()  # a chunk waits, or the pump has ended
+        self._taken = Flag()  # the chunk was taken, or the reader has closed
+        self._ended = False
+        self._closed = False
+
+    async def send(self, chunk: bytes) -> bool:
+        """Hand ``chunk`` over and wait until it is taken; False if the reader closed."""
+        if self._closed:
+            return False
+        self._chunk = chunk
+        self._taken.clear()
+        self._given.set()
+        await self._taken.wait()
+        return not self._closed
+
+    def end(self) -> None:
+        """No more chunks: the reader gets ``EndOfStream`` after the last."""
+        self._ended = True
+        self._given.set()
+
+    async def receive(self) -> bytes:
+        """The next chunk; ``EndOfStream`` once the pump has ended."""
+        while True:
+            if self._closed:
+                raise anyio.ClosedResourceError
+            chunk, self._chunk = self._chunk, None
+            if chunk is not None:
+                self._given.clear()
+                self._taken.set()
+                return chunk
+            if self._ended:
+                raise anyio.EndOfStream
+            await self._given.wait()
+
+    def close(self) -> None:
+        """The reader is done: a pump waiting to hand a chunk over stops."""
+        self._closed = True
+        self._taken.set()
 
 
 def _stop_eager_reading(stream: anyio.abc.ByteStream) -> None:

@@ -59,6 +59,7 @@ class ChannelWriter:
         self.tracer = tracer
         self.woken = woken  # told each time a wake is taken in (the session re-reads its timer)
         self.running = False
+        self._holding = False  # holding an acknowledgement for other frames to carry
         self.done = anyio.Event()  # the last frames went out (or never will)
         self.now = clock()
         self._wake = Flag()
@@ -69,7 +70,10 @@ class ChannelWriter:
         self._unacked: deque[tuple[float, int]] = deque()  # (written at, highest seq)
 
     def wake(self) -> None:
-        self._wake.set()
+        # While it holds an acknowledgement, only frames to send wake it: the
+        # hold ends within ack_delay, and it calls ``woken`` then.
+        if not (self._holding and self._only_ack_due()):
+            self._wake.set()
 
     def received(self) -> None:
         """Bytes came from the peer: an acknowledgement may be due. Also
@@ -118,8 +122,12 @@ class ChannelWriter:
                 if self._received_at is None:
                     continue  # nothing to send, not even an acknowledgement
                 due = self._received_at + self.ack_delay
-                while self._only_ack_due() and (left := due - self.now()) > 0:
-                    await self._woken(left)
+                self._holding = True
+                try:
+                    while self._only_ack_due() and (left := due - self.now()) > 0:
+                        await self._woken(left)
+                finally:
+                    self._holding = False
             # Let the tasks that are ready queue their frames too, so that a
             # request's head, body and end leave in one write.
             await anyio.lowlevel.checkpoint()
