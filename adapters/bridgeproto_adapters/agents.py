@@ -8,8 +8,11 @@ connection; the task answering its requests takes the chunks from it.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
-from collections.abc import Callable
+import socket
+from collections.abc import Callable, Coroutine
+from typing import Any
 
 import anyio
 import anyio.abc
@@ -18,8 +21,10 @@ from bridgeproto.http import AgentConnection, AgentEvent
 
 from .errors import STREAM_ERRORS
 from .settings import Listen
+from .streams import Descriptor, SocketFdStream
 from .wakeups import Flag
 
+AgentHandler = Callable[[anyio.abc.ByteStream], Coroutine[Any, Any, None]]
 _LINGER_SECONDS = 2.0
 _AGENT_READ = 1 << 20  # an upload is carried in large frames, as the channel takes them
 
@@ -147,6 +152,48 @@ def _stop_eager_reading(stream: anyio.abc.ByteStream) -> None:
     pause = getattr(transport, "pause_reading", None)
     if pause is not None and transport is not None and not transport.is_closing():
         pause()
+
+
+async def serve(
+    listener: anyio.abc.Listener[anyio.abc.SocketStream],
+    handler: AgentHandler,
+) -> None:
+    """Call ``handler`` in a task of its own for each connection ``listener`` takes.
+
+    On asyncio the listener's sockets are accepted here and each connection
+    is handed over as a ``SocketFdStream`` (read and written without a
+    transport: on a small request, a fifth fewer turns of the sandbox
+    side's loop); on trio, ``listener.serve`` as it is.
+    """
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        await listener.serve(handler)
+        return
+    listeners = getattr(listener, "listeners", [listener])
+    sockets = [one.extra(anyio.abc.SocketAttribute.raw_socket) for one in listeners]
+    async with anyio.create_task_group() as tg:
+        for sock in sockets:
+            tg.start_soon(_accept, sock, handler, tg)
+
+
+async def _accept(
+    sock: socket.socket,
+    handler: AgentHandler,
+    tg: anyio.abc.TaskGroup,
+) -> None:
+    ready = Descriptor(sock.fileno())  # never closed here: the listener owns the socket
+    while True:
+        try:
+            conn, _ = sock.accept()
+        except BlockingIOError:
+            await ready.wait(readable=True)
+            continue
+        except (ConnectionAbortedError, InterruptedError):
+            continue  # gone before it was taken
+        if conn.family != socket.AF_UNIX:
+            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        tg.start_soon(handler, SocketFdStream(conn))
 
 
 async def open_listener(listen: Listen) -> anyio.abc.Listener[anyio.abc.SocketStream]:

@@ -33,6 +33,7 @@ from exceptiongroup import BaseExceptionGroup
 import bridgeproto as bp
 from bridgeproto.http import Upstream
 
+from .agents import serve
 from .bridge_settings import BridgeKeywords, BridgeSettings
 from .errors import BridgeError, BridgeStartError, found_in
 from .host_side import HostSide, run_host_side
@@ -208,7 +209,7 @@ async def _serve(
     with anyio.CancelScope() as scope:
         task_status.started(scope)
         async with listener:
-            await listener.serve(side.handle_agent)
+            await serve(listener, side.handle_agent)
 
 
 class _StartFailed(Exception):

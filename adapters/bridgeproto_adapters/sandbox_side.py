@@ -53,7 +53,7 @@ from bridgeproto.http import (
 )
 
 from .agent_upload import Outcome, body_at_hand, hung_up, upload
-from .agents import Agent, _stop_eager_reading, listener_address, open_listener
+from .agents import Agent, _stop_eager_reading, listener_address, open_listener, serve
 from .errors import STREAM_ERRORS, ExchangeAborted, SessionEnded
 from .host_side import HostSide
 from .session import Exchange, Session
@@ -355,7 +355,7 @@ async def run_sandbox_side(
     try:
         async with listener, anyio.create_task_group() as tg:
             tg.start_soon(session.run)
-            tg.start_soon(listener.serve, side.handle_agent)
+            tg.start_soon(serve, listener, side.handle_agent)
             task_status.started(listener_address(listener))
             await session.finished.wait()
             # Every exchange has ended; let their agents get the answer first.

@@ -14,6 +14,7 @@ import contextlib
 import fcntl
 import math
 import os
+import socket
 
 import anyio
 import anyio.abc
@@ -203,6 +204,29 @@ class FdStream(anyio.abc.ByteStream):
         else:  # not ours to close: only refuse further use
             self._reader.closed = self._writer.closed = True
         await anyio.lowlevel.checkpoint()
+
+
+class SocketFdStream(FdStream):
+    """A connected socket read and written directly, as a descriptor (owned:
+    closing the stream closes the socket): no transport or protocol
+    between the loop and the task, where anyio's asyncio stream costs a
+    turn of the loop and an event a send or receive."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        fd = sock.detach()
+        super().__init__(fd, fd, owned=True)
+
+    async def send_eof(self) -> None:
+        """Close the sending half (the peer reads its end; it may go on sending)."""
+        if self._writer.closed:
+            raise anyio.ClosedResourceError
+        sock = socket.socket(fileno=self.write_fd)
+        try:
+            sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass  # the peer is gone already: its next read or write says so
+        finally:
+            sock.detach()
 
 
 def process_stream(process: anyio.abc.Process) -> anyio.abc.ByteStream:
