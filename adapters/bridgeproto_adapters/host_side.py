@@ -39,6 +39,7 @@ from .errors import STREAM_ERRORS, ExchangeAborted, SessionEnded, UpstreamError
 from .h11io import H11Stream
 from .session import Exchange, Session, Tracer, first_of
 from .settings import RESUME_TIMEOUT
+from .streams import SocketFdStream, connect_tcp
 from .transports import Channels
 from .wakeups import Flag
 
@@ -64,9 +65,12 @@ class HostOptions:
 class UpstreamConnection(H11Stream):
     """One HTTP/1.1 client connection to the upstream."""
 
-    def __init__(self, stream: anyio.abc.SocketStream) -> None:
+    def __init__(self, stream: anyio.abc.ByteStream) -> None:
         super().__init__(stream, h11.CLIENT)
-        self._fd = stream.extra(anyio.abc.SocketAttribute.raw_socket).fileno()
+        if isinstance(stream, SocketFdStream):
+            self._fd = stream.read_fd
+        else:  # anyio's (trio)
+            self._fd = stream.extra(anyio.abc.SocketAttribute.raw_socket).fileno()
 
     def reusable(self) -> bool:
         if self.h11.our_state is h11.DONE and self.h11.their_state is h11.DONE:
@@ -105,7 +109,7 @@ class UpstreamPool:
             await conn.stream.aclose()
         try:
             with anyio.fail_after(self.options.connect_timeout):
-                stream = await anyio.connect_tcp(self.host, self.port)
+                stream = await connect_tcp(self.host, self.port)
         except TimeoutError:
             raise UpstreamError(
                 bp.ErrorCode.UPSTREAM_UNREACHABLE,

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import fcntl
+import ipaddress
 import math
 import os
 import socket
@@ -227,6 +229,47 @@ class SocketFdStream(FdStream):
             pass  # the peer is gone already: its next read or write says so
         finally:
             sock.detach()
+
+
+async def connect_tcp(host: str, port: int) -> anyio.abc.ByteStream:
+    """A TCP connection to ``host``:``port``; on asyncio a ``SocketFdStream``
+    (the host's addresses tried in turn), elsewhere anyio's own."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return await anyio.connect_tcp(host, port)
+    try:
+        literal = ipaddress.ip_address(host)
+    except ValueError:  # a name: look it up (a worker thread; an address needs none)
+        found = await anyio.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        addresses = [(family, address[:2]) for family, _, _, _, address in found]
+    else:
+        family = socket.AF_INET6 if literal.version == 6 else socket.AF_INET
+        addresses = [(family, (host, port))]
+    failure: OSError = OSError(f"{host} has no address")
+    for family, address in addresses:
+        try:
+            return SocketFdStream(await _connect(family, address))
+        except OSError as exc:
+            failure = exc
+    raise failure
+
+
+async def _connect(family: int, address: tuple[str, int]) -> socket.socket:
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setblocking(False)
+        error = sock.connect_ex(address)
+        if error == errno.EINPROGRESS:
+            await Descriptor(sock.fileno()).wait(readable=False)
+            error = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        if error:
+            raise OSError(error, os.strerror(error))
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    except BaseException:  # refused, or cancelled (the caller's timeout)
+        sock.close()
+        raise
+    return sock
 
 
 def process_stream(process: anyio.abc.Process) -> anyio.abc.ByteStream:

@@ -1,0 +1,260 @@
+"""The hot path's own primitives, on asyncio and on trio: the flag and the
+clock (wakeups.py), the hand-off from an agent's pump, a descriptor's wait
+and its close, a socket read and written as a descriptor, and the accept
+loop that hands agents' connections over as such sockets."""
+
+from __future__ import annotations
+
+import math
+import os
+import socket
+
+import anyio
+import anyio.abc
+import pytest
+
+from bridgeproto_adapters.agents import Handoff, serve
+from bridgeproto_adapters.streams import Descriptor, SocketFdStream, connect_tcp
+from bridgeproto_adapters.wakeups import Flag, clock
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture(params=["asyncio", "trio"])
+def anyio_backend(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+async def test_a_flag_wakes_every_waiter_and_one_cancelled_leaves_the_others() -> None:
+    flag = Flag()
+    woken: list[int] = []
+
+    async def waiter(n: int) -> None:
+        await flag.wait()
+        woken.append(n)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(waiter, 1)
+        tg.start_soon(waiter, 2)
+        async with anyio.create_task_group() as inner:
+            inner.start_soon(waiter, 3)
+            await anyio.wait_all_tasks_blocked()
+            inner.cancel_scope.cancel()  # waiter 3 gives up
+        await anyio.wait_all_tasks_blocked()
+        assert woken == []
+        flag.set()
+    assert sorted(woken) == [1, 2]
+    assert flag._waiters == []  # the cancelled waiter left no future behind
+
+
+async def test_a_set_flag_does_not_wait_and_a_cleared_one_does() -> None:
+    flag = Flag()
+    flag.set()
+    assert flag.is_set() and await flag.wait() is True
+    flag.clear()
+    assert not flag.is_set()
+    with anyio.move_on_after(0.05) as scope:
+        await flag.wait()
+    assert scope.cancelled_caught
+
+
+async def test_a_flag_wait_with_a_timeout_says_whether_it_was_set() -> None:
+    flag = Flag()
+    started = anyio.current_time()
+    assert await flag.wait(0.05) is False
+    assert anyio.current_time() - started >= 0.04
+    assert flag._waiters == []
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(lambda: _set_later(flag))
+        assert await flag.wait(5) is True
+
+
+async def _set_later(flag: Flag) -> None:
+    await anyio.sleep(0.01)
+    flag.set()
+
+
+async def test_the_clock_is_the_loops() -> None:
+    now = clock()
+    assert math.isclose(now(), anyio.current_time(), abs_tol=0.01)
+
+
+def test_outside_a_loop_the_clock_is_anyios() -> None:
+    assert clock() is anyio.current_time
+
+
+async def test_the_handoff_gives_chunks_in_order_then_the_end() -> None:
+    handoff = Handoff()
+    given: list[bool] = []
+
+    async def pump() -> None:
+        for chunk in (b"one", b"two", b""):
+            given.append(await handoff.send(chunk))
+        handoff.end()
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(pump)
+        await anyio.wait_all_tasks_blocked()
+        assert given == []  # the pump waits until its chunk is taken
+        assert await handoff.receive() == b"one"
+        assert await handoff.receive() == b"two"
+        assert await handoff.receive() == b""
+        with pytest.raises(anyio.EndOfStream):
+            await handoff.receive()
+    assert given == [True, True, True]
+
+
+async def test_closing_the_handoff_stops_a_waiting_pump() -> None:
+    handoff = Handoff()
+    results: list[bool] = []
+
+    async def pump() -> None:
+        results.append(await handoff.send(b"unread"))
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(pump)
+        await anyio.wait_all_tasks_blocked()
+        handoff.close()
+    assert results == [False]
+    assert await handoff.send(b"more") is False
+    with pytest.raises(anyio.ClosedResourceError):
+        await handoff.receive()
+
+
+async def test_closing_a_descriptor_wakes_its_reader_then_closes_it() -> None:
+    read_fd, write_fd = os.pipe()
+    descriptor = Descriptor(read_fd)
+    failures: list[BaseException] = []
+
+    async def reader() -> None:
+        try:
+            await descriptor.read()
+        except anyio.ClosedResourceError as exc:
+            failures.append(exc)
+
+    try:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(reader)
+            await anyio.wait_all_tasks_blocked()
+            descriptor.close()
+            os.fstat(read_fd)  # still open: the waiter has not left yet
+        assert len(failures) == 1
+        with pytest.raises(OSError):
+            os.fstat(read_fd)  # the last waiter to leave closed it
+    finally:
+        os.close(write_fd)
+
+
+async def test_a_descriptor_reads_what_arrives_while_it_waits() -> None:
+    read_fd, write_fd = os.pipe()
+    descriptor = Descriptor(read_fd)
+    try:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(lambda: _write_later(write_fd, b"late"))
+            assert await descriptor.read() == b"late"
+        os.close(write_fd)
+        write_fd = -1
+        with pytest.raises(anyio.EndOfStream):
+            await descriptor.read()
+    finally:
+        descriptor.close()
+        if write_fd >= 0:
+            os.close(write_fd)
+
+
+async def _write_later(fd: int, data: bytes) -> None:
+    await anyio.sleep(0.01)
+    os.write(fd, data)
+
+
+async def test_a_socket_as_a_descriptor_half_closes_and_closes() -> None:
+    ours, theirs = socket.socketpair()
+    stream = SocketFdStream(ours)
+    fd = stream.read_fd
+    try:
+        await stream.send(b"ping")
+        await stream.send_eof()
+        assert theirs.recv(100) == b"ping"
+        assert theirs.recv(100) == b""  # our half is closed...
+        theirs.sendall(b"still")
+        assert await stream.receive() == b"still"  # ...theirs is not
+        theirs.close()
+        with pytest.raises(anyio.EndOfStream):
+            await stream.receive()
+    finally:
+        await stream.aclose()
+    with pytest.raises(OSError):
+        os.fstat(fd)
+    with pytest.raises(anyio.ClosedResourceError):
+        await stream.send_eof()
+
+
+@pytest.mark.parametrize("family", ["tcp", "unix"])
+async def test_serve_hands_each_connection_to_the_handler(
+    family: str, anyio_backend: str, tmp_path: os.PathLike[str]
+) -> None:
+    if family == "tcp":
+        listener: anyio.abc.Listener[anyio.abc.SocketStream] = await anyio.create_tcp_listener(
+            local_host="127.0.0.1"
+        )
+    else:
+        listener = await anyio.create_unix_listener(os.path.join(tmp_path, "agents.sock"))
+    address = listener.extra(anyio.abc.SocketAttribute.local_address)
+    kinds: list[str] = []
+
+    async def echo(stream: anyio.abc.ByteStream) -> None:
+        kinds.append(type(stream).__name__)
+        async with stream:
+            await stream.send(await stream.receive())
+
+    async with listener, anyio.create_task_group() as tg:
+        tg.start_soon(serve, listener, echo)
+        for n in range(3):
+            if family == "tcp":
+                assert isinstance(address, tuple)
+                client = await anyio.connect_tcp(*address[:2])
+            else:
+                client = await anyio.connect_unix(str(address))
+            async with client:
+                await client.send(b"hello %d" % n)
+                assert await client.receive() == b"hello %d" % n
+        tg.cancel_scope.cancel()
+    if anyio_backend == "asyncio":
+        assert kinds == ["SocketFdStream"] * 3
+    else:  # anyio's own streams, as listener.serve gives them
+        assert len(kinds) == 3 and "SocketFdStream" not in kinds
+
+
+async def test_connect_tcp_reaches_a_listener_by_address_and_by_name(anyio_backend: str) -> None:
+    async with await anyio.create_tcp_listener(local_host="127.0.0.1") as listener:
+        port = listener.extra(anyio.abc.SocketAttribute.local_port)
+
+        async def echo(stream: anyio.abc.SocketStream) -> None:
+            async with stream:
+                await stream.send(await stream.receive())
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(listener.serve, echo)
+            for host in ("127.0.0.1", "localhost"):
+                stream = await connect_tcp(host, port)
+                async with stream:
+                    expected = (
+                        SocketFdStream if anyio_backend == "asyncio" else anyio.abc.SocketStream
+                    )
+                    assert isinstance(stream, expected)
+                    await stream.send(host.encode())
+                    assert await stream.receive() == host.encode()
+            tg.cancel_scope.cancel()
+
+
+async def test_connect_tcp_to_a_closed_port_says_refused(anyio_backend: str) -> None:
+    """(anyio's own, on trio, says only that every attempt failed.)"""
+    if anyio_backend != "asyncio":
+        pytest.skip("the direct connect is asyncio's")
+
+    with socket.socket() as probe:  # a port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    with pytest.raises(OSError) as caught:
+        await connect_tcp("127.0.0.1", port)
+    assert isinstance(caught.value, ConnectionRefusedError), caught.value
