@@ -21,7 +21,7 @@ from bridgeproto.http import AgentConnection, AgentEvent
 
 from .errors import STREAM_ERRORS
 from .settings import Listen
-from .streams import Descriptor, SocketFdStream
+from .streams import accept
 from .wakeups import Flag
 
 AgentHandler = Callable[[anyio.abc.ByteStream], Coroutine[Any, Any, None]]
@@ -174,26 +174,14 @@ async def serve(
     sockets = [one.extra(anyio.abc.SocketAttribute.raw_socket) for one in listeners]
     async with anyio.create_task_group() as tg:
         for sock in sockets:
-            tg.start_soon(_accept, sock, handler, tg)
+            tg.start_soon(_serve_socket, sock, handler, tg)
 
 
-async def _accept(
-    sock: socket.socket,
-    handler: AgentHandler,
-    tg: anyio.abc.TaskGroup,
+async def _serve_socket(
+    sock: socket.socket, handler: AgentHandler, tg: anyio.abc.TaskGroup
 ) -> None:
-    ready = Descriptor(sock.fileno())  # never closed here: the listener owns the socket
     while True:
-        try:
-            conn, _ = sock.accept()
-        except BlockingIOError:
-            await ready.wait(readable=True)
-            continue
-        except (ConnectionAbortedError, InterruptedError):
-            continue  # gone before it was taken
-        if conn.family != socket.AF_UNIX:
-            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        tg.start_soon(handler, SocketFdStream(conn))
+        tg.start_soon(handler, await accept(sock))
 
 
 async def open_listener(listen: Listen) -> anyio.abc.Listener[anyio.abc.SocketStream]:

@@ -231,6 +231,24 @@ class SocketFdStream(FdStream):
             sock.detach()
 
 
+async def accept(listener: socket.socket) -> SocketFdStream:
+    """The next connection on ``listener`` (one gone before it was taken is
+    skipped), TCP's without Nagle's delay. The listener stays its owner's
+    to close."""
+    ready = Descriptor(listener.fileno())
+    while True:
+        try:
+            conn, _ = listener.accept()
+        except BlockingIOError:
+            await ready.wait(readable=True)
+            continue
+        except (ConnectionAbortedError, InterruptedError):
+            continue
+        if conn.family != socket.AF_UNIX:
+            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return SocketFdStream(conn)
+
+
 async def connect_tcp(host: str, port: int) -> anyio.abc.ByteStream:
     """A TCP connection to ``host``:``port``; on asyncio a ``SocketFdStream``
     (the host's addresses tried in turn), elsewhere anyio's own."""

@@ -22,7 +22,7 @@ from bridgeproto.wire import armor
 
 from .. import sandbox_calls
 from ..errors import STREAM_ERRORS
-from ..streams import FdStream
+from ..streams import FdStream, accept
 from . import Acceptor
 from .mailbox_epoch import _OFFSET, _UPLOAD, _EpochStream, _Reorder, _urgent, spool_dir
 
@@ -133,21 +133,10 @@ async def _receive_exactly(stream: anyio.abc.ByteStream, size: int) -> bytes:
 
 
 # The calls' socket is served with a plain non-blocking socket, and each call
-# as an FdStream (anyio's wait_readable/wait_writable), rather than with
-# anyio's Unix socket streams: a wait of those that is cancelled just as its
-# socket turns ready fails inside the event loop, and this socket's waits
-# are cancelled whenever an epoch or the bridge ends.
-
-
-async def _accept(listener: socket.socket) -> FdStream:
-    while True:
-        try:
-            conn, _ = listener.accept()
-        except BlockingIOError:
-            await anyio.wait_readable(listener)
-            continue
-        fd = conn.detach()
-        return FdStream(fd, fd, owned=True)
+# as a descriptor (``streams.accept``), rather than with anyio's Unix socket
+# streams: a wait of those that is cancelled just as its socket turns ready
+# fails inside the event loop, and this socket's waits are cancelled
+# whenever an epoch or the bridge ends.
 
 
 async def serve_mailbox(
@@ -211,7 +200,7 @@ async def serve_mailbox(
             tg.start_soon(_watch_spool, spool, enter)
             task_status.started()
             while True:
-                tg.start_soon(take_call, await _accept(listener))
+                tg.start_soon(take_call, await accept(listener))
 
 
 def _inotify(directory: str) -> int | None:
