@@ -788,3 +788,39 @@ async def test_while_operations_fail_responses_ride_in_calls_not_uploads() -> No
     assert sorted(int(str(r["target"]).split("=")[1]) for r in posts) == list(range(requests))
     # Uploaded, every response would cost an upload (more with failures).
     assert used["upload_bytes"] < requests / 2, used
+
+
+def _host_epoch() -> Any:
+    from types import SimpleNamespace
+
+    from bridgeproto_adapters.transports.mailbox_host_epoch import _HostEpoch
+
+    owner = SimpleNamespace(options=MailboxOptions(), stats=SimpleNamespace(failed=0))
+    return _HostEpoch(owner, 1)  # type: ignore[arg-type]
+
+
+async def test_a_rewound_answer_that_overtook_the_output_before_it_ends_nothing() -> None:
+    """Calls overlap: the sandbox side answers a call with [0, 4) and then
+    the rewound one with [4, 8); the rewound answer comes back first. The
+    output before it is on its way, not lost: the next answer brings it and
+    the epoch goes on (it ended here, a resume costing dozens of calls, and
+    test_a_large_body_... failed one run in three on its call bound)."""
+    epoch = _host_epoch()
+    epoch._took(4, b"5678", True)
+    assert epoch.ended is None and epoch.inbox.got == 0
+    epoch._took(0, b"1234", False)
+    assert epoch.ended is None
+    assert epoch.inbox.take(100) == b"12345678"
+
+
+async def test_output_another_caller_took_ends_the_epoch_at_the_next_answer() -> None:
+    """The host never held [0, 4) and the rewound answer starts at 4: if the
+    answer after it does not bring [0, 4) either, code inside acknowledged
+    it with a call of its own, it cannot be had again, and the epoch ends
+    (the session resumes on a new one, which resends what was lost)."""
+    epoch = _host_epoch()
+    epoch._took(4, b"5678", True)
+    assert epoch.ended is None
+    epoch._took(8, b"9abc", False)
+    assert epoch.ended == "output of this epoch went to another caller"
+    assert epoch.inbox.take(100) == b""

@@ -55,6 +55,9 @@ class _HostEpoch(_EpochStream):
         self.inbox = _Reassembly()
         self._rewind = False  # the next call asks for the output after ``got`` again
         self._gap_before = False  # the last answer left a gap too
+        # A rewound answer started here, past what the host held: the output
+        # before it is on its way in an overtaken answer, or went elsewhere.
+        self._hole_until: int | None = None
         self._failures = 0  # calls and uploads failed in a row
         self._failing = 0.0  # share of recent calls and uploads that failed (moving average)
         self._next_in = 1
@@ -167,12 +170,19 @@ class _HostEpoch(_EpochStream):
         """An answer came back whole: place its bytes by offset."""
         self._failures = 0
         self._count_outcome(failed=False)
-        if rewound and start > self.inbox.got:
-            # Output the host never held was acknowledged by another caller
-            # (code inside, on the call socket): it cannot be had again here.
+        held = self.inbox.got
+        self.inbox.add(start, answer)
+        if self._hole_until is not None and self.inbox.got < self._hole_until:
+            # The answer after a rewound one that skipped output did not
+            # bring it either: the host never held that output and another
+            # caller acknowledged it (code inside, on the call socket). It
+            # cannot be had again here.
             self.end("output of this epoch went to another caller")
             return
-        self.inbox.add(start, answer)
+        # A rewound answer that starts past what the host holds may have
+        # overtaken an answer on its way with the output before it (the
+        # sandbox side answered that call first): the next answer decides.
+        self._hole_until = start if rewound and start > held else None
         # Answers may overtake each other: a gap that outlives the next
         # answer too is output lost on its way, to be asked for again.
         if self.inbox.gap and self._gap_before:
