@@ -80,16 +80,30 @@ class Descriptor:
     (``ClosedResourceError``) and the last one to leave closes it.
 
     On asyncio a wait is one future and the loop's reader or writer
-    callback: anyio's ``wait_readable`` adds a checkpoint (a turn of the
-    loop) and an event to each, and a channel waits once a request.
+    callback (anyio's ``wait_readable`` adds a checkpoint, a turn of the
+    loop, and an event to each). ``read`` goes further, as asyncio's own
+    transports do: the loop's reader callback stays registered from one
+    read to the next (registering costs two system calls a wait) and reads
+    what arrives itself, so the descriptor is not reported readable again
+    before its reader has run. It holds one chunk at most: while a chunk
+    waits to be taken, the callback stops watching (the sender is held
+    back) until the next ``read``.
     """
 
     def __init__(self, fd: int) -> None:
         os.set_blocking(fd, False)
         self.fd = fd
         self.closed = False
+        self._release = True  # close the descriptor once closed and no task waits
         self._waiters = 0
         self._futures: list[asyncio.Future[None]] = []
+        # ``read``'s side on asyncio: the loop its callback is registered
+        # with, the size it reads, and what it read (bytes, b"" at the end,
+        # or the error) until ``read`` takes it.
+        self._watching: asyncio.AbstractEventLoop | None = None
+        self._read_size = _READ_SIZE
+        self._chunk: bytes | OSError | None = None
+        self._reader: asyncio.Future[None] | None = None
 
     async def wait(self, *, readable: bool) -> None:
         """Until the descriptor is readable (or writable); ``ClosedResourceError`` if closed."""
@@ -102,9 +116,7 @@ class Descriptor:
             else:
                 await self._wait_on(loop, readable)
         finally:
-            self._waiters -= 1
-            if self.closed and not self._waiters:
-                os.close(self.fd)
+            self._left()
 
     async def _wait_on(self, loop: asyncio.AbstractEventLoop, readable: bool) -> None:
         future = loop.create_future()
@@ -122,19 +134,71 @@ class Descriptor:
             else:
                 loop.remove_writer(self.fd)
 
+    def _left(self) -> None:
+        self._waiters -= 1
+        if self.closed and self._release and not self._waiters:
+            os.close(self.fd)
+
     async def read(self, max_bytes: int = _READ_SIZE) -> bytes:
         """Up to ``max_bytes`` once there are any; ``EndOfStream`` at the end."""
         while True:
             if self.closed:
                 raise anyio.ClosedResourceError
-            try:
-                data = os.read(self.fd, max_bytes)
-            except BlockingIOError:
-                await self.wait(readable=True)
-                continue
-            if not data:
+            chunk, self._chunk = self._chunk, None
+            if chunk is None:
+                try:
+                    chunk = os.read(self.fd, max_bytes)
+                except BlockingIOError:
+                    await self._readable(max_bytes)
+                    continue
+            elif isinstance(chunk, OSError):
+                raise chunk
+            elif len(chunk) > max_bytes:
+                chunk, self._chunk = chunk[:max_bytes], chunk[max_bytes:]
+            if not chunk:
                 raise anyio.EndOfStream
-            return data
+            return chunk
+
+    async def _readable(self, max_bytes: int) -> None:
+        """Until the loop's callback has read a chunk (on trio: until readable)."""
+        if self._reader is not None:
+            raise anyio.BusyResourceError("reading from")
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            await self.wait(readable=True)
+            return
+        self._read_size = max_bytes
+        if self._watching is None:
+            self._watching = loop
+            loop.add_reader(self.fd, self._on_readable)
+        self._waiters += 1
+        self._reader = future = loop.create_future()
+        self._futures.append(future)
+        try:
+            await future
+        finally:
+            self._reader = None
+            self._futures.remove(future)
+            self._left()
+
+    def _on_readable(self) -> None:
+        if self._chunk is not None:  # the last chunk was not taken yet: stop watching
+            self._unwatch()
+            return
+        try:
+            self._chunk = os.read(self.fd, self._read_size)
+        except BlockingIOError:
+            return
+        except OSError as exc:  # (a reset connection, say) the reader raises it
+            self._chunk = exc
+        if self._reader is not None and not self._reader.done():
+            self._reader.set_result(None)
+
+    def _unwatch(self) -> None:
+        loop, self._watching = self._watching, None
+        if loop is not None and not loop.is_closed():
+            loop.remove_reader(self.fd)
 
     async def write(self, data: bytes) -> None:
         """All of ``data``; ``BrokenResourceError`` when the reader is gone.
@@ -155,17 +219,20 @@ class Descriptor:
                 raise anyio.BrokenResourceError from None
             view = view[written:]
 
-    def close(self) -> None:
+    def close(self, *, release: bool = True) -> None:
+        """Refuse further use and wake the waiters; with ``release`` (the
+        descriptor is ours), close it once the last waiter has left."""
         if self.closed:
             return
         self.closed = True
-        if self._waiters:  # they wake, and the last one closes it
-            for future in self._futures:
-                if not future.done():
-                    future.set_exception(anyio.ClosedResourceError())
-            if not self._futures:  # (waiting through anyio)
-                anyio.notify_closing(self.fd)
-        else:
+        self._release = release
+        self._unwatch()
+        for future in self._futures:
+            if not future.done():
+                future.set_exception(anyio.ClosedResourceError())
+        if self._waiters and not self._futures:  # (waiting through anyio)
+            anyio.notify_closing(self.fd)
+        if release and not self._waiters:
             os.close(self.fd)
 
 
@@ -204,7 +271,8 @@ class FdStream(anyio.abc.ByteStream):
             self._reader.close()
             self._writer.close()
         else:  # not ours to close: only refuse further use
-            self._reader.closed = self._writer.closed = True
+            self._reader.close(release=False)
+            self._writer.close(release=False)
         await anyio.lowlevel.checkpoint()
 
 

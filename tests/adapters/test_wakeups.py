@@ -166,6 +166,84 @@ async def _write_later(fd: int, data: bytes) -> None:
     await anyio.sleep(0.01)
     os.write(fd, data)
 
+class _CountingDescriptor(Descriptor):
+    woken = 0
+
+    def _on_readable(self) -> None:
+        self.woken += 1
+        super()._on_readable()
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_a_descriptor_keeps_watching_between_reads_and_holds_one_chunk() -> None:
+    """The loop's callback stays registered from one read to the next and
+    reads what arrives itself; while a chunk it read waits to be taken, it
+    stops watching (it neither reads on nor wakes the loop every turn)."""
+    read_fd, write_fd = os.pipe()
+    descriptor = _CountingDescriptor(read_fd)
+    try:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(_write_later, write_fd, b"one")
+            assert await descriptor.read() == b"one"
+        assert descriptor._watching is not None  # kept for the next read
+        woken = descriptor.woken
+        os.write(write_fd, b"two")  # nobody reads: the callback takes it and holds it
+        for _ in range(10):
+            await anyio.sleep(0)
+        assert (descriptor.woken, descriptor._watching is not None) == (woken + 1, True)
+        os.write(write_fd, b"three")  # still held: the callback stops watching
+        for _ in range(10):
+            await anyio.sleep(0)
+        assert (descriptor.woken, descriptor._watching) == (woken + 2, None)
+        assert await descriptor.read() == b"two"
+        assert await descriptor.read() == b"three"
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(_write_later, write_fd, b"four")
+            assert await descriptor.read() == b"four"  # watched again
+        assert descriptor._watching is not None
+    finally:
+        descriptor.close()
+        os.close(write_fd)
+
+
+async def test_a_closed_descriptors_number_serves_the_next_descriptor() -> None:
+    """Closing a descriptor the loop still watches (between reads) stops the
+    watch first: the next pipe given the same number is waited on afresh."""
+    read_fd, write_fd = os.pipe()
+    first = Descriptor(read_fd)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(_write_later, write_fd, b"first")
+        assert await first.read() == b"first"
+    first.close()
+    os.close(write_fd)
+    again, write_again = os.pipe()
+    assert again == read_fd  # the lowest free number: the same one
+    second = Descriptor(again)
+    try:
+        with anyio.fail_after(5):  # a watch left on the old one loses the wake-up
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(_write_later, write_again, b"second")
+                assert await second.read() == b"second"
+    finally:
+        second.close()
+        os.close(write_again)
+
+
+async def test_a_second_reader_of_one_descriptor_is_refused() -> None:
+    read_fd, write_fd = os.pipe()
+    descriptor = Descriptor(read_fd)
+    try:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(descriptor.read)
+            await anyio.wait_all_tasks_blocked()
+            with pytest.raises(anyio.BusyResourceError):
+                await descriptor.read()
+            os.write(write_fd, b"x")  # the first reader takes it and returns
+    finally:
+        descriptor.close()
+        os.close(write_fd)
+
+
 
 async def test_a_socket_as_a_descriptor_half_closes_and_closes() -> None:
     ours, theirs = socket.socketpair()
