@@ -166,6 +166,7 @@ async def _write_later(fd: int, data: bytes) -> None:
     await anyio.sleep(0.01)
     os.write(fd, data)
 
+
 class _CountingDescriptor(Descriptor):
     woken = 0
 
@@ -242,7 +243,6 @@ async def test_a_second_reader_of_one_descriptor_is_refused() -> None:
     finally:
         descriptor.close()
         os.close(write_fd)
-
 
 
 async def test_a_socket_as_a_descriptor_half_closes_and_closes() -> None:
