@@ -125,46 +125,49 @@ def _encode_hello(record: Hello) -> bytes:
     )
 
 
-def _encode_request_head(record: RequestHead) -> bytes:
+# Each encoder gives a payload in two parts, fixed fields and a tail of
+# bytes as they are (a body chunk, a reason, a ping's payload), so that a
+# body is copied once, into the frame.
+Parts = tuple[bytes, bytes]
+
+
+def _encode_request_head(record: RequestHead) -> Parts:
     return (
         _ID_ID.pack(record.exchange_id, record.route)
         + _blob(record.method)
         + _blob(record.target)
-        + _headers_bytes(record.headers)
+        + _headers_bytes(record.headers),
+        b"",
     )
 
 
-def _encode_response_head(record: ResponseHead) -> bytes:
+def _encode_response_head(record: ResponseHead) -> Parts:
     return (
         _STATUS.pack(record.exchange_id, record.status)
         + _blob(record.reason)
-        + _headers_bytes(record.headers)
+        + _headers_bytes(record.headers),
+        b"",
     )
-
-
-def _encode_reset(record: Reset) -> bytes:
-    return _ID_CODE.pack(record.exchange_id, record.code) + record.reason.encode()
-
-
-def _encode_goaway(record: GoAway) -> bytes:
-    return _ID_CODE.pack(record.last_exchange_id, record.code) + record.reason.encode()
 
 
 # Record class -> its frame type and payload encoder; ``_DECODERS`` below is
 # the mirror image, and a test keeps the two covering the same types.
-_ENCODERS: dict[type[Record], tuple[FrameType, Callable[[Any], bytes]]] = {
-    Hello: (FrameType.HELLO, _encode_hello),
+_ENCODERS: dict[type[Record], tuple[FrameType, Callable[[Any], Parts]]] = {
+    Hello: (FrameType.HELLO, lambda r: (_encode_hello(r), b"")),
     RequestHead: (FrameType.REQUEST_HEAD, _encode_request_head),
     ResponseHead: (FrameType.RESPONSE_HEAD, _encode_response_head),
-    Data: (FrameType.DATA, lambda r: _U32.pack(r.exchange_id) + r.data),
-    EndOfBody: (FrameType.END_OF_BODY, lambda r: _U32.pack(r.exchange_id)),
-    Reset: (FrameType.RESET, _encode_reset),
-    Window: (FrameType.WINDOW, lambda r: _ID_ID.pack(r.exchange_id, r.increment)),
-    Ack: (FrameType.ACK, lambda r: _U64.pack(r.seq)),
-    Ping: (FrameType.PING, lambda r: r.payload),
-    Pong: (FrameType.PONG, lambda r: r.payload),
-    GoAway: (FrameType.GOAWAY, _encode_goaway),
-    Route: (FrameType.ROUTE, lambda r: _ROUTE.pack(r.route, r.port)),
+    Data: (FrameType.DATA, lambda r: (_U32.pack(r.exchange_id), r.data)),
+    EndOfBody: (FrameType.END_OF_BODY, lambda r: (_U32.pack(r.exchange_id), b"")),
+    Reset: (FrameType.RESET, lambda r: (_ID_CODE.pack(r.exchange_id, r.code), r.reason.encode())),
+    Window: (FrameType.WINDOW, lambda r: (_ID_ID.pack(r.exchange_id, r.increment), b"")),
+    Ack: (FrameType.ACK, lambda r: (_U64.pack(r.seq), b"")),
+    Ping: (FrameType.PING, lambda r: (b"", r.payload)),
+    Pong: (FrameType.PONG, lambda r: (b"", r.payload)),
+    GoAway: (
+        FrameType.GOAWAY,
+        lambda r: (_ID_CODE.pack(r.last_exchange_id, r.code), r.reason.encode()),
+    ),
+    Route: (FrameType.ROUTE, lambda r: (_ROUTE.pack(r.route, r.port), b"")),
 }
 
 
@@ -183,19 +186,20 @@ def encode_frame(record: Record, seq: int = 0) -> bytes:
         raise LocalProtocolError(f"{type(record).__name__} needs a sequence number >= 1")
     if not sequenced and seq != 0:
         raise LocalProtocolError(f"{type(record).__name__} is not sequenced; use seq 0")
-    payload = encode(record)
-    header = HEADER.pack(MAGIC, PROTOCOL_VERSION, frame_type, len(payload), seq)
-    crc = binascii.crc32(payload, binascii.crc32(header))
-    return b"".join((header, payload, _U32.pack(crc)))
+    fixed, tail = encode(record)
+    head = HEADER.pack(MAGIC, PROTOCOL_VERSION, frame_type, len(fixed) + len(tail), seq) + fixed
+    crc = binascii.crc32(tail, binascii.crc32(head))
+    return b"".join((head, tail, _U32.pack(crc)))
 
 
 # ---------------------------------------------------------------- decoding
 
 
 class _Reader:
-    """Walks a payload; every short read is a ``RemoteProtocolError``."""
+    """Walks a payload (bytes, or a view of the decoder's buffer, each field
+    copied out once); every short read is a ``RemoteProtocolError``."""
 
-    def __init__(self, data: bytes, what: str) -> None:
+    def __init__(self, data: bytes | memoryview, what: str) -> None:
         self.data = data
         self.pos = 0
         self.what = what
@@ -207,12 +211,16 @@ class _Reader:
                 f"{self.what} payload ends after {len(self.data)} bytes;"
                 f" a field needs {n} bytes at offset {self.pos}"
             )
-        chunk = self.data[self.pos : end]
+        chunk = bytes(self.data[self.pos : end])
         self.pos = end
         return chunk
 
     def unpack(self, fmt: struct.Struct) -> tuple[int, ...]:
-        return fmt.unpack(self.take(fmt.size))
+        if self.pos + fmt.size > len(self.data):
+            self.take(fmt.size)  # (raises)
+        values = fmt.unpack_from(self.data, self.pos)
+        self.pos += fmt.size
+        return values
 
     def blob(self) -> bytes:
         (n,) = self.unpack(_U32)
@@ -229,9 +237,7 @@ class _Reader:
         return tuple((self.blob(), self.blob()) for _ in range(count))
 
     def rest(self) -> bytes:
-        chunk = self.data[self.pos :]
-        self.pos = len(self.data)
-        return chunk
+        return self.take(len(self.data) - self.pos)
 
     def text(self) -> str:
         try:
@@ -319,7 +325,7 @@ _DECODERS: dict[FrameType, Callable[[_Reader], Record]] = {
 }
 
 
-def decode_payload(type_byte: int, version: int, seq: int, payload: bytes) -> Frame:
+def decode_payload(type_byte: int, version: int, seq: int, payload: bytes | memoryview) -> Frame:
     """Turn a frame whose CRC has checked out into a ``Frame``."""
     # The version first (a hello is read at any version, so that a mismatch
     # is reported with both versions named), then the type.
@@ -399,23 +405,22 @@ class FrameDecoder:
         total = HEADER_SIZE + length + TRAILER_SIZE
         if len(buf) < total:
             return self._short(total)
-        view = memoryview(buf)
-        (crc,) = _U32.unpack_from(buf, total - TRAILER_SIZE)
-        if binascii.crc32(view[: total - TRAILER_SIZE]) != crc:
-            view.release()
-            raise CorruptFrameError(
-                f"CRC mismatch in the frame at stream offset {self._offset}:"
-                " the frame was damaged in transit"
-            )
-        payload = bytes(view[HEADER_SIZE : total - TRAILER_SIZE])
-        view.release()
-        offset = self._offset
+        with memoryview(buf) as view, view[HEADER_SIZE : total - TRAILER_SIZE] as payload:
+            (crc,) = _U32.unpack_from(buf, total - TRAILER_SIZE)
+            if binascii.crc32(view[: total - TRAILER_SIZE]) != crc:
+                raise CorruptFrameError(
+                    f"CRC mismatch in the frame at stream offset {self._offset}:"
+                    " the frame was damaged in transit"
+                )
+            try:  # (each field is copied out of the buffer once)
+                frame = decode_payload(type_byte, version, seq, payload)
+            except RemoteProtocolError as exc:
+                raise RemoteProtocolError(
+                    f"{exc} (frame at stream offset {self._offset})"
+                ) from None
         del buf[:total]
         self._offset += total
-        try:
-            return decode_payload(type_byte, version, seq, payload)
-        except RemoteProtocolError as exc:
-            raise RemoteProtocolError(f"{exc} (frame at stream offset {offset})") from None
+        return frame
 
     def _short(self, needed: int) -> Sentinel:
         if not self._ended:
