@@ -3,7 +3,7 @@ into the bridge.
 
 A body already read with its head is sent at once (``body_at_hand``): a
 small request then needs no task beyond the one answering it, which hears
-of a hang-up from the agent's pump (``hung_up``). A body still arriving is
+of a hang-up from the agent (``hung_up``). A body still arriving is
 streamed by a task of its own (``upload``) while the answer goes back.
 ``Outcome`` is what that task tells the answering one when it stops early.
 """
@@ -92,7 +92,7 @@ async def upload(
             else:
                 raise anyio.EndOfStream
         # The request is in; an agent that hangs up now cancels the exchange.
-        data = await agent.chunks.receive()
+        data = await agent.receive()
         if not data:
             raise anyio.EndOfStream
         agent.http.receive_data(data)  # a pipelined request, kept for the next cycle
@@ -119,7 +119,7 @@ async def _switched_upload(agent: Agent, exchange: Exchange) -> None:
     while True:
         if data:
             await exchange.send_data(data)
-        data = await agent.chunks.receive()
+        data = await agent.receive()
         if not data:
             break
     exchange.end()

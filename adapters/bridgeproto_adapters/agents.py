@@ -2,8 +2,10 @@
 (``Agent``), and the listeners agents connect to (what one may cost before
 it is refused, ``AgentLimits``, is a setting: ``settings.py``).
 
-One task (``Agent.pump``) reads an agent's socket for the whole
-connection; the task answering its requests takes the chunks from it.
+On asyncio an agent's socket is read by the task that needs its next bytes
+and watched between reads for a hang-up; any other stream is read by one
+task for the whole connection (``Agent.pump``), and the task answering its
+requests takes the chunks from it.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from bridgeproto.http import AgentConnection, AgentEvent
 
 from .errors import STREAM_ERRORS
 from .settings import Listen
-from .streams import accept
+from .streams import FdStream, accept
 from .wakeups import Flag
 
 AgentHandler = Callable[[anyio.abc.ByteStream], Coroutine[Any, Any, None]]
@@ -32,44 +34,72 @@ _AGENT_READ = 1 << 20  # an upload is carried in large frames, as the channel ta
 class Agent:
     """One agent connection: its HTTP state and its bytes.
 
-    A single task (``pump``) reads the socket for the whole connection and
-    hands chunks over one at a time, so reading still stops when the bridge
-    has no credit, and no read on the socket is ever cancelled (anyio's
-    asyncio Unix sockets cannot take that).
+    A socket read as a descriptor (``SocketFdStream``, on asyncio) is read
+    directly: such a read can be cancelled, and the descriptor tells of a
+    hang-up between reads. Any other stream gets a pump (``pumped``): a
+    single task reads it for the whole connection and hands chunks over
+    one at a time, so reading still stops when the bridge has no credit,
+    and no read on the socket is ever cancelled (anyio's asyncio Unix
+    sockets cannot take that).
     """
 
     def __init__(self, http: AgentConnection, stream: anyio.abc.ByteStream) -> None:
         self.http = http
         self.stream = stream
-        self.chunks = Handoff()
-        # Told at once when the agent hangs up, while nobody takes chunks
-        # (a request wholly read, its answer under way).
-        self.on_hangup: Callable[[], None] | None = None
+        self._socket = stream if isinstance(stream, FdStream) and _on_asyncio() else None
+        self.chunks = Handoff() if self._socket is None else None
+        self._on_hangup: Callable[[], None] | None = None
+
+    @property
+    def pumped(self) -> bool:
+        return self.chunks is not None
+
+    @property
+    def on_hangup(self) -> Callable[[], None] | None:
+        """Told at once when the agent hangs up while nobody reads it (a
+        request wholly read, its answer under way)."""
+        return self._on_hangup
+
+    @on_hangup.setter
+    def on_hangup(self, callback: Callable[[], None] | None) -> None:
+        self._on_hangup = callback
+        if self._socket is not None:
+            self._socket.watch_while_unread(None if callback is None else self._held)
+
+    def _held(self, chunk: bytes | OSError) -> None:
+        if (isinstance(chunk, OSError) or not chunk) and self._on_hangup is not None:
+            self._on_hangup()
 
     async def pump(self) -> None:
+        assert self.chunks is not None
         try:
             while True:
                 try:
                     data = await self.stream.receive(_AGENT_READ)
                 except STREAM_ERRORS:
                     data = b""
-                if not data and self.on_hangup is not None:
-                    self.on_hangup()
+                if not data and self._on_hangup is not None:
+                    self._on_hangup()
                 if not await self.chunks.send(data) or not data:
                     return
         finally:
             self.chunks.end()
+
+    async def receive(self) -> bytes:
+        """The agent's next bytes; b"" once it has closed its side or gone."""
+        try:
+            if self.chunks is None:
+                return await self.stream.receive(_AGENT_READ)
+            return await self.chunks.receive()
+        except STREAM_ERRORS:
+            return b""
 
     async def next_event(self) -> AgentEvent:
         while True:
             event = self.http.next_event()
             if event is not None:
                 return event
-            try:
-                data = await self.chunks.receive()
-            except anyio.EndOfStream:
-                data = b""
-            self.http.receive_data(data)
+            self.http.receive_data(await self.receive())
 
     async def refuse(self, reply: bytes) -> None:
         """Answer and close, letting the agent read the answer.
@@ -83,12 +113,21 @@ class Agent:
         with contextlib.suppress(*STREAM_ERRORS):
             await self.stream.send_eof()
             with anyio.move_on_after(_LINGER_SECONDS):
-                while await self.chunks.receive():
+                while await self.receive():
                     pass
 
     async def close(self) -> None:
-        self.chunks.close()  # a pump waiting to hand over a chunk stops
-        await self.stream.aclose()  # a pump waiting on the socket wakes and stops
+        if self.chunks is not None:
+            self.chunks.close()  # a pump waiting to hand over a chunk stops
+        await self.stream.aclose()  # a task waiting on the socket wakes and stops
+
+
+def _on_asyncio() -> bool:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
 
 
 class Handoff:

@@ -1,7 +1,9 @@
 """The sandbox side: an HTTP/1.1 listener whose requests cross the bridge.
 
-One task per agent connection answers its requests one after another (a
-second, the pump, reads its socket: ``agents.py``). A request whose body
+One task per agent connection answers its requests one after another
+(where its socket is not read as a descriptor, on trio or over a stream
+an embedder hands to ``handle_agent``, a second, the pump, reads it:
+``agents.py``). A request whose body
 came with its head is sent whole and answered in that task alone; one
 whose body is still arriving gets a task of its own that streams the rest
 into the bridge while the answer streams back (``agent_upload.py``).
@@ -115,7 +117,8 @@ class SandboxSide:
             await stream.aclose()
             return
         async with anyio.create_task_group() as tg:
-            tg.start_soon(agent.pump)
+            if agent.pumped:
+                tg.start_soon(agent.pump)
             try:
                 while await self._one_request(agent) and agent.http.next_cycle():
                     pass

@@ -17,6 +17,7 @@ import ipaddress
 import math
 import os
 import socket
+from collections.abc import Callable
 
 import anyio
 import anyio.abc
@@ -103,7 +104,8 @@ class Descriptor:
         self._watching: asyncio.AbstractEventLoop | None = None
         self._read_size = _READ_SIZE
         self._chunk: bytes | OSError | None = None
-        self._reader: asyncio.Future[None] | None = None
+        self._read_waiter: asyncio.Future[None] | None = None
+        self._on_held: Callable[[bytes | OSError], None] | None = None
 
     async def wait(self, *, readable: bool) -> None:
         """Until the descriptor is readable (or writable); ``ClosedResourceError`` if closed."""
@@ -161,7 +163,7 @@ class Descriptor:
 
     async def _readable(self, max_bytes: int) -> None:
         """Until the loop's callback has read a chunk (on trio: until readable)."""
-        if self._reader is not None:
+        if self._read_waiter is not None:
             raise anyio.BusyResourceError("reading from")
         try:
             loop = asyncio.get_running_loop()
@@ -169,36 +171,60 @@ class Descriptor:
             await self.wait(readable=True)
             return
         self._read_size = max_bytes
-        if self._watching is None:
-            self._watching = loop
-            loop.add_reader(self.fd, self._on_readable)
+        self._watch(loop)
         self._waiters += 1
-        self._reader = future = loop.create_future()
+        self._read_waiter = future = loop.create_future()
         self._futures.append(future)
         try:
             await future
         finally:
-            self._reader = None
+            self._read_waiter = None
             self._futures.remove(future)
             self._left()
+
+    def _watch(self, loop: asyncio.AbstractEventLoop) -> None:
+        if self._watching is None:
+            self._watching = loop
+            loop.add_reader(self.fd, self._on_readable)
 
     def _on_readable(self) -> None:
         if self._chunk is not None:  # the last chunk was not taken yet: stop watching
             self._unwatch()
             return
         try:
-            self._chunk = os.read(self.fd, self._read_size)
+            chunk: bytes | OSError = os.read(self.fd, self._read_size)
         except BlockingIOError:
             return
         except OSError as exc:  # (a reset connection, say) the reader raises it
-            self._chunk = exc
-        if self._reader is not None and not self._reader.done():
-            self._reader.set_result(None)
+            chunk = exc
+        self._chunk = chunk
+        if self._read_waiter is not None:
+            if not self._read_waiter.done():
+                self._read_waiter.set_result(None)
+        elif self._on_held is not None:
+            self._on_held(chunk)
 
     def _unwatch(self) -> None:
         loop, self._watching = self._watching, None
         if loop is not None and not loop.is_closed():
             loop.remove_reader(self.fd)
+
+    def watch_while_unread(self, on_held: Callable[[bytes | OSError], None] | None) -> bool:
+        """Between reads, have ``on_held`` told of each chunk that arrives
+        (b"" at the end, or the error), as soon as it does; None stops
+        that. False where this cannot be done (not on asyncio). A chunk
+        already held is told at once."""
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return False
+        self._on_held = on_held
+        if on_held is not None and not self.closed:
+            if self._chunk is not None:
+                on_held(self._chunk)
+            else:
+                self._watch(loop)
+        return True
 
     async def write(self, data: bytes) -> None:
         """All of ``data``; ``BrokenResourceError`` when the reader is gone.
@@ -265,6 +291,10 @@ class FdStream(anyio.abc.ByteStream):
 
     async def send_eof(self) -> None:
         pass  # the protocol's goaway ends a session; EOF is never needed
+
+    def watch_while_unread(self, on_held: Callable[[bytes | OSError], None] | None) -> bool:
+        """``Descriptor.watch_while_unread`` for the reading side."""
+        return self._reader.watch_while_unread(on_held)
 
     async def aclose(self) -> None:
         if self.owned:
