@@ -2,9 +2,10 @@
 
 A task of its own, so that reading never waits on writing: two sides that
 both have a lot to send still drain each other. Woken when the core may
-have something to send, it lets the other ready tasks queue their frames
-first (a request's head, body and end then leave in one write) and sends
-everything in pieces of at most ``WRITE_SIZE``.
+have something to send, it runs in the loop's next turn, after every task
+that was ready with the one that woke it (a request's head, body and end,
+and the other agents' requests of that turn, then leave in one write), and
+sends everything in pieces of at most ``WRITE_SIZE``.
 
 An acknowledgement alone is held a little (``ack_delay``) for other frames
 to carry it: a request's rides with its answer, an answer's with the next
@@ -21,7 +22,6 @@ from collections.abc import Callable
 
 import anyio
 import anyio.abc
-import anyio.lowlevel
 
 import bridgeproto as bp
 
@@ -128,10 +128,6 @@ class ChannelWriter:
                         await self._woken(left)
                 finally:
                     self._holding = False
-            # Let the tasks that are ready queue their frames too, so that a
-            # request's head, body and end leave in one write.
-            await anyio.lowlevel.checkpoint()
-            self._take_wake()
             if not await self._flush(stream):
                 return
             flushed, self._flushed = self._flushed, None
