@@ -223,8 +223,17 @@ class _Reader:
         return values
 
     def blob(self) -> bytes:
-        (n,) = self.unpack(_U32)
-        return self.take(n)
+        # (``unpack`` and ``take`` inlined: a head has two blobs a header)
+        data, start = self.data, self.pos + 4
+        if start > len(data):
+            self.take(4)  # (raises)
+        (n,) = _U32.unpack_from(data, self.pos)
+        self.pos = start
+        end = start + n
+        if end > len(data):
+            self.take(n)  # (raises)
+        self.pos = end
+        return bytes(data[start:end])
 
     def headers(self) -> Headers:
         (count,) = self.unpack(_U32)
@@ -325,6 +334,16 @@ _DECODERS: dict[FrameType, Callable[[_Reader], Record]] = {
 }
 
 
+def _by_type_byte() -> dict[int, tuple[str, Callable[[_Reader], Record], bool]]:
+    """Type byte -> the type's name, its decoder, whether it is sequenced:
+    one look-up a frame."""
+    sequenced = {frame_type for cls, (frame_type, _) in _ENCODERS.items() if cls in SEQUENCED}
+    return {int(t): (t.name, decode, t in sequenced) for t, decode in _DECODERS.items()}
+
+
+_BY_TYPE_BYTE = _by_type_byte()
+
+
 def decode_payload(type_byte: int, version: int, seq: int, payload: bytes | memoryview) -> Frame:
     """Turn a frame whose CRC has checked out into a ``Frame``."""
     # The version first (a hello is read at any version, so that a mismatch
@@ -334,21 +353,20 @@ def decode_payload(type_byte: int, version: int, seq: int, payload: bytes | memo
             f"a frame of type {type_byte} has wire version {version}; this end speaks"
             f" version {PROTOCOL_VERSION}"
         )
+    found = _BY_TYPE_BYTE.get(type_byte)
+    if found is None:
+        raise RemoteProtocolError(f"unknown frame type {type_byte}")
+    name, decode, sequenced = found
+    reader = _Reader(payload, name)
     try:
-        frame_type = FrameType(type_byte)
-    except ValueError:
-        raise RemoteProtocolError(f"unknown frame type {type_byte}") from None
-    reader = _Reader(payload, frame_type.name)
-    try:
-        record = _DECODERS[frame_type](reader)
+        record = decode(reader)
     except LocalProtocolError as exc:
-        raise RemoteProtocolError(f"invalid {frame_type.name} record: {exc}") from None
+        raise RemoteProtocolError(f"invalid {name} record: {exc}") from None
     reader.done()
-    sequenced = isinstance(record, SEQUENCED)
     if sequenced and seq == 0:
-        raise RemoteProtocolError(f"{frame_type.name} frame must carry a sequence number")
+        raise RemoteProtocolError(f"{name} frame must carry a sequence number")
     if not sequenced and seq != 0:
-        raise RemoteProtocolError(f"{frame_type.name} frame must not carry a sequence number")
+        raise RemoteProtocolError(f"{name} frame must not carry a sequence number")
     return Frame(seq, record)
 
 
@@ -389,14 +407,13 @@ class FrameDecoder:
 
     def _next_frame(self) -> Frame | Sentinel:
         buf = self._buffer
-        if buf[:2] != MAGIC[: len(buf)]:
-            raise CorruptFrameError(
-                f"bad magic {bytes(buf[:2])!r} at stream offset {self._offset}:"
-                " the bytes are not a bridgeproto frame"
-            )
         if len(buf) < HEADER_SIZE:
+            if buf[:2] != MAGIC[: len(buf)]:
+                raise self._bad_magic()
             return self._short(HEADER_SIZE)
-        _, version, type_byte, length, seq = HEADER.unpack_from(buf)
+        magic, version, type_byte, length, seq = HEADER.unpack_from(buf)
+        if magic != MAGIC:
+            raise self._bad_magic()
         if length > self.max_frame_size:
             raise CorruptFrameError(
                 f"frame at stream offset {self._offset} declares a {length}-byte payload;"
@@ -421,6 +438,12 @@ class FrameDecoder:
         del buf[:total]
         self._offset += total
         return frame
+
+    def _bad_magic(self) -> CorruptFrameError:
+        return CorruptFrameError(
+            f"bad magic {bytes(self._buffer[:2])!r} at stream offset {self._offset}:"
+            " the bytes are not a bridgeproto frame"
+        )
 
     def _short(self, needed: int) -> Sentinel:
         if not self._ended:
