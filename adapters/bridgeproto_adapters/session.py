@@ -56,9 +56,10 @@ class Session:
 
     ``on_request`` is called in a task of its own for every request head the
     peer sends (outward exchanges on the host side, inward ones on the
-    sandbox side). ``run`` returns when the session has closed or
-    failed; ``ready`` is set once the handshake completes. ``on_channel``, if
-    given, hears of every channel change (for ``-v``).
+    sandbox side; a task that handled one waits for the next). ``run``
+    returns when the session has closed or failed; ``ready`` is set once the
+    handshake completes. ``on_channel``, if given, hears of every channel
+    change (for ``-v``).
     """
 
     def __init__(
@@ -98,6 +99,9 @@ class Session:
         self._wake_timer = Flag()
         self._armed_deadline: float | None = None
         self._task_group: anyio.abc.TaskGroup | None = None
+        # Tasks that have handled a request and wait for the next (starting a
+        # task costs more than waking one); never more than ever ran at once.
+        self._idle_handlers: list[_Handler] = []
         self._admission = Admission(lambda: self.usable and self.conn.exchanges_full)
 
     # ---------------------------------------------------------------- API
@@ -343,7 +347,10 @@ class Session:
                 exchange.reset(bp.ErrorCode.REFUSED, "this side does not take requests")
                 self.forget(exchange)
                 return
-            self._task_group.start_soon(self._handle_request, exchange, event)
+            if self._idle_handlers:
+                self._idle_handlers.pop().give(exchange, event)
+            else:
+                self._task_group.start_soon(self._handler, exchange, event)
             return
         maybe = self._exchanges.get(event.exchange_id)
         if maybe is None:
@@ -352,15 +359,20 @@ class Session:
             return
         maybe.deliver(event)
 
-    async def _handle_request(self, exchange: Exchange, head: bp.RequestHead) -> None:
+    async def _handler(self, exchange: Exchange, head: bp.RequestHead) -> None:
+        """Handle requests, this one first, then each given to it while idle."""
         assert self.on_request is not None
-        try:
-            await self.on_request(exchange, head)
-        except Exception as exc:  # a bug in a handler must not end the session
-            logger.exception("handling exchange %d failed", exchange.id)
-            exchange.reset(bp.ErrorCode.INTERNAL_ERROR, f"the host side failed: {exc!r}")
-        finally:
-            exchange.close()
+        handler = _Handler()
+        while True:
+            try:
+                await self.on_request(exchange, head)
+            except Exception as exc:  # a bug in a handler must not end the session
+                logger.exception("handling exchange %d failed", exchange.id)
+                exchange.reset(bp.ErrorCode.INTERNAL_ERROR, f"the host side failed: {exc!r}")
+            finally:
+                exchange.close()
+            self._idle_handlers.append(handler)
+            exchange, head = await handler.next()
 
     def _end_all(self, reason: str) -> None:
         self._dispatch(self.conn.abort(reason))  # does nothing if the session already ended
@@ -369,6 +381,25 @@ class Session:
         self.finished.set()
         self._writer.release()
         self._admission.release_all()
+
+
+class _Handler:
+    """An idle request handler's mailbox: the next exchange, and its wake-up."""
+
+    def __init__(self) -> None:
+        self._given = Flag()
+        self._work: tuple[Exchange, bp.RequestHead] | None = None
+
+    def give(self, exchange: Exchange, head: bp.RequestHead) -> None:
+        self._work = (exchange, head)
+        self._given.set()
+
+    async def next(self) -> tuple[Exchange, bp.RequestHead]:
+        await self._given.wait()
+        self._given.clear()
+        work, self._work = self._work, None
+        assert work is not None
+        return work
 
 
 async def first_of(*events: anyio.Event) -> int:
