@@ -85,21 +85,32 @@ class Agent:
         finally:
             self.chunks.end()
 
-    async def receive(self) -> bytes:
-        """The agent's next bytes; b"" once it has closed its side or gone."""
+    async def receive(self, deadline: float | None = None) -> bytes:
+        """The agent's next bytes; b"" once it has closed its side or gone,
+        ``TimeoutError`` if none came by ``deadline`` (``wakeups.clock()``'s time)."""
         try:
-            if self.chunks is None:
-                return await self.stream.receive(_AGENT_READ)
-            return await self.chunks.receive()
+            if self._socket is not None:
+                if deadline is None:
+                    return await self._socket.receive(_AGENT_READ)
+                return await self._socket.receive_before(deadline, _AGENT_READ)
+            assert self.chunks is not None
+            if deadline is None:
+                return await self.chunks.receive()
+            with anyio.fail_after(deadline - anyio.current_time()):
+                return await self.chunks.receive()
+        except TimeoutError:
+            raise  # (an OSError, but not the agent's)
         except STREAM_ERRORS:
             return b""
 
-    async def next_event(self) -> AgentEvent:
+    async def next_event(self, deadline: float | None = None) -> AgentEvent:
+        """The agent's next request, body chunk or end; ``TimeoutError`` if
+        the bytes it needs did not come by ``deadline``."""
         while True:
             event = self.http.next_event()
             if event is not None:
                 return event
-            self.http.receive_data(await self.receive())
+            self.http.receive_data(await self.receive(deadline))
 
     async def refuse(self, reply: bytes) -> None:
         """Answer and close, letting the agent read the answer.

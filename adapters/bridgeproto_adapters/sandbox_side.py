@@ -131,8 +131,9 @@ class SandboxSide:
         """The next request (or refusal) within the head timeout; None: close."""
         self._pending += 1
         try:
-            with anyio.move_on_after(self.limits.head_timeout):
-                return await agent.next_event()
+            return await agent.next_event(self.session.now() + self.limits.head_timeout)
+        except TimeoutError:
+            pass
         finally:
             self._pending -= 1
         if agent.http.request_started:

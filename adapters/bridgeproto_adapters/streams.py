@@ -141,8 +141,9 @@ class Descriptor:
         if self.closed and self._release and not self._waiters:
             os.close(self.fd)
 
-    async def read(self, max_bytes: int = _READ_SIZE) -> bytes:
-        """Up to ``max_bytes`` once there are any; ``EndOfStream`` at the end."""
+    async def read(self, max_bytes: int = _READ_SIZE, deadline: float | None = None) -> bytes:
+        """Up to ``max_bytes`` once there are any; ``EndOfStream`` at the end,
+        ``TimeoutError`` if none came by ``deadline`` (on ``clock()``'s time)."""
         while True:
             if self.closed:
                 raise anyio.ClosedResourceError
@@ -151,7 +152,7 @@ class Descriptor:
                 try:
                     chunk = os.read(self.fd, max_bytes)
                 except BlockingIOError:
-                    await self._readable(max_bytes)
+                    await self._readable(max_bytes, deadline)
                     continue
             elif isinstance(chunk, OSError):
                 raise chunk
@@ -161,23 +162,27 @@ class Descriptor:
                 raise anyio.EndOfStream
             return chunk
 
-    async def _readable(self, max_bytes: int) -> None:
+    async def _readable(self, max_bytes: int, deadline: float | None) -> None:
         """Until the loop's callback has read a chunk (on trio: until readable)."""
         if self._read_waiter is not None:
             raise anyio.BusyResourceError("reading from")
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:
-            await self.wait(readable=True)
+            with anyio.fail_after(None if deadline is None else deadline - anyio.current_time()):
+                await self.wait(readable=True)
             return
         self._read_size = max_bytes
         self._watch(loop)
         self._waiters += 1
         self._read_waiter = future = loop.create_future()
         self._futures.append(future)
+        timer = None if deadline is None else loop.call_at(deadline, _time_out, future)
         try:
             await future
         finally:
+            if timer is not None:
+                timer.cancel()
             self._read_waiter = None
             self._futures.remove(future)
             self._left()
@@ -262,6 +267,11 @@ class Descriptor:
             os.close(self.fd)
 
 
+def _time_out(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_exception(TimeoutError())
+
+
 class FdStream(anyio.abc.ByteStream):
     """A byte stream over two non-blocking file descriptors (pipes), or one
     (a connected socket).
@@ -285,6 +295,11 @@ class FdStream(anyio.abc.ByteStream):
 
     async def receive(self, max_bytes: int = _READ_SIZE) -> bytes:
         return await self._reader.read(max_bytes)
+
+    async def receive_before(self, deadline: float, max_bytes: int = _READ_SIZE) -> bytes:
+        """``receive``, or ``TimeoutError`` if nothing came by ``deadline``
+        (on ``wakeups.clock()``'s time)."""
+        return await self._reader.read(max_bytes, deadline)
 
     async def send(self, item: bytes) -> None:
         await self._writer.write(item)

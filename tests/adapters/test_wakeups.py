@@ -13,7 +13,8 @@ import anyio
 import anyio.abc
 import pytest
 
-from bridgeproto_adapters.agents import Handoff, serve
+from bridgeproto.http import AgentConnection, AgentRequest, HttpPolicy
+from bridgeproto_adapters.agents import Agent, Handoff, serve
 from bridgeproto_adapters.streams import Descriptor, SocketFdStream, connect_tcp
 from bridgeproto_adapters.wakeups import Flag, clock
 
@@ -228,6 +229,68 @@ async def test_a_closed_descriptors_number_serves_the_next_descriptor() -> None:
     finally:
         second.close()
         os.close(write_again)
+
+
+async def test_a_read_with_a_deadline_times_out_and_loses_nothing() -> None:
+    read_fd, write_fd = os.pipe()
+    descriptor = Descriptor(read_fd)
+    now = clock()
+    try:
+        with pytest.raises(TimeoutError):
+            await descriptor.read(deadline=now() + 0.05)
+        os.write(write_fd, b"late")
+        assert await descriptor.read(deadline=now() + 5) == b"late"
+        os.write(write_fd, b"at once")  # a deadline already past: what is there is read
+        assert await descriptor.read(deadline=now() - 1) == b"at once"
+    finally:
+        descriptor.close()
+        os.close(write_fd)
+
+
+@pytest.mark.parametrize("kind", ["socket", "stream"])
+async def test_an_agent_waits_for_its_next_request_until_a_deadline(
+    kind: str, anyio_backend: str
+) -> None:
+    """Read directly (a socket as a descriptor, on asyncio) or through the
+    pump (any other stream): nothing by the deadline is ``TimeoutError``,
+    and a request sent after it is still read whole."""
+    ours, theirs = socket.socketpair()
+    socket_stream = SocketFdStream(ours)
+    stream = socket_stream if kind == "socket" else _PlainStream(socket_stream)
+    agent = Agent(AgentConnection(HttpPolicy()), stream)
+    assert agent.pumped == (kind == "stream" or anyio_backend == "trio")
+    now = clock()
+    try:
+        async with anyio.create_task_group() as tg:
+            if agent.pumped:
+                tg.start_soon(agent.pump)
+            with pytest.raises(TimeoutError):
+                await agent.next_event(now() + 0.05)
+            theirs.sendall(b"GET /late HTTP/1.1\r\nhost: x\r\n\r\n")
+            request = await agent.next_event(now() + 5)
+            assert isinstance(request, AgentRequest) and request.target == b"/late"
+            await agent.close()
+    finally:
+        theirs.close()
+
+
+class _PlainStream(anyio.abc.ByteStream):
+    """A byte stream that is not a descriptor stream (as an embedder's may be)."""
+
+    def __init__(self, inner: anyio.abc.ByteStream) -> None:
+        self.inner = inner
+
+    async def receive(self, max_bytes: int = 65536) -> bytes:
+        return await self.inner.receive(max_bytes)
+
+    async def send(self, item: bytes) -> None:
+        await self.inner.send(item)
+
+    async def send_eof(self) -> None:
+        await self.inner.send_eof()
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
 
 
 async def test_a_second_reader_of_one_descriptor_is_refused() -> None:
