@@ -125,8 +125,8 @@ async def _switched_upload(agent: Agent, exchange: Exchange) -> None:
     exchange.end()
 
 
-def hung_up(exchange: Exchange, outcome: Outcome, scope: anyio.CancelScope) -> None:
-    """The agent hung up on a request it sent whole: cancel the exchange."""
+def hung_up(exchange: Exchange, outcome: Outcome) -> None:
+    """The agent hung up on a request it sent whole: cancel the exchange
+    (the answer's task, waiting on its records, finds them ended)."""
     exchange.reset(bp.ErrorCode.CANCELLED, "the agent closed its connection")
     outcome.abort = True
-    scope.cancel()

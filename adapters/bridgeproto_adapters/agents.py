@@ -57,7 +57,8 @@ class Agent:
     @property
     def on_hangup(self) -> Callable[[], None] | None:
         """Told at once when the agent hangs up while nobody reads it (a
-        request wholly read, its answer under way)."""
+        request wholly read, its answer under way); the connection is then
+        closed, and a task writing to it or reading it stops."""
         return self._on_hangup
 
     @on_hangup.setter
@@ -69,6 +70,8 @@ class Agent:
     def _held(self, chunk: bytes | OSError) -> None:
         if (isinstance(chunk, OSError) or not chunk) and self._on_hangup is not None:
             self._on_hangup()
+            assert self._socket is not None
+            self._socket.close()
 
     async def pump(self) -> None:
         assert self.chunks is not None
@@ -80,6 +83,8 @@ class Agent:
                     data = b""
                 if not data and self._on_hangup is not None:
                     self._on_hangup()
+                    with anyio.CancelScope(shield=True):
+                        await self.stream.aclose()
                 if not await self.chunks.send(data) or not data:
                     return
         finally:

@@ -227,14 +227,13 @@ class SandboxSide:
             return False
         if whole:
             # The request is in: answer it in this task alone; an agent that
-            # hangs up now cancels the exchange.
+            # hangs up now cancels the exchange (and its connection closes).
             outcome.request_read.set()
-            with anyio.CancelScope() as scope:
-                agent.on_hangup = functools.partial(hung_up, exchange, outcome, scope)
-                try:
-                    complete = await self._download(agent, exchange, outcome, upgrade)
-                finally:
-                    agent.on_hangup = None
+            agent.on_hangup = functools.partial(hung_up, exchange, outcome)
+            try:
+                complete = await self._download(agent, exchange, outcome, upgrade)
+            finally:
+                agent.on_hangup = None
             return complete and not outcome.abort
         async with anyio.create_task_group() as tg:
             tg.start_soon(upload, agent, exchange, tg.cancel_scope, outcome, upgrade, first)
@@ -265,6 +264,8 @@ class SandboxSide:
                 try:
                     events = [await exchange.events.receive()]
                 except anyio.EndOfStream:
+                    if outcome.abort:  # the agent hung up: nobody to answer
+                        return False
                     gone = bp.ExchangeReset(
                         exchange.id, bp.ErrorCode.PEER_UNRESPONSIVE, "the bridge went down", False
                     )

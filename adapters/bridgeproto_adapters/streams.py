@@ -311,13 +311,14 @@ class FdStream(anyio.abc.ByteStream):
         """``Descriptor.watch_while_unread`` for the reading side."""
         return self._reader.watch_while_unread(on_held)
 
+    def close(self) -> None:
+        """``aclose`` at once (a task waiting on the stream wakes with
+        ``ClosedResourceError``)."""
+        self._reader.close(release=self.owned)  # not ours to close: only refuse further use
+        self._writer.close(release=self.owned)
+
     async def aclose(self) -> None:
-        if self.owned:
-            self._reader.close()
-            self._writer.close()
-        else:  # not ours to close: only refuse further use
-            self._reader.close(release=False)
-            self._writer.close(release=False)
+        self.close()
         await anyio.lowlevel.checkpoint()
 
 
