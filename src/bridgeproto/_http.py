@@ -94,6 +94,7 @@ ROUTING_HEADERS = frozenset({
 })  # fmt: skip
 ROUTING_PREFIXES = (b"x-forwarded-", b"x-envoy-")
 _PERCENT = re.compile(rb"%([0-9A-Fa-f]{2})?")
+_CONTROL = re.compile(rb"[\x00-\x1f\x7f]")
 
 
 @attrs.frozen
@@ -188,13 +189,13 @@ def _path_problem(target: bytes, path: bytes) -> str | None:
         return "has a backslash"
     decoded = bytearray()
     position = 0
-    for match in _PERCENT.finditer(path):
+    for match in _PERCENT.finditer(path) if b"%" in path else ():
         if match.group(1) is None:
             return "has a '%' that is not followed by two hex digits (%u escapes included)"
         decoded += path[position : match.start()] + bytes([int(match.group(1), 16)])
         position = match.end()
     decoded += path[position:]
-    if any(byte < 0x20 or byte == 0x7F for byte in decoded):
+    if _CONTROL.search(decoded):
         return "has control characters"
     if b"%" in decoded:
         return "is percent-encoded twice (%25)"
