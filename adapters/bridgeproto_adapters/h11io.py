@@ -10,6 +10,8 @@ import anyio
 import anyio.abc
 import h11
 
+from bridgeproto.http import h11_connection
+
 
 class H11Stream:
     """An h11 connection and the byte stream it speaks over."""
@@ -19,7 +21,7 @@ class H11Stream:
         read_size: int = 256 << 10,
     ) -> None:  # fmt: skip
         self.stream = stream
-        self.h11 = h11.Connection(role)
+        self.h11 = h11_connection(role)
         self.read_size = read_size
 
     async def send(self, event: h11.Event) -> None:

@@ -41,25 +41,62 @@ _H11_MOVED = (
     " so chunks past the body limit could no longer be refused before their bytes come;"
     " install h11 0.14 to 0.16, or a bridgeproto made for this h11"
 )
+_H11_BUFFER_MOVED = (
+    "h11 {version} no longer keeps its receive buffer where bridgeproto.http replaces it"
+    " (h11.Connection._receive_buffer, an h11._receivebuffer.ReceiveBuffer over a bytearray"
+    " _data); install h11 0.14 to 0.16, or a bridgeproto made for this h11"
+)
 try:
     from h11._readers import ChunkedReader as _ChunkedReader
+    from h11._receivebuffer import ReceiveBuffer as _ReceiveBuffer
 except ImportError:
     raise ImportError(_H11_MOVED.format(version=getattr(h11, "__version__", "?"))) from None
 
 
 def check_h11() -> None:
-    """The one private part of h11 the HTTP layer reads: the size of the
+    """The two private parts of h11 the HTTP layer uses: the size of the
     chunk being read (h11 has no public way to tell it before the chunk's
-    bytes come). Checked when this module loads, so an h11 that moved it
-    stops the import with what to do, rather than turning the check off in
-    silence; tests/adapters/test_dependencies.py pins it too."""
+    bytes come), and the receive buffer (``h11_connection``). Checked when
+    this module loads, so an h11 that moved them stops the import with what
+    to do, rather than turning a check off in silence;
+    tests/adapters/test_dependencies.py pins them too."""
+    version = getattr(h11, "__version__", "?")
+    conn = h11.Connection(h11.SERVER)
     if not isinstance(getattr(_ChunkedReader(), "_bytes_in_chunk", None), int) or not hasattr(
-        h11.Connection(h11.SERVER), "_reader"
+        conn, "_reader"
     ):
-        raise ImportError(_H11_MOVED.format(version=getattr(h11, "__version__", "?")))
+        raise ImportError(_H11_MOVED.format(version=version))
+    buffer = getattr(conn, "_receive_buffer", None)
+    if not isinstance(buffer, _ReceiveBuffer) or not all(
+        hasattr(buffer, name) for name in ("_data", "_next_line_search", "_multiple_lines_search")
+    ):
+        raise ImportError(_H11_BUFFER_MOVED.format(version=version))
 
 
 check_h11()
+
+
+class _BodyPassingBuffer(_ReceiveBuffer):
+    def maybe_extract_at_most(self, count: int) -> bytearray | None:
+        data = self._data
+        if not data or len(data) > count:
+            return super().maybe_extract_at_most(count)
+        self._data = bytearray()  # (what h11's own extraction resets, reset too)
+        self._next_line_search = self._multiple_lines_search = 0
+        return data
+
+
+def h11_connection(
+    role: type[h11.CLIENT] | type[h11.SERVER],
+    max_incomplete_event_size: int = 16 * 1024,  # (h11's own default)
+) -> h11.Connection:
+    """An h11 connection that hands body bytes over without copying them
+    when they are all its buffer holds (h11 itself copies them out twice:
+    a bulk upload spent a sixth of the sandbox side's CPU in those copies)."""
+    conn = h11.Connection(role, max_incomplete_event_size=max_incomplete_event_size)
+    conn._receive_buffer = _BodyPassingBuffer()
+    return conn
+
 
 BRIDGE_ERROR_HEADER = b"x-bridge-error"
 MAX_CHUNK_SIZE = 1 << 63
@@ -378,7 +415,7 @@ class AgentConnection:
 
     def __init__(self, policy: HttpPolicy) -> None:
         self.policy = policy
-        self._h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=policy.max_header_bytes)
+        self._h11 = h11_connection(h11.SERVER, max_incomplete_event_size=policy.max_header_bytes)
         self._body_bytes = 0
         self._method = b""
         self.response_started = False

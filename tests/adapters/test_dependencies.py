@@ -1,4 +1,4 @@
-"""The two places the project reads a dependency's private attributes, each
+"""The places the project uses a dependency's private attributes, each
 pinned here so that a release of the dependency that moves them fails this
 test loudly instead of turning a check off in silence."""
 
@@ -8,6 +8,7 @@ import anyio
 import h11
 import pytest
 
+from bridgeproto.http import h11_connection
 from bridgeproto_adapters.sandbox_side import _stop_eager_reading
 
 
@@ -34,6 +35,66 @@ def test_an_h11_that_moved_the_chunk_size_stops_the_http_layer_loudly(
     monkeypatch.setattr(_http, "_ChunkedReader", ChunkedReaderWithoutSize)
     with pytest.raises(ImportError, match=r"_bytes_in_chunk.*install h11 0\.14 to 0\.16"):
         _http.check_h11()
+
+
+def test_h11_still_keeps_the_receive_buffer_the_http_layer_replaces() -> None:
+    from bridgeproto._http import _BodyPassingBuffer
+
+    conn = h11_connection(h11.SERVER)
+    assert isinstance(conn._receive_buffer, _BodyPassingBuffer)
+    plain = h11.Connection(h11.SERVER)._receive_buffer
+    assert isinstance(plain._data, bytearray)
+    assert isinstance(plain._next_line_search, int)
+    assert isinstance(plain._multiple_lines_search, int)
+
+
+def test_an_h11_that_moved_the_receive_buffer_stops_the_http_layer_loudly(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from bridgeproto import _http
+
+    class BufferOfAnotherShape:  # what a release that rewrote the buffer looks like
+        pass
+
+    monkeypatch.setattr(_http, "_ReceiveBuffer", BufferOfAnotherShape)
+    with pytest.raises(ImportError, match=r"_receive_buffer.*install h11 0\.14 to 0\.16"):
+        _http.check_h11()
+
+
+@pytest.mark.parametrize("split", [1, 7, 100, 4096])
+def test_bodies_read_through_the_replaced_buffer_come_whole_and_in_order(split: int) -> None:
+    """A body taken as the whole buffer or in part, then a pipelined request
+    after it and one more body, fed in pieces of ``split`` bytes; the same
+    events as h11's own buffer gives, byte for byte."""
+    body = bytes(range(256)) * 40
+    wire = (
+        b"POST /a HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % len(body)
+        + body
+        + b"POST /b HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello"
+    )
+
+    def events(conn: h11.Connection) -> list[tuple[str, bytes]]:
+        seen: list[tuple[str, bytes]] = []
+        for start in range(0, len(wire), split):
+            conn.receive_data(wire[start : start + split])
+            while (event := conn.next_event()) is not h11.NEED_DATA:
+                if isinstance(event, h11.Request):
+                    seen.append(("request", event.target))
+                elif isinstance(event, h11.Data):
+                    seen.append(("data", bytes(event.data)))
+                elif isinstance(event, h11.EndOfMessage):
+                    seen.append(("end", b""))
+                    conn.send(h11.Response(status_code=200, headers=[("content-length", "0")]))
+                    conn.send(h11.EndOfMessage())
+                    conn.start_next_cycle()
+                else:
+                    raise AssertionError(event)
+        return seen
+
+    ours = events(h11_connection(h11.SERVER))
+    assert ours == events(h11.Connection(h11.SERVER))
+    assert b"".join(d for kind, d in ours if kind == "data") == body + b"hello"
+    assert [kind for kind, _ in ours if kind != "data"] == ["request", "end", "request", "end"]
 
 
 def test_the_early_chunk_refusals_still_fire() -> None:
