@@ -140,7 +140,10 @@ class Exchange:
                 if self._credit_now() == 0:
                     await self._credit.wait()
                 continue
-            chunk, view = bytes(view[:credit]), view[credit:]
+            if len(view) <= credit and len(view) == len(data):
+                chunk, view = data, view[:0]  # all of it at once: no copy
+            else:
+                chunk, view = bytes(view[:credit]), view[credit:]
             self.conn.send_data(self.id, chunk, self._session.now())
             self._session.stats.body_bytes_sent += len(chunk)
             self._session.core_changed()
