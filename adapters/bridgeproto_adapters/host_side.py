@@ -67,8 +67,9 @@ class UpstreamConnection(H11Stream):
 
     def __init__(self, stream: anyio.abc.ByteStream) -> None:
         super().__init__(stream, h11.CLIENT)
-        if isinstance(stream, SocketFdStream):
-            self._fd = stream.read_fd
+        self._own_stream = stream if isinstance(stream, SocketFdStream) else None
+        if self._own_stream is not None:
+            self._fd = self._own_stream.read_fd
         else:  # anyio's (trio)
             self._fd = stream.extra(anyio.abc.SocketAttribute.raw_socket).fileno()
 
@@ -84,6 +85,8 @@ class UpstreamConnection(H11Stream):
         Idle, nothing should be readable: readable means the server closed
         it (or sent something unasked), and either way it is not reusable.
         """
+        if self._own_stream is not None and self._own_stream.holds_unread:
+            return False  # what the server sent (or its end) was read already
         # poll(), not select(): select() cannot take a descriptor past 1023,
         # and a harness host with hundreds of bridges holds thousands.
         poller = select.poll()

@@ -214,22 +214,26 @@ class Descriptor:
         if loop is not None and not loop.is_closed():
             loop.remove_reader(self.fd)
 
-    def watch_while_unread(self, on_held: Callable[[bytes | OSError], None] | None) -> bool:
+    @property
+    def holds_unread(self) -> bool:
+        """Whether the loop's callback read bytes (or the end) nobody has
+        taken yet."""
+        return self._chunk is not None
+
+    def watch_while_unread(self, on_held: Callable[[bytes | OSError], None] | None) -> None:
         """Between reads, have ``on_held`` told of each chunk that arrives
         (b"" at the end, or the error), as soon as it does; None stops
-        that. False where this cannot be done (not on asyncio). A chunk
-        already held is told at once."""
+        that. A chunk already held is told at once. (On asyncio only.)"""
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:
-            return False
+            return
         self._on_held = on_held
         if on_held is not None and not self.closed:
             if self._chunk is not None:
                 on_held(self._chunk)
             else:
                 self._watch(loop)
-        return True
 
     async def write(self, data: bytes) -> None:
         """All of ``data``; ``BrokenResourceError`` when the reader is gone.
@@ -307,9 +311,14 @@ class FdStream(anyio.abc.ByteStream):
     async def send_eof(self) -> None:
         pass  # the protocol's goaway ends a session; EOF is never needed
 
-    def watch_while_unread(self, on_held: Callable[[bytes | OSError], None] | None) -> bool:
+    def watch_while_unread(self, on_held: Callable[[bytes | OSError], None] | None) -> None:
         """``Descriptor.watch_while_unread`` for the reading side."""
-        return self._reader.watch_while_unread(on_held)
+        self._reader.watch_while_unread(on_held)
+
+    @property
+    def holds_unread(self) -> bool:
+        """``Descriptor.holds_unread`` for the reading side."""
+        return self._reader.holds_unread
 
     def close(self) -> None:
         """``aclose`` at once (a task waiting on the stream wakes with
