@@ -165,12 +165,16 @@ def summarize(values: Sequence[float]) -> dict[str, float]:
 def code_paths() -> list[str]:
     """Where this code and its dependencies are imported from (for the
     bench upstream inside the sandbox)."""
+    import attrs
     import h11
+
+    import bridgeproto
 
     from .. import __file__ as adapters_init
 
     paths = [pathlib.Path(adapters_init).parent.parent]
-    paths += [pathlib.Path(module).parent.parent for module in (anyio.__file__, h11.__file__)]
+    modules = (bridgeproto.__file__, anyio.__file__, attrs.__file__, h11.__file__)
+    paths += [pathlib.Path(module).parent.parent for module in modules]
     return list(dict.fromkeys(str(path) for path in paths))
 
 
