@@ -10,7 +10,6 @@ requests takes the chunks from it.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import socket
 from collections.abc import Callable, Coroutine
@@ -24,7 +23,7 @@ from bridgeproto.http import AgentConnection, AgentEvent
 from .errors import STREAM_ERRORS
 from .settings import Listen
 from .streams import FdStream, accept
-from .wakeups import Flag
+from .wakeups import Flag, on_asyncio
 
 AgentHandler = Callable[[anyio.abc.ByteStream], Coroutine[Any, Any, None]]
 _LINGER_SECONDS = 2.0
@@ -46,7 +45,7 @@ class Agent:
     def __init__(self, http: AgentConnection, stream: anyio.abc.ByteStream) -> None:
         self.http = http
         self.stream = stream
-        self._socket = stream if isinstance(stream, FdStream) and _on_asyncio() else None
+        self._socket = stream if isinstance(stream, FdStream) and on_asyncio() else None
         self.chunks = Handoff() if self._socket is None else None
         self._on_hangup: Callable[[], None] | None = None
 
@@ -138,14 +137,6 @@ class Agent:
         await self.stream.aclose()  # a task waiting on the socket wakes and stops
 
 
-def _on_asyncio() -> bool:
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return False
-    return True
-
-
 class Handoff:
     """Chunks from the pump to the task reading them, one at a time: the
     pump waits until its chunk is taken. (Two flags, where anyio's memory
@@ -220,9 +211,7 @@ async def serve(
     transport: on a small request, a fifth fewer turns of the sandbox
     side's loop); on trio, ``listener.serve`` as it is.
     """
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
+    if not on_asyncio():
         await listener.serve(handler)
         return
     listeners = getattr(listener, "listeners", [listener])

@@ -25,7 +25,7 @@ import anyio.lowlevel
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 from anyio.streams.stapled import StapledByteStream
 
-from .wakeups import resolve
+from .wakeups import on_asyncio, resolve
 
 # The channel's pipes are grown to hold this much (Linux allows 1 MiB to
 # anyone by default; where it allows less they stay as they are), and read
@@ -375,9 +375,7 @@ async def accept(listener: socket.socket) -> SocketFdStream:
 async def connect_tcp(host: str, port: int) -> anyio.abc.ByteStream:
     """A TCP connection to ``host``:``port``; on asyncio a ``SocketFdStream``
     (the host's addresses tried in turn), elsewhere anyio's own."""
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
+    if not on_asyncio():
         return await anyio.connect_tcp(host, port)
     try:
         literal = ipaddress.ip_address(host)

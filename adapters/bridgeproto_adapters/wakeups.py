@@ -19,6 +19,16 @@ import anyio
 import sniffio
 
 
+def on_asyncio() -> bool:
+    """Whether the running loop is asyncio's (or uvloop's): the hot path's
+    own primitives work there, anyio's are used elsewhere (trio)."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
+
+
 def clock() -> Callable[[], float]:
     """The running event loop's clock, as ``anyio.current_time`` reads it,
     bound once (called outside a loop: ``anyio.current_time`` itself)."""
