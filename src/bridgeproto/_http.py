@@ -48,9 +48,12 @@ _H11_BUFFER_MOVED = (
 )
 try:
     from h11._readers import ChunkedReader as _ChunkedReader
-    from h11._receivebuffer import ReceiveBuffer as _ReceiveBuffer
 except ImportError:
     raise ImportError(_H11_MOVED.format(version=getattr(h11, "__version__", "?"))) from None
+try:
+    from h11._receivebuffer import ReceiveBuffer as _ReceiveBuffer
+except ImportError:
+    raise ImportError(_H11_BUFFER_MOVED.format(version=getattr(h11, "__version__", "?"))) from None
 
 
 def check_h11() -> None:
