@@ -12,6 +12,7 @@ import socket
 import anyio
 import anyio.abc
 import pytest
+from anyio.streams.stapled import StapledByteStream
 
 from bridgeproto.http import AgentConnection, AgentRequest, HttpPolicy
 from bridgeproto_adapters.agents import Agent, Handoff, serve
@@ -256,7 +257,8 @@ async def test_an_agent_waits_for_its_next_request_until_a_deadline(
     and a request sent after it is still read whole."""
     ours, theirs = socket.socketpair()
     socket_stream = SocketFdStream(ours)
-    stream = socket_stream if kind == "socket" else _PlainStream(socket_stream)
+    # (stapled: a stream that is not a descriptor stream, as an embedder's may be)
+    stream = socket_stream if kind == "socket" else StapledByteStream(socket_stream, socket_stream)
     agent = Agent(AgentConnection(HttpPolicy()), stream)
     assert agent.pumped == (kind == "stream" or anyio_backend == "trio")
     now = clock()
@@ -272,25 +274,6 @@ async def test_an_agent_waits_for_its_next_request_until_a_deadline(
             await agent.close()
     finally:
         theirs.close()
-
-
-class _PlainStream(anyio.abc.ByteStream):
-    """A byte stream that is not a descriptor stream (as an embedder's may be)."""
-
-    def __init__(self, inner: anyio.abc.ByteStream) -> None:
-        self.inner = inner
-
-    async def receive(self, max_bytes: int = 65536) -> bytes:
-        return await self.inner.receive(max_bytes)
-
-    async def send(self, item: bytes) -> None:
-        await self.inner.send(item)
-
-    async def send_eof(self) -> None:
-        await self.inner.send_eof()
-
-    async def aclose(self) -> None:
-        await self.inner.aclose()
 
 
 async def test_a_second_reader_of_one_descriptor_is_refused() -> None:
