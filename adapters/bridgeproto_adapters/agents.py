@@ -94,9 +94,7 @@ class Agent:
         ``TimeoutError`` if none came by ``deadline`` (``wakeups.clock()``'s time)."""
         try:
             if self._socket is not None:
-                if deadline is None:
-                    return await self._socket.receive(_AGENT_READ)
-                return await self._socket.receive_before(deadline, _AGENT_READ)
+                return await self._socket.receive(_AGENT_READ, deadline)
             assert self.chunks is not None
             if deadline is None:
                 return await self.chunks.receive()

@@ -140,8 +140,8 @@ class Exchange:
                 if self._credit_now() == 0:
                     await self._credit.wait()
                 continue
-            if len(view) <= credit and len(view) == len(data):
-                chunk, view = data, view[:0]  # all of it at once: no copy
+            if len(view) == len(data) <= credit:
+                chunk, view = data, view[:0]  # the whole of it at once: no copy
             else:
                 chunk, view = bytes(view[:credit]), view[credit:]
             self.conn.send_data(self.id, chunk, self._session.now())

@@ -297,12 +297,9 @@ class FdStream(anyio.abc.ByteStream):
     def stdio(cls) -> FdStream:
         return cls(0, 1)
 
-    async def receive(self, max_bytes: int = _READ_SIZE) -> bytes:
-        return await self._reader.read(max_bytes)
-
-    async def receive_before(self, deadline: float, max_bytes: int = _READ_SIZE) -> bytes:
-        """``receive``, or ``TimeoutError`` if nothing came by ``deadline``
-        (on ``wakeups.clock()``'s time)."""
+    async def receive(self, max_bytes: int = _READ_SIZE, deadline: float | None = None) -> bytes:
+        """``TimeoutError`` if nothing came by ``deadline`` (on
+        ``wakeups.clock()``'s time)."""
         return await self._reader.read(max_bytes, deadline)
 
     async def send(self, item: bytes) -> None:

@@ -8,6 +8,8 @@ from __future__ import annotations
 import math
 import os
 import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import anyio
 import anyio.abc
@@ -164,6 +166,18 @@ async def test_a_descriptor_reads_what_arrives_while_it_waits() -> None:
             os.close(write_fd)
 
 
+@contextmanager
+def _piped(kind: type[Descriptor] = Descriptor) -> Iterator[tuple[Descriptor, int]]:
+    """A descriptor over a pipe's reading end, and the writing end."""
+    read_fd, write_fd = os.pipe()
+    descriptor = kind(read_fd)
+    try:
+        yield descriptor, write_fd
+    finally:
+        descriptor.close()
+        os.close(write_fd)
+
+
 async def _write_later(fd: int, data: bytes) -> None:
     await anyio.sleep(0.01)
     os.write(fd, data)
@@ -182,9 +196,8 @@ async def test_a_descriptor_keeps_watching_between_reads_and_holds_one_chunk() -
     """The loop's callback stays registered from one read to the next and
     reads what arrives itself; while a chunk it read waits to be taken, it
     stops watching (it neither reads on nor wakes the loop every turn)."""
-    read_fd, write_fd = os.pipe()
-    descriptor = _CountingDescriptor(read_fd)
-    try:
+    with _piped(_CountingDescriptor) as (descriptor, write_fd):
+        assert isinstance(descriptor, _CountingDescriptor)
         async with anyio.create_task_group() as tg:
             tg.start_soon(_write_later, write_fd, b"one")
             assert await descriptor.read() == b"one"
@@ -204,9 +217,6 @@ async def test_a_descriptor_keeps_watching_between_reads_and_holds_one_chunk() -
             tg.start_soon(_write_later, write_fd, b"four")
             assert await descriptor.read() == b"four"  # watched again
         assert descriptor._watching is not None
-    finally:
-        descriptor.close()
-        os.close(write_fd)
 
 
 async def test_a_closed_descriptors_number_serves_the_next_descriptor() -> None:
@@ -233,19 +243,14 @@ async def test_a_closed_descriptors_number_serves_the_next_descriptor() -> None:
 
 
 async def test_a_read_with_a_deadline_times_out_and_loses_nothing() -> None:
-    read_fd, write_fd = os.pipe()
-    descriptor = Descriptor(read_fd)
     now = clock()
-    try:
+    with _piped() as (descriptor, write_fd):
         with pytest.raises(TimeoutError):
             await descriptor.read(deadline=now() + 0.05)
         os.write(write_fd, b"late")
         assert await descriptor.read(deadline=now() + 5) == b"late"
         os.write(write_fd, b"at once")  # a deadline already past: what is there is read
         assert await descriptor.read(deadline=now() - 1) == b"at once"
-    finally:
-        descriptor.close()
-        os.close(write_fd)
 
 
 @pytest.mark.parametrize("kind", ["socket", "stream"])
@@ -277,18 +282,13 @@ async def test_an_agent_waits_for_its_next_request_until_a_deadline(
 
 
 async def test_a_second_reader_of_one_descriptor_is_refused() -> None:
-    read_fd, write_fd = os.pipe()
-    descriptor = Descriptor(read_fd)
-    try:
+    with _piped() as (descriptor, write_fd):
         async with anyio.create_task_group() as tg:
             tg.start_soon(descriptor.read)
             await anyio.wait_all_tasks_blocked()
             with pytest.raises(anyio.BusyResourceError):
                 await descriptor.read()
             os.write(write_fd, b"x")  # the first reader takes it and returns
-    finally:
-        descriptor.close()
-        os.close(write_fd)
 
 
 async def test_a_socket_as_a_descriptor_half_closes_and_closes() -> None:
