@@ -8,7 +8,7 @@ import anyio
 import h11
 import pytest
 
-from bridgeproto.http import h11_connection
+from bridgeproto.http import HttpPolicy, h11_connection
 from bridgeproto_adapters.sandbox_side import _stop_eager_reading
 
 
@@ -95,6 +95,33 @@ def test_bodies_read_through_the_replaced_buffer_come_whole_and_in_order(split: 
     assert ours == events(h11.Connection(h11.SERVER))
     assert b"".join(d for kind, d in ours if kind == "data") == body + b"hello"
     assert [kind for kind, _ in ours if kind != "data"] == ["request", "end", "request", "end"]
+
+
+def test_a_body_read_whole_is_handed_over_as_the_bytes_read() -> None:
+    """What the replaced buffer is for: bytes that arrive in an empty buffer
+    and that a body takes whole reach the body event (h11's and the agent
+    side's) as the very object read, not a copy; a part of them is copied."""
+    from bridgeproto.http import AgentBody, AgentConnection, AgentRequest
+
+    conn = h11_connection(h11.SERVER)
+    conn.receive_data(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 300000\r\n\r\n")
+    assert isinstance(conn.next_event(), h11.Request)
+    chunk = bytes(200_000)
+    conn.receive_data(chunk)
+    event = conn.next_event()
+    assert isinstance(event, h11.Data) and event.data is chunk
+    conn.receive_data(bytes(100_000) + b"GET / HTTP/1.1\r\n")  # the body's end, then more
+    event = conn.next_event()
+    assert isinstance(event, h11.Data) and len(event.data) == 100_000
+    assert isinstance(conn.next_event(), h11.EndOfMessage)
+
+    agent = AgentConnection(HttpPolicy())
+    agent.receive_data(b"PUT /x HTTP/1.1\r\nHost: a\r\nContent-Length: 65536\r\n\r\n")
+    assert isinstance(agent.next_event(), AgentRequest)
+    chunk = bytes(65536)
+    agent.receive_data(chunk)
+    body = agent.next_event()
+    assert isinstance(body, AgentBody) and body.data is chunk
 
 
 def test_the_early_chunk_refusals_still_fire() -> None:
