@@ -48,7 +48,8 @@ def test_quick_bench_produces_every_figure(tmp_path: object) -> None:
         assert set(scenarios[name]) == wanted, name
     for system in systems | references | inward:
         assert scenarios["latency"][system]["seconds"]["n"] == 20
-        assert len(scenarios["streaming"][system]["raw"]) == 10
+        assert len(scenarios["streaming"][system]["raw"]) == 2 * 10  # two streams of ten
+        assert len(scenarios["streaming"][system]["first_event_raw"]) == 2
         if system in systems | references and system != "polling":
             assert scenarios["websocket"][system]["seconds"]["n"] == 20
         for direction in ("upload", "download"):
