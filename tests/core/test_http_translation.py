@@ -443,3 +443,105 @@ def test_a_101_is_a_final_head_in_the_core() -> None:
     pair.pump()
     assert not s.is_open(xid) and not h.is_open(xid)
     assert not any(isinstance(e, bp.ExchangeReset) for e in pair.take(s) + pair.take(h))
+
+
+# The answers AgentConnection writes itself (a final head with one
+# Content-Length to a request that keeps the connection) and those it has h11
+# write: each must come out as h11 alone writes it, and the connection must go
+# on (or close) as h11's would, reading a request sent ahead the same way.
+_REQUESTS = {
+    "keep-alive": b"POST /a HTTP/1.1\r\nHost: a\r\nContent-Length: 2\r\n\r\nhi",
+    "get": b"GET /a HTTP/1.1\r\nHost: a\r\n\r\n",
+    "head": b"HEAD /a HTTP/1.1\r\nHost: a\r\n\r\n",
+    "close": b"GET /a HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+    "keep-alive, close": b"GET /a HTTP/1.1\r\nHost: a\r\nConnection: keep-alive, Close\r\n\r\n",
+    "http/1.0": b"GET /a HTTP/1.0\r\nHost: a\r\n\r\n",
+    "chunked": (
+        b"POST /a HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nhi\r\n0\r\n\r\n"
+    ),
+}
+_ANSWERS = {
+    "length": (200, b"OK", [(b"content-length", b"5"), (b"x-a", b"1")], [b"he", b"llo"]),
+    "empty": (201, b"", [(b"content-length", b"0")], []),
+    "no length": (200, b"OK", [(b"content-type", b"text/plain")], [b"hello"]),
+    "chunked": (200, b"OK", [(b"transfer-encoding", b"chunked")], [b"hel", b"lo"]),
+    "no content": (204, b"", [], []),
+    "not modified": (304, b"", [(b"content-length", b"5")], []),
+    "two lengths": (200, b"", [(b"content-length", b"5"), (b"content-length", b"5")], [b"hello"]),
+}
+_NEXT = b"GET /next HTTP/1.1\r\nHost: a\r\n\r\n"
+
+
+@pytest.mark.parametrize("answer", sorted(_ANSWERS))
+@pytest.mark.parametrize("request_kind", sorted(_REQUESTS))
+def test_answers_come_out_as_h11_writes_them(request_kind: str, answer: str) -> None:
+    status, reason, headers, body = _ANSWERS[answer]
+    if request_kind == "head":
+        body = []
+    agent = AgentConnection(HttpPolicy())
+    oracle = h11.Connection(h11.SERVER)
+    # The next request sent ahead, where the first lets the connection go on.
+    ahead = _NEXT if request_kind in ("keep-alive", "get", "head", "chunked") else b""
+    oracle.receive_data(_REQUESTS[request_kind] + ahead)
+    kinds = [type(event) for event in feed(agent, _REQUESTS[request_kind] + ahead)]
+    assert kinds[0] is AgentRequest and kinds[-1] is AgentEnd, kinds
+    while not isinstance(oracle.next_event(), h11.EndOfMessage):
+        pass
+
+    head = bp.ResponseHead(1, status, reason, headers)
+    ours = [agent.respond_head(head)] + [agent.respond_data(chunk) for chunk in body]
+    ours.append(agent.respond_end())
+    cleaned = [*clean_headers(headers), (b"via", b"1.1 bridgeproto")]
+    theirs = [oracle.send(h11.Response(status_code=status, reason=reason, headers=cleaned))]
+    theirs += [oracle.send(h11.Data(data=chunk)) for chunk in body]
+    theirs.append(oracle.send(h11.EndOfMessage()))
+    assert b"".join(ours) == b"".join(part or b"" for part in theirs)
+
+    goes_on = oracle.our_state is h11.DONE and oracle.their_state is h11.DONE
+    assert agent.next_cycle() is goes_on
+    if goes_on:
+        assert ahead
+        oracle.start_next_cycle()
+        request = agent.next_event()
+        assert isinstance(request, AgentRequest) and request.target == b"/next"
+        assert isinstance(oracle.next_event(), h11.Request)
+
+
+def test_an_answer_written_here_is_held_to_its_length() -> None:
+    for chunks, words in (([b"toolong"], "Too much"), ([b"shor"], "Too little")):
+        agent = AgentConnection(HttpPolicy())
+        feed(agent, b"GET /a HTTP/1.1\r\nHost: a\r\n\r\n")
+        agent.respond_head(bp.ResponseHead(1, 200, b"", [(b"content-length", b"5")]))
+        with pytest.raises(h11.LocalProtocolError, match=words):
+            for chunk in chunks:
+                agent.respond_data(chunk)
+            agent.respond_end()
+        assert agent.answer_error(500, "x", "y") is None  # started: the caller aborts
+        assert not agent.next_cycle()
+
+
+def test_an_agent_that_closes_after_its_request_is_seen_closed_on_the_next_cycle() -> None:
+    agent = AgentConnection(HttpPolicy())
+    feed(agent, b"GET /a HTTP/1.1\r\nHost: a\r\n\r\n")
+    agent.receive_data(b"")
+    agent.respond_head(bp.ResponseHead(1, 200, b"", [(b"content-length", b"0")]))
+    agent.respond_end()
+    assert agent.next_cycle()
+    assert isinstance(agent.next_event(), AgentClosed)
+
+
+def test_a_plain_answer_is_written_without_h11s_state_machine(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def refuse(*_: object) -> bytes:
+        raise AssertionError("h11 wrote a plain answer")
+
+    agent = AgentConnection(HttpPolicy())
+    feed(agent, _REQUESTS["keep-alive"] + _NEXT)
+    monkeypatch.setattr(h11.Connection, "send", refuse)
+    out = agent.respond_head(bp.ResponseHead(1, 200, b"OK", [(b"content-length", b"2")]))
+    out += agent.respond_data(b"ok") + agent.respond_end()
+    assert out == b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nvia: 1.1 bridgeproto\r\n\r\nok"
+    assert agent.next_cycle()
+    request = agent.next_event()
+    assert isinstance(request, AgentRequest) and request.target == b"/next"
