@@ -191,6 +191,18 @@ BAD_FRAMES = [
         "a frame of type 99 has wire version 1",
     ),
     ("short payload", frame_bytes(8, bytes(4)), bp.RemoteProtocolError, "ACK payload ends"),
+    (  # a blob's length field cut, then its bytes
+        "short blob length",
+        frame_bytes(2, bytes(8) + b"\0\0", 1),
+        bp.RemoteProtocolError,
+        "REQUEST_HEAD payload ends after 10 bytes; a field needs 4 bytes at offset 8",
+    ),
+    (
+        "short blob",
+        frame_bytes(2, bytes(8) + b"\0\0\0\5GE", 1),
+        bp.RemoteProtocolError,
+        "REQUEST_HEAD payload ends after 14 bytes; a field needs 5 bytes at offset 12",
+    ),
     (
         "trailing payload",
         frame_bytes(5, b"\0\0\0\1\0", 1),

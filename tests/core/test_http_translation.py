@@ -465,6 +465,12 @@ _ANSWERS = {
     "empty": (201, b"", [(b"content-length", b"0")], []),
     "no length": (200, b"OK", [(b"content-type", b"text/plain")], [b"hello"]),
     "chunked": (200, b"OK", [(b"transfer-encoding", b"chunked")], [b"hel", b"lo"]),
+    "length, chunked": (
+        200,
+        b"",
+        [(b"content-length", b"5"), (b"transfer-encoding", b"chunked")],
+        [b"hello"],
+    ),
     "no content": (204, b"", [], []),
     "not modified": (304, b"", [(b"content-length", b"5")], []),
     "two lengths": (200, b"", [(b"content-length", b"5"), (b"content-length", b"5")], [b"hello"]),
