@@ -320,7 +320,8 @@ class FdStream(anyio.abc.ByteStream):
     def close(self) -> None:
         """``aclose`` at once (a task waiting on the stream wakes with
         ``ClosedResourceError``)."""
-        self._reader.close(release=self.owned)  # not ours to close: only refuse further use
+        # (descriptors not ours are not closed: they only refuse further use)
+        self._reader.close(release=self.owned)
         self._writer.close(release=self.owned)
 
     async def aclose(self) -> None:

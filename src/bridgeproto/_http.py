@@ -533,13 +533,11 @@ class AgentConnection:
                 "the request has both Content-Length and Transfer-Encoding (a way to smuggle"
                 " requests); send one of them",
             )
-        upgrade = upgrade_token(request.headers.raw_items()) is not None
+        raw = request.headers.raw_items()
+        tokens = _connection_tokens(raw)  # (read once for the upgrade and the keep-alive)
+        upgrade = b"upgrade" in tokens and upgrade_token(raw) is not None
         # (h11 settles a proposal to switch protocols when it writes the answer)
-        self._keep_alive = (
-            not upgrade
-            and request.http_version == b"1.1"
-            and b"close" not in _connection_tokens(request.headers.raw_items())
-        )
+        self._keep_alive = not upgrade and request.http_version == b"1.1" and b"close" not in tokens
         if refusal is None and upgrade:
             refusal = _upgrade_with_body(request.headers)
         # h11 bounds only heads that arrive in pieces; a whole one is checked here.
@@ -558,7 +556,7 @@ class AgentConnection:
         interim = b""
         if self._h11.they_are_waiting_for_100_continue:
             interim = self._h11.send(h11.InformationalResponse(status_code=100, headers=[]))
-        headers = tuple(clean_headers(request.headers.raw_items(), upgrade=True))
+        headers = tuple(clean_headers(raw, upgrade=True))
         return AgentRequest(request.method, request.target, headers, interim, upgrade)
 
     def _refuse(self, refusal: Refusal) -> AgentRefused:
