@@ -1,5 +1,5 @@
 """A provider of one's own, as docs/adapters.md walks an author through it:
-the page's 40-line live client, entering a real bubblewrap sandbox by its
+the page's 41-line live client, entering a real bubblewrap sandbox by its
 ``nsenter`` prefix, passes the conformance suite, and, made a provider with
 one module and one registry line, carries a bridge through ``open_bridge``
 and through ``bridgeproto run``."""
@@ -8,19 +8,22 @@ from __future__ import annotations
 
 import importlib
 import json
+import os
 import pathlib
+import signal
 import subprocess
 import sys
 from collections.abc import Iterator
 from typing import Any
 
+import anyio
 import httpx
 import pytest
 
 from bridgeproto_adapters import providers
 from bridgeproto_adapters.conformance import check_sandbox_client
 from bridgeproto_adapters.launch import open_bridge
-from bridgeproto_adapters.sandboxes import BwrapSandbox
+from bridgeproto_adapters.sandboxes import BwrapSandbox, stop_process
 from sandbox_kinds import need_bwrap
 from upstream import running_upstream, upstream_in_thread
 
@@ -84,10 +87,37 @@ def provider_module(tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch) -> 
     sys.modules.pop("exec_provider", None)
 
 
-def test_the_live_client_in_the_docs_fits_in_40_lines() -> None:
+def test_the_live_client_in_the_docs_fits_in_41_lines() -> None:
     lines = [line for line in the_client_in_the_docs().splitlines() if line.strip()]
-    assert len(lines) <= 40, f"the example client has {len(lines)} lines"
+    assert len(lines) <= 41, f"the example client has {len(lines)} lines"
     assert "class ExecProcess" in the_client_in_the_docs()  # a LiveProcess of its own
+
+
+def test_the_live_client_in_the_docs_lets_go_of_its_pipes_once_stopped() -> None:
+    """A child the process leaves behind still holds its stdout: stopping it
+    must close our end anyway, not leave it to be closed when the pipe ends
+    (by then the harness's loop may be gone)."""
+    namespace: dict[str, Any] = {}
+    exec(compile(the_client_in_the_docs(), "docs/adapters.md", "exec"), namespace)
+
+    def descriptors() -> set[str]:
+        return set(os.listdir("/proc/self/fd"))
+
+    async def stop_one_whose_child_lingers() -> set[str]:
+        before = descriptors()
+        process = await anyio.open_process(["sh", "-c", "sleep 5 & exec sleep 30"], stderr=None)
+        live = namespace["ExecProcess"](process)
+        while not await _has_a_child(process.pid):
+            await anyio.sleep(0.01)
+        assert await stop_process(live) == -signal.SIGKILL
+        return descriptors() - before
+
+    assert anyio.run(stop_one_whose_child_lingers) == set()
+
+
+async def _has_a_child(pid: int) -> bool:
+    children = pathlib.Path(f"/proc/{pid}/task/{pid}/children")
+    return children.exists() and bool(children.read_text().split())
 
 
 @pytest.mark.anyio
