@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 import attrs
 import h11
@@ -164,6 +164,18 @@ ROUTING_PREFIXES = (b"x-forwarded-", b"x-envoy-")
 _PERCENT = re.compile(rb"%([0-9A-Fa-f]{2})?")
 _CONTROL = re.compile(rb"[\x00-\x1f\x7f]")
 _DIGITS = re.compile(rb"[0-9]{1,18}\Z")  # a Content-Length written as it came
+# A request head AgentConnection reads without h11: an HTTP/1.1 request line
+# and header lines in h11's own grammar (a token, a colon, a value of
+# visible bytes with inner blanks, optional blanks around it), each ended
+# by CRLF; a folded line, a bare LF or anything else is h11's to read.
+_TOKEN = rb"[-!#$%&'*+.^_`|~0-9a-zA-Z]+"
+_PLAIN_LINE = re.compile(rb"(" + _TOKEN + rb") ([\x21-\x7e]+) HTTP/1\.1\r\n")
+_PLAIN_FIELD = rb"(" + _TOKEN + rb"):[ \t]*([^\x00\s]+(?:[ \t]+[^\x00\s]+)*|)[ \t]*\r\n"
+_PLAIN_FIELDS = re.compile(rb"(?:" + _PLAIN_FIELD + rb")*")
+_PLAIN_FIELD_RE = re.compile(_PLAIN_FIELD)
+# Headers that make a request one for h11: a body framed otherwise, an
+# interim answer to give, a protocol switch to settle.
+_NOT_PLAIN = frozenset({b"transfer-encoding", b"expect", b"upgrade"})
 
 
 @attrs.frozen
@@ -444,18 +456,30 @@ class AgentConnection:
     protocol: ``respond_data`` passes bytes through as they are, and
     ``upgraded_data`` gives what the agent sent after its request.
 
-    The common answer, a final head with one Content-Length to an HTTP/1.1
-    request that keeps the connection, is written here rather than through
-    h11's state machine (``_plain_length``; h11's writing of it took about a
-    tenth of the sandbox side's CPU a request): its head comes from the
+    The common request and the common answer skip h11's state machine
+    (reading and writing through it took about a quarter of the sandbox
+    side's CPU a request). A request whose whole head has arrived, in
+    h11's grammar, HTTP/1.1, with one Host, at most one Content-Length of
+    digits, no Transfer-Encoding, Expect or Upgrade, and not HEAD or
+    CONNECT, is read here (``_read_plain_head``), through the same checks;
+    anything else is given to h11 whole, for this request. An answer that is
+    a final head with one Content-Length to a request that keeps the
+    connection is written here (``_plain_length``): its head comes from the
     host, whose h11 read it, so it needs no second check; its body is
-    counted against its length as h11 would. The next request then gets a
-    fresh h11 connection, given what the agent sent ahead.
+    counted against its length as h11 would. Any other answer to a request
+    read here is h11's to write, once h11 has been told of a request of the
+    same method and keep-alive (``_tell_h11``). Each request starts afresh,
+    with what the agent sent ahead.
     """
 
     def __init__(self, policy: HttpPolicy) -> None:
         self.policy = policy
         self._h11 = self._new_h11()
+        self._h11_reads = False  # this request's bytes are h11's to read
+        self._ahead: bytes | bytearray = b""  # the agent's bytes, not yet read or h11's
+        self._agent_closed = False  # (and it closed its side after them)
+        self._body_left: int | None = None  # of a request read here; None: no head yet
+        self._request_read = False  # all of a request read here, its end given
         self._body_bytes = 0
         self._method = b""
         self._keep_alive = False  # the request lets the connection carry another
@@ -469,9 +493,63 @@ class AgentConnection:
 
     def receive_data(self, data: bytes) -> None:
         """Bytes from the agent; ``b""`` when it closed its side."""
-        self._h11.receive_data(data)
+        if self._h11_reads:
+            self._h11.receive_data(data)
+        elif not data:
+            self._agent_closed = True
+        elif not self._ahead:
+            self._ahead = data  # (kept as it came: a body that is all of it is not copied)
+        else:
+            if type(self._ahead) is bytes:
+                self._ahead = bytearray(self._ahead)
+            self._ahead += data
 
     def next_event(self) -> AgentEvent | None:
+        if self._h11_reads:
+            return self._h11_event()
+        if self._body_left is not None:
+            return self._plain_body()
+        if not self._ahead and not self._agent_closed:
+            return None
+        head = _read_plain_head(self._ahead)
+        if head is None:  # h11's to read (or to refuse), as it all came
+            self._h11_reads = True
+            if self._ahead:
+                self._h11.receive_data(bytes(self._ahead))
+                self._ahead = b""
+            if self._agent_closed:
+                self._h11.receive_data(b"")
+            return self._h11_event()
+        method, target, raw, lowered, size = head
+        self._ahead = self._ahead[size:]
+        self._body_left = _content_length(lowered) or 0  # (a head read: before any refusal)
+        return self._request(method, target, b"1.1", raw, lowered, waiting_for_100=False)
+
+    def _plain_body(self) -> AgentEvent | None:
+        """The next part of the body of a request read here."""
+        left = self._body_left
+        if self._request_read:
+            return None
+        if not left:
+            self._request_read = True
+            return AgentEnd()
+        data = self._ahead
+        if not data:
+            if not self._agent_closed:
+                return None
+            message = (
+                f"malformed HTTP request: the connection closed {left} bytes before the end"
+                " of the body its Content-Length declares"
+            )
+            return self._refuse(Refusal(ErrorCode.BAD_REQUEST, message))
+        if len(data) > left:
+            data, self._ahead = data[:left], data[left:]
+        else:
+            self._ahead = b""
+        self._body_left = left - len(data)
+        return AgentBody(bytes(data))
+
+    def _h11_event(self) -> AgentEvent | None:
         try:
             event = self._h11.next_event()
         except h11.RemoteProtocolError as exc:
@@ -484,7 +562,11 @@ class AgentConnection:
         if event is h11.NEED_DATA or event is h11.PAUSED:
             return None
         if isinstance(event, h11.Request):
-            return self._request(event)
+            waiting = self._h11.they_are_waiting_for_100_continue
+            raw = event.headers.raw_items()
+            return self._request(
+                event.method, event.target, event.http_version, raw, event.headers, waiting
+            )
         if isinstance(event, h11.Data):
             self._body_bytes += len(event.data)
             limit = self.policy.max_body_bytes
@@ -513,51 +595,59 @@ class AgentConnection:
             )
         return None
 
-    def _request(self, request: h11.Request) -> AgentEvent:
-        self._method = request.method
+    def _request(
+        self,
+        method: bytes,
+        target: bytes,
+        version: bytes,
+        raw: list[tuple[bytes, bytes]],
+        headers: Sequence[tuple[bytes, bytes]],
+        waiting_for_100: bool,
+    ) -> AgentEvent:
+        """A request head's checks and event, wherever it was read: ``raw``
+        its headers as sent, ``headers`` the same with names lower-cased."""
+        self._method = method
         self._body_bytes = 0
-        if request.http_version not in (b"1.0", b"1.1"):
+        if version not in (b"1.0", b"1.1"):
             return self._refuse(
                 Refusal(
                     ErrorCode.BAD_REQUEST,
-                    f"HTTP/{request.http_version.decode()} is not supported: the bridge speaks"
-                    " HTTP/1.1",
+                    f"HTTP/{version.decode()} is not supported: the bridge speaks HTTP/1.1",
                     status=505,
                 )
             )
-        refusal = check_target(request.method, request.target, self.policy)
-        names = {name for name, _ in request.headers}
+        refusal = check_target(method, target, self.policy)
+        names = {name for name, _ in headers}
         if refusal is None and {b"content-length", b"transfer-encoding"} <= names:
             refusal = Refusal(
                 ErrorCode.BAD_REQUEST,
                 "the request has both Content-Length and Transfer-Encoding (a way to smuggle"
                 " requests); send one of them",
             )
-        raw = request.headers.raw_items()
         tokens = _connection_tokens(raw)  # (read once for the upgrade and the keep-alive)
         upgrade = b"upgrade" in tokens and upgrade_token(raw) is not None
         # (h11 settles a proposal to switch protocols when it writes the answer)
-        self._keep_alive = not upgrade and request.http_version == b"1.1" and b"close" not in tokens
+        self._keep_alive = not upgrade and version == b"1.1" and b"close" not in tokens
         if refusal is None and upgrade:
-            refusal = _upgrade_with_body(request.headers)
+            refusal = _upgrade_with_body(headers)
         # h11 bounds only heads that arrive in pieces; a whole one is checked here.
-        size = request_head_size(request.method, request.target, request.headers)
+        size = request_head_size(method, target, headers)
         if refusal is None and size > self.policy.max_header_bytes:
             refusal = Refusal(
                 ErrorCode.HEADERS_TOO_LARGE,
                 f"the request head is {size} bytes; the limit is {self.policy.max_header_bytes}",
             )
-        length = _content_length(request.headers)
+        length = _content_length(headers)
         limit = self.policy.max_body_bytes
         if refusal is None and limit is not None and length is not None and length > limit:
             refusal = _body_too_large(limit)
         if refusal is not None:
             return self._refuse(refusal)
         interim = b""
-        if self._h11.they_are_waiting_for_100_continue:
+        if waiting_for_100:
             interim = self._h11.send(h11.InformationalResponse(status_code=100, headers=[]))
-        headers = tuple(clean_headers(raw, upgrade=True))
-        return AgentRequest(request.method, request.target, headers, interim, upgrade)
+        cleaned = tuple(clean_headers(raw, upgrade=True))
+        return AgentRequest(method, target, cleaned, interim, upgrade)
 
     def _refuse(self, refusal: Refusal) -> AgentRefused:
         return AgentRefused(
@@ -569,6 +659,7 @@ class AgentConnection:
         no upgrade raises ``h11.LocalProtocolError``."""
         headers = [*clean_headers(head.headers, upgrade=head.status == 101), VIA]
         if head.status < 200:
+            self._tell_h11()
             out = self._h11.send(
                 h11.InformationalResponse(
                     status_code=head.status, headers=headers, reason=head.reason
@@ -583,9 +674,22 @@ class AgentConnection:
             lines = [b"HTTP/1.1 %d %s\r\n" % (head.status, head.reason)]
             lines += [b"%s: %s\r\n" % header for header in headers]
             return b"".join((*lines, b"\r\n"))
+        self._tell_h11()
         return self._h11.send(
             h11.Response(status_code=head.status, headers=headers, reason=head.reason)
         )
+
+    def _tell_h11(self) -> None:
+        """Before h11 writes an answer to a request read here: h11 writes it
+        for the request it has read, so it reads one of the same method and
+        keep-alive, without a body (all else a plain request may have leaves
+        h11's answer as it is)."""
+        if self._h11_reads or self._body_left is None or self._h11.their_state is not h11.IDLE:
+            return
+        close = b"" if self._keep_alive else b"connection: close\r\n"
+        self._h11.receive_data(b"%s / HTTP/1.1\r\nhost: -\r\n%s\r\n" % (self._method, close))
+        request, end = self._h11.next_event(), self._h11.next_event()
+        assert type(request) is h11.Request and type(end) is h11.EndOfMessage
 
     def _plain_length(self, status: int, headers: list[tuple[bytes, bytes]]) -> int | None:
         """The body length of an answer that can be written without h11, as
@@ -630,6 +734,7 @@ class AgentConnection:
         headers, body = error_response(status, cause, message)
         headers.append((b"connection", b"close"))
         self.response_started = True
+        self._tell_h11()
         out = self._h11.send(h11.Response(status_code=status, headers=headers))
         if self._method != b"HEAD":
             out += self._h11.send(h11.Data(data=body)) or b""
@@ -638,6 +743,8 @@ class AgentConnection:
     @property
     def request_started(self) -> bool:
         """Whether any byte of the next request has arrived."""
+        if not self._h11_reads:
+            return bool(self._ahead) or self._body_left is not None
         return bool(self._h11.trailing_data[0]) or self._h11.their_state is not h11.IDLE
 
     def respond_failure(self, code: ErrorCode, reason: str) -> bytes | None:
@@ -658,17 +765,20 @@ class AgentConnection:
 
     def next_cycle(self) -> bool:
         """Get ready for the next request; False when the connection must close."""
-        if self._plain_ended and self._h11.their_state is h11.DONE:
-            ahead, closed = self._h11.trailing_data
-            self._h11 = self._new_h11()
-            if ahead:
-                self._h11.receive_data(ahead)
-            if closed:
-                self._h11.receive_data(b"")
-        elif self._h11.our_state is h11.DONE and self._h11.their_state is h11.DONE:
-            self._h11.start_next_cycle()
-        else:
+        conn = self._h11
+        answered = self._plain_ended or conn.our_state is h11.DONE
+        if self._h11_reads:
+            if not (answered and conn.their_state is h11.DONE):
+                return False
+            self._ahead, self._agent_closed = conn.trailing_data
+            self._h11_reads = False
+        elif not (self._request_read and answered):
             return False
+        if conn.their_state is not h11.IDLE:
+            self._h11 = self._new_h11()
+        self._method = b""  # (an error answer before the next head has a body)
+        self._body_left = None
+        self._request_read = False
         self._plain = None
         self._plain_ended = self.response_started = False
         return True
@@ -683,6 +793,32 @@ def _content_length(headers: Iterable[tuple[bytes, bytes]]) -> int | None:
         if name == b"content-length":
             return int(value)
     return None
+
+
+def _read_plain_head(
+    data: bytes | bytearray,
+) -> tuple[bytes, bytes, list[tuple[bytes, bytes]], list[tuple[bytes, bytes]], int] | None:
+    """A whole request head at the start of ``data`` that AgentConnection
+    reads itself (its docstring says which): the method, the target, the
+    headers as sent and lower-cased, and the head's size. None: h11's."""
+    end = data.find(b"\r\n\r\n")
+    line = _PLAIN_LINE.match(data)
+    if end < 0 or line is None or line.end() > end + 2:
+        return None
+    method = line.group(1)
+    if method == b"HEAD" or method == b"CONNECT":
+        return None  # (an answer to HEAD has no body; CONNECT asks for a tunnel)
+    if not _PLAIN_FIELDS.fullmatch(data, line.end(), end + 2):
+        return None
+    raw: list[tuple[bytes, bytes]] = _PLAIN_FIELD_RE.findall(data, line.end(), end + 2)
+    lowered = [(name.lower(), value) for name, value in raw]
+    names = [name for name, _ in lowered]
+    if names.count(b"host") != 1 or not _NOT_PLAIN.isdisjoint(names):
+        return None
+    lengths = [value for name, value in lowered if name == b"content-length"]
+    if len(lengths) > 1 or (lengths and not _DIGITS.match(lengths[0])):
+        return None
+    return method, line.group(2), raw, lowered, end + 4
 
 
 # ---------------------------------------------------------------- host side
