@@ -551,3 +551,18 @@ def test_a_plain_answer_is_written_without_h11s_state_machine(
     assert agent.next_cycle()
     request = agent.next_event()
     assert isinstance(request, AgentRequest) and request.target == b"/next"
+
+
+def test_a_refusal_after_a_head_request_has_its_body() -> None:
+    """The method of the request before does not carry over: a malformed
+    request after a HEAD exchange is answered with the whole error."""
+    agent = AgentConnection(HttpPolicy())
+    feed(agent, b"HEAD /a HTTP/1.1\r\nHost: a\r\n\r\n")
+    agent.respond_head(bp.ResponseHead(1, 200, b"", [(b"content-length", b"5")]))
+    agent.respond_end()
+    assert agent.next_cycle()
+    (refused,) = feed(agent, b"GET /a HTTP/1.1\r\n\r\n")  # (no Host)
+    assert isinstance(refused, AgentRefused) and refused.reply is not None
+    head, _, body = refused.reply.partition(b"\r\n\r\n")
+    assert json.loads(body)["error"]["code"] == "bad-request"
+    assert f"content-length: {len(body)}".encode() in head.lower()
