@@ -173,6 +173,8 @@ _PLAIN_LINE = re.compile(rb"(" + _TOKEN + rb") ([\x21-\x7e]+) HTTP/1\.1\r\n")
 _PLAIN_FIELD = rb"(" + _TOKEN + rb"):[ \t]*([^\x00\s]+(?:[ \t]+[^\x00\s]+)*|)[ \t]*\r\n"
 _PLAIN_FIELDS = re.compile(rb"(?:" + _PLAIN_FIELD + rb")*")
 _PLAIN_FIELD_RE = re.compile(_PLAIN_FIELD)
+# The status line of a response the host side reads without h11.
+_PLAIN_STATUS = re.compile(rb"HTTP/1\.1 ([0-9]{3})(?: ((?:[ \t]|[^\x00\s])*))?\r\n")
 # Headers that make a request one for h11: a body framed otherwise, an
 # interim answer to give, a protocol switch to settle.
 _NOT_PLAIN = frozenset({b"transfer-encoding", b"expect", b"upgrade"})
@@ -847,6 +849,46 @@ class Upstream:
 
 def _is_routing(name: bytes) -> bool:
     return name in ROUTING_HEADERS or name.startswith(ROUTING_PREFIXES)
+
+
+@attrs.frozen
+class PlainResponse:
+    """A response head ``read_plain_response`` read: its body is ``length``
+    bytes, and ``size`` bytes of the input were the head."""
+
+    status: int
+    reason: bytes
+    headers: list[tuple[bytes, bytes]]  # as sent
+    length: int
+    size: int
+
+
+def read_plain_response(data: bytes | bytearray, method: bytes) -> PlainResponse | None:
+    """A whole response head at the start of ``data``, to a request of
+    ``method``, that the host side reads without h11: HTTP/1.1, a final
+    status with a body (not 204 or 304, and not to HEAD or CONNECT), in
+    h11's grammar, one Content-Length of digits, no Transfer-Encoding, and
+    no ``Connection: close``. None: h11's to read, as it came."""
+    end = data.find(b"\r\n\r\n")
+    line = _PLAIN_STATUS.match(data)
+    if end < 0 or line is None or line.end() > end + 2 or method in (b"HEAD", b"CONNECT"):
+        return None
+    status = int(line.group(1))
+    if status < 200 or status in (204, 304):
+        return None
+    if not _PLAIN_FIELDS.fullmatch(data, line.end(), end + 2):
+        return None
+    raw: list[tuple[bytes, bytes]] = _PLAIN_FIELD_RE.findall(data, line.end(), end + 2)
+    lengths = []
+    for name, value in raw:
+        name = name.lower()
+        if name == b"content-length":
+            lengths.append(value)
+        elif name == b"transfer-encoding":
+            return None
+    if len(lengths) != 1 or not _DIGITS.match(lengths[0]) or b"close" in _connection_tokens(raw):
+        return None
+    return PlainResponse(status, line.group(2) or b"", raw, int(lengths[0]), end + 4)
 
 
 def upstream_request(head: RequestHead, upstream: Upstream) -> h11.Request | Refusal:

@@ -2,7 +2,8 @@
 
 The sandbox side reads an agent's bytes with ``AgentConnection``; the host
 side turns a ``RequestHead`` into an upstream request with
-``upstream_request``. The policy (``HttpPolicy``, ``Upstream``) is checked on
+``upstream_request``, and reads the common response head itself with
+``read_plain_response``. The policy (``HttpPolicy``, ``Upstream``) is checked on
 both sides. This is the only layer of the core that needs h11.
 """
 
@@ -17,12 +18,14 @@ from ._http import (
     AgentRefused,
     AgentRequest,
     HttpPolicy,
+    PlainResponse,
     Refusal,
     Upstream,
     check_target,
     clean_headers,
     error_response,
     h11_connection,
+    read_plain_response,
     split_route,
     upgrade_token,
     upstream_request,
@@ -39,12 +42,14 @@ __all__ = [
     "AgentRefused",
     "AgentRequest",
     "HttpPolicy",
+    "PlainResponse",
     "Refusal",
     "Upstream",
     "check_target",
     "clean_headers",
     "error_response",
     "h11_connection",
+    "read_plain_response",
     "split_route",
     "upgrade_token",
     "upstream_request",
