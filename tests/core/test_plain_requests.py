@@ -171,3 +171,18 @@ def test_a_body_cut_short_by_the_agent_is_a_bad_request_naming_the_bytes_missing
     assert isinstance(refused, AgentRefused) and refused.refusal.status == 400
     assert "3 bytes before the end of the body" in refused.refusal.message
     assert refused.reply is not None and refused.reply.startswith(b"HTTP/1.1 400 ")
+
+
+def test_a_request_sent_ahead_in_pieces_during_an_answer_is_read_whole_after_it() -> None:
+    agent = AgentConnection(POLICY)
+    agent.receive_data(b"GET /a HTTP/1.1\r\nHost: a\r\n\r\n")
+    assert isinstance(agent.next_event(), AgentRequest)
+    assert agent.next_event() == AgentEnd()
+    for piece in (NEXT[:5], NEXT[5:20], NEXT[20:]):  # while the answer is on its way
+        agent.receive_data(piece)
+        assert agent.next_event() is None
+    agent.respond_head(bp.ResponseHead(1, 200, b"OK", [(b"content-length", b"0")]))
+    agent.respond_end()
+    assert agent.next_cycle()
+    following = agent.next_event()
+    assert isinstance(following, AgentRequest) and following.target == b"/a/next"
