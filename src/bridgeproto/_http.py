@@ -173,6 +173,9 @@ _PLAIN_LINE = re.compile(rb"(" + _TOKEN + rb") ([\x21-\x7e]+) HTTP/1\.1\r\n")
 _PLAIN_FIELD = rb"(" + _TOKEN + rb"):[ \t]*([^\x00\s]+(?:[ \t]+[^\x00\s]+)*|)[ \t]*\r\n"
 _PLAIN_FIELDS = re.compile(rb"(?:" + _PLAIN_FIELD + rb")*")
 _PLAIN_FIELD_RE = re.compile(_PLAIN_FIELD)
+# A header value as h11 sends one: visible bytes with blanks inside only.
+_FIELD_VALUE = re.compile(rb"(?:[^\x00\s]+(?:[ \t]+[^\x00\s]+)*)?")
+_TOKEN_NAME = re.compile(_TOKEN)
 # The status line of a response the host side reads without h11.
 _PLAIN_STATUS = re.compile(rb"HTTP/1\.1 ([0-9]{3})(?: ((?:[ \t]|[^\x00\s])*))?\r\n")
 # Headers that make a request one for h11: a body framed otherwise, an
@@ -891,6 +894,17 @@ def read_plain_response(data: bytes | bytearray, method: bytes) -> PlainResponse
     return PlainResponse(status, line.group(2) or b"", raw, int(lengths[0]), end + 4)
 
 
+def _upstream_headers(head: RequestHead, upstream: Upstream) -> list[tuple[bytes, bytes]]:
+    """The head's headers cleaned, with the upstream's Host and its own."""
+    replaced = {name.lower() for name, _ in upstream.added_headers}
+    headers = [
+        (n, v)
+        for n, v in clean_headers(head.headers, upgrade=True)
+        if n not in replaced and (upstream.pass_routing_headers or not _is_routing(n))
+    ]
+    return [(b"host", upstream.host_header), *headers, *upstream.added_headers, VIA]
+
+
 def upstream_request(head: RequestHead, upstream: Upstream) -> h11.Request | Refusal:
     """The h11 request for a head the sandbox sent, or why it is refused."""
     refusal = check_target(head.method, head.target, upstream.policy)
@@ -900,14 +914,49 @@ def upstream_request(head: RequestHead, upstream: Upstream) -> h11.Request | Ref
         refusal = _upgrade_with_body(head.headers)
         if refusal is not None:
             return refusal
-    replaced = {name.lower() for name, _ in upstream.added_headers}
-    headers = [
-        (n, v)
-        for n, v in clean_headers(head.headers, upgrade=True)
-        if n not in replaced and (upstream.pass_routing_headers or not _is_routing(n))
-    ]
-    headers = [(b"host", upstream.host_header), *headers, *upstream.added_headers, VIA]
     try:
-        return h11.Request(method=head.method, target=head.target, headers=headers)
+        return h11.Request(
+            method=head.method, target=head.target, headers=_upstream_headers(head, upstream)
+        )
     except h11.LocalProtocolError as exc:
         return Refusal(ErrorCode.BAD_REQUEST, f"the request cannot be sent upstream: {exc}")
+
+
+@attrs.frozen
+class PlainRequest:
+    """An upstream request the host side writes without h11
+    (``plain_upstream_request``)."""
+
+    method: bytes
+    head: bytes  # its request line and headers, byte for byte as h11 writes them
+    length: int  # its body's Content-Length (0: it has none)
+
+
+def plain_upstream_request(head: RequestHead, upstream: Upstream) -> PlainRequest | None:
+    """The common upstream request, as h11 would write it, without h11's
+    second pass over it: a target the policy allows, not CONNECT, no
+    upgrade, no Transfer-Encoding, at most one Content-Length of digits, one
+    Host, and every header as h11 sends one. None: ``upstream_request``'s to
+    build (or refuse)."""
+    if head.method == b"CONNECT" or check_target(head.method, head.target, upstream.policy):
+        return None
+    headers = _upstream_headers(head, upstream)
+    length = None
+    hosts = 0
+    for name, value in headers:
+        lowered = name.lower()
+        if lowered == b"content-length":
+            if length is not None or not _DIGITS.match(value):
+                return None
+            length = int(value)
+        elif lowered == b"host":
+            hosts += 1
+        elif lowered in _NOT_PLAIN:
+            return None
+        if not _TOKEN_NAME.fullmatch(name) or not _FIELD_VALUE.fullmatch(value):
+            return None
+    if hosts != 1:
+        return None
+    lines = [b"%s %s HTTP/1.1\r\n" % (head.method, head.target)]
+    lines += [b"%s: %s\r\n" % header for header in headers]
+    return PlainRequest(head.method, b"".join((*lines, b"\r\n")), length or 0)
