@@ -187,7 +187,7 @@ class UpstreamConnection(H11Stream):
             return False
         if self._sending is None and self._body_left is None:
             self.h11.start_next_cycle()
-        else:  # h11 saw the request alone, or a stand-in for it
+        elif self.h11.our_state is not h11.IDLE:  # h11 saw the request alone, or a stand-in
             self.h11 = h11_connection(h11.CLIENT)
         self._sending = self._body_left = None
         return True
