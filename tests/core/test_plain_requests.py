@@ -21,6 +21,7 @@ from bridgeproto.http import (
     AgentRefused,
     AgentRequest,
     HttpPolicy,
+    read_plain_response,
 )
 
 POLICY = HttpPolicy(allowed_prefixes=["/a"], max_header_bytes=300, max_body_bytes=40)
@@ -186,3 +187,34 @@ def test_a_request_sent_ahead_in_pieces_during_an_answer_is_read_whole_after_it(
     assert agent.next_cycle()
     following = agent.next_event()
     assert isinstance(following, AgentRequest) and following.target == b"/a/next"
+
+
+@pytest.mark.parametrize(
+    ("response", "method", "plain"),
+    [
+        (b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok", b"GET", True),
+        (b"HTTP/1.1 404 \r\ncontent-length: 0\r\nX-A:  b \r\n\r\n", b"POST", True),
+        (b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok", b"HEAD", False),
+        (b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n", b"GET", False),  # (not whole)
+        (b"HTTP/1.1 204 No Content\r\n\r\n", b"GET", False),
+        (b"HTTP/1.1 103 Early\r\nLink: </a>\r\n\r\n", b"GET", False),
+        (b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nok", b"GET", False),
+        (b"HTTP/1.1 200 OK\r\n folded\r\nContent-Length: 2\r\n\r\nok", b"GET", False),
+        (
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 2\r\n\r\n",
+            b"GET",
+            False,
+        ),
+        (b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 2\r\n\r\nok", b"GET", False),
+        (b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: Close\r\n\r\nok", b"GET", False),
+        (b"HTTP/1.1 200 OK\r\n\r\nok", b"GET", False),  # (ends with the connection)
+    ],
+)
+def test_the_responses_the_host_side_reads_itself(
+    response: bytes, method: bytes, plain: bool
+) -> None:
+    head = read_plain_response(response, method)
+    assert (head is not None) is plain
+    if head is not None:
+        assert response[head.size :] == response.partition(b"\r\n\r\n")[2]
+        assert head.length == int(dict((n.lower(), v) for n, v in head.headers)[b"content-length"])
