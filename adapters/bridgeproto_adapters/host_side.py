@@ -96,8 +96,10 @@ class UpstreamConnection(H11Stream):
         self._ahead = b""  # its bytes read and not yet taken
         self._sending: PlainRequest | None = None  # a request written here
         self._request_left = 0  # (its body bytes not yet sent)
+        self._method = b""  # the request's, which the answer's framing depends on
 
     def request_head(self, request: PlainRequest | h11.Request) -> bytes:
+        self._method = request.method
         if isinstance(request, PlainRequest):
             self._sending, self._request_left = request, request.length
             return request.head
@@ -121,19 +123,18 @@ class UpstreamConnection(H11Stream):
             raise h11.LocalProtocolError("the request body is shorter than its Content-Length")
         return b""
 
-    async def response_head(
-        self, method: bytes
-    ) -> PlainResponse | h11.Response | h11.InformationalResponse:
-        """The next head of the answer to a request of ``method``."""
+    async def response_head(self) -> PlainResponse | h11.Response | h11.InformationalResponse:
+        """The next head of the answer to the request sent."""
         told = self.h11.their_state is h11.SEND_RESPONSE
         if not self.h11.trailing_data[0] and (told or self._sending is not None):
             data = await self._receive()
-            head = read_plain_response(data, method) if data else None
+            head = read_plain_response(data, self._method) if data else None
             if head is not None:
                 self._body_left, self._ahead = head.length, data[head.size :]
                 return head
             if not told:  # h11 reads an answer to a request it wrote: one like it, then
-                self.h11.send(h11.Request(method=method, target=b"/", headers=[(b"host", b"-")]))
+                stand_in = h11.Request(method=self._method, target=b"/", headers=[(b"host", b"-")])
+                self.h11.send(stand_in)
                 self.h11.send(h11.EndOfMessage())
             self.h11.receive_data(data)  # h11's, as it came
         event = await self.next_event()
@@ -341,13 +342,13 @@ class HostSide:
         try:
             if await self._send_request(exchange, conn, request):
                 request_sent.set()
-                completed = await self._answer(exchange, conn, errors, request.method)
+                completed = await self._answer(exchange, conn, errors)
             else:
                 async with anyio.create_task_group() as tg:
                     tg.start_soon(
                         self._upload, exchange, conn, tg.cancel_scope, errors, request_sent
                     )
-                    if await self._download_noting(exchange, conn, errors, request.method):
+                    if await self._download_noting(exchange, conn, errors):
                         # An upstream that knows the body's length may answer
                         # before the bridge's end-of-body is through; the
                         # connection can be reused once it is. A switched one
@@ -402,7 +403,7 @@ class HostSide:
         return whole
 
     async def _answer(
-        self, exchange: Exchange, conn: UpstreamConnection, errors: list[Exception], method: bytes
+        self, exchange: Exchange, conn: UpstreamConnection, errors: list[Exception]
     ) -> bool:
         """The response, once the whole request is sent: in this task alone,
         cancelled by a reset from the sandbox. True when it completed."""
@@ -410,7 +411,7 @@ class HostSide:
             exchange.on_reset = scope.cancel
             try:
                 if exchange.ended_by is None:
-                    return await self._download_noting(exchange, conn, errors, method)
+                    return await self._download_noting(exchange, conn, errors)
             finally:
                 exchange.on_reset = None
         reset = exchange.ended_by
@@ -419,11 +420,11 @@ class HostSide:
         return False
 
     async def _download_noting(
-        self, exchange: Exchange, conn: UpstreamConnection, errors: list[Exception], method: bytes
+        self, exchange: Exchange, conn: UpstreamConnection, errors: list[Exception]
     ) -> bool:
         """``_download``, its failures noted in ``errors``; True when it completed."""
         try:
-            await self._download(exchange, conn, method)
+            await self._download(exchange, conn)
         except (*_UPSTREAM_IO_ERRORS, TimeoutError, ExchangeAborted) as exc:
             errors.append(exc)
         except bp.LocalProtocolError as exc:  # past a limit of the core's: max_body_bytes
@@ -479,17 +480,19 @@ class HostSide:
             errors.append(exc)
             scope.cancel()
 
-    async def _download(self, exchange: Exchange, conn: UpstreamConnection, method: bytes) -> None:
+    async def _download(self, exchange: Exchange, conn: UpstreamConnection) -> None:
         """The whole response, upstream to bridge."""
         timeout = self.options.response_timeout
         with anyio.fail_after(timeout) if timeout is not None else contextlib.nullcontext():
-            head = await conn.response_head(method)
+            head = await conn.response_head()
             while isinstance(head, h11.InformationalResponse):
                 exchange.send_response(_head(exchange.id, head))
                 if head.status_code == 101:  # h11 took it: the request asked for it
-                    await self._switched(exchange, conn)
-                    return
-                head = await conn.response_head(method)
+                    break
+                head = await conn.response_head()
+        if isinstance(head, h11.InformationalResponse):  # (the response timeout is over)
+            await self._switched(exchange, conn)
+            return
         exchange.send_response(_head(exchange.id, head))
         while (data := await conn.body_part()) is not None:
             await exchange.send_data(data)

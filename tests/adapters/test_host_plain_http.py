@@ -98,10 +98,10 @@ async def read(responses: list[bytes], piece: int, method: bytes) -> list[object
         conn.request_end()
         upstream.answer_next()
         try:
-            head = await conn.response_head(method)
+            head = await conn.response_head()
             while isinstance(head, h11.InformationalResponse):
                 seen.append(host_side._head(1, head))
-                head = await conn.response_head(method)
+                head = await conn.response_head()
             seen.append(host_side._head(1, head))
             body = [part async for part in parts(conn)]
             seen.append(b"".join(body))

@@ -20,6 +20,7 @@ from aiohttp import web
 
 import bridgeproto as bp
 from bridge import bridge as local_bridge
+from bridgeproto_adapters.host_side import HostOptions
 from bridgeproto_adapters.launch import Bridge, open_bridge
 from bridgeproto_adapters.sandboxes import BwrapSandbox
 from cuts import ChannelWatch, bytes_in_flight
@@ -137,7 +138,7 @@ class Bridged:
 
 @asynccontextmanager
 async def bridged(
-    transport: str = "stream", config: bp.Config | None = None
+    transport: str = "stream", config: bp.Config | None = None, options: HostOptions | None = None
 ) -> AsyncIterator[Bridged]:
     """A bridge into an offline sandbox whose Python can import the clients."""
     need_bwrap()
@@ -147,7 +148,7 @@ async def bridged(
             websocket_upstream() as (url, seen),
             open_bridge(
                 sandbox, url, headers=[(b"authorization", SECRET.encode())],
-                transport=transport, config=config,
+                transport=transport, config=config, options=options,
             ) as bridge,
         ):  # fmt: skip
             yield Bridged(sandbox, {**bridge.env, "PYTHONPATH": SITE_PACKAGES}, seen, bridge)
@@ -411,6 +412,28 @@ async def test_an_idle_upgraded_connection_ends_at_the_idle_timeout() -> None:
         with anyio.fail_after(10):
             await b.seen.hung_up.wait()  # the upstream's side was closed too
     assert 0.9 <= out["closed_after"] < 1.0 + MARGIN  # type: ignore[operator]
+
+
+LATE_AGENT = """
+import asyncio, json, os
+from websockets.asyncio.client import connect
+
+async def main():
+    url = os.environ["BRIDGEPROTO_URL"].replace("http://", "ws://") + "/ws/echo"
+    async with connect(url) as ws:
+        await asyncio.sleep(1.5)  # three response timeouts
+        await ws.send("still here")
+        print(json.dumps({"echo": await ws.recv()}))
+
+asyncio.run(main())
+"""
+
+
+async def test_a_websocket_outlives_the_response_timeout() -> None:
+    """The host's response timeout bounds the wait for the 101, not the
+    connection it opens."""
+    async with bridged(options=HostOptions(response_timeout=0.5)) as b:
+        assert await run_agent(b, LATE_AGENT) == {"echo": "still here"}
 
 
 RESUMED_AGENT = """
