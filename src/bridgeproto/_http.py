@@ -168,14 +168,14 @@ _DIGITS = re.compile(rb"[0-9]{1,18}\Z")  # a Content-Length written as it came
 # and header lines in h11's own grammar (a token, a colon, a value of
 # visible bytes with inner blanks, optional blanks around it), each ended
 # by CRLF; a folded line, a bare LF or anything else is h11's to read.
-_TOKEN = rb"[-!#$%&'*+.^_`|~0-9a-zA-Z]+"
-_PLAIN_LINE = re.compile(rb"(" + _TOKEN + rb") ([\x21-\x7e]+) HTTP/1\.1\r\n")
-_PLAIN_FIELD = rb"(" + _TOKEN + rb"):[ \t]*([^\x00\s]+(?:[ \t]+[^\x00\s]+)*|)[ \t]*\r\n"
+_TOKEN_CHARS = rb"[-!#$%&'*+.^_`|~0-9a-zA-Z]+"
+_PLAIN_LINE = re.compile(rb"(" + _TOKEN_CHARS + rb") ([\x21-\x7e]+) HTTP/1\.1\r\n")
+_PLAIN_FIELD = rb"(" + _TOKEN_CHARS + rb"):[ \t]*([^\x00\s]+(?:[ \t]+[^\x00\s]+)*|)[ \t]*\r\n"
 _PLAIN_FIELDS = re.compile(rb"(?:" + _PLAIN_FIELD + rb")*")
 _PLAIN_FIELD_RE = re.compile(_PLAIN_FIELD)
 # A header value as h11 sends one: visible bytes with blanks inside only.
 _FIELD_VALUE = re.compile(rb"(?:[^\x00\s]+(?:[ \t]+[^\x00\s]+)*)?")
-_TOKEN_NAME = re.compile(_TOKEN)
+_TOKEN = re.compile(_TOKEN_CHARS)
 # The status line of a response the host side reads without h11.
 _PLAIN_STATUS = re.compile(rb"HTTP/1\.1 ([0-9]{3})(?: ((?:[ \t]|[^\x00\s])*))?\r\n")
 # Headers that make a request one for h11: a body framed otherwise, an
@@ -953,7 +953,7 @@ def plain_upstream_request(head: RequestHead, upstream: Upstream) -> PlainReques
             hosts += 1
         elif lowered in _NOT_PLAIN:
             return None
-        if not _TOKEN_NAME.fullmatch(name) or not _FIELD_VALUE.fullmatch(value):
+        if not _TOKEN.fullmatch(name) or not _FIELD_VALUE.fullmatch(value):
             return None
     if hosts != 1:
         return None
