@@ -19,7 +19,7 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 import bridgeproto as bp
-from bridgeproto.http import HttpPolicy, plain_upstream_request, upstream_request
+from bridgeproto.http import HttpPolicy, Refusal, plain_upstream_request, upstream_request
 from bridgeproto.http import Upstream as UpstreamAddress
 from bridgeproto_adapters import host_side
 from bridgeproto_adapters.host_side import UpstreamConnection, run_host_side
@@ -91,9 +91,9 @@ async def read(responses: list[bytes], piece: int, method: bytes) -> list[object
     conn = UpstreamConnection(upstream)  # type: ignore[arg-type]
     seen: list[object] = []
     for _ in responses:
-        head = bp.RequestHead(1, method, b"/", [])
-        request = plain_upstream_request(head, ADDRESS) or upstream_request(head, ADDRESS)
-        assert not isinstance(request, host_side.Refusal)
+        asked = bp.RequestHead(1, method, b"/", [])
+        request = plain_upstream_request(asked, ADDRESS) or upstream_request(asked, ADDRESS)
+        assert not isinstance(request, Refusal)
         conn.request_head(request)
         conn.request_end()
         upstream.answer_next()
