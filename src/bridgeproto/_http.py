@@ -685,10 +685,10 @@ class AgentConnection:
         )
 
     def _tell_h11(self) -> None:
-        """Before h11 writes an answer to a request read here: h11 writes it
-        for the request it has read, so it reads one of the same method and
-        keep-alive, without a body (all else a plain request may have leaves
-        h11's answer as it is)."""
+        """h11 writes an answer for the request it read: before it writes
+        one to a request read here, it reads a stand-in of the same method
+        and keep-alive, with no body. Nothing else such a request may have
+        changes how h11 writes its answer."""
         if self._h11_reads or self._body_left is None or self._h11.their_state is not h11.IDLE:
             return
         close = b"" if self._keep_alive else b"connection: close\r\n"
