@@ -470,11 +470,11 @@ class AgentConnection:
     anything else is given to h11 whole, for this request. An answer that is
     a final head with one Content-Length to a request that keeps the
     connection is written here (``_plain_length``): its head comes from the
-    host, whose h11 read it, so it needs no second check; its body is
-    counted against its length as h11 would. Any other answer to a request
-    read here is h11's to write, once h11 has been told of a request of the
-    same method and keep-alive (``_tell_h11``). Each request starts afresh,
-    with what the agent sent ahead.
+    host, which read it in h11's grammar, so it needs no second check; its
+    body is counted against its length as h11 would. Any other answer to a
+    request read here is h11's to write, once h11 has been told of a request
+    of the same method and keep-alive (``_tell_h11``). Each request starts
+    afresh, with what the agent sent ahead.
     """
 
     def __init__(self, policy: HttpPolicy) -> None:
