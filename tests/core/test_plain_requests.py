@@ -1,7 +1,8 @@
-"""Requests AgentConnection reads without h11 (docs/core.md, "The HTTP
-layer"): whatever the agent sends, in whatever pieces, the events, the
-refusals, the answers and the next request come out as they do when h11
-reads every request, and a common request never reaches h11."""
+"""Requests AgentConnection reads without h11 (docs/core.md, "HTTP
+translation"): whatever the agent sends, in whatever pieces, the events,
+the refusals, the answers and the next request come out as they do when
+h11 reads every request, and a common request never reaches h11. Last, the
+responses the host side reads without h11, case by case."""
 
 from __future__ import annotations
 
