@@ -316,6 +316,9 @@ def check_mixed(
 
 
 @pytest.mark.parametrize("upload_input", [True, False], ids=["uploads", "calls-only"])
+# The stop's own calls fail at the same rate: when the one that reaps the
+# sandbox side is lost, the bridge warns so (test_mailbox_start holds that).
+@pytest.mark.filterwarnings("ignore:bridgeproto. the sandbox side could not be reaped")
 async def test_exactly_once_through_a_provider_that_fails_and_cuts_calls(
     upload_input: bool,
 ) -> None:
