@@ -356,7 +356,10 @@ class HostSide:
                         switched = conn.h11.our_state is h11.SWITCHED_PROTOCOL
                         with anyio.move_on_after(math.inf if switched else _REQUEST_TAIL_SECONDS):
                             await request_sent.wait()
-                        completed = True
+                        # Not all of the request written (its last write may be
+                        # cut short by the cancel below): the connection is not
+                        # in step with the upstream, and is never reused.
+                        completed = request_sent.is_set()
                     # The response is complete or failed: the upload has nothing left to do.
                     tg.cancel_scope.cancel()
             # Back to the pool only now: until the upload task has ended, it may

@@ -935,9 +935,9 @@ class PlainRequest:
 def plain_upstream_request(head: RequestHead, upstream: Upstream) -> PlainRequest | None:
     """The common upstream request, as h11 would write it, without h11's
     second pass over it: a target the policy allows, not CONNECT, no
-    upgrade, no Transfer-Encoding, at most one Content-Length of digits, one
-    Host, and every header as h11 sends one. None: ``upstream_request``'s to
-    build (or refuse)."""
+    upgrade, no Transfer-Encoding or Connection, at most one Content-Length
+    of digits, one Host, and every header as h11 sends one. None:
+    ``upstream_request``'s to build (or refuse)."""
     if head.method == b"CONNECT" or check_target(head.method, head.target, upstream.policy):
         return None
     headers = _upstream_headers(head, upstream)
@@ -951,8 +951,8 @@ def plain_upstream_request(head: RequestHead, upstream: Upstream) -> PlainReques
             length = int(value)
         elif lowered == b"host":
             hosts += 1
-        elif lowered in _NOT_PLAIN:
-            return None
+        elif lowered in _NOT_PLAIN or lowered == b"connection":
+            return None  # (only added headers can carry a Connection: h11 heeds it)
         if not _TOKEN.fullmatch(name) or not _FIELD_VALUE.fullmatch(value):
             return None
     if hosts != 1:

@@ -19,7 +19,14 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 import bridgeproto as bp
-from bridgeproto.http import HttpPolicy, Refusal, plain_upstream_request, upstream_request
+from bridgeproto.http import (
+    HttpPolicy,
+    PlainRequest,
+    PlainResponse,
+    Refusal,
+    plain_upstream_request,
+    upstream_request,
+)
 from bridgeproto.http import Upstream as UpstreamAddress
 from bridgeproto_adapters import host_side
 from bridgeproto_adapters.host_side import UpstreamConnection, run_host_side
@@ -241,3 +248,61 @@ async def test_a_body_unlike_its_length_never_reaches_the_upstream(body: bytes) 
         assert isinstance(head, bp.ResponseHead) and head.status == 200
         assert [r["target"] for r in upstream.requests] == ["/json"]
         tg.cancel_scope.cancel()
+
+
+def test_a_connection_whose_request_was_not_all_written_is_never_pooled(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The upstream answered while the request's body was still going out,
+    and its last write did not get through in the time the host gives it
+    (it is cut short when the host stops waiting). The body's count is full
+    on the plain path by then, but the connection is out of step with the
+    upstream: it must be closed, never handed to the next request."""
+    monkeypatch.setattr(host_side, "_REQUEST_TAIL_SECONDS", 0.05)
+    upstream = Upstream([b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"], 80)
+    pooled: list[bool] = []
+
+    class Pool:
+        async def acquire(self) -> UpstreamConnection:
+            return UpstreamConnection(upstream)  # type: ignore[arg-type]
+
+        def keep(self, conn: UpstreamConnection) -> bool:
+            pooled.append(conn.reusable())
+            return pooled[-1]
+
+        async def discard(self, conn: UpstreamConnection) -> None:
+            pooled.append(False)
+
+    async def head_then_the_body_handed_to_its_write(
+        exchange: object, conn: UpstreamConnection, request: PlainRequest
+    ) -> bool:
+        conn.request_head(request)
+        conn.request_data(b"hello")  # (counted; its write is the upload's, below)
+        upstream.answer_next()
+        return False
+
+    async def whose_write_never_ends(*_: object) -> None:
+        await anyio.sleep_forever()
+
+    async def the_answer_read_whole(exchange: object, conn: UpstreamConnection, _: object) -> bool:
+        assert isinstance(await conn.response_head(), PlainResponse)
+        assert await conn.body_part() is None
+        return True
+
+    host = host_side.HostSide(ADDRESS)
+    monkeypatch.setattr(host, "_send_request", head_then_the_body_handed_to_its_write)
+    monkeypatch.setattr(host, "_upload", whose_write_never_ends)
+    monkeypatch.setattr(host, "_download_noting", the_answer_read_whole)
+    request = plain_upstream_request(
+        bp.RequestHead(1, b"POST", b"/", [(b"content-length", b"5")]), ADDRESS
+    )
+    assert request is not None
+    anyio.run(host._forward, None, request, Pool())
+    assert pooled == [False]
+
+
+def test_an_added_connection_header_leaves_the_request_to_h11() -> None:
+    closing = UpstreamAddress("127.0.0.1", 1, added_headers=((b"Connection", b"close"),))
+    head = bp.RequestHead(1, b"GET", b"/", [])
+    assert plain_upstream_request(head, closing) is None
+    assert isinstance(upstream_request(head, closing), h11.Request)
