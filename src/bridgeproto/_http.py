@@ -169,12 +169,12 @@ _DIGITS = re.compile(rb"[0-9]{1,18}\Z")  # a Content-Length written as it came
 # visible bytes with inner blanks, optional blanks around it), each ended
 # by CRLF; a folded line, a bare LF or anything else is h11's to read.
 _TOKEN_CHARS = rb"[-!#$%&'*+.^_`|~0-9a-zA-Z]+"
+_VALUE_CHARS = rb"[^\x00\s]+(?:[ \t]+[^\x00\s]+)*"  # visible bytes, blanks inside only
 _PLAIN_LINE = re.compile(rb"(" + _TOKEN_CHARS + rb") ([\x21-\x7e]+) HTTP/1\.1\r\n")
-_PLAIN_FIELD = rb"(" + _TOKEN_CHARS + rb"):[ \t]*([^\x00\s]+(?:[ \t]+[^\x00\s]+)*|)[ \t]*\r\n"
+_PLAIN_FIELD = rb"(" + _TOKEN_CHARS + rb"):[ \t]*(" + _VALUE_CHARS + rb"|)[ \t]*\r\n"
 _PLAIN_FIELDS = re.compile(rb"(?:" + _PLAIN_FIELD + rb")*")
 _PLAIN_FIELD_RE = re.compile(_PLAIN_FIELD)
-# A header value as h11 sends one: visible bytes with blanks inside only.
-_FIELD_VALUE = re.compile(rb"(?:[^\x00\s]+(?:[ \t]+[^\x00\s]+)*)?")
+_FIELD_VALUE = re.compile(rb"(?:" + _VALUE_CHARS + rb")?")  # a value as h11 sends one
 _TOKEN = re.compile(_TOKEN_CHARS)
 # The status line of a response the host side reads without h11.
 _PLAIN_STATUS = re.compile(rb"HTTP/1\.1 ([0-9]{3})(?: ((?:[ \t]|[^\x00\s])*))?\r\n")
@@ -676,9 +676,7 @@ class AgentConnection:
         self.response_started = True
         self._plain = self._plain_length(head.status, headers)
         if self._plain is not None:
-            lines = [b"HTTP/1.1 %d %s\r\n" % (head.status, head.reason)]
-            lines += [b"%s: %s\r\n" % header for header in headers]
-            return b"".join((*lines, b"\r\n"))
+            return _head_bytes(b"HTTP/1.1 %d %s\r\n" % (head.status, head.reason), headers)
         self._tell_h11()
         return self._h11.send(
             h11.Response(status_code=head.status, headers=headers, reason=head.reason)
@@ -806,16 +804,13 @@ def _read_plain_head(
     """A whole request head at the start of ``data`` that AgentConnection
     reads itself (its docstring says which): the method, the target, the
     headers as sent and lower-cased, and the head's size. None: h11's."""
-    end = data.find(b"\r\n\r\n")
-    line = _PLAIN_LINE.match(data)
-    if end < 0 or line is None or line.end() > end + 2:
+    head = _plain_head(data, _PLAIN_LINE)
+    if head is None:
         return None
+    line, raw, size = head
     method = line.group(1)
     if method == b"HEAD" or method == b"CONNECT":
         return None  # (an answer to HEAD has no body; CONNECT asks for a tunnel)
-    if not _PLAIN_FIELDS.fullmatch(data, line.end(), end + 2):
-        return None
-    raw: list[tuple[bytes, bytes]] = _PLAIN_FIELD_RE.findall(data, line.end(), end + 2)
     lowered = [(name.lower(), value) for name, value in raw]
     names = [name for name, _ in lowered]
     if names.count(b"host") != 1 or not _NOT_PLAIN.isdisjoint(names):
@@ -823,7 +818,27 @@ def _read_plain_head(
     lengths = [value for name, value in lowered if name == b"content-length"]
     if len(lengths) > 1 or (lengths and not _DIGITS.match(lengths[0])):
         return None
-    return method, line.group(2), raw, lowered, end + 4
+    return method, line.group(2), raw, lowered, size
+
+
+def _plain_head(
+    data: bytes | bytearray, first_line: re.Pattern[bytes]
+) -> tuple[re.Match[bytes], list[tuple[bytes, bytes]], int] | None:
+    """A whole head at the start of ``data`` in h11's grammar, its first
+    line matching ``first_line``: that line's match, the header lines as
+    sent, and the head's size. None: not whole, or not in that grammar."""
+    end = data.find(b"\r\n\r\n")
+    line = first_line.match(data)
+    if end < 0 or line is None or line.end() > end + 2:
+        return None
+    if not _PLAIN_FIELDS.fullmatch(data, line.end(), end + 2):
+        return None
+    return line, _PLAIN_FIELD_RE.findall(data, line.end(), end + 2), end + 4
+
+
+def _head_bytes(first_line: bytes, headers: Iterable[tuple[bytes, bytes]]) -> bytes:
+    """A head as h11 writes it: its first line, each header, a blank line."""
+    return b"".join((first_line, *(b"%s: %s\r\n" % header for header in headers), b"\r\n"))
 
 
 # ---------------------------------------------------------------- host side
@@ -872,16 +887,13 @@ def read_plain_response(data: bytes | bytearray, method: bytes) -> PlainResponse
     status with a body (not 204 or 304, and not to HEAD or CONNECT), in
     h11's grammar, one Content-Length of digits, no Transfer-Encoding, and
     no ``Connection: close``. None: h11's to read, as it came."""
-    end = data.find(b"\r\n\r\n")
-    line = _PLAIN_STATUS.match(data)
-    if end < 0 or line is None or line.end() > end + 2 or method in (b"HEAD", b"CONNECT"):
+    head = _plain_head(data, _PLAIN_STATUS)
+    if head is None or method in (b"HEAD", b"CONNECT"):
         return None
+    line, raw, size = head
     status = int(line.group(1))
     if status < 200 or status in (204, 304):
         return None
-    if not _PLAIN_FIELDS.fullmatch(data, line.end(), end + 2):
-        return None
-    raw: list[tuple[bytes, bytes]] = _PLAIN_FIELD_RE.findall(data, line.end(), end + 2)
     lengths = []
     for name, value in raw:
         name = name.lower()
@@ -891,7 +903,7 @@ def read_plain_response(data: bytes | bytearray, method: bytes) -> PlainResponse
             return None
     if len(lengths) != 1 or not _DIGITS.match(lengths[0]) or b"close" in _connection_tokens(raw):
         return None
-    return PlainResponse(status, line.group(2) or b"", raw, int(lengths[0]), end + 4)
+    return PlainResponse(status, line.group(2) or b"", raw, int(lengths[0]), size)
 
 
 def _upstream_headers(head: RequestHead, upstream: Upstream) -> list[tuple[bytes, bytes]]:
@@ -957,6 +969,5 @@ def plain_upstream_request(head: RequestHead, upstream: Upstream) -> PlainReques
             return None
     if hosts != 1:
         return None
-    lines = [b"%s %s HTTP/1.1\r\n" % (head.method, head.target)]
-    lines += [b"%s: %s\r\n" % header for header in headers]
-    return PlainRequest(head.method, b"".join((*lines, b"\r\n")), length or 0)
+    request_line = b"%s %s HTTP/1.1\r\n" % (head.method, head.target)
+    return PlainRequest(head.method, _head_bytes(request_line, headers), length or 0)
