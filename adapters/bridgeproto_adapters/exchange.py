@@ -78,6 +78,11 @@ class EventBuffer:
         """The next record if one is buffered, left in place."""
         return self._items[0] if self._items else None
 
+    def take(self) -> ExchangeEvent | None:
+        """The next record if one is buffered, else None (no exception: the
+        answer's loop asks once a batch, and it is empty every time)."""
+        return self._items.popleft() if self._items else None
+
     def receive_nowait(self) -> ExchangeEvent:
         """The next record; ``WouldBlock`` if none is buffered yet,
         ``EndOfStream`` if none will come."""
@@ -88,12 +93,13 @@ class EventBuffer:
         raise anyio.WouldBlock
 
     async def receive(self) -> ExchangeEvent:
-        while True:
-            try:
-                return self.receive_nowait()
-            except anyio.WouldBlock:
-                self._arrived.clear()
-                await self._arrived.wait()
+        """The next record, once there is one; ``EndOfStream`` if none will come."""
+        while not self._items:
+            if self._closed:
+                raise anyio.EndOfStream
+            self._arrived.clear()
+            await self._arrived.wait()
+        return self._items.popleft()
 
     def __aiter__(self) -> EventBuffer:
         return self

@@ -25,7 +25,7 @@ import contextlib
 import errno
 import math
 import select
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import anyio
 import anyio.abc
@@ -409,17 +409,13 @@ class HostSide:
         self, exchange: Exchange, conn: UpstreamConnection, errors: list[Exception]
     ) -> bool:
         """The response, once the whole request is sent: in this task alone,
-        cancelled by a reset from the sandbox. True when it completed."""
-        with anyio.CancelScope() as scope:
-            exchange.on_reset = scope.cancel
-            try:
-                if exchange.ended_by is None:
-                    return await self._download_noting(exchange, conn, errors)
-            finally:
-                exchange.on_reset = None
+        ended by a reset from the sandbox. True when it completed."""
+        with _ended_by_reset(exchange, conn):
+            if exchange.ended_by is None and await self._download_noting(exchange, conn, errors):
+                return True
         reset = exchange.ended_by
-        assert reset is not None
-        errors.append(ExchangeAborted(reset.code, reset.reason))
+        if reset is not None:  # (the reason the exchange failed, whatever the download saw)
+            errors.insert(0, ExchangeAborted(reset.code, reset.reason))
         return False
 
     async def _download_noting(
@@ -516,6 +512,31 @@ class HostSide:
     async def aclose(self) -> None:
         for pool in list(self._pools.values()):
             await pool.aclose()
+
+
+@contextlib.contextmanager
+def _ended_by_reset(exchange: Exchange, conn: UpstreamConnection) -> Iterator[None]:
+    """Within it, a reset from the sandbox ends the answer's waits.
+
+    A wait for credit ends on the reset itself; a read from the upstream
+    ends when the reset closes the connection (which is discarded anyway),
+    a plain call where the stream is a descriptor of ours. anyio's stream
+    (on trio) cannot be closed at once: its read is cancelled instead. (A
+    cancel scope a request cost the host about a twentieth of its CPU.)
+    """
+    if isinstance(conn.stream, SocketFdStream):
+        exchange.on_reset = conn.stream.close
+        try:
+            yield
+        finally:
+            exchange.on_reset = None
+        return
+    with anyio.CancelScope() as scope:
+        exchange.on_reset = scope.cancel
+        try:
+            yield
+        finally:
+            exchange.on_reset = None
 
 
 def _has_body(request: h11.Request) -> bool:

@@ -269,9 +269,8 @@ class SandboxSide:
                         exchange.id, bp.ErrorCode.PEER_UNRESPONSIVE, "the bridge went down", False
                     )
                     events = [gone]
-                with contextlib.suppress(anyio.WouldBlock, anyio.EndOfStream):
-                    while len(events) < 64:
-                        events.append(exchange.events.receive_nowait())
+                while len(events) < 64 and (waiting := exchange.events.take()) is not None:
+                    events.append(waiting)
                 out, done, consumed = [], None, 0
                 for event in events:
                     if isinstance(event, bp.ResponseHead):

@@ -1,5 +1,6 @@
 """The hot path's own primitives, on asyncio and on trio: the flag and the
-clock (wakeups.py), the hand-off from an agent's pump, a descriptor's wait
+clock (wakeups.py), the hand-off from an agent's pump, an exchange's record
+buffer, a descriptor's wait
 and its close, a socket read and written as a descriptor, and the accept
 loop that hands agents' connections over as such sockets."""
 
@@ -16,8 +17,10 @@ import anyio.abc
 import pytest
 from anyio.streams.stapled import StapledByteStream
 
+import bridgeproto as bp
 from bridgeproto.http import AgentConnection, AgentRequest, HttpPolicy
 from bridgeproto_adapters.agents import Agent, Handoff, serve
+from bridgeproto_adapters.exchange import EventBuffer
 from bridgeproto_adapters.streams import Descriptor, SocketFdStream, connect_tcp
 from bridgeproto_adapters.wakeups import Flag, clock
 
@@ -123,6 +126,41 @@ async def test_closing_the_handoff_stops_a_waiting_pump() -> None:
     assert await handoff.send(b"more") is False
     with pytest.raises(anyio.ClosedResourceError):
         await handoff.receive()
+
+
+async def test_an_exchanges_records_wait_in_order_and_end_once_closed() -> None:
+    buffer = EventBuffer()
+    assert buffer.take() is None
+    got: list[object] = []
+
+    async def reader() -> None:
+        while True:
+            try:
+                got.append(await buffer.receive())
+            except anyio.EndOfStream:
+                got.append("end")
+                return
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(reader)
+        await anyio.wait_all_tasks_blocked()
+        assert got == []  # nothing buffered: the reader waits
+        assert buffer.put(bp.Data(1, b"a"))
+        await anyio.wait_all_tasks_blocked()
+        assert got == [bp.Data(1, b"a")]
+        assert buffer.put(bp.Data(1, b"b"))
+        assert buffer.put(bp.EndOfBody(1))
+        buffer.close()  # what is buffered is still read, then the end
+    assert got == [bp.Data(1, b"a"), bp.Data(1, b"b"), bp.EndOfBody(1), "end"]
+    assert buffer.put(bp.Data(1, b"late")) is False
+    assert buffer.take() is None
+    closed = EventBuffer()
+    closed.put(bp.EndOfBody(3))
+    closed.close()
+    assert closed.take() == bp.EndOfBody(3)
+    assert closed.take() is None
+    with pytest.raises(anyio.EndOfStream):
+        closed.receive_nowait()
 
 
 async def test_closing_a_descriptor_wakes_its_reader_then_closes_it() -> None:
