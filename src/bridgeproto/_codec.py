@@ -215,7 +215,8 @@ class _Reader:
         self.pos = end
         return chunk
 
-    def unpack(self, fmt: struct.Struct) -> tuple[int, ...]:
+    def unpack(self, fmt: struct.Struct) -> tuple[Any, ...]:
+        # (Any: a hello's layout holds the session id's bytes among its numbers)
         if self.pos + fmt.size > len(self.data):
             self.take(fmt.size)  # (raises)
         values = fmt.unpack_from(self.data, self.pos)
