@@ -60,6 +60,12 @@ def test_quick_bench_produces_every_figure(tmp_path: object) -> None:
         assert set(scenarios["throughput"][system]) == {"1", "8"}
         for level in scenarios["throughput"][system].values():
             assert level["requests_per_second"] > 0 and not level["errors"]
+            # Each side's CPU a request under load, where there is a sandbox side.
+            has_side = system in ("bridgeproto", "polling")
+            assert ("sandbox_cpu_ms_per_request" in level) is has_side
+            if has_side:
+                assert level["host_cpu_ms_per_request"] > 0
+                assert level["sandbox_cpu_ms_per_request"] > 0
     if references:
         cost = scenarios["cost"]["shared"]
         assert {"host_cpu_seconds_per_1000", "sandbox_cpu_seconds_per_1000"} <= set(cost)
@@ -90,6 +96,7 @@ def test_quick_bench_produces_every_figure(tmp_path: object) -> None:
     assert "start: a ready sandbox to a bridge that accepts agents" in result.stdout
     assert "remote: calls only, each 50 ms slower" in result.stdout
     assert "latency: small JSON POSTs" in result.stdout
+    assert "sandbox CPU ms" in result.stdout
     assert "websocket: 64-byte messages echoed" in result.stdout
     assert "scale: bridges held by one host process, started together" in result.stdout
 

@@ -114,14 +114,22 @@ def table(results: dict[str, Any]) -> str:
                 tp[top]["requests_per_second"]
                 / s["throughput"]["direct"][top]["requests_per_second"]
             )
-            rows.append([NAMES.get(system, system), *cells, f"{ratio:.0%}"])
+            cpu_ms = [
+                f"{tp[top][f'{side}_cpu_ms_per_request']:.2f}"
+                if f"{side}_cpu_ms_per_request" in tp[top]
+                else "-"
+                for side in ("host", "sandbox")
+            ]
+            rows.append([NAMES.get(system, system), *cells, f"{ratio:.0%}", *cpu_ms])
         blocks.append(
             _block(
-                "throughput: requests per second by concurrent clients",
-                ["system", *[f"{c} clients" for c in levels], f"vs direct @{levels[-1]}"],
+                "throughput: requests per second by concurrent clients"
+                f" (CPU ms a request of each side at {levels[-1]})",
+                ["system", *[f"{c} clients" for c in levels], f"vs direct @{levels[-1]}",
+                 "host CPU ms", "sandbox CPU ms"],
                 rows,
             )
-        )
+        )  # fmt: skip
     if "bulk" in s:
         rows = []
         direct_bulk = s["bulk"]["direct"]

@@ -212,15 +212,26 @@ class Bench:
             if system == "limit":
                 continue  # one connection only
             figures = {}
+            _, side = self.sandbox_of(system)
             for concurrency in self.sizes.concurrencies:
+                # Each side's CPU while the clients run (the host side runs in
+                # this process): a request's cost under load, where its work
+                # is batched, next to the cost scenario's one at a time.
+                before = cpu.cpu_seconds(os.getpid()), cpu.cpu_seconds(side) if side else 0.0
                 raw = await self.with_polling(
                     system, "throughput", concurrency=concurrency,
                     duration=self.sizes.throughput_seconds,
                 )  # fmt: skip
-                figures[str(concurrency)] = {
+                level = figures[str(concurrency)] = {
                     "requests_per_second": raw["requests"] / raw["seconds"],
                     "errors": raw["errors"],
                 }
+                if side and raw["requests"]:
+                    ms = 1000 / raw["requests"]
+                    level["host_cpu_ms_per_request"] = (
+                        cpu.cpu_seconds(os.getpid()) - before[0]
+                    ) * ms
+                    level["sandbox_cpu_ms_per_request"] = (cpu.cpu_seconds(side) - before[1]) * ms
             self.record("throughput", system, figures)
 
     async def bulk(self) -> None:
