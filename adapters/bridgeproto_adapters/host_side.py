@@ -522,7 +522,7 @@ def _ended_by_reset(exchange: Exchange, conn: UpstreamConnection) -> Iterator[No
     ends when the reset closes the connection (which is discarded anyway),
     a plain call where the stream is a descriptor of ours. anyio's stream
     (on trio) cannot be closed at once: its read is cancelled instead. (A
-    cancel scope a request cost the host about a twentieth of its CPU.)
+    cancel scope a request cost the host a few per cent of its CPU.)
     """
     if isinstance(conn.stream, SocketFdStream):
         exchange.on_reset = conn.stream.close

@@ -1,8 +1,8 @@
 """The hot path's own primitives, on asyncio and on trio: the flag and the
 clock (wakeups.py), the hand-off from an agent's pump, an exchange's record
-buffer, a descriptor's wait
-and its close, a socket read and written as a descriptor, and the accept
-loop that hands agents' connections over as such sockets."""
+buffer, a descriptor's wait and its close, a socket read and written as a
+descriptor, and the accept loop that hands agents' connections over as
+such sockets."""
 
 from __future__ import annotations
 
