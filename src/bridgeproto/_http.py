@@ -33,7 +33,7 @@ import attrs
 import h11
 
 from ._errors import ErrorCode
-from ._records import Headers, RequestHead, ResponseHead, request_head_size
+from ._records import TOKEN, TOKEN_CHARS, Headers, RequestHead, ResponseHead, request_head_size
 
 _H11_MOVED = (
     "h11 {version} no longer keeps the size of the chunk it reads where bridgeproto.http"
@@ -168,14 +168,12 @@ _DIGITS = re.compile(rb"[0-9]{1,18}\Z")  # a Content-Length written as it came
 # and header lines in h11's own grammar (a token, a colon, a value of
 # visible bytes with inner blanks, optional blanks around it), each ended
 # by CRLF; a folded line, a bare LF or anything else is h11's to read.
-_TOKEN_CHARS = rb"[-!#$%&'*+.^_`|~0-9a-zA-Z]+"
 _VALUE_CHARS = rb"[^\x00\s]+(?:[ \t]+[^\x00\s]+)*"  # visible bytes, blanks inside only
-_PLAIN_LINE = re.compile(rb"(" + _TOKEN_CHARS + rb") ([\x21-\x7e]+) HTTP/1\.1\r\n")
-_PLAIN_FIELD = rb"(" + _TOKEN_CHARS + rb"):[ \t]*(" + _VALUE_CHARS + rb"|)[ \t]*\r\n"
+_PLAIN_LINE = re.compile(rb"(" + TOKEN_CHARS + rb") ([\x21-\x7e]+) HTTP/1\.1\r\n")
+_PLAIN_FIELD = rb"(" + TOKEN_CHARS + rb"):[ \t]*(" + _VALUE_CHARS + rb"|)[ \t]*\r\n"
 _PLAIN_FIELDS = re.compile(rb"(?:" + _PLAIN_FIELD + rb")*")
 _PLAIN_FIELD_RE = re.compile(_PLAIN_FIELD)
 _FIELD_VALUE = re.compile(rb"(?:" + _VALUE_CHARS + rb")?")  # a value as h11 sends one
-_TOKEN = re.compile(_TOKEN_CHARS)
 # The status line of a response the host side reads without h11.
 _PLAIN_STATUS = re.compile(rb"HTTP/1\.1 ([0-9]{3})(?: ((?:[ \t]|[^\x00\s])*))?\r\n")
 # Headers that make a request one for h11: a body framed otherwise, an
@@ -965,7 +963,7 @@ def plain_upstream_request(head: RequestHead, upstream: Upstream) -> PlainReques
             hosts += 1
         elif lowered in _NOT_PLAIN or lowered == b"connection":
             return None  # (only added headers can carry a Connection: h11 heeds it)
-        if not _TOKEN.fullmatch(name) or not _FIELD_VALUE.fullmatch(value):
+        if not TOKEN.match(name) or not _FIELD_VALUE.fullmatch(value):
             return None
     if hosts != 1:
         return None

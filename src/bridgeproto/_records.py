@@ -47,8 +47,10 @@ class Role(enum.IntEnum):
         return Role.HOST if self is Role.SANDBOX else Role.SANDBOX
 
 
-# RFC 9110 token characters, for methods and header names.
-_TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
+# RFC 9110 token characters, for methods and header names (the HTTP layer
+# builds its own head grammar from them).
+TOKEN_CHARS = rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"
+TOKEN = re.compile(TOKEN_CHARS + rb"\Z")
 _BAD_VALUE_BYTES = re.compile(rb"[\x00\r\n]")
 _TARGET = re.compile(rb"[\x21-\x7e]+\Z")
 
@@ -110,7 +112,7 @@ def _headers(value: Iterable[tuple[bytes, bytes]]) -> Headers:
             raise _invalid(f"a header must be a (name, value) pair, got {item!r}") from None
         if not isinstance(name, bytes) or not isinstance(val, bytes):
             raise _invalid(f"header name and value must be bytes, got {item!r}")
-        if not _TOKEN.match(name):
+        if not TOKEN.match(name):
             raise _invalid(f"header name {name!r} is not a token")
         if _BAD_VALUE_BYTES.search(val):
             raise _invalid(f"header {name!r} has a value containing CR, LF or NUL")
@@ -191,7 +193,7 @@ class RequestHead:
 
     @method.validator
     def _check_method(self, _: attrs.Attribute[bytes], value: bytes) -> None:
-        if not _TOKEN.match(value):
+        if not TOKEN.match(value):
             raise _invalid(f"method {value!r} is not a token")
 
     @target.validator
