@@ -83,15 +83,6 @@ class EventBuffer:
         answer's loop asks once a batch, and it is empty every time)."""
         return self._items.popleft() if self._items else None
 
-    def receive_nowait(self) -> ExchangeEvent:
-        """The next record; ``WouldBlock`` if none is buffered yet,
-        ``EndOfStream`` if none will come."""
-        if self._items:
-            return self._items.popleft()
-        if self._closed:
-            raise anyio.EndOfStream
-        raise anyio.WouldBlock
-
     async def receive(self) -> ExchangeEvent:
         """The next record, once there is one; ``EndOfStream`` if none will come."""
         while not self._items:
@@ -235,11 +226,7 @@ class Exchange:
         """Nobody will read on: close the buffer, and give back the credit
         of body bytes delivered but never read."""
         self.events.close()
-        while True:
-            try:
-                event = self.events.receive_nowait()
-            except (anyio.WouldBlock, anyio.EndOfStream):
-                break
+        while (event := self.events.take()) is not None:
             if isinstance(event, bp.Data):
                 self.consume(len(event.data))
 

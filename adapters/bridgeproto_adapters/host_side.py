@@ -87,9 +87,11 @@ class UpstreamConnection(H11Stream):
 
     def __init__(self, stream: anyio.abc.ByteStream) -> None:
         super().__init__(stream, h11.CLIENT)
-        self._own_stream = stream if isinstance(stream, SocketFdStream) else None
-        if self._own_stream is not None:
-            self._fd = self._own_stream.read_fd
+        # The stream when it is our descriptor (else anyio's, on trio): read and
+        # closed directly.
+        self.own_stream = stream if isinstance(stream, SocketFdStream) else None
+        if self.own_stream is not None:
+            self._fd = self.own_stream.read_fd
         else:  # anyio's (trio)
             self._fd = stream.extra(anyio.abc.SocketAttribute.raw_socket).fileno()
         self._body_left: int | None = None  # of a response read here
@@ -199,7 +201,7 @@ class UpstreamConnection(H11Stream):
         Idle, nothing should be readable: readable means the server closed
         it (or sent something unasked), and either way it is not reusable.
         """
-        if self._own_stream is not None and self._own_stream.holds_unread:
+        if self.own_stream is not None and self.own_stream.holds_unread:
             return False  # what the server sent (or its end) was read already
         # poll(), not select(): select() cannot take a descriptor past 1023,
         # and a harness host with hundreds of bridges holds thousands.
@@ -393,7 +395,7 @@ class HostSide:
             while consumed < _FIRST_WRITE and isinstance(
                 event := exchange.events.peek(), (bp.Data, bp.EndOfBody)
             ):
-                exchange.events.receive_nowait()
+                exchange.events.take()
                 if isinstance(event, bp.EndOfBody):
                     out.append(conn.request_end())
                     whole = True
@@ -524,8 +526,8 @@ def _ended_by_reset(exchange: Exchange, conn: UpstreamConnection) -> Iterator[No
     (on trio) cannot be closed at once: its read is cancelled instead. (A
     cancel scope a request cost the host a few per cent of its CPU.)
     """
-    if isinstance(conn.stream, SocketFdStream):
-        exchange.on_reset = conn.stream.close
+    if conn.own_stream is not None:
+        exchange.on_reset = conn.own_stream.close
         try:
             yield
         finally:

@@ -160,7 +160,7 @@ async def test_an_exchanges_records_wait_in_order_and_end_once_closed() -> None:
     assert closed.take() == bp.EndOfBody(3)
     assert closed.take() is None
     with pytest.raises(anyio.EndOfStream):
-        closed.receive_nowait()
+        await closed.receive()
 
 
 async def test_closing_a_descriptor_wakes_its_reader_then_closes_it() -> None:
