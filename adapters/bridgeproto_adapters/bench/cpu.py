@@ -27,6 +27,12 @@ def cpu_seconds(pid: int, children: bool = False) -> float:
     return total / 1e9 + (children_seconds(pid) if children else 0.0)
 
 
+def both_sides(host: int, sandbox: int | None, children: bool = False) -> tuple[float, float]:
+    """``cpu_seconds`` of the host's process and of the sandbox side's (0.0
+    where there is none, as for direct), read one after the other."""
+    return cpu_seconds(host, children), cpu_seconds(sandbox, children) if sandbox else 0.0
+
+
 def children_seconds(pid: int) -> float:
     """User and system time of the children ``pid`` has waited for (in clock
     ticks: the kernel keeps no finer)."""

@@ -212,26 +212,27 @@ class Bench:
             if system == "limit":
                 continue  # one connection only
             figures = {}
+            # Each side's CPU while the clients run (the host side runs in
+            # this process): a request's cost under load, where its work is
+            # batched, next to the cost scenario's one at a time.
+            host = os.getpid()
             _, side = self.sandbox_of(system)
+            if side:
+                cpu.check_apart(host, side)
             for concurrency in self.sizes.concurrencies:
-                # Each side's CPU while the clients run (the host side runs in
-                # this process): a request's cost under load, where its work
-                # is batched, next to the cost scenario's one at a time.
-                before = cpu.cpu_seconds(os.getpid()), cpu.cpu_seconds(side) if side else 0.0
+                host0, side0 = cpu.both_sides(host, side)
                 raw = await self.with_polling(
                     system, "throughput", concurrency=concurrency,
                     duration=self.sizes.throughput_seconds,
                 )  # fmt: skip
+                host1, side1 = cpu.both_sides(host, side)
                 level = figures[str(concurrency)] = {
                     "requests_per_second": raw["requests"] / raw["seconds"],
                     "errors": raw["errors"],
                 }
                 if side and raw["requests"]:
-                    ms = 1000 / raw["requests"]
-                    level["host_cpu_ms_per_request"] = (
-                        cpu.cpu_seconds(os.getpid()) - before[0]
-                    ) * ms
-                    level["sandbox_cpu_ms_per_request"] = (cpu.cpu_seconds(side) - before[1]) * ms
+                    level["host_cpu_ms_per_request"] = (host1 - host0) * 1000 / raw["requests"]
+                    level["sandbox_cpu_ms_per_request"] = (side1 - side0) * 1000 / raw["requests"]
             self.record("throughput", system, figures)
 
     async def bulk(self) -> None:
@@ -279,10 +280,10 @@ class Bench:
             host_pid, side_pid = self.references.pids["shared"]
             cpu.check_apart(host_pid, side_pid)
             n = self.sizes.cost_requests
-            host0, side0 = cpu.cpu_seconds(host_pid, True), cpu.cpu_seconds(side_pid, True)
+            host0, side0 = cpu.both_sides(host_pid, side_pid, True)
             await self.agent("shared", "requests", n=n)
             await anyio.sleep(0.2)  # for socat to reap the connection's process
-            host1, side1 = cpu.cpu_seconds(host_pid, True), cpu.cpu_seconds(side_pid, True)
+            host1, side1 = cpu.both_sides(host_pid, side_pid, True)
             self.record("cost", "shared", {
                 "requests": n,
                 "host_cpu_seconds_per_1000": (host1 - host0) * 1000 / n,
@@ -302,10 +303,10 @@ class Bench:
                 if side is None:
                     raise RuntimeError(f"the {system} sandbox side's process was not found")
                 cpu.check_apart(host, side)
-            host0, side0 = cpu.cpu_seconds(host), cpu.cpu_seconds(side) if side else 0.0
+            host0, side0 = cpu.both_sides(host, side)
             calls0 = box.calls if box else 0
             await self.with_polling(system, "requests", n=n)
-            host1, side1 = cpu.cpu_seconds(host), cpu.cpu_seconds(side) if side else 0.0
+            host1, side1 = cpu.both_sides(host, side)
             figures: dict[str, Any] = {"requests": n}
             if system != "direct":
                 assert box is not None
