@@ -39,6 +39,10 @@ class _PipeReader(anyio.abc.ByteReceiveStream):
     def __init__(self, fd: int) -> None:
         self.descriptor = Descriptor(fd)
 
+    @property
+    def read_descriptor(self) -> Descriptor:
+        return self.descriptor
+
     async def receive(self, max_bytes: int = 65536) -> bytes:
         return await self.descriptor.read(max_bytes)
 
@@ -50,6 +54,10 @@ class _PipeReader(anyio.abc.ByteReceiveStream):
 class _PipeWriter(anyio.abc.ByteSendStream):
     def __init__(self, fd: int) -> None:
         self.descriptor = Descriptor(fd)
+
+    @property
+    def write_descriptor(self) -> Descriptor:
+        return self.descriptor
 
     async def send(self, item: bytes) -> None:
         await self.descriptor.write(item)

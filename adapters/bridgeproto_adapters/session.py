@@ -38,8 +38,9 @@ from .errors import STREAM_ERRORS, SessionEnded
 from .exchange import Exchange, ExchangeEvent
 from .session_stats import SessionStats
 from .settings import RESUME_TIMEOUT
+from .streams import Descriptor, read_descriptor
 from .transports import Channels, NoChannel, OneChannel
-from .wakeups import Flag, clock
+from .wakeups import Flag, clock, on_asyncio
 
 __all__ = ["RESUME_TIMEOUT", "Exchange", "Session", "SessionStats", "Tracer", "first_of"]
 
@@ -282,19 +283,50 @@ class Session:
             self._channel_broke.set()
 
     async def _reader(self, stream: anyio.abc.ByteStream) -> None:
+        source = read_descriptor(stream) if on_asyncio() else None
+        if source is not None:
+            await self._fed_by(source)
+            return
         while True:
             try:
                 data = await stream.receive()
             except STREAM_ERRORS as exc:
                 self._break_channel(f"reading failed: {exc!r}")
                 return
-            self._unheard_since = None
-            if self.tracer is not None:
-                self.tracer("<", data)
-            if self.conn.failure is not None:
+            if not self._received(data):
                 return
-            self._dispatch(self.conn.receive_data(data, self.now()))
-            self._writer.received()
+
+    async def _fed_by(self, source: Descriptor) -> None:
+        """Take the channel's bytes in the loop's callback as they arrive
+        (asyncio, a descriptor of ours): no task switch a chunk."""
+        stopped = Flag()
+
+        def take(chunk: bytes | Exception) -> None:
+            if isinstance(chunk, bytes) and chunk:
+                if self._received(chunk):
+                    return
+            else:
+                said = anyio.EndOfStream() if isinstance(chunk, bytes) else chunk
+                self._break_channel(f"reading failed: {said!r}")
+            source.feed(None)
+            stopped.set()
+
+        source.feed(take)
+        try:
+            await stopped.wait()
+        finally:
+            source.feed(None)
+
+    def _received(self, data: bytes) -> bool:
+        """Bytes from the channel, into the core; False once the session has failed."""
+        self._unheard_since = None
+        if self.tracer is not None:
+            self.tracer("<", data)
+        if self.conn.failure is not None:
+            return False
+        self._dispatch(self.conn.receive_data(data, self.now()))
+        self._writer.received()
+        return True
 
     async def _timer(self) -> None:
         while True:

@@ -106,6 +106,7 @@ class Descriptor:
         self._chunk: bytes | OSError | None = None
         self._read_waiter: asyncio.Future[None] | None = None
         self._on_held: Callable[[bytes | OSError], None] | None = None
+        self._consumer: Callable[[bytes | Exception], None] | None = None  # ``feed``'s
 
     async def wait(self, *, readable: bool) -> None:
         """Until the descriptor is readable (or writable); ``ClosedResourceError`` if closed."""
@@ -202,6 +203,11 @@ class Descriptor:
             return
         except OSError as exc:  # (a reset connection, say) the reader raises it
             chunk = exc
+        if self._consumer is not None:
+            if isinstance(chunk, OSError) or not chunk:
+                self._unwatch()  # the end: nothing more will come
+            self._consumer(chunk)
+            return
         self._chunk = chunk
         if self._read_waiter is not None:
             if not self._read_waiter.done():
@@ -219,6 +225,24 @@ class Descriptor:
         """Whether the loop's callback read bytes (or the end) nobody has
         taken yet."""
         return self._chunk is not None
+
+    def feed(self, consumer: Callable[[bytes | Exception], None] | None) -> None:
+        """Hand every chunk to ``consumer`` in the loop's own callback, as it
+        arrives, instead of to a task's ``read`` (asyncio only): b"" at the
+        end, the error if reading failed, ``ClosedResourceError`` if the
+        descriptor is closed meanwhile. The consumer takes a chunk at once,
+        before the next is read. None stops it."""
+        self._consumer = consumer
+        if consumer is None:
+            self._unwatch()
+            return
+        chunk, self._chunk = self._chunk, None
+        if chunk is not None:
+            consumer(chunk)
+        if self.closed:
+            consumer(anyio.ClosedResourceError())
+        elif self._consumer is not None:
+            self._watch(asyncio.get_running_loop())
 
     def watch_while_unread(self, on_held: Callable[[bytes | OSError], None] | None) -> None:
         """Between reads, have ``on_held`` told of each chunk that arrives
@@ -254,6 +278,19 @@ class Descriptor:
                 raise anyio.BrokenResourceError from None
             view = view[written:]
 
+    def write_now(self, data: bytes) -> int:
+        """As much of ``data`` as the descriptor takes without waiting: how
+        many bytes (fewer when it is full, closed or broken; ``write`` then
+        waits, or says why)."""
+        view = memoryview(data)
+        written = 0
+        while written < len(view) and not self.closed:
+            try:
+                written += os.write(self.fd, view[written:])
+            except OSError:  # full, or the reader is gone
+                break
+        return written
+
     def close(self, *, release: bool = True) -> None:
         """Refuse further use and wake the waiters; with ``release`` (the
         descriptor is ours), close it once the last waiter has left."""
@@ -267,8 +304,27 @@ class Descriptor:
                 future.set_exception(anyio.ClosedResourceError())
         if self._waiters and not self._futures:  # (waiting through anyio)
             anyio.notify_closing(self.fd)
+        if self._consumer is not None:
+            self._consumer(anyio.ClosedResourceError())
         if release and not self._waiters:
             os.close(self.fd)
+
+
+def read_descriptor(stream: object) -> Descriptor | None:
+    """The descriptor of ours a stream reads from, where it says so (its
+    ``read_descriptor``: ``FdStream``, a child's stdout pipe, a channel
+    process over one), so a session can be fed from it (``Descriptor.feed``);
+    None for any other stream."""
+    found = getattr(stream, "read_descriptor", None)
+    return found if isinstance(found, Descriptor) else None
+
+
+def write_descriptor(stream: object) -> Descriptor | None:
+    """The descriptor of ours a stream writes to, where it says so (its
+    ``write_descriptor``), so a writer can write there without awaiting
+    (``Descriptor.write_now``); None for any other stream."""
+    found = getattr(stream, "write_descriptor", None)
+    return found if isinstance(found, Descriptor) else None
 
 
 def _time_out(future: asyncio.Future[None]) -> None:
@@ -307,6 +363,16 @@ class FdStream(anyio.abc.ByteStream):
 
     async def send_eof(self) -> None:
         pass  # the protocol's goaway ends a session; EOF is never needed
+
+    @property
+    def read_descriptor(self) -> Descriptor:
+        """The reading side (``read_descriptor``)."""
+        return self._reader
+
+    @property
+    def write_descriptor(self) -> Descriptor:
+        """The writing side (``write_descriptor``)."""
+        return self._writer
 
     def watch_while_unread(self, on_held: Callable[[bytes | OSError], None] | None) -> None:
         """``Descriptor.watch_while_unread`` for the reading side."""

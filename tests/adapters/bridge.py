@@ -1,7 +1,8 @@
 """A whole bridge in a test: a real upstream, the host side, the sandbox side
 listening on a real loopback port, and a transport between the two sides:
 an in-memory pair, in-memory channels that can be cut or damaged and
-replaced, a real subprocess's stdin and stdout, or the mailbox transport
+replaced, two pipes (each side reading and writing descriptors), a real
+subprocess's stdin and stdout, or the mailbox transport
 (every call a real process in a real offline sandbox, talking to the
 sandbox side's private socket)."""
 
@@ -27,7 +28,7 @@ from bridgeproto_adapters.sandboxes import BwrapSandbox, SandboxClient
 from bridgeproto_adapters.sandboxes.offline import SANDBOX_UID
 from bridgeproto_adapters.session import Session
 from bridgeproto_adapters.settings import SandboxSettings
-from bridgeproto_adapters.streams import memory_stream_pair, process_stream
+from bridgeproto_adapters.streams import FdStream, memory_stream_pair, process_stream
 from bridgeproto_adapters.transports import (
     Acceptor,
     Channels,
@@ -109,6 +110,13 @@ async def bridge(
                     calls_through, call_command("python3"), session_id, options=mailbox
                 )
                 await tg.start(mailbox_channels.run)
+            elif transport == "pipes":  # two pipes, each side's end a descriptor of its own
+                to_sandbox, to_host = os.pipe(), os.pipe()
+                sandbox_stream = FdStream(to_sandbox[0], to_host[1], owned=True)
+                host_channels = FdStream(to_host[0], to_sandbox[1], owned=True)
+                host, port = await tg.start(
+                    functools.partial(run_sandbox_side, sandbox_stream, session_id, settings)
+                )
             elif transport in ("memory", "channels"):
                 sandbox_channels: Channels | anyio.abc.ByteStream
                 if transport == "memory":

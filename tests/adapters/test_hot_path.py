@@ -1,21 +1,28 @@
 """What a request costs in hand-offs: writes on the channel and to the
 upstream, counted on real sockets through a whole bridge (in-memory
-channels, so each side's writes can be counted at the host's end)."""
+channels, so each side's writes can be counted at the host's end), and
+the session tasks a request wakes over pipes."""
 
 from __future__ import annotations
 
+import fcntl
+import hashlib
 import re
+from collections import Counter
 
 import anyio
 import anyio.abc
 import httpx
 import pytest
 
+import bridge as bridge_module
 import bridgeproto as bp
 from bridge import bridge
 from bridgeproto.wire import FrameDecoder
 from bridgeproto_adapters import host_side
 from bridgeproto_adapters.channel_writer import ChannelWriter
+from bridgeproto_adapters.streams import FdStream
+from upstream import pattern_bytes
 
 pytestmark = pytest.mark.anyio
 REQUESTS = 20
@@ -130,3 +137,72 @@ async def read_answer(stream: anyio.abc.ByteStream) -> bytes:
     while len(body) < length:
         body += await stream.receive()
     return body
+
+
+TASK_CALLS: Counter[str] = Counter()
+
+
+class CountedFdStream(FdStream):
+    """A channel's end over pipes, counting the reads and writes a task makes
+    on it (the session's reader and writer tasks; callbacks that read and
+    write its descriptors directly are not counted)."""
+
+    async def receive(self, max_bytes: int = 1 << 20, deadline: float | None = None) -> bytes:
+        TASK_CALLS["receive"] += 1
+        return await super().receive(max_bytes, deadline)
+
+    async def send(self, item: bytes) -> None:
+        TASK_CALLS["send"] += 1
+        await super().send(item)
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_over_descriptors_a_request_wakes_no_session_task(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """On asyncio, over descriptors of its own, a session reads its channel
+    in the loop's callback and writes it from another: small requests wake
+    neither side's reader or writer task (before, each request woke each
+    side's reader once and its writer twice). The answers are whole."""
+    monkeypatch.setattr(bridge_module, "FdStream", CountedFdStream)
+    async with bridge(transport="pipes") as b, httpx.AsyncClient(base_url=b.url) as client:
+        for _ in range(3):  # the connections are open and the pool warm
+            assert (await client.post("/echo", content=b"x" * 100)).status_code == 200
+        TASK_CALLS.clear()
+        for number in range(REQUESTS):
+            answer = await client.post("/echo", content=b"%d" % number)
+            assert answer.json()["body_size"] == len(b"%d" % number)
+        calls = dict(TASK_CALLS)
+    assert calls == {}, calls
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_a_full_channel_hands_its_bytes_to_the_writer_task(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Pipes of one page: a callback's write finds the channel full, the
+    writer task sends the rest as the peer reads, and every byte of a large
+    upload and a large answer arrives, in order."""
+    handed: list[int] = []
+    hand_over = ChannelWriter._hand_over
+
+    def counted(writer: ChannelWriter) -> None:
+        handed.append(len(writer._leftover))
+        hand_over(writer)
+
+    monkeypatch.setattr(ChannelWriter, "_hand_over", counted)
+
+    class SmallPipes(FdStream):
+        def __init__(self, read_fd: int, write_fd: int, *, owned: bool = False) -> None:
+            super().__init__(read_fd, write_fd, owned=owned)
+            for fd in (read_fd, write_fd):
+                fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, 4096)
+
+    monkeypatch.setattr(bridge_module, "FdStream", SmallPipes)
+    body = pattern_bytes(3 << 20)
+    async with bridge(transport="pipes") as b, httpx.AsyncClient(base_url=b.url) as client:
+        sent = await client.post("/echo", content=body)
+        assert sent.json()["body_sha256"] == hashlib.sha256(body).hexdigest()
+        got = await client.get("/bytes", params={"size": len(body)})
+        assert got.content == body
+    assert any(handed), "no write found the channel full"

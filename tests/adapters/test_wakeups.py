@@ -6,6 +6,7 @@ such sockets."""
 
 from __future__ import annotations
 
+import fcntl
 import math
 import os
 import socket
@@ -255,6 +256,74 @@ async def test_a_descriptor_keeps_watching_between_reads_and_holds_one_chunk() -
             tg.start_soon(_write_later, write_fd, b"four")
             assert await descriptor.read() == b"four"  # watched again
         assert descriptor._watching is not None
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_a_fed_descriptor_hands_each_chunk_to_its_consumer_then_the_end() -> None:
+    """``feed``: a chunk the read ahead already holds goes first, then each
+    as it arrives, in the loop's callback; then b"" at the end."""
+    read_fd, write_fd = os.pipe()
+    descriptor = Descriptor(read_fd)
+    got: list[bytes | Exception] = []
+
+    async def until(count: int) -> None:
+        while len(got) < count:
+            await anyio.sleep(0)
+
+    try:
+        descriptor.watch_while_unread(lambda chunk: None)
+        os.write(write_fd, b"held")
+        while not descriptor.holds_unread:
+            await anyio.sleep(0)
+        descriptor.watch_while_unread(None)
+        descriptor.feed(got.append)
+        assert got == [b"held"]
+        os.write(write_fd, b"one")
+        await until(2)
+        os.write(write_fd, b"two")
+        await until(3)
+        os.close(write_fd)
+        await until(4)
+        assert got == [b"held", b"one", b"two", b""]
+        assert descriptor._watching is None  # the end: nothing more to watch for
+    finally:
+        descriptor.close()
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_a_fed_descriptor_stops_when_told_and_hears_its_close() -> None:
+    with _piped() as (descriptor, write_fd):
+        got: list[bytes | Exception] = []
+        descriptor.feed(got.append)
+        descriptor.feed(None)
+        os.write(write_fd, b"unheard")
+        for _ in range(10):
+            await anyio.sleep(0)
+        assert got == []
+        descriptor.feed(got.append)
+        while not got:
+            await anyio.sleep(0)
+        descriptor.close()
+        assert got[0] == b"unheard"
+        assert [type(error) for error in got[1:]] == [anyio.ClosedResourceError]
+
+
+async def test_write_now_writes_what_fits_and_leaves_the_rest_to_write() -> None:
+    """Fewer bytes than given when the pipe is full, none once its reader is
+    gone (``write`` then says so)."""
+    read_fd, write_fd = os.pipe()
+    fcntl.fcntl(write_fd, fcntl.F_SETPIPE_SZ, 4096)
+    descriptor = Descriptor(write_fd)
+    try:
+        assert descriptor.write_now(b"x" * 10_000) == 4096
+        assert descriptor.write_now(b"y") == 0
+        assert os.read(read_fd, 10_000) == b"x" * 4096
+        os.close(read_fd)
+        assert descriptor.write_now(b"z") == 0
+        with pytest.raises(anyio.BrokenResourceError):
+            await descriptor.write(b"z")
+    finally:
+        descriptor.close()
 
 
 async def test_a_closed_descriptors_number_serves_the_next_descriptor() -> None:

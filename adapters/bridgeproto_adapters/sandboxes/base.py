@@ -24,6 +24,7 @@ from anyio.streams.stapled import StapledByteStream
 
 from ..errors import BridgeError
 from ..processes import PIPE, HostProcess, run_process, start_process
+from ..streams import Descriptor, read_descriptor, write_descriptor
 
 Command = Sequence[str] | str  # an argv list, or a shell string run with sh -c
 # The PATH of every command in a sandbox unless the caller gives one: the
@@ -120,6 +121,16 @@ class PipedProcess:
     @property
     def returncode(self) -> int | None:
         return self._process.returncode
+
+    @property
+    def read_descriptor(self) -> Descriptor | None:
+        """Its stdout's descriptor, where it is a pipe of ours (``streams.read_descriptor``)."""
+        return read_descriptor(self._process.stdout)
+
+    @property
+    def write_descriptor(self) -> Descriptor | None:
+        """Its stdin's descriptor, where it is a pipe of ours (``streams.write_descriptor``)."""
+        return write_descriptor(self._process.stdin)
 
     async def write(self, data: bytes) -> None:
         await self.stream.send(data)

@@ -28,6 +28,7 @@ import anyio.abc
 
 from ..sandbox_calls import EXIT_NO_DAEMON, READY, command_line
 from ..sandboxes import LiveProcess, SandboxClient, SandboxError, stop_process
+from ..streams import Descriptor, read_descriptor, write_descriptor
 from . import NoChannel
 from .transport import ChannelPlace, HostEnd
 
@@ -50,6 +51,18 @@ class ProcessChannel(anyio.abc.ByteStream):
         if not data:
             raise anyio.ClosedResourceError if self._closed else anyio.EndOfStream
         return data
+
+    @property
+    def read_descriptor(self) -> Descriptor | None:
+        """The process's stdout descriptor, where it is a pipe of ours
+        (``streams.read_descriptor``)."""
+        return None if self._closed else read_descriptor(self.process)
+
+    @property
+    def write_descriptor(self) -> Descriptor | None:
+        """The process's stdin descriptor, where it is a pipe of ours
+        (``streams.write_descriptor``)."""
+        return None if self._closed else write_descriptor(self.process)
 
     async def send(self, item: bytes) -> None:
         if self._closed:
