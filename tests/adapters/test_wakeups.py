@@ -326,6 +326,40 @@ async def test_write_now_writes_what_fits_and_leaves_the_rest_to_write() -> None
         descriptor.close()
 
 
+async def test_a_descriptor_asks_for_little_until_reads_fill_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A read asks for 64 KiB first, four times as much after one that
+    filled it (up to the caller's size), and 64 KiB again after a small
+    one: a megabyte asked for is a megabyte allocated."""
+    read_fd, write_fd = os.pipe()
+    fcntl.fcntl(write_fd, fcntl.F_SETPIPE_SZ, 1 << 20)
+    descriptor = Descriptor(read_fd)
+    asked: list[int] = []
+    real_read = os.read
+
+    def read(fd: int, size: int) -> bytes:
+        if fd == read_fd:
+            asked.append(size)
+        return real_read(fd, size)
+
+    monkeypatch.setattr(os, "read", read)
+    try:
+        os.write(write_fd, b"a" * 300)
+        assert await descriptor.read() == b"a" * 300
+        os.write(write_fd, b"b" * (1 << 20))
+        got = b""
+        while len(got) < 1 << 20:
+            got += await descriptor.read()
+        for small in (b"c", b"d"):
+            os.write(write_fd, small * 300)
+            assert await descriptor.read() == small * 300
+    finally:
+        descriptor.close()
+        os.close(write_fd)
+    assert asked == [1 << 16, 1 << 16, 1 << 18, 1 << 20, 1 << 20, 1 << 16]
+
+
 async def test_a_closed_descriptors_number_serves_the_next_descriptor() -> None:
     """Closing a descriptor the loop still watches (between reads) stops the
     watch first: the next pipe given the same number is waited on afresh."""
