@@ -140,6 +140,9 @@ class ChannelWriter:
             self.running = False
 
     async def _run(self, stream: anyio.abc.ByteStream) -> None:
+        # A frame's tail left by the last channel is not this one's to send:
+        # the session resumes here by sending every unacknowledged frame again.
+        self._leftover = b""
         self._direct = write_descriptor(stream) if on_asyncio() else None
         while True:
             if self._direct is not None:

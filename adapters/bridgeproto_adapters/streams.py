@@ -227,8 +227,8 @@ class Descriptor:
         grows while reads fill it (see ``_FIRST_READ``)."""
         size = min(max_bytes, self._guess)
         chunk = os.read(self.fd, size)
-        if len(chunk) == size:
-            self._guess = size * 4
+        if len(chunk) == self._guess:
+            self._guess *= 4
         elif len(chunk) < _FIRST_READ:
             self._guess = _FIRST_READ
         return chunk
@@ -244,16 +244,19 @@ class Descriptor:
         taken yet."""
         return self._chunk is not None
 
-    def feed(self, consumer: Callable[[bytes | Exception], None] | None) -> None:
-        """Hand every chunk to ``consumer`` in the loop's own callback, as it
-        arrives, instead of to a task's ``read`` (asyncio only): b"" at the
-        end, the error if reading failed, ``ClosedResourceError`` if the
-        descriptor is closed meanwhile. The consumer takes a chunk at once,
-        before the next is read. None stops it."""
+    def feed(
+        self, consumer: Callable[[bytes | Exception], None] | None, max_bytes: int = _READ_SIZE
+    ) -> None:
+        """Hand every chunk (up to ``max_bytes``) to ``consumer`` in the
+        loop's own callback, as it arrives, instead of to a task's ``read``
+        (asyncio only): b"" at the end, the error if reading failed,
+        ``ClosedResourceError`` if the descriptor is closed meanwhile. The
+        consumer takes a chunk at once, before the next is read. None stops it."""
         self._consumer = consumer
         if consumer is None:
             self._unwatch()
             return
+        self._read_size = max_bytes  # (the last ``read`` may have asked for a few bytes)
         chunk, self._chunk = self._chunk, None
         if chunk is not None:
             consumer(chunk)

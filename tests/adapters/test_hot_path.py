@@ -5,8 +5,10 @@ the session tasks a request wakes over pipes."""
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import hashlib
+import os
 import re
 from collections import Counter
 
@@ -21,6 +23,7 @@ from bridge import bridge
 from bridgeproto.wire import FrameDecoder
 from bridgeproto_adapters import host_side
 from bridgeproto_adapters.channel_writer import ChannelWriter
+from bridgeproto_adapters.session_stats import SessionStats
 from bridgeproto_adapters.streams import FdStream
 from upstream import pattern_bytes
 
@@ -206,3 +209,27 @@ async def test_a_full_channel_hands_its_bytes_to_the_writer_task(
         got = await client.get("/bytes", params={"size": len(body)})
         assert got.content == body
     assert any(handed), "no write found the channel full"
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_a_new_channel_never_gets_the_last_ones_unsent_tail() -> None:
+    """What a callback's write left for the task when the channel broke is
+    a frame's tail: the next channel starts with the session's own frames
+    (they are all sent again on resuming), not with those bytes."""
+    conn = bp.Connection(bp.Role.HOST, b"s" * bp.SESSION_ID_BYTES, bp.Config())
+    conn.start(0.0)
+    writer = ChannelWriter(conn, SessionStats(), anyio.Event(), lambda reason: None)
+    writer._leftover = b"the tail of a frame from the last channel"
+    unused, (read_fd, write_fd) = os.pipe(), os.pipe()
+    os.set_blocking(read_fd, False)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(writer.run, FdStream(unused[0], write_fd, owned=True))
+        decoder = FrameDecoder(1 << 20)
+        while not isinstance(frame := decoder.next_frame(), bp.wire.Frame):
+            await anyio.sleep(0.01)
+            with contextlib.suppress(BlockingIOError):
+                decoder.receive_data(os.read(read_fd, 1 << 16))
+        assert isinstance(frame.record, bp.Hello)
+        tg.cancel_scope.cancel()
+    for fd in (unused[1], read_fd):
+        os.close(fd)

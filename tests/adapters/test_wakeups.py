@@ -291,6 +291,23 @@ async def test_a_fed_descriptor_hands_each_chunk_to_its_consumer_then_the_end() 
 
 
 @pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_a_descriptor_fed_after_a_short_read_reads_what_arrives_whole() -> None:
+    """A channel's first read asks for a few bytes (its READY word); fed
+    afterwards, the descriptor reads each chunk whole, not a few bytes at
+    a time."""
+    with _piped() as (descriptor, write_fd):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(_write_later, write_fd, b"READY\n")
+            assert await descriptor.read(6) == b"READY\n"
+        got: list[bytes | Exception] = []
+        descriptor.feed(got.append)
+        os.write(write_fd, b"x" * 1000)
+        while not got:
+            await anyio.sleep(0)
+        assert got == [b"x" * 1000]
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
 async def test_a_fed_descriptor_stops_when_told_and_hears_its_close() -> None:
     with _piped() as (descriptor, write_fd):
         got: list[bytes | Exception] = []
