@@ -23,9 +23,13 @@ from bridge import bridge
 from bridgeproto.wire import FrameDecoder
 from bridgeproto_adapters import host_side
 from bridgeproto_adapters.channel_writer import ChannelWriter
+from bridgeproto_adapters.launch import open_bridge
+from bridgeproto_adapters.session import Session
 from bridgeproto_adapters.session_stats import SessionStats
 from bridgeproto_adapters.streams import FdStream
-from upstream import pattern_bytes
+from bridgeproto_adapters.transports import live
+from sandbox_kinds import make_sandbox
+from upstream import pattern_bytes, running_upstream
 
 pytestmark = pytest.mark.anyio
 REQUESTS = 20
@@ -233,3 +237,50 @@ async def test_a_new_channel_never_gets_the_last_ones_unsent_tail() -> None:
         tg.cancel_scope.cancel()
     for fd in (unused[1], read_fd):
         os.close(fd)
+
+
+FETCH = """
+import http.client, os, sys
+url = os.environ["BRIDGEPROTO_URL"].removeprefix("http://")
+connection = http.client.HTTPConnection(url.split("/")[0], timeout=20)
+for _ in range(int(sys.argv[1])):
+    connection.request("POST", "/rollout/k/echo", body=b"x" * 100)
+    answer = connection.getresponse()
+    answer.read()
+    print(answer.status)
+"""
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_a_real_bridges_host_takes_each_request_in_a_chunk_or_two(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Through a real bwrap sandbox (the host's channel a process that says
+    READY before the session reads it), the host's session takes a small
+    request's bytes in a chunk or two, as they were written, whatever that
+    first read asked for. (The first channel is started after the sandbox
+    side here, so that the host waits for its READY, as under load.)"""
+
+    async def not_early(channels: live.ProcessChannels, wait: float) -> None:
+        pass
+
+    monkeypatch.setattr(live.ProcessChannels, "start_early", not_early)
+    taken: list[int] = []
+    received = Session._received
+
+    def counted(session: Session, data: bytes) -> bool:
+        taken.append(len(data))
+        return received(session, data)
+
+    monkeypatch.setattr(Session, "_received", counted)
+    async with (
+        running_upstream() as upstream,
+        make_sandbox("bwrap") as sandbox,
+        open_bridge(sandbox, upstream.url + "/rollout/k") as opened,
+    ):
+        before = len(taken)
+        with anyio.fail_after(60):
+            fetched = await sandbox.run(["python3", "-c", FETCH, str(REQUESTS)], env=opened.env)
+        assert fetched.stdout.split() == [b"200"] * REQUESTS, fetched
+        chunks = len(taken) - before
+    assert chunks <= 3 * REQUESTS, taken[before:]
