@@ -2,7 +2,9 @@
 
 ``Session`` owns one core ``Connection``, a timer task that fires at the
 core's next deadline, and for the channel in use a reader (feeding its bytes
-to the core) and a writer (sending what the core queued). It makes no
+to the core) and a writer (sending what the core queued); on asyncio, over a
+descriptor of its own, the loop's callbacks read and write the channel and
+those two tasks only stand by (``_fed_by``, ``channel_writer``). It makes no
 protocol decisions; it moves bytes, arms the timer and hands each exchange's
 events to whoever handles the exchange.
 
