@@ -300,16 +300,21 @@ class Session:
 
     async def _fed_by(self, source: Descriptor) -> None:
         """Take the channel's bytes in the loop's callback as they arrive
-        (asyncio, a descriptor of ours): no task switch a chunk."""
+        (asyncio, a descriptor of ours): no task switch a chunk. What the
+        callback raises is raised here, as the reading task's own error."""
         stopped = Flag()
+        failed: list[BaseException] = []
 
         def take(chunk: bytes | Exception) -> None:
-            if isinstance(chunk, bytes) and chunk:
-                if self._received(chunk):
-                    return
-            else:
-                said = anyio.EndOfStream() if isinstance(chunk, bytes) else chunk
-                self._break_channel(f"reading failed: {said!r}")
+            try:
+                if isinstance(chunk, bytes) and chunk:
+                    if self._received(chunk):
+                        return
+                else:
+                    said = anyio.EndOfStream() if isinstance(chunk, bytes) else chunk
+                    self._break_channel(f"reading failed: {said!r}")
+            except BaseException as exc:  # a bug: not the loop's to log and go on
+                failed.append(exc)
             source.feed(None)
             stopped.set()
 
@@ -318,6 +323,8 @@ class Session:
             await stopped.wait()
         finally:
             source.feed(None)
+        if failed:
+            raise failed[0]
 
     def _received(self, data: bytes) -> bool:
         """Bytes from the channel, into the core; False once the session has failed."""

@@ -23,6 +23,7 @@ from bridge import bridge
 from bridgeproto.wire import FrameDecoder
 from bridgeproto_adapters import host_side
 from bridgeproto_adapters.channel_writer import ChannelWriter
+from bridgeproto_adapters.errors import found_in
 from bridgeproto_adapters.launch import open_bridge
 from bridgeproto_adapters.session import Session
 from bridgeproto_adapters.session_stats import SessionStats
@@ -181,6 +182,28 @@ async def test_over_descriptors_a_request_wakes_no_session_task(
             assert answer.json()["body_size"] == len(b"%d" % number)
         calls = dict(TASK_CALLS)
     assert calls == {}, calls
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_an_error_in_the_fed_reader_ends_the_session_loudly(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A bug met while the loop's callback feeds the core is raised by the
+    session, as it was by its reading task, rather than logged by the loop
+    while the session goes on without the chunk."""
+    received = Session._received
+
+    def failing(session: Session, data: bytes) -> bool:
+        if session.conn.role is bp.Role.HOST and session.ready.is_set():
+            raise RuntimeError("a bug in handling the channel's bytes")
+        return received(session, data)
+
+    monkeypatch.setattr(Session, "_received", failing)
+    with pytest.raises(BaseException) as raised:  # (a group, found below)
+        async with bridge(transport="pipes") as b, httpx.AsyncClient(base_url=b.url) as client:
+            with anyio.fail_after(10):
+                await client.post("/echo", content=b"x")
+    assert found_in(raised.value, RuntimeError) is not None, raised.value
 
 
 @pytest.mark.parametrize("anyio_backend", ["asyncio"])
