@@ -84,6 +84,7 @@ class ChannelWriter:
         self._scheduled = False  # a callback will write in this turn of the loop
         self._hold: asyncio.TimerHandle | None = None  # ends a held acknowledgement
         self._leftover: bytes | memoryview = b""  # what the descriptor did not take, for the task
+        self._failure: BaseException | None = None  # what a callback raised, for the task
 
     def wake(self) -> None:
         # While it holds an acknowledgement, only frames to send wake it: the
@@ -186,6 +187,9 @@ class ChannelWriter:
             finally:
                 self._standing_by = False
         self._wake.clear()
+        if self._failure is not None:
+            failure, self._failure = self._failure, None
+            raise failure
         leftover, self._leftover = self._leftover, b""
         if leftover:
             try:
@@ -197,11 +201,19 @@ class ChannelWriter:
 
     def _write_soon(self) -> None:
         """A wake taken in a callback: write what the descriptor takes now,
-        or hold an acknowledgement alone on the loop's timer."""
+        or hold an acknowledgement alone on the loop's timer. What it raises
+        is raised by the task (not the loop's to log and go on)."""
         self._scheduled = False
         if not self._standing_by:  # the task has taken over: the wake is its
             self._wake.set()
             return
+        try:
+            self._write_now()
+        except BaseException as exc:
+            self._failure = exc
+            self._hand_over()
+
+    def _write_now(self) -> None:
         self.woken()
         if self._only_ack_due():
             if self._received_at is None:

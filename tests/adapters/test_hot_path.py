@@ -185,22 +185,36 @@ async def test_over_descriptors_a_request_wakes_no_session_task(
 
 
 @pytest.mark.parametrize("anyio_backend", ["asyncio"])
-async def test_an_error_in_the_fed_reader_ends_the_session_loudly(
-    monkeypatch: pytest.MonkeyPatch,
+@pytest.mark.parametrize("where", ["reading", "writing"])
+async def test_an_error_in_a_channel_callback_ends_the_session_loudly(
+    monkeypatch: pytest.MonkeyPatch, where: str
 ) -> None:
-    """A bug met while the loop's callback feeds the core is raised by the
-    session, as it was by its reading task, rather than logged by the loop
-    while the session goes on without the chunk."""
-    received = Session._received
+    """A bug met in the loop's callback that feeds the core, or in the one
+    that writes the channel, is raised by the session, as it was by its
+    reading or writing task, rather than logged by the loop while the
+    session goes on without the chunk (or stalls, its writer never woken)."""
+    armed = False  # set once the bridge is up: the request's bytes meet the bug
+    if where == "reading":
+        received = Session._received
 
-    def failing(session: Session, data: bytes) -> bool:
-        if session.conn.role is bp.Role.HOST and session.ready.is_set():
-            raise RuntimeError("a bug in handling the channel's bytes")
-        return received(session, data)
+        def failing(session: Session, data: bytes) -> bool:
+            if armed and session.conn.role is bp.Role.HOST:
+                raise RuntimeError("a bug in handling the channel's bytes")
+            return received(session, data)
 
-    monkeypatch.setattr(Session, "_received", failing)
+        monkeypatch.setattr(Session, "_received", failing)
+    else:
+        next_piece = ChannelWriter._next_piece
+
+        def failing_piece(writer: ChannelWriter) -> bytes:
+            if armed and writer.conn.role is bp.Role.HOST and writer.conn.unsent_bytes:
+                raise RuntimeError("a bug in writing the channel")
+            return next_piece(writer)
+
+        monkeypatch.setattr(ChannelWriter, "_next_piece", failing_piece)
     with pytest.raises(BaseException) as raised:  # (a group, found below)
         async with bridge(transport="pipes") as b, httpx.AsyncClient(base_url=b.url) as client:
+            armed = True
             with anyio.fail_after(10):
                 await client.post("/echo", content=b"x")
     assert found_in(raised.value, RuntimeError) is not None, raised.value
