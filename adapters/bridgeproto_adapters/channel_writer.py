@@ -145,6 +145,8 @@ class ChannelWriter:
         # the session resumes here by sending every unacknowledged frame again.
         self._leftover = b""
         self._direct = write_descriptor(stream) if on_asyncio() else None
+        if self._direct is not None:
+            self._loop = asyncio.get_running_loop()
         while True:
             if self._direct is not None:
                 if not await self._stand_by(stream):
@@ -178,7 +180,6 @@ class ChannelWriter:
         """Leave the writes to callbacks until one hands over (the
         descriptor was full, or the session has finished); then send what
         the callback could not. False when the channel failed."""
-        self._loop = asyncio.get_running_loop()
         if not self._leftover and not self.finished.is_set():
             self._standing_by = True
             try:
