@@ -9,9 +9,9 @@ requests per second at 1 and 32 clients (2 s each), 32 MiB up and down, and
 the CPU per request of each side over 1000 sequential POSTs, each read from
 its own process (``bench/cpu.py``), to the nanosecond, and a bridge's start
 (10). Direct and the raw pipe are measured in the same process, for the
-ratios. Prints the median of the rounds per
-figure and tree. A loaded machine moves every figure; interleaving keeps the
-comparison fair, not the figures absolute.
+ratios (``--bulk-mib`` sets the bulk rows' size). Prints the median of the
+rounds per figure and tree. A loaded machine moves every figure;
+interleaving keeps the comparison fair, not the figures absolute.
 """
 
 from __future__ import annotations
@@ -46,9 +46,10 @@ except ImportError:  # a tree from before bench/cpu.py: the same reading, here
             int(open(p).read().split()[0]) for p in glob.glob(f"/proc/{pid}/task/*/schedstat")
         ) / 1e9
 
+BULK = int(os.environ.get("BULK_MIB", "32")) << 20
 WANTED = dict(
     latency_requests=300, stream_events=30, stream_gap=0.02, streams=5, concurrencies=(1, 32),
-    throughput_seconds=2.0, bulk_bytes=32 << 20, polling_bulk_bytes=0, cost_requests=1000,
+    throughput_seconds=2.0, bulk_bytes=BULK, polling_bulk_bytes=0, cost_requests=1000,
     polling_cost_requests=0, idle_seconds=0.1, bridges=0, scale_idle_seconds=0, scale_requests=0,
     remote_requests=0, remote_bulk_bytes=0, remote_idle_seconds=0, starts=10, fault_body_bytes=0,
 )
@@ -85,7 +86,7 @@ for system, levels in found["throughput"].items():
         out[f"req/s at {clients}, {system}"] = level["requests_per_second"]
 for system, rows in found["bulk"].items():
     for direction in ("upload", "download"):
-        out[f"32 MiB {direction} MB/s, {system}"] = rows[direction]["mb_per_second"]
+        out[f"{BULK >> 20} MiB {direction} MB/s, {system}"] = rows[direction]["mb_per_second"]
 cost = found["cost"]["bridgeproto"]
 out["CPU ms/request, host"] = cost["host_ms"]
 out["CPU ms/request, sandbox side"] = cost["sandbox_ms"]
@@ -121,7 +122,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--old", default="main", help="git ref to compare the working tree with")
     parser.add_argument("--rounds", type=int, default=4)
+    parser.add_argument("--bulk-mib", type=int, default=32, help="MiB each way in the bulk rows")
     args = parser.parse_args()
+    os.environ["BULK_MIB"] = str(args.bulk_mib)
     with tempfile.TemporaryDirectory() as scratch:
         trees = {args.old: export(args.old, Path(scratch)), "this tree": ROOT}
         rounds: dict[str, list[dict[str, float]]] = {name: [] for name in trees}
