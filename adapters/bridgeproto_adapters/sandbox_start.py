@@ -38,8 +38,8 @@ _NOT_UPLOADED = 93  # the start command's word for "the archive is not there yet
 # keeps what it frees, up to 32 MiB, for the next buffer rather than giving
 # it back to the system at once, and serves buffers up to 4 MiB from that
 # heap: otherwise a transfer's buffers of a few hundred KiB to a megabyte
-# were mapped fresh, and the sandbox side took 120-190 page faults a MiB
-# (measured: CPU a MiB moved 1.6-2.0 -> 1.3-1.5 ms either way).
+# were mapped fresh, and the sandbox side took 120-210 page faults a MiB
+# (its CPU a MiB moved: 2.2 -> 1.6-1.7 ms; docs/benchmarks.md, "An eighth pass").
 _ALLOCATOR = (
     "GLIBC_TUNABLES=glibc.malloc.mmap_threshold=4194304:glibc.malloc.trim_threshold=33554432"
 )
