@@ -349,7 +349,8 @@ async def test_the_sandbox_side_moves_bulk_in_memory_it_already_has() -> None:
     """A bulk upload through a real daemon in a bwrap sandbox: the sandbox
     side's allocator keeps the buffers it frees for the next ones, so the
     transfer maps (and faults in) hardly any fresh memory (without it, 120
-    to 190 page faults a MiB, each a few microseconds on a virtual machine)."""
+    to 210 page faults a MiB, each a few microseconds on a virtual machine;
+    the allocator's setting is glibc's, which the sandboxes here use)."""
     need_bwrap()
     mib = 64
     async with (
