@@ -31,6 +31,13 @@ def is_python(command: list[bytes], *words: bytes) -> bool:
     )
 
 
+def minor_faults(pid: int) -> int:
+    """The page faults a process has taken that needed no disk read (fresh
+    memory mapped in, mostly)."""
+    with open(f"/proc/{pid}/stat", "rb") as file:
+        return int(file.read().rsplit(b")", 1)[1].split()[7])
+
+
 def descendants(pid: int) -> list[int]:
     """Every process below ``pid`` in the process tree (children, theirs, ...)."""
     found, todo = [], [pid]

@@ -29,7 +29,7 @@ from bridgeproto_adapters.session import Session
 from bridgeproto_adapters.session_stats import SessionStats
 from bridgeproto_adapters.streams import FdStream
 from bridgeproto_adapters.transports import live
-from processes import is_python, started_by
+from processes import is_python, minor_faults, started_by
 from sandbox_kinds import make_sandbox, need_bwrap
 from upstream import pattern_bytes, running_upstream
 
@@ -338,10 +338,6 @@ for _ in range(size // len(chunk)):
     conn.send(chunk)
 print(conn.getresponse().status)
 """
-
-
-def minor_faults(pid: int) -> int:
-    return int(open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[7])
 
 
 @pytest.mark.parametrize("anyio_backend", ["asyncio"])
