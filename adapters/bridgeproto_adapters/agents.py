@@ -114,6 +114,17 @@ class Agent:
                 return event
             self.http.receive_data(await self.receive(deadline))
 
+    async def receive_body(self, most: int, deadline: float) -> None:
+        """Read the rest of the request's body when at most ``most`` bytes of
+        it are still to come, so that the request can cross whole (clients
+        write a head and its body apart, and the head often arrives alone);
+        ``TimeoutError`` if they did not come by ``deadline``."""
+        while 0 < self.http.missing_body_bytes <= most:
+            data = await self.receive(deadline)
+            self.http.receive_data(data)
+            if not data:
+                return  # (the request's events say what is missing)
+
     async def refuse(self, reply: bytes) -> None:
         """Answer and close, letting the agent read the answer.
 

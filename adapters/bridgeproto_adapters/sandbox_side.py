@@ -3,9 +3,10 @@
 One task per agent connection answers its requests one after another
 (where its socket is not read as a descriptor, on trio or over another
 stream an embedder hands to ``handle_agent``, a second, the pump, reads
-it: ``agents.py``). A request whose body came with its head is sent whole
-and answered in that task alone; one whose body is still arriving gets a
-task of its own that streams the rest into the bridge while the answer
+it: ``agents.py``). A request whose body came with its head, or soon
+after it (up to ``WHOLE_BODY_BYTES`` are waited for, as clients write a head
+and its body apart), is sent whole and answered in that task alone; one
+whose body is still arriving gets a task of its own that streams the rest into the bridge while the answer
 streams back (``agent_upload.py``). Whatever ends first decides: a
 complete response keeps the connection alive; a reset before the response
 head becomes a JSON error answer; a reset after it, or an agent that hangs
@@ -62,6 +63,10 @@ from .settings import AgentLimits, Listen, SandboxSettings
 from .transports import Channels
 
 _ANSWER_GRACE_SECONDS = 2.0
+# A body of at most this much still to come after its head is waited for
+# (within the head timeout) before the exchange opens: the request then
+# crosses whole, in one write, and this connection's task alone answers it.
+WHOLE_BODY_BYTES = 64 << 10
 _REQUEST_TAIL_SECONDS = 5.0
 
 
@@ -127,10 +132,15 @@ class SandboxSide:
                 await agent.close()
 
     async def _next_head(self, agent: Agent) -> AgentEvent | None:
-        """The next request (or refusal) within the head timeout; None: close."""
+        """The next request (or refusal) within the head timeout, and with it
+        the rest of its body when that is small; None: close."""
         self._pending += 1
+        deadline = self.session.now() + self.limits.head_timeout
         try:
-            return await agent.next_event(self.session.now() + self.limits.head_timeout)
+            event = await agent.next_event(deadline)
+            if isinstance(event, AgentRequest):
+                await self._small_body(agent, deadline)
+            return event
         except TimeoutError:
             pass
         finally:
@@ -143,6 +153,17 @@ class SandboxSide:
                 )
             )
         return None  # an idle connection is closed quietly
+
+    async def _small_body(self, agent: Agent, deadline: float) -> None:
+        """Wait for the rest of a small body before the exchange opens (by
+        the head's deadline, and at most the exchange's idle timeout): the
+        request then crosses whole. A body slower than that is carried as
+        it comes, once the exchange is open, as any other."""
+        idle = self.session.conn.config.idle_timeout
+        if idle is not None:
+            deadline = min(deadline, self.session.now() + idle)
+        with contextlib.suppress(TimeoutError):
+            await agent.receive_body(WHOLE_BODY_BYTES, deadline)
 
     async def _one_request(self, agent: Agent) -> bool:
         event = await self._next_head(agent)

@@ -742,6 +742,16 @@ class AgentConnection:
         return out + (self._h11.send(h11.EndOfMessage()) or b"")
 
     @property
+    def missing_body_bytes(self) -> int:
+        """Body bytes of a request read here that have not arrived yet; 0
+        once all have, and for a request h11 reads (it gives its body as it
+        comes)."""
+        left = self._body_left
+        if left is None or self._request_read or self._h11_reads:
+            return 0
+        return max(0, left - len(self._ahead))
+
+    @property
     def request_started(self) -> bool:
         """Whether any byte of the next request has arrived."""
         if not self._h11_reads:

@@ -136,6 +136,48 @@ async def test_a_small_request_reaches_the_upstream_in_one_write(
     assert CountingUpstreamConnection.writes == REQUESTS - 1
 
 
+class RecordingStream(CountingStream):
+    """The host's end of a channel, keeping the records of each of the
+    sandbox side's writes."""
+
+    def count(self, side: str, write: bytes) -> None:
+        if side == "sandbox":
+            decoder = FrameDecoder(1 << 20)
+            decoder.receive_data(write)
+            records = []
+            while isinstance(frame := decoder.next_frame(), bp.wire.Frame):
+                records.append(type(frame.record).__name__)
+            self.counts.setdefault("writes", []).append(records)
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio", "trio"])
+async def test_a_small_body_written_apart_from_its_head_crosses_with_it() -> None:
+    """Clients write a request's head and its body apart (http.client, httpx),
+    and the sandbox side often reads the head alone. A small body is waited
+    for, so that head, body and end cross in one write and reach the
+    upstream in one (before: the head crossed first, and the body in a
+    write of its own, carried by a task started for it)."""
+    records: dict[str, object] = {"sandbox": 0, "host": 0}
+    body = b"x" * 100
+    head = b"POST /echo HTTP/1.1\r\nHost: a\r\nContent-Length: 100\r\n\r\n"
+    async with bridge(
+        transport="channels",
+        wrap=lambda s: RecordingStream(s, records),  # type: ignore[arg-type]
+    ) as b:
+        host, port = b.url.removeprefix("http://").split(":")
+        async with await anyio.connect_tcp(host, int(port)) as agent:
+            for _ in range(5):
+                await agent.send(head)
+                await anyio.sleep(0.05)  # the body comes a moment after the head
+                await agent.send(body)
+                assert b'"body_size": 100' in await read_answer(agent)
+    writes = records["writes"]
+    assert isinstance(writes, list)
+    carrying = [write for write in writes if "RequestHead" in write or "Data" in write]
+    assert len(carrying) == 5, writes
+    assert all({"RequestHead", "Data", "EndOfBody"} <= set(write) for write in carrying), writes
+
+
 async def read_answer(stream: anyio.abc.ByteStream) -> bytes:
     """One whole answer with a Content-Length, read off a keep-alive connection."""
     answer = b""

@@ -163,6 +163,23 @@ def test_the_body_of_a_request_read_here_is_handed_over_as_it_came() -> None:
     assert isinstance(body, AgentBody) and body.data is chunk
 
 
+def test_the_body_bytes_still_to_come_are_counted_for_a_request_read_here_only() -> None:
+    agent = AgentConnection(POLICY)
+    assert agent.missing_body_bytes == 0  # (no request yet)
+    agent.receive_data(b"PUT /a HTTP/1.1\r\nHost: a\r\nContent-Length: 6\r\n\r\nab")
+    assert isinstance(agent.next_event(), AgentRequest)
+    assert agent.missing_body_bytes == 4
+    agent.receive_data(b"cdefGET")  # the end of the body, and the next request's start
+    assert agent.missing_body_bytes == 0
+    assert agent.next_event() == AgentBody(b"abcdef")
+    assert agent.next_event() == AgentEnd()
+    assert agent.missing_body_bytes == 0
+    chunked = AgentConnection(POLICY)  # h11 reads it, and gives its body as it comes
+    chunked.receive_data(b"PUT /a HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n")
+    assert isinstance(chunked.next_event(), AgentRequest)
+    assert chunked.missing_body_bytes == 0
+
+
 def test_a_body_cut_short_by_the_agent_is_a_bad_request_naming_the_bytes_missing() -> None:
     agent = AgentConnection(POLICY)
     agent.receive_data(b"PUT /a HTTP/1.1\r\nHost: a\r\nContent-Length: 6\r\n\r\nabc")
