@@ -4,13 +4,14 @@ One task per agent connection answers its requests one after another
 (where its socket is not read as a descriptor, on trio or over another
 stream an embedder hands to ``handle_agent``, a second, the pump, reads
 it: ``agents.py``). A request whose body came with its head, or soon
-after it (up to ``WHOLE_BODY_BYTES`` are waited for, as clients write a head
-and its body apart), is sent whole and answered in that task alone; one
-whose body is still arriving gets a task of its own that streams the rest
-into the bridge while the answer streams back (``agent_upload.py``). Whatever ends first decides: a
-complete response keeps the connection alive; a reset before the response
-head becomes a JSON error answer; a reset after it, or an agent that hangs
-up, aborts the connection and resets the exchange.
+after it (up to ``WHOLE_BODY_BYTES`` are waited for, as clients write a
+head and its body apart), is sent whole and answered in that task alone;
+one whose body is still arriving gets a task of its own that streams the
+rest into the bridge while the answer streams back (``agent_upload.py``).
+Whatever ends first decides: a complete response keeps the connection
+alive; a reset before the response head becomes a JSON error answer; a
+reset after it, or an agent that hangs up, aborts the connection and
+resets the exchange.
 
 Agents are bounded before they cost the bridge anything (``AgentLimits``): a
 request head must arrive within ``head_timeout``, at most
