@@ -12,6 +12,12 @@ import h11
 
 from bridgeproto.http import h11_connection
 
+# A body of at most this much still to come after its head (peers write a
+# head and its body apart, and the head is often read alone) is waited for
+# before the head crosses: the message then crosses whole, in one write, and
+# the far side passes it on whole (docs/adapters.md).
+WHOLE_BODY_BYTES = 64 << 10
+
 
 class H11Stream:
     """An h11 connection and the byte stream it speaks over."""

@@ -47,7 +47,7 @@ from bridgeproto.http import (
 )
 
 from .errors import STREAM_ERRORS, ExchangeAborted, SessionEnded, UpstreamError
-from .h11io import H11Stream
+from .h11io import WHOLE_BODY_BYTES, H11Stream
 from .session import Exchange, Session, Tracer, first_of
 from .settings import RESUME_TIMEOUT
 from .streams import SocketFdStream, connect_tcp
@@ -166,6 +166,15 @@ class UpstreamConnection(H11Stream):
             data, self._ahead = data[:left], data[left:]
         self._body_left = left - len(data)
         return data
+
+    async def receive_body(self, most: int) -> None:
+        """Read the rest of a response body read here when at most ``most``
+        bytes of it are still to come, so that the answer can cross whole."""
+        while self._body_left is not None and 0 < self._body_left - len(self._ahead) <= most:
+            data = await self._receive()
+            if not data:
+                return  # (``body_part`` says what is missing)
+            self._ahead += data
 
     async def _receive(self) -> bytes:
         try:
@@ -494,6 +503,13 @@ class HostSide:
         if isinstance(head, h11.InformationalResponse):  # (the response timeout is over)
             await self._switched(exchange, conn)
             return
+        if isinstance(head, PlainResponse):
+            # The rest of a small body first, for at most the exchange's idle
+            # timeout: the answer then crosses whole. A slower one is carried
+            # as it comes.
+            idle = exchange.conn.config.idle_timeout
+            with anyio.move_on_after(math.inf if idle is None else idle):
+                await conn.receive_body(WHOLE_BODY_BYTES)
         exchange.send_response(_head(exchange.id, head))
         while (data := await conn.body_part()) is not None:
             await exchange.send_data(data)

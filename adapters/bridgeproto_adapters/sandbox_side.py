@@ -58,16 +58,13 @@ from bridgeproto.http import (
 from .agent_upload import Outcome, body_at_hand, hung_up, upload
 from .agents import Agent, _stop_eager_reading, listener_address, open_listener, serve
 from .errors import STREAM_ERRORS, ExchangeAborted, SessionEnded
+from .h11io import WHOLE_BODY_BYTES
 from .host_side import HostSide
 from .session import Exchange, Session
 from .settings import AgentLimits, Listen, SandboxSettings
 from .transports import Channels
 
 _ANSWER_GRACE_SECONDS = 2.0
-# A body of at most this much still to come after its head is waited for
-# (within the head timeout) before the exchange opens: the request then
-# crosses whole, in one write, and this connection's task alone answers it.
-WHOLE_BODY_BYTES = 64 << 10
 _REQUEST_TAIL_SECONDS = 5.0
 
 

@@ -137,32 +137,38 @@ async def test_a_small_request_reaches_the_upstream_in_one_write(
 
 
 class RecordingStream(CountingStream):
-    """The host's end of a channel, keeping the records of each of the
-    sandbox side's writes."""
+    """The host's end of a channel, keeping the records of each side's
+    writes (in ``counts["sandbox writes"]`` and ``counts["host writes"]``)."""
 
     def count(self, side: str, write: bytes) -> None:
-        if side == "sandbox":
-            decoder = FrameDecoder(1 << 20)
-            decoder.receive_data(write)
-            records = []
-            while isinstance(frame := decoder.next_frame(), bp.wire.Frame):
-                records.append(type(frame.record).__name__)
-            self.counts.setdefault("writes", []).append(records)
+        decoder = FrameDecoder(1 << 20)
+        decoder.receive_data(write)
+        records = []
+        while isinstance(frame := decoder.next_frame(), bp.wire.Frame):
+            records.append(type(frame.record).__name__)
+        self.counts.setdefault(side + " writes", []).append(records)
+
+
+def writes_carrying(records: dict[str, object], side: str, kinds: set[str]) -> list[list[str]]:
+    """A side's writes that carry a record of one of ``kinds``."""
+    writes = records[side + " writes"]
+    assert isinstance(writes, list)
+    return [write for write in writes if kinds & set(write)]
 
 
 @pytest.mark.parametrize("anyio_backend", ["asyncio", "trio"])
 async def test_a_small_body_written_apart_from_its_head_crosses_with_it() -> None:
-    """Clients write a request's head and its body apart (http.client, httpx),
-    and the sandbox side often reads the head alone. A small body is waited
-    for, so that head, body and end cross in one write and reach the
-    upstream in one (before: the head crossed first, and the body in a
-    write of its own, carried by a task started for it)."""
-    records: dict[str, object] = {"sandbox": 0, "host": 0}
+    """Peers write a head and its body apart (clients such as http.client
+    and httpx, and servers), and the head is often read alone. A small body
+    is waited for, so that head, body and end cross in one write: requests
+    on the sandbox side, answers on the host (before: the head crossed first,
+    and the body in a write of its own; on the sandbox side, carried by a
+    task started for it)."""
+    records: dict[str, object] = {}
     body = b"x" * 100
     head = b"POST /echo HTTP/1.1\r\nHost: a\r\nContent-Length: 100\r\n\r\n"
     async with bridge(
-        transport="channels",
-        wrap=lambda s: RecordingStream(s, records),  # type: ignore[arg-type]
+        transport="channels", wrap=lambda s: RecordingStream(s, records)  # type: ignore[arg-type]
     ) as b:
         host, port = b.url.removeprefix("http://").split(":")
         async with await anyio.connect_tcp(host, int(port)) as agent:
@@ -171,11 +177,15 @@ async def test_a_small_body_written_apart_from_its_head_crosses_with_it() -> Non
                 await anyio.sleep(0.05)  # the body comes a moment after the head
                 await agent.send(body)
                 assert b'"body_size": 100' in await read_answer(agent)
-    writes = records["writes"]
-    assert isinstance(writes, list)
-    carrying = [write for write in writes if "RequestHead" in write or "Data" in write]
-    assert len(carrying) == 5, writes
-    assert all({"RequestHead", "Data", "EndOfBody"} <= set(write) for write in carrying), writes
+        requests = writes_carrying(records, "sandbox", {"RequestHead", "Data"})
+        assert len(requests) == 5, requests
+        assert all({"RequestHead", "Data", "EndOfBody"} <= set(write) for write in requests)
+        async with httpx.AsyncClient(base_url=b.url) as client:
+            for _ in range(5):  # the upstream writes the body a moment after the head
+                assert (await client.get("/late-body")).json() == {"late": True}
+    answers = writes_carrying(records, "host", {"ResponseHead", "Data"})
+    assert len(answers) == 10, answers
+    assert all({"ResponseHead", "Data", "EndOfBody"} <= set(write) for write in answers)
 
 
 async def read_answer(stream: anyio.abc.ByteStream) -> bytes:
