@@ -168,7 +168,8 @@ async def test_a_small_body_written_apart_from_its_head_crosses_with_it() -> Non
     body = b"x" * 100
     head = b"POST /echo HTTP/1.1\r\nHost: a\r\nContent-Length: 100\r\n\r\n"
     async with bridge(
-        transport="channels", wrap=lambda s: RecordingStream(s, records)  # type: ignore[arg-type]
+        transport="channels",
+        wrap=lambda s: RecordingStream(s, records),  # type: ignore[arg-type]
     ) as b:
         host, port = b.url.removeprefix("http://").split(":")
         async with await anyio.connect_tcp(host, int(port)) as agent:
