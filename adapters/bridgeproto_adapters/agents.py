@@ -114,12 +114,11 @@ class Agent:
                 return event
             self.http.receive_data(await self.receive(deadline))
 
-    async def receive_body(self, most: int, deadline: float) -> None:
-        """Read the rest of the request's body when at most ``most`` bytes of
-        it are still to come, so that the request can cross whole (clients
-        write a head and its body apart, and the head often arrives alone);
-        ``TimeoutError`` if they did not come by ``deadline``."""
-        while 0 < self.http.missing_body_bytes <= most:
+    async def receive_body(self, deadline: float) -> None:
+        """Read the rest of the request's body (``http.missing_body_bytes``),
+        so that the request can cross whole; ``TimeoutError`` if it did not
+        come by ``deadline``."""
+        while self.http.missing_body_bytes:
             data = await self.receive(deadline)
             self.http.receive_data(data)
             if not data:

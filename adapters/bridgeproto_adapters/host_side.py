@@ -167,10 +167,17 @@ class UpstreamConnection(H11Stream):
         self._body_left = left - len(data)
         return data
 
-    async def receive_body(self, most: int) -> None:
-        """Read the rest of a response body read here when at most ``most``
-        bytes of it are still to come, so that the answer can cross whole."""
-        while self._body_left is not None and 0 < self._body_left - len(self._ahead) <= most:
+    @property
+    def missing_body_bytes(self) -> int:
+        """Body bytes of a response read here that have not arrived yet; 0
+        once all have, and for a response h11 reads."""
+        left = self._body_left
+        return 0 if left is None else max(0, left - len(self._ahead))
+
+    async def receive_body(self) -> None:
+        """Read the rest of a response body read here, so that the answer
+        can cross whole."""
+        while self.missing_body_bytes:
             data = await self._receive()
             if not data:
                 return  # (``body_part`` says what is missing)
@@ -503,13 +510,13 @@ class HostSide:
         if isinstance(head, h11.InformationalResponse):  # (the response timeout is over)
             await self._switched(exchange, conn)
             return
-        if isinstance(head, PlainResponse):
-            # The rest of a small body first, for at most the exchange's idle
-            # timeout: the answer then crosses whole. A slower one is carried
-            # as it comes.
+        if 0 < conn.missing_body_bytes <= WHOLE_BODY_BYTES:
+            # The rest of a small body first (servers write a head and its
+            # body apart), for at most the exchange's idle timeout: the
+            # answer then crosses whole. A slower one is carried as it comes.
             idle = exchange.conn.config.idle_timeout
             with anyio.move_on_after(math.inf if idle is None else idle):
-                await conn.receive_body(WHOLE_BODY_BYTES)
+                await conn.receive_body()
         exchange.send_response(_head(exchange.id, head))
         while (data := await conn.body_part()) is not None:
             await exchange.send_data(data)

@@ -136,7 +136,7 @@ class SandboxSide:
         deadline = self.session.now() + self.limits.head_timeout
         try:
             event = await agent.next_event(deadline)
-            if isinstance(event, AgentRequest):
+            if 0 < agent.http.missing_body_bytes <= WHOLE_BODY_BYTES:
                 await self._small_body(agent, deadline)
             return event
         except TimeoutError:
@@ -153,15 +153,16 @@ class SandboxSide:
         return None  # an idle connection is closed quietly
 
     async def _small_body(self, agent: Agent, deadline: float) -> None:
-        """Wait for the rest of a small body before the exchange opens (by
-        the head's deadline, and at most the exchange's idle timeout): the
-        request then crosses whole. A body slower than that is carried as
-        it comes, once the exchange is open, as any other."""
+        """Wait for the rest of a small body (clients write a head and its
+        body apart, and the head is often read alone) before the exchange
+        opens, by the head's deadline and for at most the exchange's idle
+        timeout: the request then crosses whole. A body slower than that is
+        carried as it comes, once the exchange is open, as any other."""
         idle = self.session.conn.config.idle_timeout
         if idle is not None:
             deadline = min(deadline, self.session.now() + idle)
         with contextlib.suppress(TimeoutError):
-            await agent.receive_body(WHOLE_BODY_BYTES, deadline)
+            await agent.receive_body(deadline)
 
     async def _one_request(self, agent: Agent) -> bool:
         event = await self._next_head(agent)
