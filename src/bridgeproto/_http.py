@@ -744,10 +744,10 @@ class AgentConnection:
     @property
     def missing_body_bytes(self) -> int:
         """Body bytes of a request read here that have not arrived yet; 0
-        once all have, and for a request h11 reads (it gives its body as it
-        comes)."""
+        once all have, once it has been answered (refused, say), and for a
+        request h11 reads (it gives its body as it comes)."""
         left = self._body_left
-        if left is None or self._request_read or self._h11_reads:
+        if left is None or self._request_read or self._h11_reads or self.response_started:
             return 0
         return max(0, left - len(self._ahead))
 

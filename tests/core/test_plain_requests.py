@@ -6,6 +6,7 @@ responses the host side reads without h11, case by case."""
 
 from __future__ import annotations
 
+import attrs
 import h11
 import pytest
 from hypothesis import example, given, settings
@@ -174,6 +175,10 @@ def test_the_body_bytes_still_to_come_are_counted_for_a_request_read_here_only()
     assert agent.next_event() == AgentBody(b"abcdef")
     assert agent.next_event() == AgentEnd()
     assert agent.missing_body_bytes == 0
+    refused = AgentConnection(attrs.evolve(POLICY, max_body_bytes=5))  # too large: answered
+    refused.receive_data(b"PUT /a HTTP/1.1\r\nHost: a\r\nContent-Length: 6\r\n\r\n")
+    assert isinstance(refused.next_event(), AgentRefused)
+    assert refused.missing_body_bytes == 0
     chunked = AgentConnection(POLICY)  # h11 reads it, and gives its body as it comes
     chunked.receive_data(b"PUT /a HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n")
     assert isinstance(chunked.next_event(), AgentRequest)
