@@ -37,14 +37,19 @@ pytestmark = pytest.mark.anyio
 REQUESTS = 20
 
 
-def only_acks(write: bytes) -> bool:
-    """Whether a write carries nothing but acknowledgements."""
+def records_in(write: bytes) -> list[bp.Record]:
+    """The records of the frames in one write."""
     decoder = FrameDecoder(1 << 20)
     decoder.receive_data(write)
     records = []
     while isinstance(frame := decoder.next_frame(), bp.wire.Frame):
         records.append(frame.record)
-    return all(isinstance(record, bp.Ack) for record in records)
+    return records
+
+
+def only_acks(write: bytes) -> bool:
+    """Whether a write carries nothing but acknowledgements."""
+    return all(isinstance(record, bp.Ack) for record in records_in(write))
 
 
 class CountingStream(anyio.abc.ByteStream):
@@ -137,23 +142,16 @@ async def test_a_small_request_reaches_the_upstream_in_one_write(
 
 
 class RecordingStream(CountingStream):
-    """The host's end of a channel, keeping the records of each side's
-    writes (in ``counts["sandbox writes"]`` and ``counts["host writes"]``)."""
+    """The host's end of a channel, keeping the kinds of record each of a
+    side's writes carried (``writes["sandbox"]``, ``writes["host"]``)."""
+
+    def __init__(self, inner: anyio.abc.ByteStream, writes: dict[str, list[set[str]]]) -> None:
+        super().__init__(inner, {})
+        self.writes = writes
 
     def count(self, side: str, write: bytes) -> None:
-        decoder = FrameDecoder(1 << 20)
-        decoder.receive_data(write)
-        records = []
-        while isinstance(frame := decoder.next_frame(), bp.wire.Frame):
-            records.append(type(frame.record).__name__)
-        self.counts.setdefault(side + " writes", []).append(records)
-
-
-def writes_carrying(records: dict[str, object], side: str, kinds: set[str]) -> list[list[str]]:
-    """A side's writes that carry a record of one of ``kinds``."""
-    writes = records[side + " writes"]
-    assert isinstance(writes, list)
-    return [write for write in writes if kinds & set(write)]
+        kinds = {type(record).__name__ for record in records_in(write)}
+        self.writes.setdefault(side, []).append(kinds)
 
 
 @pytest.mark.parametrize("anyio_backend", ["asyncio", "trio"])
@@ -164,13 +162,10 @@ async def test_a_small_body_written_apart_from_its_head_crosses_with_it() -> Non
     on the sandbox side, answers on the host (before: the head crossed first,
     and the body in a write of its own; on the sandbox side, carried by a
     task started for it)."""
-    records: dict[str, object] = {}
+    writes: dict[str, list[set[str]]] = {}
     body = b"x" * 100
     head = b"POST /echo HTTP/1.1\r\nHost: a\r\nContent-Length: 100\r\n\r\n"
-    async with bridge(
-        transport="channels",
-        wrap=lambda s: RecordingStream(s, records),  # type: ignore[arg-type]
-    ) as b:
+    async with bridge(transport="channels", wrap=lambda s: RecordingStream(s, writes)) as b:
         host, port = b.url.removeprefix("http://").split(":")
         async with await anyio.connect_tcp(host, int(port)) as agent:
             for _ in range(5):
@@ -178,15 +173,15 @@ async def test_a_small_body_written_apart_from_its_head_crosses_with_it() -> Non
                 await anyio.sleep(0.05)  # the body comes a moment after the head
                 await agent.send(body)
                 assert b'"body_size": 100' in await read_answer(agent)
-        requests = writes_carrying(records, "sandbox", {"RequestHead", "Data"})
+        requests = [kinds for kinds in writes["sandbox"] if kinds & {"RequestHead", "Data"}]
         assert len(requests) == 5, requests
-        assert all({"RequestHead", "Data", "EndOfBody"} <= set(write) for write in requests)
+        assert all({"RequestHead", "Data", "EndOfBody"} <= kinds for kinds in requests)
         async with httpx.AsyncClient(base_url=b.url) as client:
             for _ in range(5):  # the upstream writes the body a moment after the head
                 assert (await client.get("/late-body")).json() == {"late": True}
-    answers = writes_carrying(records, "host", {"ResponseHead", "Data"})
+    answers = [kinds for kinds in writes["host"] if kinds & {"ResponseHead", "Data"}]
     assert len(answers) == 10, answers
-    assert all({"ResponseHead", "Data", "EndOfBody"} <= set(write) for write in answers)
+    assert all({"ResponseHead", "Data", "EndOfBody"} <= kinds for kinds in answers)
 
 
 async def read_answer(stream: anyio.abc.ByteStream) -> bytes:
