@@ -218,6 +218,44 @@ async def test_connections_waiting_for_a_head_are_bounded() -> None:
                         break
 
 
+async def test_heads_waiting_for_their_small_body_are_held_within_the_pending_bound() -> None:
+    """A head whose small body has not come is held by the sandbox side
+    (nothing crosses) and counts as a connection waiting for a request: an
+    agent that opens many and never sends their bodies holds no more than
+    the bound. Each request crosses, and is answered, once its body comes."""
+    limits = AgentLimits(max_pending_connections=3, head_timeout=30)
+    async with bridge(limits=limits) as b:
+        host, port = b.url.removeprefix("http://").split(":")
+        held = [await anyio.connect_tcp(host, int(port)) for _ in range(3)]
+        for stream in held:
+            await stream.send(b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\n")
+        await anyio.wait_all_tasks_blocked()  # the sandbox side read the heads; waits for bodies
+        refused = await raw(b.url, b"")
+        assert refused.startswith(b"HTTP/1.1 503 "), refused
+        assert b"x-bridge-error: too-many-connections" in refused.lower()
+        assert b.upstream.requests == []  # no head crossed without its body
+        for stream in held:
+            await stream.send(b"hello")
+            answer = b""
+            with anyio.fail_after(5):
+                while not _complete(answer):
+                    answer += await stream.receive()
+            assert answer.startswith(b"HTTP/1.1 200 "), answer
+            assert json.loads(answer.split(b"\r\n\r\n", 1)[1])["body_size"] == 5
+            await stream.aclose()
+
+
+async def test_an_upstream_body_that_stops_coming_after_its_head_times_out() -> None:
+    """The host side waits for a small answer body before the head crosses,
+    for no longer than the exchange's idle timeout: an upstream that sends a
+    head and then nothing gets the agent a 504 in time, not a hang."""
+    async with bridge(host_config=bp.Config(idle_timeout=0.3)) as b:
+        with anyio.fail_after(5):
+            answer = await raw(b.url, GET % b"/late-body?after=30")
+        assert answer.startswith(b"HTTP/1.1 504 "), answer
+        assert b"x-bridge-error: idle-timeout" in answer.lower()
+
+
 # ------------------------------------------------------------------ bursts and queues
 
 

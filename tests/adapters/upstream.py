@@ -14,7 +14,7 @@ Routes (any prefix before them is ignored, so tests can use allowlisted paths):
     /hang               never answers; sets ``hang_closed`` when the client leaves
     /forever            a head, then a chunk now and then until the client leaves
     /break              a head and part of the body, then the connection drops
-    /late-body          a small JSON body, written a moment after its head
+    /late-body?after=S  a small JSON body, written S seconds (0.05) after its head
     /close              reads the request, then closes without answering
     /v1/chat/completions  OpenAI-compatible, streamed or not
     /v1/models          OpenAI-compatible model list
@@ -172,7 +172,7 @@ class Upstream:
         elif route == "/late-body":
             body = b'{"late": true}'
             await send(h11.Response(status_code=200, headers=[(b"content-length", b"14")]))
-            await anyio.sleep(0.05)
+            await anyio.sleep(float(query.get("after", "0.05")))
             await send(h11.Data(data=body))
             await send(h11.EndOfMessage())
         elif route == "/close":
