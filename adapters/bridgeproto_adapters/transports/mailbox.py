@@ -105,7 +105,8 @@ class MailboxChannels:
         self.command = list(command)
         self.env = env
         self.options = options or MailboxOptions()
-        self.stats = MailboxStats(batch_bytes=self.options.batch_bytes)
+        batch = self.options.batch_bytes
+        self.stats = MailboxStats(batch_bytes=batch, smallest_batch_bytes=batch)
         self._session_hex = session_id.hex()
         self._upload_dir = channel_dir(session_id)
         self._spool = spool_dir(session_id)
@@ -237,6 +238,7 @@ class MailboxChannels:
             self._grow_after = min(self._grow_after * 2, 64)
         self.stats.cut += 1
         self._batch_bytes = self.stats.batch_bytes = max(_MIN_BATCH, size // 2)
+        self.stats.smallest_batch_bytes = min(self.stats.smallest_batch_bytes, self._batch_bytes)
         self._grew = False
         self._full_in_row = 0
 

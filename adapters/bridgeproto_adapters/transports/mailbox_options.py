@@ -61,4 +61,5 @@ class MailboxStats:
     epochs: int = 0
     cut: int = 0  # answers that came back cut short
     batch_bytes: int = 0  # the output batch now
+    smallest_batch_bytes: int = 0  # the smallest the output batch has been
     last_failure: str = ""  # what the last failed call or upload said
