@@ -16,6 +16,7 @@ import sys
 import tempfile
 import termios
 from collections.abc import Iterator, Mapping
+from contextlib import aclosing
 
 import anyio
 import pytest
@@ -55,7 +56,8 @@ async def test_offline_sandboxes_hold_against_the_code_inside(kind: str) -> None
 
 @pytest.mark.anyio
 async def test_the_check_finds_every_hole_of_a_sandbox_without_isolation() -> None:
-    report = await check_offline_isolation(LocalSandbox())
+    async with aclosing(LocalSandbox()) as sandbox:
+        report = await check_offline_isolation(sandbox)
     holes = {finding.name for finding in report.holes}
     assert {
         "only loopback",
@@ -90,9 +92,11 @@ async def test_the_check_finds_a_launcher_that_hands_on_the_callers_environment(
     # The local sandbox starts commands with their own environment only, so
     # the caller's marker never reaches them; a launcher that passes
     # os.environ on is caught.
-    held = {f.name: f.held for f in (await check_offline_isolation(LocalSandbox())).findings}
+    async with aclosing(LocalSandbox()) as sandbox:
+        held = {f.name: f.held for f in (await check_offline_isolation(sandbox)).findings}
     assert held["nothing of the caller's environment inside"]
-    report = await check_offline_isolation(CarelessSandbox())
+    async with aclosing(CarelessSandbox()) as careless:
+        report = await check_offline_isolation(careless)
     holes = {finding.name: finding.detail for finding in report.holes}
     assert "nothing of the caller's environment inside" in holes, report
 

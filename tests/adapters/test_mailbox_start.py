@@ -4,7 +4,7 @@ what they say, through real bwrap sandboxes."""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Mapping, Sequence
-from contextlib import asynccontextmanager
+from contextlib import aclosing, asynccontextmanager
 from typing import Any
 
 import attrs
@@ -159,7 +159,8 @@ async def test_the_conformance_check_names_the_method_and_type_and_shows_stderr(
             return ["env", "PATH=/nowhere", *argv]
 
     with pytest.raises(AssertionError) as raised:
-        await check_run(NoShell())
+        async with aclosing(NoShell()) as sandbox:
+            await check_run(sandbox)
     assert "exit code 127, expected 3" in str(raised.value)
     assert "env: 'sh': No such file or directory" in str(raised.value)  # the why, from stderr
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import pathlib
+from contextlib import aclosing
 from typing import Any, ClassVar
 
 import anyio
@@ -100,10 +101,24 @@ class FakeHarnessClient:
 async def test_conformance_of_the_harness_wrapper() -> None:
     # The fake answers as such clients do (text, not bytes), and the wrapper
     # still passes as it is: every byte value round-trips through files.
-    client = FakeHarnessClient(LocalSandbox())
-    sandbox = HarnessSandbox(client, "sb-1")
-    await check_sandbox_client(sandbox, live_process=False)
+    async with aclosing(LocalSandbox()) as local:
+        client = FakeHarnessClient(local)
+        await check_sandbox_client(HarnessSandbox(client, "sb-1"), live_process=False)
     assert {"execute_command", "upload_bytes"} <= set(client.calls)
+
+
+async def test_the_local_sandbox_removes_the_directory_it_made_and_only_that(
+    tmp_path: pathlib.Path,
+) -> None:
+    made = LocalSandbox()
+    await made.run(["touch", "left-behind"])
+    assert os.listdir(made.workdir) == ["left-behind"]
+    await made.aclose()
+    assert not os.path.exists(made.workdir)
+    given = LocalSandbox(str(tmp_path))
+    await given.run(["touch", "kept"])
+    await given.aclose()
+    assert os.listdir(tmp_path) == ["kept"]
 
 
 async def test_harness_errors_are_mapped() -> None:

@@ -10,6 +10,7 @@ import pathlib
 import subprocess
 import sys
 from collections.abc import Iterator
+from contextlib import aclosing
 from types import ModuleType
 
 import anyio.abc
@@ -80,7 +81,8 @@ async def test_the_docs_tcp_transport_is_one_module_and_one_line_through_open_br
 ) -> None:
     """Through ``open_bridge`` by its name, with every check of a transport.
     (TCP from the host needs a sandbox that shares its loopback: the local one.)"""
-    await check_channels(LocalSandbox(), "tcp", listen=("127.0.0.1", free_port()))
+    async with aclosing(LocalSandbox()) as sandbox:
+        await check_channels(sandbox, "tcp", listen=("127.0.0.1", free_port()))
 
 
 @pytest.mark.anyio
@@ -101,9 +103,10 @@ async def test_check_channels_fails_a_transport_that_never_says_the_sandbox_side
     hopeful = Transport("hopeful", "tcp_transport:Hopeful", "tcp_transport:serve_tcp",
                         options=tcp_transport.TcpOptions())  # fmt: skip
     with pytest.raises(AssertionError, match=r"never said so \(NoChannel\(final=True\)\)"):
-        await check_channels(
-            LocalSandbox(), hopeful, listen=("127.0.0.1", free_port()), resume_timeout=1.0
-        )
+        async with aclosing(LocalSandbox()) as sandbox:
+            await check_channels(
+                sandbox, hopeful, listen=("127.0.0.1", free_port()), resume_timeout=1.0
+            )
 
 
 def test_the_docs_tcp_transport_through_bridgeproto_run(tmp_path: pathlib.Path) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shlex
+import shutil
 import tempfile
 from collections.abc import Mapping, Sequence
 
@@ -10,13 +11,20 @@ from .base import HostCommandSandbox
 
 
 class LocalSandbox(HostCommandSandbox):
-    """No isolation: commands run on the host as they are. Only by name."""
+    """No isolation: commands run on the host as they are. Only by name.
+
+    Without ``workdir`` it makes a temporary one, which ``aclose`` removes."""
 
     name = "local (no isolation)"
     enters_directly = True
 
     def __init__(self, workdir: str | None = None) -> None:
+        self._made = workdir is None
         self.workdir = workdir or tempfile.mkdtemp(prefix="bridgeproto-local-")
+
+    async def aclose(self) -> None:
+        if self._made:
+            shutil.rmtree(self.workdir, ignore_errors=True)
 
     def environment(self, env: Mapping[str, str] | None) -> dict[str, str]:
         return super().environment({"HOME": self.workdir, **(env or {})})
