@@ -38,6 +38,7 @@ class Delivery:
         self.retained_bytes = 0
         self._unsent: deque[bytes] = deque()
         self._control: list[bytes] = []
+        self.unsent_bytes = 0  # in both queues, kept as they change (read often)
         self.received_seq = 0  # the last sequence number taken
         self.acked_seq = 0  # the highest the peer acknowledged
         self._ack_due = False
@@ -52,10 +53,6 @@ class Delivery:
         """Whether the peer has acknowledged everything sent."""
         return not self._retained
 
-    @property
-    def unsent_bytes(self) -> int:
-        return sum(map(len, self._unsent)) + sum(map(len, self._control))
-
     # ------------------------------------------------------------ sending
 
     def send(self, record: Record) -> None:
@@ -65,32 +62,39 @@ class Delivery:
         self.retained_bytes += len(frame)
         self._next_seq += 1
         self._unsent.append(frame)
+        self.unsent_bytes += len(frame)
 
     def send_control(self, record: Record) -> None:
         """Queue an unsequenced record, ahead of the sequenced ones."""
-        self._control.append(encode_frame(record))
+        frame = encode_frame(record)
+        self._control.append(frame)
+        self.unsent_bytes += len(frame)
 
     def data_to_send(self, max_bytes: int | None) -> bytes:
         parts = self._control
+        self._control = []
+        self.unsent_bytes -= sum(map(len, parts))
         if self._ack_due:
             parts.append(encode_frame(Ack(self.received_seq)))
             self._ack_due = False
-        self._control = []
         if max_bytes is None:
             parts.extend(self._unsent)
             self._unsent.clear()
+            self.unsent_bytes = 0
         else:
             taken = sum(map(len, parts))
             while self._unsent and (taken < max_bytes or not parts):
                 frame = self._unsent.popleft()
                 parts.append(frame)
                 taken += len(frame)
+                self.unsent_bytes -= len(frame)
         return b"".join(parts)
 
     def resend_unacknowledged(self) -> None:
         """The peer reopened the link: what it has not acknowledged may be
         lost, so send it again (it drops what it already has)."""
         self._unsent = deque(self._retained.values())
+        self.unsent_bytes = sum(map(len, self._unsent)) + sum(map(len, self._control))
 
     def resume(self, hello: Record) -> None:
         """Start a new link: hello and ack first, then everything unacknowledged."""

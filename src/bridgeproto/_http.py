@@ -163,6 +163,9 @@ ROUTING_HEADERS = frozenset({
 ROUTING_PREFIXES = (b"x-forwarded-", b"x-envoy-")
 _PERCENT = re.compile(rb"%([0-9A-Fa-f]{2})?")
 _CONTROL = re.compile(rb"[\x00-\x1f\x7f]")
+# A path with nothing for an upstream to decode or normalise: no '%', no
+# backslash, and no segment that starts with a dot (so no dot segments).
+_SIMPLE_PATH = re.compile(rb"(?:/[A-Za-z0-9_~-][A-Za-z0-9._~-]*)*/?")
 _DIGITS = re.compile(rb"[0-9]{1,18}\Z")  # a Content-Length written as it came
 # A request head AgentConnection reads without h11: an HTTP/1.1 request line
 # and header lines in h11's own grammar (a token, a colon, a value of
@@ -269,6 +272,8 @@ def _path_problem(target: bytes, path: bytes) -> str | None:
     """
     if b"#" in target:
         return "has a fragment ('#' is not allowed in a request target)"
+    if _SIMPLE_PATH.fullmatch(path):
+        return None  # (the common case, and nothing below could object to it)
     if b"\\" in path:
         return "has a backslash"
     decoded = bytearray()

@@ -272,6 +272,15 @@ class BridgeMachine(RuleBasedStateMachine):
     def transmit(self, role: bp.Role) -> None:
         self.flush(role)
 
+    @rule(role=st.sampled_from(bp.Role), piece=st.integers(1, 600))
+    def transmit_a_piece(self, role: bp.Role, piece: int) -> None:
+        conn = self.app(role).conn
+        before = conn.unsent_bytes
+        data = conn.data_to_send(piece)
+        if data:
+            self.wire[role.peer].append(data)
+        assert conn.unsent_bytes <= before  # (an acknowledgement is not counted)
+
     @rule(role=st.sampled_from(bp.Role))
     def deliver(self, role: bp.Role) -> None:
         if self.wire[role]:
@@ -337,6 +346,13 @@ class BridgeMachine(RuleBasedStateMachine):
                 assert conn.send_credit(xid) >= 0
             assert conn.retained_bytes <= RETAINED_BOUND
             assert sum(app.unconsumed.values()) <= LIMITS.session_window
+
+    @invariant()
+    def unsent_bytes_are_what_is_queued(self) -> None:
+        for app in self.apps.values():
+            delivery = app.conn._delivery
+            queued = [*delivery._control, *delivery._unsent]
+            assert app.conn.unsent_bytes == sum(map(len, queued))
 
     @invariant()
     def no_session_fails(self) -> None:

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import json
+import re
 
 import h11
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 import bridgeproto as bp
+from bridgeproto import _http
 from bridgeproto.http import (
     AgentBody,
     AgentClosed,
@@ -26,6 +30,7 @@ from bridgeproto.http import (
     upstream_request,
 )
 
+SIMPLE_PATH = _http._SIMPLE_PATH
 POLICY = HttpPolicy(allowed_prefixes=["/rollout/k1/", b"/health"])
 
 
@@ -58,6 +63,21 @@ def test_check_target(method: bytes, target: bytes, cause: str | None) -> None:
     assert (refusal.cause if refusal else None) == cause
     if refusal:
         assert refusal.message and 400 <= refusal.status < 500
+
+
+@given(st.text(alphabet="/.%;\\aZ09-_~2eEfF\x00", max_size=12).map(lambda t: "/" + t))
+def test_a_path_the_quick_check_passes_passes_every_check(text: str) -> None:
+    """Plain paths skip the path checks: none of those checks refuses one."""
+    path = text.encode()
+    quick = _http._SIMPLE_PATH.fullmatch(path) is not None
+    try:
+        _http._SIMPLE_PATH = re.compile(rb"(?!)")  # (matches nothing: every check runs)
+        full = _http._path_problem(path, path)
+    finally:
+        _http._SIMPLE_PATH = SIMPLE_PATH
+    assert _http._path_problem(path, path) == full
+    if quick:
+        assert full is None
 
 
 def test_options_star_is_allowed_when_everything_is() -> None:
