@@ -27,7 +27,11 @@ from .wakeups import Flag, on_asyncio
 
 AgentHandler = Callable[[anyio.abc.ByteStream], Coroutine[Any, Any, None]]
 _LINGER_SECONDS = 2.0
-_AGENT_READ = 1 << 20  # an upload is carried in large frames, as the channel takes them
+# An upload's frames are a read each: a quarter of a megabyte, which goes
+# through the frame's copy and CRC while still in the CPU's cache (a whole
+# megabyte, read at once, was also cut into a frame and a 4-byte one, since
+# a frame's payload holds its exchange's id too; see docs/benchmarks.md).
+_AGENT_READ = 256 << 10
 
 
 class Agent:
