@@ -34,7 +34,14 @@ import enum
 from ._records import Data, EndOfBody, Record, ResponseHead
 
 
-class SessionState(enum.Enum):
+class _Member(enum.Enum):
+    """Each member is one object, so its identity can be its hash: a hash in
+    C, not Enum's in Python, for the table lookups every record makes."""
+
+    __hash__ = object.__hash__
+
+
+class SessionState(_Member):
     NEW = "new"  # start() not called yet
     HANDSHAKING = "handshaking"  # our hello is out; the peer's is not in
     OPEN = "open"
@@ -43,7 +50,7 @@ class SessionState(enum.Enum):
     FAILED = "failed"  # a fatal error; ``Connection.failure`` says which
 
 
-class SessionInput(enum.Enum):
+class SessionInput(_Member):
     START = "start"
     PEER_HELLO = "the peer's first hello"
     GOAWAY_SENT = "goaway"
@@ -89,12 +96,12 @@ def drained(
     )
 
 
-class LinkState(enum.Enum):
+class LinkState(_Member):
     UP = "up"
     BROKEN = "broken"  # bytes were lost or damaged; waiting for resume
 
 
-class LinkInput(enum.Enum):
+class LinkInput(_Member):
     BREAK = "break"
     RESUME = "resume"
 
@@ -111,7 +118,7 @@ def link_after(state: LinkState, what: LinkInput) -> LinkState | None:
     return _LINK.get((state, what))
 
 
-class Half(enum.Enum):
+class Half(_Member):
     """One direction of an exchange."""
 
     IDLE = "idle"  # no head yet
@@ -119,7 +126,7 @@ class Half(enum.Enum):
     DONE = "done"  # end of body seen
 
 
-class HalfInput(enum.Enum):
+class HalfInput(_Member):
     """What is sent or received on one half of an exchange."""
 
     HEAD = "head"
