@@ -374,28 +374,41 @@ def decode_payload(type_byte: int, version: int, seq: int, payload: bytes | memo
 class FrameDecoder:
     """Incremental frame decoder with a capped, linear receive buffer.
 
+    The bytes given are kept as they are and frames decoded from them in
+    place; only a frame cut between two pieces is copied, to be completed.
     After it raises, the decoder is spent and raises the same error again.
     """
 
     def __init__(self, max_frame_size: int) -> None:
         self.max_frame_size = max_frame_size
-        self._buffer = bytearray()
-        self._offset = 0  # stream offset of the first buffered byte
+        self._buffer: bytes | bytearray = b""
+        self._start = 0  # where in ``_buffer`` the undecoded bytes begin
+        self._offset = 0  # stream offset of the first undecoded byte
         self._ended = False
         self._error: RemoteProtocolError | None = None
 
     @property
     def buffered(self) -> int:
-        return len(self._buffer)
+        return len(self._buffer) - self._start
 
     def receive_data(self, data: bytes) -> None:
         """Add bytes; ``b""`` marks the end of input."""
         if self._ended:
             raise LocalProtocolError("receive_data after the end of input was signalled")
-        if data:
-            self._buffer += data
-        else:
+        if not data:
             self._ended = True
+        elif self._start == len(self._buffer):
+            # Nothing held: decode from these (a copy of a caller's buffer,
+            # which it may reuse, but bytes as they are).
+            self._buffer, self._start = data if type(data) is bytes else bytes(data), 0
+        else:
+            held = self._buffer
+            if isinstance(held, bytes):
+                held = bytearray(memoryview(held)[self._start :])  # the cut frame only
+            else:
+                del held[: self._start]
+            held += data
+            self._buffer, self._start = held, 0
 
     def next_frame(self) -> Frame | Sentinel:
         if self._error is not None:
@@ -407,12 +420,13 @@ class FrameDecoder:
             raise
 
     def _next_frame(self) -> Frame | Sentinel:
-        buf = self._buffer
-        if len(buf) < HEADER_SIZE:
-            if buf[:2] != MAGIC[: len(buf)]:
+        buf, start = self._buffer, self._start
+        held = len(buf) - start
+        if held < HEADER_SIZE:
+            if buf[start : start + 2] != MAGIC[:held]:
                 raise self._bad_magic()
             return self._short(HEADER_SIZE)
-        magic, version, type_byte, length, seq = HEADER.unpack_from(buf)
+        magic, version, type_byte, length, seq = HEADER.unpack_from(buf, start)
         if magic != MAGIC:
             raise self._bad_magic()
         if length > self.max_frame_size:
@@ -421,11 +435,12 @@ class FrameDecoder:
                 f" the limit is {self.max_frame_size}"
             )
         total = HEADER_SIZE + length + TRAILER_SIZE
-        if len(buf) < total:
+        if held < total:
             return self._short(total)
-        with memoryview(buf) as view, view[HEADER_SIZE : total - TRAILER_SIZE] as payload:
-            (crc,) = _U32.unpack_from(buf, total - TRAILER_SIZE)
-            if binascii.crc32(view[: total - TRAILER_SIZE]) != crc:
+        end = start + total - TRAILER_SIZE
+        with memoryview(buf) as view, view[start + HEADER_SIZE : end] as payload:
+            (crc,) = _U32.unpack_from(buf, end)
+            if binascii.crc32(view[start:end]) != crc:
                 raise CorruptFrameError(
                     f"CRC mismatch in the frame at stream offset {self._offset}:"
                     " the frame was damaged in transit"
@@ -436,22 +451,26 @@ class FrameDecoder:
                 raise RemoteProtocolError(
                     f"{exc} (frame at stream offset {self._offset})"
                 ) from None
-        del buf[:total]
         self._offset += total
+        if held == total:
+            self._buffer, self._start = b"", 0  # let go of what was read
+        else:
+            self._start = start + total
         return frame
 
     def _bad_magic(self) -> CorruptFrameError:
+        found = bytes(self._buffer[self._start : self._start + 2])
         return CorruptFrameError(
-            f"bad magic {bytes(self._buffer[:2])!r} at stream offset {self._offset}:"
+            f"bad magic {found!r} at stream offset {self._offset}:"
             " the bytes are not a bridgeproto frame"
         )
 
     def _short(self, needed: int) -> Sentinel:
         if not self._ended:
             return NEED_DATA
-        if not self._buffer:
+        if not self.buffered:
             return END_OF_INPUT
         raise CorruptFrameError(
             f"input ended inside the frame at stream offset {self._offset}:"
-            f" {len(self._buffer)} of at least {needed} bytes arrived"
+            f" {self.buffered} of at least {needed} bytes arrived"
         )

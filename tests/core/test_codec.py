@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import binascii
 import contextlib
+import itertools
 import struct
 
 import pytest
@@ -328,6 +329,25 @@ def test_round_trip(frame_list: list[Frame], chunk: int) -> None:
     wire = b"".join(encode_frame(f.record, f.seq) for f in frame_list)
     assert decode_all(wire, max_frame_size=2**32 - 1) == frame_list
     assert decode_all(wire, max_frame_size=2**32 - 1, chunk=chunk) == frame_list
+
+
+@given(st.lists(frames(), max_size=8), st.lists(st.integers(0, 200), max_size=8))
+def test_a_reused_buffer_fed_at_any_cuts_decodes_the_same(
+    frame_list: list[Frame], cuts: list[int]
+) -> None:
+    """The decoder keeps bytes it is given as they are, so it must copy a
+    buffer the caller reuses: here one bytearray, overwritten after each
+    piece, carries the stream cut anywhere."""
+    wire = b"".join(encode_frame(f.record, f.seq) for f in frame_list)
+    points = sorted({0, len(wire), *(c % (len(wire) + 1) for c in cuts)})
+    decoder, out, reused = FrameDecoder(2**32 - 1), [], bytearray()
+    for start, end in itertools.pairwise(points):
+        reused[:] = wire[start:end]
+        decoder.receive_data(reused)  # type: ignore[arg-type]  # (any buffer, as callers do)
+        reused[:] = b"\xff" * len(reused)
+        while isinstance(item := decoder.next_frame(), Frame):
+            out.append(item)
+    assert out == frame_list and decoder.buffered == 0
 
 
 @given(st.binary(max_size=400), st.integers(0, 40))
