@@ -381,9 +381,12 @@ async def run_sandbox_side(
             tg.start_soon(serve, listener, side.handle_agent)
             task_status.started(listener_address(listener))
             await session.finished.wait()
-            # Every exchange has ended; let their agents get the answer first.
+            # Every exchange has ended; let their agents get the answer first,
+            # and the host its last acknowledgement (cut, the host's session
+            # would wait for it, see the channel end and look for another).
             with anyio.move_on_after(_ANSWER_GRACE_SECONDS):
                 await side.until_idle()
+            await session.wait_final_flush()
             tg.cancel_scope.cancel()
     finally:
         await inward.aclose()

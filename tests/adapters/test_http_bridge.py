@@ -459,6 +459,29 @@ async def test_unix_socket_listener(tmp_path: object) -> None:
 # ------------------------------------------------------------------ shutdown
 
 
+async def test_a_drain_with_an_answer_in_flight_ends_cleanly_on_both_sides() -> None:
+    """A stop while an answer streams: the sandbox side finishes once it is
+    out, and still sends the host its last acknowledgement before letting the
+    channel go (cut, the host's session waited for it, saw the channel end,
+    looked for another and failed). Over pipes, as into a real sandbox; the
+    cut was a race, hence the rounds."""
+    for _ in range(12):
+        async with bridge(transport="pipes") as b, httpx.AsyncClient(base_url=b.url) as client:
+            params = {"n": "2", "gated": "1"}
+            async with (
+                client.stream("GET", "/sse", params=params) as response,
+                anyio.create_task_group() as tg,
+            ):
+                tg.start_soon(b.session.close)
+                for _ in range(2):
+                    b.upstream.sse_gate_send.send_nowait(None)
+                body = await response.aread()
+            assert body.count(b"data: event") == 2
+            assert b.session.failure is None, b.session.failure
+            assert b.session.conn.state is bp.SessionState.CLOSED
+            assert b.session.stats.reconnects == 0
+
+
 async def test_shutdown_with_requests_in_flight_is_bounded(transport: str) -> None:
     config = bp.Config(shutdown_grace=0.5)
     fds_before = len(os.listdir("/proc/self/fd"))
