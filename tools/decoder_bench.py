@@ -13,13 +13,10 @@ rounds: milliseconds a MiB, microseconds an answer.
 from __future__ import annotations
 
 import argparse
-import json
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
-from timer_bench import ROOT, export
+from timer_bench import ROOT, export, run_probe
 
 # Runs inside the child interpreter, with PYTHONPATH at one core's sources.
 PROBE = r"""
@@ -50,20 +47,6 @@ print(json.dumps({"bulk": bulk_s / 4 * 1e3, "small": small_s * 1e6}))
 """
 
 
-def run(src: Path) -> dict[str, float]:
-    result = subprocess.run(
-        [sys.executable, "-c", PROBE],
-        env={"PYTHONPATH": str(src)},
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if result.returncode:
-        raise SystemExit(f"the probe failed under {src}:\n{result.stderr}")
-    figures: dict[str, float] = json.loads(result.stdout)
-    return figures
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--old", default="main", help="git ref of the core to compare with")
@@ -71,7 +54,9 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as scratch:
         trees = {args.old: export(args.old, Path(scratch)), "tree": ROOT / "src"}
-        rounds = [{name: run(src) for name, src in trees.items()} for _ in range(args.rounds)]
+        rounds = [
+            {name: run_probe(PROBE, src) for name, src in trees.items()} for _ in range(args.rounds)
+        ]
     print(f"{'load':<22} {args.old:>12} {'tree':>10}")
     for load, unit in (("bulk", "ms a MiB"), ("small", "us an answer")):
         best = [min(r[name][load] for r in rounds) for name in trees]

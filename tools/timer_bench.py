@@ -20,6 +20,7 @@ import tarfile
 import tempfile
 from io import BytesIO
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 COUNTS = (1, 100, 1000)
@@ -66,9 +67,10 @@ def export(ref: str, into: Path) -> Path:
     return into / "src"
 
 
-def run(src: Path) -> dict[str, dict[str, float]]:
+def run_probe(probe: str, src: Path, *args: str) -> Any:
+    """What ``probe`` prints as JSON, run with the core's sources at ``src``."""
     result = subprocess.run(
-        [sys.executable, "-c", PROBE, json.dumps(COUNTS)],
+        [sys.executable, "-c", probe, *args],
         env={"PYTHONPATH": str(src)},
         capture_output=True,
         text=True,
@@ -76,7 +78,11 @@ def run(src: Path) -> dict[str, dict[str, float]]:
     )
     if result.returncode:
         raise SystemExit(f"the probe failed under {src}:\n{result.stderr}")
-    figures: dict[str, dict[str, float]] = json.loads(result.stdout)
+    return json.loads(result.stdout)
+
+
+def run(src: Path) -> dict[str, dict[str, float]]:
+    figures: dict[str, dict[str, float]] = run_probe(PROBE, src, json.dumps(COUNTS))
     return figures
 
 
