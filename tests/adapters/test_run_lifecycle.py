@@ -146,6 +146,39 @@ def test_a_signal_drains_answers_cleans_up_and_exits_128_plus_it(
     assert run.sandbox_dirs() == []  # everything the run made is gone
 
 
+# One request after another until the bridge goes; says so after twenty.
+LOOP = (
+    "import os, urllib.request\n"
+    "for n in range(1_000_000):\n"
+    "    urllib.request.urlopen(os.environ['BRIDGEPROTO_URL'] + '/json').read()\n"
+    "    if n == 20: print('busy', flush=True)\n"
+)
+
+
+def test_a_signal_amid_requests_drains_without_breaking_the_channel(
+    tmp_path: pathlib.Path,
+) -> None:
+    """SIGTERM while an agent sends request after request: both sides end
+    the session, and the channel never breaks. (The sandbox side once let
+    the channel go before the host had its last acknowledgement: the host's
+    session then failed looking for another, and the channel process said
+    the sandbox side was not running. It was a race, hence the rounds.)"""
+    need_bwrap()
+    with upstream_in_thread() as upstream:
+        for round_ in range(8):
+            (tmp := tmp_path / str(round_)).mkdir()
+            with Running(
+                "--upstream", upstream.url, "--sandbox", "bwrap", "--hide-cwd", "-v",
+                "--", "python3", "-c", LOOP, tmp=tmp,
+            ) as run:  # fmt: skip
+                run.wait_for(run.stdout, "busy")
+                run.process.send_signal(signal.SIGTERM)
+                assert run.finish() == 143, run.stderr
+            broke = [line for line in run.stderr if "broke" in line or "not running" in line]
+            assert not broke, run.stderr
+            assert any(" exchanges, " in line for line in run.stderr), run.stderr  # the summary
+
+
 def test_a_second_ctrl_c_stops_at_once_and_still_cleans_up(tmp_path: pathlib.Path) -> None:
     need_bwrap()
     with upstream_in_thread() as upstream, hanging_run(
